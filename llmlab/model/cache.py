@@ -1,0 +1,64 @@
+"""A static key/value cache: buffers are allocated once, so decoding never recomputes the past
+and never reallocates (which also keeps shapes stable for CUDA graphs)."""
+
+from __future__ import annotations
+
+import torch
+
+from llmlab.model.config import ModelConfig
+
+
+class KVCache:
+    def __init__(
+        self,
+        cfg: ModelConfig,
+        batch_size: int,
+        max_len: int,
+        device: torch.device | str = "cpu",
+        dtype: torch.dtype = torch.float32,
+    ) -> None:
+        assert cfg.n_kv_head is not None and cfg.head_dim is not None
+        shape = (batch_size, cfg.n_kv_head, max_len, cfg.head_dim)
+        self.k = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(cfg.n_layer)]
+        self.v = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(cfg.n_layer)]
+        self.max_len = max_len
+        self.batch_size = batch_size
+        self.length = 0  # positions filled in every row
+        self._pending = 0
+        self._cross: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+
+    def update(
+        self, layer: int, k: torch.Tensor, v: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Write this step's keys/values after the stored ones; return everything so far."""
+        t = k.shape[2]
+        end = self.length + t
+        if end > self.max_len:
+            raise ValueError(f"KV cache is full: {end} positions needed, {self.max_len} allocated")
+        self.k[layer][:, :, self.length : end] = k
+        self.v[layer][:, :, self.length : end] = v
+        self._pending = t
+        return self.k[layer][:, :, :end], self.v[layer][:, :, :end]
+
+    def advance(self) -> None:
+        """Called once per forward, after every layer wrote its slice."""
+        self.length += self._pending
+        self._pending = 0
+
+    def cross_kv(self, layer: int) -> tuple[torch.Tensor, torch.Tensor] | None:
+        return self._cross.get(layer)
+
+    def set_cross_kv(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> None:
+        self._cross[layer] = (k, v)
+
+    def select(self, rows: torch.Tensor) -> None:
+        """Keep only some batch rows (finished sequences leave the batch)."""
+        self.k = [t[rows] for t in self.k]
+        self.v = [t[rows] for t in self.v]
+        self._cross = {i: (k[rows], v[rows]) for i, (k, v) in self._cross.items()}
+        self.batch_size = int(rows.numel())
+
+    def reset(self) -> None:
+        self.length = 0
+        self._pending = 0
+        self._cross.clear()

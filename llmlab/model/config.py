@@ -1,0 +1,127 @@
+"""One configuration dataclass describes every architecture the lab builds.
+
+GPT-2, Llama, the original Transformer, BERT and encoder-decoder models differ only in
+these fields; there is a single `Transformer` class.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+PosKind = Literal["learned", "sinusoidal", "rope", "none"]
+NormKind = Literal["layernorm", "rmsnorm"]
+MlpKind = Literal["gelu", "gelu_tanh", "relu", "swiglu"]
+
+
+@dataclass
+class ModelConfig:
+    vocab_size: int = 50257
+    d_model: int = 768
+    n_layer: int = 12
+    n_head: int = 12
+    n_kv_head: int | None = None  # None means MHA (= n_head); fewer gives GQA
+    head_dim: int | None = None  # None means d_model // n_head
+    d_ff: int | None = None  # None means 4 * d_model
+    max_seq_len: int = 1024
+    pos: PosKind = "learned"
+    rope_theta: float = 10000.0
+    norm: NormKind = "layernorm"
+    norm_eps: float = 1e-5
+    prenorm: bool = True  # False: the original paper's post-norm "Add & Norm"
+    mlp: MlpKind = "gelu_tanh"
+    bias: bool = True  # biases in the attention and MLP projections
+    tie_embeddings: bool = True
+    causal: bool = True  # False: bidirectional encoder (BERT)
+    type_vocab_size: int = 0  # BERT's token-type (segment) embeddings
+    embed_norm: bool = False  # BERT normalises the summed embeddings
+    final_norm: bool = True  # pre-norm stacks need a last norm; post-norm BERT has none
+    lm_head: bool = True  # encoders used for embeddings carry no LM head
+    embed_scale: bool = False  # the original paper multiplies embeddings by sqrt(d_model)
+    dropout: float = 0.0
+    encoder_layers: int = 0  # > 0 makes an encoder-decoder with cross-attention
+    pad_token_id: int | None = None
+    bos_token_id: int | None = None
+    eos_token_id: int | list[int] | None = None
+    extra: dict[str, Any] = field(default_factory=dict)  # tokenizer/chat metadata
+
+    def __post_init__(self) -> None:
+        if self.n_kv_head is None:
+            self.n_kv_head = self.n_head
+        if self.head_dim is None:
+            if self.d_model % self.n_head:
+                raise ValueError(
+                    f"d_model={self.d_model} is not divisible by n_head={self.n_head}"
+                )
+            self.head_dim = self.d_model // self.n_head
+        if self.d_ff is None:
+            self.d_ff = 4 * self.d_model
+        if self.n_head % self.n_kv_head:
+            raise ValueError(f"n_head={self.n_head} is not a multiple of n_kv_head={self.n_kv_head}")
+        if self.pos == "rope" and self.head_dim % 2:
+            raise ValueError(f"RoPE needs an even head_dim, got {self.head_dim}")
+
+    @property
+    def is_encoder_decoder(self) -> bool:
+        return self.encoder_layers > 0
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> ModelConfig:
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - names)
+        if unknown:
+            raise ValueError(f"unknown ModelConfig field(s) {unknown}; valid: {sorted(names)}")
+        return cls(**d)
+
+    def save(self, path: str | Path) -> None:
+        Path(path).write_text(json.dumps(self.to_dict(), indent=2) + "\n")
+
+    @classmethod
+    def load(cls, path: str | Path) -> ModelConfig:
+        return cls.from_dict(json.loads(Path(path).read_text()))
+
+    def num_params(self) -> int:
+        """Parameter count computed from the shapes, without building the model."""
+        from llmlab.model.transformer import Transformer  # local: avoid a cycle
+
+        import torch
+
+        with torch.device("meta"):
+            m = Transformer(self)
+        return sum(p.numel() for p in m.parameters())
+
+
+# Named shapes. Fields not given keep the defaults above (GPT-2 style).
+PRESETS: dict[str, dict[str, Any]] = {
+    "gpt2": dict(vocab_size=50257, d_model=768, n_layer=12, n_head=12, max_seq_len=1024),
+    "llama": dict(
+        pos="rope", norm="rmsnorm", mlp="swiglu", bias=False, tie_embeddings=False,
+        norm_eps=1e-6,
+    ),
+    "smollm2-135m": dict(
+        vocab_size=49152, d_model=576, n_layer=30, n_head=9, n_kv_head=3, d_ff=1536,
+        max_seq_len=8192, pos="rope", rope_theta=100000.0, norm="rmsnorm", mlp="swiglu",
+        bias=False, tie_embeddings=True, bos_token_id=1, eos_token_id=2,
+    ),
+    "bert": dict(
+        vocab_size=30522, d_model=768, n_layer=12, n_head=12, max_seq_len=512,
+        prenorm=False, mlp="gelu", causal=False, type_vocab_size=2, embed_norm=True,
+        final_norm=False, lm_head=False, norm_eps=1e-12,
+    ),
+    "transformer-base": dict(  # Vaswani et al. 2017
+        vocab_size=37000, d_model=512, n_layer=6, encoder_layers=6, n_head=8, d_ff=2048,
+        pos="sinusoidal", prenorm=False, mlp="relu", embed_scale=True, final_norm=False,
+    ),
+}
+
+
+def preset(name: str, **overrides: Any) -> ModelConfig:
+    if name not in PRESETS:
+        raise ValueError(f"unknown preset {name!r}; valid: {sorted(PRESETS)}")
+    return ModelConfig(**{**PRESETS[name], **overrides})

@@ -1,0 +1,186 @@
+"""Building blocks: norms, attention (self and cross), MLPs and one transformer block.
+
+Module names follow HF Llama (`q_proj`, `gate_proj`, `input_layernorm`, ...) so that
+weights and PEFT adapter keys map across without a renaming table.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from llmlab.model.cache import KVCache
+from llmlab.model.config import ModelConfig
+from llmlab.model.positions import apply_rope
+
+
+class RMSNorm(nn.Module):
+    def __init__(self, dim: int, eps: float) -> None:
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # Normalise in fp32 so bf16 activations don't lose the mean-square.
+        xf = x.float()
+        xf = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)
+        return self.weight * xf.to(x.dtype)
+
+
+def make_norm(cfg: ModelConfig) -> nn.Module:
+    if cfg.norm == "rmsnorm":
+        return RMSNorm(cfg.d_model, cfg.norm_eps)
+    return nn.LayerNorm(cfg.d_model, eps=cfg.norm_eps)
+
+
+class Attention(nn.Module):
+    """Multi-head attention with grouped KV heads; self-attention or cross-attention."""
+
+    def __init__(self, cfg: ModelConfig, layer_idx: int, cross: bool = False) -> None:
+        super().__init__()
+        assert cfg.head_dim is not None and cfg.n_kv_head is not None
+        self.n_head, self.n_kv_head, self.head_dim = cfg.n_head, cfg.n_kv_head, cfg.head_dim
+        self.layer_idx, self.cross = layer_idx, cross
+        self.use_rope = cfg.pos == "rope" and not cross
+        self.dropout = cfg.dropout
+        d, hd = cfg.d_model, cfg.head_dim
+        self.q_proj = nn.Linear(d, self.n_head * hd, bias=cfg.bias)
+        self.k_proj = nn.Linear(d, self.n_kv_head * hd, bias=cfg.bias)
+        self.v_proj = nn.Linear(d, self.n_kv_head * hd, bias=cfg.bias)
+        self.o_proj = nn.Linear(self.n_head * hd, d, bias=cfg.bias)
+
+    def _heads(self, x: torch.Tensor, n: int) -> torch.Tensor:
+        b, t, _ = x.shape
+        return x.view(b, t, n, self.head_dim).transpose(1, 2)
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        mask: torch.Tensor | None,
+        is_causal: bool,
+        rope: tuple[torch.Tensor, torch.Tensor] | None = None,
+        cache: KVCache | None = None,
+        memory: torch.Tensor | None = None,
+        explain: list | None = None,
+    ) -> torch.Tensor:
+        b, t, _ = x.shape
+        q = self._heads(self.q_proj(x), self.n_head)
+        if self.cross:
+            kv = cache.cross_kv(self.layer_idx) if cache is not None else None
+            if kv is None:
+                assert memory is not None, "cross-attention needs the encoder output"
+                kv = (
+                    self._heads(self.k_proj(memory), self.n_kv_head),
+                    self._heads(self.v_proj(memory), self.n_kv_head),
+                )
+                if cache is not None:
+                    cache.set_cross_kv(self.layer_idx, *kv)
+            k, v = kv
+        else:
+            k = self._heads(self.k_proj(x), self.n_kv_head)
+            v = self._heads(self.v_proj(x), self.n_kv_head)
+            if self.use_rope:
+                assert rope is not None
+                q, k = apply_rope(q, *rope), apply_rope(k, *rope)
+            if cache is not None:
+                k, v = cache.update(self.layer_idx, k, v)
+
+        if explain is not None:
+            y = self._explicit(q, k, v, mask, is_causal, explain)
+        else:
+            y = F.scaled_dot_product_attention(
+                q, k, v, attn_mask=mask, is_causal=is_causal,
+                dropout_p=self.dropout if self.training else 0.0,
+                enable_gqa=self.n_kv_head != self.n_head,
+            )
+        return self.o_proj(y.transpose(1, 2).reshape(b, t, self.n_head * self.head_dim))
+
+    def _explicit(
+        self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+        mask: torch.Tensor | None, is_causal: bool, explain: list,
+    ) -> torch.Tensor:
+        """The same maths as SDPA, written out so the scores and weights can be returned."""
+        rep = self.n_head // self.n_kv_head
+        k, v = k.repeat_interleave(rep, dim=1), v.repeat_interleave(rep, dim=1)
+        scores = (q @ k.transpose(-2, -1)) / math.sqrt(self.head_dim)
+        if is_causal:
+            tq, tk = scores.shape[-2:]
+            mask = torch.ones(tq, tk, dtype=torch.bool, device=q.device).tril(tk - tq)
+        if mask is not None:
+            scores = scores.masked_fill(~mask, float("-inf"))
+        weights = scores.float().softmax(-1).to(q.dtype)
+        explain.append({"scores": scores.detach(), "weights": weights.detach()})
+        return weights @ v
+
+
+class MLP(nn.Module):
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        assert cfg.d_ff is not None
+        self.kind = cfg.mlp
+        if cfg.mlp == "swiglu":
+            self.gate_proj = nn.Linear(cfg.d_model, cfg.d_ff, bias=cfg.bias)
+        self.up_proj = nn.Linear(cfg.d_model, cfg.d_ff, bias=cfg.bias)
+        self.down_proj = nn.Linear(cfg.d_ff, cfg.d_model, bias=cfg.bias)
+        self.dropout = nn.Dropout(cfg.dropout)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.kind == "swiglu":
+            h = F.silu(self.gate_proj(x)) * self.up_proj(x)
+        elif self.kind == "gelu_tanh":
+            h = F.gelu(self.up_proj(x), approximate="tanh")
+        elif self.kind == "gelu":
+            h = F.gelu(self.up_proj(x))
+        else:
+            h = F.relu(self.up_proj(x))
+        return self.down_proj(self.dropout(h))
+
+
+class Block(nn.Module):
+    """Attention + MLP with residuals; pre-norm (GPT-2, Llama) or post-norm (2017, BERT)."""
+
+    def __init__(self, cfg: ModelConfig, layer_idx: int, causal: bool, cross: bool) -> None:
+        super().__init__()
+        self.prenorm, self.causal = cfg.prenorm, causal
+        self.input_layernorm = make_norm(cfg)
+        self.self_attn = Attention(cfg, layer_idx)
+        if cross:
+            self.cross_attn_layernorm = make_norm(cfg)
+            self.cross_attn = Attention(cfg, layer_idx, cross=True)
+        self.post_attention_layernorm = make_norm(cfg)
+        self.mlp = MLP(cfg)
+        self.drop = nn.Dropout(cfg.dropout)
+
+    def _sub(self, x: torch.Tensor, norm: nn.Module, fn) -> torch.Tensor:  # noqa: ANN001
+        if self.prenorm:
+            return x + self.drop(fn(norm(x)))
+        return norm(x + self.drop(fn(x)))
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        mask: torch.Tensor | None,
+        is_causal: bool,
+        rope: tuple[torch.Tensor, torch.Tensor] | None,
+        cache: KVCache | None,
+        memory: torch.Tensor | None = None,
+        memory_mask: torch.Tensor | None = None,
+        explain: dict | None = None,
+    ) -> torch.Tensor:
+        ex_self = explain["self"] if explain is not None else None
+        x = self._sub(
+            x, self.input_layernorm,
+            lambda h: self.self_attn(h, mask, is_causal, rope, cache, explain=ex_self),
+        )
+        if hasattr(self, "cross_attn"):
+            ex_cross = explain["cross"] if explain is not None else None
+            x = self._sub(
+                x, self.cross_attn_layernorm,
+                lambda h: self.cross_attn(
+                    h, memory_mask, False, cache=cache, memory=memory, explain=ex_cross
+                ),
+            )
+        return self._sub(x, self.post_attention_layernorm, self.mlp)

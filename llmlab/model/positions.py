@@ -1,0 +1,54 @@
+"""Position information: sinusoidal tables (Vaswani et al. 2017) and rotary embeddings (RoPE)."""
+
+from __future__ import annotations
+
+import torch
+
+
+def sinusoidal_table(n_pos: int, d_model: int) -> torch.Tensor:
+    """PE[pos, 2i] = sin(pos / 10000^(2i/d)), PE[pos, 2i+1] = cos(pos / 10000^(2i/d))."""
+    pos = torch.arange(n_pos, dtype=torch.float64)[:, None]
+    two_i = torch.arange(0, d_model, 2, dtype=torch.float64)
+    angle = pos / torch.pow(10000.0, two_i / d_model)
+    pe = torch.zeros(n_pos, d_model, dtype=torch.float64)
+    pe[:, 0::2] = torch.sin(angle)
+    pe[:, 1::2] = torch.cos(angle[:, : d_model // 2])
+    return pe.float()
+
+
+def rope_inv_freq(head_dim: int, theta: float) -> torch.Tensor:
+    return 1.0 / (theta ** (torch.arange(0, head_dim, 2, dtype=torch.float64) / head_dim))
+
+
+def rope_angles(positions: torch.Tensor, head_dim: int, theta: float) -> torch.Tensor:
+    """The rotation angle of each frequency pair at each position: (..., head_dim // 2)."""
+    inv = rope_inv_freq(head_dim, theta).to(positions.device)
+    return positions.double()[..., None] * inv
+
+
+def rope_cos_sin(
+    positions: torch.Tensor, head_dim: int, theta: float, dtype: torch.dtype
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """cos and sin for the `rotate_half` layout (HF Llama): frequencies repeated twice."""
+    ang = rope_angles(positions, head_dim, theta)
+    ang = torch.cat([ang, ang], dim=-1)
+    return ang.cos().to(dtype), ang.sin().to(dtype)
+
+
+def rotate_half(x: torch.Tensor) -> torch.Tensor:
+    x1, x2 = x.chunk(2, dim=-1)
+    return torch.cat([-x2, x1], dim=-1)
+
+
+def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """x: (B, H, T, D); cos/sin: (B or 1, T, D). Rotates each (i, i + D/2) pair."""
+    cos, sin = cos[:, None], sin[:, None]
+    return x * cos + rotate_half(x) * sin
+
+
+def unpermute_llamacpp(w: torch.Tensor, n_head: int) -> torch.Tensor:
+    """Undo llama.cpp's Q/K row permutation (it turns rotate_half pairs into adjacent pairs)."""
+    d_out, d_in = w.shape
+    head_dim = d_out // n_head
+    return w.reshape(n_head, head_dim // 2, 2, d_in).transpose(1, 2).reshape(d_out, d_in)
+

@@ -1,0 +1,232 @@
+"""The one transformer: GPT-2, Llama, BERT and the encoder-decoder Transformer are configs of it."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from llmlab.model.cache import KVCache
+from llmlab.model.config import ModelConfig
+from llmlab.model.layers import Block, make_norm
+from llmlab.model.positions import rope_cos_sin, sinusoidal_table
+
+
+@dataclass
+class ModelOutput:
+    logits: torch.Tensor | None  # (B, T, vocab), None when the model has no LM head
+    hidden: torch.Tensor  # (B, T, d_model) after the final norm
+    # explain mode only: per layer {"scores", "weights"}: (B, H, Tq, Tk) each
+    attentions: list[dict] = field(default_factory=list)
+    cross_attentions: list[dict] = field(default_factory=list)
+    encoder_attentions: list[dict] = field(default_factory=list)
+
+
+def build_mask(
+    t: int, past: int, causal: bool, key_valid: torch.Tensor | None, device: torch.device
+) -> tuple[torch.Tensor | None, bool]:
+    """Return (bool mask broadcastable to (B, H, t, past+t), is_causal) for SDPA.
+
+    Takes SDPA's fast paths where it can: no mask for one query over a full cache, and
+    `is_causal` for an unpadded prefill."""
+    if key_valid is None:
+        if not causal or t == 1:
+            return None, False
+        if past == 0:
+            return None, True
+    tk = past + t
+    mask = torch.ones(t, tk, dtype=torch.bool, device=device)
+    if causal:
+        mask = mask.tril(past)
+    mask = mask[None, None]
+    if key_valid is not None:
+        mask = mask & key_valid[:, None, None, :tk].bool()
+        # A padding query may see no key at all; let it see itself so softmax stays finite.
+        diag = torch.zeros(t, tk, dtype=torch.bool, device=device)
+        diag[torch.arange(t), past + torch.arange(t)] = True
+        mask = mask | diag
+    return mask, False
+
+
+class Stack(nn.Module):
+    """Embeddings, a stack of blocks, and the final norm."""
+
+    def __init__(self, cfg: ModelConfig, n_layer: int, causal: bool, cross: bool) -> None:
+        super().__init__()
+        self.cfg, self.causal = cfg, causal
+        self.embed_tokens = nn.Embedding(cfg.vocab_size, cfg.d_model)
+        if cfg.pos == "learned":
+            self.embed_positions = nn.Embedding(cfg.max_seq_len, cfg.d_model)
+        elif cfg.pos == "sinusoidal":
+            table = sinusoidal_table(cfg.max_seq_len, cfg.d_model)
+            self.register_buffer("pos_table", table, persistent=False)
+        if cfg.type_vocab_size:
+            self.embed_types = nn.Embedding(cfg.type_vocab_size, cfg.d_model)
+        if cfg.embed_norm:
+            self.embed_norm = make_norm(cfg)
+        self.drop = nn.Dropout(cfg.dropout)
+        self.layers = nn.ModuleList(Block(cfg, i, causal, cross) for i in range(n_layer))
+        if cfg.final_norm:
+            self.norm = make_norm(cfg)
+
+    def embed(
+        self, ids: torch.Tensor, positions: torch.Tensor, token_types: torch.Tensor | None
+    ) -> torch.Tensor:
+        cfg = self.cfg
+        x = self.embed_tokens(ids)
+        if cfg.embed_scale:
+            x = x * math.sqrt(cfg.d_model)
+        if cfg.pos == "learned":
+            x = x + self.embed_positions(positions)
+        elif cfg.pos == "sinusoidal":
+            x = x + self.pos_table[positions].to(x.dtype)
+        if cfg.type_vocab_size:
+            tt = token_types if token_types is not None else torch.zeros_like(ids)
+            x = x + self.embed_types(tt)
+        if cfg.embed_norm:
+            x = self.embed_norm(x)
+        return self.drop(x)
+
+    def forward(
+        self,
+        ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        positions: torch.Tensor | None = None,
+        token_types: torch.Tensor | None = None,
+        cache: KVCache | None = None,
+        memory: torch.Tensor | None = None,
+        memory_mask: torch.Tensor | None = None,
+        explain: list | None = None,
+    ) -> torch.Tensor:
+        b, t = ids.shape
+        cfg = self.cfg
+        past = cache.length if cache is not None else 0
+        if past + t > cfg.max_seq_len:
+            raise ValueError(
+                f"sequence of {past + t} tokens exceeds the model's context of {cfg.max_seq_len}"
+            )
+        if positions is None:
+            if attention_mask is not None:
+                # Left padding: real tokens count from 0 in every row.
+                positions = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)[:, past:]
+            else:
+                positions = torch.arange(past, past + t, device=ids.device)[None]
+        x = self.embed(ids, positions, token_types)
+        rope = None
+        if cfg.pos == "rope":
+            assert cfg.head_dim is not None
+            rope = rope_cos_sin(positions, cfg.head_dim, cfg.rope_theta, x.dtype)
+        mask, is_causal = build_mask(t, past, self.causal, attention_mask, ids.device)
+        mem_mask = None
+        if memory_mask is not None:
+            mem_mask = memory_mask[:, None, None, :].bool()
+        for layer in self.layers:
+            ex = None
+            if explain is not None:
+                ex = {"self": [], "cross": []}
+                explain.append(ex)
+            x = layer(x, mask, is_causal, rope, cache, memory, mem_mask, ex)
+        if cache is not None:
+            cache.advance()
+        if cfg.final_norm:
+            x = self.norm(x)
+        return x
+
+
+class Transformer(nn.Module):
+    """Decoder-only, encoder-only or encoder-decoder, by configuration."""
+
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        enc_dec = cfg.is_encoder_decoder
+        self.model = Stack(cfg, cfg.n_layer, causal=cfg.causal, cross=enc_dec)
+        if enc_dec:
+            self.encoder = Stack(cfg, cfg.encoder_layers, causal=False, cross=False)
+            # The 2017 paper shares one embedding matrix between encoder, decoder and output.
+            self.encoder.embed_tokens.weight = self.model.embed_tokens.weight
+        if cfg.lm_head:
+            self.lm_head = nn.Linear(cfg.d_model, cfg.vocab_size, bias=False)
+            if cfg.tie_embeddings:
+                self.lm_head.weight = self.model.embed_tokens.weight
+        self.apply(self._init)
+
+    def _init(self, m: nn.Module) -> None:
+        if isinstance(m, nn.Linear):
+            nn.init.normal_(m.weight, std=0.02)
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+        elif isinstance(m, nn.Embedding):
+            nn.init.normal_(m.weight, std=0.02)
+
+    @property
+    def device(self) -> torch.device:
+        return self.model.embed_tokens.weight.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.model.embed_tokens.weight.dtype
+
+    def encode(
+        self,
+        ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        token_types: torch.Tensor | None = None,
+        explain: list | None = None,
+    ) -> torch.Tensor:
+        """Hidden states of the encoder (the only stack, for BERT-style models)."""
+        stack = self.encoder if self.cfg.is_encoder_decoder else self.model
+        return stack(ids, attention_mask, token_types=token_types, explain=explain)
+
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        positions: torch.Tensor | None = None,
+        token_types: torch.Tensor | None = None,
+        cache: KVCache | None = None,
+        encoder_input_ids: torch.Tensor | None = None,
+        encoder_attention_mask: torch.Tensor | None = None,
+        encoder_hidden: torch.Tensor | None = None,
+        explain: bool = False,
+        last_only: bool = False,
+    ) -> ModelOutput:
+        """`attention_mask` (B, past + T) marks real tokens (1) and padding (0).
+
+        `last_only` computes logits for the final position only (generation)."""
+        ex: list | None = [] if explain else None
+        enc_ex: list | None = [] if explain else None
+        if self.cfg.is_encoder_decoder and encoder_hidden is None:
+            need = cache is None or cache.cross_kv(0) is None
+            if need:
+                if encoder_input_ids is None:
+                    raise ValueError("an encoder-decoder model needs encoder_input_ids")
+                encoder_hidden = self.encode(
+                    encoder_input_ids, encoder_attention_mask, explain=enc_ex
+                )
+        h = self.model(
+            input_ids, attention_mask, positions, token_types, cache,
+            memory=encoder_hidden, memory_mask=encoder_attention_mask, explain=ex,
+        )
+        logits = None
+        if self.cfg.lm_head:
+            logits = self.lm_head(h[:, -1:] if last_only else h)
+        out = ModelOutput(logits=logits, hidden=h)
+        if explain:
+            assert ex is not None and enc_ex is not None
+            out.attentions = [e["self"][0] for e in ex]
+            out.cross_attentions = [e["cross"][0] for e in ex if e["cross"]]
+            out.encoder_attentions = [e["self"][0] for e in enc_ex]
+        return out
+
+    def num_params(self, trainable_only: bool = False) -> int:
+        seen: set[int] = set()
+        n = 0
+        for p in self.parameters():
+            if id(p) in seen or (trainable_only and not p.requires_grad):
+                continue
+            seen.add(id(p))
+            n += p.numel()
+        return n
