@@ -1,3 +1,12 @@
 """llmlab: a hackable, end-to-end LLM lab."""
 
+from typing import Any
+
 __version__ = "0.1.0"
+
+
+def load(name_or_path: str, **kw: Any) -> Any:
+    """Load a named model (`llmlab models`), a checkpoint/HF directory or a .gguf file."""
+    from llmlab.weights.registry import load as _load
+
+    return _load(name_or_path, **kw)

@@ -53,14 +53,14 @@ class ModelConfig:
             self.n_kv_head = self.n_head
         if self.head_dim is None:
             if self.d_model % self.n_head:
-                raise ValueError(
-                    f"d_model={self.d_model} is not divisible by n_head={self.n_head}"
-                )
+                raise ValueError(f"d_model={self.d_model} is not divisible by n_head={self.n_head}")
             self.head_dim = self.d_model // self.n_head
         if self.d_ff is None:
             self.d_ff = 4 * self.d_model
         if self.n_head % self.n_kv_head:
-            raise ValueError(f"n_head={self.n_head} is not a multiple of n_kv_head={self.n_kv_head}")
+            raise ValueError(
+                f"n_head={self.n_head} is not a multiple of n_kv_head={self.n_kv_head}"
+            )
         if self.pos == "rope" and self.head_dim % 2:
             raise ValueError(f"RoPE needs an even head_dim, got {self.head_dim}")
 
@@ -88,9 +88,9 @@ class ModelConfig:
 
     def num_params(self) -> int:
         """Parameter count computed from the shapes, without building the model."""
-        from llmlab.model.transformer import Transformer  # local: avoid a cycle
-
         import torch
+
+        from llmlab.model.transformer import Transformer  # local: avoid a cycle
 
         with torch.device("meta"):
             m = Transformer(self)
@@ -101,22 +101,57 @@ class ModelConfig:
 PRESETS: dict[str, dict[str, Any]] = {
     "gpt2": dict(vocab_size=50257, d_model=768, n_layer=12, n_head=12, max_seq_len=1024),
     "llama": dict(
-        pos="rope", norm="rmsnorm", mlp="swiglu", bias=False, tie_embeddings=False,
+        pos="rope",
+        norm="rmsnorm",
+        mlp="swiglu",
+        bias=False,
+        tie_embeddings=False,
         norm_eps=1e-6,
     ),
     "smollm2-135m": dict(
-        vocab_size=49152, d_model=576, n_layer=30, n_head=9, n_kv_head=3, d_ff=1536,
-        max_seq_len=8192, pos="rope", rope_theta=100000.0, norm="rmsnorm", mlp="swiglu",
-        bias=False, tie_embeddings=True, bos_token_id=1, eos_token_id=2,
+        vocab_size=49152,
+        d_model=576,
+        n_layer=30,
+        n_head=9,
+        n_kv_head=3,
+        d_ff=1536,
+        max_seq_len=8192,
+        pos="rope",
+        rope_theta=100000.0,
+        norm="rmsnorm",
+        mlp="swiglu",
+        bias=False,
+        tie_embeddings=True,
+        bos_token_id=1,
+        eos_token_id=2,
     ),
     "bert": dict(
-        vocab_size=30522, d_model=768, n_layer=12, n_head=12, max_seq_len=512,
-        prenorm=False, mlp="gelu", causal=False, type_vocab_size=2, embed_norm=True,
-        final_norm=False, lm_head=False, norm_eps=1e-12,
+        vocab_size=30522,
+        d_model=768,
+        n_layer=12,
+        n_head=12,
+        max_seq_len=512,
+        prenorm=False,
+        mlp="gelu",
+        causal=False,
+        type_vocab_size=2,
+        embed_norm=True,
+        final_norm=False,
+        lm_head=False,
+        norm_eps=1e-12,
     ),
     "transformer-base": dict(  # Vaswani et al. 2017
-        vocab_size=37000, d_model=512, n_layer=6, encoder_layers=6, n_head=8, d_ff=2048,
-        pos="sinusoidal", prenorm=False, mlp="relu", embed_scale=True, final_norm=False,
+        vocab_size=37000,
+        d_model=512,
+        n_layer=6,
+        encoder_layers=6,
+        n_head=8,
+        d_ff=2048,
+        pos="sinusoidal",
+        prenorm=False,
+        mlp="relu",
+        embed_scale=True,
+        final_norm=False,
     ),
 }
 

@@ -67,7 +67,13 @@ class Attention(nn.Module):
         explain: list | None = None,
     ) -> torch.Tensor:
         b, t, _ = x.shape
-        q = self._heads(self.q_proj(x), self.n_head)
+        fused = getattr(self, "qkv_fused", None)
+        if fused is not None:  # inference-only: one matmul for q, k and v (see model/quant.py)
+            nq, nkv = self.n_head * self.head_dim, self.n_kv_head * self.head_dim
+            qx, kx, vx = fused(x).split([nq, nkv, nkv], dim=-1)
+            q = self._heads(qx, self.n_head)
+        else:
+            q = self._heads(self.q_proj(x), self.n_head)
         if self.cross:
             kv = cache.cross_kv(self.layer_idx) if cache is not None else None
             if kv is None:
@@ -80,8 +86,11 @@ class Attention(nn.Module):
                     cache.set_cross_kv(self.layer_idx, *kv)
             k, v = kv
         else:
-            k = self._heads(self.k_proj(x), self.n_kv_head)
-            v = self._heads(self.v_proj(x), self.n_kv_head)
+            if fused is not None:
+                k, v = self._heads(kx, self.n_kv_head), self._heads(vx, self.n_kv_head)
+            else:
+                k = self._heads(self.k_proj(x), self.n_kv_head)
+                v = self._heads(self.v_proj(x), self.n_kv_head)
             if self.use_rope:
                 assert rope is not None
                 q, k = apply_rope(q, *rope), apply_rope(k, *rope)
@@ -92,15 +101,24 @@ class Attention(nn.Module):
             y = self._explicit(q, k, v, mask, is_causal, explain)
         else:
             y = F.scaled_dot_product_attention(
-                q, k, v, attn_mask=mask, is_causal=is_causal,
+                q,
+                k,
+                v,
+                attn_mask=mask,
+                is_causal=is_causal,
                 dropout_p=self.dropout if self.training else 0.0,
                 enable_gqa=self.n_kv_head != self.n_head,
             )
         return self.o_proj(y.transpose(1, 2).reshape(b, t, self.n_head * self.head_dim))
 
     def _explicit(
-        self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
-        mask: torch.Tensor | None, is_causal: bool, explain: list,
+        self,
+        q: torch.Tensor,
+        k: torch.Tensor,
+        v: torch.Tensor,
+        mask: torch.Tensor | None,
+        is_causal: bool,
+        explain: list,
     ) -> torch.Tensor:
         """The same maths as SDPA, written out so the scores and weights can be returned."""
         rep = self.n_head // self.n_kv_head
@@ -128,7 +146,11 @@ class MLP(nn.Module):
         self.dropout = nn.Dropout(cfg.dropout)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.kind == "swiglu":
+        fused = getattr(self, "gate_up_fused", None)
+        if fused is not None:
+            g, u = fused(x).chunk(2, dim=-1)
+            h = F.silu(g) * u
+        elif self.kind == "swiglu":
             h = F.silu(self.gate_proj(x)) * self.up_proj(x)
         elif self.kind == "gelu_tanh":
             h = F.gelu(self.up_proj(x), approximate="tanh")
@@ -172,13 +194,15 @@ class Block(nn.Module):
     ) -> torch.Tensor:
         ex_self = explain["self"] if explain is not None else None
         x = self._sub(
-            x, self.input_layernorm,
+            x,
+            self.input_layernorm,
             lambda h: self.self_attn(h, mask, is_causal, rope, cache, explain=ex_self),
         )
         if hasattr(self, "cross_attn"):
             ex_cross = explain["cross"] if explain is not None else None
             x = self._sub(
-                x, self.cross_attn_layernorm,
+                x,
+                self.cross_attn_layernorm,
                 lambda h: self.cross_attn(
                     h, memory_mask, False, cache=cache, memory=memory, explain=ex_cross
                 ),

@@ -51,4 +51,3 @@ def unpermute_llamacpp(w: torch.Tensor, n_head: int) -> torch.Tensor:
     d_out, d_in = w.shape
     head_dim = d_out // n_head
     return w.reshape(n_head, head_dim // 2, 2, d_in).transpose(1, 2).reshape(d_out, d_in)
-

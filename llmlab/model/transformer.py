@@ -71,6 +71,21 @@ class Stack(nn.Module):
         if cfg.final_norm:
             self.norm = make_norm(cfg)
 
+    def _rope(
+        self, positions: torch.Tensor, dtype: torch.dtype
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        # One table for the whole context, built on first use; steps then only index it.
+        key = (positions.device, dtype)
+        if getattr(self, "_rope_key", None) != key:
+            assert self.cfg.head_dim is not None
+            pos = torch.arange(self.cfg.max_seq_len, device=positions.device)
+            self._rope_table = rope_cos_sin(pos, self.cfg.head_dim, self.cfg.rope_theta, dtype)
+            self._rope_key = key
+        cos, sin = self._rope_table
+        if positions.shape[0] == 1:
+            return cos[positions[0]][None], sin[positions[0]][None]
+        return cos[positions], sin[positions]
+
     def embed(
         self, ids: torch.Tensor, positions: torch.Tensor, token_types: torch.Tensor | None
     ) -> torch.Tensor:
@@ -116,8 +131,7 @@ class Stack(nn.Module):
         x = self.embed(ids, positions, token_types)
         rope = None
         if cfg.pos == "rope":
-            assert cfg.head_dim is not None
-            rope = rope_cos_sin(positions, cfg.head_dim, cfg.rope_theta, x.dtype)
+            rope = self._rope(positions, x.dtype)
         mask, is_causal = build_mask(t, past, self.causal, attention_mask, ids.device)
         mem_mask = None
         if memory_mask is not None:
@@ -152,6 +166,19 @@ class Transformer(nn.Module):
             if cfg.tie_embeddings:
                 self.lm_head.weight = self.model.embed_tokens.weight
         self.apply(self._init)
+
+    def tie_and_fill_buffers(self) -> None:
+        """Re-tie shared weights and rebuild computed buffers (after a meta-device load)."""
+        cfg = self.cfg
+        if cfg.lm_head and cfg.tie_embeddings:
+            self.lm_head.weight = self.model.embed_tokens.weight
+        stacks = [self.model] + ([self.encoder] if cfg.is_encoder_decoder else [])
+        for s in stacks[1:]:
+            s.embed_tokens.weight = self.model.embed_tokens.weight
+        if cfg.pos == "sinusoidal":
+            for s in stacks:
+                dev = s.embed_tokens.weight.device
+                s.pos_table = sinusoidal_table(cfg.max_seq_len, cfg.d_model).to(dev)
 
     def _init(self, m: nn.Module) -> None:
         if isinstance(m, nn.Linear):
@@ -207,8 +234,14 @@ class Transformer(nn.Module):
                     encoder_input_ids, encoder_attention_mask, explain=enc_ex
                 )
         h = self.model(
-            input_ids, attention_mask, positions, token_types, cache,
-            memory=encoder_hidden, memory_mask=encoder_attention_mask, explain=ex,
+            input_ids,
+            attention_mask,
+            positions,
+            token_types,
+            cache,
+            memory=encoder_hidden,
+            memory_mask=encoder_attention_mask,
+            explain=ex,
         )
         logits = None
         if self.cfg.lm_head:

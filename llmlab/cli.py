@@ -1,0 +1,222 @@
+"""`llmlab` command line: a thin layer over the library."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Callable
+from typing import Any
+
+DEFAULT_MODEL = "smollm2-135m-instruct"
+DTYPES = ("fp32", "bf16", "int8")
+
+
+def _load(name: str, dtype: str) -> Any:
+    import torch
+
+    from llmlab.weights.registry import load
+
+    if dtype not in DTYPES:
+        raise ValueError(f"--dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
+    lm = load(name, dtype=torch.bfloat16 if dtype == "bf16" else torch.float32)
+    if dtype == "int8":
+        from llmlab.model.quant import quantize_int8_
+
+        quantize_int8_(lm.model)
+    return lm
+
+
+def _sampling_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--max-new-tokens", type=int, default=256)
+    p.add_argument("--temperature", type=float, default=0.7, help="0 = greedy")
+    p.add_argument("--top-k", type=int, default=0, help="0 disables")
+    p.add_argument("--top-p", type=float, default=1.0)
+    p.add_argument("--min-p", type=float, default=0.0)
+    p.add_argument("--repetition-penalty", type=float, default=1.0)
+    p.add_argument("--stop", action="append", default=[], help="stop string (repeatable)")
+    p.add_argument("--seed", type=int, default=None)
+    p.add_argument("--dtype", default=None, help="fp32 | bf16 | int8 (weight-only, fastest on CPU)")
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+
+
+def _sampling(a: argparse.Namespace) -> dict[str, Any]:
+    return dict(
+        max_new_tokens=a.max_new_tokens,
+        temperature=a.temperature,
+        top_k=a.top_k,
+        top_p=a.top_p,
+        min_p=a.min_p,
+        repetition_penalty=a.repetition_penalty,
+        stop=list(a.stop),
+        seed=a.seed,
+    )
+
+
+def _threads(a: argparse.Namespace) -> None:
+    if getattr(a, "threads", None):
+        import torch
+
+        torch.set_num_threads(a.threads)
+
+
+def cmd_generate(a: argparse.Namespace) -> int:
+    from llmlab.generate.chat import stream_chat
+    from llmlab.generate.engine import complete, make_params
+
+    _threads(a)
+    from llmlab.generate.sampling import SamplingParams
+
+    SamplingParams(**_sampling(a)).validate()  # fail before the model loads
+    lm = _load(a.model, a.dtype or "fp32")
+    if lm.kind != "causal-lm":
+        raise ValueError(f"model {a.model!r} is a {lm.kind}, not a causal LM: it can't generate")
+    if a.chat:
+        msgs = [{"role": "user", "content": a.prompt}]
+        for piece in stream_chat(lm, msgs, system=a.system, truncate=a.truncate, **_sampling(a)):
+            sys.stdout.write(piece)
+            sys.stdout.flush()
+    else:
+        params = make_params(lm.tokenizer, **_sampling(a))
+        ids = lm.tokenizer.encode(a.prompt)
+        out = complete(lm.model, lm.tokenizer, [ids], params, truncate=a.truncate)[0]
+        sys.stdout.write(out.text)
+    sys.stdout.write("\n")
+    return 0
+
+
+def cmd_chat(a: argparse.Namespace) -> int:
+    from llmlab.generate.chat import ChatSession
+    from llmlab.generate.sampling import SamplingParams
+
+    _threads(a)
+    SamplingParams(**_sampling(a)).validate()
+    lm = _load(a.model, a.dtype or "bf16")
+    session = ChatSession(lm, system=a.system, **_sampling(a))
+    tty = sys.stdin.isatty()
+    if tty:
+        print(
+            f"llmlab chat with {lm.name}. /reset clears history, /system TEXT sets the "
+            "system prompt, /exit quits.",
+            file=sys.stderr,
+        )
+    while True:
+        if tty:
+            print("> ", end="", file=sys.stderr, flush=True)
+        line = sys.stdin.readline()
+        if not line:
+            break
+        line = line.strip()
+        if not line:
+            continue
+        if line in ("/exit", "/quit"):
+            break
+        if line == "/reset":
+            session.reset()
+            print("(history cleared)", file=sys.stderr)
+            continue
+        if line.startswith("/system"):
+            text = line[len("/system") :].strip()
+            session.set_system(text or None)
+            print(f"(system prompt {'set' if text else 'reset to default'})", file=sys.stderr)
+            continue
+        if line.startswith("/"):
+            print(
+                f"unknown command {line.split()[0]}; use /reset, /system TEXT, /exit",
+                file=sys.stderr,
+            )
+            continue
+        for piece in session.send(line):
+            sys.stdout.write(piece)
+            sys.stdout.flush()
+        sys.stdout.write("\n")
+        sys.stdout.flush()
+    return 0
+
+
+def cmd_export_hf(a: argparse.Namespace) -> int:
+    from llmlab.weights.hf import save_hf
+
+    lm = _load(a.model, "fp32")
+    out = save_hf(lm.model, a.out_dir, lm.tokenizer)
+    print(f"wrote {out} (config.json, model.safetensors, tokenizer files)", file=sys.stderr)
+    return 0
+
+
+def cmd_models(a: argparse.Namespace) -> int:
+    from llmlab.weights.registry import list_models
+
+    rows = list_models()
+    if a.json:
+        print(json.dumps(rows, indent=2))
+        return 0
+    for r in rows:
+        mark = "ok " if r["installed"] else "-- "
+        print(f"{mark} {r['name']:<24} {r['kind']:<10} {r['description']}")
+        print(f"    {r['source']}")
+    print("Any directory written by `llmlab export-hf` or a training run also loads: --model PATH")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from llmlab import __version__
+
+    p = argparse.ArgumentParser(prog="llmlab", description="A hackable, end-to-end LLM lab.")
+    p.add_argument("--version", action="version", version=f"llmlab {__version__}")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND")
+
+    g = sub.add_parser("generate", help="complete a prompt (prints only the completion)")
+    g.add_argument("--model", default=DEFAULT_MODEL)
+    g.add_argument("--prompt", required=True)
+    g.add_argument("--chat", action="store_true", help="wrap the prompt in the chat template")
+    g.add_argument("--system", default=None)
+    g.add_argument(
+        "--truncate",
+        action="store_true",
+        help="left-truncate a prompt that doesn't fit the context (else: error)",
+    )
+    _sampling_args(g)
+    g.set_defaults(fn=cmd_generate)
+
+    c = sub.add_parser("chat", help="interactive streaming chat")
+    c.add_argument("--model", default=DEFAULT_MODEL)
+    c.add_argument("--system", default=None)
+    _sampling_args(c)
+    c.set_defaults(fn=cmd_chat)
+
+    e = sub.add_parser("export-hf", help="write a transformers-loadable directory")
+    e.add_argument("model")
+    e.add_argument("out_dir")
+    e.set_defaults(fn=cmd_export_hf)
+
+    m = sub.add_parser("models", help="list loadable models")
+    m.add_argument("--json", action="store_true")
+    m.set_defaults(fn=cmd_models)
+
+    try:
+        from llmlab.tokenizer.cli import add_commands
+    except ImportError:
+        pass
+    else:
+        add_commands(sub)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = build_parser()
+    a = p.parse_args(argv)
+    fn: Callable[[argparse.Namespace], int] | None = getattr(a, "fn", None)
+    if fn is None:
+        p.print_help()
+        return 2
+    try:
+        return fn(a)
+    except KeyboardInterrupt:
+        return 130
+    except (ValueError, FileNotFoundError, ModuleNotFoundError, OSError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

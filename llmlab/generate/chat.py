@@ -1,0 +1,115 @@
+"""Chat: render a conversation with the model's template, and hold multi-turn history.
+
+ChatML (SmolLM2's format) is written out by hand because it is the thing to learn: each
+turn is `<|im_start|>{role}\\n{content}<|im_end|>\\n`, and the prompt ends with an open
+assistant turn for the model to complete. Other templates are configurable.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from llmlab.generate.engine import fit_context, make_params, stream_batch
+
+SMOLLM2_SYSTEM = "You are a helpful AI assistant named SmolLM, trained by Hugging Face"
+
+
+@dataclass
+class ChatTemplate:
+    turn_start: str = "<|im_start|>{role}\n"
+    turn_end: str = "<|im_end|>\n"
+    generation_prompt: str = "<|im_start|>assistant\n"
+    default_system: str | None = None
+    stop: list[str] = field(default_factory=lambda: ["<|im_end|>"])
+
+    def render(
+        self,
+        messages: list[dict[str, str]],
+        system: str | None = None,
+        add_generation_prompt: bool = True,
+    ) -> str:
+        for i, m in enumerate(messages):
+            if not isinstance(m, dict) or "role" not in m or "content" not in m:
+                raise ValueError(f"message {i} needs 'role' and 'content' fields, got {m!r}")
+            if m["role"] not in ("system", "user", "assistant", "tool"):
+                raise ValueError(f"message {i}: unknown role {m['role']!r}")
+        msgs = list(messages)
+        if system is not None:
+            msgs = [{"role": "system", "content": system}] + [
+                m for m in msgs if m["role"] != "system"
+            ]
+        elif self.default_system is not None and (not msgs or msgs[0]["role"] != "system"):
+            msgs = [{"role": "system", "content": self.default_system}] + msgs
+        out = "".join(
+            self.turn_start.format(role=m["role"]) + m["content"] + self.turn_end for m in msgs
+        )
+        return out + (self.generation_prompt if add_generation_prompt else "")
+
+
+CHATML = ChatTemplate()
+
+
+def template_for(lm: Any) -> ChatTemplate:
+    """ChatML, with SmolLM2's default system prompt when the model's template carries it."""
+    src = lm.cfg.extra.get("chat_template") or ""
+    if "<|im_start|>" in src or not src:
+        default = SMOLLM2_SYSTEM if SMOLLM2_SYSTEM in src else None
+        return ChatTemplate(default_system=default)
+    raise ValueError("only ChatML-style chat templates are supported for now")
+
+
+def render_chat(
+    lm: Any,
+    messages: list[dict[str, str]],
+    system: str | None = None,
+    add_generation_prompt: bool = True,
+) -> str:
+    return template_for(lm).render(messages, system, add_generation_prompt)
+
+
+def chat(lm: Any, messages: list[dict[str, str]], system: str | None = None, **kw: Any) -> str:
+    return "".join(stream_chat(lm, messages, system=system, **kw))
+
+
+def stream_chat(
+    lm: Any,
+    messages: list[dict[str, str]],
+    system: str | None = None,
+    truncate: bool = False,
+    **kw: Any,
+) -> Iterator[str]:
+    tpl = template_for(lm)
+    text = tpl.render(messages, system)
+    ids = lm.tokenizer.encode(text, allowed_special="all")
+    kw.setdefault("stop", [])
+    kw["stop"] = [*kw["stop"], *tpl.stop]
+    params = make_params(lm.tokenizer, **kw)
+    ids = fit_context([ids], params.max_new_tokens, lm.cfg.max_seq_len, truncate)[0]
+    for _, piece in stream_batch(lm.model, lm.tokenizer, [ids], params):
+        yield piece
+
+
+class ChatSession:
+    """Multi-turn history with a system prompt; `/reset` and `/system` in the CLI map here."""
+
+    def __init__(self, lm: Any, system: str | None = None, **sampling: Any) -> None:
+        self.lm, self.system, self.sampling = lm, system, sampling
+        self.history: list[dict[str, str]] = []
+
+    def reset(self) -> None:
+        self.history.clear()
+
+    def set_system(self, system: str | None) -> None:
+        self.system = system
+
+    def send(self, user: str) -> Iterator[str]:
+        self.history.append({"role": "user", "content": user})
+        reply = []
+        try:
+            for piece in stream_chat(self.lm, self.history, system=self.system, **self.sampling):
+                reply.append(piece)
+                yield piece
+        finally:
+            self.history.append({"role": "assistant", "content": "".join(reply).strip()})

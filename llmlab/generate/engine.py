@@ -1,0 +1,259 @@
+"""Batched KV-cache decoding with streaming.
+
+Prompts of different lengths are left-padded into one batch; an attention mask hides the
+padding and positions count from each row's first real token, so every row computes
+exactly what it would alone. The cache is allocated once for prompt + new tokens, so the
+past is never recomputed.
+"""
+
+from __future__ import annotations
+
+import codecs
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from llmlab.generate.sampling import SamplingParams, sample
+from llmlab.model.cache import KVCache
+from llmlab.model.transformer import Transformer
+
+
+class ContextLengthError(ValueError):
+    pass
+
+
+def fit_context(
+    prompts: list[list[int]], max_new_tokens: int, context: int, truncate: bool
+) -> list[list[int]]:
+    """Check prompt + new tokens fit; left-truncate the prompt only when asked to."""
+    budget = context - max_new_tokens
+    if budget <= 0:
+        raise ContextLengthError(
+            f"max_new_tokens={max_new_tokens} leaves no room in the {context}-token context"
+        )
+    out = []
+    for i, p in enumerate(prompts):
+        if len(p) > budget:
+            if not truncate:
+                raise ContextLengthError(
+                    f"prompt {i} has {len(p)} tokens; with max_new_tokens={max_new_tokens} "
+                    f"only {budget} fit in the {context}-token context "
+                    "(shorten it, lower max_new_tokens, or pass truncate=True / --truncate)"
+                )
+            p = p[-budget:]
+        if not p:
+            raise ValueError(f"prompt {i} is empty: a model needs at least one token to continue")
+        out.append(p)
+    return out
+
+
+@dataclass
+class Step:
+    """One decoding step for the whole batch."""
+
+    tokens: torch.Tensor  # (B,) the sampled ids (meaningless for rows already done)
+    done: torch.Tensor  # (B,) bool, True once a row hit a stop token or its budget
+    logits: torch.Tensor | None = None  # (B, V) raw logits, when asked for
+
+
+@torch.inference_mode()
+def iter_decode(
+    model: Transformer,
+    prompts: list[list[int]],
+    params: SamplingParams,
+    pad_id: int = 0,
+    return_logits: bool = False,
+) -> Iterator[Step]:
+    """Yield one Step per new token. Rows finish independently; the loop ends when all have."""
+    params.validate()
+    dev = model.device
+    b = len(prompts)
+    lens = torch.tensor([len(p) for p in prompts], device=dev)
+    t0 = int(lens.max())
+    total = t0 + params.max_new_tokens
+    ids = torch.full((b, t0), pad_id, dtype=torch.long, device=dev)
+    for i, p in enumerate(prompts):
+        ids[i, t0 - len(p) :] = torch.tensor(p, dtype=torch.long)
+    padded = bool((lens != t0).any())
+    mask = None
+    if padded:
+        mask = torch.ones(b, total, dtype=torch.long, device=dev)
+        mask[:, :t0] = torch.arange(t0, device=dev)[None] >= (t0 - lens)[:, None]
+    cache = KVCache(model.cfg, b, total, dev, model.dtype)
+    gen = None
+    if params.seed is not None:
+        gen = torch.Generator(device=dev).manual_seed(params.seed)
+    seen = None
+    if params.repetition_penalty != 1.0:
+        seen = torch.zeros(b, model.cfg.vocab_size, dtype=torch.bool, device=dev)
+        for i, p in enumerate(prompts):
+            seen[i, torch.tensor(p, device=dev)] = True
+    stops = torch.tensor(params.stop_token_ids or [-1], device=dev)
+    done = torch.zeros(b, dtype=torch.bool, device=dev)
+
+    x = ids
+    for step in range(params.max_new_tokens):
+        am = mask[:, : cache.length + x.shape[1]] if mask is not None else None
+        logits = model(x, attention_mask=am, cache=cache, last_only=True).logits[:, -1]
+        nxt = sample(logits, params, gen, seen)
+        newly = torch.isin(nxt, stops) | (step == params.max_new_tokens - 1)
+        done_before = done.clone()
+        done |= newly
+        if seen is not None:
+            seen[torch.arange(b, device=dev), nxt] = True
+        yield Step(
+            nxt.masked_fill(done_before, pad_id), done.clone(), logits if return_logits else None
+        )
+        if bool(done.all()):
+            return
+        x = nxt[:, None]
+
+
+class TextStream:
+    """Turns token ids into text safely: whole UTF-8 characters only, and stop strings
+    held back until they can be ruled out, then cut."""
+
+    def __init__(self, tokenizer: Any, stop: list[str]) -> None:
+        self.tok = tokenizer
+        self.stop = [s for s in stop if s]
+        self.dec = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        self.text = ""  # everything decoded so far
+        self.emitted = 0  # characters already handed out
+        self.stopped = False
+
+    def feed(self, token_id: int) -> str:
+        """Add one token; return the text that is now safe to show."""
+        if self.stopped:
+            return ""
+        self.text += self.dec.decode(self.tok.decode_bytes([token_id]))
+        for s in self.stop:
+            at = self.text.find(s, max(0, self.emitted - len(s)))
+            if at != -1:
+                self.text = self.text[:at]
+                self.stopped = True
+                return self._take(len(self.text))
+        hold = max((len(s) - 1 for s in self.stop), default=0)
+        # Hold back only a tail that could still grow into a stop string.
+        safe = len(self.text)
+        for k in range(min(hold, len(self.text)), 0, -1):
+            tail = self.text[-k:]
+            if any(s.startswith(tail) for s in self.stop):
+                safe = len(self.text) - k
+                break
+        return self._take(safe)
+
+    def flush(self) -> str:
+        if not self.stopped:
+            self.text += self.dec.decode(b"", final=True)
+        return self._take(len(self.text))
+
+    def _take(self, upto: int) -> str:
+        upto = max(upto, self.emitted)
+        piece = self.text[self.emitted : upto]
+        self.emitted = upto
+        return piece
+
+
+@dataclass
+class Completion:
+    text: str
+    token_ids: list[int] = field(default_factory=list)
+    finish_reason: str = "length"  # "stop" | "length"
+    prompt_tokens: int = 0
+
+
+def stream_batch(
+    model: Transformer, tokenizer: Any, prompts: list[list[int]], params: SamplingParams
+) -> Iterator[tuple[int, str]]:
+    """Yield (row, text piece) as tokens arrive; stop strings end a row early."""
+    streams = [TextStream(tokenizer, params.stop) for _ in prompts]
+    for step in iter_decode(model, prompts, params, pad_id=_pad(tokenizer)):
+        for i, s in enumerate(streams):
+            if s.stopped or (step.done[i] and _is_stop_token(step.tokens[i], params)):
+                continue
+            piece = s.feed(int(step.tokens[i]))
+            if piece:
+                yield i, piece
+        if all(s.stopped for s in streams):
+            break
+    for i, s in enumerate(streams):
+        piece = s.flush()
+        if piece:
+            yield i, piece
+
+
+def _pad(tokenizer: Any) -> int:
+    for name in ("pad_id", "eos_id"):
+        v = getattr(tokenizer, name, None)
+        if v is not None:
+            return int(v)
+    return 0
+
+
+def _is_stop_token(tok: torch.Tensor, params: SamplingParams) -> bool:
+    return int(tok) in params.stop_token_ids
+
+
+def complete(
+    model: Transformer,
+    tokenizer: Any,
+    prompts: list[list[int]],
+    params: SamplingParams,
+    truncate: bool = False,
+) -> list[Completion]:
+    """Batched generation to finished Completions (text with stop strings cut)."""
+    prompts = fit_context(prompts, params.max_new_tokens, model.cfg.max_seq_len, truncate)
+    streams = [TextStream(tokenizer, params.stop) for _ in prompts]
+    outs = [Completion("", [], "length", len(p)) for p in prompts]
+    for step in iter_decode(model, prompts, params, pad_id=_pad(tokenizer)):
+        for i, s in enumerate(streams):
+            if s.stopped or outs[i].finish_reason == "stop":
+                continue
+            t = int(step.tokens[i])
+            if t in params.stop_token_ids:
+                outs[i].finish_reason = "stop"
+                continue
+            outs[i].token_ids.append(t)
+            s.feed(t)
+            if s.stopped:
+                outs[i].finish_reason = "stop"
+        if all(o.finish_reason == "stop" for o in outs):
+            break
+    for o, s in zip(outs, streams, strict=True):
+        s.flush()
+        o.text = s.text
+    return outs
+
+
+def make_params(tokenizer: Any, **kw: Any) -> SamplingParams:
+    """SamplingParams with the tokenizer's EOS added to the stop tokens."""
+    params = SamplingParams(**kw)
+    eos = getattr(tokenizer, "eos_id", None)
+    if eos is not None and eos not in params.stop_token_ids:
+        params.stop_token_ids = [*params.stop_token_ids, int(eos)]
+    params.validate()
+    return params
+
+
+def generate_text(
+    lm: Any,
+    prompt: str | list[str],
+    chat: bool = False,
+    system: str | None = None,
+    truncate: bool = False,
+    **kw: Any,
+) -> str | list[str]:
+    """`lm.generate("Once upon a time", max_new_tokens=20, temperature=0)`."""
+    from llmlab.generate.chat import render_chat
+
+    prompts = [prompt] if isinstance(prompt, str) else list(prompt)
+    if chat:
+        texts = [render_chat(lm, [{"role": "user", "content": p}], system=system) for p in prompts]
+    else:
+        texts = prompts
+    ids = [lm.tokenizer.encode(t, allowed_special="all" if chat else "none") for t in texts]
+    params = make_params(lm.tokenizer, **kw)
+    outs = complete(lm.model, lm.tokenizer, ids, params, truncate=truncate)
+    return outs[0].text if isinstance(prompt, str) else [o.text for o in outs]

@@ -1,0 +1,151 @@
+"""Properties the maths guarantees: caching, causality, relative positions, GQA, explain."""
+
+from __future__ import annotations
+
+import torch
+
+from llmlab.generate.engine import iter_decode
+from llmlab.generate.sampling import SamplingParams
+from llmlab.model import KVCache, ModelConfig, Transformer
+from llmlab.model.positions import apply_rope, rope_cos_sin
+
+V = 256
+LLAMA = dict(
+    vocab_size=V,
+    d_model=64,
+    n_layer=2,
+    n_head=4,
+    n_kv_head=2,
+    d_ff=128,
+    max_seq_len=128,
+    pos="rope",
+    norm="rmsnorm",
+    mlp="swiglu",
+    bias=False,
+)
+GPT2 = dict(vocab_size=V, d_model=64, n_layer=2, n_head=4, max_seq_len=128)
+
+
+def _model(**kw) -> Transformer:
+    torch.manual_seed(0)
+    return Transformer(ModelConfig(**kw)).eval()
+
+
+def test_kv_cache_decoding_equals_full_recompute():
+    for kw in (LLAMA, GPT2):
+        m = _model(**kw)
+        ids = torch.randint(0, V, (2, 24))
+        with torch.no_grad():
+            full = m(ids).logits
+            cache = KVCache(m.cfg, 2, 24)
+            parts = [m(ids[:, :10], cache=cache).logits]
+            for t in range(10, 24):
+                parts.append(m(ids[:, t : t + 1], cache=cache).logits)
+        assert (torch.cat(parts, 1) - full).abs().max().item() <= 1e-5
+        assert cache.length == 24
+
+
+def test_future_tokens_do_not_change_past_logits():
+    m = _model(**LLAMA)
+    a = torch.randint(0, V, (1, 20))
+    b = a.clone()
+    b[0, 12:] = torch.randint(0, V, (8,))
+    with torch.no_grad():
+        la, lb = m(a).logits, m(b).logits
+    assert torch.allclose(la[:, :12], lb[:, :12], atol=1e-6)
+    assert not torch.allclose(la[:, 12:], lb[:, 12:], atol=1e-3)
+
+
+def test_rope_scores_depend_only_on_relative_position():
+    torch.manual_seed(0)
+    hd = 32
+    q, k = torch.randn(1, 1, 1, hd), torch.randn(1, 1, 1, hd)
+
+    def score(pq: int, pk: int) -> float:
+        cq, sq = rope_cos_sin(torch.tensor([[pq]]), hd, 10000.0, torch.float64)
+        ck, sk = rope_cos_sin(torch.tensor([[pk]]), hd, 10000.0, torch.float64)
+        rq, rk = apply_rope(q.double(), cq, sq), apply_rope(k.double(), ck, sk)
+        return (rq * rk).sum().item()
+
+    for delta in (0, 1, 5, 37):
+        ref = score(delta, 0)
+        for shift in (3, 100, 1000):
+            assert abs(score(shift + delta, shift) - ref) < 1e-9
+    assert abs(score(5, 0) - score(9, 0)) > 1e-4  # and it does depend on the offset
+
+
+def test_gqa_equals_mha_with_repeated_kv_heads():
+    gqa = _model(**LLAMA)
+    mha = Transformer(ModelConfig(**{**LLAMA, "n_kv_head": 4})).eval()
+    sd = gqa.state_dict()
+    hd, rep = 16, 2
+    for i in range(2):
+        for p in ("k_proj", "v_proj"):
+            w = sd[f"model.layers.{i}.self_attn.{p}.weight"]  # (2 * hd, d)
+            sd[f"model.layers.{i}.self_attn.{p}.weight"] = (
+                w.view(2, hd, -1).repeat_interleave(rep, 0).reshape(4 * hd, -1)
+            )
+    mha.load_state_dict(sd)
+    ids = torch.randint(0, V, (2, 15))
+    with torch.no_grad():
+        assert (gqa(ids).logits - mha(ids).logits).abs().max().item() <= 1e-5
+
+
+def test_explain_mode_returns_the_attention_sdpa_computed():
+    m = _model(**LLAMA)
+    ids = torch.randint(0, V, (1, 9))
+    with torch.no_grad():
+        plain = m(ids)
+        ex = m(ids, explain=True)
+    assert (plain.logits - ex.logits).abs().max().item() <= 1e-5
+    assert len(ex.attentions) == 2
+    w, s = ex.attentions[0]["weights"], ex.attentions[0]["scores"]
+    assert w.shape == (1, 4, 9, 9)
+    assert torch.allclose(w.sum(-1), torch.ones(1, 4, 9), atol=1e-5)
+    assert torch.all(w.triu(1) == 0)  # causal: nothing attends to the future
+    assert torch.allclose(s.softmax(-1), w, atol=1e-6)
+
+
+def test_explain_bidirectional_mode_sees_both_ways():
+    m = _model(**{**LLAMA, "causal": False, "lm_head": False})
+    with torch.no_grad():
+        ex = m(torch.randint(0, V, (1, 6)), explain=True)
+    assert ex.attentions[0]["weights"].triu(1).abs().sum() > 0
+
+
+def test_batched_left_padded_generation_equals_one_by_one():
+    m = _model(**LLAMA)
+    prompts = [[5, 6, 7, 8, 9, 10, 11], [42], [1, 2, 3]]
+    params = SamplingParams(max_new_tokens=12, temperature=0)
+
+    def run(ps):
+        toks = [[] for _ in ps]
+        for st in iter_decode(m, ps, params):
+            for i in range(len(ps)):
+                toks[i].append(int(st.tokens[i]))
+        return toks
+
+    batched = run(prompts)
+    for i, p in enumerate(prompts):
+        assert run([p])[0] == batched[i]
+
+
+def test_batched_logits_equal_unpadded_logits():
+    m = _model(**GPT2)  # learned positions must also count from each row's first real token
+    prompts = [[5, 6, 7, 8, 9], [42, 43]]
+    params = SamplingParams(max_new_tokens=4, temperature=0)
+    b = [st.logits for st in iter_decode(m, prompts, params, return_logits=True)]
+    for i, p in enumerate(prompts):
+        one = [st.logits for st in iter_decode(m, [p], params, return_logits=True)]
+        for s in range(4):
+            assert (b[s][i] - one[s][0]).abs().max().item() <= 1e-4
+
+
+def test_seeded_sampling_is_reproducible():
+    m = _model(**LLAMA)
+    params = SamplingParams(max_new_tokens=16, temperature=1.0, top_k=50, seed=1234)
+
+    def run():
+        return [int(st.tokens[0]) for st in iter_decode(m, [[1, 2, 3]], params)]
+
+    assert run() == run()
