@@ -158,7 +158,6 @@ def _load_smollm2(dtype: torch.dtype) -> LoadedModel:
 
 
 def _load_gguf_file(path: Path, dtype: torch.dtype) -> LoadedModel:
-    from llmlab.tokenizer import Tokenizer
     from llmlab.weights.gguf import load_gguf
 
     st = path.stat()
@@ -176,6 +175,8 @@ def _load_gguf_file(path: Path, dtype: torch.dtype) -> LoadedModel:
             cfg.save(cached / LLMLAB_CONFIG)
         except OSError:
             pass
+    from llmlab.tokenizer import Tokenizer
+
     tok = Tokenizer.from_gguf(path)
     cfg.extra["chat_template"] = tok.chat_template
     model = build(cfg, sd, str(path)).to(dtype)
