@@ -1,0 +1,1 @@
+"""Text corpora for the lab (tokenizer training, pretraining)."""
