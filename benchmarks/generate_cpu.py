@@ -61,8 +61,14 @@ def theirs(model, ids: list[int], n_new: int, repeat: int) -> float:
 
     @torch.inference_mode()
     def go():
-        model.generate(x, attention_mask=torch.ones_like(x), max_new_tokens=n_new,
-                       min_new_tokens=n_new, do_sample=False, pad_token_id=2)
+        model.generate(
+            x,
+            attention_mask=torch.ones_like(x),
+            max_new_tokens=n_new,
+            min_new_tokens=n_new,
+            do_sample=False,
+            pad_token_id=2,
+        )
 
     return n_new / best_of(go, repeat)
 
@@ -88,31 +94,41 @@ def main() -> None:
     for name, dt in (("fp32", torch.float32), ("bf16", torch.bfloat16)):
         m = copy.deepcopy(lm.model).to(dt)
         h = copy.deepcopy(hf).to(dt)
-        rows.append({
-            "weights": name,
-            "llmlab_decode": ours(m, ids, a.new_tokens, a.repeat),
-            "hf_decode": theirs(h, ids, a.new_tokens, a.repeat),
-            "llmlab_prefill": prefill(m, a.prefill, a.repeat),
-            "hf_prefill": prefill(h, a.prefill, a.repeat, hf=True),
-        })
+        rows.append(
+            {
+                "weights": name,
+                "llmlab_decode": ours(m, ids, a.new_tokens, a.repeat),
+                "hf_decode": theirs(h, ids, a.new_tokens, a.repeat),
+                "llmlab_prefill": prefill(m, a.prefill, a.repeat),
+                "hf_prefill": prefill(h, a.prefill, a.repeat, hf=True),
+            }
+        )
         del m, h
     q = quantize_int8_(copy.deepcopy(lm.model))
-    rows.append({
-        "weights": "int8 (llmlab) vs fp32 (hf)",
-        "llmlab_decode": ours(q, ids, a.new_tokens, a.repeat),
-        "hf_decode": rows[0]["hf_decode"],
-        "llmlab_prefill": prefill(q, a.prefill, a.repeat),
-        "hf_prefill": rows[0]["hf_prefill"],
-    })
-    print(f"# {platform.processor() or platform.machine()}, {a.threads} threads, torch "
-          f"{torch.__version__}, {a.new_tokens} new tokens, prefill {a.prefill}")
-    print("| weights | llmlab decode tok/s | transformers decode tok/s | ratio | "
-          "llmlab prefill tok/s | transformers prefill tok/s | ratio |")
+    rows.append(
+        {
+            "weights": "int8 (llmlab) vs fp32 (hf)",
+            "llmlab_decode": ours(q, ids, a.new_tokens, a.repeat),
+            "hf_decode": rows[0]["hf_decode"],
+            "llmlab_prefill": prefill(q, a.prefill, a.repeat),
+            "hf_prefill": rows[0]["hf_prefill"],
+        }
+    )
+    print(
+        f"# {platform.processor() or platform.machine()}, {a.threads} threads, torch "
+        f"{torch.__version__}, {a.new_tokens} new tokens, prefill {a.prefill}"
+    )
+    print(
+        "| weights | llmlab decode tok/s | transformers decode tok/s | ratio | "
+        "llmlab prefill tok/s | transformers prefill tok/s | ratio |"
+    )
     print("|---|---|---|---|---|---|---|")
     for r in rows:
-        print(f"| {r['weights']} | {r['llmlab_decode']:.1f} | {r['hf_decode']:.1f} | "
-              f"{r['llmlab_decode'] / r['hf_decode']:.2f}x | {r['llmlab_prefill']:.0f} | "
-              f"{r['hf_prefill']:.0f} | {r['llmlab_prefill'] / r['hf_prefill']:.2f}x |")
+        print(
+            f"| {r['weights']} | {r['llmlab_decode']:.1f} | {r['hf_decode']:.1f} | "
+            f"{r['llmlab_decode'] / r['hf_decode']:.2f}x | {r['llmlab_prefill']:.0f} | "
+            f"{r['hf_prefill']:.0f} | {r['llmlab_prefill'] / r['hf_prefill']:.2f}x |"
+        )
     print(json.dumps(rows))
 
 

@@ -17,8 +17,12 @@ from llmlab.weights.registry import _smollm2_file, save_checkpoint
 def run(*args: str, stdin: str | None = None, timeout: int = 300) -> subprocess.CompletedProcess:
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
     return subprocess.run(
-        [sys.executable, "-m", "llmlab.cli", *args], input=stdin, capture_output=True,
-        text=True, timeout=timeout, env=env,
+        [sys.executable, "-m", "llmlab.cli", *args],
+        input=stdin,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=env,
     )
 
 
@@ -37,8 +41,12 @@ def test_unknown_model_lists_known_ones():
 
 @pytest.mark.parametrize(
     "flag,value,name",
-    [("--temperature", "-1", "temperature"), ("--top-p", "1.5", "top_p"),
-     ("--top-p", "0", "top_p"), ("--top-k", "-3", "top_k")],
+    [
+        ("--temperature", "-1", "temperature"),
+        ("--top-p", "1.5", "top_p"),
+        ("--top-p", "0", "top_p"),
+        ("--top-k", "-3", "top_k"),
+    ],
 )
 def test_out_of_range_sampling_parameter_is_named(flag, value, name):
     r = run("generate", "--prompt", "hi", flag, value)
@@ -74,15 +82,26 @@ def test_prompt_longer_than_context_is_an_error():
 
 
 def test_generate_greedy_prints_only_the_completion():
-    r = run("generate", "--prompt", "What is the capital of France?", "--chat",
-            "--temperature", "0", "--max-new-tokens", "24")
+    r = run(
+        "generate",
+        "--prompt",
+        "What is the capital of France?",
+        "--chat",
+        "--temperature",
+        "0",
+        "--max-new-tokens",
+        "24",
+    )
     assert r.returncode == 0, r.stderr
     assert "Paris" in r.stdout
     assert "<|im" not in r.stdout and "capital of France?" not in r.stdout.split("Paris")[0][-5:]
 
 
 def test_chat_streams_and_handles_commands():
-    script = "What is the capital of France?\n/reset\n/system Always answer in one word.\n/bogus\n/exit\n"
+    script = (
+        "What is the capital of France?\n/reset\n/system Always answer in one word.\n"
+        "/bogus\n/exit\n"
+    )
     r = run("chat", "--temperature", "0", "--max-new-tokens", "24", stdin=script)
     assert r.returncode == 0, r.stderr
     assert "Paris" in r.stdout

@@ -149,3 +149,27 @@ def test_seeded_sampling_is_reproducible():
         return [int(st.tokens[0]) for st in iter_decode(m, [[1, 2, 3]], params)]
 
     assert run() == run()
+
+
+def test_chat_session_drops_oldest_turns_to_fit_the_context():
+    from llmlab.generate.chat import ChatSession
+
+    class Tok:  # one token per character, enough to count lengths
+        eos_id = None
+
+        def encode(self, text, allowed_special="none"):
+            return [ord(c) % V for c in text]
+
+    class LM:
+        cfg = ModelConfig(**{**LLAMA, "max_seq_len": 300})
+        tokenizer = Tok()
+
+    s = ChatSession(LM(), max_new_tokens=50)
+    s.history = [
+        {"role": "user", "content": "a" * 60},
+        {"role": "assistant", "content": "b" * 60},
+    ] * 2
+    s.history.append({"role": "user", "content": "latest"})
+    s._fit_history()
+    assert s.history[-1]["content"] == "latest"
+    assert len(s.history) in (1, 3)

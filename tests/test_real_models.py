@@ -1,4 +1,4 @@
-"""The bundled real models against their outside references (transformers, sentence-transformers)."""
+"""The bundled real models against outside references: transformers, sentence-transformers."""
 
 from __future__ import annotations
 
@@ -33,7 +33,9 @@ def hf_gguf():
     from llmlab.weights.registry import _smollm2_file
 
     p = _smollm2_file()
-    model = AutoModelForCausalLM.from_pretrained(str(p.parent), gguf_file=p.name, dtype=torch.float32)
+    model = AutoModelForCausalLM.from_pretrained(
+        str(p.parent), gguf_file=p.name, dtype=torch.float32
+    )
     tok = AutoTokenizer.from_pretrained(str(p.parent), gguf_file=p.name)
     return model.eval(), tok
 
@@ -56,7 +58,9 @@ def test_smollm2_perplexity_is_sane(smol):
 
 
 def test_smollm2_greedy_chat_answer_mentions_paris(smol):
-    out = smol.generate("What is the capital of France?", chat=True, temperature=0, max_new_tokens=24)
+    out = smol.generate(
+        "What is the capital of France?", chat=True, temperature=0, max_new_tokens=24
+    )
     assert "Paris" in out
 
 
@@ -66,8 +70,12 @@ def test_chat_rendering_matches_the_models_jinja_template(smol, hf_gguf):
     _, tok = hf_gguf
     for msgs in (
         [{"role": "user", "content": "Hi"}],
-        [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"},
-         {"role": "assistant", "content": "Hello!"}, {"role": "user", "content": "2+2?"}],
+        [
+            {"role": "system", "content": "Be brief."},
+            {"role": "user", "content": "Hi"},
+            {"role": "assistant", "content": "Hello!"},
+            {"role": "user", "content": "2+2?"},
+        ],
     ):
         ref = tok.apply_chat_template(msgs, tokenize=False, add_generation_prompt=True)
         assert render_chat(smol, msgs) == ref

@@ -89,7 +89,7 @@ def test_text_stream_waits_for_whole_utf8_characters():
 
 def test_text_stream_cuts_stop_strings_and_holds_back_prefixes():
     s = TextStream(_ByteTok(), ["<|im_end|>"])
-    pieces = [s.feed(b) for b in "Paris.<|im_".encode()]
+    pieces = [s.feed(b) for b in b"Paris.<|im_"]
     assert "".join(pieces) == "Paris."  # "<|im_" is held back: it may become the stop
     for b in b"end|> more":
         s.feed(b)

@@ -104,8 +104,19 @@ class ChatSession:
     def set_system(self, system: str | None) -> None:
         self.system = system
 
+    def _fit_history(self) -> None:
+        """Drop the oldest exchanges until the prompt plus the reply budget fits the context."""
+        budget = self.lm.cfg.max_seq_len - int(self.sampling.get("max_new_tokens", 256))
+        tpl = template_for(self.lm)
+        while len(self.history) > 1:
+            text = tpl.render(self.history, self.system)
+            if len(self.lm.tokenizer.encode(text, allowed_special="all")) <= budget:
+                return
+            del self.history[:2]  # one user turn and the assistant reply to it
+
     def send(self, user: str) -> Iterator[str]:
         self.history.append({"role": "user", "content": user})
+        self._fit_history()
         reply = []
         try:
             for piece in stream_chat(self.lm, self.history, system=self.system, **self.sampling):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import importlib.util
 import json
@@ -176,8 +177,19 @@ def _load_gguf_file(path: Path, dtype: torch.dtype) -> LoadedModel:
         except OSError:
             pass
     from llmlab.tokenizer import Tokenizer
+    from llmlab.tokenizer.core import META_FILE
 
-    tok = Tokenizer.from_gguf(path)
+    # Parsing 49k tokens and merges out of GGUF metadata takes seconds; our format loads fast.
+    # The metadata file is written last, so its presence means the cached copy is whole.
+    if (cached / META_FILE).exists():
+        try:
+            tok = Tokenizer.load(cached)
+        except (ValueError, OSError):
+            tok = Tokenizer.from_gguf(path)
+    else:
+        tok = Tokenizer.from_gguf(path)
+        with contextlib.suppress(OSError):
+            tok.save(cached)
     cfg.extra["chat_template"] = tok.chat_template
     model = build(cfg, sd, str(path)).to(dtype)
     return LoadedModel(path.stem, model, tok, "causal-lm", str(path))
