@@ -243,7 +243,10 @@ def train_bpe(
     n_merges = vocab_size - 256 - len(specials)
     merges, vocab = learn_merges(byte_counts, n_merges, progress)
     ranks = {t: i for i, t in enumerate(vocab)}
-    n = len(vocab)  # fewer than asked for when the corpus runs out of pairs
+    n = len(vocab)
+    if n - 256 < n_merges:
+        print(f"warning: the corpus ran out of pairs after {n - 256} merges; the vocabulary has "
+              f"{n + len(specials)} ids, not {vocab_size}", file=sys.stderr)
     special_ids = {s: n + k for k, s in enumerate(specials)}
     bos = next((special_ids[s] for s in ("<|bos|>", "<|begin_of_text|>", "<s>")
                 if s in special_ids), None)
