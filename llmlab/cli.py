@@ -205,7 +205,10 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     p = build_parser()
     a = p.parse_args(argv)
-    fn: Callable[[argparse.Namespace], int] | None = getattr(a, "fn", None)
+    # Subcommand modules register their handler as `fn` or `func`.
+    fn: Callable[[argparse.Namespace], int] | None = getattr(a, "fn", None) or getattr(
+        a, "func", None
+    )
     if fn is None:
         p.print_help()
         return 2
