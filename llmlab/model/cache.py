@@ -16,6 +16,7 @@ class KVCache:
         max_len: int,
         device: torch.device | str = "cpu",
         dtype: torch.dtype = torch.float32,
+        static: bool = False,
     ) -> None:
         assert cfg.n_kv_head is not None and cfg.head_dim is not None
         shape = (batch_size, cfg.n_kv_head, max_len, cfg.head_dim)
@@ -26,11 +27,21 @@ class KVCache:
         self.length = 0  # positions filled in every row
         self._pending = 0
         self._cross: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+        # Static mode: attention always spans the whole buffer (masked), and writes go to
+        # `slots`, a tensor. No shape depends on how much is filled, so a decode step can be
+        # compiled once and replayed (CUDA graphs).
+        self.static = static
+        self.slots: torch.Tensor | None = None
 
     def update(
         self, layer: int, k: torch.Tensor, v: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Write this step's keys/values after the stored ones; return everything so far."""
+        if self.static:
+            assert self.slots is not None, "static cache: set cache.slots before the forward"
+            self.k[layer].index_copy_(2, self.slots, k)
+            self.v[layer].index_copy_(2, self.slots, v)
+            return self.k[layer], self.v[layer]
         t = k.shape[2]
         end = self.length + t
         if end > self.max_len:

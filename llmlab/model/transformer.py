@@ -86,6 +86,17 @@ class Stack(nn.Module):
             return cos[positions[0]][None], sin[positions[0]][None]
         return cos[positions], sin[positions]
 
+    def _static_mask(self, cache: KVCache, key_valid: torch.Tensor | None) -> torch.Tensor:
+        """(B, 1, T, max_len): a query in slot s sees filled, non-padding slots up to s."""
+        assert cache.slots is not None
+        keys = torch.arange(cache.max_len, device=cache.slots.device)
+        mask = (keys[None, :] <= cache.slots[:, None])[None, None]
+        if key_valid is not None:
+            # Each query also sees its own slot, so a padding row never has an empty softmax.
+            own = (keys[None, :] == cache.slots[:, None])[None, None]
+            mask = (mask & key_valid[:, None, None, :].bool()) | own
+        return mask
+
     def embed(
         self, ids: torch.Tensor, positions: torch.Tensor, token_types: torch.Tensor | None
     ) -> torch.Tensor:
@@ -117,7 +128,10 @@ class Stack(nn.Module):
     ) -> torch.Tensor:
         b, t = ids.shape
         cfg = self.cfg
-        past = cache.length if cache is not None else 0
+        static = cache is not None and cache.static
+        if static and positions is None:
+            raise ValueError("a static cache needs explicit positions (and cache.slots)")
+        past = cache.length if cache is not None and not static else 0
         if past + t > cfg.max_seq_len:
             raise ValueError(
                 f"sequence of {past + t} tokens exceeds the model's context of {cfg.max_seq_len}"
@@ -132,7 +146,10 @@ class Stack(nn.Module):
         rope = None
         if cfg.pos == "rope":
             rope = self._rope(positions, x.dtype)
-        mask, is_causal = build_mask(t, past, self.causal, attention_mask, ids.device)
+        if cache is not None and cache.static:
+            mask, is_causal = self._static_mask(cache, attention_mask), False
+        else:
+            mask, is_causal = build_mask(t, past, self.causal, attention_mask, ids.device)
         mem_mask = None
         if memory_mask is not None:
             mem_mask = memory_mask[:, None, None, :].bool()
@@ -142,7 +159,7 @@ class Stack(nn.Module):
                 ex = {"self": [], "cross": []}
                 explain.append(ex)
             x = layer(x, mask, is_causal, rope, cache, memory, mem_mask, ex)
-        if cache is not None:
+        if cache is not None and not cache.static:
             cache.advance()
         if cfg.final_norm:
             x = self.norm(x)
