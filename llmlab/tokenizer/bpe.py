@@ -170,26 +170,43 @@ def learn_merges(
         delta: defaultdict[int, int] = defaultdict(int)
         for wi in where.pop(p):
             w = words[wi]
+            c = counts[wi]
             out: list[int] = []
             i, n = 0, len(w)
-            while i < n:
-                if w[i] == a and i + 1 < n and w[i + 1] == b:
-                    out.append(new)
-                    i += 2
-                else:
-                    out.append(w[i])
-                    i += 1
-            if len(out) == n:
-                continue  # stale index entry: the pair left this word in an earlier merge
-            c = counts[wi]
-            for x, y in pairwise(w):
-                delta[x << _SHIFT | y] -= c
-            for x, y in pairwise(out):
-                q = x << _SHIFT | y
-                delta[q] += c
-                if x == new or y == new:
+            # Walk occurrences of `a` with list.index (C speed) and update only the pairs next
+            # to each merge: (prev, a) -> (prev, new) and (b, next) -> (new, next). When merges
+            # are adjacent ("abab"), prev is the new token and the two updates cancel correctly.
+            while True:
+                try:
+                    j = w.index(a, i)
+                except ValueError:
+                    break
+                if j + 1 >= n:
+                    break
+                if w[j + 1] != b:
+                    out += w[i : j + 1]
+                    i = j + 1
+                    continue
+                out += w[i:j]
+                if out:
+                    prev = out[-1]
+                    delta[prev << _SHIFT | a] -= c
+                    q = prev << _SHIFT | new
+                    delta[q] += c
                     where[q].add(wi)
+                if j + 2 < n:
+                    nxt = w[j + 2]
+                    delta[b << _SHIFT | nxt] -= c
+                    q = new << _SHIFT | nxt
+                    delta[q] += c
+                    where[q].add(wi)
+                out.append(new)
+                i = j + 2
+            if i == 0:
+                continue  # stale index entry: the pair left this word in an earlier merge
+            out += w[i:]
             words[wi] = out
+        delta.pop(p, None)  # the merged pair itself is dropped below
         for q, d in delta.items():
             if d:
                 total = pair_count[q] + d
