@@ -31,6 +31,7 @@ class Live:
 def server(lm: Any, enc: Any) -> Iterator[Live]:
     from llmlab.server.app import create_app
     from llmlab.server.hub import ServerConfig
+
     # fp32 generation: skips building the int8 copy, keeps the session short.
     app = create_app(ServerConfig(fast_decode=False, max_new_tokens=64))
     port = _free_port()

@@ -15,8 +15,10 @@ from llmlab.explain.spectrum import low_rank, rank_r_errors, singular_values
 
 def test_eckart_young_matches_numpy_reconstruction() -> None:
     rng = np.random.default_rng(0)
-    w = rng.standard_normal((40, 25)) @ np.diag(np.linspace(3, 0.1, 25)) @ rng.standard_normal(
-        (25, 25)
+    w = (
+        rng.standard_normal((40, 25))
+        @ np.diag(np.linspace(3, 0.1, 25))
+        @ rng.standard_normal((25, 25))
     )
     u, s, vh = np.linalg.svd(w, full_matrices=False)
     errs = rank_r_errors(singular_values(torch.tensor(w))).numpy()

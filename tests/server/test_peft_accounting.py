@@ -13,9 +13,14 @@ transformers = pytest.importorskip("transformers")
 
 def _meta_llama(s: acc.LlamaShape):  # noqa: ANN202
     cfg = transformers.LlamaConfig(
-        hidden_size=s.hidden, num_hidden_layers=s.n_layers, num_attention_heads=s.n_heads,
-        num_key_value_heads=s.n_kv_heads, head_dim=s.head_dim, intermediate_size=s.intermediate,
-        vocab_size=s.vocab, tie_word_embeddings=s.tie_embeddings,
+        hidden_size=s.hidden,
+        num_hidden_layers=s.n_layers,
+        num_attention_heads=s.n_heads,
+        num_key_value_heads=s.n_kv_heads,
+        head_dim=s.head_dim,
+        intermediate_size=s.intermediate,
+        vocab_size=s.vocab,
+        tie_word_embeddings=s.tie_embeddings,
     )
     with torch.device("meta"):  # shapes only: 8B parameters, no memory
         return transformers.LlamaForCausalLM(cfg)
@@ -39,12 +44,18 @@ def test_llama2_13b_is_the_famous_6_553_600() -> None:
 def test_dora_prompt_prefix_match_peft() -> None:
     s = acc.LLAMA_31_8B
     cases = [
-        (peft.LoraConfig(r=4, target_modules=["k_proj", "down_proj"], use_dora=True),
-         acc.lora_params(s, 4, ["k_proj", "down_proj"], dora=True)),
-        (peft.PromptTuningConfig(task_type="CAUSAL_LM", num_virtual_tokens=20),
-         acc.prompt_tuning_params(s, 20)),
-        (peft.PrefixTuningConfig(task_type="CAUSAL_LM", num_virtual_tokens=20),
-         acc.prefix_tuning_params(s, 20)),
+        (
+            peft.LoraConfig(r=4, target_modules=["k_proj", "down_proj"], use_dora=True),
+            acc.lora_params(s, 4, ["k_proj", "down_proj"], dora=True),
+        ),
+        (
+            peft.PromptTuningConfig(task_type="CAUSAL_LM", num_virtual_tokens=20),
+            acc.prompt_tuning_params(s, 20),
+        ),
+        (
+            peft.PrefixTuningConfig(task_type="CAUSAL_LM", num_virtual_tokens=20),
+            acc.prefix_tuning_params(s, 20),
+        ),
     ]
     for cfg, ours in cases:
         trainable, _ = peft.get_peft_model(_meta_llama(s), cfg).get_nb_trainable_parameters()
