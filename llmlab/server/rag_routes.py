@@ -230,8 +230,10 @@ def make_router(hub: Hub) -> APIRouter:
             for piece in hub.locked_iter(iter(stream)):
                 yield ev("token", text=piece)
             res = stream.result
+            # The engine's checked answer: invalid [n] removed, citations validated.
             yield ev(
                 "done",
+                answer=res.text if res else "",
                 citations=[n for n, _ in res.citations] if res else [],
                 refused=bool(res and res.refused),
                 reason=res.reason if res else "",

@@ -52,6 +52,11 @@ export function ragPage(root: HTMLElement): void {
       for await (const ev of postSSE("/api/rag/query", { query: q.value, k: Number(k.value), method: method.value, rerank: rerank.checked, chunk_size: Number(chunk.value), session })) {
         const d = JSON.parse(ev.data || "{}");
         if (ev.event === "token") { light("llm"); text += d.text; answer.textContent = text; continue; }
+        if (ev.event === "done") {
+          if (d.answer) answer.textContent = d.answer;
+          stats.append(stat("citations", d.citations?.length ? d.citations.map((n: number) => `[${n}]`).join(" ") : (d.reason || "none")));
+          continue;
+        }
         light(ev.event);
         if (ev.event === "search") {
           stats.replaceChildren(stat("docs in KB", String(d.docs)), stat("chunks in KB", String(d.chunks)), stat("method", d.method + (d.rerank ? " + rerank" : "")));
