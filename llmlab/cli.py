@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import sys
 from collections.abc import Callable
@@ -193,11 +194,14 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--json", action="store_true")
     m.set_defaults(fn=cmd_models)
 
-    try:
-        from llmlab.tokenizer.cli import add_commands
-    except ImportError:
-        pass
-    else:
+    # Each subsystem registers its own subcommands.
+    for mod in ("llmlab.tokenizer.cli", "llmlab.server.cli", "llmlab.train.cli", "llmlab.rag.cli"):
+        try:
+            add_commands = importlib.import_module(mod).add_commands
+        except ImportError as e:
+            if e.name and not mod.startswith(e.name):
+                raise  # a missing dependency inside the module is a real error
+            continue
         add_commands(sub)
     return p
 

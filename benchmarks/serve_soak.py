@@ -1,0 +1,153 @@
+"""Soak `llmlab serve`: N concurrent clients for T seconds mixing attention, RAG and chat.
+
+    python benchmarks/serve_soak.py --clients 32 --seconds 60 [--url http://127.0.0.1:8000]
+
+Without --url it starts its own server in a subprocess. Passes when no request got a 5xx
+(503 from a missing RAG engine is counted separately) and the server's RSS stays bounded.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import random
+import socket
+import statistics
+import subprocess
+import sys
+import time
+from collections import Counter, defaultdict
+from pathlib import Path
+
+import httpx
+
+SENTENCES = [
+    "The cat sat on the mat.",
+    "Attention is all you need.",
+    "A <script>alert(1)</script> token.",
+    "Paris is the capital of France.",
+]
+
+
+def rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+async def one(c: httpx.AsyncClient, kind: str) -> int:
+    if kind == "attention":
+        r = await c.post(
+            "/api/attention",
+            json={
+                "text": random.choice(SENTENCES),
+                "layer": random.randrange(30),
+                "head": random.choice([0, 3, "all"]),
+                "mode": random.choice(["native", "bidirectional"]),
+            },
+        )
+    elif kind == "rag":
+        async with c.stream(
+            "POST", "/api/rag/query", json={"query": "How do I open a file?", "k": 3}
+        ) as r:
+            async for _ in r.aiter_bytes():
+                pass
+    else:
+        async with c.stream(
+            "POST",
+            "/v1/chat/completions",
+            json={
+                "messages": [{"role": "user", "content": "Say hello"}],
+                "max_tokens": 8,
+                "stream": True,
+            },
+        ) as r:
+            async for _ in r.aiter_bytes():
+                pass
+    return r.status_code
+
+
+async def client(url: str, until: float, stats: dict) -> None:
+    async with httpx.AsyncClient(base_url=url, timeout=300) as c:
+        while time.time() < until:
+            kind = random.choices(["attention", "rag", "chat"], [0.5, 0.2, 0.3])[0]
+            t = time.perf_counter()
+            try:
+                code = await one(c, kind)
+            except httpx.HTTPError as e:
+                code = f"error:{type(e).__name__}"
+            stats["lat"][kind].append(time.perf_counter() - t)
+            stats["codes"][(kind, code)] += 1
+
+
+async def main_async(url: str, n: int, seconds: float, pid: int | None) -> int:
+    stats = {"lat": defaultdict(list), "codes": Counter()}
+    until = time.time() + seconds
+    peak = [0.0]
+
+    async def watch() -> None:
+        while time.time() < until and pid:
+            peak[0] = max(peak[0], rss_mb(pid))
+            await asyncio.sleep(1)
+
+    start_rss = rss_mb(pid) if pid else float("nan")
+    await asyncio.gather(watch(), *(client(url, until, stats) for _ in range(n)))
+    end_rss = rss_mb(pid) if pid else float("nan")
+    for kind, lat in sorted(stats["lat"].items()):
+        q = statistics.quantiles(lat, n=20) if len(lat) > 1 else lat * 19
+        print(
+            f"{kind:10s} n={len(lat):4d} p50={statistics.median(lat):6.2f}s "
+            f"p95={q[-1]:6.2f}s max={max(lat):6.2f}s"
+        )
+    print("status codes:", dict(stats["codes"]))
+    if pid:
+        print(f"server RSS: start {start_rss:.0f} MB, peak {peak[0]:.0f} MB, end {end_rss:.0f} MB")
+    bad = {
+        k: v
+        for k, v in stats["codes"].items()
+        if not isinstance(k[1], int) or (k[1] >= 500 and not (k[0] == "rag" and k[1] == 503))
+    }
+    print("FAIL" if bad else "PASS: no 5xx", bad or "")
+    return 1 if bad else 0
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--url")
+    ap.add_argument("--clients", type=int, default=32)
+    ap.add_argument("--seconds", type=float, default=60)
+    ap.add_argument("--pid", type=int, help="server pid, for RSS (with --url)")
+    a = ap.parse_args()
+    proc = None
+    url, pid = a.url, a.pid
+    if not url:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        root = Path(__file__).resolve().parents[1]
+        env = {**os.environ, "PYTHONPATH": f"{root}:{os.environ.get('PYTHONPATH', '')}"}
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "llmlab.server.cli", "serve", "--port", str(port)],
+            env=env,
+            stderr=subprocess.DEVNULL,
+        )
+        url, pid = f"http://127.0.0.1:{port}", proc.pid
+        for _ in range(600):
+            try:
+                if httpx.get(f"{url}/healthz").json()["models_loaded"].__len__() >= 3:
+                    break
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.5)
+    try:
+        return asyncio.run(main_async(url, a.clients, a.seconds, pid))
+    finally:
+        if proc:
+            proc.terminate()
+            proc.wait(timeout=30)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

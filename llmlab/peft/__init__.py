@@ -1,0 +1,1 @@
+"""Parameter-efficient fine-tuning: parameter and memory accounting for real configs."""

@@ -1,0 +1,1 @@
+"""`llmlab serve`: the playground (FastAPI + a prebuilt frontend) and an OpenAI-compatible API."""

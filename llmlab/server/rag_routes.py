@@ -1,0 +1,244 @@
+"""RAG page routes: a thin adapter over `llmlab.rag` (the retrieval engine, its own branch).
+
+Everything computed here comes from the engine: `RagIndex` (chunking, MiniLM vectors, BM25,
+hybrid fusion), `LLMReranker`, `AnswerStream` (grounded answer with checked [n] citations),
+and `llmlab.explain.projection` for the 2-D map. This module only builds a knowledge base,
+keeps it per (chunk size, uploaded docs), and turns each stage into a server-sent event.
+When `llmlab.rag` is not importable every route answers 503 "RAG engine not installed".
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import tempfile
+import threading
+import uuid
+from collections import OrderedDict
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import numpy as np
+import torch
+from fastapi import APIRouter, File, Form, UploadFile
+from fastapi.responses import StreamingResponse
+from pydantic import BaseModel, Field
+
+from llmlab.explain.projection import project_2d
+from llmlab.server.errors import ApiError
+from llmlab.server.hub import Hub
+
+EXAMPLES = [
+    "How do I read a file line by line?",
+    "What does the with statement do?",
+    "How do I handle an exception?",
+]
+# The bundled knowledge base: a slice of the Python tutorial (Debian's python3.11-doc),
+# falling back to this project's own docs when that package is absent.
+PY_TUTORIAL = Path("/usr/share/doc/python3.11/html/_sources/tutorial")
+KB_FILES = (
+    "inputoutput.rst.txt",
+    "controlflow.rst.txt",
+    "errors.rst.txt",
+    "datastructures.rst.txt",
+)
+
+
+def default_kb() -> list[Path]:
+    files = [PY_TUTORIAL / f for f in KB_FILES if (PY_TUTORIAL / f).exists()]
+    if files:
+        return files
+    root = Path(__file__).resolve().parents[2]
+    return [p for p in (root / "README.md", root / "BENCHMARKS.md") if p.exists()]
+
+
+def engine() -> Any:
+    try:
+        from llmlab.rag import answer, pipeline, rerank
+    except ImportError:
+        return None
+    return {"pipeline": pipeline, "answer": answer, "rerank": rerank}
+
+
+class _HubEmbedder:
+    """The engine's Embedder interface over the server's already-loaded MiniLM."""
+
+    name = "torch"
+    dim = 384
+
+    def __init__(self, hub: Hub) -> None:
+        self.hub = hub
+
+    def embed(self, texts: list[str], batch_size: int = 64, progress: bool = False) -> Any:
+        return self.hub.enc().embed(list(texts), batch_size=batch_size).numpy()
+
+
+_SAFE = re.compile(r"[^A-Za-z0-9._-]+")
+ALLOWED_EXT = (".txt", ".md", ".rst", ".html")
+
+
+def safe_name(name: str) -> str:
+    """Keep only the final component, in a safe alphabet: no "..", no slashes, no NULs."""
+    base = name.replace("\\", "/").split("/")[-1]
+    base = _SAFE.sub("_", base).lstrip(".")[:80]
+    return base or "upload.txt"
+
+
+class RagQuery(BaseModel):
+    query: str = Field(min_length=1, max_length=500)
+    k: int = Field(4, ge=1, le=10)
+    method: Literal["dense", "bm25", "hybrid"] = "hybrid"
+    rerank: bool = False
+    chunk_size: int = Field(200, ge=50, le=1000)
+    session: str | None = Field(None, max_length=64)
+
+
+def make_router(hub: Hub) -> APIRouter:
+    router = APIRouter(prefix="/api/rag")
+    sessions: dict[str, Path] = {}  # session id -> its upload directory
+    kbs: OrderedDict[tuple, Any] = OrderedDict()  # (chunk_size, session) -> (index, tmp)
+    lock = threading.Lock()
+    updir = Path(tempfile.mkdtemp(prefix="llmlab-uploads-"))
+
+    def need() -> dict[str, Any]:
+        eng = engine()
+        if eng is None:
+            raise ApiError(
+                503, "RAG engine not installed (llmlab.rag is missing)", None, "service_unavailable"
+            )
+        return eng
+
+    def kb(eng: dict[str, Any], chunk_size: int, session: str | None) -> Any:
+        sdir = sessions.get(session or "")
+        stamp = ""
+        if sdir is not None:
+            stamp = hashlib.sha1(",".join(sorted(p.name for p in sdir.iterdir())).encode())
+            stamp = stamp.hexdigest()
+        key = (chunk_size, session if sdir else None, stamp)
+        with lock:
+            if key in kbs:
+                kbs.move_to_end(key)
+                return kbs[key][0]
+        tmp = tempfile.TemporaryDirectory(prefix="llmlab-kb-")
+        idx = eng["pipeline"].RagIndex.create(tmp.name, embedder=_HubEmbedder(hub))
+        paths: list[Any] = [*default_kb(), *([sdir] if sdir else [])]
+        hub.run(idx.index, paths, chunk_size=chunk_size, overlap=chunk_size // 8, progress=False)
+        with lock:
+            kbs[key] = (idx, tmp)
+            while len(kbs) > 4:  # each holds vectors for a few hundred chunks
+                kbs.popitem(last=False)[1][1].cleanup()
+        return idx
+
+    @router.get("/info")
+    def info() -> dict[str, Any]:
+        return {
+            "available": engine() is not None,
+            "examples": EXAMPLES,
+            "methods": ["dense", "bm25", "hybrid"],
+            "kb": [p.name for p in default_kb()],
+        }
+
+    @router.post("/upload")
+    async def upload(
+        file: Annotated[UploadFile, File()], session: Annotated[str | None, Form()] = None
+    ) -> dict:
+        name = safe_name(file.filename or "upload.txt")
+        if not name.lower().endswith(ALLOWED_EXT):
+            raise ApiError(400, f"file: only {', '.join(ALLOWED_EXT)} files", "file")
+        data = await file.read(hub.cfg.max_upload_bytes + 1)
+        if len(data) > hub.cfg.max_upload_bytes:
+            raise ApiError(413, f"file: larger than {hub.cfg.max_upload_bytes} bytes", "file")
+        try:
+            data.decode("utf-8")
+        except UnicodeDecodeError as e:
+            raise ApiError(400, "file: not UTF-8 text", "file") from e
+        sid = session if session and re.fullmatch(r"[a-f0-9]{32}", session) else uuid.uuid4().hex
+        with lock:
+            sdir = sessions.get(sid)
+            if sdir is None:
+                if len(sessions) >= 64:
+                    raise ApiError(429, "file: too many upload sessions on this server", "file")
+                sdir = sessions[sid] = updir / sid  # sid is 32 hex chars: no traversal
+                sdir.mkdir()
+            docs = list(sdir.iterdir())
+            if len(docs) >= hub.cfg.max_session_docs:
+                raise ApiError(400, f"file: at most {hub.cfg.max_session_docs} per session", "file")
+            target = sdir / name
+            assert target.resolve().parent == sdir.resolve()  # safe_name guarantees it
+            target.write_bytes(data)
+            n = len(docs) + (target not in docs)
+        return {"session": sid, "name": name, "bytes": len(data), "docs": n}
+
+    @router.post("/query")
+    def query(req: RagQuery) -> StreamingResponse:
+        eng = need()
+
+        def ev(stage: str, **data: Any) -> str:
+            return f"event: {stage}\ndata: {json.dumps(data, ensure_ascii=False)}\n\n"
+
+        def events() -> Iterator[str]:
+            yield ev("query", query=req.query)
+            idx = kb(eng, req.chunk_size, req.session)
+            qv = hub.run(idx.embed_query, req.query)
+            yield ev("embed", dims=int(qv.shape[0]))
+            reranker = eng["rerank"].LLMReranker(lm=hub.lm()) if req.rerank else None
+            hits = hub.run(
+                idx.retrieve,
+                req.query,
+                method=req.method,
+                top_k=req.k,
+                reranker=reranker,
+                rerank_top=max(8, req.k),
+            )
+            chunks = list(idx.store.iter_chunks())
+            pos = {c.chunk_id: i for i, c in enumerate(chunks)}
+            vecs = idx.store.get_vectors([c.chunk_id for c in chunks])
+            proj = project_2d(torch.from_numpy(np.asarray(vecs)), torch.from_numpy(qv))
+            docs = len({c.doc_id for c in chunks})
+            yield ev(
+                "search",
+                method=req.method,
+                rerank=req.rerank,
+                docs=docs,
+                chunks=len(chunks),
+                projection={
+                    "points": proj["points"],
+                    "query": proj["extra"][0],
+                    "explained": proj["explained"],
+                    "retrieved": [pos[h.chunk.chunk_id] for h in hits],
+                    "labels": [c.title or c.source for c in chunks],
+                },
+            )
+            yield ev(
+                "retrieve",
+                hits=[
+                    {
+                        "rank": h.rank,
+                        "score": h.score,
+                        "cosine": h.cosine,
+                        "source": h.chunk.source,
+                        "title": h.chunk.title,
+                        "text": h.chunk.text,
+                        "index": pos[h.chunk.chunk_id],
+                    }
+                    for h in hits
+                ],
+            )
+            stream = eng["answer"].AnswerStream(req.query, hits, lm=hub.gen_lm(), max_new_tokens=96)
+            for piece in hub.locked_iter(iter(stream)):
+                yield ev("token", text=piece)
+            res = stream.result
+            # The engine's checked answer: invalid [n] removed, citations validated.
+            yield ev(
+                "done",
+                answer=res.text if res else "",
+                citations=[n for n, _ in res.citations] if res else [],
+                refused=bool(res and res.refused),
+                reason=res.reason if res else "",
+            )
+
+        return StreamingResponse(events(), media_type="text/event-stream")
+
+    return router

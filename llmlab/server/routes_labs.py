@@ -1,0 +1,240 @@
+"""Tokenizer, decoding, embeddings and LoRA endpoints."""
+
+from __future__ import annotations
+
+import functools
+import threading
+from typing import Any, Literal
+
+import torch
+from fastapi import APIRouter
+from pydantic import BaseModel, Field
+
+from llmlab.explain import decoding, embeddings, spectrum
+from llmlab.generate.chat import render_chat
+from llmlab.generate.sampling import SamplingParams
+from llmlab.peft import accounting
+from llmlab.server.errors import ApiError
+from llmlab.server.hub import Hub
+
+BASES = {
+    "llama-3.1-8b": accounting.LLAMA_31_8B,
+    "llama-2-13b": accounting.LLAMA_2_13B,
+    "smollm2-135m": accounting.SMOLLM2_135M,
+}
+PROJ = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+
+
+class TokenizeRequest(BaseModel):
+    text: str = Field(max_length=20000)
+    tokenizer: str = "smollm2"
+
+
+class NextRequest(BaseModel):
+    text: str = Field(min_length=1, max_length=4000)
+    chat: bool = False
+    append_ids: list[int] = Field(default_factory=list, max_length=256)
+    temperature: float = Field(1.0, ge=0, le=10)
+    top_k: int = Field(0, ge=0, le=49152)
+    top_p: float = Field(1.0, gt=0, le=1)
+    min_p: float = Field(0.0, ge=0, le=1)
+    seed: int | None = Field(None, ge=0)
+    k: int = Field(20, ge=1, le=100)
+
+
+class WordRequest(BaseModel):
+    word: str = Field(min_length=1, max_length=64)
+    space: Literal["minilm", "smollm2"] = "minilm"
+    k: int = Field(8, ge=1, le=50)
+
+
+class AnalogyRequest(BaseModel):
+    a: str = Field(min_length=1, max_length=64)
+    b: str = Field(min_length=1, max_length=64)
+    c: str = Field(min_length=1, max_length=64)
+    space: Literal["minilm", "smollm2"] = "minilm"
+    k: int = Field(5, ge=1, le=50)
+
+
+def make_router(hub: Hub) -> APIRouter:
+    router = APIRouter(prefix="/api")
+    tok_lock = threading.Lock()
+    tokenizers: dict[str, Any] = {}
+    tables: dict[str, tuple[torch.Tensor, list[str]]] = {}
+
+    def get_tokenizer(name: str) -> Any:
+        from llmlab.tokenizer import load_tokenizer
+
+        with tok_lock:
+            if name not in tokenizers:
+                if name not in ("gpt2", "cl100k", "smollm2") and not hub.cfg.allow_local_models:
+                    raise PermissionError("tokenizer: local tokenizer dirs are disabled")
+                try:
+                    tokenizers[name] = load_tokenizer(name)
+                except (FileNotFoundError, OSError) as e:
+                    raise ApiError(400, f"tokenizer: {e}", "tokenizer") from e
+                if len(tokenizers) > 8:
+                    tokenizers.pop(next(iter(tokenizers)))
+            return tokenizers[name]
+
+    @router.post("/tokenize")
+    def tokenize(req: TokenizeRequest) -> dict[str, Any]:
+        tok = get_tokenizer(req.tokenizer)
+        ids = tok.encode(req.text)
+        return {
+            "tokenizer": req.tokenizer,
+            "ids": ids,
+            "pieces": tok.pieces(ids),
+            "n_tokens": len(ids),
+            "n_chars": len(req.text),
+            "n_bytes": len(req.text.encode()),
+            "vocab_size": len(tok.vocab()) if hasattr(tok, "vocab") else None,
+            "sources": ["tokenizer.encode"],
+        }
+
+    @router.post("/decode/next")
+    def next_token(req: NextRequest) -> dict[str, Any]:
+        lm = hub.lm()
+        text = render_chat(lm, [{"role": "user", "content": req.text}]) if req.chat else req.text
+        ids = lm.tokenizer.encode(text, allowed_special="all" if req.chat else "none")
+        vocab = lm.cfg.vocab_size
+        if any(not 0 <= i < vocab for i in req.append_ids):
+            raise ApiError(400, f"append_ids: token ids must be in [0, {vocab})", "append_ids")
+        ids = ids + req.append_ids
+        params = SamplingParams(
+            temperature=req.temperature, top_k=req.top_k, top_p=req.top_p, min_p=req.min_p
+        )
+        out = hub.run(decoding.next_token, lm, ids, params, req.k, req.seed)
+        sampled = None
+        if out.sampled is not None:
+            sampled = {"id": out.sampled, "piece": lm.tokenizer.pieces([out.sampled])[0]}
+        return {
+            "n_prompt_tokens": len(ids),
+            "top": out.top,
+            "kept": out.kept,
+            "vocab": vocab,
+            "entropy_raw": out.entropy_raw,
+            "entropy": out.entropy,
+            "sampled": sampled,
+            "generated": lm.tokenizer.decode(req.append_ids),
+            "sources": ["decoding.next", "decoding.process", "decoding.top_p"],
+        }
+
+    def space(name: str) -> tuple[torch.Tensor, list[str], Any]:
+        if name not in tables:
+            words = embeddings.word_list()
+            if name == "minilm":
+                enc = hub.enc()
+                tables[name] = (hub.run(enc.embed, words), words)
+            else:
+                tables[name] = embeddings.token_table(hub.lm(), words)
+        return (*tables[name], None)
+
+    def vec(name: str, word: str, field: str) -> torch.Tensor:
+        table, labels, _ = space(name)
+        w = word.strip().lower()
+        if name == "minilm":
+            return hub.run(hub.enc().embed, [w])[0]
+        ids = hub.lm().tokenizer.encode(" " + w)
+        if len(ids) != 1:
+            raise ApiError(
+                400,
+                f"{field}: {word!r} is {len(ids)} SmolLM2 tokens; the embedding "
+                "table has rows for single tokens only",
+                field,
+            )
+        return hub.lm().model.model.embed_tokens.weight[ids[0]].detach().float()
+
+    @router.post("/embeddings/neighbours")
+    def neighbours(req: WordRequest) -> dict[str, Any]:
+        table, labels, _ = space(req.space)
+        q = vec(req.space, req.word, "word")
+        nn = embeddings.cosine_neighbours(q, table, labels, req.k, {req.word.strip().lower()})
+        return {
+            "word": req.word,
+            "space": req.space,
+            "vocab": len(labels),
+            "neighbours": [{"word": w, "cos": c} for w, c in nn],
+            "sources": ["embeddings.neighbours"],
+        }
+
+    @router.post("/embeddings/analogy")
+    def analogy(req: AnalogyRequest) -> dict[str, Any]:
+        table, labels, _ = space(req.space)
+        a, b, c = (vec(req.space, getattr(req, f), f) for f in ("a", "b", "c"))
+        target = embeddings.analogy_vector(a, b, c)
+        skip = {w.strip().lower() for w in (req.a, req.b, req.c)}
+        nn = embeddings.cosine_neighbours(target, table, labels, req.k, skip)
+        return {
+            "space": req.space,
+            "expression": f"{req.b} - {req.a} + {req.c}",
+            "results": [{"word": w, "cos": cos} for w, cos in nn],
+            "sources": ["embeddings.analogy", "embeddings.neighbours"],
+        }
+
+    @router.get("/lora/counts")
+    def lora_counts(
+        d: int = 4096,
+        r: int = 8,
+        alpha: float = 16.0,
+        d_out: int | None = None,
+        base: str = "llama-3.1-8b",
+        targets: str = "q_proj,v_proj",
+    ) -> dict[str, Any]:
+        if not 1 <= d <= 65536:
+            raise ApiError(400, "d: must be in [1, 65536]", "d")
+        if not 1 <= r <= min(d, 4096):
+            raise ApiError(400, f"r: must be in [1, {min(d, 4096)}]", "r")
+        if not 0 < alpha <= 4096:
+            raise ApiError(400, "alpha: must be in (0, 4096]", "alpha")
+        if base not in BASES:
+            raise ApiError(400, f"base: one of {sorted(BASES)}", "base")
+        tl = [t for t in targets.split(",") if t]
+        m = accounting.lora_matrix_params(d, d_out or d, r)
+        shape = BASES[base]
+        return {
+            "d": d,
+            "d_out": d_out or d,
+            "r": r,
+            "alpha": alpha,
+            "scale": alpha / r,
+            "matrix": m,
+            "matrix_pct": 100 * m["lora"] / m["full"],
+            "base": base,
+            "targets": tl,
+            "shape": shape.__dict__,
+            "model_trainable": accounting.lora_params(shape, r, tl),
+            "model_total": shape.total_params(),
+            "methods": accounting.compare_methods(shape, r, tuple(tl)),
+            "sources": ["lora.params", "lora.compare"],
+        }
+
+    @functools.lru_cache(maxsize=32)
+    def spectrum_of(layer: int, proj: str) -> tuple[list[float], list[float], list[int]]:
+        lm = hub.lm()
+        blk = lm.model.model.layers[layer]
+        mod = blk.self_attn if proj in PROJ[:4] else blk.mlp
+        w = getattr(mod, proj).weight
+        s = spectrum.singular_values(w)
+        return s.float().tolist(), spectrum.rank_r_errors(s).float().tolist(), list(w.shape)
+
+    @router.get("/lora/spectrum")
+    def lora_spectrum(layer: int = 0, proj: str = "q_proj") -> dict[str, Any]:
+        n = hub.lm().cfg.n_layer
+        if not 0 <= layer < n:
+            raise ApiError(400, f"layer: must be in [0, {n})", "layer")
+        if proj not in PROJ:
+            raise ApiError(400, f"proj: one of {', '.join(PROJ)}", "proj")
+        s, err, shape = hub.run(spectrum_of, layer, proj)
+        st = torch.tensor(s)
+        return {
+            "layer": layer,
+            "proj": proj,
+            "shape": shape,
+            "singular_values": s,
+            "rel_error": err,
+            "rank90": spectrum.energy_rank(st, 0.9),
+            "sources": ["lora.errors"],
+        }
+
+    return router

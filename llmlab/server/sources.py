@@ -1,0 +1,59 @@
+"""The code panel: the real source of the library function computing what a page shows."""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import llmlab
+
+
+def _registry() -> dict[str, Callable[..., Any]]:
+    from llmlab.explain import attention, decoding, embeddings, projection, spectrum
+    from llmlab.generate import chat, sampling
+    from llmlab.model import layers
+    from llmlab.model import positions as mpos
+    from llmlab.peft import accounting
+    from llmlab.tokenizer import core
+
+    return {
+        "attention.run": attention.run_attention,
+        "attention.explicit": layers.Attention._explicit,
+        "attention.mode": attention.attention_mode,
+        "attention.temperature": attention.softmax_with_temperature,
+        "positions.sinusoidal": mpos.sinusoidal_table,
+        "positions.rope": mpos.rope_angles,
+        "lora.params": accounting.lora_params,
+        "lora.compare": accounting.compare_methods,
+        "lora.errors": spectrum.rank_r_errors,
+        "rag.projection": projection.fit_pca,
+        "tokenizer.encode": core.Tokenizer.encode,
+        "decoding.next": decoding.next_token,
+        "decoding.process": sampling.process_logits,
+        "decoding.top_p": sampling.top_p_filter,
+        "embeddings.analogy": embeddings.analogy_vector,
+        "embeddings.neighbours": embeddings.cosine_neighbours,
+        "chat.stream": chat.stream_chat,
+    }
+
+
+def source_of(key: str) -> dict[str, Any]:
+    reg = _registry()
+    if key not in reg:
+        raise KeyError(key)
+    fn = reg[key]
+    src = inspect.getsource(fn)
+    file = Path(inspect.getsourcefile(fn) or "")
+    root = Path(llmlab.__file__).parent.parent
+    try:
+        rel = str(file.resolve().relative_to(root.resolve()))
+    except ValueError:
+        rel = file.name
+    _, line = inspect.getsourcelines(fn)
+    return {"key": key, "qualname": fn.__qualname__, "file": rel, "line": line, "source": src}
+
+
+def source_keys() -> list[str]:
+    return sorted(_registry())

@@ -1,0 +1,70 @@
+"""One real server per test session (uvicorn in a thread on a free port), models loaded once."""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import pytest
+
+pytest.importorskip("fastapi")
+uvicorn = pytest.importorskip("uvicorn")
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@dataclass
+class Live:
+    url: str
+    hub: Any
+
+
+@pytest.fixture(scope="session")
+def server(lm: Any, enc: Any) -> Iterator[Live]:
+    from llmlab.server.app import create_app
+    from llmlab.server.hub import ServerConfig
+
+    # fp32 generation: skips building the int8 copy, keeps the session short.
+    app = create_app(ServerConfig(fast_decode=False, max_new_tokens=64))
+    port = _free_port()
+    srv = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    t = threading.Thread(target=srv.run, daemon=True)
+    t.start()
+    deadline = time.time() + 30
+    while not srv.started:
+        if time.time() > deadline:
+            raise RuntimeError("server did not start")
+        time.sleep(0.05)
+    # The session's models, shared with the server: each loads once.
+    app.state.hub._models.update(lm=lm, enc=enc)
+    yield Live(f"http://127.0.0.1:{port}", app.state.hub)
+    srv.should_exit = True
+    t.join(timeout=10)
+
+
+@pytest.fixture(scope="session")
+def lm() -> Any:
+    import llmlab
+
+    try:
+        return llmlab.load("smollm2-135m-instruct")
+    except Exception as e:  # noqa: BLE001
+        pytest.skip(f"SmolLM2 not installed: {e}")
+
+
+@pytest.fixture(scope="session")
+def enc() -> Any:
+    import llmlab
+
+    try:
+        return llmlab.load("minilm-l6-v2")
+    except Exception as e:  # noqa: BLE001
+        pytest.skip(f"MiniLM not installed: {e}")

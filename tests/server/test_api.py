@@ -1,0 +1,134 @@
+"""The server over real HTTP: OpenAI API through the official `openai` client, page APIs
+and their 4xx errors."""
+
+from __future__ import annotations
+
+import json
+
+import httpx
+import numpy as np
+import pytest
+
+openai = pytest.importorskip("openai")
+
+
+@pytest.fixture(scope="module")
+def client(server):  # noqa: ANN001, ANN201
+    return openai.OpenAI(base_url=f"{server.url}/v1", api_key="unused", max_retries=0)
+
+
+def test_healthz(server) -> None:  # noqa: ANN001
+    r = httpx.get(f"{server.url}/healthz")
+    assert r.status_code == 200 and r.json()["status"] == "ok"
+
+
+def test_models(client) -> None:  # noqa: ANN001
+    ids = {m.id for m in client.models.list()}
+    assert {"smollm2-135m-instruct", "minilm-l6-v2"} <= ids
+
+
+def test_chat_completion_and_stream(client) -> None:  # noqa: ANN001
+    msgs = [{"role": "user", "content": "What is the capital of France?"}]
+    r = client.chat.completions.create(
+        model="smollm2-135m-instruct", messages=msgs, max_tokens=8, temperature=0
+    )
+    text = r.choices[0].message.content
+    assert text and r.usage.completion_tokens <= 8
+    chunks = list(
+        client.chat.completions.create(
+            model="smollm2-135m-instruct", messages=msgs, max_tokens=8, temperature=0, stream=True
+        )
+    )
+    streamed = "".join(c.choices[0].delta.content or "" for c in chunks)
+    assert streamed == text  # greedy: streaming and non-streaming agree
+    assert chunks[-1].choices[0].finish_reason in ("stop", "length")
+
+
+def test_stop_sequence(client) -> None:  # noqa: ANN001
+    r = client.chat.completions.create(
+        model="smollm2-135m-instruct",
+        temperature=0,
+        max_tokens=16,
+        stop=["a"],
+        messages=[{"role": "user", "content": "Say banana"}],
+    )
+    assert "a" not in r.choices[0].message.content
+
+
+def test_json_mode_always_parses(client) -> None:  # noqa: ANN001
+    r = client.chat.completions.create(
+        model="smollm2-135m-instruct",
+        temperature=0.9,
+        seed=3,
+        max_tokens=12,
+        response_format={"type": "json_object"},
+        messages=[{"role": "user", "content": "Describe a cat as JSON with name and age."}],
+    )
+    assert isinstance(json.loads(r.choices[0].message.content), dict)
+
+
+def test_embeddings_match_library(client, enc) -> None:  # noqa: ANN001
+    texts = ["a cat sat on the mat", "stock markets fell"]
+    r = client.embeddings.create(model="minilm-l6-v2", input=texts)  # base64 on the wire
+    got = np.array([d.embedding for d in r.data])
+    assert got.shape == (2, 384)
+    assert np.allclose(got, enc.embed(texts).numpy(), atol=1e-6)
+
+
+def test_openai_errors_name_the_field(client) -> None:  # noqa: ANN001
+    msgs = [{"role": "user", "content": "hi"}]
+    with pytest.raises(openai.UnprocessableEntityError) as e:
+        client.chat.completions.create(model="smollm2-135m-instruct", messages=msgs, temperature=5)
+    assert e.value.body["param"] == "temperature"
+    with pytest.raises(openai.BadRequestError) as e:
+        client.chat.completions.create(
+            model="smollm2-135m-instruct", messages=msgs, max_tokens=100000
+        )
+    assert e.value.body["param"] == "max_tokens"
+    with pytest.raises(openai.NotFoundError):
+        client.chat.completions.create(model="gpt-9", messages=msgs)
+
+
+def test_page_api_errors(server) -> None:  # noqa: ANN001
+    u = server.url
+    r = httpx.post(f"{u}/api/attention", json={"text": "hi", "layer": 99})
+    assert r.status_code == 400 and r.json()["error"]["param"] == "layer"
+    r = httpx.post(f"{u}/api/attention", json={"text": "word " * 500})
+    assert r.status_code == 400 and r.json()["error"]["param"] == "text"
+    r = httpx.post(f"{u}/api/attention", json={"text": ""})
+    assert r.status_code == 422 and r.json()["error"]["param"] == "text"
+    r = httpx.get(f"{u}/api/lora/counts", params={"r": 0})
+    assert r.status_code == 400 and r.json()["error"]["param"] == "r"
+    r = httpx.post(f"{u}/api/decode/next", json={"text": "x", "top_p": 0})
+    assert r.status_code == 422 and r.json()["error"]["param"] == "top_p"
+    assert httpx.get(f"{u}/api/source/../../etc").status_code == 404
+
+
+def test_attention_modes_and_stats(server) -> None:  # noqa: ANN001
+    body = {"text": "the cat sat", "layer": 2, "head": 1}
+    c = httpx.post(f"{server.url}/api/attention", json=body, timeout=60).json()
+    b = httpx.post(
+        f"{server.url}/api/attention", json={**body, "mode": "bidirectional"}, timeout=60
+    ).json()
+    n = c["stats"]["tokens"]
+    assert c["stats"]["attention_ops"] == n * n * 9 * 30
+    assert c["weights"][0][0][1] == 0 and b["weights"][0][0][1] > 0
+    for row in c["weights"][0]:
+        assert sum(row) == pytest.approx(1, abs=1e-3)
+
+
+def test_upload_sanitizes_names_and_limits(server) -> None:  # noqa: ANN001
+    from llmlab.server.rag_routes import safe_name
+
+    assert safe_name("../../etc/passwd.txt") == "passwd.txt"
+    assert safe_name("..\\..\\x.md") == "x.md"
+    assert "/" not in safe_name("a/b/../c.txt") and not safe_name("...txt").startswith(".")
+    r = httpx.post(
+        f"{server.url}/api/rag/upload", files={"file": ("../../evil.txt", b"hello docs")}
+    )
+    assert r.status_code == 200 and r.json()["name"] == "evil.txt"
+    big = b"x" * (server.hub.cfg.max_upload_bytes + 1)
+    r = httpx.post(f"{server.url}/api/rag/upload", files={"file": ("big.txt", big)})
+    assert r.status_code == 413 and r.json()["error"]["param"] == "file"
+    r = httpx.post(f"{server.url}/api/rag/upload", files={"file": ("x.exe", b"MZ")})
+    assert r.status_code == 400

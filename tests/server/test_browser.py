@@ -1,0 +1,133 @@
+"""The playground in a real browser (Debian's chromium driven by Playwright).
+
+Screenshots land in tests/artifacts/ (git-ignored) for a human to look at."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+sync_api = pytest.importorskip("playwright.sync_api")
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
+ARTIFACTS = Path(__file__).resolve().parents[1] / "artifacts"
+
+
+@pytest.fixture(scope="module")
+def page(server) -> Iterator:  # noqa: ANN001
+    if not Path(CHROMIUM).exists():
+        pytest.skip("chromium not installed (apt-get install chromium)")
+    ARTIFACTS.mkdir(exist_ok=True)
+    with sync_api.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
+        pg = browser.new_page(viewport={"width": 1300, "height": 1000})
+        pg.set_default_timeout(60_000)
+        yield pg
+        browser.close()
+
+
+def shot(pg, name: str) -> None:  # noqa: ANN001
+    path = ARTIFACTS / f"{name}.png"
+    pg.screenshot(path=str(path), full_page=True)
+    print(f"screenshot: {path}")
+
+
+def cells(pg) -> list[str]:  # noqa: ANN001
+    return pg.eval_on_selector_all("[data-testid=heatmap] rect.c", "rs => rs.map(r => r.dataset.w)")
+
+
+def wait_change(pg, before: list[str]) -> list[str]:  # noqa: ANN001
+    pg.wait_for_function(
+        "b => JSON.stringify([...document.querySelectorAll('[data-testid=heatmap] rect.c')]"
+        ".map(r => r.dataset.w)) !== b",
+        arg=json.dumps(before, separators=(",", ":")),
+    )
+    return cells(pg)
+
+
+def set_range(pg, testid: str, value: int) -> None:  # noqa: ANN001
+    pg.eval_on_selector(
+        f"[data-testid={testid}]",
+        "(e, v) => { e.value = v; e.dispatchEvent(new Event('input')); }",
+        value,
+    )
+
+
+def test_attention_click_layer_head_mode(page, server) -> None:  # noqa: ANN001
+    pg = page
+    pg.goto(f"{server.url}/#/attention")
+    pg.fill("[data-testid=att-text]", "The cat sat on the mat")
+    pg.wait_for_selector("[data-testid=token-5]")
+    pg.wait_for_function("document.querySelector('[data-testid=tokens]').children.length === 6")
+    pg.click("[data-testid=token-3]")
+    assert pg.get_attribute("[data-testid=row-highlight]", "data-row") == "3"
+    assert "#3" in pg.inner_text("[data-stat=selected]")
+    assert "tokens\n6" in pg.inner_text("[data-testid=stats]").replace("\t", "\n")
+    before = cells(pg)
+    set_range(pg, "att-layer", 5)
+    after_layer = wait_change(pg, before)
+    pg.select_option("[data-testid=att-head]", "4")
+    after_head = wait_change(pg, after_layer)
+    pg.select_option("[data-testid=att-mode]", "bidirectional")
+    after_mode = wait_change(pg, after_head)
+    n = 6  # causal maps are zero above the diagonal; bidirectional ones are not
+    assert all(float(after_head[i * n + j]) == 0 for i in range(n) for j in range(i + 1, n))
+    assert any(float(after_mode[i * n + j]) > 0 for i in range(n) for j in range(i + 1, n))
+    assert "bidirectional" in pg.inner_text("[data-testid=stats]")
+    shot(pg, "attention")
+
+
+def test_user_text_is_escaped(page, server) -> None:  # noqa: ANN001
+    pg = page
+    pg.goto(f"{server.url}/#/attention")
+    evil = "<script>window.__xss=1</script><img src=x onerror=window.__xss=2>"
+    pg.fill("[data-testid=att-text]", evil)
+    pg.wait_for_function(
+        "[...document.querySelectorAll('.tok')].some(b => b.textContent.includes('script'))"
+    )
+    assert pg.evaluate("window.__xss") is None
+    assert pg.eval_on_selector_all("#app script, #app img", "e => e.length") == 0
+    joined = "".join(pg.eval_on_selector_all(".tok", "bs => bs.map(b => b.textContent)"))
+    assert "<script>" in joined.replace("·", " ")
+    shot(pg, "attention-escaped")
+
+
+def test_lora_rank_slider_changes_counts(page, server) -> None:  # noqa: ANN001
+    pg = page
+    pg.goto(f"{server.url}/#/lora")
+    pg.wait_for_selector("[data-stat=lora]")
+    pg.wait_for_selector("[data-testid=spectrum]")
+    assert pg.inner_text("[data-stat=lora]") == f"{8 * 2 * 4096:,}"
+    set_range(pg, "lora-r", 64)
+    pg.wait_for_function("document.querySelector('[data-stat=lora]').textContent === '524,288'")
+    assert pg.inner_text("[data-stat=scale]") == "0.250"
+    assert pg.inner_text("[data-stat=error]").endswith("%")
+    shot(pg, "lora")
+
+
+def test_rag_query_shows_ranked_chunks_and_cited_answer(page, server) -> None:  # noqa: ANN001
+    info = httpx.get(f"{server.url}/api/rag/info").json()
+    if not info["available"]:
+        pytest.skip("llmlab.rag (the RAG engine branch) is not installed in this tree")
+    pg = page
+    pg.goto(f"{server.url}/#/rag")
+    pg.click("[data-testid=rag-go]")
+    pg.wait_for_selector("[data-testid=rag-hits] li")
+    pg.wait_for_selector("[data-stage=llm].done", timeout=180_000)
+    pg.wait_for_function(
+        "/\\[\\d+\\]/.test(document.querySelector('[data-testid=rag-answer]').textContent)",
+        timeout=180_000,
+    )
+    shot(pg, "rag")

@@ -1,0 +1,31 @@
+import "./style.css";
+import { attentionPage } from "./pages/attention";
+import { chatPage } from "./pages/chat";
+import { decodingPage } from "./pages/decoding";
+import { embeddingsPage } from "./pages/embeddings";
+import { loraPage } from "./pages/lora";
+import { ragPage } from "./pages/rag";
+import { tokenizerPage } from "./pages/tokenizer";
+import { el } from "./ui";
+
+const PAGES: [string, string, (root: HTMLElement) => void][] = [
+  ["attention", "Self-attention", attentionPage],
+  ["lora", "LoRA", loraPage],
+  ["rag", "RAG", ragPage],
+  ["tokenizer", "Tokenizer", tokenizerPage],
+  ["decoding", "Decoding", decodingPage],
+  ["embeddings", "Embeddings", embeddingsPage],
+  ["chat", "Chat", chatPage],
+];
+
+const nav = document.getElementById("nav")!;
+const app = document.getElementById("app")!;
+
+function route(): void {
+  const name = location.hash.replace(/^#\/?/, "") || "attention";
+  const page = PAGES.find((p) => p[0] === name) ?? PAGES[0];
+  nav.replaceChildren(...PAGES.map(([id, title]) => el("a", { href: `#/${id}`, class: id === page[0] ? "active" : "" }, title)));
+  page[2](app);
+}
+window.addEventListener("hashchange", route);
+route();

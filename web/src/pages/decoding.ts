@@ -1,0 +1,57 @@
+import { postJSON } from "../api";
+import { debounce, el, labeled, pageHeader, showError } from "../ui";
+
+interface Next {
+  top: { id: number; piece: string; raw_p: number; p: number }[]; kept: number; vocab: number;
+  entropy_raw: number; entropy: number; sampled: { id: number; piece: string } | null; generated: string; sources: string[];
+}
+
+export function decodingPage(root: HTMLElement): void {
+  const { root: head, setSources } = pageHeader("decoding", "Decoding");
+  const text = el("input", { type: "text", value: "The capital of France is", size: 50, "data-testid": "dec-text" }) as HTMLInputElement;
+  const chat = el("input", { type: "checkbox" }) as HTMLInputElement;
+  const temp = el("input", { type: "range", min: 0, max: 2, step: 0.05, value: 1, "data-testid": "dec-temp" }) as HTMLInputElement;
+  const topk = el("input", { type: "number", min: 0, max: 1000, value: 0, style: "width:5em", "data-testid": "dec-topk" }) as HTMLInputElement;
+  const topp = el("input", { type: "range", min: 0.05, max: 1, step: 0.05, value: 1, "data-testid": "dec-topp" }) as HTMLInputElement;
+  const outs = [temp, topp].map((i) => el("span", { class: "val" }, i.value));
+  const step = el("button", { "data-testid": "dec-step" }, "sample next token ▸");
+  const reset = el("button", {}, "reset");
+  const gen = el("div", { class: "generated", "data-testid": "dec-generated" });
+  const bars = el("div", { class: "bars", "data-testid": "dec-bars" }), stats = el("div", { class: "stats" }), err = el("div", { class: "error", hidden: true });
+  let appended: number[] = [];
+  let seed = 1;
+
+  function draw(n: Next): void {
+    const max = Math.max(...n.top.map((t) => Math.max(t.raw_p, t.p)), 1e-9);
+    bars.replaceChildren(...n.top.map((t) => el("div", { class: t.p > 0 ? "bar" : "bar cut" },
+      el("span", { class: "lbl" }, JSON.stringify(t.piece)),
+      el("span", { class: "track" }, el("span", { class: "raw", style: `width:${(100 * t.raw_p) / max}%` }), el("span", { class: "proc", style: `width:${(100 * t.p) / max}%` })),
+      el("span", { class: "num" }, `${(100 * t.raw_p).toFixed(1)}% → ${(100 * t.p).toFixed(1)}%`))));
+    stats.replaceChildren(...([["tokens kept", `${n.kept} of ${n.vocab}`], ["entropy raw", n.entropy_raw.toFixed(3)], ["entropy after", n.entropy.toFixed(3)]] as [string, string][])
+      .map(([k, v]) => el("div", { class: "stat" }, el("span", { class: "k" }, k), el("span", { class: "v" }, v))));
+    gen.replaceChildren(el("span", { class: "prompt" }, text.value), el("span", { class: "gen" }, n.generated));
+    setSources(n.sources);
+  }
+  async function query(sample: boolean): Promise<void> {
+    err.hidden = true;
+    outs[0].textContent = temp.value; outs[1].textContent = topp.value;
+    try {
+      const body = { text: text.value, chat: chat.checked, append_ids: appended, temperature: Number(temp.value), top_k: Number(topk.value), top_p: Number(topp.value), seed: sample ? seed++ : null, k: 15 };
+      const n = await postJSON<Next>("/api/decode/next", body);
+      if (sample && n.sampled) { appended = [...appended, n.sampled.id]; return query(false); }
+      draw(n);
+    } catch (e) { showError(err, e); }
+  }
+  const again = debounce(() => query(false), 200);
+  for (const c of [temp, topp, topk]) c.addEventListener("input", again);
+  text.addEventListener("input", () => { appended = []; again(); });
+  chat.addEventListener("change", () => { appended = []; again(); });
+  step.addEventListener("click", () => query(true));
+  reset.addEventListener("click", () => { appended = []; query(false); });
+  root.replaceChildren(head,
+    el("section", { class: "controls" }, labeled("prompt", text), labeled("chat template", chat), labeled("temperature", el("span", {}, temp, outs[0])), labeled("top-k (0=off)", topk), labeled("top-p", el("span", {}, topp, outs[1]))),
+    el("div", { class: "row" }, step, reset), err, gen,
+    el("p", { class: "muted small" }, "Grey: the model's raw softmax. Blue: after temperature → top-k → top-p (the library's processors, transformers' order). Struck-out tokens can no longer be sampled."),
+    el("div", { class: "split" }, bars, stats));
+  query(false);
+}
