@@ -347,4 +347,9 @@ def load_hf_dir(path: str | Path) -> tuple[ModelConfig, dict[str, torch.Tensor]]
     hsd: dict[str, torch.Tensor] = {}
     for f in files:
         hsd.update(load_safetensors(f))
-    return cfg, from_hf_state(cfg, hsd)
+    try:
+        return cfg, from_hf_state(cfg, hsd)
+    except KeyError as e:
+        raise ValueError(
+            f"{path}: weights lack tensor {e.args[0]!r} for {hc.get('model_type')}"
+        ) from e
