@@ -6,7 +6,6 @@ The lead wires `add_commands` into llmlab/cli.py; until then `python -m llmlab.t
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import sys
 from collections.abc import Callable

@@ -90,7 +90,8 @@ def _read_file(f: Path) -> Iterator[str]:
 
         pf = pq.ParquetFile(f)
         if "text" not in pf.schema_arrow.names:
-            raise ValueError(f"{f}: parquet has no 'text' column (columns: {pf.schema_arrow.names})")
+            cols = pf.schema_arrow.names
+            raise ValueError(f"{f}: parquet has no 'text' column (columns: {cols})")
         for batch in pf.iter_batches(columns=["text"], batch_size=4096):
             yield from (t for t in batch.column(0).to_pylist() if t)
     else:
@@ -342,10 +343,11 @@ class PretrainBatches:
 
 def eval_batches(shards: TokenShards, seq_len: int, batch_size: int, n_batches: int,
                  rank: int = 0, world: int = 1) -> list[dict[str, Any]]:
-    """The first windows of the val split, split over ranks: the same set every evaluation."""
-    src = PretrainBatches(shards, seq_len, batch_size, seed=0, rank=rank, world=world,
-                          shuffle=False)
-    n = min(n_batches, max(1, math.ceil(len(src.win) / (batch_size * world))))
-    # Without wrap-around a short val split yields fewer batches; never repeat windows.
-    n = min(n, max(1, len(src.win) // (batch_size * world)))
-    return [src.next_batch() for _ in range(n)]
+    """The first windows of the val split, the same set every evaluation and for any number
+    of ranks: `n_batches` (rounded down to a multiple of `world`) global batches, dealt out
+    round-robin, so the mean over ranks equals one process's mean."""
+    src = PretrainBatches(shards, seq_len, batch_size, seed=0, shuffle=False)
+    n = min(n_batches, len(src.win) // batch_size)  # never wrap around and repeat windows
+    n = max(world, n - n % world)
+    batches = [src.next_batch() for _ in range(n)]
+    return batches[rank::world]
