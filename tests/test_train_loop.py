@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from train_common import TINY, cli, env, make_data
 
 from llmlab.model import ModelConfig, Transformer
 from llmlab.train import TrainConfig, Trainer, TrainingDiverged
@@ -21,35 +22,10 @@ from llmlab.train.distributed import Dist
 from llmlab.train.optim import lr_lambda, param_groups
 from llmlab.train.pretrain import next_token_loss
 
-ROOT = Path(__file__).resolve().parents[1]
-TINY = ["--d-model", "32", "--n-layer", "2", "--n-head", "2", "--seq-len", "32",
-        "--batch-size", "4", "--eval-batches", "2", "--sample-tokens", "8", "--log-every", "1",
-        "--threads", "1", "--no-progress", "--no-tensorboard", "--warmup-steps", "5"]
-
-
-def _env() -> dict[str, str]:
-    return {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
-
-
-def cli(*args: str, check: bool = True) -> subprocess.CompletedProcess:
-    r = subprocess.run([sys.executable, "-m", "llmlab.train.cli", *args], env=_env(),
-                       capture_output=True, text=True, timeout=300)
-    if check and r.returncode:
-        raise AssertionError(r.stderr[-3000:])
-    return r
-
 
 @pytest.fixture(scope="module")
 def data_dir(tmp_path_factory) -> Path:
-    from llmlab.data.corpora import kjv_text
-
-    d = tmp_path_factory.mktemp("data")
-    lines = kjv_text()[:300_000].splitlines()
-    docs = ["\n".join(lines[i : i + 20]) for i in range(0, len(lines), 20)]
-    (d / "kjv.jsonl").write_text("".join(json.dumps({"text": t}) + "\n" for t in docs))
-    cli("data", "prepare", "--input", str(d / "kjv.jsonl"), "--tokenizer", "bpe:512",
-        "--out", str(d / "prepared"), "--val-fraction", "0.1", "--quiet")
-    return d / "prepared"
+    return make_data(tmp_path_factory.mktemp("data"))
 
 
 def losses(run: Path) -> list[tuple]:
@@ -143,7 +119,7 @@ def test_sigkill_then_resume_is_bitwise_identical(data_dir, tmp_path):
     cli("pretrain", "--out", str(tmp_path / "ref"), *args)
     run = tmp_path / "killed"
     p = subprocess.Popen([sys.executable, "-m", "llmlab.train.cli", "pretrain", "--out",
-                          str(run), *args], env=_env(), stderr=subprocess.DEVNULL)
+                          str(run), *args], env=env(), stderr=subprocess.DEVNULL)
     deadline = time.time() + 120
     while not (run / "checkpoints" / "step_0000040").exists() and p.poll() is None:
         assert time.time() < deadline
@@ -160,7 +136,7 @@ def test_sigkill_then_resume_is_bitwise_identical(data_dir, tmp_path):
 
 def _torchrun(*args: str) -> None:
     r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone",
-                        "--nproc_per_node=2", "-m", "llmlab.train.cli", *args], env=_env(),
+                        "--nproc_per_node=2", "-m", "llmlab.train.cli", *args], env=env(),
                        capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr[-3000:]
 

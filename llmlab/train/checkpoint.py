@@ -104,8 +104,14 @@ def best_checkpoint(run_dir: Path) -> Path | None:
 
 def check_compatible(saved: dict[str, Any], current: dict[str, Any], where: Path) -> None:
     """Refuse to resume when anything that shapes the model or the data order differs."""
-    diffs = [f"{k}: checkpoint {saved.get(k)!r}, this run {v!r}"
-             for k, v in current.items() if saved.get(k) != v]
+    diffs = []
+    for k, v in current.items():
+        old = saved.get(k)
+        if isinstance(v, dict) and isinstance(old, dict):  # name the differing fields
+            diffs += [f"{k}.{f}: checkpoint {old.get(f)!r}, this run {v.get(f)!r}"
+                      for f in sorted(set(v) | set(old)) if old.get(f) != v.get(f)]
+        elif old != v:
+            diffs.append(f"{k}: checkpoint {old!r}, this run {v!r}")
     if diffs:
         raise ValueError(f"cannot resume from {where}: incompatible settings ("
                          + "; ".join(diffs) + "); use the checkpoint's values or a new --out")
