@@ -76,6 +76,12 @@ def test_missing_truncated_and_empty_shards_are_named(tmp_path):
     shard.unlink()
     with pytest.raises(FileNotFoundError, match="train_000.bin"):
         TokenShards(out, "train")
+    m = json.loads((out / "manifest.json").read_text())
+    m["splits"]["train"]["shards"] = [{"file": "train_000.bin", "tokens": 0}]
+    shard.write_bytes(b"")
+    (out / "manifest.json").write_text(json.dumps(m))
+    with pytest.raises(ValueError, match="split 'train' has no tokens"):
+        TokenShards(out, "train")
     with pytest.raises(FileNotFoundError, match="manifest.json"):
         TokenShards(tmp_path / "nothing", "train")
     with pytest.raises(ValueError, match="hold no text"):

@@ -192,6 +192,7 @@ def prepare(
     tail = [eos] if eos is not None else []
     dtype = np.dtype("<u2") if tok.n_vocab < 2**16 else np.dtype("<u4")
     counts = np.zeros(tok.n_vocab, dtype=np.int64)
+    n_bytes = {"train": 0, "val": 0}  # per split, for bits per byte across tokenizers
     with atomic_dir(out) as tmp:
         writers = {s: _ShardWriter(tmp, s, dtype, shard_tokens) for s in ("train", "val")}
         bar = tqdm(total=sum(len(d) for d in docs), unit="B", unit_scale=True,
@@ -202,6 +203,7 @@ def prepare(
             for k, ids in enumerate(tok.encode_batch(batch)):
                 arr = np.asarray(head + ids + tail, dtype=np.int64)
                 split = "val" if is_val[start + k] else "train"
+                n_bytes[split] += len(batch[k].encode("utf-8"))
                 if split == "train":
                     counts += np.bincount(arr, minlength=tok.n_vocab)
                 writers[split].write(arr)
@@ -216,7 +218,7 @@ def prepare(
                           "bos_id": bos, "eos_id": eos},
             "inputs": list(inputs),
             "documents": {"train": is_val.count(False), "val": is_val.count(True)},
-            "bytes": sum(len(d.encode("utf-8")) for d in docs),
+            "bytes": n_bytes,
             # Entropy of the train split's token frequencies: the loss of the best model that
             # ignores context, the bar a language model has to clear.
             "unigram_entropy_nats": float(-(p * np.log(p)).sum()),

@@ -210,7 +210,8 @@ class Trainer:
                 (self.run_dir / METRICS).unlink()  # a fresh run starts a fresh record
         if d.is_main:
             info = {**self.run_info, "world": d.world, "device": str(self.device),
-                    "device_name": device_name(self.device), "resumed_at": self.step}
+                    "device_name": device_name(self.device), "resumed_at": self.step,
+                    "threads": torch.get_num_threads()}
             (self.run_dir / "run.json").write_text(json.dumps(info, indent=1) + "\n")
         self._open_tensorboard()
         from tqdm import tqdm

@@ -55,7 +55,7 @@ def summarize(run_dir: str | Path, peak: float | None = None) -> dict[str, Any]:
     tps = rates[len(rates) // 2]
     world = info.get("world", 1)
     if peak is None:
-        peak, peak_note = peak_flops(info.get("device_name", "cpu"))
+        peak, peak_note = peak_flops(info.get("device_name", "cpu"), info.get("threads"))
         peak *= world
     else:
         peak_note = f"given: {peak / 1e12:.3g} TFLOP/s"
