@@ -25,7 +25,11 @@ from llmlab.train.pretrain import PRESETS, next_token_loss
 Step = Callable[[], None]
 
 
-def ours(cfg: ModelConfig, x: torch.Tensor, compile_: bool) -> Step:
+def _autocast(bf16: bool) -> torch.autocast:
+    return torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16)
+
+
+def ours(cfg: ModelConfig, x: torch.Tensor, compile_: bool, bf16: bool = False) -> Step:
     torch.manual_seed(0)
     model = Transformer(cfg)
     opt = make_adamw(param_groups(model, 0.1), 1e-3, (0.9, 0.95), 1e-8, torch.device("cpu"))
@@ -33,7 +37,8 @@ def ours(cfg: ModelConfig, x: torch.Tensor, compile_: bool) -> Step:
     batch = {"input_ids": x[:, :-1], "labels": x[:, 1:]}
 
     def step() -> None:
-        loss, _ = next_token_loss(fwd, batch)
+        with _autocast(bf16):
+            loss, _ = next_token_loss(fwd, batch)
         loss.backward()
         opt.step()
         opt.zero_grad(set_to_none=True)
@@ -41,7 +46,7 @@ def ours(cfg: ModelConfig, x: torch.Tensor, compile_: bool) -> Step:
     return step
 
 
-def hf(cfg: ModelConfig, x: torch.Tensor, compile_: bool) -> Step:
+def hf(cfg: ModelConfig, x: torch.Tensor, compile_: bool, bf16: bool = False) -> Step:
     from transformers import GPT2Config, GPT2LMHeadModel
 
     torch.manual_seed(0)
@@ -55,7 +60,9 @@ def hf(cfg: ModelConfig, x: torch.Tensor, compile_: bool) -> Step:
     inp = x[:, :-1].contiguous()
 
     def step() -> None:
-        fwd(inp, labels=inp).loss.backward()  # HF shifts labels inside
+        with _autocast(bf16):
+            loss = fwd(inp, labels=inp).loss  # HF shifts labels inside
+        loss.backward()
         opt.step()
         opt.zero_grad(set_to_none=True)
 
@@ -68,6 +75,8 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--steps", type=int, default=5, help="timed steps per round")
     ap.add_argument("--compile", action="store_true", help="also time torch.compile variants")
+    ap.add_argument("--bf16", action="store_true",
+                    help="also time bf16 autocast (--precision bf16; needs avx512_bf16/AMX)")
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
     p = PRESETS["tiny-cpu"]
@@ -86,6 +95,9 @@ def main() -> None:
     if a.compile:
         variants["transformers GPT2LMHeadModel, compiled"] = hf(gpt2, x, True)
         variants["llmlab, GPT-2 architecture, compiled"] = ours(gpt2, x, True)
+    if a.bf16:
+        variants["transformers GPT2LMHeadModel, bf16 autocast"] = hf(gpt2, x, False, True)
+        variants["llmlab, GPT-2 architecture, bf16 autocast"] = ours(gpt2, x, False, True)
     for step in variants.values():  # warm-up (and compile)
         for _ in range(2):
             step()
