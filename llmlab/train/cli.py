@@ -138,6 +138,7 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
         description="Every field of the model, training and data configs is a flag; "
                     "`--resume` continues the run in --out from its latest checkpoint.")
     p.__class__ = _StrictParser  # add_parser builds the parent's class; we want strict flags
+    p.allow_abbrev = False  # "--max-step" must not silently mean --max-steps
     p.add_argument("--preset", default=None, help=f"one of {', '.join(PRESETS)} "
                    "(default tiny-cpu; on --resume the run's saved config)")
     p.add_argument("--out", required=True, help="run directory")
