@@ -52,6 +52,9 @@ def test_vocab_mismatch_missing_data_and_oversized_batch(tmp_path, run):
 def test_resume_from_incompatible_checkpoint_names_the_field(tmp_path, run):
     e = _err("pretrain", "--out", str(run), "--resume", "--d-model", "64")
     assert "cannot resume" in e and "model.d_model: checkpoint 32, this run 64" in e
+    data = json.loads((run / "config.json").read_text())["data"]["data"]
+    e = _err("pretrain", "--out", str(run), "--data", data, *TINY, "--max-steps", "1")
+    assert "already has checkpoints (latest step 4)" in e and "--resume" in e
 
 
 def test_final_loads_generates_and_exports_to_transformers(tmp_path, run):

@@ -203,6 +203,10 @@ class Trainer:
         cfg, d = self.cfg, self.dist
         if d.is_main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
+        found = ckpt.list_checkpoints(self.run_dir)
+        if found and not cfg.resume:  # a fresh run would mix its checkpoints with these
+            raise ValueError(f"{self.run_dir} already has checkpoints (latest step "
+                             f"{found[-1][0]}): pass --resume to continue it, or use a new --out")
         resumed = cfg.resume and self.resume()
         if not resumed:
             torch.manual_seed(cfg.seed + d.rank)  # dropout streams differ per rank
