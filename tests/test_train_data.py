@@ -34,7 +34,7 @@ def test_prepare_txt_jsonl_parquet_match_tokenizer(tmp_path):
     m = prepare([str(tmp_path / "in")], "gpt2", out, val_fraction=0.2, shard_tokens=100,
                 progress=False)
     tok = load_tokenizer("gpt2")
-    assert m["dtype"] == "uint16" and m["documents"]["train"] + m["documents"]["val"] == 40
+    assert m["dtype"] == "uint16" and m["documents"] == 40
     assert len(m["splits"]["train"]["shards"]) > 1  # 100-token shards force several
     train, val = _read_split(out, "train", np.uint16), _read_split(out, "val", np.uint16)
     # Every document is its gpt2 ids followed by <|endoftext|> (gpt2 has BOS == EOS: no BOS).
@@ -57,6 +57,21 @@ def test_prepare_uint32_for_large_vocab(tmp_path):
     assert m["dtype"] == "uint32"
     ids = _read_split(tmp_path / "d", "train", np.uint32)
     assert ids.tolist() == tok.encode("".join(DOCS)) + [tok.eos_id]
+
+
+def test_one_large_file_is_split_into_pieces_with_the_whole_files_ids(tmp_path):
+    from llmlab.data.corpora import kjv_text
+
+    text = kjv_text()[:400_000]  # > 6 pieces of 64k characters
+    tok = load_tokenizer("gpt2")
+    want = tok.encode(text) + [tok.eos_id]
+    f = _write(tmp_path, "kjv.txt", text)
+    m = prepare([f], "gpt2", tmp_path / "a", val_fraction=0.0, progress=False)
+    assert m["pieces"]["train"] > 5
+    assert _read_split(tmp_path / "a", "train", np.uint16).tolist() == want
+    m = prepare([f], "gpt2", tmp_path / "b", val_fraction=0.3, progress=False)
+    sizes = [m["splits"][s]["tokens"] for s in ("train", "val")]
+    assert min(sizes) > 0 and sum(sizes) == len(want)
 
 
 def _write(d, name, text):

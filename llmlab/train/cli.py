@@ -58,8 +58,9 @@ def cmd_prepare(a: argparse.Namespace) -> int:
     m = prepare(a.input, a.tokenizer, a.out, a.val_fraction, a.shard_tokens,
                 progress=not a.quiet)
     s = m["splits"]
-    print(f"{a.out}: train {s['train']['tokens']:,} tokens ({m['documents']['train']} docs), "
-          f"val {s['val']['tokens']:,} tokens ({m['documents']['val']} docs), {m['dtype']}, "
+    pc = m["pieces"]
+    print(f"{a.out}: {m['documents']} docs; train {s['train']['tokens']:,} tokens "
+          f"({pc['train']} pieces), val {s['val']['tokens']:,} ({pc['val']}), {m['dtype']}, "
           f"vocab {m['tokenizer']['n_vocab']}, unigram entropy "
           f"{m['unigram_entropy_nats']:.3f} nats")
     return 0

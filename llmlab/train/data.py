@@ -14,8 +14,10 @@ tokenizer has none or it equals EOS), so the model sees where one text ends and 
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
-from collections.abc import Iterator, Sequence
+import re
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -102,10 +104,50 @@ def _read_file(f: Path) -> Iterator[str]:
 
 
 def _is_val(i: int, val_fraction: float) -> bool:
-    # A hash of the document index, not its position in the stream, decides the split, so
-    # val documents are spread over the whole corpus (not, say, the end of the KJV).
+    # A hash of the unit's index, not its position in the stream, decides the split, so val
+    # units are spread over the whole corpus (not, say, the end of the KJV).
     h = int.from_bytes(hashlib.blake2b(str(i).encode(), digest_size=8).digest(), "little")
     return h / 2**64 < val_fraction
+
+
+PIECE_CHARS = 1 << 16
+_CUT = re.compile(r"\n(?=\S)")
+
+
+def _pieces(doc: str) -> list[str]:
+    """A long document cut at line starts into ~64k-character pieces, the unit of the
+    train/val split, so one big .txt file still gets a val split. GPT-2/GPT-4 pre-tokens never
+    span a newline followed by a non-space, so the pieces' ids are the whole document's."""
+    out, start = [], 0
+    while len(doc) - start > PIECE_CHARS:
+        m = _CUT.search(doc, start + PIECE_CHARS)
+        if m is None:
+            break
+        out.append(doc[start : m.end()])
+        start = m.end()
+    out.append(doc[start:])
+    return out
+
+
+def _units(inputs: Sequence[str], val_fraction: float) -> Iterator[tuple[str, str, bool, bool]]:
+    """(split, text, starts a document, ends a document), streamed. The last unit goes to val
+    when the hash picked none (a small corpus)."""
+    i, pending, any_val = 0, None, False
+    for doc in iter_documents(inputs):
+        if not doc:
+            continue
+        pieces = _pieces(doc)
+        for j, piece in enumerate(pieces):
+            if pending is not None:
+                yield pending
+            split = "val" if _is_val(i, val_fraction) else "train"
+            any_val |= split == "val"
+            pending = (split, piece, j == 0, j == len(pieces) - 1)
+            i += 1
+    if pending is not None:
+        if val_fraction > 0 and not any_val:
+            pending = ("val", *pending[1:])
+        yield pending
 
 
 # ----------------------------------------------------------------------------- writing shards
@@ -140,7 +182,7 @@ class _ShardWriter:
         return {"tokens": sum(s["tokens"] for s in self.shards), "shards": self.shards}
 
 
-def resolve_tokenizer(spec: str, train_docs: Sequence[str] | None = None) -> Any:
+def resolve_tokenizer(spec: str, train_docs: Iterable[str] = ()) -> Any:
     """A tokenizer by name/dir, or ``bpe:N``: train an N-id byte-level BPE on ``train_docs``."""
     from llmlab.tokenizer import load_tokenizer, train_bpe
 
@@ -150,8 +192,6 @@ def resolve_tokenizer(spec: str, train_docs: Sequence[str] | None = None) -> Any
         except ValueError:
             raise ValueError(f"--tokenizer {spec!r}: expected bpe:<vocab size>, e.g. bpe:4096") \
                 from None
-        if not train_docs:
-            raise ValueError(f"--tokenizer {spec}: no training documents")
         return train_bpe(train_docs, vocab_size=n, special_tokens=["<|endoftext|>"],
                          name=f"bpe{n}", progress=False)
     return load_tokenizer(spec)
@@ -175,15 +215,8 @@ def prepare(
     if not inputs:
         raise ValueError("no inputs: give files, directories or a bundled corpus "
                          f"({', '.join(BUNDLED)})")
-    docs = [d for d in iter_documents(inputs) if d]
-    if not docs:
-        raise ValueError(f"inputs {list(inputs)} hold no text")
-    is_val = [_is_val(i, val_fraction) for i in range(len(docs))]
-    if val_fraction > 0 and not any(is_val):
-        is_val[-1] = True  # too few documents for the hash to pick one
-    if all(is_val):
-        raise ValueError(f"only {len(docs)} document(s): nothing left for the train split")
-    tok = resolve_tokenizer(tokenizer, [d for d, v in zip(docs, is_val, strict=True) if not v])
+    tok = resolve_tokenizer(tokenizer, (t for sp, t, _, _ in _units(inputs, val_fraction)
+                                        if sp == "train"))
     bos, eos = tok.bos_id, tok.eos_id
     if bos is None and eos is None:
         raise ValueError(f"tokenizer {tokenizer!r} has neither a BOS nor an EOS token: document "
@@ -193,22 +226,33 @@ def prepare(
     dtype = np.dtype("<u2") if tok.n_vocab < 2**16 else np.dtype("<u4")
     counts = np.zeros(tok.n_vocab, dtype=np.int64)
     n_bytes = {"train": 0, "val": 0}  # per split, for bits per byte across tokenizers
+    n_units = {"train": 0, "val": 0}
+    n_docs = 0
     with atomic_dir(out) as tmp:
         writers = {s: _ShardWriter(tmp, s, dtype, shard_tokens) for s in ("train", "val")}
-        bar = tqdm(total=sum(len(d) for d in docs), unit="B", unit_scale=True,
-                   desc="tokenizing", disable=not progress)
-        step = 256
-        for start in range(0, len(docs), step):
-            batch = docs[start : start + step]
-            for k, ids in enumerate(tok.encode_batch(batch)):
-                arr = np.asarray(head + ids + tail, dtype=np.int64)
-                split = "val" if is_val[start + k] else "train"
-                n_bytes[split] += len(batch[k].encode("utf-8"))
+        bar = tqdm(unit="B", unit_scale=True, desc="tokenizing", disable=not progress)
+        stream = _units(inputs, val_fraction)
+        while batch := list(itertools.islice(stream, 256)):
+            for (split, text, first, last), ids in zip(
+                batch, tok.encode_batch([u[1] for u in batch]), strict=True
+            ):
+                arr = np.asarray((head if first else []) + ids + (tail if last else []),
+                                 dtype=np.int64)
+                size = len(text.encode("utf-8"))
+                n_bytes[split] += size
+                n_units[split] += 1
+                n_docs += first
                 if split == "train":
                     counts += np.bincount(arr, minlength=tok.n_vocab)
                 writers[split].write(arr)
-            bar.update(sum(len(d) for d in batch))
+                bar.update(size)
         bar.close()
+        if not n_docs:
+            raise ValueError(f"inputs {list(inputs)} hold no text")
+        if not counts.sum():
+            raise ValueError(f"only {n_units['val']} unit(s) of up to {PIECE_CHARS} characters, "
+                             "all in val: nothing left for the train split; give more text or "
+                             "--val-fraction 0")
         p = counts[counts > 0] / counts.sum()
         manifest = {
             "format": FORMAT,
@@ -217,7 +261,8 @@ def prepare(
             "tokenizer": {"spec": tokenizer, "name": tok.name, "n_vocab": tok.n_vocab,
                           "bos_id": bos, "eos_id": eos},
             "inputs": list(inputs),
-            "documents": {"train": is_val.count(False), "val": is_val.count(True)},
+            "documents": n_docs,
+            "pieces": n_units,  # split units: documents, long ones cut at ~64k characters
             "bytes": n_bytes,
             # Entropy of the train split's token frequencies: the loss of the best model that
             # ignores context, the bar a language model has to clear.
