@@ -1,0 +1,117 @@
+"""Training checkpoints: everything needed to continue a run exactly where it stopped.
+
+    RUN_DIR/checkpoints/step_0000200/
+        model/        loadable with llmlab.load (llmlab.json, model.safetensors, tokenizer)
+        trainer.pt    optimizer, scheduler, data position, counters, config, RNG state per rank
+        meta.json     step and val loss (read to pick latest / best without unpickling)
+
+Each checkpoint directory is built beside its final name and renamed into place, so a crash
+(even SIGKILL) leaves either the whole checkpoint or none of it.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import re
+import shutil
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+CKPT_DIR = "checkpoints"
+_STEP = re.compile(r"^step_(\d+)$")
+
+
+def rng_state() -> dict[str, Any]:
+    s: dict[str, Any] = {
+        "python": random.getstate(),
+        "numpy": np.random.get_state(),
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available():
+        s["cuda"] = torch.cuda.get_rng_state_all()
+    return s
+
+
+def set_rng_state(s: dict[str, Any]) -> None:
+    random.setstate(s["python"])
+    np.random.set_state(s["numpy"])
+    torch.set_rng_state(s["torch"])
+    if "cuda" in s and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(s["cuda"])
+
+
+def step_dir(run_dir: Path, step: int) -> Path:
+    return run_dir / CKPT_DIR / f"step_{step:07d}"
+
+
+def list_checkpoints(run_dir: Path) -> list[tuple[int, Path]]:
+    """Complete checkpoints, oldest first (temp dirs of interrupted writes have other names)."""
+    root = run_dir / CKPT_DIR
+    if not root.is_dir():
+        return []
+    out = []
+    for p in root.iterdir():
+        m = _STEP.match(p.name)
+        if m and (p / "meta.json").exists() and (p / "trainer.pt").exists():
+            out.append((int(m.group(1)), p))
+    return sorted(out)
+
+
+def read_meta(path: Path) -> dict[str, Any]:
+    return json.loads((path / "meta.json").read_text())
+
+
+def save(path: Path, trainer_state: dict[str, Any], meta: dict[str, Any],
+         write_model: Any) -> None:
+    """Write one checkpoint atomically; `write_model(dir)` fills the model/ subdirectory."""
+    from llmlab.weights.io import atomic_dir
+
+    with atomic_dir(path) as tmp:
+        write_model(tmp / "model")
+        torch.save(trainer_state, tmp / "trainer.pt")
+        (tmp / "meta.json").write_text(json.dumps(meta, indent=1) + "\n")
+
+
+def load_trainer_state(path: Path) -> dict[str, Any]:
+    try:
+        # Our own file, holding numpy RNG state and python tuples: not weights-only.
+        return torch.load(path / "trainer.pt", map_location="cpu", weights_only=False)
+    except Exception as e:
+        raise ValueError(f"{path / 'trainer.pt'}: unreadable checkpoint ({e})") from None
+
+
+def prune(run_dir: Path, keep_last: int) -> None:
+    """Keep the newest `keep_last` checkpoints and the one with the lowest val loss."""
+    ckpts = list_checkpoints(run_dir)
+    scored = [(read_meta(p).get("val_loss"), p) for _, p in ckpts]
+    scored = [(v, p) for v, p in scored if v is not None]
+    best = min(scored, key=lambda vp: vp[0])[1] if scored else None
+    keep = {p for _, p in ckpts[-keep_last:]} if keep_last else set()
+    for _, p in ckpts:
+        if p not in keep and p != best:
+            shutil.rmtree(p, ignore_errors=True)
+
+
+def best_checkpoint(run_dir: Path) -> Path | None:
+    scored = [(read_meta(p).get("val_loss"), p) for _, p in list_checkpoints(run_dir)]
+    scored = [(v, p) for v, p in scored if v is not None]
+    return min(scored, key=lambda vp: vp[0])[1] if scored else None
+
+
+def check_compatible(saved: dict[str, Any], current: dict[str, Any], where: Path) -> None:
+    """Refuse to resume when anything that shapes the model or the data order differs."""
+    diffs = []
+    for k, v in current.items():
+        old = saved.get(k)
+        if isinstance(v, dict) and isinstance(old, dict):  # name the differing fields
+            diffs += [f"{k}.{f}: checkpoint {old.get(f)!r}, this run {v.get(f)!r}"
+                      for f in sorted(set(v) | set(old)) if old.get(f) != v.get(f)]
+        elif old != v:
+            diffs.append(f"{k}: checkpoint {old!r}, this run {v!r}")
+    if diffs:
+        raise ValueError(f"cannot resume from {where}: incompatible settings ("
+                         + "; ".join(diffs) + "); use the checkpoint's values or a new --out")

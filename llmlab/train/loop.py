@@ -1,0 +1,332 @@
+"""The one training loop. Algorithms are losses.
+
+Pretraining, SFT, DPO, PPO, ... each give the `Trainer` a batch source and a
+`loss_fn(model, batch) -> (loss, metrics)`; accumulation, mixed precision, compile, DDP/FSDP,
+checkpoints, exact resume, the NaN guard, logging and progress live here once.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import math
+import time
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import Any, Protocol
+
+import torch
+from torch import nn
+
+from llmlab.train import checkpoint as ckpt
+from llmlab.train.config import TrainConfig
+from llmlab.train.distributed import Dist, full_state, gather_objects, mean, unwrap, wrap
+from llmlab.train.optim import lr_lambda, make_adamw, param_groups
+
+LossFn = Callable[[nn.Module, Any], tuple[torch.Tensor, dict[str, Any]]]
+METRICS = "metrics.jsonl"
+
+
+class BatchSource(Protocol):
+    """A resumable stream of micro-batches for this rank."""
+
+    def next_batch(self) -> Any: ...
+    def state_dict(self) -> dict[str, Any]: ...
+    def load_state_dict(self, state: dict[str, Any]) -> None: ...
+
+
+class TrainingDiverged(RuntimeError):
+    """The loss or gradient norm became NaN/inf; nothing was saved after the last good step."""
+
+
+def to_device(batch: Any, device: torch.device) -> Any:
+    if isinstance(batch, torch.Tensor):
+        return batch.to(device, non_blocking=True)
+    if isinstance(batch, dict):
+        return {k: to_device(v, device) for k, v in batch.items()}
+    if isinstance(batch, (list, tuple)):
+        return type(batch)(to_device(v, device) for v in batch)
+    return batch
+
+
+def _scalar(v: Any) -> float:
+    return float(v.detach().float().item()) if isinstance(v, torch.Tensor) else float(v)
+
+
+class Trainer:
+    """Runs `cfg.max_steps` optimizer steps of `loss_fn` over `train_data` in `run_dir`.
+
+    `export(model, dir)` writes a loadable model directory (checkpoints' model/ and final/);
+    `eval_data` is a list of batches for validation; `sample_fn(model) -> [text]` makes
+    samples at each evaluation; `run_info` is merged into run.json (for `llmlab report`);
+    `compat` holds settings a resumed run must share with its checkpoint."""
+
+    def __init__(
+        self,
+        model: nn.Module,
+        cfg: TrainConfig,
+        run_dir: str | Path,
+        train_data: BatchSource,
+        loss_fn: LossFn,
+        *,
+        dist: Dist,
+        export: Callable[[nn.Module, Path], None],
+        eval_data: Iterable[Any] | None = None,
+        sample_fn: Callable[[nn.Module], list[str]] | None = None,
+        groups: list[dict[str, Any]] | None = None,
+        run_info: dict[str, Any] | None = None,
+        compat: dict[str, Any] | None = None,
+    ) -> None:
+        cfg.validate()
+        self.cfg, self.dist, self.run_dir = cfg, dist, Path(run_dir)
+        self.train_data, self.loss_fn, self.export = train_data, loss_fn, export
+        self.eval_data = list(eval_data) if eval_data is not None else []
+        self.sample_fn = sample_fn
+        self.compat = {"world": dist.world, "batch_size": cfg.batch_size, "seq_len": cfg.seq_len,
+                       "grad_accum": cfg.grad_accum, "seed": cfg.seed, **(compat or {})}
+        self.device = dist.device
+        self.raw = model.to(self.device)
+        self.model = wrap(self.raw, dist)
+        if cfg.compile:
+            self.model = torch.compile(self.model)
+        groups = groups if groups is not None else param_groups(self.raw, cfg.weight_decay)
+        self.opt = make_adamw(groups, cfg.lr, (cfg.beta1, cfg.beta2), cfg.eps, self.device)
+        schedule = lr_lambda(cfg.warmup_steps, cfg.max_steps, cfg.schedule, cfg.min_lr_ratio)
+        self.sched = torch.optim.lr_scheduler.LambdaLR(self.opt, schedule)
+        use_bf16 = cfg.precision == "bf16" or (cfg.precision == "auto"
+                                                and self.device.type == "cuda")
+        self.autocast_dtype = torch.bfloat16 if use_bf16 else None
+        self.step, self.tokens, self.best_val = 0, 0, math.inf
+        self.run_info = run_info or {}
+        self.writer: Any = None
+
+    # ------------------------------------------------------------------ helpers
+
+    def _autocast(self) -> contextlib.AbstractContextManager:
+        if self.autocast_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=self.autocast_dtype)
+
+    def _log(self, rec: dict[str, Any]) -> None:
+        if not self.dist.is_main:
+            return
+        with (self.run_dir / METRICS).open("a") as f:
+            f.write(json.dumps(rec) + "\n")
+        if self.writer is not None:
+            for k, v in rec.items():
+                if k != "step" and isinstance(v, (int, float)):
+                    self.writer.add_scalar(k, v, rec["step"])
+
+    def _open_tensorboard(self) -> None:
+        if not (self.cfg.tensorboard and self.dist.is_main):
+            return
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+        except ImportError:  # optional: metrics.jsonl has everything
+            return
+        self.writer = SummaryWriter(str(self.run_dir / "tb"))
+
+    def evaluate(self) -> float:
+        """Mean loss over `eval_data`, averaged over ranks."""
+        self.model.eval()
+        total = torch.zeros((), device=self.device)
+        with torch.no_grad(), self._autocast():
+            for batch in self.eval_data:
+                loss, _ = self.loss_fn(self.model, to_device(batch, self.device))
+                total += loss.detach().float()
+        self.model.train()
+        return float(mean(total / max(1, len(self.eval_data)), self.dist).item())
+
+    # ------------------------------------------------------------------ checkpoints
+
+    def save_checkpoint(self, val_loss: float | None) -> None:
+        msd, osd = full_state(self.model, self.opt, self.dist)
+        rngs = gather_objects(ckpt.rng_state(), self.dist)  # every rank's generators
+        if self.dist.is_main:
+            state = {
+                "step": self.step, "tokens": self.tokens, "best_val": self.best_val,
+                "optimizer": osd, "scheduler": self.sched.state_dict(),
+                "data": self.train_data.state_dict(), "rng": rngs,
+                "config": dataclasses.asdict(self.cfg), "compat": self.compat,
+            }
+            meta = {"step": self.step, "val_loss": val_loss, "tokens": self.tokens}
+            path = ckpt.step_dir(self.run_dir, self.step)
+            ckpt.save(path, state, meta, lambda d: self.export_state(msd, d))
+            ckpt.prune(self.run_dir, self.cfg.keep_last)
+        from llmlab.train.distributed import barrier
+
+        barrier(self.dist)  # nobody runs ahead of a checkpoint that may be needed
+
+    def export_state(self, msd: dict[str, torch.Tensor], out: Path) -> None:
+        if self.dist.fsdp and self.dist.enabled:
+            from llmlab.weights.registry import build
+
+            model = build(unwrap(self.raw).cfg, msd, str(out))  # a plain CPU copy
+        else:
+            model = unwrap(self.raw)
+        self.export(model, out)
+
+    def resume(self) -> bool:
+        found = ckpt.list_checkpoints(self.run_dir)
+        if not found:
+            return False
+        step, path = found[-1]
+        state = ckpt.load_trainer_state(path)
+        ckpt.check_compatible(state.get("compat", {}), self.compat, path)
+        from llmlab.train.distributed import load_full_state
+        from llmlab.weights.io import load_safetensors
+
+        weights = path / "model" / "model.safetensors"
+        try:
+            msd = load_safetensors(weights)
+        except (OSError, ValueError) as e:
+            raise ValueError(f"cannot resume from {path}: {e}") from None
+        load_full_state(self.model, self.opt, msd, state["optimizer"], self.dist)
+        self.sched.load_state_dict(state["scheduler"])
+        self.train_data.load_state_dict(state["data"])
+        ckpt.set_rng_state(state["rng"][self.dist.rank])
+        self.step, self.tokens, self.best_val = state["step"], state["tokens"], state["best_val"]
+        if self.dist.is_main:  # forget what the interrupted run logged after this checkpoint
+            mpath = self.run_dir / METRICS
+            if mpath.exists():
+                kept = [ln for ln in mpath.read_text().splitlines()
+                        if ln.strip() and json.loads(ln)["step"] <= self.step]
+                from llmlab.weights.io import atomic_write_bytes
+
+                atomic_write_bytes(mpath, "".join(ln + "\n" for ln in kept).encode())
+        return True
+
+    # ------------------------------------------------------------------ the loop
+
+    def fit(self) -> dict[str, Any]:
+        cfg, d = self.cfg, self.dist
+        if d.is_main:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+        found = ckpt.list_checkpoints(self.run_dir)
+        if found and not cfg.resume:  # a fresh run would mix its checkpoints with these
+            raise ValueError(f"{self.run_dir} already has checkpoints (latest step "
+                             f"{found[-1][0]}): pass --resume to continue it, or use a new --out")
+        resumed = cfg.resume and self.resume()
+        if not resumed:
+            torch.manual_seed(cfg.seed + d.rank)  # dropout streams differ per rank
+            if d.is_main and (self.run_dir / METRICS).exists():
+                (self.run_dir / METRICS).unlink()  # a fresh run starts a fresh record
+        if d.is_main:
+            info = {**self.run_info, "world": d.world, "device": str(self.device),
+                    "device_name": device_name(self.device), "resumed_at": self.step,
+                    "threads": torch.get_num_threads()}
+            (self.run_dir / "run.json").write_text(json.dumps(info, indent=1) + "\n")
+        self._open_tensorboard()
+        from tqdm import tqdm
+
+        bar = tqdm(total=cfg.max_steps, initial=self.step, disable=not (cfg.progress
+                   and d.is_main), unit="step", dynamic_ncols=True)
+        params = [p for g in self.opt.param_groups for p in g["params"]]
+        t_last, tok_last = time.perf_counter(), self.tokens
+        val_loss: float | None = None
+        self.model.train()
+        try:
+            while self.step < cfg.max_steps:
+                lr = self.opt.param_groups[0]["lr"]
+                loss_sum = torch.zeros((), device=self.device)
+                step_tokens = 0
+                extra: dict[str, float] = {}
+                for micro in range(cfg.grad_accum):
+                    batch = to_device(self.train_data.next_batch(), self.device)
+                    last = micro == cfg.grad_accum - 1
+                    sync = contextlib.nullcontext()
+                    if d.enabled and not last and hasattr(self.model, "no_sync"):
+                        sync = self.model.no_sync()  # all-reduce once, on the last micro-batch
+                    with sync:
+                        with self._autocast():
+                            loss, metrics = self.loss_fn(self.model, batch)
+                        (loss / cfg.grad_accum).backward()
+                    loss_sum += loss.detach().float()
+                    step_tokens += int(metrics.pop("tokens", 0))
+                    for k, v in metrics.items():
+                        extra[k] = extra.get(k, 0.0) + _scalar(v) / cfg.grad_accum
+                step_loss = float(mean(loss_sum / cfg.grad_accum, d).item())
+                clip = cfg.grad_clip if cfg.grad_clip > 0 else math.inf
+                gnorm = float(torch.nn.utils.clip_grad_norm_(params, clip))
+                if not (math.isfinite(step_loss) and math.isfinite(gnorm)):
+                    last_good = ckpt.list_checkpoints(self.run_dir)
+                    where = str(last_good[-1][1]) if last_good else "none written yet"
+                    raise TrainingDiverged(
+                        f"step {self.step + 1}: loss {step_loss}, grad norm {gnorm} (lr {lr:.3g})"
+                        f"; stopped before the update, last good checkpoint: {where}. Try a lower "
+                        "--lr, more --warmup-steps or --grad-clip")
+                self.opt.step()
+                self.opt.zero_grad(set_to_none=True)
+                self.sched.step()
+                self.step += 1
+                self.tokens += step_tokens * d.world
+                bar.update(1)
+                evaluate = cfg.eval_every and (self.step % cfg.eval_every == 0
+                                               or self.step == cfg.max_steps)
+                save = (cfg.ckpt_every and self.step % cfg.ckpt_every == 0) \
+                    or self.step == cfg.max_steps
+                if not (self.step % max(1, cfg.log_every) == 0 or evaluate or save
+                        or self.step == 1):
+                    continue
+                now = time.perf_counter()
+                tps = (self.tokens - tok_last) / max(now - t_last, 1e-9)
+                rec: dict[str, Any] = {"step": self.step, "loss": step_loss, "lr": lr,
+                                       "tokens": self.tokens, "tok_per_s": tps,
+                                       "grad_norm": gnorm, **extra}
+                val_loss = None
+                if evaluate and self.eval_data:
+                    val_loss = self.evaluate()
+                    rec["val_loss"], rec["val_ppl"] = val_loss, math.exp(min(val_loss, 50.0))
+                    self.best_val = min(self.best_val, val_loss)
+                    self._samples()
+                self._log(rec)
+                bar.set_postfix(loss=f"{step_loss:.3f}", tok_s=f"{tps:,.0f}", refresh=False)
+                if save:
+                    self.save_checkpoint(val_loss)
+                t_last, tok_last = time.perf_counter(), self.tokens  # exclude eval/save time
+        finally:
+            bar.close()
+            if self.writer is not None:
+                self.writer.close()
+        if d.is_main:
+            msd, _ = full_state(self.model, None, d)
+            self.export_state(msd, self.run_dir / "final")
+        elif d.fsdp:
+            full_state(self.model, None, d)  # the gather is collective
+        return {"step": self.step, "tokens": self.tokens, "val_loss": val_loss,
+                "best_val": self.best_val}
+
+    def _samples(self) -> None:
+        if self.sample_fn is None:
+            return
+        # Under FSDP every rank must take part in the forward passes; else only rank 0 works.
+        if not (self.dist.is_main or (self.dist.fsdp and self.dist.enabled)):
+            return
+        model = self.model if self.dist.fsdp else unwrap(self.raw)
+        model.eval()
+        with torch.no_grad(), self._autocast():
+            texts = self.sample_fn(model)
+        model.train()
+        if self.dist.is_main:
+            from tqdm import tqdm
+
+            with (self.run_dir / "samples.jsonl").open("a") as f:
+                for t in texts:
+                    f.write(json.dumps({"step": self.step, "text": t}) + "\n")
+                    if self.cfg.progress:
+                        tqdm.write(f"[step {self.step}] {t!r}")
+
+
+def device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    import platform
+
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "cpu"

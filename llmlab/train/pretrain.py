@@ -1,0 +1,222 @@
+"""Pretraining: the next-token loss, presets, and glue from configs to the shared Trainer."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from llmlab.model import PRESETS as MODEL_SHAPES
+from llmlab.model import ModelConfig, Transformer
+from llmlab.train.config import TrainConfig, build
+
+
+def next_token_loss(model: nn.Module, batch: dict[str, torch.Tensor]
+                    ) -> tuple[torch.Tensor, dict[str, Any]]:
+    """Mean cross-entropy of predicting token t+1 from tokens <= t:
+    L = -1/(B*T) * sum_{b,t} log softmax(logits[b, t])[labels[b, t]]  (labels = inputs shifted).
+    """
+    logits = model(batch["input_ids"]).logits
+    # fp32 log-softmax: under bf16 autocast a 50k-way softmax loses precision.
+    loss = F.cross_entropy(logits.float().flatten(0, 1), batch["labels"].flatten())
+    return loss, {"tokens": batch["labels"].numel()}
+
+
+@dataclass
+class DataConfig:
+    data: str | None = None  # a prepared dir; None: prepare `inputs` into RUN_DIR/data
+    inputs: str = "kjv"  # comma-separated files/dirs or bundled corpora (kjv, pydocs)
+    tokenizer: str = "bpe:4096"  # gpt2 | cl100k | smollm2 | DIR | bpe:N (trained on the input)
+    val_fraction: float = 0.05
+
+
+# Each preset: model shape, training settings, data. CLI flags override any field.
+PRESETS: dict[str, dict[str, dict[str, Any]]] = {
+    # ~1.4M params (a 4k BPE trained on the KJV keeps the embedding small); about 1.2M
+    # tokens seen, 1.1 epochs, well below the unigram baseline on 2 CPU cores in minutes.
+    "tiny-cpu": {
+        "model": dict(d_model=128, n_layer=4, n_head=4, max_seq_len=128, pos="rope",
+                      norm="rmsnorm", mlp="swiglu", d_ff=384, bias=False, tie_embeddings=True),
+        "train": dict(max_steps=600, batch_size=16, seq_len=128, lr=3e-3, warmup_steps=50,
+                      weight_decay=0.1, eval_every=150, eval_batches=16, ckpt_every=150,
+                      log_every=10, sample_prompt="And it came to pass"),
+        "data": dict(inputs="kjv", tokenizer="bpe:4096"),
+    },
+    # The GPT-2 small shape (124M); for GPUs: 16 x 1024 x 32 accum = 0.5M tokens per step.
+    "gpt2-124m": {
+        "model": {**MODEL_SHAPES["gpt2"]},
+        "train": dict(max_steps=5000, batch_size=16, seq_len=1024, grad_accum=32, lr=6e-4,
+                      warmup_steps=700, eval_every=250, eval_batches=20, ckpt_every=500,
+                      compile=True),
+        "data": dict(inputs="kjv,pydocs", tokenizer="gpt2"),
+    },
+    "smollm2-135m": {
+        "model": {**MODEL_SHAPES["smollm2-135m"], "max_seq_len": 2048},
+        "train": dict(max_steps=5000, batch_size=8, seq_len=2048, grad_accum=32, lr=1e-3,
+                      warmup_steps=500, eval_every=250, eval_batches=20, ckpt_every=500,
+                      compile=True),
+        "data": dict(inputs="kjv,pydocs", tokenizer="smollm2"),
+    },
+}
+
+_FROM_TOKENIZER = ("vocab_size", "bos_token_id", "eos_token_id")
+
+
+def get_preset(name: str) -> dict[str, dict[str, Any]]:
+    if name not in PRESETS:
+        raise ValueError(f"unknown preset {name!r}; valid: {', '.join(PRESETS)}")
+    return {k: dict(v) for k, v in PRESETS[name].items()}
+
+
+# ----------------------------------------------------------------------------- memory
+
+
+def available_bytes(device: torch.device) -> int:
+    if device.type == "cuda":
+        return int(torch.cuda.mem_get_info(device)[0])
+    for line in Path("/proc/meminfo").read_text().splitlines():
+        if line.startswith("MemAvailable:"):
+            return int(line.split()[1]) * 1024
+    return 1 << 62  # unknown: don't block
+
+
+def estimate_bytes(mcfg: ModelConfig, tcfg: TrainConfig, world: int = 1, fsdp: bool = False
+                   ) -> dict[str, int]:
+    """A rough upper estimate of training memory per process, from shapes alone.
+
+    fp32 weights + grads + 2 AdamW moments = 16 bytes/param (sharded over ranks under FSDP).
+    Activations kept for backward per layer ~ (16*d_model + 3*d_ff) values per token (norm
+    inputs, q/k/v, attention output, MLP in/hidden/out); SDPA stores no T x T matrix. Logits
+    take 3 fp32 copies (logits, log-softmax, gradient)."""
+    n = mcfg.num_params()
+    act_bytes = 2 if tcfg.precision == "bf16" else 4
+    bt = tcfg.batch_size * tcfg.seq_len
+    assert mcfg.d_ff is not None
+    states = 16 * n // (world if fsdp else 1)
+    acts = bt * mcfg.n_layer * (16 * mcfg.d_model + 3 * mcfg.d_ff) * act_bytes
+    logits = bt * mcfg.vocab_size * 4 * 3
+    return {"params": n, "states": states, "activations": acts, "logits": logits,
+            "total": states + acts + logits}
+
+
+def check_memory(mcfg: ModelConfig, tcfg: TrainConfig, device: torch.device, world: int,
+                 fsdp: bool) -> None:
+    est = estimate_bytes(mcfg, tcfg, world, fsdp)
+    free = available_bytes(device)
+    if est["total"] > free:
+        g = 2**30
+        raise MemoryError(
+            f"batch_size={tcfg.batch_size} x seq_len={tcfg.seq_len} needs about "
+            f"{est['total'] / g:.1f} GiB (weights+grads+AdamW {est['states'] / g:.1f} GiB for "
+            f"{est['params'] / 1e6:.1f}M params, activations {est['activations'] / g:.1f} GiB, "
+            f"logits {est['logits'] / g:.1f} GiB) but only {free / g:.1f} GiB is free on "
+            f"{device}; lower --batch-size or --seq-len and raise --grad-accum to keep the "
+            "tokens per step")
+
+
+# ----------------------------------------------------------------------------- running
+
+
+def resolve_model(mcfg_values: dict[str, Any], tok: Any, tcfg: TrainConfig) -> ModelConfig:
+    values = dict(mcfg_values)
+    values.setdefault("vocab_size", tok.n_vocab)
+    values.setdefault("max_seq_len", tcfg.seq_len)
+    values["bos_token_id"], values["eos_token_id"] = tok.bos_id, tok.eos_id
+    mcfg = build(ModelConfig, values, "model config")
+    if mcfg.vocab_size < tok.n_vocab:
+        raise ValueError(f"model vocab_size={mcfg.vocab_size} is smaller than the tokenizer's "
+                         f"{tok.n_vocab} ids ({tok.name}); set --vocab-size {tok.n_vocab} or "
+                         "more")
+    if tcfg.seq_len > mcfg.max_seq_len:
+        raise ValueError(f"seq_len={tcfg.seq_len} exceeds the model's max_seq_len="
+                         f"{mcfg.max_seq_len}")
+    return mcfg
+
+
+def prepare_data(dcfg: DataConfig, run_dir: Path, d: Any, progress: bool) -> Path:
+    """The prepared data dir: the given one, or RUN_DIR/data made from `inputs` once."""
+    from llmlab.train.data import MANIFEST, prepare
+    from llmlab.train.distributed import barrier
+
+    if dcfg.data is not None:
+        return Path(dcfg.data)
+    out = run_dir / "data"
+    if d.is_main and not (out / MANIFEST).exists():
+        inputs = [s for s in dcfg.inputs.split(",") if s]
+        prepare(inputs, dcfg.tokenizer, out, dcfg.val_fraction, progress=progress)
+    barrier(d)
+    return out
+
+
+def run_pretrain(model_values: dict[str, Any], tcfg: TrainConfig, dcfg: DataConfig,
+                 run_dir: str | Path, preset: str | None = None) -> dict[str, Any]:
+    from llmlab.tokenizer import load_tokenizer
+    from llmlab.train.data import TokenShards, eval_batches
+    from llmlab.train.distributed import init_distributed, shutdown
+    from llmlab.train.loop import Trainer
+    from llmlab.weights.registry import save_checkpoint
+
+    tcfg.validate()
+    run_dir = Path(run_dir)
+    d = init_distributed(tcfg.device, tcfg.fsdp)
+    try:
+        if tcfg.threads:
+            torch.set_num_threads(tcfg.threads)
+        if d.is_main:
+            run_dir.mkdir(parents=True, exist_ok=True)
+        data_dir = prepare_data(dcfg, run_dir, d, tcfg.progress)
+        train = TokenShards(data_dir, "train")
+        tok = load_tokenizer(data_dir / "tokenizer")
+        if tok.n_vocab != train.n_vocab:
+            raise ValueError(f"{data_dir}/tokenizer has {tok.n_vocab} ids but the manifest says "
+                             f"the shards were made with {train.n_vocab}; prepare the data again")
+        mcfg = resolve_model(model_values, tok, tcfg)
+        check_memory(mcfg, tcfg, d.device, d.world, d.fsdp and d.enabled)
+        try:
+            val = TokenShards(data_dir, "val")
+            evals = eval_batches(val, tcfg.seq_len, tcfg.batch_size, tcfg.eval_batches,
+                                 d.rank, d.world)
+        except ValueError:  # no val split: train without validation
+            evals = []
+        resolved = {"preset": preset, "model": mcfg.to_dict(), "train": dataclasses.asdict(tcfg),
+                    "data": {**dataclasses.asdict(dcfg), "data": str(data_dir)}}
+        if d.is_main:
+            (run_dir / "config.json").write_text(json.dumps(resolved, indent=1) + "\n")
+        torch.manual_seed(tcfg.seed)  # same initial weights on every rank
+        model = Transformer(mcfg)
+        from llmlab.train.data import PretrainBatches
+
+        batches = PretrainBatches(train, tcfg.seq_len, tcfg.batch_size, tcfg.seed, d.rank,
+                                  d.world)
+        prompt = [i for i in (tok.bos_id if tok.bos_id is not None else tok.eos_id,)
+                  if i is not None] + tok.encode(tcfg.sample_prompt)
+
+        def sample(m: nn.Module) -> list[str]:
+            from llmlab.generate.engine import complete, make_params
+
+            if not tcfg.sample_tokens:
+                return []
+            n = min(tcfg.sample_tokens, mcfg.max_seq_len - len(prompt))
+            params = make_params(tok, max_new_tokens=n, temperature=0.8, seed=0)
+            return [tcfg.sample_prompt + complete(m, tok, [prompt], params)[0].text]
+
+        manifest = train.manifest
+        info = {"preset": preset, "n_params": model.num_params(),
+                "unigram_entropy_nats": manifest.get("unigram_entropy_nats"),
+                "train_tokens": train.n_tokens, "data": str(data_dir),
+                "tokens_per_step": tcfg.batch_size * tcfg.seq_len * tcfg.grad_accum * d.world}
+        compat = {"model": mcfg.to_dict(),
+                  "tokenizer": {k: manifest["tokenizer"][k] for k in ("name", "n_vocab")},
+                  "train_tokens": train.n_tokens}
+        trainer = Trainer(model, tcfg, run_dir, batches, next_token_loss, dist=d,
+                          export=lambda m, out: save_checkpoint(m, out, tok),  # type: ignore
+                          eval_data=evals, sample_fn=sample, run_info=info, compat=compat)
+        return trainer.fit()
+    finally:
+        shutdown(d)
