@@ -218,6 +218,8 @@ def _kind(cfg: ModelConfig) -> str:
 
 
 def _load_dir(path: Path, dtype: torch.dtype) -> LoadedModel:
+    if not (path / LLMLAB_CONFIG).exists() and (path / "final" / LLMLAB_CONFIG).exists():
+        path = path / "final"  # a training run dir: its finished model
     if (path / LLMLAB_CONFIG).exists():
         cfg = ModelConfig.load(path / LLMLAB_CONFIG)
         sd = load_safetensors(path / "model.safetensors")
