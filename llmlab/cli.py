@@ -195,7 +195,8 @@ def build_parser() -> argparse.ArgumentParser:
     m.set_defaults(fn=cmd_models)
 
     # Each subsystem registers its own subcommands.
-    for mod in ("llmlab.tokenizer.cli", "llmlab.server.cli", "llmlab.train.cli", "llmlab.rag.cli"):
+    subsystems = ("tokenizer", "server", "train", "rag", "peft", "eval")
+    for mod in (f"llmlab.{name}.cli" for name in subsystems):
         try:
             add_commands = importlib.import_module(mod).add_commands
         except ImportError as e:
