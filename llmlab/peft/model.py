@@ -110,8 +110,8 @@ class PeftModel(nn.Module):
 
         sd = {k: v.contiguous().cpu() for k, v in self.adapter_state().items()}
         with atomic_dir(out) as tmp:
-            save_safetensors({PEFT_PREFIX + _to_peft_key(k, self.method): v
-                              for k, v in sd.items()}, tmp / WEIGHTS_FILE)
+            save_safetensors({_to_peft_key(k, self.method): v for k, v in sd.items()},
+                             tmp / WEIGHTS_FILE)
             (tmp / CONFIG_FILE).write_text(json.dumps(self.peft_config, indent=2) + "\n")
             save_safetensors(sd, tmp / "model.safetensors")
         return Path(out)
@@ -124,9 +124,8 @@ class PeftModel(nn.Module):
 
 
 def _to_peft_key(k: str, method: str) -> str:
-    if method == "prompt" or method == "prefix":
-        return k.rsplit(".", 1)[-1] if k.endswith("prompt_embeddings") else k
-    return k
+    # PEFT stores prompt/prefix embeddings under their bare name, everything else prefixed.
+    return "prompt_embeddings" if method in ("prompt", "prefix") else PEFT_PREFIX + k
 
 
 def _lora_peft_config(model: nn.Module, lc: LoraConfig, names: list[str],
