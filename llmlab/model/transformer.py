@@ -50,6 +50,21 @@ def build_mask(
     return mask, False
 
 
+def doc_mask(doc_ids: torch.Tensor, causal: bool, past: int = 0,
+             key_valid: torch.Tensor | None = None) -> torch.Tensor:
+    """(B, 1, T, past+T) mask for packed documents: a query sees only keys of its own document
+    (block-diagonal, and causal); `past` leading keys (a prefix) are seen by every query."""
+    b, t = doc_ids.shape
+    mask = doc_ids[:, :, None] == doc_ids[:, None, :]
+    if causal:
+        mask = mask & torch.ones(t, t, dtype=torch.bool, device=doc_ids.device).tril()
+    if past:
+        mask = torch.cat([mask.new_ones(b, t, past), mask], dim=2)
+    if key_valid is not None:
+        mask = mask & key_valid[:, None, : past + t].bool()
+    return mask[:, None]
+
+
 class Stack(nn.Module):
     """Embeddings, a stack of blocks, and the final norm."""
 
@@ -125,6 +140,7 @@ class Stack(nn.Module):
         memory: torch.Tensor | None = None,
         memory_mask: torch.Tensor | None = None,
         explain: list | None = None,
+        doc_ids: torch.Tensor | None = None,
     ) -> torch.Tensor:
         b, t = ids.shape
         cfg = self.cfg
@@ -146,7 +162,9 @@ class Stack(nn.Module):
         rope = None
         if cfg.pos == "rope":
             rope = self._rope(positions, x.dtype)
-        if cache is not None and cache.static:
+        if doc_ids is not None:
+            mask, is_causal = doc_mask(doc_ids, self.causal, past, attention_mask), False
+        elif cache is not None and cache.static:
             mask, is_causal = self._static_mask(cache, attention_mask), False
         else:
             mask, is_causal = build_mask(t, past, self.causal, attention_mask, ids.device)
@@ -236,8 +254,12 @@ class Transformer(nn.Module):
         encoder_hidden: torch.Tensor | None = None,
         explain: bool = False,
         last_only: bool = False,
+        doc_ids: torch.Tensor | None = None,
     ) -> ModelOutput:
         """`attention_mask` (B, past + T) marks real tokens (1) and padding (0).
+
+        `doc_ids` (B, T) packs several documents in a row: attention stays within a document
+        (pass `positions` restarting at 0 for each, as if it were alone).
 
         `last_only` computes logits for the final position only (generation)."""
         ex: list | None = [] if explain else None
@@ -259,6 +281,7 @@ class Transformer(nn.Module):
             memory=encoder_hidden,
             memory_mask=encoder_attention_mask,
             explain=ex,
+            doc_ids=doc_ids,
         )
         logits = None
         if self.cfg.lm_head:

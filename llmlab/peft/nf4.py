@@ -1,0 +1,114 @@
+"""NF4 4-bit weights with double quantisation (Dettmers et al. 2023, QLoRA), in plain torch.
+
+NF4: 16 levels at the quantiles of N(0, 1), rescaled to [-1, 1], with an exact 0. A weight
+is split into blocks of 64; each block stores its absmax, and every weight is the index of the
+nearest level to w / absmax (two 4-bit indices per byte).
+
+Double quantisation: the fp32 absmaxes (32 bits / 64 weights = 0.5 bit per weight) are
+themselves quantised: their mean is subtracted, then blocks of 256 are stored as int8 with one
+fp32 scale per block: 8/64 + 32/(64*256) = 0.127 bits per weight instead of 0.5. (QLoRA
+stores them as 8-bit floats; a symmetric int8 grid is our simpler choice, same size.)
+
+Compute dequantises the whole weight and runs an ordinary matmul; slower than a fused kernel,
+but the stored base stays at ~4.13 bits per weight.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+# The NF4 code book as published with QLoRA (bitsandbytes' `NF4` table).
+NF4_LEVELS = (
+    -1.0, -0.6961928009986877, -0.5250730514526367, -0.39491748809814453,
+    -0.28444138169288635, -0.18477343022823334, -0.09105003625154495, 0.0,
+    0.07958029955625534, 0.16093020141124725, 0.24611230194568634, 0.33791524171829224,
+    0.44070982933044434, 0.5626170039176941, 0.7229568362236023, 1.0,
+)
+BLOCK = 64
+ABSMAX_BLOCK = 256
+
+
+def nf4_codebook(device: torch.device | str = "cpu") -> torch.Tensor:
+    return torch.tensor(NF4_LEVELS, dtype=torch.float32, device=device)
+
+
+def quantize_nf4(w: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Pack a weight into NF4 indices + double-quantised block absmaxes."""
+    n = w.numel()
+    if n % BLOCK:
+        raise ValueError(f"NF4 needs a multiple of {BLOCK} weights, got {tuple(w.shape)}")
+    blocks = w.detach().float().reshape(-1, BLOCK)
+    absmax = blocks.abs().amax(dim=1).clamp(min=1e-12)
+    normed = blocks / absmax[:, None]
+    code = nf4_codebook(w.device)
+    # Nearest level by midpoints: bucketize against the 15 boundaries between levels.
+    mids = (code[1:] + code[:-1]) / 2
+    idx = torch.bucketize(normed.reshape(-1), mids).to(torch.uint8)
+    packed = (idx[0::2] << 4) | idx[1::2]
+    # Double quantisation of the absmaxes.
+    offset = absmax.mean()
+    centred = absmax - offset
+    pad = (-centred.numel()) % ABSMAX_BLOCK
+    cb = F.pad(centred, (0, pad)).reshape(-1, ABSMAX_BLOCK)
+    scale = cb.abs().amax(dim=1).clamp(min=1e-12) / 127
+    q = torch.round(cb / scale[:, None]).clamp(-127, 127).to(torch.int8)
+    return {"packed": packed, "absmax_q": q.reshape(-1)[: absmax.numel()],
+            "absmax_scale": scale, "absmax_offset": offset.reshape(1)}
+
+
+def dequantize_nf4(q: dict[str, torch.Tensor], shape: tuple[int, ...],
+                   dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    packed = q["packed"]
+    idx = torch.stack([packed >> 4, packed & 0x0F], dim=1).reshape(-1).long()
+    code = nf4_codebook(packed.device)
+    aq = q["absmax_q"].float()
+    pad = (-aq.numel()) % ABSMAX_BLOCK
+    aq = F.pad(aq, (0, pad)).reshape(-1, ABSMAX_BLOCK) * q["absmax_scale"][:, None]
+    absmax = aq.reshape(-1)[: q["absmax_q"].numel()] + q["absmax_offset"]
+    w = code[idx].reshape(-1, BLOCK) * absmax[:, None]
+    return w.reshape(shape).to(dtype)
+
+
+class NF4Linear(nn.Module):
+    """A frozen Linear whose weight is stored in NF4 (buffers, never trained)."""
+
+    def __init__(self, linear: nn.Linear, compute_dtype: torch.dtype | None = None) -> None:
+        super().__init__()
+        self.in_features, self.out_features = linear.in_features, linear.out_features
+        self.dtype = compute_dtype or linear.weight.dtype
+        for k, v in quantize_nf4(linear.weight).items():
+            self.register_buffer(k, v)
+        self.bias = None
+        if linear.bias is not None:
+            self.bias = nn.Parameter(linear.bias.detach().clone(), requires_grad=False)
+
+    @property
+    def weight_shape(self) -> tuple[int, int]:
+        return (self.out_features, self.in_features)
+
+    def dequantize(self) -> torch.Tensor:
+        q = {k: getattr(self, k) for k in ("packed", "absmax_q", "absmax_scale", "absmax_offset")}
+        return dequantize_nf4(q, self.weight_shape, self.dtype)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        w = self.dequantize()
+        dt = x.dtype if torch.is_autocast_enabled() else w.dtype
+        bias = self.bias.to(dt) if self.bias is not None else None
+        return F.linear(x.to(dt), w.to(dt), bias)
+
+    def storage_bytes(self) -> int:
+        return sum(b.numel() * b.element_size() for b in self.buffers())
+
+
+def quantize_model(model: nn.Module, names: list[str]) -> int:
+    """Replace the named Linears with NF4Linear in place; returns their stored bytes."""
+    total = 0
+    for name in names:
+        parent, _, child = name.rpartition(".")
+        owner = model.get_submodule(parent) if parent else model
+        q = NF4Linear(getattr(owner, child))
+        setattr(owner, child, q)
+        total += q.storage_bytes()
+    return total

@@ -1,0 +1,247 @@
+"""Supervised fine-tuning: chat rendering with assistant-only labels, packing, the loss, and
+the glue to the shared Trainer (full fine-tuning or any llmlab.peft method).
+
+Labels are -100 everywhere except assistant turns: each assistant turn's content and its
+end-of-turn token (`<|im_end|>` in ChatML) are trained, so the model learns to answer and to
+stop; the `<|im_start|>assistant\\n` header, system and user turns are context only. Text is
+encoded piece by piece at those boundaries (each boundary sits next to a special token, where
+a BPE tokenizer splits anyway), which gives the ids of encoding the whole conversation.
+
+Packing concatenates examples into rows of `seq_len`; `doc_ids` gives attention a
+block-diagonal causal mask and positions restart at 0 per example, so a packed row computes
+exactly what each example computes alone (tested).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import random
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from llmlab.generate.chat import ChatTemplate
+from llmlab.train.config import TrainConfig
+
+IGNORE = -100
+
+
+@dataclass
+class SFTConfig:
+    model: str = "smollm2-135m-instruct"
+    data: str = "trivia"  # a .jsonl/.json file, or a bundled task: trivia | pydocs
+    format: str = "auto"  # auto | chat | alpaca
+    peft: str = "lora"  # none | lora | dora | qlora | prompt | prefix | adapter
+    lora_r: int = 8
+    lora_alpha: float = 16.0
+    lora_dropout: float = 0.0
+    target_modules: str = "q_proj,v_proj"  # comma-separated names, or all-linear
+    use_rslora: bool = False
+    num_virtual_tokens: int = 20  # prompt / prefix tuning
+    bottleneck: int = 64  # bottleneck adapters
+    packing: bool = True  # (prompt/prefix tuning never pack: the prefix is per sequence)
+    system: str | None = None  # system prompt; None: the template's default
+    max_examples: int = 0  # 0: all
+    val_examples: int = 64  # held out from the training file for val loss (bundled: test split)
+
+    def peft_options(self) -> dict[str, Any]:
+        if self.peft in ("lora", "dora", "qlora"):
+            tm: list[str] | str = self.target_modules
+            if tm != "all-linear":
+                tm = [t.strip() for t in tm.split(",") if t.strip()]
+            return {"r": self.lora_r, "lora_alpha": self.lora_alpha,
+                    "lora_dropout": self.lora_dropout, "target_modules": tm,
+                    "use_rslora": self.use_rslora}
+        if self.peft in ("prompt", "prefix"):
+            return {"num_virtual_tokens": self.num_virtual_tokens}
+        if self.peft == "adapter":
+            return {"bottleneck": self.bottleneck}
+        return {}
+
+
+def encode_chat(tok: Any, template: ChatTemplate, messages: list[dict[str, str]],
+                system: str | None = None) -> tuple[list[int], list[int]]:
+    """(ids, labels) of a conversation; labels are the ids on assistant turns, else -100."""
+    full = template.render(messages, system=system, add_generation_prompt=False)
+    stop = template.stop[0] if template.stop else ""
+    pieces: list[tuple[str, bool]] = []
+    pos = 0
+    msgs = list(messages)
+    if system is not None:
+        msgs = [m for m in msgs if m["role"] != "system"]
+    for m in msgs:
+        if m["role"] != "assistant":
+            continue
+        head = template.turn_start.format(role="assistant")
+        body = m["content"] + (stop if template.turn_end.startswith(stop) else "")
+        start = full.index(head + m["content"], pos) + len(head)
+        pieces += [(full[pos:start], False), (body, True)]
+        pos = start + len(body)
+    pieces.append((full[pos:], False))
+    ids: list[int] = []
+    labels: list[int] = []
+    for text, train in pieces:
+        if not text:
+            continue
+        t = tok.encode(text, allowed_special="all")
+        ids += t
+        labels += t if train else [IGNORE] * len(t)
+    return ids, labels
+
+
+def tokenize_examples(tok: Any, template: ChatTemplate, examples: list[dict[str, Any]],
+                      seq_len: int, system: str | None = None) -> list[tuple[list[int], list[int]]]:
+    """Encode and shift: input ids[:-1], labels[1:] (predict token t+1 at t); truncate."""
+    out = []
+    for i, ex in enumerate(examples):
+        ids, labels = encode_chat(tok, template, ex["messages"], system)
+        ids, labels = ids[: seq_len + 1], labels[: seq_len + 1]
+        x, y = ids[:-1], labels[1:]
+        if not any(t != IGNORE for t in y):
+            where = ex.get("where", f"example {i}")
+            raise ValueError(f"{where}: no trainable (assistant) token within seq_len={seq_len}"
+                             " tokens; raise --seq-len or shorten the prompt")
+        out.append((x, y))
+    return out
+
+
+def pack(examples: list[tuple[list[int], list[int]]], seq_len: int, pad_id: int,
+         packing: bool = True) -> dict[str, torch.Tensor]:
+    """Rows of seq_len: input_ids, labels, positions (restarting per example), doc_ids
+    (-1 on padding). Greedy first-fit in the given order."""
+    rows: list[list[tuple[list[int], list[int]]]] = []
+    used: list[int] = []
+    for x, y in examples:
+        if packing and rows and used[-1] + len(x) <= seq_len:
+            rows[-1].append((x, y))
+            used[-1] += len(x)
+        else:
+            rows.append([(x, y)])
+            used.append(len(x))
+    n = len(rows)
+    ids = torch.full((n, seq_len), pad_id, dtype=torch.long)
+    labels = torch.full((n, seq_len), IGNORE, dtype=torch.long)
+    positions = torch.zeros((n, seq_len), dtype=torch.long)
+    docs = torch.full((n, seq_len), -1, dtype=torch.long)
+    for r, row in enumerate(rows):
+        at = 0
+        for d, (x, y) in enumerate(row):
+            k = len(x)
+            ids[r, at:at + k] = torch.tensor(x)
+            labels[r, at:at + k] = torch.tensor(y)
+            positions[r, at:at + k] = torch.arange(k)
+            docs[r, at:at + k] = d
+            at += k
+    return {"input_ids": ids, "labels": labels, "positions": positions, "doc_ids": docs}
+
+
+class SFTBatches:
+    """Packed rows served in a per-epoch permutation seeded by (seed, epoch); the state is one
+    counter, so resume is exact. Micro-batch k of rank r is global batch k*world + r."""
+
+    def __init__(self, rows: dict[str, torch.Tensor], batch_size: int, seed: int,
+                 rank: int = 0, world: int = 1) -> None:
+        self.rows, self.bs, self.seed, self.rank, self.world = rows, batch_size, seed, rank, world
+        self.n = rows["input_ids"].shape[0]
+        self.k = 0
+
+    def _order(self, epoch: int) -> list[int]:
+        perm = list(range(self.n))
+        random.Random(self.seed * 1_000_003 + epoch).shuffle(perm)
+        return perm
+
+    def next_batch(self) -> dict[str, torch.Tensor]:
+        start = (self.k * self.world + self.rank) * self.bs
+        self.k += 1
+        idx = [self._order(j // self.n)[j % self.n] for j in range(start, start + self.bs)]
+        return {k: v[idx] for k, v in self.rows.items()}
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"k": self.k}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.k = int(state["k"])
+
+
+def sft_loss(model: nn.Module, batch: dict[str, torch.Tensor]
+             ) -> tuple[torch.Tensor, dict[str, Any]]:
+    """Mean cross-entropy over trainable (assistant) tokens only."""
+    kw = {}
+    if "doc_ids" in batch and bool((batch["doc_ids"] > 0).any()):  # packed: reset attention
+        kw = {"positions": batch["positions"], "doc_ids": batch["doc_ids"]}
+    logits = model(batch["input_ids"], **kw).logits
+    labels = batch["labels"]
+    n = int((labels != IGNORE).sum())
+    loss = F.cross_entropy(logits.float().flatten(0, 1), labels.flatten(), ignore_index=IGNORE)
+    return loss, {"tokens": n}
+
+
+def run_sft(scfg: SFTConfig, tcfg: TrainConfig, run_dir: str | Path) -> dict[str, Any]:
+    import llmlab
+    from llmlab.generate.chat import template_for
+    from llmlab.train.distributed import init_distributed, shutdown
+    from llmlab.train.loop import Trainer
+    from llmlab.train.sft_data import load_examples
+    from llmlab.weights.registry import save_checkpoint
+
+    tcfg.validate()
+    run_dir = Path(run_dir)
+    d = init_distributed(tcfg.device, tcfg.fsdp)
+    try:
+        if tcfg.threads:
+            torch.set_num_threads(tcfg.threads)
+        lm = llmlab.load(scfg.model)
+        tok, template = lm.tokenizer, template_for(lm)
+        train_ex = load_examples(scfg.data, scfg.format, "train")
+        val_ex = load_examples(scfg.data, scfg.format, "test")
+        if not val_ex and scfg.val_examples and len(train_ex) > 2 * scfg.val_examples:
+            val_ex, train_ex = train_ex[-scfg.val_examples:], train_ex[:-scfg.val_examples]
+        if scfg.max_examples:
+            train_ex = train_ex[: scfg.max_examples]
+        pad = tok.eos_id if tok.eos_id is not None else 0
+        packing = scfg.packing and scfg.peft not in ("prompt", "prefix")
+        random.Random(tcfg.seed).shuffle(train_ex)
+        rows = pack(tokenize_examples(tok, template, train_ex, tcfg.seq_len, scfg.system),
+                    tcfg.seq_len, pad, packing)
+        evals: list[dict[str, torch.Tensor]] = []
+        if val_ex:
+            vrows = pack(tokenize_examples(tok, template, val_ex[: tcfg.eval_batches *
+                                                                 tcfg.batch_size],
+                                           tcfg.seq_len, scfg.system), tcfg.seq_len, pad, packing)
+            evals = [{k: v[i:i + tcfg.batch_size] for k, v in vrows.items()}
+                     for i in range(0, vrows["input_ids"].shape[0], tcfg.batch_size)]
+        model: nn.Module = lm.model
+        if scfg.peft == "none":
+            export = lambda m, out: save_checkpoint(m, out, tok)  # noqa: E731
+        else:
+            from llmlab.peft.model import get_peft_model
+
+            model = get_peft_model(lm.model, scfg.peft, base_name=scfg.model,
+                                   **scfg.peft_options())
+            export = lambda m, out: m.save_adapter(out)  # noqa: E731
+            if d.is_main:
+                print(model.trainable_summary())
+        resolved = {"sft": dataclasses.asdict(scfg), "train": dataclasses.asdict(tcfg),
+                    "model": lm.cfg.to_dict(), "rows": int(rows["input_ids"].shape[0]),
+                    "examples": len(train_ex)}
+        if d.is_main:
+            from llmlab.weights.io import atomic_write_bytes
+
+            run_dir.mkdir(parents=True, exist_ok=True)
+            atomic_write_bytes(run_dir / "config.json",
+                               (json.dumps(resolved, indent=1) + "\n").encode())
+        batches = SFTBatches(rows, tcfg.batch_size, tcfg.seed, d.rank, d.world)
+        trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+        info = {"n_params": lm.model.num_params(), "trainable": trainable,
+                "examples": len(train_ex), "peft": scfg.peft}
+        trainer = Trainer(model, tcfg, run_dir, batches, sft_loss, dist=d, export=export,
+                          eval_data=evals, run_info=info,
+                          compat={"peft": scfg.peft, "model": scfg.model, "data": scfg.data})
+        return trainer.fit()
+    finally:
+        shutdown(d)
