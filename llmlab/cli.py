@@ -13,14 +13,20 @@ DEFAULT_MODEL = "smollm2-135m-instruct"
 DTYPES = ("fp32", "bf16", "int8")
 
 
-def _load(name: str, dtype: str) -> Any:
+def _load(name: str, dtype: str, adapter: str | None = None) -> Any:
     import torch
 
     from llmlab.weights.registry import load
 
     if dtype not in DTYPES:
         raise ValueError(f"--dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
-    lm = load(name, dtype=torch.bfloat16 if dtype == "bf16" else torch.float32)
+    lm = load(name, dtype=torch.float32)
+    if adapter:
+        from llmlab.peft.model import apply_adapter
+
+        apply_adapter(lm, adapter)  # LoRA/DoRA merge into fp32 weights before any cast
+    if dtype == "bf16":
+        lm.model.to(torch.bfloat16)
     if dtype == "int8":
         from llmlab.model.quant import quantize_int8_
 
@@ -39,6 +45,7 @@ def _sampling_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=None)
     p.add_argument("--dtype", default=None, help="fp32 | bf16 | int8 (weight-only, fastest on CPU)")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    p.add_argument("--adapter", default=None, help="a PEFT-format adapter dir to apply")
 
 
 def _sampling(a: argparse.Namespace) -> dict[str, Any]:
@@ -69,7 +76,7 @@ def cmd_generate(a: argparse.Namespace) -> int:
     from llmlab.generate.sampling import SamplingParams
 
     SamplingParams(**_sampling(a)).validate()  # fail before the model loads
-    lm = _load(a.model, a.dtype or "fp32")
+    lm = _load(a.model, a.dtype or "fp32", a.adapter)
     if lm.kind != "causal-lm":
         raise ValueError(f"model {a.model!r} is a {lm.kind}, not a causal LM: it can't generate")
     if a.chat:
@@ -92,7 +99,7 @@ def cmd_chat(a: argparse.Namespace) -> int:
 
     _threads(a)
     SamplingParams(**_sampling(a)).validate()
-    lm = _load(a.model, a.dtype or "bf16")
+    lm = _load(a.model, a.dtype or "bf16", a.adapter)
     session = ChatSession(lm, system=a.system, **_sampling(a))
     tty = sys.stdin.isatty()
     if tty:
