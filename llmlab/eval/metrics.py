@@ -12,6 +12,7 @@ import numpy as np
 
 _ARTICLES = re.compile(r"\b(a|an|the)\b", re.IGNORECASE)
 _NUMBER = re.compile(r"[-+]?\$?\d[\d,]*(?:\.\d+)?")
+_PUNCT = frozenset(string.punctuation)
 _THOUSANDS = re.compile(r"^\d{1,3}(,\d{3})+(\.\d+)?$")
 
 
@@ -19,7 +20,7 @@ def normalize_answer(text: str) -> str:
     """SQuAD normalisation: lowercase, strip accents, punctuation and articles, squeeze spaces."""
     text = unicodedata.normalize("NFKD", text)
     text = "".join(c for c in text if not unicodedata.combining(c)).lower()
-    text = "".join(" " if c in string.punctuation else c for c in text)
+    text = "".join(c for c in text if c not in _PUNCT)  # deleted, as SQuAD does: "levi's"
     text = _ARTICLES.sub(" ", text)
     return " ".join(text.split())
 
