@@ -1,0 +1,159 @@
+"""`llmlab eval`: benchmark a model; `llmlab eval compare`: table + chart of reports;
+`llmlab eval judge`: pairwise LLM-as-judge.
+
+The lead wires `add_commands` into llmlab/cli.py; until then `python -m llmlab.eval.cli ...`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import traceback
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+DEFAULT_MODEL = "smollm2-135m-instruct"
+
+
+def _guard(fn: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
+    """Expected failures become `error: ...` and exit code 2, not a traceback."""
+
+    def run(a: argparse.Namespace) -> int:
+        try:
+            return fn(a)
+        except KeyboardInterrupt:
+            return 130
+        except (ValueError, RuntimeError, FileNotFoundError, OSError, ImportError) as e:
+            if getattr(a, "debug", False):
+                traceback.print_exc()
+            print(f"error: {e}", file=sys.stderr)
+            return 2
+
+    return run
+
+
+def load_model(name: str, adapter: str | None, dtype: str = "fp32", threads: int | None = None
+               ) -> Any:
+    import torch
+
+    import llmlab
+
+    if threads:
+        torch.set_num_threads(threads)
+    if dtype not in ("fp32", "bf16", "int8"):
+        raise ValueError(f"--dtype must be fp32, bf16 or int8, got {dtype!r}")
+    lm = llmlab.load(name, dtype=torch.bfloat16 if dtype == "bf16" else torch.float32)
+    if getattr(lm, "kind", "causal-lm") != "causal-lm":
+        raise ValueError(f"model {name!r} is a {lm.kind}, not a causal LM: it can't be evaluated")
+    if adapter:
+        try:
+            from llmlab.peft import apply_adapter  # type: ignore[attr-defined]
+        except ImportError:
+            raise RuntimeError("adapters need llmlab.peft (no apply_adapter there)") from None
+        lm = apply_adapter(lm, adapter) or lm
+    if dtype == "int8":
+        from llmlab.model.quant import quantize_int8_
+
+        quantize_int8_(lm.model)
+    lm.model.eval()
+    return lm
+
+
+def cmd_eval(a: argparse.Namespace) -> int:
+    from llmlab.eval.report import make_report, write_report
+    from llmlab.eval.tasks import NEEDS_MODEL, TASK_FORMS, EvalConfig, parse_task, run_task
+
+    if not a.task:
+        raise ValueError(f"no tasks given: pass --task (repeatable): {', '.join(TASK_FORMS)}")
+    names = [parse_task(t)[0] for t in a.task]  # fail on a bad task before loading the model
+    if a.limit is not None and a.limit < 1:
+        raise ValueError(f"--limit must be >= 1, got {a.limit}")
+    cfg = EvalConfig(limit=a.limit, seed=a.seed, batch_size=a.batch_size,
+                     max_new_tokens=a.max_new_tokens, samples=a.samples,
+                     temperature=a.temperature, window=a.window, stride=a.stride,
+                     workers=a.workers, progress=not a.no_progress,
+                     extra={"timeout": a.timeout})
+    lm = load_model(a.model, a.adapter, a.dtype, a.threads) if NEEDS_MODEL & set(names) else None
+    results = []
+    for spec in a.task:
+        r = run_task(lm, spec, cfg)
+        results.append(r)
+        shown = ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
+                          for k, v in r["metrics"].items())
+        print(f"{spec}: {shown}")
+    config = {k: v for k, v in vars(cfg).items() if k != "progress"}
+    config["dtype"] = a.dtype
+    report = make_report(a.model, a.adapter, a.seed, results, config)
+    if a.out:
+        print(f"wrote {write_report(report, a.out)}", file=sys.stderr)
+    return 0
+
+
+def cmd_compare(a: argparse.Namespace) -> int:
+    from llmlab.eval.report import compare_table, label, load_report, plot_compare
+
+    if len(a.reports) < 1:
+        raise ValueError("compare needs at least one report")
+    reps = [(label(r, p), r) for p, r in ((p, load_report(p)) for p in a.reports)]
+    # Same model twice (e.g. two adapters' runs): tell columns apart by file name.
+    names = [n for n, _ in reps]
+    if len(set(names)) < len(names):
+        reps = [(Path(p).stem, r) for p, (_, r) in zip(a.reports, reps, strict=True)]
+    table, rows = compare_table(reps)
+    print(table)
+    out = a.plot or str(Path(a.reports[0]).with_name("compare.png"))
+    print(f"wrote {plot_compare([n for n, _ in reps], rows, out)}", file=sys.stderr)
+    return 0
+
+
+def _add_eval_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", default=DEFAULT_MODEL, help="model name or directory")
+    p.add_argument("--adapter", default=None, help="PEFT adapter directory (llmlab.peft)")
+    p.add_argument("--task", action="append", default=[],
+                   help="perplexity:<corpus|file> | arithmetic | trivia | humaneval | "
+                        "rag:<store>:<qrels> (repeatable)")
+    p.add_argument("--limit", type=int, default=None,
+                   help="items per task (tokens for perplexity)")
+    p.add_argument("--out", default=None, help="JSON report path")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--batch-size", type=int, default=16, help="prompts per generation batch")
+    p.add_argument("--max-new-tokens", type=int, default=None, help="default: per task")
+    p.add_argument("--samples", type=int, default=1, help="humaneval completions per problem")
+    p.add_argument("--temperature", type=float, default=None,
+                   help="default 0 (greedy), 0.8 with --samples > 1")
+    p.add_argument("--window", type=int, default=1024, help="perplexity window (tokens)")
+    p.add_argument("--stride", type=int, default=512, help="perplexity stride (tokens)")
+    p.add_argument("--timeout", type=float, default=5.0, help="sandbox seconds per program")
+    p.add_argument("--workers", type=int, default=2, help="sandbox programs at once")
+    p.add_argument("--dtype", default="fp32", help="fp32 | bf16 | int8 (fastest on CPU)")
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--debug", action="store_true", help="tracebacks on errors")
+
+
+def add_commands(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser("eval", help="evaluate a model on benchmark tasks")
+    _add_eval_args(p)
+    p.set_defaults(fn=_guard(cmd_eval), func=_guard(cmd_eval))
+    sub = p.add_subparsers(dest="eval_action", metavar="{compare,judge}")
+    c = sub.add_parser("compare", help="table and bar chart (PNG) of eval reports")
+    c.add_argument("reports", nargs="+", help="JSON reports from llmlab eval --out")
+    c.add_argument("--plot", default=None, help="PNG path (default: compare.png beside the first)")
+    c.set_defaults(fn=_guard(cmd_compare), func=_guard(cmd_compare))
+    try:
+        from llmlab.eval.judge import add_judge_command
+    except ImportError:
+        return
+    add_judge_command(sub, _guard, load_model)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="llmlab")
+    add_commands(parser.add_subparsers(dest="command", required=True))
+    a = parser.parse_args(argv)
+    return a.fn(a)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

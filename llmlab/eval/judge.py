@@ -1,0 +1,210 @@
+"""Pairwise LLM-as-judge with position swapping.
+
+Each prompt is judged twice, with the answers in both orders, so a judge that favours the
+first (or second) slot cannot decide the result: A wins only when preferred in both orders,
+a split verdict is a tie. The judge is a local llmlab model or any OpenAI-compatible
+`/v1/chat/completions` endpoint (e.g. `llmlab serve`). Unreachable endpoints and unparseable
+verdicts are skipped and counted, never guessed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from llmlab.eval.metrics import wilson_interval
+
+JUDGE_PROMPT = """You are judging two answers to the same question.
+
+Question:
+{prompt}
+
+Answer 1:
+{first}
+
+Answer 2:
+{second}
+
+Which answer is more helpful, correct and clear? Reply with exactly "1" or "2"."""
+
+_VERDICT = re.compile(r"^\W*(?:answer\s*)?([12])\b", re.IGNORECASE)
+
+DEFAULT_PROMPTS = [
+    "What is the capital of France?", "Explain photosynthesis in one sentence.",
+    "Give me three tips for learning a new language.", "What is 12 times 7?",
+    "Write a haiku about the sea.", "Why is the sky blue?",
+    "Name a famous painting by Leonardo da Vinci.", "How do I reverse a list in Python?",
+]
+
+JudgeFn = Callable[[list[str]], list[str | None]]  # judge texts -> replies (None: unreachable)
+
+
+def parse_verdict(reply: str) -> int | None:
+    """1 or 2 from the judge's reply; None when it does not start with a clear choice."""
+    m = _VERDICT.match(reply.strip())
+    return int(m.group(1)) if m else None
+
+
+def judge_pairs(prompts: Sequence[str], answers_a: Sequence[str], answers_b: Sequence[str],
+                judge: JudgeFn) -> dict[str, Any]:
+    """Win rate of A over B (ties count half) with a 95% Wilson interval, plus skips."""
+    if not (len(prompts) == len(answers_a) == len(answers_b)):
+        raise ValueError(f"judge needs one answer per prompt from each model: got "
+                         f"{len(prompts)} prompts, {len(answers_a)} and {len(answers_b)} answers")
+    if not prompts:
+        raise ValueError("judge over an empty prompt set")
+    texts = []
+    for p, a, b in zip(prompts, answers_a, answers_b, strict=True):
+        texts.append(JUDGE_PROMPT.format(prompt=p, first=a, second=b))  # A first
+        texts.append(JUDGE_PROMPT.format(prompt=p, first=b, second=a))  # B first
+    replies = judge(texts)
+    wins = losses = ties = unreachable = malformed = 0
+    items = []
+    for i, p in enumerate(prompts):
+        r1, r2 = replies[2 * i], replies[2 * i + 1]
+        if r1 is None or r2 is None:
+            unreachable += 1
+            items.append({"prompt": p, "verdict": "skipped", "reason": "unreachable"})
+            continue
+        v1, v2 = parse_verdict(r1), parse_verdict(r2)
+        if v1 is None or v2 is None:
+            malformed += 1
+            items.append({"prompt": p, "verdict": "skipped", "reason": "malformed",
+                          "replies": [r1[:200], r2[:200]]})
+            continue
+        a_first, a_second = v1 == 1, v2 == 2  # did A win in each order?
+        verdict = "A" if a_first and a_second else "B" if not (a_first or a_second) else "tie"
+        wins += verdict == "A"
+        losses += verdict == "B"
+        ties += verdict == "tie"
+        items.append({"prompt": p, "verdict": verdict})
+    judged = wins + losses + ties
+    score = wins + 0.5 * ties
+    lo, hi = wilson_interval(score, judged) if judged else (0.0, 1.0)
+    return {"metrics": {"win_rate": score / judged if judged else float("nan"),
+                        "ci95_low": lo, "ci95_high": hi, "wins": wins, "losses": losses,
+                        "ties": ties, "judged": judged, "skipped": unreachable + malformed,
+                        "skipped_unreachable": unreachable, "skipped_malformed": malformed},
+            "samples": items}
+
+
+def endpoint_judge(base_url: str, model: str = "judge", timeout: float = 60.0,
+                   api_key: str | None = None) -> JudgeFn:
+    """Judge through an OpenAI-compatible server; a failed request yields None for that item."""
+    import httpx
+
+    url = base_url.rstrip("/")
+    url = url if url.endswith("/v1") else url + "/v1"
+    headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+
+    def run(texts: list[str]) -> list[str | None]:
+        out: list[str | None] = []
+        with httpx.Client(timeout=timeout, headers=headers, trust_env=False) as client:
+            for t in texts:
+                body = {"model": model, "messages": [{"role": "user", "content": t}],
+                        "temperature": 0, "max_tokens": 8}
+                try:
+                    r = client.post(f"{url}/chat/completions", json=body)
+                    r.raise_for_status()
+                    out.append(str(r.json()["choices"][0]["message"]["content"] or ""))
+                except (httpx.HTTPError, KeyError, IndexError, TypeError, ValueError) as e:
+                    print(f"warning: judge request failed: {e}", file=sys.stderr)
+                    out.append(None)
+        return out
+
+    return run
+
+
+def local_judge(lm: Any, batch_size: int = 16, progress: bool = True) -> JudgeFn:
+    from llmlab.eval.generation import generate
+
+    def run(texts: list[str]) -> list[str | None]:
+        return list(generate(lm, texts, max_new_tokens=8, batch_size=batch_size,
+                             progress=progress, desc="judge"))
+
+    return run
+
+
+def load_prompts(path: str | None, limit: int | None) -> list[str]:
+    """JSONL with a "prompt" field, or plain text (one prompt a line); built-ins when None."""
+    if path is None:
+        prompts = list(DEFAULT_PROMPTS)
+    else:
+        p = Path(path)
+        if not p.is_file():
+            raise FileNotFoundError(f"{p}: no such prompt file")
+        prompts = []
+        for n, line in enumerate(p.read_text(encoding="utf-8").splitlines(), 1):
+            if not line.strip():
+                continue
+            if p.suffix == ".jsonl":
+                try:
+                    obj = json.loads(line)
+                except json.JSONDecodeError as e:
+                    raise ValueError(f"{p}:{n}: invalid JSON ({e.msg})") from None
+                if not isinstance(obj, dict) or not isinstance(obj.get("prompt"), str):
+                    raise ValueError(f'{p}:{n}: expected an object with a string "prompt"')
+                prompts.append(obj["prompt"])
+            else:
+                prompts.append(line.strip())
+    if not prompts:
+        raise ValueError(f"{path}: no prompts")
+    return prompts[:limit] if limit else prompts
+
+
+def add_judge_command(sub: argparse._SubParsersAction, guard: Callable, load_model: Callable
+                      ) -> None:
+    j = sub.add_parser("judge", help="pairwise LLM-as-judge of two models' answers")
+    j.add_argument("--model-a", required=True)
+    j.add_argument("--model-b", required=True)
+    j.add_argument("--adapter-a", default=None)
+    j.add_argument("--adapter-b", default=None)
+    j.add_argument("--prompts", default=None, help="JSONL ({'prompt': ...}) or text file")
+    g = j.add_mutually_exclusive_group(required=True)
+    g.add_argument("--judge", default=None, help="local llmlab judge model")
+    g.add_argument("--judge-base-url", default=None, help="OpenAI-compatible endpoint")
+    j.add_argument("--judge-model", default="judge", help="model name sent to the endpoint")
+    j.add_argument("--judge-timeout", type=float, default=60.0)
+    j.add_argument("--limit", type=int, default=None)
+    j.add_argument("--max-new-tokens", type=int, default=128)
+    j.add_argument("--batch-size", type=int, default=16)
+    j.add_argument("--seed", type=int, default=0)
+    j.add_argument("--dtype", default="fp32")
+    j.add_argument("--out", default=None, help="JSON report path")
+    j.add_argument("--no-progress", action="store_true")
+
+    def cmd_judge(a: argparse.Namespace) -> int:
+        from llmlab.eval.generation import generate
+        from llmlab.eval.report import make_report, write_report
+
+        prompts = load_prompts(a.prompts, a.limit)
+        answers = []
+        for name, adapter in ((a.model_a, a.adapter_a), (a.model_b, a.adapter_b)):
+            lm = load_model(name, adapter, a.dtype)
+            answers.append(generate(lm, prompts, max_new_tokens=a.max_new_tokens, seed=a.seed,
+                                    batch_size=a.batch_size, progress=not a.no_progress,
+                                    desc=f"answers {name}"))
+        if a.judge_base_url:
+            fn = endpoint_judge(a.judge_base_url, a.judge_model, a.judge_timeout)
+        else:
+            fn = local_judge(load_model(a.judge, None, a.dtype), a.batch_size, not a.no_progress)
+        res = judge_pairs(prompts, answers[0], answers[1], fn)
+        m = res["metrics"]
+        print(f"win rate of {a.model_a} over {a.model_b}: {m['win_rate']:.3f} "
+              f"(95% CI {m['ci95_low']:.3f}-{m['ci95_high']:.3f}; {m['wins']}W {m['losses']}L "
+              f"{m['ties']}T; skipped {m['skipped']}: {m['skipped_unreachable']} unreachable, "
+              f"{m['skipped_malformed']} malformed)")
+        if a.out:
+            task = {"task": "judge", "config": {"model_b": a.model_b, "adapter_b": a.adapter_b,
+                                                "judge": a.judge or a.judge_base_url,
+                                                "prompts": a.prompts or "built-in"}, **res}
+            rep = make_report(a.model_a, a.adapter_a, a.seed, [task], {"limit": a.limit})
+            print(f"wrote {write_report(rep, a.out)}", file=sys.stderr)
+        return 0 if m["judged"] else 1
+
+    j.set_defaults(fn=guard(cmd_judge), func=guard(cmd_judge))

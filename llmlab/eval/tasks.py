@@ -1,0 +1,179 @@
+"""Evaluation tasks: `perplexity:<corpus|file>`, `arithmetic`, `trivia`, `humaneval`,
+`rag:<store>:<qrels>`. Each returns {"task", "config", "metrics", "samples"}."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from llmlab.eval import datasets as ds
+from llmlab.eval.generation import generate, perplexity_report, sliding_nll
+from llmlab.eval.metrics import answer_match, exact_match, final_number, mean_pass_at_k, token_f1
+from llmlab.eval.sandbox import Limits, run_many
+
+TASK_FORMS = ("perplexity:<corpus|file>", "arithmetic", "trivia", "humaneval",
+              "rag:<store>:<qrels>")
+KEEP_SAMPLES = 20  # per-item records stored in a report
+
+
+@dataclass
+class EvalConfig:
+    limit: int | None = None
+    seed: int = 0
+    batch_size: int = 16
+    max_new_tokens: int | None = None  # task default when None
+    samples: int = 1  # humaneval completions per problem (pass@k needs >= k)
+    temperature: float | None = None  # 0 for one sample, 0.8 for several
+    window: int = 1024  # perplexity
+    stride: int = 512
+    workers: int = 2  # sandbox processes at once
+    progress: bool = True
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def parse_task(spec: str) -> tuple[str, list[str]]:
+    """'rag:store:qrels' -> ('rag', ['store', 'qrels']), validating the shape."""
+    name, *args = spec.split(":")
+    want = {"perplexity": 1, "arithmetic": 0, "trivia": 0, "humaneval": 0, "rag": 2}
+    if name not in want:
+        raise ValueError(f"unknown task {spec!r}: valid tasks are {', '.join(TASK_FORMS)}")
+    if name == "perplexity" and len(args) > 1:
+        args = [":".join(args)]  # a file path containing ':'
+    if len(args) != want[name] or any(not a for a in args):
+        form = next(f for f in TASK_FORMS if f.split(":")[0] == name)
+        raise ValueError(f"task {spec!r} must be written {form}")
+    return name, args
+
+
+def _limit(items: list[Any], cfg: EvalConfig) -> list[Any]:
+    return ds.sample(items, cfg.limit, cfg.seed)
+
+
+# ---- perplexity ----------------------------------------------------------------------------
+def _perplexity_text(source: str) -> str:
+    from llmlab.data.corpora import CORPORA, corpus_text
+
+    if source in CORPORA:
+        return corpus_text(source)
+    path = Path(source)
+    if not path.is_file():
+        raise ValueError(f"perplexity source {source!r} is neither a corpus ({', '.join(CORPORA)}) "
+                         "nor a file")
+    return path.read_text(encoding="utf-8")
+
+
+def run_perplexity(lm: Any, args: list[str], cfg: EvalConfig) -> dict[str, Any]:
+    text = _perplexity_text(args[0])
+    if cfg.limit is not None:
+        # --limit counts tokens here; no token spans 64 characters, so encoding this prefix
+        # gives the same first `limit` tokens without tokenizing a whole corpus.
+        text = text[: 64 * (cfg.limit + 1)]
+    ids = lm.tokenizer.encode(text, allowed_special="none")
+    if cfg.limit is not None:
+        ids = ids[: cfg.limit]
+        text = lm.tokenizer.decode(ids)  # bits per byte over the bytes actually scored
+    window = min(cfg.window, lm.cfg.max_seq_len)
+    stride = min(cfg.stride, window)
+    nll, n = sliding_nll(lm.model, ids, window, stride, progress=cfg.progress)
+    metrics = perplexity_report(nll, n, len(text.encode("utf-8")))
+    return {"config": {"source": args[0], "window": window, "stride": stride,
+                       "limit_tokens": cfg.limit}, "metrics": metrics, "samples": []}
+
+
+# ---- question answering --------------------------------------------------------------------
+ARITH_PROMPT = ("Solve this word problem. Think step by step, then finish with "
+                "'The answer is N.'\n\n{q}")
+TRIVIA_PROMPT = "Answer the trivia question with just the answer, no explanation.\n\n{q}"
+
+
+def run_arithmetic(lm: Any, args: list[str], cfg: EvalConfig) -> dict[str, Any]:
+    probs = ds.arithmetic_problems(cfg.limit or 200, split="test", seed=cfg.seed)
+    outs = generate(lm, [ARITH_PROMPT.format(q=p.question) for p in probs],
+                    max_new_tokens=cfg.max_new_tokens or 160, seed=cfg.seed,
+                    batch_size=cfg.batch_size, progress=cfg.progress, desc="arithmetic")
+    got = [final_number(o) for o in outs]
+    ok = [g is not None and abs(g - p.target) < 1e-6 for g, p in zip(got, probs, strict=True)]
+    samples = [{"question": p.question, "target": p.target, "output": o, "parsed": g,
+                "correct": c} for p, o, g, c in zip(probs, outs, got, ok, strict=True)]
+    return {"config": {"split": "test", "n": len(probs)},
+            "metrics": {"accuracy": sum(ok) / len(ok), "n": len(ok),
+                        "unparsed": sum(g is None for g in got)},
+            "samples": samples[:KEEP_SAMPLES]}
+
+
+def run_trivia(lm: Any, args: list[str], cfg: EvalConfig) -> dict[str, Any]:
+    qs = _limit(ds.trivia_questions(), cfg)
+    outs = generate(lm, [TRIVIA_PROMPT.format(q=q.question) for q in qs],
+                    max_new_tokens=cfg.max_new_tokens or 24, seed=cfg.seed,
+                    batch_size=cfg.batch_size, progress=cfg.progress, desc="trivia")
+    ok = [answer_match(o, q.answers) for o, q in zip(outs, qs, strict=True)]
+    em = [max(exact_match(o, a) for a in q.answers) for o, q in zip(outs, qs, strict=True)]
+    f1 = [max(token_f1(o, a) for a in q.answers) for o, q in zip(outs, qs, strict=True)]
+    n = len(qs)
+    samples = [{"question": q.question, "answers": q.answers, "output": o, "correct": c}
+               for q, o, c in zip(qs, outs, ok, strict=True)]
+    return {"config": {"lists": list(ds.TRIVIA_LISTS), "n": n},
+            "metrics": {"accuracy": sum(ok) / n, "exact_match": sum(em) / n,
+                        "f1": sum(f1) / n, "n": n},
+            "samples": samples[:KEEP_SAMPLES]}
+
+
+# ---- HumanEval -----------------------------------------------------------------------------
+def run_humaneval(lm: Any, args: list[str], cfg: EvalConfig) -> dict[str, Any]:
+    probs = ds.humaneval_problems()
+    if cfg.limit is not None:
+        probs = probs[: cfg.limit]  # first N: comparable across runs and papers' subsets
+    k = cfg.samples
+    if k < 1:
+        raise ValueError(f"--samples must be >= 1, got {k}")
+    temp = cfg.temperature if cfg.temperature is not None else (0.0 if k == 1 else 0.8)
+    prompts = [p["prompt"] for p in probs for _ in range(k)]
+    outs = generate(lm, prompts, chat=False, max_new_tokens=cfg.max_new_tokens or 256,
+                    temperature=temp, stop=ds.HUMANEVAL_STOPS, seed=cfg.seed,
+                    batch_size=cfg.batch_size, progress=cfg.progress, desc="humaneval")
+    programs = [ds.humaneval_program(probs[i // k], o) for i, o in enumerate(outs)]
+    limits = Limits(timeout=cfg.extra.get("timeout", 5.0))
+    results = run_many(programs, limits, workers=cfg.workers)
+    counts = [(k, sum(r.passed for r in results[i * k : (i + 1) * k])) for i in range(len(probs))]
+    metrics: dict[str, Any] = {f"pass@{j}": mean_pass_at_k(counts, j) for j in (1, 10, 100)
+                               if j <= k}
+    metrics.update(n=len(probs), samples_per_problem=k,
+                   timeouts=sum(r.status == "timeout" for r in results))
+    samples = [{"task_id": probs[i // k]["task_id"], "completion": o, "status": r.status,
+                "stderr_tail": r.stderr[-300:]}
+               for i, (o, r) in enumerate(zip(outs, results, strict=True))]
+    return {"config": {"samples": k, "temperature": temp, "timeout_s": limits.timeout,
+                       "stops": ds.HUMANEVAL_STOPS},
+            "metrics": metrics, "samples": samples[:KEEP_SAMPLES]}
+
+
+# ---- RAG -----------------------------------------------------------------------------------
+def run_rag(lm: Any, args: list[str], cfg: EvalConfig) -> dict[str, Any]:
+    try:
+        from llmlab.rag.evaluate import evaluate, load_qrels
+        from llmlab.rag.pipeline import RagIndex
+    except ImportError as e:
+        raise RuntimeError(f"task 'rag' needs llmlab.rag (the rag branch): {e}") from None
+    store, qrels_path = args
+    qrels = load_qrels(qrels_path)
+    if cfg.limit is not None:
+        qrels = qrels[: cfg.limit]
+    results = evaluate(RagIndex.open(store), qrels, progress=cfg.progress)
+    metrics = {f"{m}/{k}": v for m, row in results.items() for k, v in row.items()}
+    metrics["n"] = len(qrels)
+    return {"config": {"store": store, "qrels": qrels_path}, "metrics": metrics, "samples": []}
+
+
+RUNNERS: dict[str, Callable[[Any, list[str], EvalConfig], dict[str, Any]]] = {
+    "perplexity": run_perplexity, "arithmetic": run_arithmetic, "trivia": run_trivia,
+    "humaneval": run_humaneval, "rag": run_rag,
+}
+NEEDS_MODEL = {"perplexity", "arithmetic", "trivia", "humaneval"}
+
+
+def run_task(lm: Any, spec: str, cfg: EvalConfig) -> dict[str, Any]:
+    name, args = parse_task(spec)
+    out = RUNNERS[name](lm, args, cfg)
+    return {"task": spec, **out}
