@@ -125,7 +125,8 @@ def _units(tok: _Tok, text: str, size: int) -> list[tuple[int, int, int, bool]]:
             if n <= size:
                 units.append((ss, se, n, head and first))
             else:
-                for ws, we, wn in _token_windows(tok, text, ss, se, size):
+                # 4 tokens of slack: re-encoding a cut piece can merge differently.
+                for ws, we, wn in _token_windows(tok, text, ss, se, size - 4):
                     units.append((ws, we, wn, head and first))
                     first = False
             first = False
