@@ -126,7 +126,10 @@ def read_file(path: Path, source: str) -> list[Document]:
     if ext in (".html", ".htm"):
         text, title = html_to_text(raw)
         return [Document(source, source, title or _first_heading(text) or path.stem, text)]
-    text = _tidy(raw)
+    # Plain text stays byte-for-byte (bar a BOM) so chunk offsets index the file itself.
+    text = raw.removeprefix("\ufeff")
+    if not text.strip():
+        return []
     return [Document(source, source, _first_heading(text) or path.stem, text)]
 
 
@@ -205,7 +208,7 @@ def load_documents(
             errors.append(str(e))
             continue
         for d in found:
-            if not d.text or d.sha256 in seen:
+            if not d.text.strip() or d.sha256 in seen:
                 continue
             seen.add(d.sha256)
             docs.append(d)
