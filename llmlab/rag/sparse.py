@@ -68,6 +68,9 @@ class BM25Index:
         return rows[keep], scores[keep]
 
     def save(self, directory: Path) -> None:
+        if self.n_docs == 0:  # bm25s can't save an empty index; load() rebuilds it
+            directory.mkdir(parents=True, exist_ok=True)
+            return
         self.model.save(str(directory), show_progress=False)
 
     @classmethod
