@@ -29,7 +29,7 @@ from llmlab.weights.io import atomic_write_bytes
 FORMAT = "llmlab-rag-index"
 VERSION = 1
 ANN_THRESHOLD = 20_000  # exact numpy search costs ~10 ms per 20k x 384 on 2 cores
-HNSW_M, HNSW_EF_BUILD, HNSW_EF_SEARCH = 32, 80, 96
+HNSW_M, HNSW_EF_BUILD, HNSW_EF_SEARCH = 32, 80, 128
 
 
 class StoreError(ValueError):
