@@ -231,3 +231,15 @@ def test_weak_retrieval_refuses_without_running_the_model() -> None:
     assert list(stream) == [REFUSAL]
     assert stream.result is not None and stream.result.refused
     assert list(AnswerStream("q", [], lm="unused")) == [REFUSAL]
+
+
+def test_pydocs_fixture_rebuilds_identically(tmp_path: Path) -> None:
+    from llmlab.rag.evaluate import PYDOCS, build_pydocs_set
+
+    if not PYDOCS.is_dir():
+        pytest.skip("python3.11-doc not installed: the committed fixture is used as is")
+    fixture = Path(__file__).parent / "data" / "rag_pydocs"
+    docs, qrels = build_pydocs_set(tmp_path, subdirs=("tutorial",), limit=40, max_chars=2500)
+    assert qrels.read_text() == (fixture / "qrels.jsonl").read_text()
+    for f in docs.rglob("*.txt"):
+        assert f.read_text() == (fixture / "docs" / f.relative_to(docs)).read_text()
