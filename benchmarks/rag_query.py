@@ -1,0 +1,129 @@
+"""Query latency (p50/p95) of the RAG retrievers at 10k and 100k chunks, excluding the LLM,
+with the peers they wrap side by side: raw bm25s, numpy brute force, FAISS flat and HNSW.
+
+Synthetic chunks (Zipf-distributed words, random unit vectors) stand in for text here;
+quality is measured on real text in rag_eval.py. The query vector is precomputed for all
+rows; `embed query` is the MiniLM cost a dense/hybrid query adds on top.
+
+    python benchmarks/rag_query.py [--sizes 10000 100000] [--queries 200]
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+from llmlab.rag.chunk import Chunk
+from llmlab.rag.fuse import rrf
+from llmlab.rag.stores.local import LocalStore
+
+DIM = 384
+
+
+def corpus(n: int, rng: np.random.Generator) -> tuple[list[str], np.ndarray]:
+    vocab = [f"w{i}" for i in range(30_000)]
+    p = 1.0 / np.arange(1, len(vocab) + 1)
+    p /= p.sum()
+    words = rng.choice(len(vocab), size=(n, 120), p=p)
+    texts = [" ".join(vocab[j] for j in row) for row in words]
+    # Clustered like real sentence embeddings (topics), not isotropic noise: isotropic
+    # 384-d data has no low-dimensional structure for any ANN index to exploit.
+    centers = rng.normal(size=(max(n // 100, 10), DIM))
+    v = centers[rng.integers(0, len(centers), n)] + 0.6 * rng.normal(size=(n, DIM))
+    v = v.astype(np.float32)
+    return texts, v / np.linalg.norm(v, axis=1, keepdims=True)
+
+
+def pct(times: list[float]) -> str:
+    a = np.array(times) * 1000
+    return f"p50 {np.percentile(a, 50):7.2f} ms  p95 {np.percentile(a, 95):7.2f} ms"
+
+
+def timed(fn, queries) -> list[float]:  # noqa: ANN001
+    fn(queries[0])
+    out = []
+    for q in queries:
+        t = time.perf_counter()
+        fn(q)
+        out.append(time.perf_counter() - t)
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--sizes", type=int, nargs="+", default=[10_000, 100_000])
+    ap.add_argument("--queries", type=int, default=200)
+    args = ap.parse_args()
+    rng = np.random.default_rng(0)
+    from llmlab.rag.embed import get_embedder
+
+    emb = get_embedder("onnx")
+    qs_text = [f"how does w{rng.integers(1, 3000)} relate to w{rng.integers(1, 3000)}"
+               for _ in range(args.queries)]
+    print(f"embed query (MiniLM onnx): {pct(timed(lambda q: emb.embed([q]), qs_text[:50]))}")
+    for n in args.sizes:
+        bench(n, rng, qs_text, args.queries)
+
+
+def bench(n: int, rng: np.random.Generator, qs_text: list[str], n_q: int) -> None:
+    import bm25s
+    import faiss
+
+    from llmlab.rag.sparse import _stemmer
+
+    texts, v = corpus(n, rng)
+    qv = v[rng.integers(0, n, n_q)] + 0.1 * rng.normal(size=(n_q, DIM))
+    qv = (qv / np.linalg.norm(qv, axis=1, keepdims=True)).astype(np.float32)
+    store = LocalStore(Path(tempfile.mkdtemp()) / "idx", dim=DIM)
+    store.add([Chunk(f"c{i}", f"d{i}", f"s{i}", "", t, 0, len(t), 0)
+               for i, t in enumerate(texts)], v)
+    t0 = time.perf_counter()
+    store.save()
+    build = time.perf_counter() - t0
+    pairs = list(zip(qs_text, qv, strict=True))
+    ann = "hnsw" if store._ann is not None else "exact"
+    print(f"\n== {n} chunks ({ann} dense; build+save {build:.1f} s)")
+    print(f"ours dense           {pct(timed(lambda p: store.search(p[1], 10), pairs))}")
+    bm = pct(timed(lambda p: store.sparse_search(p[0], 10), pairs))
+    print(f"ours bm25            {bm}")
+
+    def hybrid(p: tuple[str, np.ndarray]) -> None:
+        d = store.search(p[1], 50)
+        s = store.sparse_search(p[0], 50)
+        rrf([[h.chunk.chunk_id for h in d], [h.chunk.chunk_id for h in s]])
+
+    print(f"ours hybrid (rrf)    {pct(timed(hybrid, pairs))}")
+    raw = bm25s.BM25(k1=1.5, b=0.75, method="lucene")
+    raw.index(bm25s.tokenize(texts, stopwords="en", stemmer=_stemmer(),
+                             show_progress=False), show_progress=False)
+
+    def raw_bm25(p: tuple[str, np.ndarray]) -> None:
+        qt = bm25s.tokenize([p[0]], stopwords="en", stemmer=_stemmer(), show_progress=False)
+        raw.retrieve(qt, k=10, show_progress=False)
+
+    print(f"peer raw bm25s       {pct(timed(raw_bm25, pairs))}")
+    brute = pct(timed(lambda p: np.argsort(-(v @ p[1]))[:10], pairs))
+    print(f"peer numpy brute     {brute}")
+    flat = faiss.IndexFlatIP(DIM)
+    flat.add(v)
+    fl = pct(timed(lambda p: flat.search(p[1][None], 10), pairs))
+    print(f"peer faiss flat      {fl}")
+    hnsw = faiss.IndexHNSWFlat(DIM, 32, faiss.METRIC_INNER_PRODUCT)
+    hnsw.hnsw.efConstruction = 80
+    hnsw.add(v)
+    hnsw.hnsw.efSearch = 128
+    hn = pct(timed(lambda p: hnsw.search(p[1][None], 10), pairs))
+    print(f"peer faiss hnsw      {hn}")
+    exact = np.array([np.argsort(-(v @ q))[:10] for q in qv[:50]])
+    got = np.array([[int(h.chunk.chunk_id[1:]) for h in store.search(q, 10)]
+                    for q in qv[:50]])
+    rec = np.mean([len(set(a) & set(b)) / 10 for a, b in zip(exact, got, strict=True)])
+    print(f"ours dense recall@10 vs exact: {rec:.3f}", flush=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,12 @@
+"""RAG: answer questions from your own documents, grounded and cited.
+
+    from llmlab.rag.pipeline import RagIndex
+    from llmlab.rag.answer import answer
+    idx = RagIndex.create("my.index"); idx.index(["docs/"])          # incremental
+    hits = idx.retrieve("question", method="hybrid", top_k=5)       # dense | bm25 | hybrid
+    print(answer("question", hits).text)                             # [n] citations checked
+
+Modules: ingest (files -> documents), chunk (token chunks with char offsets), embed
+(MiniLM: onnx int8 | torch), sparse (bm25s), stores (local dir + faiss HNSW | pgvector),
+fuse (RRF, weighted), rerank (SmolLM2 log P(Yes)), answer, evaluate, cli.
+"""
