@@ -2,6 +2,7 @@
 # Throwaway PostgreSQL + pgvector for the RAG store tests.
 #   eval "$(bash scripts/services.sh)"      # installs if missing, starts, exports LLMLAB_PG_DSN
 #   bash scripts/services.sh stop DATADIR   # stops a server started earlier
+#   bash scripts/services.sh install        # only installs (scripts/setup.sh dev runs this)
 # Only the `export ...` lines go to stdout, so the eval above is safe; logs go to stderr.
 set -euo pipefail
 PGVER=${PGVER:-15}
@@ -58,6 +59,7 @@ if [ "${1:-}" = "stop" ]; then
 fi
 
 install_if_missing
+if [ "${1:-}" = "install" ]; then exit 0; fi
 
 # initdb refuses to run as root: use the packaged `postgres` account then.
 run=()
