@@ -149,10 +149,10 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="llmlab")
-    add_commands(parser.add_subparsers(dest="command", required=True))
-    a = parser.parse_args(argv)
-    return a.fn(a)
+    """`python -m llmlab.eval.cli ...` is the same as `llmlab ...`."""
+    from llmlab.cli import main as llmlab_main
+
+    return llmlab_main(argv)
 
 
 if __name__ == "__main__":

@@ -155,10 +155,10 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="llmlab")
-    add_commands(parser.add_subparsers(dest="cmd", required=True))
-    args = parser.parse_args(argv)
-    return args.func(args)
+    """`python -m llmlab.rag.cli ...` is the same as `llmlab ...`."""
+    from llmlab.cli import main as llmlab_main
+
+    return llmlab_main(argv)
 
 
 if __name__ == "__main__":
