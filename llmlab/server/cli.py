@@ -27,6 +27,13 @@ def cmd_serve(a: argparse.Namespace) -> int:
         f"{'on first use' if a.lazy else 'in the background'})",
         file=sys.stderr,
     )
+    if a.narrate_all:
+        import threading
+
+        from llmlab.server import narration
+
+        # In the background so the server answers at once; a ▶ click meanwhile just waits.
+        threading.Thread(target=narration.main, daemon=True, name="narrate").start()
     uvicorn.run(create_app(cfg), host=a.host, port=a.port, log_level="info")
     return 0
 
@@ -43,6 +50,11 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
         "--allow-local-models",
         action="store_true",
         help="accept checkpoint paths on a non-loopback host",
+    )
+    p.add_argument(
+        "--narrate-all",
+        action="store_true",
+        help="pre-generate every page's narration audio (needs the optional tts extra)",
     )
     p.set_defaults(fn=cmd_serve)
 

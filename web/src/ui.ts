@@ -42,9 +42,15 @@ export function pageHeader(page: string, title: string): { root: HTMLElement; se
     info = n;
     expl.textContent = n.text;
   }).catch(() => { expl.textContent = ""; });
+  audio.addEventListener("playing", () => { status.textContent = ""; });
+  audio.addEventListener("error", () => { status.textContent = "audio unavailable: transcript shown above"; });
   play.addEventListener("click", () => {
     if (info?.audio && info.audio_url) {
-      audio.src = info.audio_url;
+      // The first request synthesizes the WAV on the server (a second or two), later ones are cached.
+      if (!audio.src) {
+        status.textContent = "loading audio…";
+        audio.src = info.audio_url;
+      }
       audio.hidden = false;
       audio.play().catch(() => { status.textContent = "audio could not play; the transcript is above"; });
     } else {
