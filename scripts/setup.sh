@@ -44,12 +44,15 @@ apt_install() {
     echo "setup: please install these Debian packages: ${missing[*]}" >&2
   fi
 }
+# Narration audio uses piper (GPL-3.0), an optional extra: LLMLAB_NO_TTS=1 leaves it out.
+TTS=",tts"
+if [ -n "${LLMLAB_NO_TTS:-}" ]; then TTS=""; fi
 if [ "${1:-}" = "dev" ]; then
   apt_install python3.11-doc chromium
   if [ -f scripts/services.sh ]; then bash scripts/services.sh install; fi
-  $PIP install -q -e ".[dev]"
+  $PIP install -q -e ".[dev$TTS]"
 else
   apt_install python3.11-doc
-  $PIP install -q -e .
+  if [ -n "$TTS" ]; then $PIP install -q -e ".[tts]"; else $PIP install -q -e .; fi
 fi
 echo "setup done: $(.venv/bin/python -c 'import llmlab; print("llmlab", llmlab.__version__)')"
