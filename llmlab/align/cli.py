@@ -74,11 +74,10 @@ def run(algo: str, acfg: AlignConfig, tcfg: TrainConfig, run_dir: Path,
         gcfg: Any = None) -> dict[str, Any]:
     import torch
 
-    from llmlab.align.data import load_prompts, pref_tensors, task_prompts
+    from llmlab.align.data import PairBatches, load_prompts, pref_tensors, task_prompts
     from llmlab.generate.chat import template_for
     from llmlab.train.distributed import init_distributed, shutdown
     from llmlab.train.loop import Trainer
-    from llmlab.train.sft import SFTBatches
 
     tcfg.validate()
     d = init_distributed(tcfg.device, tcfg.fsdp)
@@ -94,7 +93,7 @@ def run(algo: str, acfg: AlignConfig, tcfg: TrainConfig, run_dir: Path,
             nval = min(acfg.val_examples, len(pairs) // 4)
             val, pairs = pairs[:nval], pairs[nval:]
             rows = pref_tensors(tok, template, pairs, tcfg.seq_len)
-            batches: Any = SFTBatches(rows, tcfg.batch_size, tcfg.seed, d.rank, d.world)
+            batches: Any = PairBatches(rows, tcfg.batch_size, tcfg.seed, d.rank, d.world)
             if val:
                 vt = pref_tensors(tok, template, val, tcfg.seq_len)
                 evals = [{k: v[i:i + tcfg.batch_size] for k, v in vt.items()}

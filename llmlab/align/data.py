@@ -18,6 +18,7 @@ from typing import Any
 import torch
 
 from llmlab.align.rewards import check_verifier, score_many
+from llmlab.train.sft import SFTBatches
 from llmlab.train.sft_data import _rows
 
 RL_TASKS = ("arithmetic", "trivia", "humaneval")
@@ -173,3 +174,13 @@ def task_prefs(lm: Any, name: str, n: int, cache_dir: str | Path, seed: int = 0
         tmp.write_text("".join(json.dumps(p) + "\n" for p in pairs), encoding="utf-8")
         tmp.replace(cache)
     return load_prefs(cache)
+
+
+class PairBatches(SFTBatches):
+    """SFTBatches' exact-resume order over preference-pair rows."""
+
+    def __init__(self, rows: dict[str, torch.Tensor], batch_size: int, seed: int,
+                 rank: int = 0, world: int = 1) -> None:
+        self.rows, self.bs, self.seed, self.rank, self.world = rows, batch_size, seed, rank, world
+        self.n = rows["chosen_ids"].shape[0]
+        self.k = 0
