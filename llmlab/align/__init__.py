@@ -1,0 +1,1 @@
+"""Alignment and reasoning RL: reward models, DPO/IPO/hinge, PPO, GRPO, verifiable rewards."""

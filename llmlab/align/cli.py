@@ -1,0 +1,189 @@
+"""CLI: `llmlab reward|dpo|grpo` on the shared Trainer (wired in by `add_commands`).
+
+    llmlab dpo --model M [--adapter DIR] --data FILE|--task NAME --out RUN [--loss-type ipo]
+Every AlignConfig / GRPOConfig / TrainConfig field is a flag (dataclass -> flag mapping).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from llmlab.train.cli import _guard, _StrictParser
+from llmlab.train.config import TrainConfig, add_dataclass_args, build, overrides
+
+ALIGN_TRAIN = dict(max_steps=100, batch_size=4, seq_len=256, lr=5e-6, warmup_steps=5,
+                   weight_decay=0.0, eval_every=0, eval_batches=4, ckpt_every=0, log_every=1,
+                   sample_tokens=0)
+
+
+@dataclass
+class AlignConfig:
+    model: str = "smollm2-135m-instruct"
+    adapter: str = ""  # start from this LoRA adapter (trained further; reference: disabled)
+    data: str = ""  # preference JSONL (reward, dpo) or RL prompt JSONL (grpo)
+    task: str = ""  # bundled: arithmetic|trivia|humaneval (grpo); *-prefs (reward, dpo)
+    peft: str = "lora"  # none | lora
+    lora_r: int = 8
+    lora_alpha: float = 16.0
+    beta: float = 0.1  # DPO β
+    loss_type_dpo: str = "sigmoid"  # sigmoid | ipo | hinge
+    label_smoothing: float = 0.0
+    center_rewards_coefficient: float = 0.0
+    max_examples: int = 256
+    val_examples: int = 16
+
+
+def _model(acfg: AlignConfig) -> tuple[Any, Any, Any]:
+    """(lm, trainable model, export fn)."""
+    import llmlab
+    from llmlab.weights.registry import save_checkpoint
+
+    lm = llmlab.load(acfg.model)
+    if acfg.adapter:
+        from llmlab.peft.model import load_adapter
+
+        pm = load_adapter(lm.model, acfg.adapter)
+        for n, p in pm.named_parameters():
+            p.requires_grad_("lora_" in n)
+        return lm, pm, lambda m, out: m.save_adapter(out)
+    if acfg.peft == "none":
+        return lm, lm.model, lambda m, out: save_checkpoint(m, out, lm.tokenizer)
+    from llmlab.peft.model import get_peft_model
+
+    pm = get_peft_model(lm.model, "lora", base_name=acfg.model, r=acfg.lora_r,
+                        lora_alpha=acfg.lora_alpha, target_modules=["q_proj", "v_proj"])
+    return lm, pm, lambda m, out: m.save_adapter(out)
+
+
+def _prefs(acfg: AlignConfig, lm: Any, run_dir: Path) -> list[dict[str, Any]]:
+    from llmlab.align.data import load_prefs, task_prefs
+
+    if bool(acfg.data) == bool(acfg.task):
+        raise ValueError("give exactly one of --data FILE or --task NAME")
+    if acfg.data:
+        return load_prefs(acfg.data)[: acfg.max_examples]
+    return task_prefs(lm, acfg.task, acfg.max_examples, run_dir / "data")
+
+
+def run(algo: str, acfg: AlignConfig, tcfg: TrainConfig, run_dir: Path,
+        gcfg: Any = None) -> dict[str, Any]:
+    import torch
+
+    from llmlab.align.data import PairBatches, load_prompts, pref_tensors, task_prompts
+    from llmlab.generate.chat import template_for
+    from llmlab.train.distributed import init_distributed, shutdown
+    from llmlab.train.loop import Trainer
+
+    tcfg.validate()
+    d = init_distributed(tcfg.device, tcfg.fsdp)
+    try:
+        torch.manual_seed(tcfg.seed)
+        lm, model, export = _model(acfg)
+        tok, template = lm.tokenizer, template_for(lm)
+        run_dir.mkdir(parents=True, exist_ok=True)
+        evals: list[dict[str, Any]] = []
+        extra: dict[str, Any] = {}
+        if algo in ("reward", "dpo"):
+            pairs = _prefs(acfg, lm, run_dir)
+            nval = min(acfg.val_examples, len(pairs) // 4)
+            val, pairs = pairs[:nval], pairs[nval:]
+            rows = pref_tensors(tok, template, pairs, tcfg.seq_len)
+            batches: Any = PairBatches(rows, tcfg.batch_size, tcfg.seed, d.rank, d.world)
+            if val:
+                vt = pref_tensors(tok, template, val, tcfg.seq_len)
+                evals = [{k: v[i:i + tcfg.batch_size] for k, v in vt.items()}
+                         for i in range(0, len(val), tcfg.batch_size)]
+            if algo == "dpo":
+                from llmlab.align.dpo import DPOLoss
+
+                ref = None
+                if acfg.peft == "none" and not acfg.adapter:
+                    import copy
+
+                    ref = copy.deepcopy(lm.model).eval().requires_grad_(False)
+                loss_fn: Any = DPOLoss(ref, acfg.beta, acfg.loss_type_dpo, acfg.label_smoothing)
+            else:
+                from llmlab.align.reward import ScalarHead, reward_batch_loss
+
+                model = ScalarHead(model)
+                inner_export = export
+                export = lambda m, out: (inner_export(m.model, out), m.save_head(out))  # noqa: E731
+                c = acfg.center_rewards_coefficient
+                loss_fn = lambda m, b: reward_batch_loss(m, b, c)  # noqa: E731
+                extra["val_pairs"] = evals
+        else:
+            from llmlab.align.grpo_run import RolloutBatches, grpo_loss_fn
+
+            if bool(acfg.data) == bool(acfg.task):
+                raise ValueError("give exactly one of --data FILE or --task NAME")
+            prompts = (load_prompts(acfg.data) if acfg.data
+                       else task_prompts(acfg.task, acfg.max_examples, seed=tcfg.seed))
+            batches = RolloutBatches(model, tok, template, prompts, gcfg, tcfg.seed)
+            loss_fn = grpo_loss_fn(gcfg)
+        (run_dir / "config.json").write_text(json.dumps(
+            {"algo": algo, "align": dataclasses.asdict(acfg), "train": dataclasses.asdict(tcfg),
+             **({"grpo": dataclasses.asdict(gcfg)} if gcfg else {})}, indent=1) + "\n")
+        trainer = Trainer(model, tcfg, run_dir, batches, loss_fn, dist=d, export=export,
+                          eval_data=evals, run_info={"algo": algo},
+                          compat={"algo": algo, "model": acfg.model})
+        out = trainer.fit()
+        if algo == "reward" and extra["val_pairs"]:
+            from llmlab.align.reward import pairwise_accuracy
+
+            model.eval()
+            out["val_accuracy"] = pairwise_accuracy(model, extra["val_pairs"])
+            (run_dir / "eval.json").write_text(json.dumps(
+                {"pairwise_accuracy": out["val_accuracy"]}) + "\n")
+        return out
+    finally:
+        shutdown(d)
+
+
+def _cmd(algo: str):  # noqa: ANN202
+    def cmd(a: argparse.Namespace) -> int:
+        from llmlab.align.grpo_run import GRPOConfig
+
+        acfg = build(AlignConfig, overrides(a, a._align_fields), "align config")
+        gcfg = (build(GRPOConfig, overrides(a, a._grpo_fields), "grpo config")
+                if algo == "grpo" else None)
+        lr = {"reward": 1e-5, "dpo": 5e-6, "grpo": 1e-6}[algo]
+        if acfg.peft != "none":
+            lr *= 20  # LoRA wants a larger step than full fine-tuning
+        tcfg = build(TrainConfig, {**ALIGN_TRAIN, "lr": lr, **overrides(a, a._train_fields)},
+                     "train config")
+        out = run(algo, acfg, tcfg, Path(a.out), gcfg)
+        print(f"done: {out.get('step')} steps; metrics in {Path(a.out) / 'metrics.jsonl'}"
+              + (f"; held-out pairwise accuracy {out['val_accuracy']:.3f}"
+                 if "val_accuracy" in out else ""))
+        return 0
+    return cmd
+
+
+HELP = {"reward": "train a reward model (Bradley-Terry) on preference pairs",
+        "dpo": "direct preference optimisation (sigmoid | ipo | hinge)",
+        "grpo": "GRPO with verifiable rewards"}
+
+
+def add_commands(subparsers: argparse._SubParsersAction) -> None:
+    """Register `reward`, `dpo` and `grpo`."""
+    from llmlab.align.grpo_run import GRPOConfig
+
+    for algo in ("reward", "dpo", "grpo"):
+        p = subparsers.add_parser(algo, help=HELP[algo], description=HELP[algo])
+        p.__class__ = _StrictParser
+        p.allow_abbrev = False
+        p.add_argument("--out", required=True, help="run directory")
+        skip = {"grpo": ("beta", "loss_type_dpo", "label_smoothing",
+                         "center_rewards_coefficient"),
+                "reward": ("beta", "loss_type_dpo", "label_smoothing"),
+                "dpo": ("center_rewards_coefficient",)}[algo]
+        af = add_dataclass_args(p, AlignConfig, "align", skip=skip)
+        gf = add_dataclass_args(p, GRPOConfig, "grpo") if algo == "grpo" else []
+        tf = add_dataclass_args(p, TrainConfig, "training")
+        fn = _guard(_cmd(algo))
+        p.set_defaults(fn=fn, func=fn, _align_fields=af, _grpo_fields=gf, _train_fields=tf)

@@ -1,0 +1,60 @@
+"""Pieces every alignment loss shares: masked reductions and per-token log-probs."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+def masked_mean(x: torch.Tensor, mask: torch.Tensor, dim: int | None = None) -> torch.Tensor:
+    m = mask.to(x.dtype)
+    if dim is None:
+        return (x * m).sum() / m.sum().clamp(min=1)
+    return (x * m).sum(dim) / m.sum(dim).clamp(min=1)
+
+
+def masked_whiten(x: torch.Tensor, mask: torch.Tensor, shift_mean: bool = True,
+                  eps: float = 1e-8) -> torch.Tensor:
+    """(x - mean) / std over masked entries, with the unbiased variance (as TRL's
+    `masked_whiten`); `shift_mean=False` adds the mean back (used to whiten rewards)."""
+    mean = masked_mean(x, mask)
+    n = mask.sum()
+    var = masked_mean((x - mean) ** 2, mask)
+    if n > 1:
+        var = var * n / (n - 1)
+    out = (x - mean) * torch.rsqrt(var + eps)
+    return out if shift_mean else out + mean
+
+
+def token_logprobs(model: nn.Module, input_ids: torch.Tensor,
+                   attention_mask: torch.Tensor | None = None,
+                   temperature: float = 1.0) -> torch.Tensor:
+    """log p(input_ids[:, t+1] | input_ids[:, :t+1]) for t < T-1: shape (B, T-1)."""
+    logits = model(input_ids, attention_mask=attention_mask).logits[:, :-1].float()
+    if temperature != 1.0:
+        logits = logits / temperature
+    return torch.gather(F.log_softmax(logits, -1), 2, input_ids[:, 1:, None]).squeeze(2)
+
+
+@contextlib.contextmanager
+def disable_adapters(model: nn.Module) -> Iterator[None]:
+    """Run a LoRA/DoRA model as its base model (the DPO/PPO/GRPO reference without a second
+    copy of the weights). LoraLinear.forward returns the base output alone when `merged` is
+    set, so we set it on unmerged layers for the duration. Other PEFT methods: use a copy."""
+    from llmlab.peft.lora import LoraLinear
+
+    layers = [m for m in model.modules() if isinstance(m, LoraLinear) and not m.merged]
+    if not layers:
+        raise ValueError("disable_adapters needs an unmerged LoRA/DoRA model; "
+                         "use a frozen reference copy instead")
+    for m in layers:
+        m.merged = True
+    try:
+        yield
+    finally:
+        for m in layers:
+            m.merged = False

@@ -1,0 +1,85 @@
+"""Direct Preference Optimisation (Rafailov et al. 2023) and its IPO / hinge variants.
+
+With π the policy, π_ref the frozen reference, and log-probs summed over completion tokens only:
+    logits = (log π(y_c) - log π(y_r)) - (log π_ref(y_c) - log π_ref(y_r))
+    sigmoid: -log σ(β·logits)  (label smoothing ε: (1-ε)·that + ε·(-log σ(-β·logits)))
+    ipo:     (logits - 1/(2β))²   (Azar et al. 2023; log-probs averaged over tokens, as TRL)
+    hinge:   relu(1 - β·logits)   (SLiC, Zhao et al. 2023)
+Implicit rewards β·(log π - log π_ref) are logged as rewards/chosen, rewards/rejected.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from llmlab.align.common import disable_adapters, token_logprobs
+
+LOSS_TYPES = ("sigmoid", "ipo", "hinge")
+
+
+def dpo_loss(pol_c: torch.Tensor, pol_r: torch.Tensor, ref_c: torch.Tensor, ref_r: torch.Tensor,
+             beta: float = 0.1, loss_type: str = "sigmoid", label_smoothing: float = 0.0
+             ) -> tuple[torch.Tensor, dict[str, float]]:
+    """Mean loss over pairs of sequence log-probs (B,), and the rewards/* metrics."""
+    logits = (pol_c - pol_r) - (ref_c - ref_r)
+    if loss_type == "sigmoid":
+        losses = (-F.logsigmoid(beta * logits) * (1 - label_smoothing)
+                  - F.logsigmoid(-beta * logits) * label_smoothing)
+    elif loss_type == "ipo":
+        losses = (logits - 1 / (2 * beta)) ** 2
+    elif loss_type == "hinge":
+        losses = torch.relu(1 - beta * logits)
+    else:
+        raise ValueError(f"loss_type must be one of {LOSS_TYPES}, got {loss_type!r}")
+    rc = beta * (pol_c - ref_c).detach()
+    rr = beta * (pol_r - ref_r).detach()
+    return losses.mean(), {"rewards/chosen": float(rc.mean()),
+                           "rewards/rejected": float(rr.mean()),
+                           "rewards/margin": float((rc - rr).mean()),
+                           "rewards/accuracy": float((rc > rr).float().mean())}
+
+
+def sequence_logprob(model: nn.Module, ids: torch.Tensor, attn: torch.Tensor,
+                     completion_mask: torch.Tensor, average: bool = False) -> torch.Tensor:
+    """Sum (or mean) of log p over completion tokens; completion_mask is (B, T) over ids."""
+    lp = token_logprobs(model, ids, attn)
+    m = completion_mask[:, 1:].to(lp.dtype)
+    s = (lp * m).sum(1)
+    return s / m.sum(1).clamp(min=1) if average else s
+
+
+class DPOLoss:
+    """loss_fn(model, batch) for the shared loop. `ref` is a frozen model, or None to use the
+    policy with its LoRA adapters disabled. Batch: {chosen,rejected}_{ids,mask,cmask}."""
+
+    def __init__(self, ref: nn.Module | None, beta: float = 0.1, loss_type: str = "sigmoid",
+                 label_smoothing: float = 0.0) -> None:
+        if loss_type not in LOSS_TYPES:
+            raise ValueError(f"loss_type must be one of {LOSS_TYPES}, got {loss_type!r}")
+        if beta <= 0:
+            raise ValueError(f"beta must be > 0, got {beta}")
+        self.ref, self.beta, self.loss_type, self.ls = ref, beta, loss_type, label_smoothing
+
+    def _logps(self, model: nn.Module, b: dict[str, torch.Tensor]) -> torch.Tensor:
+        ids = torch.cat([b["chosen_ids"], b["rejected_ids"]])
+        attn = torch.cat([b["chosen_mask"], b["rejected_mask"]])
+        cm = torch.cat([b["chosen_cmask"], b["rejected_cmask"]])
+        return sequence_logprob(model, ids, attn, cm, average=self.loss_type == "ipo")
+
+    def __call__(self, model: nn.Module, batch: dict[str, torch.Tensor]
+                 ) -> tuple[torch.Tensor, dict[str, Any]]:
+        n = batch["chosen_ids"].shape[0]
+        pol = self._logps(model, batch)
+        with torch.no_grad():
+            ctx = disable_adapters(model) if self.ref is None else contextlib.nullcontext()
+            with ctx:
+                ref = self._logps(self.ref if self.ref is not None else model, batch)
+        loss, m = dpo_loss(pol[:n], pol[n:], ref[:n], ref[n:], self.beta, self.loss_type,
+                           self.ls)
+        tokens = int(batch["chosen_cmask"].sum() + batch["rejected_cmask"].sum())
+        return loss, {"tokens": tokens, **m}

@@ -1,0 +1,116 @@
+"""Verifiable rewards (incl. hostile code) and alignment data loading / tensors."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from llmlab.align.data import load_prefs, load_prompts, pref_tensors
+from llmlab.align.rewards import check_verifier, score, score_many
+
+ADD = {"type": "code", "prefix": "def add(a, b):\n", "entry_point": "add",
+       "tests": "def check(f):\n    assert f(2, 3) == 5\n    assert f(-1, 1) == 0\n"}
+
+
+def test_numeric_trivia_format_sum() -> None:
+    num = {"type": "numeric", "answer": 1234}
+    assert score("so 1,234 in total. The answer is 1234.", num) == 1.0
+    assert score("The answer is 1235.", num) == 0.0
+    assert score("no idea", num) == 0.0
+    tri = {"type": "trivia", "answers": ["The Eiffel Tower"]}
+    assert score("eiffel tower!", tri) == 1.0 and score("Big Ben", tri) == 0.0
+    fmt = {"type": "format", "pattern": r"^<think>.*</think>"}
+    assert score("<think>a\nb</think> 4", fmt) == 1.0 and score("4", fmt) == 0.0
+    both = {"type": "sum", "parts": [fmt, num], "weights": [0.25, 1.0]}
+    assert score_many(["<think>x</think> The answer is 1234", "The answer is 1234", "x"],
+                      [both] * 3) == [1.25, 1.0, 0.0]
+
+
+def test_code_verifier_pass_fail() -> None:
+    assert score_many(["    return a + b\n", "    return a - b\n", "    return a +\n"],
+                      [ADD] * 3) == [1.0, 0.0, 0.0]
+
+
+HOSTILE = [
+    "    import sys; sys.exit(0)\n",  # exit 0 before the tests run
+    "    import os; os._exit(0)\n",
+    "    while True: pass\n",  # wall/CPU limit
+    "    import socket; socket.create_connection(('1.1.1.1', 80)); return a + b\n",
+    "    x = ' ' * (10 ** 10); return a + b\n",  # memory limit
+]
+
+
+def test_code_verifier_scores_hostile_completions_zero(tmp_path: Path) -> None:
+    canary = tmp_path / "canary"
+    write = f"    open({str(canary)!r}, 'w').write('x'); return a + b\n"  # outside the sandbox
+    spec = {**ADD, "timeout": 3}
+    got = score_many([*HOSTILE, write], [spec] * (len(HOSTILE) + 1))
+    assert got == [0.0] * (len(HOSTILE) + 1)
+    assert not canary.exists()
+
+
+@pytest.mark.parametrize("spec,msg", [
+    ({"type": "numeric"}, "needs field 'answer'"),
+    ({"type": "numeric", "answer": "x"}, "must be a number"),
+    ({"type": "nope"}, "verifier.type"),
+    ({"type": "trivia", "answers": []}, "non-empty list"),
+    ({"type": "format", "pattern": "("}, "not a regex"),
+    ({"type": "sum", "parts": [{"type": "code"}]}, "parts\\[0\\].*'tests'"),
+])
+def test_bad_verifiers(spec: dict, msg: str) -> None:
+    with pytest.raises(ValueError, match=msg):
+        check_verifier(spec, "f:1")
+
+
+def _write(p: Path, rows: list) -> Path:
+    p.write_text("".join((r if isinstance(r, str) else json.dumps(r)) + "\n" for r in rows))
+    return p
+
+
+def test_bad_rows_name_line_and_field(tmp_path: Path) -> None:
+    ok = {"prompt": "p", "chosen": "a", "rejected": "b"}
+    f = _write(tmp_path / "p.jsonl", [ok, {"prompt": "p", "chosen": "a"}])
+    with pytest.raises(ValueError, match=r"p.jsonl:2: field 'rejected'"):
+        load_prefs(f)
+    f = _write(tmp_path / "q.jsonl", [ok, "{oops"])
+    with pytest.raises(ValueError, match=r"q.jsonl:2"):
+        load_prefs(f)
+    g = _write(tmp_path / "r.jsonl", [{"prompt": "p", "verifier": {"type": "numeric",
+                                                                   "answer": 1}},
+                                      {"prompt": "p", "verifier": {"type": "trivia"}}])
+    with pytest.raises(ValueError, match=r"r.jsonl:2: verifier of type 'trivia' needs"):
+        load_prompts(g)
+    assert len(load_prefs(_write(tmp_path / "s.jsonl", [ok, ok]))) == 2
+
+
+class CharTok:
+    """One id per character: lets the test know exactly which ids each piece gives."""
+
+    def encode(self, text: str, allowed_special: str = "all") -> list[int]:
+        return [ord(c) % 97 + 1 for c in text]
+
+
+class Tmpl:
+    stop = ["|"]
+
+    def render(self, msgs: list[dict], add_generation_prompt: bool = True) -> str:
+        return "U:" + msgs[0]["content"] + ">"
+
+
+def test_pref_tensors_mark_completion_tokens_only() -> None:
+    pairs = [{"prompt": "ab", "chosen": "xyz", "rejected": "q"}]
+    t = pref_tensors(CharTok(), Tmpl(), pairs, seq_len=32)
+    enc = CharTok().encode
+    assert t["chosen_ids"][0].tolist() == enc("U:ab>xyz|")
+    assert t["chosen_cmask"][0].tolist() == [0] * 5 + [1] * 4
+    assert t["rejected_ids"][0, :7].tolist() == enc("U:ab>q|")
+    assert t["rejected_mask"][0].tolist() == [1] * 7 + [0] * 2
+    assert t["rejected_cmask"][0].tolist() == [0] * 5 + [1] * 2 + [0] * 2
+    # a long prompt is cut from the left, the completion kept
+    t = pref_tensors(CharTok(), Tmpl(), [{"prompt": "a" * 50, "chosen": "xy",
+                                          "rejected": "z"}], seq_len=10)
+    assert t["chosen_ids"].shape[1] == 10 and t["chosen_cmask"][0, -3:].tolist() == [1, 1, 1]
+    assert torch.equal(t["chosen_ids"][0, -3:], torch.tensor(enc("xy|")))
