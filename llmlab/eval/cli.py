@@ -8,29 +8,15 @@ from __future__ import annotations
 
 import argparse
 import sys
-import traceback
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+
+from llmlab.cliutil import guard
 
 DEFAULT_MODEL = "smollm2-135m-instruct"
 
 
-def _guard(fn: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
-    """Expected failures become `error: ...` and exit code 2, not a traceback."""
-
-    def run(a: argparse.Namespace) -> int:
-        try:
-            return fn(a)
-        except KeyboardInterrupt:
-            return 130
-        except (ValueError, RuntimeError, FileNotFoundError, OSError, ImportError) as e:
-            if getattr(a, "debug", False):
-                traceback.print_exc()
-            print(f"error: {e}", file=sys.stderr)
-            return 2
-
-    return run
+_guard = guard  # see llmlab/cliutil.py
 
 
 def load_model(name: str, adapter: str | None, dtype: str = "fp32", threads: int | None = None

@@ -10,24 +10,16 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+
+from llmlab.cliutil import guard
 
 PRICES = Path(__file__).parent / "prices.json"
 COMPARE_DEFAULT = ["gpt2", "cl100k", "smollm2"]
 
 
-def _guard(handler: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
-    def run(args: argparse.Namespace) -> int:
-        try:
-            return handler(args)
-        except (ValueError, OSError, TypeError, RuntimeError) as e:
-            print(f"error: {e}", file=sys.stderr)
-            return 1
-
-    run.__doc__ = handler.__doc__
-    return run
+_guard = guard  # see llmlab/cliutil.py
 
 
 def _read_input(path: str) -> str:

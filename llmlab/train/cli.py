@@ -8,10 +8,10 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from llmlab.cliutil import guard
 from llmlab.model import ModelConfig
 from llmlab.train.config import (
     TrainConfig,
@@ -37,19 +37,7 @@ class _StrictParser(argparse.ArgumentParser):
         return ns, extra
 
 
-def _guard(fn: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
-    def run(a: argparse.Namespace) -> int:
-        from llmlab.train.loop import TrainingDiverged
-
-        try:
-            return fn(a)
-        except KeyboardInterrupt:
-            return 130
-        except (ValueError, OSError, MemoryError, ImportError, TrainingDiverged) as e:
-            print(f"error: {e}", file=sys.stderr)
-            return 2
-
-    return run
+_guard = guard  # see llmlab/cliutil.py
 
 
 def cmd_prepare(a: argparse.Namespace) -> int:
