@@ -6,7 +6,8 @@
 Task: the bundled `trivia` SFT data (llmlab/train/sft_data.py), whose user turn is
 "Answer the trivia question with just the answer.\\nQuestion: ..." and whose assistant turn
 is the bare answer. Training uses the train split only; evaluation uses --n-eval questions of
-the held-out split (a seed-0 shuffle, then the first n) (split by a hash of the question, so none are trained on).
+the held-out split (a seed-0 shuffle, then the first n); the split is by a hash of the
+question, so none of them are trained on.
 `llmlab eval --task trivia` is NOT used: it samples from the same lists with no train/test
 split, so it would score questions the model was trained on.
 
