@@ -9,16 +9,7 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-
-def encode_prompts(lm: Any, prompts: list[str], chat: bool, system: str | None = None) -> list[
-    list[int]
-]:
-    if chat:
-        from llmlab.generate.chat import render_chat
-
-        texts = [render_chat(lm, [{"role": "user", "content": p}], system=system) for p in prompts]
-        return [lm.tokenizer.encode(t, allowed_special="all") for t in texts]
-    return [lm.tokenizer.encode(t, allowed_special="none") for t in prompts]
+from llmlab.generate.chat import encode_prompts
 
 
 def generate(

@@ -24,12 +24,8 @@ class ChatTemplate:
     default_system: str | None = None
     stop: list[str] = field(default_factory=lambda: ["<|im_end|>"])
 
-    def render(
-        self,
-        messages: list[dict[str, str]],
-        system: str | None = None,
-        add_generation_prompt: bool = True,
-    ) -> str:
+    def _messages(self, messages: list[dict[str, str]], system: str | None) -> list[dict[str, str]]:
+        """Validated messages with the system turn in place."""
         for i, m in enumerate(messages):
             if not isinstance(m, dict) or "role" not in m or "content" not in m:
                 raise ValueError(f"message {i} needs 'role' and 'content' fields, got {m!r}")
@@ -42,10 +38,41 @@ class ChatTemplate:
             ]
         elif self.default_system is not None and (not msgs or msgs[0]["role"] != "system"):
             msgs = [{"role": "system", "content": self.default_system}] + msgs
+        return msgs
+
+    def render(
+        self,
+        messages: list[dict[str, str]],
+        system: str | None = None,
+        add_generation_prompt: bool = True,
+    ) -> str:
         out = "".join(
-            self.turn_start.format(role=m["role"]) + m["content"] + self.turn_end for m in msgs
+            self.turn_start.format(role=m["role"]) + m["content"] + self.turn_end
+            for m in self._messages(messages, system)
         )
         return out + (self.generation_prompt if add_generation_prompt else "")
+
+    def encode(
+        self,
+        tok: Any,
+        messages: list[dict[str, str]],
+        system: str | None = None,
+        add_generation_prompt: bool = True,
+        prefill: str = "",
+    ) -> list[int]:
+        """Token ids of `render(...) + prefill`. Only the template's markers become special
+        tokens; message text is encoded as plain text, so a message (or a retrieved document)
+        containing "<|im_end|>" cannot close its turn and open a forged one."""
+        ids: list[int] = []
+        for m in self._messages(messages, system):
+            ids += tok.encode(self.turn_start.format(role=m["role"]), allowed_special="all")
+            ids += tok.encode(m["content"], allowed_special="none")
+            ids += tok.encode(self.turn_end, allowed_special="all")
+        if add_generation_prompt:
+            ids += tok.encode(self.generation_prompt, allowed_special="all")
+        if prefill:
+            ids += tok.encode(prefill, allowed_special="none")
+        return ids
 
 
 CHATML = ChatTemplate()
@@ -69,6 +96,20 @@ def render_chat(
     return template_for(lm).render(messages, system, add_generation_prompt)
 
 
+def chat_ids(lm: Any, messages: list[dict[str, str]], system: str | None = None) -> list[int]:
+    """Prompt ids for a conversation, in the model's template, ending in an open assistant turn."""
+    return template_for(lm).encode(lm.tokenizer, messages, system)
+
+
+def encode_prompts(
+    lm: Any, prompts: list[str], chat: bool, system: str | None = None
+) -> list[list[int]]:
+    """Each prompt as one user turn (chat) or as plain text; special-token text stays text."""
+    if chat:
+        return [chat_ids(lm, [{"role": "user", "content": p}], system) for p in prompts]
+    return [lm.tokenizer.encode(p, allowed_special="none") for p in prompts]
+
+
 def chat(lm: Any, messages: list[dict[str, str]], system: str | None = None, **kw: Any) -> str:
     return "".join(stream_chat(lm, messages, system=system, **kw))
 
@@ -81,8 +122,7 @@ def stream_chat(
     **kw: Any,
 ) -> Iterator[str]:
     tpl = template_for(lm)
-    text = tpl.render(messages, system)
-    ids = lm.tokenizer.encode(text, allowed_special="all")
+    ids = tpl.encode(lm.tokenizer, messages, system)
     kw.setdefault("stop", [])
     kw["stop"] = [*kw["stop"], *tpl.stop]
     params = make_params(lm.tokenizer, **kw)
@@ -109,8 +149,7 @@ class ChatSession:
         budget = self.lm.cfg.max_seq_len - int(self.sampling.get("max_new_tokens", 256))
         tpl = template_for(self.lm)
         while len(self.history) > 1:
-            text = tpl.render(self.history, self.system)
-            if len(self.lm.tokenizer.encode(text, allowed_special="all")) <= budget:
+            if len(tpl.encode(self.lm.tokenizer, self.history, self.system)) <= budget:
                 return
             del self.history[:2]  # one user turn and the assistant reply to it
 

@@ -246,14 +246,10 @@ def generate_text(
     **kw: Any,
 ) -> str | list[str]:
     """`lm.generate("Once upon a time", max_new_tokens=20, temperature=0)`."""
-    from llmlab.generate.chat import render_chat
+    from llmlab.generate.chat import encode_prompts
 
     prompts = [prompt] if isinstance(prompt, str) else list(prompt)
-    if chat:
-        texts = [render_chat(lm, [{"role": "user", "content": p}], system=system) for p in prompts]
-    else:
-        texts = prompts
-    ids = [lm.tokenizer.encode(t, allowed_special="all" if chat else "none") for t in texts]
+    ids = encode_prompts(lm, prompts, chat, system)
     params = make_params(lm.tokenizer, **kw)
     outs = complete(lm.model, lm.tokenizer, ids, params, truncate=truncate)
     return outs[0].text if isinstance(prompt, str) else [o.text for o in outs]

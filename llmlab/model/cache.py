@@ -61,15 +61,3 @@ class KVCache:
 
     def set_cross_kv(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> None:
         self._cross[layer] = (k, v)
-
-    def select(self, rows: torch.Tensor) -> None:
-        """Keep only some batch rows (finished sequences leave the batch)."""
-        self.k = [t[rows] for t in self.k]
-        self.v = [t[rows] for t in self.v]
-        self._cross = {i: (k[rows], v[rows]) for i, (k, v) in self._cross.items()}
-        self.batch_size = int(rows.numel())
-
-    def reset(self) -> None:
-        self.length = 0
-        self._pending = 0
-        self._cross.clear()

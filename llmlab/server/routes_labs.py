@@ -11,7 +11,7 @@ from fastapi import APIRouter
 from pydantic import BaseModel, Field
 
 from llmlab.explain import decoding, embeddings, spectrum
-from llmlab.generate.chat import render_chat
+from llmlab.generate.chat import encode_prompts
 from llmlab.generate.sampling import SamplingParams
 from llmlab.peft import accounting
 from llmlab.server.errors import ApiError
@@ -95,8 +95,7 @@ def make_router(hub: Hub) -> APIRouter:
     @router.post("/decode/next")
     def next_token(req: NextRequest) -> dict[str, Any]:
         lm = hub.lm()
-        text = render_chat(lm, [{"role": "user", "content": req.text}]) if req.chat else req.text
-        ids = lm.tokenizer.encode(text, allowed_special="all" if req.chat else "none")
+        ids = encode_prompts(lm, [req.text], req.chat)[0]
         vocab = lm.cfg.vocab_size
         if any(not 0 <= i < vocab for i in req.append_ids):
             raise ApiError(400, f"append_ids: token ids must be in [0, {vocab})", "append_ids")
