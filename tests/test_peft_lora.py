@@ -5,15 +5,14 @@ from __future__ import annotations
 import dataclasses
 import math
 
+import peft
 import pytest
 import torch
+import transformers
 from peft_common import export_hf, randomize, tiny_model
 
 from llmlab.peft.accounting import LlamaShape, lora_params
 from llmlab.peft.model import get_peft_model, load_adapter
-
-peft = pytest.importorskip("peft")
-transformers = pytest.importorskip("transformers")
 
 IDS = torch.tensor([[5, 17, 3, 90, 44, 2, 61, 8], [1, 2, 3, 4, 5, 6, 7, 8]])
 

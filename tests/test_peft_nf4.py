@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import pytest
 import torch
 from peft_common import tiny_model
 
@@ -38,10 +37,10 @@ def test_round_trip_and_size():
 
 
 def test_qlora_counts_match_peft_lora():
-    peft = pytest.importorskip("peft")
-    transformers = pytest.importorskip("transformers")
     import tempfile
 
+    import peft
+    import transformers
     from peft_common import export_hf
 
     base = tiny_model()

@@ -6,12 +6,11 @@ import json
 
 import pytest
 import torch
+import transformers
 from peft_common import tiny_model
 
 from llmlab.train.sft import IGNORE, encode_chat, pack, sft_loss, tokenize_examples
 from llmlab.train.sft_data import exact_match, load_file
-
-transformers = pytest.importorskip("transformers")
 
 CONVS = [
     [{"role": "user", "content": "Hi there"},

@@ -14,7 +14,7 @@ def test_save_hf_named(name: str, tmp_path) -> None:
 
 
 def test_save_hf_chat_template_renders(tmp_path) -> None:
-    transformers = pytest.importorskip("transformers")
+    import transformers
     tok = load_tokenizer("smollm2")
     tok.save_hf(tmp_path)
     auto = transformers.AutoTokenizer.from_pretrained(str(tmp_path))

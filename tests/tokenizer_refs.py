@@ -7,7 +7,6 @@ from collections import Counter
 from itertools import pairwise
 from pathlib import Path
 
-import pytest
 import regex
 
 from llmlab.tokenizer import Tokenizer, load_tokenizer
@@ -93,9 +92,8 @@ def naive_train(texts: list[str], pattern: str, n_merges: int) -> list[tuple[int
 
 def check_hf_export(tok: Tokenizer, out: Path) -> None:
     """save_hf output must load in HF tokenizers and transformers and encode like ``tok``."""
+    import transformers
     from tokenizers import Tokenizer as HFTokenizer
-
-    transformers = pytest.importorskip("transformers")
     tok.save_hf(out)
     texts = corpus()
     ours = tok.encode_batch(texts, allowed_special="all")  # HF always matches added tokens

@@ -50,7 +50,7 @@ def _free_port() -> int:
 @pytest.fixture(scope="module")
 def stub_url() -> Iterator[str]:
     """A tiny OpenAI-compatible stub: a sensible verdict, or junk when the prompt says MALFORMED."""
-    uvicorn = pytest.importorskip("uvicorn")
+    import uvicorn
     from fastapi import FastAPI
 
     app = FastAPI()

@@ -15,7 +15,8 @@ from llmlab.model.transformer import Transformer
 
 @pytest.fixture(scope="module")
 def pair(tmp_path_factory: pytest.TempPathFactory) -> tuple[Transformer, torch.nn.Module]:
-    transformers = pytest.importorskip("transformers")
+    import transformers
+
     from llmlab.weights.hf import save_hf
 
     torch.manual_seed(0)

@@ -8,7 +8,6 @@ from llmlab.eval.text import bleu, rouge, squad, text_metrics
 
 
 def test_bleu_matches_sacrebleu_readme() -> None:
-    pytest.importorskip("sacrebleu")
     # The corpus example from sacrebleu's README, published as "BLEU = 48.53".
     refs = [["The dog bit the man.", "It was not unexpected.", "The man bit him first."],
             ["The dog had bit the man.", "No one was surprised.", "The man had bitten the dog."]]
@@ -17,7 +16,6 @@ def test_bleu_matches_sacrebleu_readme() -> None:
 
 
 def test_rouge_matches_definition_on_rouge_score_readme_pair() -> None:
-    pytest.importorskip("rouge_score")
     # rouge-score README's pair. ROUGE-1: 6 shared unigrams of 8 (pred) / 9 (target);
     # ROUGE-2: 2 shared bigrams of 7 / 8; ROUGE-L: LCS "the quick brown jumps the" = 5.
     r = rouge(["The quick brown dog jumps on the log."],

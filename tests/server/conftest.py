@@ -10,9 +10,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import pytest
-
-pytest.importorskip("fastapi")
-uvicorn = pytest.importorskip("uvicorn")
+import uvicorn
 
 
 def _free_port() -> int:
@@ -54,17 +52,11 @@ def server(lm: Any, enc: Any) -> Iterator[Live]:
 def lm() -> Any:
     import llmlab
 
-    try:
-        return llmlab.load("smollm2-135m-instruct")
-    except Exception as e:  # noqa: BLE001
-        pytest.skip(f"SmolLM2 not installed: {e}")
+    return llmlab.load("smollm2-135m-instruct")
 
 
 @pytest.fixture(scope="session")
 def enc() -> Any:
     import llmlab
 
-    try:
-        return llmlab.load("minilm-l6-v2")
-    except Exception as e:  # noqa: BLE001
-        pytest.skip(f"MiniLM not installed: {e}")
+    return llmlab.load("minilm-l6-v2")

@@ -7,9 +7,8 @@ import json
 
 import httpx
 import numpy as np
+import openai
 import pytest
-
-openai = pytest.importorskip("openai")
 
 
 @pytest.fixture(scope="module")

@@ -14,10 +14,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
-pytest.importorskip("fastapi")
-pytest.importorskip("httpx")
-
 from fastapi.testclient import TestClient  # noqa: E402
 
 from llmlab.server import narration  # noqa: E402

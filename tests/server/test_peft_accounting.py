@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
+import peft
 import pytest
 import torch
+import transformers
 
 from llmlab.peft import accounting as acc
-
-peft = pytest.importorskip("peft")
-transformers = pytest.importorskip("transformers")
 
 
 def _meta_llama(s: acc.LlamaShape):  # noqa: ANN202
