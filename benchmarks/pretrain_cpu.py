@@ -20,7 +20,8 @@ import torch
 
 from llmlab.model import ModelConfig, Transformer
 from llmlab.train.optim import make_adamw, param_groups
-from llmlab.train.pretrain import PRESETS, next_token_loss
+from llmlab.train.presets import PRESETS
+from llmlab.train.pretrain import next_token_loss
 
 Step = Callable[[], None]
 

@@ -146,7 +146,7 @@ def run(algo: str, acfg: AlignConfig, tcfg: TrainConfig, run_dir: Path,
 
 def _cmd(algo: str):  # noqa: ANN202
     def cmd(a: argparse.Namespace) -> int:
-        from llmlab.align.grpo_run import GRPOConfig
+        from llmlab.align.config import GRPOConfig
 
         acfg = build(AlignConfig, overrides(a, a._align_fields), "align config")
         gcfg = (build(GRPOConfig, overrides(a, a._grpo_fields), "grpo config")
@@ -171,7 +171,7 @@ HELP = {"reward": "train a reward model (Bradley-Terry) on preference pairs",
 
 def add_commands(subparsers: argparse._SubParsersAction) -> None:
     """Register `reward`, `dpo` and `grpo`."""
-    from llmlab.align.grpo_run import GRPOConfig
+    from llmlab.align.config import GRPOConfig
 
     for algo in ("reward", "dpo", "grpo"):
         p = subparsers.add_parser(algo, help=HELP[algo], description=HELP[algo])

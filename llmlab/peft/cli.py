@@ -20,7 +20,8 @@ FULL_FT_LR = 2e-5
 
 
 def cmd_sft(a: argparse.Namespace) -> int:
-    from llmlab.train.sft import SFTConfig, run_sft
+    from llmlab.train.config import SFTConfig
+    from llmlab.train.sft import run_sft
 
     scfg = build(SFTConfig, overrides(a, a._sft_fields), "sft config")
     train = {**SFT_TRAIN, **({"lr": FULL_FT_LR} if scfg.peft == "none" else {})}
@@ -54,7 +55,7 @@ def cmd_lora_merge(a: argparse.Namespace) -> int:
 
 def add_commands(subparsers: argparse._SubParsersAction) -> None:
     """Register `sft` and `lora merge`."""
-    from llmlab.train.sft import SFTConfig
+    from llmlab.train.config import SFTConfig
 
     p = subparsers.add_parser(
         "sft", help="supervised fine-tuning (full or LoRA/DoRA/QLoRA/prompt/prefix/adapter)",

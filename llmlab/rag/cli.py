@@ -8,7 +8,7 @@ import json
 import sys
 from typing import Any
 
-from llmlab.rag.pipeline import METHODS
+from llmlab.rag.fuse import METHODS
 
 
 def add_commands(subparsers: Any) -> None:

@@ -4,6 +4,10 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+# Retrieval methods: one retriever each, or both fused. Here (no numpy/torch) so the CLI can
+# list them without loading the engine.
+METHODS = ("dense", "bm25", "hybrid")
+
 FUSIONS = ("rrf", "weighted")
 
 

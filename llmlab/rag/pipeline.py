@@ -16,12 +16,11 @@ import numpy as np
 
 from llmlab.rag.chunk import Chunk, chunk_document
 from llmlab.rag.embed import DEFAULT_BACKEND, Embedder, get_embedder
-from llmlab.rag.fuse import FUSIONS, rrf, weighted
+from llmlab.rag.fuse import FUSIONS, METHODS, rrf, weighted
 from llmlab.rag.ingest import content_hash, load_documents
 from llmlab.rag.stores.base import ChunkStore, Where
 from llmlab.rag.stores.local import LocalStore
 
-METHODS = ("dense", "bm25", "hybrid")
 MAX_QUERY_CHARS = 2000  # MiniLM reads 256 word pieces; BM25 and the prompt get this much
 
 

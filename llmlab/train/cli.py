@@ -56,7 +56,7 @@ def cmd_prepare(a: argparse.Namespace) -> int:
 
 def resolve(a: argparse.Namespace) -> tuple[dict[str, Any], TrainConfig, Any, str | None]:
     """Preset (or the run's saved config when resuming), then --config, then flags."""
-    from llmlab.train.pretrain import DataConfig, get_preset
+    from llmlab.train.presets import DataConfig, get_preset
 
     saved = Path(a.out) / "config.json"
     if a.resume and saved.exists() and not a.preset:
@@ -108,7 +108,7 @@ def cmd_report(a: argparse.Namespace) -> int:
 
 def add_commands(subparsers: argparse._SubParsersAction) -> None:
     """Register `data prepare`, `pretrain` and `report`."""
-    from llmlab.train.pretrain import PRESETS, DataConfig
+    from llmlab.train.presets import PRESETS, DataConfig
 
     dp = subparsers.add_parser("data", help="prepare training data")
     dsub = dp.add_subparsers(dest="data_command", required=True)

@@ -136,3 +136,36 @@ def unknown_flags_error(extra: list[str], valid: list[str]) -> str:
     if sugg:
         msg += f" (did you mean: {', '.join(sugg)})"
     return msg + f"; valid options: {' '.join(sorted(valid))}"
+
+
+@dataclass
+class SFTConfig:
+    model: str = "smollm2-135m-instruct"
+    data: str = "trivia"  # a .jsonl/.json file, or a bundled task: trivia | pydocs
+    format: str = "auto"  # auto | chat | alpaca
+    peft: str = "lora"  # none | lora | dora | qlora | prompt | prefix | adapter
+    lora_r: int = 8
+    lora_alpha: float = 16.0
+    lora_dropout: float = 0.0
+    target_modules: str = "q_proj,v_proj"  # comma-separated names, or all-linear
+    use_rslora: bool = False
+    num_virtual_tokens: int = 20  # prompt / prefix tuning
+    bottleneck: int = 64  # bottleneck adapters
+    packing: bool = True  # (prompt/prefix tuning never pack: the prefix is per sequence)
+    system: str | None = None  # system prompt; None: the template's default
+    max_examples: int = 0  # 0: all
+    val_examples: int = 64  # held out from the training file for val loss (bundled: test split)
+
+    def peft_options(self) -> dict[str, Any]:
+        if self.peft in ("lora", "dora", "qlora"):
+            tm: list[str] | str = self.target_modules
+            if tm != "all-linear":
+                tm = [t.strip() for t in tm.split(",") if t.strip()]
+            return {"r": self.lora_r, "lora_alpha": self.lora_alpha,
+                    "lora_dropout": self.lora_dropout, "target_modules": tm,
+                    "use_rslora": self.use_rslora}
+        if self.peft in ("prompt", "prefix"):
+            return {"num_virtual_tokens": self.num_virtual_tokens}
+        if self.peft == "adapter":
+            return {"bottleneck": self.bottleneck}
+        return {}

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -12,9 +11,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from llmlab.model import PRESETS as MODEL_SHAPES
 from llmlab.model import ModelConfig, Transformer
 from llmlab.train.config import TrainConfig, build
+from llmlab.train.presets import DataConfig
 
 
 def next_token_loss(model: nn.Module, batch: dict[str, torch.Tensor]
@@ -26,55 +25,6 @@ def next_token_loss(model: nn.Module, batch: dict[str, torch.Tensor]
     # fp32 log-softmax: under bf16 autocast a 50k-way softmax loses precision.
     loss = F.cross_entropy(logits.float().flatten(0, 1), batch["labels"].flatten())
     return loss, {"tokens": batch["labels"].numel()}
-
-
-@dataclass
-class DataConfig:
-    data: str | None = None  # a prepared dir; None: prepare `inputs` into RUN_DIR/data
-    inputs: str = "kjv"  # comma-separated files/dirs or bundled corpora (kjv, pydocs)
-    tokenizer: str = "bpe:4096"  # gpt2 | cl100k | smollm2 | DIR | bpe:N (trained on the input)
-    val_fraction: float = 0.05
-
-
-# Each preset: model shape, training settings, data. CLI flags override any field.
-PRESETS: dict[str, dict[str, dict[str, Any]]] = {
-    # ~1.4M params (a 4k BPE trained on the KJV keeps the embedding small); about 1.2M
-    # tokens seen, 1.1 epochs, well below the unigram baseline on 2 CPU cores in minutes.
-    "tiny-cpu": {
-        "model": dict(d_model=128, n_layer=4, n_head=4, max_seq_len=128, pos="rope",
-                      norm="rmsnorm", mlp="swiglu", d_ff=384, bias=False, tie_embeddings=True),
-        "train": dict(max_steps=600, batch_size=16, seq_len=128, lr=3e-3, warmup_steps=50,
-                      weight_decay=0.1, eval_every=150, eval_batches=16, ckpt_every=150,
-                      log_every=10, sample_prompt="And it came to pass"),
-        "data": dict(inputs="kjv", tokenizer="bpe:4096"),
-    },
-    # The GPT-2 small shape (124M); for GPUs: 16 x 1024 x 32 accum = 0.5M tokens per step.
-    "gpt2-124m": {
-        "model": {**MODEL_SHAPES["gpt2"]},
-        "train": dict(max_steps=5000, batch_size=16, seq_len=1024, grad_accum=32, lr=6e-4,
-                      warmup_steps=700, eval_every=250, eval_batches=20, ckpt_every=500,
-                      compile=True),
-        "data": dict(inputs="kjv,pydocs", tokenizer="gpt2"),
-    },
-    "smollm2-135m": {
-        "model": {**MODEL_SHAPES["smollm2-135m"], "max_seq_len": 2048},
-        "train": dict(max_steps=5000, batch_size=8, seq_len=2048, grad_accum=32, lr=1e-3,
-                      warmup_steps=500, eval_every=250, eval_batches=20, ckpt_every=500,
-                      compile=True),
-        "data": dict(inputs="kjv,pydocs", tokenizer="smollm2"),
-    },
-}
-
-_FROM_TOKENIZER = ("vocab_size", "bos_token_id", "eos_token_id")
-
-
-def get_preset(name: str) -> dict[str, dict[str, Any]]:
-    if name not in PRESETS:
-        raise ValueError(f"unknown preset {name!r}; valid: {', '.join(PRESETS)}")
-    return {k: dict(v) for k, v in PRESETS[name].items()}
-
-
-# ----------------------------------------------------------------------------- memory
 
 
 def available_bytes(device: torch.device) -> int:
