@@ -1,7 +1,8 @@
-"""CLI: `llmlab reward|dpo|grpo` on the shared Trainer (wired in by `add_commands`).
+"""CLI: `llmlab reward|dpo|ppo|grpo` on the shared Trainer (wired in by `add_commands`).
 
     llmlab dpo --model M [--adapter DIR] --data FILE|--task NAME --out RUN [--loss-type ipo]
-Every AlignConfig / GRPOConfig / TrainConfig field is a flag (dataclass -> flag mapping).
+    llmlab ppo --model M --task arithmetic [--reward-model RM_RUN] --out RUN [--kl-coef 0.05]
+Every AlignConfig / GRPOConfig / PPOConfig / TrainConfig field is a flag (dataclass -> flag).
 """
 
 from __future__ import annotations
@@ -25,8 +26,8 @@ ALIGN_TRAIN = dict(max_steps=100, batch_size=4, seq_len=256, lr=5e-6, warmup_ste
 class AlignConfig:
     model: str = "smollm2-135m-instruct"
     adapter: str = ""  # start from this LoRA adapter (trained further; reference: disabled)
-    data: str = ""  # preference JSONL (reward, dpo) or RL prompt JSONL (grpo)
-    task: str = ""  # bundled: arithmetic|trivia|humaneval (grpo); *-prefs (reward, dpo)
+    data: str = ""  # preference JSONL (reward, dpo) or RL prompt JSONL (grpo, ppo)
+    task: str = ""  # bundled: arithmetic|trivia|humaneval (grpo, ppo); *-prefs (reward, dpo)
     peft: str = "lora"  # none | lora
     lora_r: int = 8
     lora_alpha: float = 16.0
@@ -48,6 +49,9 @@ def _model(acfg: AlignConfig) -> tuple[Any, Any, Any]:
         from llmlab.peft.model import load_adapter
 
         pm = load_adapter(lm.model, acfg.adapter)
+        if pm.method not in ("lora", "dora"):
+            raise ValueError(f"{acfg.adapter}: alignment trains LoRA/DoRA adapters, not "
+                             f"{pm.method}")
         for n, p in pm.named_parameters():
             p.requires_grad_("lora_" in n)
         return lm, pm, lambda m, out: m.save_adapter(out)
@@ -70,16 +74,36 @@ def _prefs(acfg: AlignConfig, lm: Any, run_dir: Path) -> list[dict[str, Any]]:
     return task_prefs(lm, acfg.task, acfg.max_examples, run_dir / "data")
 
 
+def _rl_prompts(acfg: AlignConfig, seed: int, need_verifier: bool = True
+                ) -> list[dict[str, Any]]:
+    from llmlab.align.data import load_prompts, task_prompts
+
+    if bool(acfg.data) == bool(acfg.task):
+        raise ValueError("give exactly one of --data FILE or --task NAME")
+    if acfg.data:
+        return load_prompts(acfg.data, need_verifier)[: acfg.max_examples]
+    return task_prompts(acfg.task, acfg.max_examples, seed=seed)
+
+
+def _frozen_copy(model: Any) -> Any:
+    import copy
+
+    return copy.deepcopy(model).eval().requires_grad_(False)
+
+
 def run(algo: str, acfg: AlignConfig, tcfg: TrainConfig, run_dir: Path,
         gcfg: Any = None) -> dict[str, Any]:
+    """Train `algo` (reward | dpo | ppo | grpo); `gcfg` is the GRPOConfig or PPOConfig."""
     import torch
 
-    from llmlab.align.data import PairBatches, load_prompts, pref_tensors, task_prompts
+    from llmlab.align.data import PairBatches, pref_tensors
     from llmlab.generate.chat import template_for
     from llmlab.train.distributed import init_distributed, shutdown
     from llmlab.train.loop import Trainer
 
     tcfg.validate()
+    if gcfg is not None:
+        gcfg.validate()
     d = init_distributed(tcfg.device, tcfg.fsdp)
     try:
         torch.manual_seed(tcfg.seed)
@@ -101,33 +125,44 @@ def run(algo: str, acfg: AlignConfig, tcfg: TrainConfig, run_dir: Path,
             if algo == "dpo":
                 from llmlab.align.dpo import DPOLoss
 
-                ref = None
-                if acfg.peft == "none" and not acfg.adapter:
-                    import copy
-
-                    ref = copy.deepcopy(lm.model).eval().requires_grad_(False)
+                ref = _frozen_copy(lm.model) if acfg.peft == "none" and not acfg.adapter else None
                 loss_fn: Any = DPOLoss(ref, acfg.beta, acfg.loss_type_dpo, acfg.label_smoothing)
             else:
-                from llmlab.align.reward import ScalarHead, reward_batch_loss
+                from llmlab.align.reward import ScalarHead, head_export, reward_batch_loss
 
                 model = ScalarHead(model)
-                inner_export = export
-                export = lambda m, out: (inner_export(m.model, out), m.save_head(out))  # noqa: E731
+                export = head_export(export)
                 c = acfg.center_rewards_coefficient
                 loss_fn = lambda m, b: reward_batch_loss(m, b, c)  # noqa: E731
                 extra["val_pairs"] = evals
+        elif algo == "ppo":
+            from llmlab.align.ppo_run import PPOBatches, ppo_loss_fn
+            from llmlab.align.reward import ScalarHead, head_export, load_reward_model
+
+            prompts = _rl_prompts(acfg, tcfg.seed, need_verifier=not gcfg.reward_model)
+            ref = _frozen_copy(lm.model) if acfg.peft == "none" and not acfg.adapter else None
+            rm = None
+            if gcfg.reward_model:
+                rm = load_reward_model(gcfg.reward_model).to(d.device)
+                if rm.cfg.vocab_size != lm.model.cfg.vocab_size:
+                    raise ValueError(f"--reward-model {gcfg.reward_model}: vocabulary of "
+                                     f"{rm.cfg.vocab_size} tokens, the policy has "
+                                     f"{lm.model.cfg.vocab_size}; they must share a tokenizer")
+            model = ScalarHead(model, zero_init=True)  # the value head: V = 0 to start
+            export = head_export(export)
+            batches = PPOBatches(model, tok, template, prompts, gcfg, tcfg.batch_size,
+                                 tcfg.grad_accum, tcfg.seed,
+                                 ref.to(d.device) if ref is not None else None, rm)
+            loss_fn = ppo_loss_fn(gcfg)
         else:
             from llmlab.align.grpo_run import RolloutBatches, grpo_loss_fn
 
-            if bool(acfg.data) == bool(acfg.task):
-                raise ValueError("give exactly one of --data FILE or --task NAME")
-            prompts = (load_prompts(acfg.data) if acfg.data
-                       else task_prompts(acfg.task, acfg.max_examples, seed=tcfg.seed))
-            batches = RolloutBatches(model, tok, template, prompts, gcfg, tcfg.seed)
+            batches = RolloutBatches(model, tok, template, _rl_prompts(acfg, tcfg.seed), gcfg,
+                                     tcfg.seed)
             loss_fn = grpo_loss_fn(gcfg)
         (run_dir / "config.json").write_text(json.dumps(
             {"algo": algo, "align": dataclasses.asdict(acfg), "train": dataclasses.asdict(tcfg),
-             **({"grpo": dataclasses.asdict(gcfg)} if gcfg else {})}, indent=1) + "\n")
+             **({algo: dataclasses.asdict(gcfg)} if gcfg else {})}, indent=1) + "\n")
         trainer = Trainer(model, tcfg, run_dir, batches, loss_fn, dist=d, export=export,
                           eval_data=evals, run_info={"algo": algo},
                           compat={"algo": algo, "model": acfg.model})
@@ -146,16 +181,14 @@ def run(algo: str, acfg: AlignConfig, tcfg: TrainConfig, run_dir: Path,
 
 def _cmd(algo: str):  # noqa: ANN202
     def cmd(a: argparse.Namespace) -> int:
-        from llmlab.align.config import GRPOConfig
-
         acfg = build(AlignConfig, overrides(a, a._align_fields), "align config")
-        gcfg = (build(GRPOConfig, overrides(a, a._grpo_fields), "grpo config")
-                if algo == "grpo" else None)
-        lr = {"reward": 1e-5, "dpo": 5e-6, "grpo": 1e-6}[algo]
+        gcfg = (build(ALGO_CONFIGS[algo](), overrides(a, a._algo_fields), f"{algo} config")
+                if algo in ALGO_CONFIGS else None)
+        lr = {"reward": 1e-5, "dpo": 5e-6, "ppo": 3e-6, "grpo": 1e-6}[algo]
         if acfg.peft != "none":
             lr *= 20  # LoRA wants a larger step than full fine-tuning
-        tcfg = build(TrainConfig, {**ALIGN_TRAIN, "lr": lr, **overrides(a, a._train_fields)},
-                     "train config")
+        base = {**ALIGN_TRAIN, "lr": lr, **({"batch_size": 8} if algo == "ppo" else {})}
+        tcfg = build(TrainConfig, {**base, **overrides(a, a._train_fields)}, "train config")
         out = run(algo, acfg, tcfg, Path(a.out), gcfg)
         print(f"done: {out.get('step')} steps; metrics in {Path(a.out) / 'metrics.jsonl'}"
               + (f"; held-out pairwise accuracy {out['val_accuracy']:.3f}"
@@ -164,26 +197,41 @@ def _cmd(algo: str):  # noqa: ANN202
     return cmd
 
 
+def _grpo_config() -> type:
+    from llmlab.align.config import GRPOConfig
+
+    return GRPOConfig
+
+
+def _ppo_config() -> type:
+    from llmlab.align.config import PPOConfig
+
+    return PPOConfig
+
+
+ALGO_CONFIGS = {"grpo": _grpo_config, "ppo": _ppo_config}
 HELP = {"reward": "train a reward model (Bradley-Terry) on preference pairs",
         "dpo": "direct preference optimisation (sigmoid | ipo | hinge)",
+        "ppo": "PPO with a value head; reward model score at EOS, or the task's verifier",
         "grpo": "GRPO with verifiable rewards"}
+NOT_FOR = {"grpo": ("beta", "loss_type_dpo", "label_smoothing", "center_rewards_coefficient",
+                    "val_examples"),
+           "ppo": ("beta", "loss_type_dpo", "label_smoothing", "center_rewards_coefficient",
+                   "val_examples"),
+           "reward": ("beta", "loss_type_dpo", "label_smoothing"),
+           "dpo": ("center_rewards_coefficient",)}
 
 
 def add_commands(subparsers: argparse._SubParsersAction) -> None:
-    """Register `reward`, `dpo` and `grpo`."""
-    from llmlab.align.config import GRPOConfig
-
-    for algo in ("reward", "dpo", "grpo"):
+    """Register `reward`, `dpo`, `ppo` and `grpo`."""
+    for algo in ("reward", "dpo", "ppo", "grpo"):
         p = subparsers.add_parser(algo, help=HELP[algo], description=HELP[algo])
         p.__class__ = _StrictParser
         p.allow_abbrev = False
         p.add_argument("--out", required=True, help="run directory")
-        skip = {"grpo": ("beta", "loss_type_dpo", "label_smoothing",
-                         "center_rewards_coefficient"),
-                "reward": ("beta", "loss_type_dpo", "label_smoothing"),
-                "dpo": ("center_rewards_coefficient",)}[algo]
-        af = add_dataclass_args(p, AlignConfig, "align", skip=skip)
-        gf = add_dataclass_args(p, GRPOConfig, "grpo") if algo == "grpo" else []
+        af = add_dataclass_args(p, AlignConfig, "align", skip=NOT_FOR[algo])
+        gf = (add_dataclass_args(p, ALGO_CONFIGS[algo](), algo) if algo in ALGO_CONFIGS
+              else [])
         tf = add_dataclass_args(p, TrainConfig, "training")
         fn = _guard(_cmd(algo))
-        p.set_defaults(fn=fn, func=fn, _align_fields=af, _grpo_fields=gf, _train_fields=tf)
+        p.set_defaults(fn=fn, func=fn, _align_fields=af, _algo_fields=gf, _train_fields=tf)

@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Iterator
-
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -30,31 +27,19 @@ def masked_whiten(x: torch.Tensor, mask: torch.Tensor, shift_mean: bool = True,
     return out if shift_mean else out + mean
 
 
-def token_logprobs(model: nn.Module, input_ids: torch.Tensor,
-                   attention_mask: torch.Tensor | None = None,
-                   temperature: float = 1.0) -> torch.Tensor:
-    """log p(input_ids[:, t+1] | input_ids[:, :t+1]) for t < T-1: shape (B, T-1)."""
-    logits = model(input_ids, attention_mask=attention_mask).logits[:, :-1].float()
+def logprobs_from_logits(logits: torch.Tensor, input_ids: torch.Tensor,
+                         temperature: float = 1.0) -> torch.Tensor:
+    """log p(input_ids[:, t+1] | ..) from (B, T, V) logits: (B, T-1). Dividing by the sampling
+    temperature scores tokens under the distribution they were sampled from (as TRL)."""
+    logits = logits[:, :-1].float()
     if temperature != 1.0:
         logits = logits / temperature
     return torch.gather(F.log_softmax(logits, -1), 2, input_ids[:, 1:, None]).squeeze(2)
 
 
-@contextlib.contextmanager
-def disable_adapters(model: nn.Module) -> Iterator[None]:
-    """Run a LoRA/DoRA model as its base model (the DPO/PPO/GRPO reference without a second
-    copy of the weights). LoraLinear.forward returns the base output alone when `merged` is
-    set, so we set it on unmerged layers for the duration. Other PEFT methods: use a copy."""
-    from llmlab.peft.lora import LoraLinear
-
-    layers = [m for m in model.modules() if isinstance(m, LoraLinear) and not m.merged]
-    if not layers:
-        raise ValueError("disable_adapters needs an unmerged LoRA/DoRA model; "
-                         "use a frozen reference copy instead")
-    for m in layers:
-        m.merged = True
-    try:
-        yield
-    finally:
-        for m in layers:
-            m.merged = False
+def token_logprobs(model: nn.Module, input_ids: torch.Tensor,
+                   attention_mask: torch.Tensor | None = None,
+                   temperature: float = 1.0) -> torch.Tensor:
+    """log p(input_ids[:, t+1] | input_ids[:, :t+1]) for t < T-1: shape (B, T-1)."""
+    logits = model(input_ids, attention_mask=attention_mask).logits
+    return logprobs_from_logits(logits, input_ids, temperature)

@@ -1,8 +1,9 @@
-"""GRPO's switches, torch-free so the CLI can build its flags without importing torch."""
+"""GRPO's and PPO's switches, torch-free so the CLI can build its flags without torch."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 
 
 @dataclass
@@ -18,3 +19,45 @@ class GRPOConfig:
     beta: float = 0.0  # β·k3 KL to the reference
     iterations: int = 1  # μ: optimisation passes per rollout
     zero_std_warn: float = 0.5  # warn when this fraction of groups has no reward spread
+
+    def validate(self) -> None:
+        for name in ("num_generations", "prompts_per_step", "max_new_tokens", "iterations"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.temperature <= 0:
+            raise ValueError(f"temperature must be > 0 (log-probs divide by it), got "
+                             f"{self.temperature}")
+
+
+@dataclass
+class PPOConfig:
+    """Defaults are TRL's PPOConfig: clip 0.2, vf_coef 0.1, γ 1, λ 0.95, kl_coef 0.05,
+    4 PPO epochs, temperature 0.7. As in TRL, a rollout holds batch_size × grad_accum
+    completions (one per prompt) and each PPO epoch over it is one optimizer step
+    (num_mini_batches=1), so --max-steps N makes N / ppo_epochs rollouts."""
+
+    reward_model: str = ""  # a `llmlab reward` run; empty: the task's verifier scores
+    max_new_tokens: int = 64
+    temperature: float = 0.7
+    kl_coef: float = 0.05
+    kl_estimator: Literal["k1", "k3"] = "k1"
+    gamma: float = 1.0
+    lam: float = 0.95
+    cliprange: float = 0.2
+    cliprange_value: float = 0.2
+    vf_coef: float = 0.1
+    ppo_epochs: int = 4
+    whiten_rewards: bool = False
+    missing_eos_penalty: float = 0.0  # subtracted from a score when no EOS was generated
+
+    def validate(self) -> None:
+        for name in ("max_new_tokens", "ppo_epochs"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.temperature <= 0:
+            raise ValueError(f"temperature must be > 0 (log-probs divide by it), got "
+                             f"{self.temperature}")
+        if not (0 <= self.gamma <= 1 and 0 <= self.lam <= 1):
+            raise ValueError(f"gamma and lam must be in [0, 1], got {self.gamma}, {self.lam}")
+        if self.kl_estimator not in ("k1", "k3"):
+            raise ValueError(f"kl_estimator must be k1 or k3, got {self.kl_estimator!r}")

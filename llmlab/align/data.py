@@ -50,19 +50,22 @@ def load_prefs(path: str | Path) -> list[dict[str, Any]]:
     return out
 
 
-def load_prompts(path: str | Path) -> list[dict[str, Any]]:
+def load_prompts(path: str | Path, need_verifier: bool = True) -> list[dict[str, Any]]:
+    """RL prompt rows; `verifier` may be left out only when a reward model scores (PPO)."""
     path = Path(path)
     out = []
     for n, obj in _rows(path):
         where = f"{path}:{n}"
         if not isinstance(obj, dict):
             raise ValueError(f"{where}: expected an object with prompt and verifier")
-        prompt = _str_field(obj, "prompt", where)
-        if "verifier" not in obj:
+        row = {"prompt": _str_field(obj, "prompt", where), "chat": obj.get("chat", True),
+               "where": where}
+        if "verifier" in obj:
+            check_verifier(obj["verifier"], where)
+            row["verifier"] = obj["verifier"]
+        elif need_verifier:
             raise ValueError(f"{where}: missing field 'verifier'")
-        check_verifier(obj["verifier"], where)
-        out.append({"prompt": prompt, "verifier": obj["verifier"], "chat": obj.get("chat", True),
-                    "where": where})
+        out.append(row)
     if not out:
         raise ValueError(f"{path}: no prompts")
     return out

@@ -17,7 +17,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from llmlab.align.common import disable_adapters, token_logprobs
+from llmlab.align.common import token_logprobs
+from llmlab.peft.model import disable_adapters
 
 LOSS_TYPES = ("sigmoid", "ipo", "hinge")
 

@@ -71,12 +71,13 @@ def grpo_loss(logp: torch.Tensor, old_logp: torch.Tensor, advantages: torch.Tens
         loss = (per_token * m).sum() / n
     else:
         raise ValueError(f"loss_type must be one of {AGGREGATIONS}, got {loss_type!r}")
-    n_tok = m.sum().clamp(min=1)
-    low = ((ratio < 1 - eps_low) & (a < 0)).to(m.dtype)
-    high = ((ratio > 1 + eps_high) & (a > 0)).to(m.dtype)
-    metrics = {"clip_ratio/low": float((low * m).sum() / n_tok),
-               "clip_ratio/high": float((high * m).sum() / n_tok),
-               "clip_ratio": float(((low + high) * m).sum() / n_tok)}
-    if kl is not None:
-        metrics["kl"] = float((kl * m).sum() / n_tok)
+    with torch.no_grad():
+        n_tok = m.sum().clamp(min=1)
+        low = ((ratio < 1 - eps_low) & (a < 0)).to(m.dtype)
+        high = ((ratio > 1 + eps_high) & (a > 0)).to(m.dtype)
+        metrics = {"clip_ratio/low": float((low * m).sum() / n_tok),
+                   "clip_ratio/high": float((high * m).sum() / n_tok),
+                   "clip_ratio": float(((low + high) * m).sum() / n_tok)}
+        if kl is not None:
+            metrics["kl"] = float((kl * m).sum() / n_tok)
     return loss, metrics

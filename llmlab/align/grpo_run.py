@@ -1,21 +1,24 @@
 """GRPO on the shared loop: a batch source that samples G completions per prompt with the
 batched KV-cache engine, scores them with verifiers and serves each rollout `iterations`
-times (the inner PPO-style epochs against the old log-probs taken at generation time)."""
+times (the inner PPO-style epochs against the old log-probs taken at generation time).
+
+Log-probs (old, reference and current) come from logits divided by the sampling temperature,
+as TRL's GRPOTrainer: the ratio π/π_old then compares the distributions tokens were drawn from.
+"""
 
 from __future__ import annotations
 
-import random
 import warnings
 from typing import Any
 
 import torch
 from torch import nn
 
-from llmlab.align.common import disable_adapters, token_logprobs
+from llmlab.align.common import token_logprobs
 from llmlab.align.config import GRPOConfig
-from llmlab.align.data import pad_right, prompt_ids
 from llmlab.align.grpo import group_advantages, grpo_loss
 from llmlab.align.rewards import score_many
+from llmlab.align.rollout import pick_prompts, sample
 
 
 class RolloutBatches:
@@ -27,54 +30,40 @@ class RolloutBatches:
         self.cfg, self.seed, self.ref = cfg, seed, ref
         self.k, self.cached, self.served = 0, None, 0
 
-    def _gen_model(self) -> nn.Module:
-        # LoRA layers are injected in place, so the base Transformer generates with them.
-        return getattr(self.model, "base_model", self.model)
-
     @torch.no_grad()
     def _rollout(self) -> dict[str, Any]:
-        from llmlab.generate.engine import complete, make_params
-
         c, G = self.cfg, self.cfg.num_generations
-        rng = random.Random(self.seed * 1_000_003 + self.k)
-        picks = [self.prompts[rng.randrange(len(self.prompts))] for _ in range(c.prompts_per_step)]
-        pids = [prompt_ids(self.tok, self.template, p["prompt"], p.get("chat", True))
-                for p in picks for _ in range(G)]
-        params = make_params(self.tok, max_new_tokens=c.max_new_tokens,
-                             temperature=c.temperature, seed=self.seed + self.k,
-                             stop=list(self.template.stop))
+        picks = pick_prompts(self.prompts, c.prompts_per_step, self.seed, self.k)
+        r = sample(self.model, self.tok, self.template, picks, G, c.max_new_tokens,
+                   c.temperature, self.seed + self.k)
+        rewards = torch.tensor(score_many(r.texts, [p["verifier"] for p in r.picks]))
+        adv, std = group_advantages(rewards, G, c.scale_rewards)
+        dev = next(self.model.parameters()).device
+        ids, attn = r.ids.to(dev), r.attn.to(dev)
         was = self.model.training
         self.model.eval()
-        outs = complete(self._gen_model(), self.tok, pids, params)
-        self.model.train(was)
-        rewards = torch.tensor(score_many([o.text for o in outs],
-                                          [p["verifier"] for p in picks for _ in range(G)]))
-        adv, std = group_advantages(rewards, G, c.scale_rewards)
-        seqs = [p + o.token_ids for p, o in zip(pids, outs, strict=True)]
-        ids, attn = pad_right(seqs)
-        cmask = torch.zeros_like(ids)
-        for i, (p, o) in enumerate(zip(pids, outs, strict=True)):
-            cmask[i, len(p):len(p) + len(o.token_ids)] = 1
-        old = token_logprobs(self.model, ids, attn)
+        old = token_logprobs(self.model, ids, attn, c.temperature)
         ref = None
         if c.beta:
             if self.ref is not None:
-                ref = token_logprobs(self.ref, ids, attn)
+                ref = token_logprobs(self.ref, ids, attn, c.temperature)
             else:
+                from llmlab.peft.model import disable_adapters
+
                 with disable_adapters(self.model):
-                    ref = token_logprobs(self.model, ids, attn)
+                    ref = token_logprobs(self.model, ids, attn, c.temperature)
+        self.model.train(was)
         zero = float((std == 0).float().mean())
         if zero >= c.zero_std_warn:
             warnings.warn(f"GRPO: {zero:.0%} of groups have identical rewards (no signal); "
                           "try more generations, a higher temperature or easier prompts",
                           stacklevel=2)
-        lens = cmask.sum(1).float()
-        return {"ids": ids, "attn": attn, "cmask": cmask[:, 1:], "old": old, "ref": ref,
-                "adv": adv, "stats": {"reward/mean": float(rewards.mean()),
-                                      "reward/std": float(rewards.std()) if len(rewards) > 1
-                                      else 0.0,
-                                      "completion_length": float(lens.mean()),
-                                      "frac_reward_zero_std": zero}}
+        return {"ids": ids, "attn": attn, "cmask": r.cmask.to(dev), "old": old, "ref": ref,
+                "adv": adv.to(dev), "stats": {
+                    "reward/mean": float(rewards.mean()),
+                    "reward/std": float(rewards.std()) if len(rewards) > 1 else 0.0,
+                    "completion_length": float(r.cmask.sum(1).float().mean()),
+                    "frac_reward_zero_std": zero}}
 
     def next_batch(self) -> dict[str, Any]:
         if self.cached is None or self.served >= self.cfg.iterations:
@@ -92,7 +81,7 @@ class RolloutBatches:
 
 def grpo_loss_fn(cfg: GRPOConfig):  # noqa: ANN201
     def loss_fn(model: nn.Module, b: dict[str, Any]) -> tuple[torch.Tensor, dict[str, Any]]:
-        logp = token_logprobs(model, b["ids"], b["attn"])
+        logp = token_logprobs(model, b["ids"], b["attn"], cfg.temperature)
         loss, m = grpo_loss(logp, b["old"], b["adv"], b["cmask"], b["ref"], cfg.beta,
                             cfg.epsilon, cfg.epsilon_high or cfg.epsilon, cfg.loss_type,
                             max_completion_length=cfg.max_new_tokens)

@@ -11,24 +11,10 @@ Defaults are TRL's: clip 0.2, vf_coef 0.1, γ 1, λ 0.95, kl_coef 0.05, 4 epochs
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 
 from llmlab.align.common import masked_mean, masked_whiten
-
-
-@dataclass
-class PPOConfig:
-    kl_coef: float = 0.05
-    kl_estimator: str = "k1"  # k1 | k3
-    gamma: float = 1.0
-    lam: float = 0.95
-    cliprange: float = 0.2
-    cliprange_value: float = 0.2
-    vf_coef: float = 0.1
-    ppo_epochs: int = 4
-    whiten_rewards: bool = False
+from llmlab.align.config import PPOConfig
 
 
 def kl_per_token(logp: torch.Tensor, ref_logp: torch.Tensor, estimator: str = "k1"
@@ -84,10 +70,11 @@ def ppo_loss(logp: torch.Tensor, old_logp: torch.Tensor, advantages: torch.Tenso
     pg2 = -advantages * torch.clamp(ratio, 1 - cliprange, 1 + cliprange)
     pg_loss = masked_mean(torch.max(pg1, pg2), mask)
     loss = pg_loss + vf_coef * vf_loss
-    return loss, {"policy_loss": float(pg_loss), "value_loss": float(vf_loss),
-                  "clipfrac": float(masked_mean((pg2 > pg1).float(), mask)),
-                  "vf_clipfrac": float(masked_mean((vf2 > vf1).float(), mask)),
-                  "approxkl": float(0.5 * masked_mean((logp - old_logp) ** 2, mask))}
+    with torch.no_grad():
+        return loss, {"policy_loss": float(pg_loss), "value_loss": float(vf_loss),
+                      "clipfrac": float(masked_mean((pg2 > pg1).float(), mask)),
+                      "vf_clipfrac": float(masked_mean((vf2 > vf1).float(), mask)),
+                      "approxkl": float(0.5 * masked_mean((logp - old_logp) ** 2, mask))}
 
 
 def advantages_and_returns(score: torch.Tensor, logp: torch.Tensor, ref_logp: torch.Tensor,

@@ -9,6 +9,7 @@ on zero, which the BT loss alone leaves free (it only sees differences).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-HEAD_FILE = "reward_head.pt"
+from llmlab.train.checkpoint import HEAD_WEIGHTS as HEAD_FILE
 
 
 def last_index(attention_mask: torch.Tensor) -> torch.Tensor:
@@ -27,31 +28,98 @@ def last_index(attention_mask: torch.Tensor) -> torch.Tensor:
 
 class ScalarHead(nn.Module):
     """A transformer with a linear head on its final hidden state: (B, T) -> (B, T) scores.
-    Used for reward models (score at the last token) and PPO value heads (every token)."""
+    Used for reward models (score at the last token) and as PPO's value head (every token;
+    `with_logits=True` also returns the LM logits of the same forward pass).
 
-    def __init__(self, model: nn.Module) -> None:
+    Its state is the wrapped model's (adapter-only for a PeftModel) plus `head.*`, so the
+    shared loop's checkpoints and resume carry the head; `export` writes the model in its
+    own format plus HEAD_FILE."""
+
+    def __init__(self, model: nn.Module, zero_init: bool = False) -> None:
         super().__init__()
         self.model = model
         d = model.cfg.d_model
         self.head = nn.Linear(d, 1)
-        nn.init.normal_(self.head.weight, std=1.0 / (d + 1) ** 0.5)
+        nn.init.normal_(self.head.weight, std=0.0 if zero_init else 1.0 / (d + 1) ** 0.5)
         nn.init.zeros_(self.head.bias)
 
-    def forward(self, input_ids: torch.Tensor,
-                attention_mask: torch.Tensor | None = None) -> torch.Tensor:
-        h = self.model(input_ids, attention_mask=attention_mask).hidden
-        return self.head(h.float()).squeeze(-1)
+    @property
+    def cfg(self) -> Any:
+        return self.model.cfg
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
+                with_logits: bool = False) -> Any:
+        out = self.model(input_ids, attention_mask=attention_mask)
+        values = self.head(out.hidden.float()).squeeze(-1)
+        return (out.logits, values) if with_logits else values
 
     def score(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         values = self(input_ids, attention_mask)
         return values.gather(1, last_index(attention_mask)[:, None]).squeeze(1)
 
+    def state_dict(self, *args: Any, **kw: Any) -> dict[str, Any]:  # type: ignore[override]
+        head = {"head." + k: v.detach().clone() for k, v in self.head.state_dict().items()}
+        return {**self.model.state_dict(), **head}
+
+    def load_state_dict(self, sd: dict[str, Any], strict: bool = True,  # type: ignore[override]
+                        assign: bool = False) -> Any:
+        head = {k[5:]: v for k, v in sd.items() if k.startswith("head.")}
+        self.head.load_state_dict(head)
+        return self.model.load_state_dict({k: v for k, v in sd.items()
+                                           if not k.startswith("head.")}, strict=strict)
+
     def save_head(self, out: str | Path) -> None:
+        from llmlab.weights.io import save_safetensors
+
         Path(out).mkdir(parents=True, exist_ok=True)
-        torch.save(self.head.state_dict(), Path(out) / HEAD_FILE)
+        save_safetensors({"head." + k: v.detach().cpu() for k, v in
+                          self.head.state_dict().items()}, Path(out) / HEAD_FILE)
 
     def load_head(self, src: str | Path) -> None:
-        self.head.load_state_dict(torch.load(Path(src) / HEAD_FILE, weights_only=True))
+        from llmlab.weights.io import load_safetensors
+
+        sd = load_safetensors(Path(src) / HEAD_FILE)
+        try:
+            self.head.load_state_dict({k[5:]: v for k, v in sd.items()})
+        except RuntimeError as e:
+            raise ValueError(f"{Path(src) / HEAD_FILE}: does not fit this model: {e}") from None
+
+
+def head_export(inner: Callable[[nn.Module, Path], Any]) -> Callable[[nn.Module, Path], None]:
+    """Export a ScalarHead: the wrapped model by `inner`, then HEAD_FILE, as one atomic dir."""
+    from llmlab.weights.io import atomic_dir
+
+    def export(m: nn.Module, out: Path) -> None:
+        with atomic_dir(out) as tmp:
+            inner(m.model, tmp)
+            m.save_head(tmp)
+    return export
+
+
+def load_reward_model(path: str | Path) -> ScalarHead:
+    """A reward model saved by `llmlab reward` (a run dir or its final/ dir): the full
+    model or the base plus its LoRA adapter, and HEAD_FILE. Frozen, in eval mode."""
+    import llmlab
+
+    path = Path(path)
+    if not (path / HEAD_FILE).exists() and (path / "final" / HEAD_FILE).exists():
+        path = path / "final"
+    if not (path / HEAD_FILE).exists():
+        raise ValueError(f"{path}: not a reward model (no {HEAD_FILE}); train one with "
+                         "`llmlab reward --out DIR`")
+    if (path / "adapter_config.json").exists():
+        from llmlab.peft.model import load_adapter, read_adapter_config
+
+        base = read_adapter_config(path).get("base_model_name_or_path")
+        if not base:
+            raise ValueError(f"{path / 'adapter_config.json'}: field "
+                             "'base_model_name_or_path' is needed to load the reward model")
+        model: nn.Module = load_adapter(llmlab.load(base).model, path)
+    else:
+        model = llmlab.load(path).model
+    rm = ScalarHead(model)
+    rm.load_head(path)
+    return rm.eval().requires_grad_(False)
 
 
 def reward_loss(r_chosen: torch.Tensor, r_rejected: torch.Tensor,
@@ -64,6 +132,7 @@ def reward_loss(r_chosen: torch.Tensor, r_rejected: torch.Tensor,
     loss = -F.logsigmoid(diff).mean()
     if center_coef:
         loss = loss + center_coef * ((r_chosen + r_rejected) ** 2).mean()
+    r_chosen, r_rejected = r_chosen.detach(), r_rejected.detach()
     return loss, {"accuracy": float((r_chosen > r_rejected).float().mean()),
                   "rewards/chosen": float(r_chosen.mean()),
                   "rewards/rejected": float(r_rejected.mean()),
@@ -87,7 +156,8 @@ def reward_batch_loss(rm: nn.Module, batch: dict[str, torch.Tensor], center_coef
     """loss_fn for the shared loop: chosen and rejected in one forward."""
     ids = torch.cat([batch["chosen_ids"], batch["rejected_ids"]])
     mask = torch.cat([batch["chosen_mask"], batch["rejected_mask"]])
-    scores = rm.score(ids, mask) if hasattr(rm, "score") else rm.module.score(ids, mask)
+    values = rm(ids, mask)  # through forward, so DDP sees the call
+    scores = values.gather(1, last_index(mask)[:, None]).squeeze(1)
     n = batch["chosen_ids"].shape[0]
     loss, m = reward_loss(scores[:n], scores[n:], batch.get("margin"), center_coef)
     return loss, {"tokens": int(mask.sum()), **m}

@@ -162,6 +162,7 @@ class Completion:
     token_ids: list[int] = field(default_factory=list)
     finish_reason: str = "length"  # "stop" | "length"
     prompt_tokens: int = 0
+    stop_token: int | None = None  # the stop token that ended it (not in token_ids)
 
 
 def stream_batch(
@@ -213,7 +214,7 @@ def complete(
                 continue
             t = int(step.tokens[i])
             if t in params.stop_token_ids:
-                outs[i].finish_reason = "stop"
+                outs[i].finish_reason, outs[i].stop_token = "stop", t
                 continue
             outs[i].token_ids.append(t)
             s.feed(t)

@@ -76,6 +76,7 @@ class LoraLinear(nn.Module):
                 norm = torch.linalg.norm(w.float(), dim=1)
             self.lora_magnitude_vector = nn.Parameter(norm)
         self.merged = False
+        self.disabled = False  # set by peft.model.disable_adapters: the base layer alone
         for p in base.parameters():
             p.requires_grad_(False)
 
@@ -90,7 +91,7 @@ class LoraLinear(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         result = self.base_layer(x)
-        if self.merged:
+        if self.merged or self.disabled:  # merged: the update is in the base weight already
             return result
         a, b = self.lora_A, self.lora_B
         xd = self.lora_dropout(x)

@@ -35,6 +35,7 @@ class PromptTuning(PeftModel):
         # PEFT's random init is nn.Embedding's, N(0, 1).
         model.prompt_embeddings = nn.Parameter(torch.randn(n, model.cfg.d_model))
         self._batch = 0
+        self.disabled = False  # set by peft.model.disable_adapters: the base model alone
         model.model.embed_tokens.register_forward_hook(self._replace)
 
     def _replace(self, mod: nn.Module, args: Any, out: torch.Tensor) -> torch.Tensor | None:
@@ -45,6 +46,8 @@ class PromptTuning(PeftModel):
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
                 **kw: Any) -> Any:
+        if self.disabled:
+            return self.base_model(input_ids, attention_mask, **kw)
         if kw.get("cache") is not None or kw.get("doc_ids") is not None:
             raise ValueError("prompt tuning runs without a KV cache or packed documents")
         kw.pop("positions", None)
@@ -87,9 +90,12 @@ class PrefixTuning(PeftModel):
         self.n, self.heads, self.hd, self.layers = n, c.n_kv_head, c.head_dim, c.n_layer
         width = c.n_layer * 2 * c.n_kv_head * c.head_dim
         model.prompt_embeddings = nn.Parameter(torch.randn(n, width))
+        self.disabled = False  # set by peft.model.disable_adapters: the base model alone
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
                 **kw: Any) -> Any:
+        if self.disabled:
+            return self.base_model(input_ids, attention_mask, **kw)
         if kw.get("cache") is not None or kw.get("doc_ids") is not None:
             raise ValueError("prefix tuning runs without a KV cache or packed documents")
         kw.pop("positions", None)
@@ -118,9 +124,11 @@ class WithAdapter(nn.Module):
     def __init__(self, base: nn.Module, hidden: int, m: int) -> None:
         super().__init__()
         self.base_layer, self.adapter = base, Bottleneck(hidden, m)
+        self.disabled = False  # set by peft.model.disable_adapters: the base layer alone
 
     def forward(self, *a: Any, **kw: Any) -> torch.Tensor:
-        return self.adapter(self.base_layer(*a, **kw))
+        out = self.base_layer(*a, **kw)
+        return out if self.disabled else self.adapter(out)
 
 
 def add_adapters(model: nn.Module, m: int, config: dict[str, Any]) -> PeftModel:

@@ -9,7 +9,9 @@ checkpoints, resume and export stay small and unchanged. Files follow PEFT's for
 
 from __future__ import annotations
 
+import contextlib
 import json
+from collections.abc import Iterator
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -116,11 +118,43 @@ class PeftModel(nn.Module):
             save_safetensors(sd, tmp / "model.safetensors")
         return Path(out)
 
+    def disable_adapters(self) -> contextlib.AbstractContextManager[None]:
+        """`with pm.disable_adapters():` runs the base model (PEFT's `disable_adapter()`)."""
+        return disable_adapters(self)
+
     def merge_and_unload(self) -> nn.Module:
         if self.method not in ("lora", "dora", "qlora"):
             raise ValueError(f"only LoRA-family adapters merge into the weights, not "
                              f"{self.method}")
         return merge_and_unload(self.base_model)
+
+
+@contextlib.contextmanager
+def disable_adapters(model: nn.Module) -> Iterator[None]:
+    """Inside the block, `model` computes as its base model: every adapter in it (LoRA,
+    DoRA, QLoRA, prompt, prefix, bottleneck) is bypassed, and merged LoRA layers are unmerged
+    for the duration. `model` may wrap the adapted model (DDP, a value head). This is the
+    DPO/PPO/GRPO reference without a second copy of the weights."""
+    from llmlab.peft.methods import PrefixTuning, PromptTuning, WithAdapter
+
+    kinds = (LoraLinear, WithAdapter, PromptTuning, PrefixTuning)
+    mods = [m for m in model.modules() if isinstance(m, kinds)]
+    if not mods:
+        raise ValueError(f"{type(model).__name__} has no adapters to disable; use a frozen "
+                         "reference copy instead")
+    before = [m.disabled for m in mods]
+    merged = [m for m in mods if isinstance(m, LoraLinear) and m.merged]
+    for m in merged:
+        m.unmerge()
+    for m in mods:
+        m.disabled = True
+    try:
+        yield
+    finally:
+        for m, b in zip(mods, before, strict=True):
+            m.disabled = b
+        for m in merged:
+            m.merge()
 
 
 def _to_peft_key(k: str, method: str) -> str:

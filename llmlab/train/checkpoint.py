@@ -22,6 +22,9 @@ import numpy as np
 import torch
 
 CKPT_DIR = "checkpoints"
+# A scalar head (reward model, PPO value head) is saved beside the model's own files, since
+# neither llmlab.json checkpoints nor PEFT adapters have a place for it; resume merges it in.
+HEAD_WEIGHTS = "score_head.safetensors"
 _STEP = re.compile(r"^step_(\d+)$")
 
 

@@ -180,6 +180,8 @@ class Trainer:
         weights = path / "model" / "model.safetensors"
         try:
             msd = load_safetensors(weights)
+            if (path / "model" / ckpt.HEAD_WEIGHTS).exists():
+                msd.update(load_safetensors(path / "model" / ckpt.HEAD_WEIGHTS))
         except (OSError, ValueError) as e:
             raise ValueError(f"cannot resume from {path}: {e}") from None
         load_full_state(self.model, self.opt, msd, state["optimizer"], self.dist)

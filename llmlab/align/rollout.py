@@ -1,0 +1,77 @@
+"""Rollouts for on-policy RL (GRPO, PPO): prompts -> sampled completions with the batched
+KV-cache engine -> right-padded prompt+completion ids with a completion mask.
+
+A completion that ended on a stop token keeps that token (as TRL keeps EOS): the policy is
+trained on when to stop, and a reward model reads its score at the end-of-turn token it was
+trained on.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from llmlab.align.data import pad_right, prompt_ids
+
+
+@dataclass
+class Rollout:
+    ids: torch.Tensor  # (B, T) prompt + completion, right-padded
+    attn: torch.Tensor  # (B, T)
+    cmask: torch.Tensor  # (B, T-1) completion tokens, aligned with token_logprobs' targets
+    texts: list[str]  # completions with stop strings cut (what verifiers score)
+    stopped: torch.Tensor  # (B,) bool: ended on a stop token or string, not the length budget
+    picks: list[dict[str, Any]]  # the prompt row of each completion
+
+
+def generator(model: nn.Module) -> nn.Module:
+    """The Transformer that samples, found under DDP/compile, a value head and a LoRA
+    PeftModel (LoRA layers are injected in place, so the bare Transformer generates with
+    them; prompt/prefix adapters would be skipped, so they are refused)."""
+    from llmlab.model import Transformer
+
+    m = model
+    while not isinstance(m, Transformer):
+        if getattr(m, "method", "lora") not in ("lora", "dora", "qlora"):
+            raise ValueError(f"RL rollouts need a LoRA-family adapter, not {m.method!r}")
+        inner = [getattr(m, a, None) for a in ("_orig_mod", "module", "model", "base_model")]
+        m = next((x for x in inner if isinstance(x, nn.Module)), None)
+        if m is None:
+            raise TypeError(f"no Transformer inside {type(model).__name__}")
+    return m
+
+
+def pick_prompts(prompts: list[dict[str, Any]], n: int, seed: int, k: int
+                 ) -> list[dict[str, Any]]:
+    """n prompts for rollout number k: a fixed function of (seed, k), so resume repeats it."""
+    rng = random.Random(seed * 1_000_003 + k)
+    return [prompts[rng.randrange(len(prompts))] for _ in range(n)]
+
+
+@torch.no_grad()
+def sample(model: nn.Module, tok: Any, template: Any, picks: list[dict[str, Any]],
+           per_prompt: int, max_new_tokens: int, temperature: float, seed: int) -> Rollout:
+    """`per_prompt` completions for each prompt in `picks` (consecutive rows per prompt)."""
+    from llmlab.generate.engine import complete, make_params
+
+    rows = [p for p in picks for _ in range(per_prompt)]
+    pids = [prompt_ids(tok, template, p["prompt"], p.get("chat", True)) for p in rows]
+    params = make_params(tok, max_new_tokens=max_new_tokens, temperature=temperature,
+                         seed=seed, stop=list(template.stop))
+    was = model.training
+    model.eval()
+    try:
+        outs = complete(generator(model), tok, pids, params)
+    finally:
+        model.train(was)
+    comps = [o.token_ids + ([o.stop_token] if o.stop_token is not None else []) for o in outs]
+    ids, attn = pad_right([p + c for p, c in zip(pids, comps, strict=True)])
+    cmask = torch.zeros_like(ids)
+    for i, (p, c) in enumerate(zip(pids, comps, strict=True)):
+        cmask[i, len(p):len(p) + len(c)] = 1
+    stopped = torch.tensor([o.finish_reason == "stop" for o in outs])
+    return Rollout(ids, attn, cmask[:, 1:], [o.text for o in outs], stopped, rows)

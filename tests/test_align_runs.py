@@ -1,0 +1,167 @@
+"""End-to-end alignment runs on a tiny random Llama with SmolLM2's tokenizer: `llmlab reward`
+(its exported reward model scores as transformers' LlamaForSequenceClassification + PEFT),
+`llmlab ppo` (metrics, resume, reward model or verifier) and rollout log-probs against TRL."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from train_common import env, metrics
+
+from llmlab.align.ppo_run import LOSS_METRICS, ROLLOUT_METRICS
+
+FAST = ["--no-progress", "--no-tensorboard", "--threads", "1"]
+
+
+def align(*args: str, check: bool = True) -> subprocess.CompletedProcess:
+    r = subprocess.run([sys.executable, "-m", "llmlab.cli", *args], env=env(),
+                       capture_output=True, text=True, timeout=300)
+    if check and r.returncode:
+        raise AssertionError(r.stderr[-3000:])
+    return r
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory) -> Path:
+    """A random 2-layer Llama over SmolLM2's 49k vocabulary, saved with its tokenizer."""
+    from llmlab.model import ModelConfig, Transformer
+    from llmlab.tokenizer import load_tokenizer
+    from llmlab.weights.registry import save_checkpoint
+
+    torch.manual_seed(0)
+    cfg = ModelConfig(vocab_size=49152, d_model=32, n_layer=2, n_head=2, n_kv_head=1,
+                      max_seq_len=256, pos="rope", norm="rmsnorm", mlp="swiglu", d_ff=64,
+                      bias=False, tie_embeddings=True)
+    out = tmp_path_factory.mktemp("tiny") / "model"
+    return save_checkpoint(Transformer(cfg), out, load_tokenizer("smollm2"))
+
+
+@pytest.fixture(scope="module")
+def reward_run(tiny, tmp_path_factory) -> Path:
+    """A LoRA reward model trained on pairs it can learn: chosen 'yes', rejected 'no'."""
+    d = tmp_path_factory.mktemp("rm")
+    rows = [{"prompt": f"Is {a} + {b} = {a + b}?", "chosen": "yes", "rejected": "no"}
+            for a, b in zip(range(1, 41), range(40, 0, -1), strict=True)]
+    (d / "prefs.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    align("reward", "--model", str(tiny), "--data", str(d / "prefs.jsonl"), "--out",
+          str(d / "run"), "--max-steps", "20", "--lr", "1e-2", "--val-examples", "8", *FAST)
+    return d / "run"
+
+
+def test_reward_command_end_to_end(reward_run: Path) -> None:
+    rows = metrics(reward_run)
+    assert [r["step"] for r in rows] == list(range(1, 21))
+    for k in ("loss", "accuracy", "rewards/chosen", "rewards/rejected", "rewards/margin"):
+        assert all(k in r for r in rows), k
+    assert rows[-1]["loss"] < rows[0]["loss"]
+    acc = json.loads((reward_run / "eval.json").read_text())["pairwise_accuracy"]
+    assert acc == 1.0  # 8 held-out pairs of a trivially separable preference
+
+
+def test_reward_model_scores_as_transformers_sequence_classifier(tiny: Path, reward_run: Path,
+                                                                 tmp_path: Path) -> None:
+    """Our exported reward model (PEFT adapter + score head) read by transformers + PEFT:
+    LlamaForSequenceClassification scores the last token's final hidden state, as ours."""
+    from peft import PeftModel
+    from transformers import LlamaForCausalLM, LlamaForSequenceClassification
+
+    import llmlab
+    from llmlab.align.reward import load_reward_model
+    from llmlab.weights.hf import save_hf
+    from llmlab.weights.io import load_safetensors
+
+    rm = load_reward_model(reward_run)
+    save_hf(llmlab.load(str(tiny)).model, tmp_path / "hf")
+    lm = PeftModel.from_pretrained(LlamaForCausalLM.from_pretrained(tmp_path / "hf"),
+                                   reward_run / "final").merge_and_unload()
+    seq = LlamaForSequenceClassification(lm.config).eval()
+    seq.model.load_state_dict(lm.model.state_dict())
+    head = load_safetensors(reward_run / "final" / "score_head.safetensors")
+    with torch.no_grad():
+        seq.score.weight.copy_(head["head.weight"])
+        g = torch.Generator().manual_seed(0)
+        for n in (5, 17):  # one row each, so no padding convention is involved
+            ids = torch.randint(3, 49152, (1, n), generator=g)
+            ours = rm.score(ids, torch.ones_like(ids))
+            ref = seq(ids).logits[0, 0] + head["head.bias"][0]
+            assert torch.allclose(ours[0], ref, atol=1e-4), (ours, ref)
+
+
+PPO = ["--task", "arithmetic", "--max-examples", "16", "--batch-size", "2", "--grad-accum",
+       "2", "--ppo-epochs", "2", "--max-new-tokens", "8", "--lr", "1e-3", "--ckpt-every", "2",
+       *FAST]
+
+
+def test_ppo_tiny_run_with_reward_model_metrics_and_resume(tiny: Path, reward_run: Path,
+                                                           tmp_path: Path) -> None:
+    out = tmp_path / "ppo"
+    align("ppo", "--model", str(tiny), "--reward-model", str(reward_run), "--out", str(out),
+          "--max-steps", "4", *PPO)
+    rows = metrics(out)
+    assert [r["step"] for r in rows] == [1, 2, 3, 4]
+    for k in (*ROLLOUT_METRICS, *LOSS_METRICS, "loss", "grad_norm"):
+        assert all(k in r for r in rows), k
+    # two rollouts, each served for 2 epochs: the rollout's numbers repeat within it
+    assert rows[0]["reward/mean"] == rows[1]["reward/mean"] != rows[2]["reward/mean"]
+    # epoch 1 scores the rollout with the weights that sampled it: ratio 1, nothing clipped
+    assert rows[0]["approxkl"] < 1e-10 and rows[0]["clipfrac"] == 0.0
+    assert rows[0]["kl"] == 0.0  # LoRA starts at the reference
+    assert rows[2]["kl"] > 0.0 and rows[0]["value_loss"] > 0.0
+    assert rows[0]["reward/std"] > 0.0  # the reward model tells completions apart
+    assert (out / "final" / "score_head.safetensors").exists()
+    align("ppo", "--model", str(tiny), "--reward-model", str(reward_run), "--out", str(out),
+          "--max-steps", "6", "--resume", *PPO)
+    assert [r["step"] for r in metrics(out)] == [1, 2, 3, 4, 5, 6]
+    assert json.loads((out / "config.json").read_text())["ppo"]["kl_coef"] == 0.05
+
+
+def test_ppo_verifier_full_weights_and_bad_input(tiny: Path, tmp_path: Path) -> None:
+    out = tmp_path / "ppo"
+    align("ppo", "--model", str(tiny), "--out", str(out), "--max-steps", "2", "--peft", "none",
+          "--kl-estimator", "k3", "--missing-eos-penalty", "1", *PPO)
+    rows = metrics(out)
+    assert len(rows) == 2 and all(k in rows[0] for k in ROLLOUT_METRICS)
+    # a random model never answers right or stops: every score is 0 - penalty 1
+    assert rows[0]["reward/mean"] == -1.0
+    import llmlab
+
+    assert llmlab.load(str(out)).model.cfg.d_model == 32  # final/ is a loadable LM
+    (tmp_path / "p.jsonl").write_text(json.dumps({"prompt": "hi"}) + "\n")
+    r = align("ppo", "--model", str(tiny), "--out", str(tmp_path / "x"), "--data",
+              str(tmp_path / "p.jsonl"), *FAST, check=False)
+    assert r.returncode != 0 and "p.jsonl:1: missing field 'verifier'" in r.stderr
+    r = align("ppo", "--model", str(tiny), "--out", str(tmp_path / "x"), "--task",
+              "arithmetic", "--reward-model", str(tmp_path), *FAST, check=False)
+    assert r.returncode != 0 and "not a reward model" in r.stderr
+
+
+def test_rollout_logprobs_are_the_sampling_distribution(tiny: Path) -> None:
+    """Log-probs of a sampled completion, from logits / T (TRL's selective_log_softmax on the
+    same tensors), equal the log-probs of the engine's sampling distribution at each step."""
+    from trl.trainer.utils import selective_log_softmax
+
+    import llmlab
+    from llmlab.align.common import logprobs_from_logits, token_logprobs
+    from llmlab.generate.engine import iter_decode, make_params
+
+    lm = llmlab.load(str(tiny))
+    T = 0.7
+    prompt = lm.tokenizer.encode("What is 2 + 2?")
+    params = make_params(lm.tokenizer, max_new_tokens=6, temperature=T, seed=3)
+    toks, engine_lp = [], []
+    with torch.no_grad():
+        for step in iter_decode(lm.model, [prompt], params, return_logits=True):
+            t = int(step.tokens[0])
+            toks.append(t)
+            engine_lp.append(torch.log_softmax(step.logits[0].float() / T, -1)[t])
+        ids = torch.tensor([prompt + toks])
+        ours = token_logprobs(lm.model, ids, temperature=T)[0, len(prompt) - 1:]
+        logits = lm.model(ids).logits
+        trl = selective_log_softmax(logits[:, :-1] / T, ids[:, 1:])
+    assert torch.allclose(ours, torch.stack(engine_lp), atol=1e-4)
+    assert torch.allclose(logprobs_from_logits(logits, ids, T), trl, atol=1e-5)
