@@ -165,3 +165,25 @@ def test_rollout_logprobs_are_the_sampling_distribution(tiny: Path) -> None:
         trl = selective_log_softmax(logits[:, :-1] / T, ids[:, 1:])
     assert torch.allclose(ours, torch.stack(engine_lp), atol=1e-4)
     assert torch.allclose(logprobs_from_logits(logits, ids, T), trl, atol=1e-5)
+
+
+def test_grpo_rollout_old_logprobs_use_the_sampling_temperature(tiny: Path) -> None:
+    import llmlab
+    from llmlab.align.common import token_logprobs
+    from llmlab.align.config import GRPOConfig
+    from llmlab.align.data import task_prompts
+    from llmlab.align.grpo_run import RolloutBatches
+    from llmlab.generate.chat import template_for
+
+    lm = llmlab.load(str(tiny))
+    cfg = GRPOConfig(num_generations=2, prompts_per_step=2, max_new_tokens=6, temperature=0.5,
+                     zero_std_warn=2.0)
+    b = RolloutBatches(lm.model, lm.tokenizer, template_for(lm), task_prompts("arithmetic", 8),
+                       cfg).next_batch()
+    with torch.no_grad():
+        at_t = token_logprobs(lm.model, b["ids"], b["attn"], 0.5)
+        at_1 = token_logprobs(lm.model, b["ids"], b["attn"])
+    m = b["cmask"].bool()
+    assert b["cmask"].sum(1).min() >= 1 and b["cmask"].shape == at_t.shape
+    assert torch.allclose(b["old"][m], at_t[m], atol=1e-5)
+    assert not torch.allclose(b["old"][m], at_1[m], atol=1e-2)

@@ -50,3 +50,56 @@ def test_bottleneck_adapters(tmp_path):
     back = load_adapter(tiny_model(), tmp_path / "ad")
     with torch.no_grad():
         assert torch.allclose(back(IDS).logits, pm(IDS).logits, atol=1e-6)
+
+
+@pytest.mark.parametrize("method", ["lora", "dora", "qlora", "prompt", "prefix", "adapter"])
+def test_disable_adapters_gives_the_base_model(method):
+    """Inside disable_adapters the logits are the base model's (computed before the adapter
+    was added; for QLoRA the same 4-bit base without LoRA), and the adapter is back after."""
+    import copy
+
+    from llmlab.align.reward import ScalarHead
+    from llmlab.peft.lora import target_names
+    from llmlab.peft.model import disable_adapters
+    from llmlab.peft.nf4 import quantize_model
+
+    base = tiny_model()
+    ref = copy.deepcopy(base)
+    if method == "qlora":
+        quantize_model(ref, target_names(ref, "all-linear"))
+    opts = ({"num_virtual_tokens": 4} if method in ("prompt", "prefix")
+            else {"bottleneck": 8} if method == "adapter" else {"r": 4})
+    pm = get_peft_model(base, method, **opts)
+    randomize(pm)
+    with torch.no_grad():
+        want = ref(IDS).logits
+        adapted = pm(IDS).logits
+        assert (adapted - want).abs().max() > 1e-3  # the adapter does change the output
+        with pm.disable_adapters():
+            assert torch.allclose(pm(IDS).logits, want, atol=1e-5)
+            with disable_adapters(ScalarHead(pm)):  # nested, and through a wrapper
+                assert torch.allclose(pm(IDS).logits, want, atol=1e-5)
+            assert torch.allclose(pm(IDS).logits, want, atol=1e-5)
+        assert torch.allclose(pm(IDS).logits, adapted, atol=1e-6)
+    with pytest.raises(ValueError, match="no adapters"), disable_adapters(tiny_model()):
+        pass
+
+
+def test_disable_adapters_unmerges_merged_lora():
+    from llmlab.peft.lora import LoraLinear
+    from llmlab.peft.model import disable_adapters
+
+    base = tiny_model()
+    with torch.no_grad():
+        want = base(IDS).logits.clone()
+    pm = get_peft_model(base, "lora", r=4)
+    randomize(pm)
+    with torch.no_grad():
+        adapted = pm(IDS).logits
+        for m in pm.modules():
+            if isinstance(m, LoraLinear):
+                m.merge()
+        with disable_adapters(pm):
+            assert torch.allclose(pm(IDS).logits, want, atol=1e-5)
+        assert all(m.merged for m in pm.modules() if isinstance(m, LoraLinear))
+        assert torch.allclose(pm(IDS).logits, adapted, atol=1e-5)
