@@ -3,7 +3,8 @@
 With π the policy, π_ref the frozen reference, and log-probs summed over completion tokens only:
     logits = (log π(y_c) - log π(y_r)) - (log π_ref(y_c) - log π_ref(y_r))
     sigmoid: -log σ(β·logits)  (label smoothing ε: (1-ε)·that + ε·(-log σ(-β·logits)))
-    ipo:     (logits - 1/(2β))²   (Azar et al. 2023; log-probs averaged over tokens, as TRL)
+    ipo:     (logits - 1/(2β))²   (Azar et al. 2023 eq. 17; as TRL, each side's log-ratio is
+             divided by its completion length, so β means the same at any length)
     hinge:   relu(1 - β·logits)   (SLiC, Zhao et al. 2023)
 Implicit rewards β·(log π - log π_ref) are logged as rewards/chosen, rewards/rejected.
 """
@@ -24,14 +25,18 @@ LOSS_TYPES = ("sigmoid", "ipo", "hinge")
 
 
 def dpo_loss(pol_c: torch.Tensor, pol_r: torch.Tensor, ref_c: torch.Tensor, ref_r: torch.Tensor,
-             beta: float = 0.1, loss_type: str = "sigmoid", label_smoothing: float = 0.0
+             beta: float = 0.1, loss_type: str = "sigmoid", label_smoothing: float = 0.0,
+             len_c: torch.Tensor | None = None, len_r: torch.Tensor | None = None
              ) -> tuple[torch.Tensor, dict[str, float]]:
-    """Mean loss over pairs of sequence log-probs (B,), and the rewards/* metrics."""
+    """Mean loss over pairs of summed sequence log-probs (B,), and the rewards/* metrics.
+    len_c / len_r: completion lengths, which IPO divides each log-ratio by."""
     logits = (pol_c - pol_r) - (ref_c - ref_r)
     if loss_type == "sigmoid":
         losses = (-F.logsigmoid(beta * logits) * (1 - label_smoothing)
                   - F.logsigmoid(-beta * logits) * label_smoothing)
     elif loss_type == "ipo":
+        if len_c is not None and len_r is not None:
+            logits = (pol_c - ref_c) / len_c.clamp(min=1) - (pol_r - ref_r) / len_r.clamp(min=1)
         losses = (logits - 1 / (2 * beta)) ** 2
     elif loss_type == "hinge":
         losses = torch.relu(1 - beta * logits)
@@ -46,12 +51,10 @@ def dpo_loss(pol_c: torch.Tensor, pol_r: torch.Tensor, ref_c: torch.Tensor, ref_
 
 
 def sequence_logprob(model: nn.Module, ids: torch.Tensor, attn: torch.Tensor,
-                     completion_mask: torch.Tensor, average: bool = False) -> torch.Tensor:
-    """Sum (or mean) of log p over completion tokens; completion_mask is (B, T) over ids."""
+                     completion_mask: torch.Tensor) -> torch.Tensor:
+    """Sum of log p over completion tokens only; completion_mask is (B, T) over ids."""
     lp = token_logprobs(model, ids, attn)
-    m = completion_mask[:, 1:].to(lp.dtype)
-    s = (lp * m).sum(1)
-    return s / m.sum(1).clamp(min=1) if average else s
+    return (lp * completion_mask[:, 1:].to(lp.dtype)).sum(1)
 
 
 class DPOLoss:
@@ -70,7 +73,7 @@ class DPOLoss:
         ids = torch.cat([b["chosen_ids"], b["rejected_ids"]])
         attn = torch.cat([b["chosen_mask"], b["rejected_mask"]])
         cm = torch.cat([b["chosen_cmask"], b["rejected_cmask"]])
-        return sequence_logprob(model, ids, attn, cm, average=self.loss_type == "ipo")
+        return sequence_logprob(model, ids, attn, cm)
 
     def __call__(self, model: nn.Module, batch: dict[str, torch.Tensor]
                  ) -> tuple[torch.Tensor, dict[str, Any]]:
@@ -80,7 +83,8 @@ class DPOLoss:
             ctx = disable_adapters(model) if self.ref is None else contextlib.nullcontext()
             with ctx:
                 ref = self._logps(self.ref if self.ref is not None else model, batch)
+        lens = (batch["chosen_cmask"].sum(1), batch["rejected_cmask"].sum(1))
         loss, m = dpo_loss(pol[:n], pol[n:], ref[:n], ref[n:], self.beta, self.loss_type,
-                           self.ls)
+                           self.ls, *lens)
         tokens = int(batch["chosen_cmask"].sum() + batch["rejected_cmask"].sum())
         return loss, {"tokens": tokens, **m}
