@@ -78,7 +78,7 @@ def task_prompts(name: str, n: int = 256, split: str = "train", seed: int = 0
                  "verifier": {"type": "numeric", "answer": p.target}}
                 for p in ds.arithmetic_problems(n, split=split, seed=seed)]
     if name == "trivia":
-        qs = ds.trivia_questions()
+        qs = ds.trivia_questions(split)  # the split eval's trivia task holds out
         random.Random(seed).shuffle(qs)
         return [{"prompt": TRIVIA_PROMPT.format(q=q.question), "chat": True,
                  "verifier": {"type": "trivia", "answers": q.answers}} for q in qs[:n]]

@@ -114,7 +114,7 @@ def run_trivia(lm: Any, args: list[str], cfg: EvalConfig) -> dict[str, Any]:
     n = len(qs)
     samples = [{"question": q.question, "answers": q.answers, "output": o, "correct": c}
                for q, o, c in zip(qs, outs, ok, strict=True)]
-    return {"config": {"lists": list(ds.TRIVIA_LISTS), "n": n},
+    return {"config": {"lists": list(ds.TRIVIA_LISTS), "split": "test", "n": n},
             "metrics": {"accuracy": sum(ok) / n, "exact_match": sum(em) / n,
                         "f1": sum(f1) / n, "n": n},
             "samples": samples[:KEEP_SAMPLES]}
