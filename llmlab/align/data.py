@@ -72,6 +72,7 @@ def task_prompts(name: str, n: int = 256, split: str = "train", seed: int = 0
                  ) -> list[dict[str, Any]]:
     """Bundled RL prompts with verifiers. humaneval prompts are raw code (chat=False)."""
     from llmlab.eval import datasets as ds
+    from llmlab.eval.humaneval import humaneval_problems
 
     if name == "arithmetic":
         return [{"prompt": ARITH_PROMPT.format(q=p.question), "chat": True,
@@ -86,7 +87,7 @@ def task_prompts(name: str, n: int = 256, split: str = "train", seed: int = 0
         return [{"prompt": p["prompt"], "chat": False,
                  "verifier": {"type": "code", "prefix": p["prompt"], "tests": p["test"],
                               "entry_point": p["entry_point"]}}
-                for p in ds.humaneval_problems()[:n]]
+                for p in humaneval_problems()[:n]]
     raise ValueError(f"unknown RL task {name!r}; bundled: {RL_TASKS}, or a .jsonl file")
 
 

