@@ -97,8 +97,8 @@ def _add_eval_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", default=DEFAULT_MODEL, help="model name or directory")
     p.add_argument("--adapter", default=None, help="PEFT adapter directory (llmlab.peft)")
     p.add_argument("--task", action="append", default=[],
-                   help="perplexity:<corpus|file> | arithmetic | trivia | humaneval | "
-                        "rag:<store>:<qrels> (repeatable)")
+                   help="perplexity:<corpus|file> | arithmetic | trivia | "
+                        "humaneval[:chat|completion] | rag:<store>:<qrels> (repeatable)")
     p.add_argument("--limit", type=int, default=None,
                    help="items per task (tokens for perplexity)")
     p.add_argument("--out", default=None, help="JSON report path")

@@ -9,11 +9,12 @@ from pathlib import Path
 from typing import Any
 
 from llmlab.eval import datasets as ds
+from llmlab.eval import humaneval as he
 from llmlab.eval.generation import generate, perplexity_report, sliding_nll
 from llmlab.eval.metrics import answer_match, exact_match, final_number, mean_pass_at_k, token_f1
 from llmlab.eval.sandbox import Limits, run_many
 
-TASK_FORMS = ("perplexity:<corpus|file>", "arithmetic", "trivia", "humaneval",
+TASK_FORMS = ("perplexity:<corpus|file>", "arithmetic", "trivia", "humaneval[:chat|completion]",
               "rag:<store>:<qrels>")
 KEEP_SAMPLES = 20  # per-item records stored in a report
 
@@ -36,13 +37,16 @@ class EvalConfig:
 def parse_task(spec: str) -> tuple[str, list[str]]:
     """'rag:store:qrels' -> ('rag', ['store', 'qrels']), validating the shape."""
     name, *args = spec.split(":")
-    want = {"perplexity": 1, "arithmetic": 0, "trivia": 0, "humaneval": 0, "rag": 2}
-    if name not in want:
+    arity = {"perplexity": {1}, "arithmetic": {0}, "trivia": {0}, "humaneval": {0, 1},
+             "rag": {2}}
+    if name not in arity:
         raise ValueError(f"unknown task {spec!r}: valid tasks are {', '.join(TASK_FORMS)}")
     if name == "perplexity" and len(args) > 1:
         args = [":".join(args)]  # a file path containing ':'
-    if len(args) != want[name] or any(not a for a in args):
-        form = next(f for f in TASK_FORMS if f.split(":")[0] == name)
+    form = next(f for f in TASK_FORMS if f.split(":")[0].split("[")[0] == name)
+    if len(args) not in arity[name] or any(not a for a in args):
+        raise ValueError(f"task {spec!r} must be written {form}")
+    if name == "humaneval" and args and args[0] not in he.MODES:
         raise ValueError(f"task {spec!r} must be written {form}")
     return name, args
 
@@ -114,7 +118,7 @@ def run_trivia(lm: Any, args: list[str], cfg: EvalConfig) -> dict[str, Any]:
     n = len(qs)
     samples = [{"question": q.question, "answers": q.answers, "output": o, "correct": c}
                for q, o, c in zip(qs, outs, ok, strict=True)]
-    return {"config": {"lists": list(ds.TRIVIA_LISTS), "n": n},
+    return {"config": {"lists": list(ds.TRIVIA_LISTS), "split": "test", "n": n},
             "metrics": {"accuracy": sum(ok) / n, "exact_match": sum(em) / n,
                         "f1": sum(f1) / n, "n": n},
             "samples": samples[:KEEP_SAMPLES]}
@@ -122,31 +126,49 @@ def run_trivia(lm: Any, args: list[str], cfg: EvalConfig) -> dict[str, Any]:
 
 # ---- HumanEval -----------------------------------------------------------------------------
 def run_humaneval(lm: Any, args: list[str], cfg: EvalConfig) -> dict[str, Any]:
-    probs = ds.humaneval_problems()
+    probs = he.humaneval_problems()
     if cfg.limit is not None:
         probs = probs[: cfg.limit]  # first N: comparable across runs and papers' subsets
     k = cfg.samples
     if k < 1:
         raise ValueError(f"--samples must be >= 1, got {k}")
+    mode = he.mode_for(lm, args[0] if args else None)
     temp = cfg.temperature if cfg.temperature is not None else (0.0 if k == 1 else 0.8)
-    prompts = [p["prompt"] for p in probs for _ in range(k)]
-    outs = generate(lm, prompts, chat=False, max_new_tokens=cfg.max_new_tokens or 256,
-                    temperature=temp, stop=ds.HUMANEVAL_STOPS, seed=cfg.seed,
-                    batch_size=cfg.batch_size, progress=cfg.progress, desc="humaneval")
-    programs = [ds.humaneval_program(probs[i // k], o) for i, o in enumerate(outs)]
+    rows = [p for p in probs for _ in range(k)]
+    common = dict(max_new_tokens=cfg.max_new_tokens or (384 if mode == "chat" else 256),
+                  temperature=temp, seed=cfg.seed, batch_size=cfg.batch_size,
+                  progress=cfg.progress, desc=f"humaneval ({mode})")
+    if mode == "chat":
+        outs = generate(lm, [he.CHAT_PROMPT.format(prompt=p["prompt"]) for p in rows],
+                        prefill=he.CHAT_PREFILL, stop=he.CHAT_STOPS, **common)
+        solved = [he.chat_solution(p, he.CHAT_PREFILL + o) for p, o in zip(rows, outs,
+                                                                             strict=True)]
+    else:
+        outs = generate(lm, [p["prompt"] for p in rows], chat=False, stop=he.COMPLETION_STOPS,
+                        **common)
+        solved = [(he.completion_solution(p, o), "completion") for p, o in zip(rows, outs,
+                                                                                strict=True)]
     limits = Limits(timeout=cfg.extra.get("timeout", 5.0))
-    results = run_many(programs, limits, workers=cfg.workers)
+    results = run_many([he.program(p, s) for p, (s, _) in zip(rows, solved, strict=True)],
+                       limits, workers=cfg.workers)
     counts = [(k, sum(r.passed for r in results[i * k : (i + 1) * k])) for i in range(len(probs))]
     metrics: dict[str, Any] = {f"pass@{j}": mean_pass_at_k(counts, j) for j in (1, 10, 100)
                                if j <= k}
     metrics.update(n=len(probs), samples_per_problem=k,
                    timeouts=sum(r.status == "timeout" for r in results))
-    samples = [{"task_id": probs[i // k]["task_id"], "completion": o, "status": r.status,
-                "stderr_tail": r.stderr[-300:]}
-               for i, (o, r) in enumerate(zip(outs, results, strict=True))]
-    return {"config": {"samples": k, "temperature": temp, "timeout_s": limits.timeout,
-                       "stops": ds.HUMANEVAL_STOPS},
-            "metrics": metrics, "samples": samples[:KEEP_SAMPLES]}
+    if mode == "chat":  # how the replies were put together with the stubs
+        metrics.update(whole_function=sum(f == "function" for _, f in solved),
+                       body_only=sum(f == "body" for _, f in solved))
+    samples = [{"task_id": p["task_id"], "output": o, "form": f, "solution": s,
+                "status": r.status, "stderr_tail": r.stderr[-300:]}
+               for p, o, (s, f), r in zip(rows, outs, solved, results, strict=True)]
+    config = {"mode": mode, "samples": k, "temperature": temp, "timeout_s": limits.timeout,
+              "max_new_tokens": common["max_new_tokens"]}
+    if mode == "chat":
+        config.update(prompt=he.CHAT_PROMPT, prefill=he.CHAT_PREFILL, stops=he.CHAT_STOPS)
+    else:
+        config.update(stops=he.COMPLETION_STOPS)
+    return {"config": config, "metrics": metrics, "samples": samples[:KEEP_SAMPLES]}
 
 
 # ---- RAG -----------------------------------------------------------------------------------
