@@ -8,7 +8,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from llmlab.model import ModelConfig, Transformer
@@ -21,9 +20,9 @@ def next_token_loss(model: nn.Module, batch: dict[str, torch.Tensor]
     """Mean cross-entropy of predicting token t+1 from tokens <= t:
     L = -1/(B*T) * sum_{b,t} log softmax(logits[b, t])[labels[b, t]]  (labels = inputs shifted).
     """
-    logits = model(batch["input_ids"]).logits
-    # fp32 log-softmax: under bf16 autocast a 50k-way softmax loses precision.
-    loss = F.cross_entropy(logits.float().flatten(0, 1), batch["labels"].flatten())
+    # The model computes the loss fused with its output projection (llmlab/model/loss.py),
+    # in fp32 even under bf16 autocast, where a 50k-way softmax would lose precision.
+    loss = model(batch["input_ids"], labels=batch["labels"]).loss
     return loss, {"tokens": batch["labels"].numel()}
 
 
