@@ -24,8 +24,9 @@ _CHUNK_ELEMS = {"cpu": 1 << 20}
 _GPU_CHUNK_ELEMS = 1 << 26
 
 
-def _rows_per_chunk(device: torch.device, vocab: int, n: int) -> int:
-    elems = _CHUNK_ELEMS.get(device.type, _GPU_CHUNK_ELEMS)
+def rows_per_chunk(device_type: str, vocab: int, n: int) -> int:
+    """Rows of the logits formed at a time (also used by the trainer's memory estimate)."""
+    elems = _CHUNK_ELEMS.get(device_type, _GPU_CHUNK_ELEMS)
     return max(1, min(n, max(64, elems // vocab)))
 
 
@@ -33,7 +34,7 @@ def _chunks(h: torch.Tensor, w: torch.Tensor, labels: torch.Tensor, ignore_index
             grads: bool) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
     """Summed loss over kept rows and, if `grads`, the unscaled gradients of h and W (fp32 W)."""
     n, vocab = h.shape[0], w.shape[0]
-    rows = _rows_per_chunk(h.device, vocab, n)
+    rows = rows_per_chunk(h.device.type, vocab, n)
     keep = labels != ignore_index
     target = torch.where(keep, labels, 0)
     any_ignored = bool((~keep).any()) if grads else False
