@@ -113,6 +113,30 @@ def test_nan_guard_stops_and_keeps_last_good_checkpoint(tmp_path):
     assert all(torch.isfinite(v).all() for v in sd.values())
 
 
+def test_metrics_jsonl_and_tensorboard_hold_the_same_scalars(tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from llmlab.weights.registry import save_checkpoint
+
+    m = Transformer(ModelConfig(vocab_size=50, d_model=16, n_layer=1, n_head=2, max_seq_len=8))
+    cfg = TrainConfig(max_steps=6, ckpt_every=0, eval_every=3, log_every=2, progress=False,
+                      warmup_steps=1)
+    evals = [_Toy().next_batch()]
+    Trainer(m, cfg, tmp_path, _Toy(), next_token_loss, dist=Dist(), eval_data=evals,
+            export=lambda mm, out: save_checkpoint(mm, out)).fit()
+    rows = [json.loads(ln) for ln in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [1, 2, 3, 4, 6]  # first, every 2nd, evaluations
+    assert all({"step", "loss", "lr", "tokens", "tok_per_s"} <= set(r) for r in rows)
+    assert [r["step"] for r in rows if "val_loss" in r] == [3, 6]
+    ea = EventAccumulator(str(tmp_path / "tb"))
+    ea.Reload()
+    for key in ("loss", "lr", "val_loss"):
+        got = [(e.step, e.value) for e in ea.Scalars(key)]
+        want = [(r["step"], r[key]) for r in rows if key in r]
+        assert [s for s, _ in got] == [s for s, _ in want]
+        assert [v for _, v in got] == pytest.approx([v for _, v in want], rel=1e-6)
+
+
 def test_sigkill_then_resume_is_bitwise_identical(data_dir, tmp_path):
     args = [*TINY, "--data", str(data_dir), "--max-steps", "300", "--ckpt-every", "20",
             "--eval-every", "50", "--dropout", "0.1", "--keep-last", "2"]
