@@ -19,7 +19,7 @@ _EXPORTS = {
                 "DescentRun", "run_descent", "surface_grid"),
     "numpy_nn": ("MLP", "Snapshot", "train_mlp", "activate", "activation_grad", "sigmoid",
                  "softmax", "log_softmax", "softmax_cross_entropy", "dropout_mask",
-                 "ACTIVATIONS"),
+                 "dropout_comparison", "ACTIVATIONS"),
     "toydata": ("make_toy", "ToySet", "decision_grid", "SETS"),
     "overfit": ("sine_data", "legendre_features", "fit_ridge", "poly_fit", "PolyFit",
                 "degree_sweep", "ridge_sweep"),
