@@ -166,7 +166,8 @@ class W2VTrainer:
         }
         if wv is not None:
             out.update(vocab=len(wv.words), tokens=int(wv.counts.sum()),
-                       losses=_clean(wv.losses))
+                       losses=_clean(wv.losses),
+                       loss=_clean(wv.losses[-1]) if wv.losses else None)
         return out
 
 
