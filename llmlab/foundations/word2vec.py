@@ -7,8 +7,9 @@ pair from a window and k words n_1..n_k drawn from the unigram distribution rais
 
 pulls the true pair together and pushes the noise words away. Frequent words are
 subsampled first, and each center uses a random window narrower than the maximum, as in the
-original C tool (and gensim). The defaults train on the King James Bible in under a minute
-on 2 cores; vectors are cached in $LLMLAB_CACHE/word2vec keyed by corpus and settings."""
+original C tool (and gensim). The defaults train on the King James Bible in about 20 s per
+epoch on one core (5 epochs, ~100 s; gensim takes 3.5x less, BENCHMARKS.md); vectors are
+cached in $LLMLAB_CACHE/word2vec keyed by corpus and settings."""
 
 from __future__ import annotations
 

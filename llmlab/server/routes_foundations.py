@@ -158,7 +158,10 @@ class W2VTrainer:
         self.progress, self.loss = frac, loss
 
     def status(self) -> dict[str, Any]:
-        wv = self.wv
+        dead = self.thread is not None and not self.thread.is_alive()
+        wv = self.wv  # read after the liveness check: a finished thread has set it by then
+        if wv is None and dead and not self.error:
+            self.error = "word2vec training stopped without vectors"
         out: dict[str, Any] = {
             "ready": wv is not None, "progress": 1.0 if wv is not None else self.progress,
             "loss": _clean(self.loss), "error": self.error or None,

@@ -65,6 +65,16 @@ def test_descent_learning_rate_moves_the_path_and_diverges(page, server) -> None
     assert pg.is_hidden("[data-testid=gd-diverged]") and stat(pg, "steps") == "300"
     assert float(stat(pg, "loss")) < 0.5 and end[0] > 0  # around the bend towards (1, 1)
     shot(pg, "descent-adam-rosenbrock")
+    # 1-D: plain GD on (x - 3)^2 diverges exactly when lr > 1.
+    pg.select_option("[data-testid=gd-opt]", "gd")
+    pg.select_option("[data-testid=gd-surface]", "quadratic")
+    set_range(pg, "gd-lr", 840)  # lr about 0.89: zig-zags in, |1 - 2 lr| = 0.77
+    assert abs(json.loads(settled(pg))[0] - 3) < 1e-3
+    assert pg.is_hidden("[data-testid=gd-diverged]")
+    set_range(pg, "gd-lr", 870)  # lr about 1.22: |1 - 2 lr| = 1.45, out it goes
+    settled(pg)
+    assert "Diverged" in pg.inner_text("[data-testid=gd-diverged]")
+    shot(pg, "descent-1d-diverged")
 
 
 def test_neural_net_trains_and_paints_a_boundary(page, server) -> None:  # noqa: ANN001

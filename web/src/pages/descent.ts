@@ -36,7 +36,8 @@ export function descentPage(root: HTMLElement): void {
       svg.append("g").attr("transform", `translate(0,${H - M})`).call(d3.axisBottom(x));
       svg.append("g").attr("transform", `translate(${M},0)`).call(d3.axisLeft(y).ticks(5));
       svg.append("path").attr("class", "fline truth").attr("d", d3.line<number>().x((_, i) => x(s.grid.x[i])).y((v) => y(v))(z));
-      return { svg, px: (p, l) => [x(p[0]), y(Math.min(l, d3.max(z)!))] };
+      svg.on("click", (ev: MouseEvent) => { start = [x.invert(d3.pointer(ev)[0])]; run(); });
+      return { svg, px: (p, l) => [x(p[0]), y(l)] };
     }
     const y = d3.scaleLinear().domain(by).range([H - M, 10]);
     const z = s.grid.z as number[][], n = s.grid.x.length, ny = s.grid.y!.length;
