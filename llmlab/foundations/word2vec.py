@@ -7,18 +7,20 @@ pair from a window and k words n_1..n_k drawn from the unigram distribution rais
 
 pulls the true pair together and pushes the noise words away. Frequent words are
 subsampled first, and each center uses a random window narrower than the maximum, as in the
-original C tool (and gensim). The defaults train on the King James Bible in under a minute
-on 2 cores; vectors are cached in $LLMLAB_CACHE/word2vec keyed by corpus and settings."""
+original C tool (and gensim). The defaults train on the King James Bible in about 20 s per
+epoch on one core (5 epochs, ~100 s; gensim takes 3.5x less, BENCHMARKS.md); vectors are
+cached in $LLMLAB_CACHE/word2vec keyed by corpus and settings."""
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import json
 import math
 import re
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -166,6 +168,19 @@ class WordVectors(VectorSpace):
                    z["losses"].tolist())
 
 
+@contextlib.contextmanager
+def _one_thread() -> Iterator[None]:
+    """The steps are many small gathers and scatters: a second intra-op thread gains little
+    and, when the cores are busy (a server, other jobs), spin-waiting made a 20 s epoch take
+    over 5 minutes here. So train on one thread, and give the setting back afterwards."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(n)
+
+
 def train_word2vec(
     cfg: W2VConfig = W2VConfig(),
     sentences: list[list[str]] | None = None,
@@ -174,6 +189,16 @@ def train_word2vec(
 ) -> WordVectors:
     """Train SGNS on `sentences` (default: the bundled corpus cfg.corpus). `on_progress`
     gets (fraction done, mean loss per pair of the last steps)."""
+    with _one_thread():
+        return _train(cfg, sentences, progress, on_progress)
+
+
+def _train(
+    cfg: W2VConfig,
+    sentences: list[list[str]] | None,
+    progress: bool,
+    on_progress: Callable[[float, float], None] | None,
+) -> WordVectors:
     if cfg.dim < 1 or cfg.window < 1 or cfg.negative < 1 or cfg.epochs < 1:
         raise ValueError(f"dim, window, negative and epochs must be >= 1: {cfg}")
     sentences = corpus_sentences(cfg.corpus) if sentences is None else sentences

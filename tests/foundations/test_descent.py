@@ -137,3 +137,12 @@ def test_surface_grid_is_f_on_the_grid() -> None:
     assert len(g["z"]) == 7 and len(g["z"][0]) == 7
     assert g["z"][2][5] == pytest.approx(s.f(np.array([g["x"][5], g["y"][2]])))
     assert len(surface_grid("quadratic", n=9)["z"]) == 9
+
+
+def test_numpy_parts_import_without_torch() -> None:
+    import subprocess
+    import sys
+
+    code = ("import sys; from llmlab.foundations import run_descent, MLP, train_mlp, make_toy, "
+            "poly_fit; assert 'torch' not in sys.modules, 'torch imported'")
+    subprocess.run([sys.executable, "-c", code], check=True)
