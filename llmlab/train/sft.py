@@ -187,6 +187,7 @@ def run_sft(scfg: SFTConfig, tcfg: TrainConfig, run_dir: str | Path) -> dict[str
         else:
             from llmlab.peft.model import get_peft_model
 
+            torch.manual_seed(tcfg.seed)  # the adapter's random init (LoRA A) is part of the run
             model = get_peft_model(lm.model, scfg.peft, base_name=scfg.model,
                                    **scfg.peft_options())
             export = lambda m, out: m.save_adapter(out)  # noqa: E731
