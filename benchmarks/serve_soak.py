@@ -136,7 +136,7 @@ def main() -> int:
         url, pid = f"http://127.0.0.1:{port}", proc.pid
         for _ in range(600):
             try:
-                if httpx.get(f"{url}/healthz").json()["models_loaded"].__len__() >= 3:
+                if httpx.get(f"{url}/healthz").json()["ready"]:
                     break
             except httpx.HTTPError:
                 pass

@@ -111,15 +111,18 @@ class AnswerStream:
         self.lm, self.min_cosine, self.max_new_tokens = lm, min_cosine, max_new_tokens
         self.result: Answer | None = None
 
-    def __iter__(self) -> Iterator[str]:
+    def refusal(self) -> Answer | None:
+        """The fixed refusal when retrieval is too weak to answer from, else None."""
         best = max((r.cosine for r in self.sources), default=float("-inf"))
-        if not self.sources or not best >= self.min_cosine:  # `not >=` also catches NaN
-            self.result = Answer(REFUSAL, "", self.sources, refused=True,
-                                 reason=f"weak retrieval: best cosine {best:.3f} < "
-                                        f"{self.min_cosine}")
-            yield REFUSAL
-            return
-        from llmlab.generate.engine import make_params, stream_batch
+        if self.sources and best >= self.min_cosine:  # a NaN cosine compares False: refuse
+            return None
+        return Answer(REFUSAL, "", self.sources, refused=True,
+                      reason=f"weak retrieval: best cosine {best:.3f} < {self.min_cosine}")
+
+    def prompt(self) -> tuple[Any, list[int], Any]:
+        """(lm, prompt ids ending in PREFILL, sampling params): what to generate from.
+        A server hands these to its batched generation worker."""
+        from llmlab.generate.engine import make_params
 
         lm = self.lm or get_lm()
         msgs = build_messages(self.query, self.sources, lm.tokenizer)
@@ -127,12 +130,11 @@ class AnswerStream:
         # A blank line ends the answer: past it the small model drifts into repetition.
         params = make_params(lm.tokenizer, max_new_tokens=self.max_new_tokens, temperature=0,
                              stop=["<|im_end|>", "\n\n"])
-        raw = [PREFILL]
-        yield PREFILL
-        for _, piece in stream_batch(lm.model, lm.tokenizer, [ids], params):
-            raw.append(piece)
-            yield piece
-        text = "".join(raw).strip()
+        return lm, ids, params
+
+    def finish(self, raw: str) -> Answer:
+        """Check the generated text (PREFILL included) and keep it as `.result`."""
+        text = raw.strip()
         cleaned, valid, invalid = check_citations(text, len(self.sources))
         self.result = Answer(
             cleaned, text, self.sources,
@@ -140,6 +142,23 @@ class AnswerStream:
             invalid=invalid, refused=bool(_DONT_KNOW.search(text)) and not valid,
             reason="" if valid else "the model cited no source",
         )
+        return self.result
+
+    def __iter__(self) -> Iterator[str]:
+        refused = self.refusal()
+        if refused is not None:
+            self.result = refused
+            yield REFUSAL
+            return
+        from llmlab.generate.engine import stream_batch
+
+        lm, ids, params = self.prompt()
+        raw = [PREFILL]
+        yield PREFILL
+        for _, piece in stream_batch(lm.model, lm.tokenizer, [ids], params):
+            raw.append(piece)
+            yield piece
+        self.finish("".join(raw))
 
 
 def answer(query: str, sources: list[Retrieved], **kw: Any) -> Answer:

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -26,13 +28,26 @@ log = logging.getLogger("llmlab.server")
 def create_app(cfg: ServerConfig | None = None) -> FastAPI:
     cfg = cfg or ServerConfig()
     hub = Hub(cfg)
-    app = FastAPI(title="llmlab playground", version=__version__)
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        yield
+        hub.close()  # stop the generation worker; its waiting requests get an error
+
+    app = FastAPI(title="llmlab playground", version=__version__, lifespan=lifespan)
     app.state.hub = hub
     errors.install(app)
 
     @app.get("/healthz")
     def healthz() -> dict[str, Any]:
-        return {"status": "ok", "version": __version__, "models_loaded": hub.loaded}
+        return {
+            "status": "ok",
+            "version": __version__,
+            "models_loaded": hub.loaded,
+            "ready": hub.ready,  # preloaded models and the default RAG index are built
+            "generation": hub.generation_stats(),
+            "lock_waiting": hub.lock.waiting,
+        }
 
     @app.get("/api/source/{key}")
     def source(key: str) -> dict[str, Any]:

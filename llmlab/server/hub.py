@@ -1,8 +1,10 @@
-"""The models behind the server: loaded once, lazily, and used under one lock.
+"""The models behind the server: loaded once, lazily, and used under one fair lock.
 
-Two CPU cores serve everyone, so model calls are serialized: concurrency would only make
-each call slower. Streaming generation takes the lock per decoding step, so a long chat
-does not starve the attention page.
+Two CPU cores serve everyone, so forward passes are serialized: running two at once would
+only make each slower. Generation requests (chat, RAG answers, /v1) don't queue for the
+lock one by one: they go to one `Batcher`, which decodes them together and takes the lock
+once per step. The lock is granted in arrival order, so a short call (an attention map, an
+embedding) waits for at most the step in progress, never for a whole generation.
 """
 
 from __future__ import annotations
@@ -11,13 +13,11 @@ import copy
 import logging
 import threading
 from collections import OrderedDict
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 log = logging.getLogger("llmlab.server")
-T = TypeVar("T")
 
 
 @dataclass
@@ -31,13 +31,57 @@ class ServerConfig:
     max_new_tokens: int = 512
     max_upload_bytes: int = 512 * 1024
     max_session_docs: int = 20
+    max_batch: int = 16  # generation requests decoded together (int8 kernel: up to 16 rows)
+    max_batch_tokens: int = 16384  # rows x cache length; fp32 SmolLM2 KV: 46 KB a token
     preload: bool = False
+
+
+class FairLock:
+    """A re-entrant lock granted in arrival order (a ticket lock). The decoding worker
+    takes it once per step; a plain lock lets it take the lock straight back and starve
+    a waiting call, this one hands it to that call first."""
+
+    def __init__(self) -> None:
+        self._cv = threading.Condition(threading.Lock())
+        self._next = 0  # the next ticket to hand out
+        self._turn = 0  # the ticket now allowed in
+        self._owner: int | None = None
+        self._depth = 0
+
+    def __enter__(self) -> FairLock:
+        me = threading.get_ident()
+        with self._cv:
+            if self._owner == me:
+                self._depth += 1
+                return self
+            ticket = self._next
+            self._next += 1
+            while self._turn != ticket:
+                self._cv.wait()
+            self._owner, self._depth = me, 1
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        with self._cv:
+            self._depth -= 1
+            if self._depth == 0:
+                self._owner = None
+                self._turn += 1
+                self._cv.notify_all()
+
+    @property
+    def waiting(self) -> int:
+        with self._cv:
+            return self._next - self._turn - (self._owner is not None)
 
 
 class Hub:
     def __init__(self, cfg: ServerConfig) -> None:
         self.cfg = cfg
-        self.lock = threading.RLock()  # every model forward pass runs under it
+        self.lock = FairLock()  # every model forward pass runs under it
+        self._batcher: Any = None
+        self.warmups: list[Any] = []  # run after preload (the RAG page's default index)
+        self.ready = False  # preload and warm-ups done
         self._load_lock = threading.Lock()
         self._models: dict[str, Any] = {}
         self._local: OrderedDict[str, Any] = OrderedDict()  # at most 2 local checkpoints
@@ -109,18 +153,36 @@ class Hub:
         with self.lock:
             return fn(*args, **kw)
 
-    def locked_iter(self, it: Iterator[T]) -> Iterator[T]:
-        """Advance a generator one step at a time under the lock."""
-        while True:
-            with self.lock:
-                try:
-                    item = next(it)
-                except StopIteration:
-                    return
-            yield item
+    def batcher(self) -> Any:
+        """The one generation worker, decoding every chat / RAG / /v1 request in one batch."""
+        if self._batcher is None:
+            lm = self.gen_lm()
+            with self._load_lock:
+                if self._batcher is None:
+                    from llmlab.generate.batcher import Batcher
+
+                    self._batcher = Batcher(
+                        lm.model,
+                        lm.tokenizer,
+                        max_batch=self.cfg.max_batch,
+                        max_batch_tokens=self.cfg.max_batch_tokens,
+                        lock=self.lock,
+                    )
+        return self._batcher
+
+    def generation_stats(self) -> dict[str, int] | None:
+        """The batching worker's counters (rows, waiting, steps, cancelled...), once started."""
+        return self._batcher.snapshot() if self._batcher is not None else None
+
+    def close(self) -> None:
+        if self._batcher is not None:
+            self._batcher.close()
 
     def preload(self) -> None:
         self.lm()
         self.enc()
         if self.cfg.fast_decode:
             self.gen_lm()
+        for warm in self.warmups:
+            warm()
+        self.ready = True

@@ -16,7 +16,7 @@ import tempfile
 import threading
 import uuid
 from collections import OrderedDict
-from collections.abc import Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -25,6 +25,7 @@ import torch
 from fastapi import APIRouter, File, Form, UploadFile
 from fastapi.responses import StreamingResponse
 from pydantic import BaseModel, Field
+from starlette.concurrency import run_in_threadpool
 
 from llmlab.explain.projection import project_2d
 from llmlab.server.errors import ApiError
@@ -72,7 +73,13 @@ class _HubEmbedder:
         self.hub = hub
 
     def embed(self, texts: list[str], batch_size: int = 64, progress: bool = False) -> Any:
-        return self.hub.enc().embed(list(texts), batch_size=batch_size).numpy()
+        enc, texts = self.hub.enc(), list(texts)
+        out = [np.zeros((0, self.dim), dtype=np.float32)]
+        for s in range(0, len(texts), 16):
+            # One small batch per turn of the model lock: building a knowledge base takes
+            # many seconds, and chat steps and attention maps interleave with it.
+            out.append(self.hub.run(enc.embed, texts[s : s + 16], batch_size=16).numpy())
+        return np.concatenate(out)
 
 
 _SAFE = re.compile(r"[^A-Za-z0-9._-]+")
@@ -100,6 +107,7 @@ def make_router(hub: Hub) -> APIRouter:
     sessions: dict[str, Path] = {}  # session id -> its upload directory
     kbs: OrderedDict[tuple, Any] = OrderedDict()  # (chunk_size, session) -> (index, tmp)
     lock = threading.Lock()
+    build_lock = threading.Lock()
     updir = Path(tempfile.mkdtemp(prefix="llmlab-uploads-"))
 
     def need() -> dict[str, Any]:
@@ -117,19 +125,23 @@ def make_router(hub: Hub) -> APIRouter:
             stamp = hashlib.sha1(",".join(sorted(p.name for p in sdir.iterdir())).encode())
             stamp = stamp.hexdigest()
         key = (chunk_size, session if sdir else None, stamp)
-        with lock:
-            if key in kbs:
-                kbs.move_to_end(key)
-                return kbs[key][0]
-        tmp = tempfile.TemporaryDirectory(prefix="llmlab-kb-")
-        idx = eng["pipeline"].RagIndex.create(tmp.name, embedder=_HubEmbedder(hub))
-        paths: list[Any] = [*default_kb(), *([sdir] if sdir else [])]
-        hub.run(idx.index, paths, chunk_size=chunk_size, overlap=chunk_size // 8, progress=False)
+        with build_lock:  # one build at a time: concurrent first queries share it
+            with lock:
+                if key in kbs:
+                    kbs.move_to_end(key)
+                    return kbs[key][0]
+            tmp = tempfile.TemporaryDirectory(prefix="llmlab-kb-")
+            idx = eng["pipeline"].RagIndex.create(tmp.name, embedder=_HubEmbedder(hub))
+            paths: list[Any] = [*default_kb(), *([sdir] if sdir else [])]
+            idx.index(paths, chunk_size=chunk_size, overlap=chunk_size // 8, progress=False)
         with lock:
             kbs[key] = (idx, tmp)
             while len(kbs) > 4:  # each holds vectors for a few hundred chunks
                 kbs.popitem(last=False)[1][1].cleanup()
         return idx
+
+    if engine() is not None:  # the default knowledge base is built with the preloaded models
+        hub.warmups.append(lambda: kb(need(), RagQuery.model_fields["chunk_size"].default, None))
 
     @router.get("/info")
     def info() -> dict[str, Any]:
@@ -171,6 +183,50 @@ def make_router(hub: Hub) -> APIRouter:
             n = len(docs) + (target not in docs)
         return {"session": sid, "name": name, "bytes": len(data), "docs": n}
 
+    def search(eng: dict[str, Any], req: RagQuery, idx: Any, qv: np.ndarray) -> dict[str, Any]:
+        """Retrieve (and rerank) under the model lock, then the 2-D map of every chunk."""
+        reranker = eng["rerank"].LLMReranker(lm=hub.lm()) if req.rerank else None
+        hits = hub.run(
+            idx.retrieve,
+            req.query,
+            method=req.method,
+            top_k=req.k,
+            reranker=reranker,
+            rerank_top=max(8, req.k),
+        )
+        chunks = list(idx.store.iter_chunks())
+        pos = {c.chunk_id: i for i, c in enumerate(chunks)}
+        vecs = idx.store.get_vectors([c.chunk_id for c in chunks])
+        proj = project_2d(torch.from_numpy(np.asarray(vecs)), torch.from_numpy(qv))
+        return {
+            "hits": hits,
+            "search": {
+                "method": req.method,
+                "rerank": req.rerank,
+                "docs": len({c.doc_id for c in chunks}),
+                "chunks": len(chunks),
+                "projection": {
+                    "points": proj["points"],
+                    "query": proj["extra"][0],
+                    "explained": proj["explained"],
+                    "retrieved": [pos[h.chunk.chunk_id] for h in hits],
+                    "labels": [c.title or c.source for c in chunks],
+                },
+            },
+            "retrieve": [
+                {
+                    "rank": h.rank,
+                    "score": h.score,
+                    "cosine": h.cosine,
+                    "source": h.chunk.source,
+                    "title": h.chunk.title,
+                    "text": h.chunk.text,
+                    "index": pos[h.chunk.chunk_id],
+                }
+                for h in hits
+            ],
+        }
+
     @router.post("/query")
     def query(req: RagQuery) -> StreamingResponse:
         eng = need()
@@ -178,65 +234,41 @@ def make_router(hub: Hub) -> APIRouter:
         def ev(stage: str, **data: Any) -> str:
             return f"event: {stage}\ndata: {json.dumps(data, ensure_ascii=False)}\n\n"
 
-        def events() -> Iterator[str]:
+        async def events() -> AsyncIterator[str]:
+            # Blocking work runs in the thread pool; the answer streams from the shared
+            # generation worker, and a client that leaves cancels it there.
             yield ev("query", query=req.query)
-            idx = kb(eng, req.chunk_size, req.session)
-            qv = hub.run(idx.embed_query, req.query)
+            idx = await run_in_threadpool(kb, eng, req.chunk_size, req.session)
+            qv = await run_in_threadpool(hub.run, idx.embed_query, req.query)
             yield ev("embed", dims=int(qv.shape[0]))
-            reranker = eng["rerank"].LLMReranker(lm=hub.lm()) if req.rerank else None
-            hits = hub.run(
-                idx.retrieve,
-                req.query,
-                method=req.method,
-                top_k=req.k,
-                reranker=reranker,
-                rerank_top=max(8, req.k),
-            )
-            chunks = list(idx.store.iter_chunks())
-            pos = {c.chunk_id: i for i, c in enumerate(chunks)}
-            vecs = idx.store.get_vectors([c.chunk_id for c in chunks])
-            proj = project_2d(torch.from_numpy(np.asarray(vecs)), torch.from_numpy(qv))
-            docs = len({c.doc_id for c in chunks})
-            yield ev(
-                "search",
-                method=req.method,
-                rerank=req.rerank,
-                docs=docs,
-                chunks=len(chunks),
-                projection={
-                    "points": proj["points"],
-                    "query": proj["extra"][0],
-                    "explained": proj["explained"],
-                    "retrieved": [pos[h.chunk.chunk_id] for h in hits],
-                    "labels": [c.title or c.source for c in chunks],
-                },
-            )
-            yield ev(
-                "retrieve",
-                hits=[
-                    {
-                        "rank": h.rank,
-                        "score": h.score,
-                        "cosine": h.cosine,
-                        "source": h.chunk.source,
-                        "title": h.chunk.title,
-                        "text": h.chunk.text,
-                        "index": pos[h.chunk.chunk_id],
-                    }
-                    for h in hits
-                ],
-            )
-            stream = eng["answer"].AnswerStream(req.query, hits, lm=hub.gen_lm(), max_new_tokens=96)
-            for piece in hub.locked_iter(iter(stream)):
-                yield ev("token", text=piece)
-            res = stream.result
+            found = await run_in_threadpool(search, eng, req, idx, qv)
+            yield ev("search", **found["search"])
+            yield ev("retrieve", hits=found["retrieve"])
+            lm = await run_in_threadpool(hub.gen_lm)
+            stream = eng["answer"].AnswerStream(req.query, found["hits"], lm=lm, max_new_tokens=96)
+            res = stream.refusal()
+            if res is not None:
+                yield ev("token", text=res.text)
+            else:
+                _, ids, params = stream.prompt()
+                batcher = await run_in_threadpool(hub.batcher)
+                raw = [eng["answer"].PREFILL]
+                yield ev("token", text=raw[0])
+                handle = batcher.submit(ids, params)
+                try:
+                    async for piece in handle:
+                        raw.append(piece)
+                        yield ev("token", text=piece)
+                finally:
+                    handle.cancel()
+                res = stream.finish("".join(raw))
             # The engine's checked answer: invalid [n] removed, citations validated.
             yield ev(
                 "done",
-                answer=res.text if res else "",
-                citations=[n for n, _ in res.citations] if res else [],
-                refused=bool(res and res.refused),
-                reason=res.reason if res else "",
+                answer=res.text,
+                citations=[n for n, _ in res.citations],
+                refused=res.refused,
+                reason=res.reason,
             )
 
         return StreamingResponse(events(), media_type="text/event-stream")

@@ -122,7 +122,8 @@ def test_rag_query_shows_ranked_chunks_and_cited_answer(page, server) -> None:  
     pg = page
     pg.goto(f"{server.url}/#/rag")
     pg.click("[data-testid=rag-go]")
-    pg.wait_for_selector("[data-testid=rag-hits] li")
+    # The first query builds the knowledge base (~200 MiniLM chunk vectors): slow on a busy box.
+    pg.wait_for_selector("[data-testid=rag-hits] li", timeout=300_000)
     pg.wait_for_selector("[data-stage=llm].done", timeout=180_000)
     pg.wait_for_function(
         "/\\[\\d+\\]/.test(document.querySelector('[data-testid=rag-answer]').textContent)",
