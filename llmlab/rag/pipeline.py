@@ -221,7 +221,7 @@ class RagIndex:
             ranked = [(by_id[cid], s) for cid, s in fused[:depth]]
         if reranker is not None and ranked:
             head = ranked[:rerank_top]
-            scores = reranker.score(query, [c.text for c, _ in head])
+            scores = reranker.rerank(query, [c.text for c, _ in head])
             order = np.argsort(-np.asarray(scores), kind="stable")
             ranked = [(head[i][0], float(scores[i])) for i in order] + ranked[rerank_top:]
         ranked = ranked[:top_k]
