@@ -28,7 +28,7 @@ from llmlab.rag.evaluate import build_pydocs_set, doc_ranking, load_qrels, score
 from llmlab.rag.pipeline import RagIndex
 from llmlab.rag.rerank import JUDGE_ASK, JUDGE_SYSTEM, Batch, LLMReranker, _chat, rank_scores
 
-TOP, DEPTH = 20, 30
+TOP, DEPTH = 10, 30
 WEIGHTS = [round(w, 2) for w in np.arange(0, 1.01, 0.1)]
 
 
