@@ -119,7 +119,7 @@ class RagIndex:
         stale = [d.doc_id for d, was in todo if was] + gone
         cache: dict[str, np.ndarray] = {}
         if stale:
-            old_chunks = [c for c in self.store.iter_chunks() if c.doc_id in set(stale)]
+            old_chunks = self.store.chunks_where({"doc_id": stale})
             if old_chunks:
                 vecs = self.store.get_vectors([c.chunk_id for c in old_chunks])
                 cache = {content_hash(c.text): v for c, v in zip(old_chunks, vecs, strict=True)}
@@ -221,7 +221,7 @@ class RagIndex:
             ranked = [(by_id[cid], s) for cid, s in fused[:depth]]
         if reranker is not None and ranked:
             head = ranked[:rerank_top]
-            scores = reranker.score(query, [c.text for c, _ in head])
+            scores = reranker.rerank(query, [c.text for c, _ in head])
             order = np.argsort(-np.asarray(scores), kind="stable")
             ranked = [(head[i][0], float(scores[i])) for i in order] + ranked[rerank_top:]
         ranked = ranked[:top_k]

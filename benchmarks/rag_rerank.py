@@ -1,0 +1,159 @@
+"""SmolLM2 reranking on the Python-docs labeled sets: which relevance score a 135M model can
+carry out, and how much of it to mix with the first stage.
+
+For every query, hybrid (RRF) retrieves 30 chunks; SmolLM2 scores the first 20 with each
+scorer, in one padded bf16 forward per scorer:
+  upr       mean log p(query | passage), UPR's plain-text prompt (the default scorer)
+  yesno     logit(Yes) - logit(No), chat prompt, question first (shared prefix)
+  yesno_pf  the session-1 prompt (passage first), as log P(Yes) and as Yes - No
+The mix weight is picked on the dev set (howto) and applied unchanged to the test set
+(tutorial), so the test figures are not tuned on their own labels.
+
+    python benchmarks/rag_rerank.py [--dev-queries 30] [--signals runs/rerank.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from llmlab.rag.embed import get_embedder
+from llmlab.rag.evaluate import build_pydocs_set, doc_ranking, load_qrels, score_runs
+from llmlab.rag.pipeline import RagIndex
+from llmlab.rag.rerank import JUDGE_ASK, JUDGE_SYSTEM, Batch, LLMReranker, _chat, rank_scores
+
+TOP, DEPTH = 10, 30
+WEIGHTS = [round(w, 2) for w in np.arange(0, 1.01, 0.1)]
+
+
+def judge_pf(rr: LLMReranker, query: str, passages: list[str]) -> Batch:
+    head = rr._enc(_chat([("system", JUDGE_SYSTEM)], gen=False), special=True)
+    head += rr._enc("<|im_start|>user\n", special=True) + rr._enc("Passage:\n")
+    q = rr._enc(" ".join(query.split()))
+    mid = rr._enc("\n\nQuestion: ")
+    tail = rr._enc(f"\n\n{JUDGE_ASK}") + rr._enc("<|im_end|>\n<|im_start|>assistant\n",
+                                                 special=True)
+    rows = [rr._passage(p) + mid + q + tail for p in passages]
+    spans = [(len(r) - len(tail) - len(q), len(r) - len(tail)) for r in rows]
+    return Batch(head, rows, spans)
+
+
+def collect(subdir: str, n_queries: int, rr: LLMReranker, tmp: Path, scorers: list[str]
+            ) -> dict:
+    docs, qpath = build_pydocs_set(tmp / subdir, subdirs=(subdir,))
+    qrels = load_qrels(qpath)
+    if n_queries and n_queries < len(qrels):  # an even spread over the whole set
+        qrels = [qrels[int(i * len(qrels) / n_queries)] for i in range(n_queries)]
+    idx = RagIndex.create(tmp / f"idx-{subdir}", get_embedder("onnx"))
+    idx.index([docs], 256, 32, progress=False)
+    out = []
+    for i, q in enumerate(qrels):
+        hits = idx.retrieve(q.query, "hybrid", DEPTH, with_cosine=False)
+        texts = [h.chunk.text for h in hits[:TOP]]
+        row: dict = {"query": q.query, "relevant": sorted(q.relevant),
+                     "hits": [[h.chunk.doc_id, h.chunk.source] for h in hits],
+                     "first": [h.score for h in hits], "secs": {}}
+        builds = {"upr": rr.upr_batch, "yesno": rr.yesno_batch,
+                  "pf": lambda qq, pp: judge_pf(rr, qq, pp)}
+        for name in scorers:
+            build = builds[name]
+            t = time.perf_counter()
+            span, yn = rr.forward(build(q.query, texts))
+            row["secs"][name] = time.perf_counter() - t
+            if name == "upr":
+                row["upr"] = span.tolist()
+            elif name == "yesno":
+                row["yesno"] = (yn[:, 0] - yn[:, 1]).tolist()
+            else:
+                row["yesno_pf"] = (yn[:, 0] - yn[:, 1]).tolist()
+                row["logp_yes_pf"] = yn[:, 0].tolist()
+                row["upr_in_judge"] = span.tolist()
+        out.append(row)
+        print(f"{subdir} {i + 1}/{len(qrels)} " + " ".join(
+            f"{k} {v:.1f}s" for k, v in row["secs"].items()), flush=True)
+    return {"subdir": subdir, "rows": out}
+
+
+class _C:  # a chunk as doc_ranking reads it
+    def __init__(self, doc_id: str, source: str) -> None:
+        self.chunk = self
+        self.doc_id, self.source = doc_id, source
+
+
+def metrics(rows: list[dict], signal: str | None, w: float, form: str = "rank") -> dict:
+    runs, qrels = [], []
+    for r in rows:
+        hits = [_C(*h) for h in r["hits"]]
+        if signal is not None and w > 0:
+            s = np.asarray(r[signal], dtype=np.float64)
+            if form == "rank":
+                mix = (1 - w) * rank_scores(-np.arange(len(s))) + w * rank_scores(s)
+            else:  # min-max of raw scores, first stage = RRF scores
+                f = np.asarray(r["first"][: len(s)], dtype=np.float64)
+                mm = [(x - x.min()) / (x.max() - x.min() or 1.0) for x in (f, s)]
+                mix = (1 - w) * mm[0] + w * mm[1]
+            order = np.argsort(-mix, kind="stable")
+            hits = [hits[i] for i in order] + hits[len(s):]
+        rel = set(r["relevant"])
+        runs.append(doc_ranking(hits, rel)[:10])
+        qrels.append(type("Q", (), {"relevant": rel})())
+    return {k: round(v, 4) for k, v in score_runs(runs, qrels, 10).items()}
+
+
+def analyse(data: dict) -> dict:
+    dev, test = data["dev"]["rows"], data["test"]["rows"]
+    report: dict = {"n_dev": len(dev), "n_test": len(test),
+                    "hybrid": {"dev": metrics(dev, None, 0), "test": metrics(test, None, 0)}}
+    for sig in ("upr", "yesno", "yesno_pf", "logp_yes_pf", "upr_in_judge"):
+        if sig not in dev[0]:
+            continue
+        for form in ("rank", "minmax"):
+            grid = {w: metrics(dev, sig, w, form) for w in WEIGHTS}
+            best = max(WEIGHTS, key=lambda w: (grid[w]["ndcg@10"], -w))
+            report[f"{sig}/{form}"] = {
+                "dev_ndcg_by_weight": {w: grid[w]["ndcg@10"] for w in WEIGHTS},
+                "alone_dev": grid[1.0], "best_dev_weight": best}
+            if sig in test[0]:
+                report[f"{sig}/{form}"].update(alone_test=metrics(test, sig, 1.0, form),
+                                               mixed_test=metrics(test, sig, best, form))
+    for name in ("upr", "yesno", "pf"):
+        secs = [r["secs"][name] for r in dev + test if name in r["secs"]]
+        report[f"secs_per_query/{name}"] = {"p50": round(float(np.median(secs)), 2),
+                                            "p95": round(float(np.percentile(secs, 95)), 2)}
+    return report
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--dev", default="howto")
+    ap.add_argument("--dev-queries", type=int, default=30)
+    ap.add_argument("--test", default="tutorial")
+    ap.add_argument("--test-queries", type=int, default=0, help="0: all")
+    ap.add_argument("--dev-scorers", nargs="+", default=["upr", "yesno", "pf"])
+    ap.add_argument("--test-scorers", nargs="+", default=["upr", "yesno"])
+    ap.add_argument("--signals", default=None, help="JSON cache of the scores (reused)")
+    ap.add_argument("--threads", type=int, default=2)
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    path = Path(args.signals) if args.signals else None
+    if path and path.exists():
+        data = json.loads(path.read_text())
+    else:
+        rr = LLMReranker()
+        tmp = Path(tempfile.mkdtemp(prefix="rag-rerank-"))
+        data = {"dev": collect(args.dev, args.dev_queries, rr, tmp, args.dev_scorers),
+                "test": collect(args.test, args.test_queries, rr, tmp, args.test_scorers)}
+        if path:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(json.dumps(data))
+    print(json.dumps(analyse(data), indent=1))
+
+
+if __name__ == "__main__":
+    main()
