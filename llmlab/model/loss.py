@@ -17,6 +17,8 @@ from __future__ import annotations
 import torch
 from torch.autograd.function import once_differentiable
 
+from llmlab.model.linear import linear, mm_nt, use_onednn
+
 IGNORE_INDEX = -100
 
 # Logit elements per chunk: 1M fp32 (4 MiB) stays in a CPU core's L2/L3; GPUs take wider rows.
@@ -31,22 +33,27 @@ def rows_per_chunk(device_type: str, vocab: int, n: int) -> int:
 
 
 def _chunks(h: torch.Tensor, w: torch.Tensor, labels: torch.Tensor, ignore_index: int,
-            grads: bool) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+            grads: bool = True) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
     """Summed loss over kept rows and, if `grads`, the unscaled gradients of h and W (fp32 W)."""
     n, vocab = h.shape[0], w.shape[0]
     rows = rows_per_chunk(h.device.type, vocab, n)
+    fast = use_onednn(h, w)  # fp32 on CPU: the three products in oneDNN (model/linear.py)
     keep = labels != ignore_index
     target = torch.where(keep, labels, 0)
     any_ignored = bool((~keep).any()) if grads else False
     total = torch.zeros((), dtype=torch.float32, device=h.device)
     gh = torch.empty_like(h) if grads else None
-    gw = torch.zeros(w.shape, dtype=torch.float32, device=w.device) if grads else None
-    buf = torch.empty(rows, vocab, dtype=h.dtype, device=h.device)
+    gw = None
+    if grads:  # oneDNN forms W's gradient transposed, (d, vocab), and fastest so
+        shape = (w.shape[1], vocab) if fast else w.shape
+        gw = torch.zeros(shape, dtype=torch.float32, device=w.device)
+    buf = None if fast else torch.empty(rows, vocab, dtype=h.dtype, device=h.device)
     wt = w.t()
     for s in range(0, n, rows):
         e = min(n, s + rows)
         hc, tc, kc = h[s:e], target[s:e, None], keep[s:e]
-        logits = torch.mm(hc, wt, out=buf[: e - s]).float()
+        logits = mm_nt(hc, w) if fast else torch.mm(hc, wt, out=buf[: e - s])  # type: ignore
+        logits = logits.float()
         # softmax takes one exp per logit (log_softmax, then exp for the gradient, takes two);
         # -log p[y] is the loss except where p[y] underflows fp32, where lse - logit[y] is used.
         p = torch.softmax(logits, -1)
@@ -57,25 +64,48 @@ def _chunks(h: torch.Tensor, w: torch.Tensor, labels: torch.Tensor, ignore_index
             exact = torch.logsumexp(logits, -1) - logits.gather(1, tc).squeeze(1)
             row = torch.where(tiny, exact, row)
         total += row.masked_fill(~kc, 0.0).sum()
-        if not grads:
+        if gh is None or gw is None:
             continue
         g = p.scatter_add_(1, tc, p.new_full(tc.shape, -1.0))  # softmax - onehot
         if any_ignored:
             g.masked_fill_(~kc[:, None], 0.0)
         g = g.to(h.dtype)
-        torch.mm(g, w, out=gh[s:e])  # type: ignore[index]
-        if gw.dtype == h.dtype:  # type: ignore[union-attr]
-            gw.addmm_(g.t(), hc)  # type: ignore[union-attr]
+        if fast:
+            gh[s:e] = mm_nt(g, wt)
+            gw += mm_nt(hc.t().contiguous(), g.t())
         else:
-            gw += (g.t() @ hc).float()  # type: ignore[operator]
+            torch.mm(g, w, out=gh[s:e])
+            if gw.dtype == h.dtype:
+                gw.addmm_(g.t(), hc)
+            else:
+                gw += (g.t() @ hc).float()
+    if fast and gw is not None:
+        gw = gw.t().contiguous()
     return total, gh, gw
+
+
+@torch.library.custom_op("llmlab::linear_ce", mutates_args=())
+def _chunks_op(h: torch.Tensor, w: torch.Tensor, labels: torch.Tensor, ignore_index: int
+               ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    # `_chunks` as one opaque op, so torch.compile keeps the chunk loop (and its data-dependent
+    # checks) whole instead of breaking the graph around it.
+    total, gh, gw = _chunks(h, w, labels, ignore_index, grads=True)
+    return total, gh, gw  # type: ignore[return-value]
+
+
+@_chunks_op.register_fake
+def _(h: torch.Tensor, w: torch.Tensor, labels: torch.Tensor, ignore_index: int
+      ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    return (h.new_empty((), dtype=torch.float32), torch.empty_like(h),
+            w.new_empty(w.shape, dtype=torch.float32))
 
 
 class _LinearCrossEntropy(torch.autograd.Function):
     @staticmethod
     def forward(ctx, h: torch.Tensor, w: torch.Tensor, labels: torch.Tensor,  # noqa: ANN001
                 ignore_index: int, dt: torch.dtype) -> torch.Tensor:
-        total, gh, gw = _chunks(h.to(dt), w.to(dt), labels, ignore_index, grads=True)
+        run = _chunks_op if torch.compiler.is_compiling() else _chunks
+        total, gh, gw = run(h.to(dt), w.to(dt), labels, ignore_index)
         count = (labels != ignore_index).sum()
         ctx.save_for_backward(gh, gw, count)
         ctx.dtypes = h.dtype, w.dtype
@@ -98,16 +128,17 @@ def linear_cross_entropy(h: torch.Tensor, weight: torch.Tensor, labels: torch.Te
     h: (..., d) hidden states; weight: (vocab, d); labels: (...) token ids. Under autocast the
     matmuls run in the autocast dtype, as `nn.Linear` would; the softmax is always fp32."""
     h2, y = h.reshape(-1, h.shape[-1]), labels.reshape(-1)
-    if torch.compiler.is_compiling():
-        # Under torch.compile the plain form keeps one graph (the chunk loop's data-dependent
-        # checks would break it), and inductor fuses the softmax and the loss by itself.
-        logits = torch.nn.functional.linear(h2, weight).float()
+    grads = torch.is_grad_enabled() and (h2.requires_grad or weight.requires_grad)
+    if torch.compiler.is_compiling() and not (grads and h.device.type == "cpu"):
+        # Compiled on a GPU (or without gradients), the plain form: inductor fuses the softmax
+        # and the loss itself, and a GPU has the memory for the logits.
+        logits = linear(h2, weight).float()
         return torch.nn.functional.cross_entropy(logits, y, ignore_index=ignore_index)
     dt = h2.dtype
     if torch.is_autocast_enabled(h.device.type):
         dt = torch.get_autocast_dtype(h.device.type)
     with torch.autocast(h.device.type, enabled=False):
-        if torch.is_grad_enabled() and (h2.requires_grad or weight.requires_grad):
+        if grads:
             return _LinearCrossEntropy.apply(h2, weight, y, ignore_index, dt)
         total, _, _ = _chunks(h2.to(dt), weight.to(dt), y, ignore_index, grads=False)
         return total / (y != ignore_index).sum()

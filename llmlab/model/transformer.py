@@ -12,6 +12,7 @@ from torch import nn
 from llmlab.model.cache import KVCache
 from llmlab.model.config import ModelConfig
 from llmlab.model.layers import Block, make_norm
+from llmlab.model.linear import Linear
 from llmlab.model.loss import IGNORE_INDEX, linear_cross_entropy
 from llmlab.model.positions import rope_cos_sin, sinusoidal_table
 
@@ -200,7 +201,7 @@ class Transformer(nn.Module):
             # The 2017 paper shares one embedding matrix between encoder, decoder and output.
             self.encoder.embed_tokens.weight = self.model.embed_tokens.weight
         if cfg.lm_head:
-            self.lm_head = nn.Linear(cfg.d_model, cfg.vocab_size, bias=False)
+            self.lm_head = Linear(cfg.d_model, cfg.vocab_size, bias=False)
             if cfg.tie_embeddings:
                 self.lm_head.weight = self.model.embed_tokens.weight
         self.apply(self._init)
@@ -307,7 +308,7 @@ class Transformer(nn.Module):
     def loss(self, h: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         """Mean cross-entropy of the LM head's logits on `h` against `labels` (-100 ignored)."""
         head = self.lm_head
-        if type(head) is nn.Linear and head.bias is None:
+        if type(head) in (Linear, nn.Linear) and head.bias is None:
             return linear_cross_entropy(h, head.weight, labels)
         # A wrapped head (LoRA, quantised) computes its own logits; the loss stays fp32.
         logits = head(h).float()

@@ -1,5 +1,7 @@
-"""The fused output-projection + cross-entropy (llmlab/model/loss.py) against torch's own
-F.cross_entropy + autograd, and the whole model's loss and gradients against transformers."""
+"""The training step's kernels against torch's own: the oneDNN Linear (llmlab/model/linear.py)
+against F.linear + autograd, the fused output-projection + cross-entropy (llmlab/model/loss.py)
+against F.cross_entropy + autograd, and the whole model's loss and gradients against
+transformers."""
 
 from __future__ import annotations
 
@@ -8,8 +10,46 @@ import torch
 import torch.nn.functional as F
 
 from llmlab.model import ModelConfig, Transformer
+from llmlab.model import linear as onednn
 from llmlab.model.loss import linear_cross_entropy
 from llmlab.weights.hf import save_hf
+
+
+@pytest.mark.parametrize("rows,d_in,d_out,bias", [(2048, 128, 384, True), (2048, 384, 128, False),
+                                                  (300, 64, 64, True), (70, 32, 4096, False)])
+def test_onednn_linear_matches_f_linear_and_autograd(rows, d_in, d_out, bias):
+    assert onednn.ENABLED  # the fast path this test exists for is really taken
+    g = torch.Generator().manual_seed(rows + d_out)
+    x = torch.randn(2, rows // 2, d_in, generator=g, requires_grad=True)
+    lin = onednn.Linear(d_in, d_out, bias=bias)
+    ref = torch.nn.Linear(d_in, d_out, bias=bias)
+    ref.load_state_dict(lin.state_dict())
+    x_ref = x.detach().clone().requires_grad_()
+    y, y_ref = lin(x), ref(x_ref)
+    assert torch.allclose(y, y_ref, atol=1e-5, rtol=1e-5)
+    up = torch.randn(y.shape, generator=g)
+    y.backward(up)
+    y_ref.backward(up)
+    assert torch.allclose(x.grad, x_ref.grad, atol=1e-4, rtol=1e-5)
+    assert torch.allclose(lin.weight.grad, ref.weight.grad, atol=1e-3, rtol=1e-5)
+    if bias:
+        assert torch.allclose(lin.bias.grad, ref.bias.grad, atol=1e-3, rtol=1e-5)
+    lin.weight.requires_grad_(False)  # a frozen base layer (LoRA): only the input's gradient
+    x.grad = None
+    lin(x).backward(up)
+    assert torch.allclose(x.grad, x_ref.grad, atol=1e-4, rtol=1e-5)
+    with torch.no_grad():
+        assert torch.allclose(lin(x), y_ref, atol=1e-5, rtol=1e-5)
+
+
+def test_linear_keeps_f_linear_for_decoding_bf16_and_autocast():
+    lin = onednn.Linear(64, 64)
+    x = torch.randn(1, 3, 64)  # 3 rows: decoding
+    assert not onednn.use_onednn(x, lin.weight)
+    assert onednn.use_onednn(torch.randn(4, 64, 64), lin.weight)
+    assert not onednn.use_onednn(torch.randn(4, 64, 64).bfloat16(), lin.weight.bfloat16())
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert not onednn.use_onednn(torch.randn(4, 64, 64), lin.weight)
 
 
 def _reference(h: torch.Tensor, w: torch.Tensor, y: torch.Tensor, scale: float
@@ -92,3 +132,21 @@ def test_model_loss_and_grads_match_transformers(tmp_path, arch):
     ours_norm = ours.model.norm.weight.grad
     ref_norm = (ref.transformer.ln_f if arch == "gpt2" else ref.model.norm).weight.grad
     assert torch.allclose(ours_norm, ref_norm, atol=1e-6, rtol=1e-4)
+
+
+def test_compiled_training_step_matches_eager():
+    """--compile: one graph (the oneDNN matmuls and the chunked loss are opaque custom ops
+    inside it), same loss and gradients as eager."""
+    torch.manual_seed(0)
+    m = Transformer(ModelConfig(vocab_size=512, d_model=64, n_layer=2, n_head=4,
+                                max_seq_len=64))
+    x = torch.randint(0, 512, (4, 65))
+    want = m(x[:, :-1], labels=x[:, 1:]).loss
+    want.backward()
+    grads = [p.grad.clone() for p in m.parameters()]
+    m.zero_grad()
+    got = torch.compile(m, fullgraph=True)(x[:, :-1], labels=x[:, 1:]).loss
+    got.backward()
+    assert got.item() == pytest.approx(want.item(), abs=1e-6)
+    for p, g in zip(m.parameters(), grads, strict=True):
+        assert torch.allclose(p.grad, g, atol=1e-6, rtol=1e-5)
