@@ -114,3 +114,14 @@ def test_pref_tensors_mark_completion_tokens_only() -> None:
                                           "rejected": "z"}], seq_len=10)
     assert t["chosen_ids"].shape[1] == 10 and t["chosen_cmask"][0, -3:].tolist() == [1, 1, 1]
     assert torch.equal(t["chosen_ids"][0, -3:], torch.tensor(enc("xy|")))
+
+
+def test_pref_margin_field(tmp_path: Path) -> None:
+    rows = [{"prompt": "p", "chosen": "a", "rejected": "b", "margin": 0.5},
+            {"prompt": "q", "chosen": "c", "rejected": "d"}]
+    pairs = load_prefs(_write(tmp_path / "m.jsonl", rows))
+    t = pref_tensors(CharTok(), Tmpl(), pairs, seq_len=16)
+    assert t["margin"].tolist() == [0.5, 0.0]
+    assert "margin" not in pref_tensors(CharTok(), Tmpl(), pairs[1:], seq_len=16)
+    with pytest.raises(ValueError, match=r"n.jsonl:1: field 'margin' must be a number"):
+        load_prefs(_write(tmp_path / "n.jsonl", [{**rows[0], "margin": "big"}]))

@@ -5,6 +5,7 @@
 from __future__ import annotations
 
 import json
+import math
 import subprocess
 import sys
 from pathlib import Path
@@ -42,15 +43,22 @@ def tiny(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def reward_run(tiny, tmp_path_factory) -> Path:
-    """A LoRA reward model trained on pairs it can learn: chosen 'yes', rejected 'no'."""
-    d = tmp_path_factory.mktemp("rm")
+def prefs(tmp_path_factory) -> Path:
+    """Pairs a tiny model can learn: chosen 'yes', rejected 'no'."""
     rows = [{"prompt": f"Is {a} + {b} = {a + b}?", "chosen": "yes", "rejected": "no"}
             for a, b in zip(range(1, 41), range(40, 0, -1), strict=True)]
-    (d / "prefs.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
-    align("reward", "--model", str(tiny), "--data", str(d / "prefs.jsonl"), "--out",
-          str(d / "run"), "--max-steps", "20", "--lr", "1e-2", "--val-examples", "8", *FAST)
-    return d / "run"
+    f = tmp_path_factory.mktemp("prefs") / "prefs.jsonl"
+    f.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return f
+
+
+@pytest.fixture(scope="module")
+def reward_run(tiny, prefs, tmp_path_factory) -> Path:
+    """A LoRA reward model trained on `prefs`; 8 pairs held out."""
+    out = tmp_path_factory.mktemp("rm") / "run"
+    align("reward", "--model", str(tiny), "--data", str(prefs), "--out", str(out),
+          "--max-steps", "20", "--lr", "1e-2", "--val-examples", "8", *FAST)
+    return out
 
 
 def test_reward_command_end_to_end(reward_run: Path) -> None:
@@ -90,6 +98,20 @@ def test_reward_model_scores_as_transformers_sequence_classifier(tiny: Path, rew
             ours = rm.score(ids, torch.ones_like(ids))
             ref = seq(ids).logits[0, 0] + head["head.bias"][0]
             assert torch.allclose(ours[0], ref, atol=1e-4), (ours, ref)
+
+
+def test_dpo_command_end_to_end_with_held_out_eval(tiny: Path, prefs: Path,
+                                                   tmp_path: Path) -> None:
+    out = tmp_path / "dpo"
+    align("dpo", "--model", str(tiny), "--data", str(prefs), "--out", str(out),
+          "--max-steps", "8", "--lr", "1e-2", "--val-examples", "8", "--beta", "0.1", *FAST)
+    rows = metrics(out)
+    for k in ("rewards/chosen", "rewards/rejected", "rewards/margin", "rewards/accuracy"):
+        assert all(k in r for r in rows), k
+    assert abs(rows[0]["loss"] - math.log(2)) < 1e-5  # LoRA starts at the reference
+    ev = json.loads((out / "eval.json").read_text())
+    assert ev["pairs"] == 8 and ev["rewards/accuracy"] == 1.0 and ev["rewards/margin"] > 0
+    assert ev["logp_accuracy"] == 1.0 and ev["logp_margin"] > ev["ref_logp_margin"]
 
 
 PPO = ["--task", "arithmetic", "--max-examples", "16", "--batch-size", "2", "--grad-accum",
@@ -187,3 +209,28 @@ def test_grpo_rollout_old_logprobs_use_the_sampling_temperature(tiny: Path) -> N
     assert b["cmask"].sum(1).min() >= 1 and b["cmask"].shape == at_t.shape
     assert torch.allclose(b["old"][m], at_t[m], atol=1e-5)
     assert not torch.allclose(b["old"][m], at_1[m], atol=1e-2)
+
+
+@pytest.mark.parametrize("task,n", [("trivia-prefs", 8), ("arithmetic-prefs", 6)])
+def test_bundled_pref_tasks_rank_pairs_by_their_verifier(task: str, n: int,
+                                                         tmp_path: Path) -> None:
+    """SmolLM2 samples (half hinted with the answer) paired best vs worst: every row loads,
+    its prompt is the task's plain prompt, and re-scoring both texts with the prompt's
+    verifier gives chosen > rejected, with the rewards the row records."""
+    import llmlab
+    from llmlab.align.data import load_prefs, task_prefs, task_prompts
+    from llmlab.align.rewards import score_many
+
+    lm = llmlab.load("smollm2-135m-instruct")
+    pairs = task_prefs(lm, task, n, tmp_path, samples=2, hint=True, temperature=0.7)
+    assert pairs, "no pair: every sample scored the same"
+    (cache,) = tmp_path.glob("*.jsonl")
+    assert len(load_prefs(cache)) == len(pairs)
+    rows = [json.loads(ln) for ln in cache.read_text().splitlines()]
+    verifier = {p["prompt"]: p["verifier"] for p in task_prompts(task[:-6], n)}
+    assert all(r["prompt"] in verifier and "Hint" not in r["prompt"] for r in rows)
+    got = score_many([r["chosen"] for r in rows] + [r["rejected"] for r in rows],
+                     [verifier[r["prompt"]] for r in rows] * 2)
+    for r, c, w in zip(rows, got[:len(rows)], got[len(rows):], strict=True):
+        assert r["chosen"].strip() and r["rejected"].strip()
+        assert (c, w) == (r["chosen_reward"], r["rejected_reward"]) and c > w

@@ -37,6 +37,9 @@ class AlignConfig:
     center_rewards_coefficient: float = 0.0
     max_examples: int = 256
     val_examples: int = 16
+    pref_samples: int = 4  # *-prefs tasks: SmolLM2 samples per prompt (best vs worst)
+    pref_temperature: float = 1.0
+    pref_hint: bool = False  # *-prefs: half the samples see the answer as a hint
 
 
 def _model(acfg: AlignConfig) -> tuple[Any, Any, Any]:
@@ -64,14 +67,15 @@ def _model(acfg: AlignConfig) -> tuple[Any, Any, Any]:
     return lm, pm, lambda m, out: m.save_adapter(out)
 
 
-def _prefs(acfg: AlignConfig, lm: Any, run_dir: Path) -> list[dict[str, Any]]:
+def _prefs(acfg: AlignConfig, lm: Any) -> list[dict[str, Any]]:
     from llmlab.align.data import load_prefs, task_prefs
 
     if bool(acfg.data) == bool(acfg.task):
         raise ValueError("give exactly one of --data FILE or --task NAME")
     if acfg.data:
         return load_prefs(acfg.data)[: acfg.max_examples]
-    return task_prefs(lm, acfg.task, acfg.max_examples, run_dir / "data")
+    return task_prefs(lm, acfg.task, acfg.max_examples, None, 0, acfg.pref_samples,
+                      acfg.pref_hint, acfg.pref_temperature)
 
 
 def _rl_prompts(acfg: AlignConfig, seed: int, need_verifier: bool = True
@@ -111,9 +115,8 @@ def run(algo: str, acfg: AlignConfig, tcfg: TrainConfig, run_dir: Path,
         tok, template = lm.tokenizer, template_for(lm)
         run_dir.mkdir(parents=True, exist_ok=True)
         evals: list[dict[str, Any]] = []
-        extra: dict[str, Any] = {}
         if algo in ("reward", "dpo"):
-            pairs = _prefs(acfg, lm, run_dir)
+            pairs = _prefs(acfg, lm)
             nval = min(acfg.val_examples, len(pairs) // 4)
             val, pairs = pairs[:nval], pairs[nval:]
             rows = pref_tensors(tok, template, pairs, tcfg.seq_len)
@@ -134,7 +137,6 @@ def run(algo: str, acfg: AlignConfig, tcfg: TrainConfig, run_dir: Path,
                 export = head_export(export)
                 c = acfg.center_rewards_coefficient
                 loss_fn = lambda m, b: reward_batch_loss(m, b, c)  # noqa: E731
-                extra["val_pairs"] = evals
         elif algo == "ppo":
             from llmlab.align.ppo_run import PPOBatches, ppo_loss_fn
             from llmlab.align.reward import ScalarHead, head_export, load_reward_model
@@ -167,13 +169,21 @@ def run(algo: str, acfg: AlignConfig, tcfg: TrainConfig, run_dir: Path,
                           eval_data=evals, run_info={"algo": algo},
                           compat={"algo": algo, "model": acfg.model})
         out = trainer.fit()
-        if algo == "reward" and extra["val_pairs"]:
+        from llmlab.train.loop import to_device
+
+        evals = [to_device(b, d.device) for b in evals]
+        if algo == "reward" and evals and d.is_main:
             from llmlab.align.reward import pairwise_accuracy
 
             model.eval()
-            out["val_accuracy"] = pairwise_accuracy(model, extra["val_pairs"])
-            (run_dir / "eval.json").write_text(json.dumps(
-                {"pairwise_accuracy": out["val_accuracy"]}) + "\n")
+            out["val_accuracy"] = pairwise_accuracy(model, evals)
+            out["eval"] = {"pairs": sum(len(b["chosen_ids"]) for b in evals),
+                           "pairwise_accuracy": out["val_accuracy"]}
+        if algo == "dpo" and evals and d.is_main:
+            model.eval()
+            out["eval"] = loss_fn.evaluate(model, evals)
+        if "eval" in out:  # held-out pairs, after training
+            (run_dir / "eval.json").write_text(json.dumps(out["eval"], indent=1) + "\n")
         return out
     finally:
         shutdown(d)
@@ -192,7 +202,10 @@ def _cmd(algo: str):  # noqa: ANN202
         out = run(algo, acfg, tcfg, Path(a.out), gcfg)
         print(f"done: {out.get('step')} steps; metrics in {Path(a.out) / 'metrics.jsonl'}"
               + (f"; held-out pairwise accuracy {out['val_accuracy']:.3f}"
-                 if "val_accuracy" in out else ""))
+                 if "val_accuracy" in out else "")
+              + (f"; held-out rewards/accuracy {out['eval']['rewards/accuracy']:.3f}, "
+                 f"rewards/margin {out['eval']['rewards/margin']:.3f}"
+                 if algo == "dpo" and "eval" in out else ""))
         return 0
     return cmd
 
@@ -214,10 +227,11 @@ HELP = {"reward": "train a reward model (Bradley-Terry) on preference pairs",
         "dpo": "direct preference optimisation (sigmoid | ipo | hinge)",
         "ppo": "PPO with a value head; reward model score at EOS, or the task's verifier",
         "grpo": "GRPO with verifiable rewards"}
+PREF_ONLY = ("val_examples", "pref_samples", "pref_temperature", "pref_hint")
 NOT_FOR = {"grpo": ("beta", "loss_type_dpo", "label_smoothing", "center_rewards_coefficient",
-                    "val_examples"),
+                    *PREF_ONLY),
            "ppo": ("beta", "loss_type_dpo", "label_smoothing", "center_rewards_coefficient",
-                   "val_examples"),
+                   *PREF_ONLY),
            "reward": ("beta", "loss_type_dpo", "label_smoothing"),
            "dpo": ("center_rewards_coefficient",)}
 

@@ -1,6 +1,6 @@
 """Alignment data: preference pairs, RL prompts with verifiers, bundled tasks, tensors.
 
-Preference JSONL: {"prompt": str, "chosen": str, "rejected": str} per line.
+Preference JSONL: {"prompt": str, "chosen": str, "rejected": str [, "margin": float]} per line.
 RL prompt JSONL:  {"prompt": str, "verifier": {...}} per line (see rewards.py for specs).
 Bundled RL tasks: arithmetic, trivia, humaneval (llmlab.eval.datasets, offline).
 Bundled preference tasks: arithmetic-prefs, trivia-prefs: SmolLM2 samples for each prompt,
@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import random
+import re
 from pathlib import Path
 from typing import Any
 
@@ -42,9 +43,15 @@ def load_prefs(path: str | Path) -> list[dict[str, Any]]:
         where = f"{path}:{n}"
         if not isinstance(obj, dict):
             raise ValueError(f"{where}: expected an object with prompt, chosen, rejected")
-        out.append({"prompt": _str_field(obj, "prompt", where),
-                    "chosen": _str_field(obj, "chosen", where),
-                    "rejected": _str_field(obj, "rejected", where), "where": where})
+        row = {"prompt": _str_field(obj, "prompt", where),
+               "chosen": _str_field(obj, "chosen", where),
+               "rejected": _str_field(obj, "rejected", where), "where": where}
+        if "margin" in obj:  # the reward model's BT margin for this pair (TRL's field)
+            if not isinstance(obj["margin"], (int, float)) or isinstance(obj["margin"], bool):
+                raise ValueError(f"{where}: field 'margin' must be a number, got "
+                                 f"{obj['margin']!r}")
+            row["margin"] = float(obj["margin"])
+        out.append(row)
     if not out:
         raise ValueError(f"{path}: no preference pairs")
     return out
@@ -117,8 +124,9 @@ def pad_right(seqs: list[list[int]], pad: int = 0) -> tuple[torch.Tensor, torch.
 
 def pref_tensors(tok: Any, template: Any, pairs: list[dict[str, Any]], seq_len: int
                  ) -> dict[str, torch.Tensor]:
-    """{chosen,rejected}_{ids,mask,cmask}: right-padded to a shared length; cmask marks
-    completion tokens. Prompts are cut from the left so completions keep seq_len // 2."""
+    """{chosen,rejected}_{ids,mask,cmask} (+ margin when rows have one): right-padded to a
+    shared length; cmask marks completion tokens. Prompts are cut from the left so
+    completions keep seq_len // 2."""
     out: dict[str, list[list[int]]] = {"chosen": [], "rejected": [], "chosen_c": [],
                                        "rejected_c": []}
     for p in pairs:
@@ -136,47 +144,88 @@ def pref_tensors(tok: Any, template: Any, pairs: list[dict[str, Any]], seq_len: 
         mask = torch.tensor([[1] * len(s) + [0] * (T - len(s)) for s in out[side]])
         res[f"{side}_ids"], res[f"{side}_mask"] = ids, mask
         res[f"{side}_cmask"] = torch.tensor([c + [0] * (T - len(c)) for c in out[side + "_c"]])
+    if any("margin" in p for p in pairs):
+        res["margin"] = torch.tensor([p.get("margin", 0.0) for p in pairs])
     return res
 
 
+PREF_TOKENS = {"arithmetic-prefs": 160, "trivia-prefs": 32}  # room for an answer to finish
+
+
+def hinted(prompt: dict[str, Any]) -> str:
+    """The prompt with its reference answer as a hint (STaR's "rationalization", Zelikman et
+    al. 2022): a small model then often answers right, in its own words."""
+    v = prompt["verifier"]
+    answer = v["answers"][0] if v["type"] == "trivia" else v.get("answer")
+    if answer is None:
+        raise ValueError(f"no reference answer to hint with in a {v['type']!r} verifier")
+    return f"{prompt['prompt']}\n\n(Hint: the answer is {answer}.)"
+
+
 def make_prefs(lm: Any, prompts: list[dict[str, Any]], samples: int = 4,
-               max_new_tokens: int = 96, temperature: float = 1.0, seed: int = 0
-               ) -> list[dict[str, Any]]:
-    """Sample `samples` completions per prompt and pair the best with the worst by reward."""
+               max_new_tokens: int = 96, temperature: float = 1.0, seed: int = 0,
+               hint: bool = False, chunk: int = 64) -> list[dict[str, Any]]:
+    """Sample `samples` completions per prompt and pair the best with the worst by reward,
+    where they differ. With `hint`, the second half of the samples see the reference answer
+    in their prompt (the pair's prompt stays the plain one), so far fewer prompts are spent
+    on groups that are all wrong; the verifier still decides which sample is chosen. Rows
+    keep both rewards (`chosen_reward`, `rejected_reward`); empty completions are dropped (a
+    pair needs two texts). Generates `chunk` sequences at a time."""
+    from tqdm import tqdm
+
     from llmlab.generate.chat import template_for
     from llmlab.generate.engine import complete, make_params
 
     template = template_for(lm)
-    ids = [prompt_ids(lm.tokenizer, template, p["prompt"], p.get("chat", True))
-           for p in prompts for _ in range(samples)]
-    params = make_params(lm.tokenizer, max_new_tokens=max_new_tokens, temperature=temperature,
-                         seed=seed, stop=list(template.stop))
-    texts = [c.text for c in complete(lm.model, lm.tokenizer, ids, params)]
-    rewards = score_many(texts, [p["verifier"] for p in prompts for _ in range(samples)])
+    rows = [p for p in prompts for _ in range(samples)]
+    texts_in = [hinted(p) if hint and j >= samples // 2 else p["prompt"]
+                for p in prompts for j in range(samples)]
+    ids = [prompt_ids(lm.tokenizer, template, t, p.get("chat", True))
+           for t, p in zip(texts_in, rows, strict=True)]
+    texts: list[str] = []
+    for k in tqdm(range(0, len(ids), chunk), desc="sampling preference pairs", unit="batch"):
+        params = make_params(lm.tokenizer, max_new_tokens=max_new_tokens,
+                             temperature=temperature, seed=seed + k, stop=list(template.stop))
+        texts += [c.text for c in complete(lm.model, lm.tokenizer, ids[k:k + chunk], params)]
+    rewards = score_many(texts, [p["verifier"] for p in rows])
     out = []
     for i, p in enumerate(prompts):
-        grp = list(zip(rewards[i * samples:(i + 1) * samples],
-                       texts[i * samples:(i + 1) * samples], strict=True))
+        grp = [(r, t) for r, t in zip(rewards[i * samples:(i + 1) * samples],
+                                      texts[i * samples:(i + 1) * samples], strict=True)
+               if t.strip()]
+        if not grp:
+            continue
         best, worst = max(grp, key=lambda x: x[0]), min(grp, key=lambda x: x[0])
         if best[0] > worst[0]:
-            out.append({"prompt": p["prompt"], "chosen": best[1], "rejected": worst[1]})
+            out.append({"prompt": p["prompt"], "chosen": best[1], "rejected": worst[1],
+                        "chosen_reward": best[0], "rejected_reward": worst[0]})
     return out
 
 
-def task_prefs(lm: Any, name: str, n: int, cache_dir: str | Path, seed: int = 0
+def task_prefs(lm: Any, name: str, n: int, cache_dir: str | Path | None = None, seed: int = 0,
+               samples: int = 4, hint: bool = False, temperature: float = 1.0
                ) -> list[dict[str, Any]]:
-    """arithmetic-prefs / trivia-prefs, cached as JSONL keyed by task, n and seed."""
+    """arithmetic-prefs / trivia-prefs from the first n prompts of the task (train split),
+    sampled from `lm`, cached as JSONL (default $LLMLAB_CACHE/prefs) keyed by the model and
+    every setting, since sampling them is the slow part."""
     if name not in PREF_TASKS:
         raise ValueError(f"unknown preference task {name!r}; bundled: {PREF_TASKS}")
-    cache = Path(cache_dir) / f"{name}-n{n}-seed{seed}.jsonl"
+    if cache_dir is None:
+        from llmlab.weights.registry import cache_dir as llmlab_cache
+
+        cache_dir = llmlab_cache() / "prefs"
+    model = re.sub(r"[^A-Za-z0-9_.-]+", "_", str(getattr(lm, "name", "model")))
+    cache = Path(cache_dir) / (f"{model}-{name}-n{n}-k{samples}-t{temperature:g}"
+                               f"{'-hint' if hint else ''}-seed{seed}.jsonl")
     if not cache.exists():
-        pairs = make_prefs(lm, task_prompts(name.removesuffix("-prefs"), n, seed=seed), seed=seed)
+        prompts = task_prompts(name.removesuffix("-prefs"), n, seed=seed)
+        pairs = make_prefs(lm, prompts, samples, PREF_TOKENS[name], temperature, seed, hint)
         if not pairs:
             raise RuntimeError(f"{name}: no prompt gave samples with different rewards")
         cache.parent.mkdir(parents=True, exist_ok=True)
-        tmp = cache.with_suffix(".tmp")
-        tmp.write_text("".join(json.dumps(p) + "\n" for p in pairs), encoding="utf-8")
-        tmp.replace(cache)
+        from llmlab.weights.io import atomic_write_bytes
+
+        atomic_write_bytes(cache, "".join(json.dumps(p) + "\n" for p in pairs).encode())
     return load_prefs(cache)
 
 

@@ -88,3 +88,30 @@ class DPOLoss:
                            self.ls, *lens)
         tokens = int(batch["chosen_cmask"].sum() + batch["rejected_cmask"].sum())
         return loss, {"tokens": tokens, **m}
+
+    @torch.no_grad()
+    def evaluate(self, model: nn.Module, batches: list[dict[str, torch.Tensor]]
+                 ) -> dict[str, float]:
+        """Held-out pairs: the implicit-reward metrics (rewards/*, 0 before training), and
+        how often the policy and the reference each give the chosen completion the higher
+        sequence log-prob (logp_accuracy, ref_logp_accuracy) with the mean log-prob margins."""
+        pol, ref, lc, lr = [], [], [], []
+        for b in batches:
+            n = b["chosen_ids"].shape[0]
+            p = self._logps(model, b)
+            ctx = disable_adapters(model) if self.ref is None else contextlib.nullcontext()
+            with ctx:
+                r = self._logps(self.ref if self.ref is not None else model, b)
+            pol += [p[:n], p[n:]]
+            ref += [r[:n], r[n:]]
+            lc.append(b["chosen_cmask"].sum(1))
+            lr.append(b["rejected_cmask"].sum(1))
+        pc, pr = torch.cat(pol[0::2]), torch.cat(pol[1::2])
+        rc, rr = torch.cat(ref[0::2]), torch.cat(ref[1::2])
+        loss, m = dpo_loss(pc, pr, rc, rr, self.beta, self.loss_type, self.ls,
+                           torch.cat(lc), torch.cat(lr))
+        return {"pairs": len(pc), "loss": float(loss), **m,
+                "logp_accuracy": float((pc > pr).float().mean()),
+                "ref_logp_accuracy": float((rc > rr).float().mean()),
+                "logp_margin": float((pc - pr).mean()),
+                "ref_logp_margin": float((rc - rr).mean())}
