@@ -38,7 +38,8 @@ class Hub:
     def __init__(self, cfg: ServerConfig) -> None:
         self.cfg = cfg
         self.lock = threading.RLock()  # every model forward pass runs under it
-        self._load_lock = threading.Lock()
+        # Re-entrant: gen_lm's loader loads lm first, under the same lock.
+        self._load_lock = threading.RLock()
         self._models: dict[str, Any] = {}
         self._local: OrderedDict[str, Any] = OrderedDict()  # at most 2 local checkpoints
 
