@@ -82,7 +82,8 @@ class Hub:
         self._batcher: Any = None
         self.warmups: list[Any] = []  # run after preload (the RAG page's default index)
         self.ready = False  # preload and warm-ups done
-        self._load_lock = threading.Lock()
+        # Re-entrant: gen_lm's loader loads lm first, under the same lock.
+        self._load_lock = threading.RLock()
         self._models: dict[str, Any] = {}
         self._local: OrderedDict[str, Any] = OrderedDict()  # at most 2 local checkpoints
 
