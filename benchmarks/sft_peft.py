@@ -1,12 +1,12 @@
 """Step time and peak memory of fine-tuning: full, LoRA and QLoRA, llmlab vs transformers + PEFT.
 
     PYTHONPATH=. python benchmarks/sft_peft.py [--batch 4 --seq 256 --steps 3 --rounds 3
-                                                --threads 2 --configs full,lora-r8-qv,...]
+                                 --threads 1 --clock cpu --bf16 --configs full,lora-r8-qv,...]
 
-The SmolLM2-135M shape with random weights (seed 0), fp32 on CPU. Both sides start from the
-same weights (ours written with `save_hf`, theirs loaded with `from_pretrained`), see the same
-batch of random tokens, compute the same next-token cross-entropy and use the same optimizer
-(fused AdamW). Configurations:
+The SmolLM2-135M shape with random weights (seed 0), fp32 on CPU (`--bf16`: bf16 autocast).
+Both sides start from the same weights (ours written with `save_hf`, theirs loaded with
+`from_pretrained`), see the same batch of random tokens, compute the same next-token
+cross-entropy and use the same optimizer (fused AdamW). Configurations:
 
 - full: every weight trained;
 - lora-r8-qv: LoRA r=8, alpha=16 on q_proj and v_proj;
@@ -28,7 +28,9 @@ built, so load-time transients of either side don't count; "setup" is the reside
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
+import math
 import os
 import platform
 import re
@@ -85,7 +87,7 @@ def _ours(name: str) -> tuple[Any, dict[str, Any]]:
     return model, info
 
 
-def _theirs(name: str, hf_dir: str) -> tuple[Any, dict[str, Any]]:
+def _theirs(name: str, hf_dir: str, bf16: bool) -> tuple[Any, dict[str, Any]]:
     import torch
     import transformers
 
@@ -95,7 +97,7 @@ def _theirs(name: str, hf_dir: str) -> tuple[Any, dict[str, Any]]:
     if nf4:
         kw["quantization_config"] = transformers.BitsAndBytesConfig(
             load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
-            bnb_4bit_compute_dtype=torch.float32)
+            bnb_4bit_compute_dtype=torch.bfloat16 if bf16 else torch.float32)
         kw["device_map"] = "cpu"
     model = transformers.AutoModelForCausalLM.from_pretrained(hf_dir, **kw)
     info: dict[str, Any] = {}
@@ -126,7 +128,7 @@ def _qstate_bytes(p: Any) -> int:
 
 
 def worker(impl: str, name: str, b: int, t: int, steps: int, threads: int,
-           hf_dir: str) -> dict[str, Any]:
+           hf_dir: str, bf16: bool) -> dict[str, Any]:
     import torch
     import torch.nn.functional as F
 
@@ -138,7 +140,7 @@ def worker(impl: str, name: str, b: int, t: int, steps: int, threads: int,
                         generator=torch.Generator().manual_seed(1))
     x, y = ids[:, :-1], ids[:, 1:]
     base = _mem_kib()["VmRSS"]
-    model, info = _ours(name) if impl == "llmlab" else _theirs(name, hf_dir)
+    model, info = _ours(name) if impl == "llmlab" else _theirs(name, hf_dir, bf16)
     model.train()
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=LR, fused=True)
@@ -147,8 +149,9 @@ def worker(impl: str, name: str, b: int, t: int, steps: int, threads: int,
     times, cpu, losses = [], [], []
     for _ in range(steps + 1):
         t0, c0 = time.perf_counter(), time.process_time()
-        logits = model(input_ids=x).logits
-        loss = F.cross_entropy(logits.float().flatten(0, 1), y.flatten())
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            logits = model(input_ids=x).logits
+            loss = F.cross_entropy(logits.float().flatten(0, 1), y.flatten())
         loss.backward()
         opt.step()
         opt.zero_grad(set_to_none=True)
@@ -171,7 +174,7 @@ def _run(impl: str, name: str, a: argparse.Namespace, hf_dir: str) -> dict[str, 
     env["PYTHONPATH"] = root + os.pathsep + env.get("PYTHONPATH", "")
     cmd = [sys.executable, __file__, "--worker", impl, name, "--batch", str(a.batch),
            "--seq", str(a.seq), "--steps", str(a.steps), "--threads", str(a.threads),
-           "--hf-dir", hf_dir]
+           "--hf-dir", hf_dir] + (["--bf16"] if a.bf16 else [])
     r = subprocess.run(cmd, env=env, capture_output=True, text=True)
     if r.returncode:
         raise SystemExit(f"{impl} {name} failed:\n{r.stderr[-3000:]}")
@@ -209,12 +212,15 @@ def main() -> None:
                     help="cpu: process CPU seconds per step (robust on a shared machine with "
                          "--threads 1); wall: elapsed seconds")
     ap.add_argument("--configs", default=",".join(CONFIGS))
+    ap.add_argument("--bf16", action="store_true",
+                    help="bf16 autocast on both sides (weights and adapters stay fp32)")
     ap.add_argument("--out", help="write all raw results here (JSON)")
     ap.add_argument("--worker", nargs=2, metavar=("IMPL", "CONFIG"), help=argparse.SUPPRESS)
     ap.add_argument("--hf-dir", help=argparse.SUPPRESS)
     a = ap.parse_args()
     if a.worker:
-        print(json.dumps(worker(*a.worker, a.batch, a.seq, a.steps, a.threads, a.hf_dir)))
+        print(json.dumps(worker(*a.worker, a.batch, a.seq, a.steps, a.threads, a.hf_dir,
+                                a.bf16)))
         return
     names = a.configs.split(",")
     bad = [n for n in names if n not in CONFIGS]
@@ -226,10 +232,12 @@ def main() -> None:
     from llmlab.weights.hf import save_hf
 
     print(f"# {platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch "
-          f"{torch.__version__}; B x T = {a.batch} x {a.seq}, fp32, {a.threads} threads, "
+          f"{torch.__version__}; B x T = {a.batch} x {a.seq}, "
+          f"{'bf16 autocast' if a.bf16 else 'fp32'}, {a.threads} threads, "
           f"{a.steps} timed steps x {a.rounds} rounds", flush=True)
     raw: list[dict[str, Any]] = []
     key = f"{a.clock}_s"
+    has_bnb = importlib.util.find_spec("bitsandbytes") is not None
     with tempfile.TemporaryDirectory() as hf_dir:
         torch.manual_seed(0)
         save_hf(Transformer(_cfg()), hf_dir)
@@ -237,6 +245,10 @@ def main() -> None:
             for name in names:
                 order = IMPLS if rnd % 2 == 0 else IMPLS[::-1]
                 for impl in order:
+                    if impl != "llmlab" and CONFIGS[name].get("nf4") and not has_bnb:
+                        print(f"{name} {impl}: skipped (needs bitsandbytes >= 0.46: "
+                              "`pip install .[bench]`)", flush=True)
+                        continue
                     r = _run(impl, name, a, hf_dir)
                     raw.append(r)
                     print(f"round {rnd} {name:14s} {impl:18s} median step cpu "
@@ -255,11 +267,14 @@ def _summarise(raw: list[dict[str, Any]], names: list[str], key: str) -> list[di
     rows = []
     full = {i: statistics.median(s for r in pick(i, "full") for s in r[key])
             for i in IMPLS if pick(i, "full")}
-    print("\n| config | llmlab step s | PEFT step s | PEFT / llmlab | llmlab vs own full | "
+    print(f"\n| config | llmlab step s ({key[:-2]}) | PEFT step s | PEFT / llmlab | "
+          "llmlab full / this | "
           "llmlab peak MiB | PEFT peak MiB | trainable (llmlab / PEFT / accounting) |")
     print("|---|---|---|---|---|---|---|---|")
     for name in names:
         ours, theirs = pick("llmlab", name), pick("transformers+peft", name)
+        if not theirs:  # the peer was skipped: report ours alone
+            theirs = [{key: [math.nan], "peak_mib": math.nan, "trainable": 0, "nf4_bytes": 0}]
         so = statistics.median(s for r in ours for s in r[key])
         st = statistics.median(s for r in theirs for s in r[key])
         po = max(r["peak_mib"] for r in ours)
