@@ -4,7 +4,6 @@ frontend (llmlab/server/static, committed so no node is needed at install) at /.
 from __future__ import annotations
 
 import logging
-import threading
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -31,6 +30,7 @@ def create_app(cfg: ServerConfig | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        hub.start()
         yield
         hub.close()  # stop the generation worker; its waiting requests get an error
 
@@ -104,7 +104,4 @@ def create_app(cfg: ServerConfig | None = None) -> FastAPI:
         def no_frontend() -> JSONResponse:
             return JSONResponse({"message": "frontend not built: cd web && npm run build"})
 
-    if cfg.preload:
-        # Load in the background so /healthz answers at once; first calls wait on the load lock.
-        threading.Thread(target=hub.preload, daemon=True, name="preload").start()
     return app

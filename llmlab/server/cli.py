@@ -7,11 +7,16 @@ import logging
 import sys
 
 
+# ServerConfig fields set by the flags above rather than by one flag each.
+CLI_OWN = ("chat_model", "embed_model", "fast_decode", "allow_local_models", "preload")
+
+
 def cmd_serve(a: argparse.Namespace) -> int:
     import uvicorn
 
     from llmlab.server.app import create_app
     from llmlab.server.hub import ServerConfig
+    from llmlab.train.config import overrides
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     cfg = ServerConfig(
@@ -21,6 +26,7 @@ def cmd_serve(a: argparse.Namespace) -> int:
         # A checkpoint path in a request reads the server's disk: loopback only by default.
         allow_local_models=a.allow_local_models or a.host in ("127.0.0.1", "localhost", "::1"),
         preload=not a.lazy,
+        **overrides(a, a.limit_names),
     )
     print(
         f"llmlab playground on http://{a.host}:{a.port}  (models load "
@@ -56,7 +62,12 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
         action="store_true",
         help="pre-generate every page's narration audio (needs the optional tts extra)",
     )
-    p.set_defaults(fn=cmd_serve)
+    from llmlab.server.hub import ServerConfig
+    from llmlab.train.config import add_dataclass_args
+
+    # Every limit and cache cap of ServerConfig is a flag (--max-new-tokens, --kb-cache, ...).
+    names = add_dataclass_args(p, ServerConfig, "limits and caps", skip=CLI_OWN)
+    p.set_defaults(fn=cmd_serve, limit_names=names)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -13,7 +13,7 @@ import copy
 import logging
 import threading
 from collections import OrderedDict
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
@@ -33,7 +33,25 @@ class ServerConfig:
     max_session_docs: int = 20
     max_batch: int = 16  # generation requests decoded together (int8 kernel: up to 16 rows)
     max_batch_tokens: int = 16384  # rows x cache length; fp32 SmolLM2 KV: 46 KB a token
+    # Caps that keep memory bounded however long the server runs:
+    attention_cache: int = 8  # explain runs kept (every layer's maps, <= 64 tokens each)
+    kb_cache: int = 4  # RAG indexes kept (per chunk size, and per upload session)
+    max_sessions: int = 64  # upload sessions; the least recently used one goes first
+    session_ttl_s: float = 3600.0  # an upload session idle this long is deleted
+    max_local_models: int = 2  # local checkpoints held in memory
+    tokenizer_cache: int = 8  # tokenizers held for the tokenizer page
+    malloc_trim_s: float = 30.0  # give freed memory back to the OS this often (0: never)
     preload: bool = False
+
+    def __post_init__(self) -> None:
+        for f in fields(self):
+            v = getattr(self, f.name)
+            if isinstance(v, (int, float)) and not isinstance(v, bool) and v < 0:
+                raise ValueError(f"{f.name}: must be >= 0, got {v}")
+        for name in ("max_batch", "max_batch_tokens", "attention_cache", "kb_cache",
+                     "max_sessions", "max_local_models", "tokenizer_cache"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name}: must be >= 1, got {getattr(self, name)}")
 
 
 class FairLock:
@@ -82,10 +100,12 @@ class Hub:
         self._batcher: Any = None
         self.warmups: list[Any] = []  # run after preload (the RAG page's default index)
         self.ready = False  # preload and warm-ups done
+        self.cleanups: list[Any] = []  # run at shutdown (the RAG page's upload folder)
+        self._stop = threading.Event()
         # Re-entrant: gen_lm's loader loads lm first, under the same lock.
         self._load_lock = threading.RLock()
         self._models: dict[str, Any] = {}
-        self._local: OrderedDict[str, Any] = OrderedDict()  # at most 2 local checkpoints
+        self._local: OrderedDict[str, Any] = OrderedDict()  # least recently used first
 
     def _get(self, key: str, make: Any) -> Any:
         if key not in self._models:
@@ -146,8 +166,9 @@ class Hub:
                 if lm.tokenizer is None:
                     raise ValueError(f"model: {name!r} has no tokenizer files")
                 self._local[key] = lm
-                while len(self._local) > 2:
+                while len(self._local) > self.cfg.max_local_models:
                     self._local.popitem(last=False)
+            self._local.move_to_end(key)
             return self._local[key]
 
     def run(self, fn: Any, *args: Any, **kw: Any) -> Any:
@@ -175,9 +196,21 @@ class Hub:
         """The batching worker's counters (rows, waiting, steps, cancelled...), once started."""
         return self._batcher.snapshot() if self._batcher is not None else None
 
+    def start(self) -> None:
+        """Background work of a running server: memory trimming, then preloading."""
+        from llmlab.server.memory import bound_malloc
+
+        bound_malloc(self.cfg.malloc_trim_s, self._stop)
+        if self.cfg.preload:
+            # In the background so /healthz answers at once; first calls wait on the load lock.
+            threading.Thread(target=self.preload, daemon=True, name="preload").start()
+
     def close(self) -> None:
+        self._stop.set()
         if self._batcher is not None:
             self._batcher.close()
+        for fn in self.cleanups:
+            fn()
 
     def preload(self) -> None:
         self.lm()

@@ -12,8 +12,10 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+import shutil
 import tempfile
 import threading
+import time
 import uuid
 from collections import OrderedDict
 from collections.abc import AsyncIterator
@@ -102,13 +104,57 @@ class RagQuery(BaseModel):
     session: str | None = Field(None, max_length=64)
 
 
+class UploadSessions:
+    """Upload folders, one per browser session: at most `cap` (the least recently used one
+    goes first), each deleted after `ttl` seconds without use, so disk and the indexes built
+    from them stay bounded however many visitors come and go."""
+
+    def __init__(self, root: Path, cap: int, ttl: float) -> None:
+        self.root, self.cap, self.ttl = root, cap, ttl
+        self._last: OrderedDict[str, float] = OrderedDict()  # sid -> last use
+
+    def get(self, sid: str | None) -> Path | None:
+        if not sid or sid not in self._last:
+            return None
+        self._last[sid] = time.monotonic()
+        self._last.move_to_end(sid)
+        return self.root / sid
+
+    def open(self, sid: str) -> tuple[Path, list[str]]:
+        """The folder for `sid` (32 hex chars: no traversal), created if new; and the ids
+        of sessions evicted to make room."""
+        gone = self.expire()
+        if sid not in self._last:
+            while len(self._last) >= self.cap:
+                gone.append(self._drop(next(iter(self._last))))
+            (self.root / sid).mkdir(exist_ok=True)
+            self._last[sid] = 0.0
+        self.get(sid)  # marks it used now
+        return self.root / sid, gone
+
+    def expire(self) -> list[str]:
+        now = time.monotonic()
+        return [self._drop(sid) for sid, t in list(self._last.items()) if now - t > self.ttl]
+
+    def _drop(self, sid: str) -> str:
+        del self._last[sid]
+        shutil.rmtree(self.root / sid, ignore_errors=True)
+        return sid
+
+    def __len__(self) -> int:
+        return len(self._last)
+
+
 def make_router(hub: Hub) -> APIRouter:
     router = APIRouter(prefix="/api/rag")
-    sessions: dict[str, Path] = {}  # session id -> its upload directory
-    kbs: OrderedDict[tuple, Any] = OrderedDict()  # (chunk_size, session) -> (index, tmp)
+    cfg = hub.cfg
+    updir = Path(tempfile.mkdtemp(prefix="llmlab-uploads-"))
+    hub.cleanups.append(lambda: shutil.rmtree(updir, ignore_errors=True))
+    sessions = UploadSessions(updir, cfg.max_sessions, cfg.session_ttl_s)
+    # (chunk_size, session, files stamp) -> (index, its temp dir); least recently used first
+    kbs: OrderedDict[tuple, Any] = OrderedDict()
     lock = threading.Lock()
     build_lock = threading.Lock()
-    updir = Path(tempfile.mkdtemp(prefix="llmlab-uploads-"))
 
     def need() -> dict[str, Any]:
         eng = engine()
@@ -118,12 +164,19 @@ def make_router(hub: Hub) -> APIRouter:
             )
         return eng
 
+    def forget(gone: list[str]) -> None:
+        """Drop the indexes of removed sessions (called with `lock` held)."""
+        for key in [k for k in kbs if k[1] in gone]:
+            kbs.pop(key)[1].cleanup()
+
     def kb(eng: dict[str, Any], chunk_size: int, session: str | None) -> Any:
-        sdir = sessions.get(session or "")
-        stamp = ""
-        if sdir is not None:
-            stamp = hashlib.sha1(",".join(sorted(p.name for p in sdir.iterdir())).encode())
-            stamp = stamp.hexdigest()
+        with lock:
+            forget(sessions.expire())
+            sdir = sessions.get(session)
+            stamp = ""
+            if sdir is not None:
+                names = ",".join(sorted(p.name for p in sdir.iterdir()))
+                stamp = hashlib.sha1(names.encode()).hexdigest()
         key = (chunk_size, session if sdir else None, stamp)
         with build_lock:  # one build at a time: concurrent first queries share it
             with lock:
@@ -136,7 +189,7 @@ def make_router(hub: Hub) -> APIRouter:
             idx.index(paths, chunk_size=chunk_size, overlap=chunk_size // 8, progress=False)
         with lock:
             kbs[key] = (idx, tmp)
-            while len(kbs) > 4:  # each holds vectors for a few hundred chunks
+            while len(kbs) > cfg.kb_cache:  # each holds vectors for a few hundred chunks
                 kbs.popitem(last=False)[1][1].cleanup()
         return idx
 
@@ -168,12 +221,8 @@ def make_router(hub: Hub) -> APIRouter:
             raise ApiError(400, "file: not UTF-8 text", "file") from e
         sid = session if session and re.fullmatch(r"[a-f0-9]{32}", session) else uuid.uuid4().hex
         with lock:
-            sdir = sessions.get(sid)
-            if sdir is None:
-                if len(sessions) >= 64:
-                    raise ApiError(429, "file: too many upload sessions on this server", "file")
-                sdir = sessions[sid] = updir / sid  # sid is 32 hex chars: no traversal
-                sdir.mkdir()
+            sdir, gone = sessions.open(sid)
+            forget(gone)
             docs = list(sdir.iterdir())
             if len(docs) >= hub.cfg.max_session_docs:
                 raise ApiError(400, f"file: at most {hub.cfg.max_session_docs} per session", "file")
@@ -230,6 +279,14 @@ def make_router(hub: Hub) -> APIRouter:
     @router.post("/query")
     def query(req: RagQuery) -> StreamingResponse:
         eng = need()
+        with lock:
+            if req.session and sessions.get(req.session) is None:
+                raise ApiError(
+                    404,
+                    f"session: no upload session {req.session!r} (sessions end after "
+                    f"{cfg.session_ttl_s:.0f} s idle); upload the documents again",
+                    "session",
+                )
 
         def ev(stage: str, **data: Any) -> str:
             return f"event: {stage}\ndata: {json.dumps(data, ensure_ascii=False)}\n\n"

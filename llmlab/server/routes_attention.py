@@ -71,7 +71,7 @@ def make_router(hub: Hub) -> APIRouter:
         run = hub.run(run_attention, lm, req.text, causal)
         with cache_lock:
             cache[key] = run
-            while len(cache) > 8:  # each entry holds every layer's maps: keep a few
+            while len(cache) > hub.cfg.attention_cache:  # each holds every layer's maps
                 cache.popitem(last=False)
         return run, lm
 
