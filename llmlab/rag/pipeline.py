@@ -230,6 +230,7 @@ class RagIndex:
         if qv is None:
             cos = np.full(len(ranked), np.nan)
         else:
-            cos = self.store.get_vectors([c.chunk_id for c, _ in ranked]) @ qv
+            cos = np.einsum("ij,j->i", self.store.get_vectors([c.chunk_id for c, _ in ranked]),
+                            qv)  # not a threaded BLAS call: see segment.dense
         return [Retrieved(c, s, float(cs), r)
                 for r, ((c, s), cs) in enumerate(zip(ranked, cos, strict=True), 1)]

@@ -73,26 +73,40 @@ class Postings:
         return len(self.lengths)
 
     @classmethod
-    def from_token_ids(cls, ids: Sequence[Sequence[int]], vocab: dict[str, int]) -> Postings:
-        from scipy import sparse
+    def build(cls, texts: Sequence[str], progress: bool = False,
+              batch: int = 20_000) -> Postings:
+        """Tokenize in batches, each turned into numpy (row, term, tf) triples at once:
+        bm25s's lists of Python ints for a million chunks would take several GB."""
+        vocab: dict[str, int] = {}
+        rows, cols, tfs = [], [], []
+        lengths = np.zeros(len(texts), dtype=np.int32)
+        steps = range(0, len(texts), batch)
+        if progress and len(texts) > batch:
+            from tqdm import tqdm
 
-        lens = np.fromiter(map(len, ids), dtype=np.int64, count=len(ids))
-        cols = np.fromiter(itertools.chain.from_iterable(ids), dtype=np.int64,
-                           count=int(lens.sum()))
-        rows = np.repeat(np.arange(len(ids), dtype=np.int64), lens)
-        m = sparse.csc_matrix((np.ones(len(cols), dtype=np.int32), (rows, cols)),
-                              shape=(len(ids), len(vocab)))
-        m.sum_duplicates()  # (row, term) pairs -> term frequency
-        terms = [""] * len(vocab)
-        for t, i in vocab.items():
-            terms[i] = t
-        return cls(terms, m.indptr.astype(np.int64), m.indices.astype(np.int32),
-                   np.minimum(m.data, 65535).astype(np.uint16), lens.astype(np.int32))
-
-    @classmethod
-    def build(cls, texts: list[str], progress: bool = False) -> Postings:
-        tok = tokenize(texts, progress)
-        return cls.from_token_ids(tok.ids, tok.vocab)
+            steps = tqdm(steps, desc="bm25 tokenize", unit=f"{batch // 1000}k chunks")
+        for s in steps:
+            tok = tokenize(list(texts[s : s + batch]))
+            remap = np.zeros(max(len(tok.vocab), 1), dtype=np.int64)
+            for t, i in tok.vocab.items():
+                remap[i] = vocab.setdefault(t, len(vocab))
+            lens = np.fromiter(map(len, tok.ids), dtype=np.int64, count=len(tok.ids))
+            local = np.fromiter(itertools.chain.from_iterable(tok.ids), dtype=np.int64,
+                                count=int(lens.sum()))
+            r = np.repeat(np.arange(len(lens), dtype=np.int64), lens)
+            # (row, term) pairs -> unique pairs with their counts: the term frequencies
+            key, tf = np.unique(r * len(remap) + local, return_counts=True)
+            rows.append((key // len(remap) + s).astype(np.int32))
+            cols.append(remap[key % len(remap)])
+            tfs.append(np.minimum(tf, 65535).astype(np.uint16))
+            lengths[s : s + len(lens)] = lens
+        row = np.concatenate(rows) if rows else np.zeros(0, np.int32)
+        col = np.concatenate(cols) if cols else np.zeros(0, np.int64)
+        tf = np.concatenate(tfs) if tfs else np.zeros(0, np.uint16)
+        order = np.argsort(col, kind="stable")  # term-major; rows stay ascending per term
+        indptr = np.zeros(len(vocab) + 1, dtype=np.int64)
+        np.cumsum(np.bincount(col, minlength=len(vocab)), out=indptr[1:])
+        return cls(list(vocab), indptr, row[order], tf[order], lengths)
 
     def matrix(self) -> Any:
         from scipy import sparse

@@ -274,11 +274,13 @@ class Segment:
             if len(rows) == 0:
                 return rows, np.zeros(0, np.float32)
         if self.hnsw is None or (allowed is not None and len(rows) <= exact_below):
+            # einsum, not BLAS: a threaded gemv this small gains nothing and, on a busy
+            # machine, waits for its slowest thread (p95 70 ms vs 0.1 ms measured at 2k rows)
             if allowed is None:
-                s = np.asarray(self.vectors) @ q
+                s = np.einsum("ij,j->i", self.vectors, q)
                 rows = np.arange(n)
             else:
-                s = np.asarray(self.vectors[rows]) @ q
+                s = np.einsum("ij,j->i", self.vectors[rows], q)
             if len(s) > k:
                 top = np.argpartition(-s, k - 1)[:k]
                 rows, s = rows[top], s[top]
