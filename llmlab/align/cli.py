@@ -154,13 +154,13 @@ def run(algo: str, acfg: AlignConfig, tcfg: TrainConfig, run_dir: Path,
             export = head_export(export)
             batches = PPOBatches(model, tok, template, prompts, gcfg, tcfg.batch_size,
                                  tcfg.grad_accum, tcfg.seed,
-                                 ref.to(d.device) if ref is not None else None, rm)
+                                 ref.to(d.device) if ref is not None else None, rm, d.rank)
             loss_fn = ppo_loss_fn(gcfg)
         else:
             from llmlab.align.grpo_run import RolloutBatches, grpo_loss_fn
 
             batches = RolloutBatches(model, tok, template, _rl_prompts(acfg, tcfg.seed), gcfg,
-                                     tcfg.seed)
+                                     tcfg.seed, rank=d.rank)
             loss_fn = grpo_loss_fn(gcfg)
         (run_dir / "config.json").write_text(json.dumps(
             {"algo": algo, "align": dataclasses.asdict(acfg), "train": dataclasses.asdict(tcfg),

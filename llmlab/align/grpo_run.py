@@ -25,17 +25,18 @@ class RolloutBatches:
     """next_batch() -> a rollout dict (tensors + the rollout's metrics)."""
 
     def __init__(self, model: nn.Module, tok: Any, template: Any, prompts: list[dict[str, Any]],
-                 cfg: GRPOConfig, seed: int = 0, ref: nn.Module | None = None) -> None:
+                 cfg: GRPOConfig, seed: int = 0, ref: nn.Module | None = None,
+                 rank: int = 0) -> None:
         self.model, self.tok, self.template, self.prompts = model, tok, template, prompts
-        self.cfg, self.seed, self.ref = cfg, seed, ref
+        self.cfg, self.seed, self.ref, self.rank = cfg, seed, ref, rank
         self.k, self.cached, self.served = 0, None, 0
 
     @torch.no_grad()
     def _rollout(self) -> dict[str, Any]:
         c, G = self.cfg, self.cfg.num_generations
-        picks = pick_prompts(self.prompts, c.prompts_per_step, self.seed, self.k)
+        picks = pick_prompts(self.prompts, c.prompts_per_step, self.seed, self.k, self.rank)
         r = sample(self.model, self.tok, self.template, picks, G, c.max_new_tokens,
-                   c.temperature, self.seed + self.k)
+                   c.temperature, self.seed + self.k + 100_003 * self.rank)
         rewards = torch.tensor(score_many(r.texts, [p["verifier"] for p in r.picks]))
         adv, std = group_advantages(rewards, G, c.scale_rewards)
         dev = next(self.model.parameters()).device

@@ -36,13 +36,13 @@ class PPOBatches:
     def __init__(self, policy: ScalarHead, tok: Any, template: Any,
                  prompts: list[dict[str, Any]], cfg: PPOConfig, batch_size: int,
                  grad_accum: int = 1, seed: int = 0, ref: nn.Module | None = None,
-                 reward_model: ScalarHead | None = None) -> None:
+                 reward_model: ScalarHead | None = None, rank: int = 0) -> None:
         if reward_model is None and any("verifier" not in p for p in prompts):
             raise ValueError("PPO without --reward-model scores with each prompt's verifier, "
                              "and some prompts have none")
         self.policy, self.tok, self.template, self.prompts = policy, tok, template, prompts
         self.cfg, self.bs, self.accum, self.seed = cfg, batch_size, grad_accum, seed
-        self.ref, self.rm = ref, reward_model
+        self.ref, self.rm, self.rank = ref, reward_model, rank
         self.k, self.served, self.cached = 0, 0, None
 
     def _chunks(self, n: int) -> list[slice]:
@@ -67,9 +67,9 @@ class PPOBatches:
     @torch.no_grad()
     def _rollout(self) -> dict[str, Any]:
         c, n = self.cfg, self.bs * self.accum
-        picks = pick_prompts(self.prompts, n, self.seed, self.k)
+        picks = pick_prompts(self.prompts, n, self.seed, self.k, self.rank)
         r = sample(self.policy, self.tok, self.template, picks, 1, c.max_new_tokens,
-                   c.temperature, self.seed + self.k)
+                   c.temperature, self.seed + self.k + 100_003 * self.rank)
         dev = next(self.policy.parameters()).device
         ids, attn, mask = r.ids.to(dev), r.attn.to(dev), r.cmask.to(dev)
         scores = self._scores(ids, attn, r.texts, r.picks)

@@ -45,10 +45,11 @@ def generator(model: nn.Module) -> nn.Module:
     return m
 
 
-def pick_prompts(prompts: list[dict[str, Any]], n: int, seed: int, k: int
+def pick_prompts(prompts: list[dict[str, Any]], n: int, seed: int, k: int, rank: int = 0
                  ) -> list[dict[str, Any]]:
-    """n prompts for rollout number k: a fixed function of (seed, k), so resume repeats it."""
-    rng = random.Random(seed * 1_000_003 + k)
+    """n prompts for rollout k on `rank`: a fixed function of (seed, k, rank), so resume
+    repeats it and ranks under torchrun draw different prompts."""
+    rng = random.Random(f"rollout-{seed}-{k}-{rank}")
     return [prompts[rng.randrange(len(prompts))] for _ in range(n)]
 
 
