@@ -54,3 +54,13 @@ def test_arithmetic_uses_the_same_split_rule() -> None:
     train = arithmetic_problems(200, split="train", seed=1)
     assert all(_independent_held_out(p.question, 0.2) for p in test)
     assert not any(_independent_held_out(p.question, 0.2) for p in train)
+
+
+def test_gen_pydocs_references_are_held_out_from_sft() -> None:
+    from llmlab.eval.tasks import _gen_items
+    from llmlab.train.sft_data import pydocs_examples
+
+    items = _gen_items("pydocs")
+    train = {e["question"] for e in pydocs_examples("train")}
+    assert len(items) > 300 and not {p for p, _ in items} & train
+    assert all(_independent_held_out(p, 0.1) for p, _ in items)
