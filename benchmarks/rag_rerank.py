@@ -1,15 +1,16 @@
 """SmolLM2 reranking on the Python-docs labeled sets: which relevance score a 135M model can
 carry out, and how much of it to mix with the first stage.
 
-For every query, hybrid (RRF) retrieves 30 chunks; SmolLM2 scores the first 20 with each
+For every query, hybrid (RRF) retrieves 30 chunks; SmolLM2 scores the first 10 with each
 scorer, in one padded bf16 forward per scorer:
   upr       mean log p(query | passage), UPR's plain-text prompt (the default scorer)
   yesno     logit(Yes) - logit(No), chat prompt, question first (shared prefix)
   yesno_pf  the session-1 prompt (passage first), as log P(Yes) and as Yes - No
 The mix weight is picked on the dev set (howto) and applied unchanged to the test set
-(tutorial), so the test figures are not tuned on their own labels.
+(tutorial), so the test figures are not tuned on their own labels. Scoring runs bf16 on
+the CPU with `--threads` threads.
 
-    python benchmarks/rag_rerank.py [--dev-queries 30] [--signals runs/rerank.json]
+    python benchmarks/rag_rerank.py [--dev-queries 20] [--signals runs/rerank]
 """
 
 from __future__ import annotations
@@ -44,16 +45,28 @@ def judge_pf(rr: LLMReranker, query: str, passages: list[str]) -> Batch:
     return Batch(head, rows, spans)
 
 
-def collect(subdir: str, n_queries: int, rr: LLMReranker, tmp: Path, scorers: list[str]
-            ) -> dict:
+def collect(subdir: str, n_queries: int, rr: LLMReranker, tmp: Path, scorers: list[str],
+            cache: Path | None) -> dict:
+    """Scores per query; with `cache` (JSONL) each query is saved as it completes and a
+    rerun resumes. Queries run in an interleaved order (0, n/2, n/4, 3n/4, ...), so a
+    partial run is an even sample of the set."""
     docs, qpath = build_pydocs_set(tmp / subdir, subdirs=(subdir,))
     qrels = load_qrels(qpath)
     if n_queries and n_queries < len(qrels):  # an even spread over the whole set
         qrels = [qrels[int(i * len(qrels) / n_queries)] for i in range(n_queries)]
-    idx = RagIndex.create(tmp / f"idx-{subdir}", get_embedder("onnx"))
-    idx.index([docs], 256, 32, progress=False)
+    done: dict[str, dict] = {}
+    if cache and cache.exists():
+        done = {r["query"]: r for r in map(json.loads, cache.read_text().splitlines())}
+    idx = None
     out = []
-    for i, q in enumerate(qrels):
+    for i in interleaved(len(qrels)):
+        q = qrels[i]
+        if q.query in done and all(k in done[q.query]["secs"] for k in scorers):
+            out.append(done[q.query])
+            continue
+        if idx is None:
+            idx = RagIndex.create(tmp / f"idx-{subdir}", get_embedder("onnx"))
+            idx.index([docs], 256, 32, progress=False)
         hits = idx.retrieve(q.query, "hybrid", DEPTH, with_cosine=False)
         texts = [h.chunk.text for h in hits[:TOP]]
         row: dict = {"query": q.query, "relevant": sorted(q.relevant),
@@ -62,9 +75,8 @@ def collect(subdir: str, n_queries: int, rr: LLMReranker, tmp: Path, scorers: li
         builds = {"upr": rr.upr_batch, "yesno": rr.yesno_batch,
                   "pf": lambda qq, pp: judge_pf(rr, qq, pp)}
         for name in scorers:
-            build = builds[name]
             t = time.perf_counter()
-            span, yn = rr.forward(build(q.query, texts))
+            span, yn = rr.forward(builds[name](q.query, texts))
             row["secs"][name] = time.perf_counter() - t
             if name == "upr":
                 row["upr"] = span.tolist()
@@ -75,9 +87,24 @@ def collect(subdir: str, n_queries: int, rr: LLMReranker, tmp: Path, scorers: li
                 row["logp_yes_pf"] = yn[:, 0].tolist()
                 row["upr_in_judge"] = span.tolist()
         out.append(row)
-        print(f"{subdir} {i + 1}/{len(qrels)} " + " ".join(
+        if cache:
+            with open(cache, "a") as f:
+                f.write(json.dumps(row) + "\n")
+        print(f"{subdir} {len(out)}/{len(qrels)} " + " ".join(
             f"{k} {v:.1f}s" for k, v in row["secs"].items()), flush=True)
     return {"subdir": subdir, "rows": out}
+
+
+def interleaved(n: int) -> list[int]:
+    """0, n/2, n/4, 3n/4, n/8, ...: every prefix is spread over the whole range."""
+    order, seen, step = [], set(), n
+    while len(order) < n:
+        for j in range(0, n, max(step, 1)):
+            if j not in seen:
+                seen.add(j)
+                order.append(j)
+        step //= 2
+    return order
 
 
 class _C:  # a chunk as doc_ranking reads it
@@ -132,26 +159,25 @@ def analyse(data: dict) -> dict:
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--dev", default="howto")
-    ap.add_argument("--dev-queries", type=int, default=30)
+    ap.add_argument("--dev-queries", type=int, default=20)
     ap.add_argument("--test", default="tutorial")
     ap.add_argument("--test-queries", type=int, default=0, help="0: all")
     ap.add_argument("--dev-scorers", nargs="+", default=["upr", "yesno", "pf"])
     ap.add_argument("--test-scorers", nargs="+", default=["upr", "yesno"])
-    ap.add_argument("--signals", default=None, help="JSON cache of the scores (reused)")
+    ap.add_argument("--signals", default=None,
+                    help="directory caching the scores per query (a rerun resumes)")
     ap.add_argument("--threads", type=int, default=2)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
-    path = Path(args.signals) if args.signals else None
-    if path and path.exists():
-        data = json.loads(path.read_text())
-    else:
-        rr = LLMReranker()
-        tmp = Path(tempfile.mkdtemp(prefix="rag-rerank-"))
-        data = {"dev": collect(args.dev, args.dev_queries, rr, tmp, args.dev_scorers),
-                "test": collect(args.test, args.test_queries, rr, tmp, args.test_scorers)}
-        if path:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_text(json.dumps(data))
+    cache = Path(args.signals) if args.signals else None
+    if cache:
+        cache.mkdir(parents=True, exist_ok=True)
+    rr = LLMReranker()
+    tmp = Path(tempfile.mkdtemp(prefix="rag-rerank-"))
+    data = {"dev": collect(args.dev, args.dev_queries, rr, tmp, args.dev_scorers,
+                           cache and cache / f"{args.dev}.jsonl"),
+            "test": collect(args.test, args.test_queries, rr, tmp, args.test_scorers,
+                            cache and cache / f"{args.test}.jsonl")}
     print(json.dumps(analyse(data), indent=1))
 
 

@@ -7,6 +7,11 @@
   planted "ignore previous instructions" can't steer the model.
 - Every [n] in the reply is checked against the sources actually given: valid ones become
   citations, others are removed from the text and reported in `invalid`.
+- Each citation is then checked against its sentence: the 135M model picks the number
+  before it writes the sentence (mostly [1]), so a citation whose source shares fewer of
+  the sentence's content words (bm25s tokens: stemmed, no stopwords) than another source
+  given to the model is re-pointed to that source, and the change is reported
+  (`repointed`). Post-hoc attribution, measured in BENCHMARKS.md (RAG).
 """
 
 from __future__ import annotations
@@ -47,13 +52,16 @@ class Answer:
     sources: list[Retrieved]
     citations: list[tuple[int, str]] = field(default_factory=list)  # (n, chunk_id)
     invalid: list[int] = field(default_factory=list)  # cited numbers that weren't given
+    repointed: list[tuple[int, int]] = field(default_factory=list)  # (model's n, better n)
     refused: bool = False  # no answer: weak retrieval, or the model said it doesn't know
     reason: str = ""
 
     def to_json(self) -> dict[str, Any]:
         return {"answer": self.text, "citations": [{"n": n, "chunk_id": c}
                                                    for n, c in self.citations],
-                "invalid_citations": self.invalid, "refused": self.refused,
+                "invalid_citations": self.invalid,
+                "repointed_citations": [list(x) for x in self.repointed],
+                "refused": self.refused,
                 "reason": self.reason}
 
 
@@ -62,12 +70,15 @@ def quarantine(text: str) -> str:
     return _INJECTION.sub("[instruction-like text removed]", text)
 
 
+def source_texts(sources: list[Retrieved], tok: Any) -> list[str]:
+    """Each source as the model sees it: cut to SOURCE_TOKENS, quarantined."""
+    return [quarantine(tok.decode(tok.encode(r.chunk.text, allowed_special="none")
+                                  [:SOURCE_TOKENS])) for r in sources]
+
+
 def build_messages(query: str, sources: list[Retrieved], tok: Any) -> list[tuple[str, str]]:
     """System + user turn; each source is `[n] text`, cut to SOURCE_TOKENS and quarantined."""
-    blocks = []
-    for n, r in enumerate(sources, 1):
-        ids = tok.encode(r.chunk.text, allowed_special="none")[:SOURCE_TOKENS]
-        blocks.append(f"[{n}] {quarantine(tok.decode(ids))}")
+    blocks = [f"[{n}] {t}" for n, t in enumerate(source_texts(sources, tok), 1)]
     user = (
         "Sources:\n" + "\n\n".join(blocks) + f"\n\nQuestion: {query}\n"
         "Answer briefly and cite the source number."
@@ -96,6 +107,43 @@ def check_citations(text: str, n_sources: int) -> tuple[str, list[int], list[int
     return re.sub(r" +([.,;])", r"\1", cleaned).strip(), valid, invalid
 
 
+_SENTENCE = re.compile(r"[^.!?\n]*(?:[.!?]+(?:\s*\[[\d,; ]+\])*|\n|$)")
+
+
+def attribute(text: str, sources: list[str]) -> tuple[str, list[tuple[int, int]]]:
+    """Re-point each citation [n] (n valid, 1-based) to the source that shares the most of
+    its sentence's content words, when that is strictly more than source n shares.
+
+    Returns (text, [(old n, new n), ...])."""
+    from llmlab.rag.sparse import query_terms
+
+    vocab = [set(query_terms(t)) for t in sources]
+    changes: list[tuple[int, int]] = []
+
+    def fix_sentence(m: re.Match[str]) -> str:
+        sent = m.group(0)
+        words = set(query_terms(_CITE.sub(" ", sent)))
+        if not words or not _CITE.search(sent):
+            return sent
+        support = [len(words & v) for v in vocab]
+        best = max(range(len(sources)), key=lambda j: support[j]) + 1
+
+        def fix(c: re.Match[str]) -> str:
+            ns = [int(x) for x in re.split(r"\s*[,;]\s*", c.group(1))]
+            out = []
+            for n in ns:
+                new = best if support[best - 1] > support[n - 1] else n
+                if new != n:
+                    changes.append((n, new))
+                if new not in out:
+                    out.append(new)
+            return f"[{', '.join(map(str, out))}]"
+
+        return _CITE.sub(fix, sent)
+
+    return _SENTENCE.sub(fix_sentence, text), changes
+
+
 class AnswerStream:
     """Iterate for text pieces as they are generated; `.result` is the checked Answer."""
 
@@ -106,9 +154,11 @@ class AnswerStream:
         lm: Any = None,
         min_cosine: float = MIN_COSINE,
         max_new_tokens: int = 160,
+        attribute: bool = True,
     ) -> None:
         self.query, self.sources = query, sources
         self.lm, self.min_cosine, self.max_new_tokens = lm, min_cosine, max_new_tokens
+        self.attribute = attribute
         self.result: Answer | None = None
 
     def refusal(self) -> Answer | None:
@@ -136,10 +186,16 @@ class AnswerStream:
         """Check the generated text (PREFILL included) and keep it as `.result`."""
         text = raw.strip()
         cleaned, valid, invalid = check_citations(text, len(self.sources))
+        changes: list[tuple[int, int]] = []
+        if valid and self.attribute:
+            cleaned, changes = attribute(cleaned, source_texts(self.sources, lm.tokenizer))
+            valid = list(dict.fromkeys(int(x) for c in _CITE.findall(cleaned)
+                                       for x in re.split(r"\s*[,;]\s*", c)))
         self.result = Answer(
             cleaned, text, self.sources,
             citations=[(n, self.sources[n - 1].chunk.chunk_id) for n in valid],
-            invalid=invalid, refused=bool(_DONT_KNOW.search(text)) and not valid,
+            invalid=invalid, repointed=changes,
+            refused=bool(_DONT_KNOW.search(text)) and not valid,
             reason="" if valid else "the model cited no source",
         )
         return self.result

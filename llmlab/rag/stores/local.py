@@ -159,7 +159,7 @@ class LocalStore(ChunkStore):
                 keep_tail = ~np.array(self._pending_dead)
                 segs.append(Segment.build(
                     [c for c, k in zip(self._pending, keep_tail, strict=True) if k],
-                    np.concatenate(self._pending_vecs)[keep_tail], self.ann_threshold,
+                    self._pending_matrix()[keep_tail], self.ann_threshold,
                     progress))
             else:
                 segs.append(self._tail_segment(progress))
@@ -225,9 +225,14 @@ class LocalStore(ChunkStore):
         return self.dir / name
 
     # ---- parts: the segments plus the unsaved tail ---------------------------------------
+    def _pending_matrix(self) -> np.ndarray:
+        if len(self._pending_vecs) > 1:  # one array from now on, not a copy per call
+            self._pending_vecs = [np.concatenate(self._pending_vecs)]
+        return self._pending_vecs[0]
+
     def _tail_segment(self, progress: bool = False) -> Segment:
         if self._tail is None:
-            self._tail = Segment.build(self._pending, np.concatenate(self._pending_vecs),
+            self._tail = Segment.build(self._pending, self._pending_matrix(),
                                        self.ann_threshold, progress)
         return self._tail
 
@@ -325,7 +330,7 @@ class LocalStore(ChunkStore):
         if missing:
             raise KeyError(f"unknown chunk ids: {missing[:3]}")
         out = np.zeros((len(chunk_ids), self.dim), dtype=np.float32)
-        pend = np.concatenate(self._pending_vecs) if self._pending_vecs else None
+        pend = self._pending_matrix() if self._pending_vecs else None
         for j, cid in enumerate(chunk_ids):
             seg, r = self._locate(cid)
             out[j] = pend[r] if seg is None else seg.vectors[r]  # type: ignore[index]
