@@ -260,13 +260,16 @@ class Transformer(nn.Module):
         last_only: bool = False,
         doc_ids: torch.Tensor | None = None,
         labels: torch.Tensor | None = None,
+        logits_mask: torch.Tensor | None = None,
     ) -> ModelOutput:
         """`attention_mask` (B, past + T) marks real tokens (1) and padding (0).
 
         `doc_ids` (B, T) packs several documents in a row: attention stays within a document
         (pass `positions` restarting at 0 for each, as if it were alone).
 
-        `last_only` computes logits for the final position only (generation).
+        `last_only` computes logits for the final position only (generation); `logits_mask`
+        (B, T) bool for the selected positions only, as (n_selected, vocab) (a loss that
+        ignores most positions, such as SFT's assistant-only one, skips the LM head there).
 
         `labels` (B, T), aligned with the inputs (already shifted; -100 = ignore), returns the
         mean cross-entropy as `loss` instead of logits: the output projection and the loss run
@@ -296,7 +299,8 @@ class Transformer(nn.Module):
         if labels is not None:
             loss = self.loss(h, labels)
         elif self.cfg.lm_head:
-            logits = self.lm_head(h[:, -1:] if last_only else h)
+            logits = self.lm_head(h[:, -1:] if last_only else
+                                  h[logits_mask] if logits_mask is not None else h)
         out = ModelOutput(logits=logits, hidden=h, loss=loss)
         if explain:
             assert ex is not None and enc_ex is not None

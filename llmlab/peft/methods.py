@@ -87,6 +87,9 @@ class PromptTuning(_VirtualTokens):
             cache.length = inner.length - self.n  # type: ignore[union-attr]
             return out
         ids = torch.cat([input_ids.new_zeros(b, self.n), input_ids], dim=1)
+        sel = kw.get("logits_mask")
+        if sel is not None:  # no logits at the virtual positions
+            kw["logits_mask"] = torch.cat([sel.new_zeros(b, self.n), sel], dim=1)
         self._batch = b  # placeholders 0..n-1 become the prompt in the embedding hook
         try:
             out = self.base_model(ids, attention_mask, cache=inner, **kw)
@@ -94,7 +97,7 @@ class PromptTuning(_VirtualTokens):
             self._batch = 0
         if cache is not None:
             cache.length = inner.length - self.n  # type: ignore[union-attr]
-        if not kw.get("last_only"):
+        if not kw.get("last_only") and sel is None:
             out.logits = out.logits[:, self.n:]
         out.hidden = out.hidden[:, self.n:]
         return out
