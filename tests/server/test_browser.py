@@ -130,3 +130,49 @@ def test_rag_query_shows_ranked_chunks_and_cited_answer(page, server) -> None:  
         timeout=180_000,
     )
     shot(pg, "rag")
+
+
+@pytest.fixture(scope="module")
+def local_run(tmp_path_factory) -> Path:  # noqa: ANN001
+    """A real `llmlab pretrain` run dir: a 512-id BPE on KJV text, 2 layers x 2 heads."""
+    from train_common import TINY, cli, make_data
+
+    d = tmp_path_factory.mktemp("local")
+    data = make_data(d)
+    cli("pretrain", "--out", str(d / "tinyrun"), "--data", str(data), *TINY,
+        "--max-steps", "2", "--eval-every", "2", "--ckpt-every", "2")
+    return d / "tinyrun"
+
+
+def test_attention_on_a_local_checkpoint(page, local_run, lm, enc) -> None:  # noqa: ANN001
+    import llmlab
+    from llmlab.explain.attention import run_attention, softmax_with_temperature
+    from llmlab.server.hub import ServerConfig
+
+    from .conftest import live_server
+
+    text = "And God said, Let there be light"
+    with live_server(ServerConfig(fast_decode=False, model_dirs=[str(local_run)]), lm, enc) as s:
+        models = httpx.get(f"{s.url}/api/models").json()["attention"]
+        assert {"id": "local:tinyrun", "label": "tinyrun (local)", "path": str(local_run)} in models
+        pg = page
+        pg.goto(f"{s.url}/#/attention")
+        opt = "[data-testid=att-model] option[value='local:tinyrun']"
+        pg.wait_for_selector(opt, state="attached")
+        pg.select_option("[data-testid=att-model]", "local:tinyrun")
+        pg.fill("[data-testid=att-text]", text)
+        pg.wait_for_function(
+            "document.querySelector('[data-stat=model]')?.textContent === 'tinyrun'"
+        )
+        pg.wait_for_function("document.querySelector('[data-testid=tokens]').children.length > 1")
+        stats = pg.inner_text("[data-testid=stats]").replace("\t", "\n")
+        assert "layers\n2" in stats and "heads\n2" in stats
+        # The map is the checkpoint's own attention, as the library computes it.
+        ref = run_attention(llmlab.load(local_run), text, None)
+        w = softmax_with_temperature(ref.scores[0], 1.0)[0]
+        n = w.shape[0]
+        assert pg.eval_on_selector_all(".tok", "bs => bs.length") == n
+        got = [float(x) for x in cells(pg)]
+        want = [float(w[i, j]) for i in range(n) for j in range(n)]
+        assert got == pytest.approx(want, abs=1e-3)
+        shot(pg, "attention-local")
