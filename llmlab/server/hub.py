@@ -30,6 +30,7 @@ class ServerConfig:
     max_attention_tokens: int = 64
     max_new_tokens: int = 512
     max_upload_bytes: int = 512 * 1024
+    max_body_bytes: int = 2 * 1024 * 1024  # any request body (an upload plus its form)
     max_session_docs: int = 20
     # Local checkpoints for the attention page: `llmlab pretrain` run dirs or saved models.
     model_dirs: list[str] = field(default_factory=list)
@@ -50,6 +51,11 @@ class ServerConfig:
             v = getattr(self, f.name)
             if isinstance(v, (int, float)) and not isinstance(v, bool) and v < 0:
                 raise ValueError(f"{f.name}: must be >= 0, got {v}")
+        if self.max_body_bytes <= self.max_upload_bytes:
+            raise ValueError(
+                f"max_body_bytes: must exceed max_upload_bytes ({self.max_upload_bytes}), "
+                f"got {self.max_body_bytes}"
+            )
         for name in ("max_batch", "max_batch_tokens", "attention_cache", "kb_cache",
                      "max_sessions", "max_local_models", "tokenizer_cache"):
             if getattr(self, name) < 1:

@@ -12,7 +12,7 @@ import llmlab
 
 def _registry() -> dict[str, Callable[..., Any]]:
     from llmlab.explain import attention, decoding, embeddings, projection, spectrum
-    from llmlab.generate import chat, sampling
+    from llmlab.generate import batcher, chat, sampling
     from llmlab.model import layers
     from llmlab.model import positions as mpos
     from llmlab.peft import accounting
@@ -36,6 +36,9 @@ def _registry() -> dict[str, Callable[..., Any]]:
         "embeddings.analogy": embeddings.analogy_vector,
         "embeddings.neighbours": embeddings.cosine_neighbours,
         "chat.stream": chat.stream_chat,
+        "chat.template": chat.ChatTemplate.encode,
+        "batch.decode": batcher.Batcher._decode,
+        "batch.emit": batcher.Batcher._emit,
     }
 
 
@@ -43,7 +46,7 @@ def source_of(key: str) -> dict[str, Any]:
     reg = _registry()
     if key not in reg:
         raise KeyError(key)
-    fn = reg[key]
+    fn = inspect.unwrap(reg[key])  # past decorators such as torch.inference_mode
     src = inspect.getsource(fn)
     file = Path(inspect.getsourcefile(fn) or "")
     root = Path(llmlab.__file__).parent.parent

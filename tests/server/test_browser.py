@@ -1,10 +1,12 @@
 """The playground in a real browser (Debian's chromium driven by Playwright).
 
-Screenshots land in tests/artifacts/ (git-ignored) for a human to look at."""
+Screenshots of every page land in tests/artifacts/ (git-ignored; or $LLMLAB_ARTIFACTS) for
+a human to look at."""
 
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
@@ -22,7 +24,8 @@ ARGS = [
     "--disable-sync",
     "--no-first-run",
 ]
-ARTIFACTS = Path(__file__).resolve().parents[1] / "artifacts"
+# LLMLAB_ARTIFACTS lets CI collect the screenshots from a folder of its choosing.
+ARTIFACTS = Path(os.environ.get("LLMLAB_ARTIFACTS") or Path(__file__).parents[1] / "artifacts")
 
 
 @pytest.fixture(scope="module")
@@ -176,3 +179,41 @@ def test_attention_on_a_local_checkpoint(page, local_run, lm, enc) -> None:  # n
         want = [float(w[i, j]) for i in range(n) for j in range(n)]
         assert got == pytest.approx(want, abs=1e-3)
         shot(pg, "attention-local")
+
+
+def test_chat_page_streams_the_models_greedy_reply(page, server, lm) -> None:  # noqa: ANN001
+    from llmlab.generate.chat import chat_ids
+    from llmlab.generate.engine import complete, make_params
+
+    pg = page
+    pg.goto(f"{server.url}/#/chat")
+    pg.fill("[data-testid=chat-temp]", "0")
+    pg.fill("[data-testid=chat-max]", "16")
+    pg.fill("[data-testid=chat-input]", "What is the capital of France?")
+    pg.click("[data-testid=chat-send]")
+    pg.wait_for_function(
+        "!document.querySelector('[data-testid=chat-send]').disabled"
+        " && document.querySelector('[data-testid=chat-reply]').textContent.length > 0",
+        timeout=180_000,
+    )
+    ids = chat_ids(lm, [{"role": "user", "content": "What is the capital of France?"}])
+    params = make_params(lm.tokenizer, max_new_tokens=16, temperature=0, stop=["<|im_end|>"])
+    want = complete(lm.model, lm.tokenizer, [ids], params)[0].text
+    assert pg.inner_text("[data-testid=chat-reply]") == want.strip()
+    shot(pg, "chat")
+
+
+@pytest.mark.parametrize(
+    ("name", "ready"),
+    [
+        ("tokenizer", "document.querySelectorAll('[data-testid=tok-pieces] .piece').length > 5"),
+        ("decoding", "document.querySelectorAll('[data-testid=dec-bars] *').length > 5"),
+        ("embeddings", "document.querySelectorAll('[data-testid=emb-nn] li').length > 0"),
+    ],
+)
+def test_other_pages_render_real_results(page, server, name: str, ready: str) -> None:  # noqa: ANN001
+    pg = page
+    pg.goto(f"{server.url}/#/{name}")
+    pg.wait_for_function(ready, timeout=180_000)
+    assert pg.eval_on_selector_all(".error:not([hidden])", "e => e.length") == 0
+    shot(pg, name)
