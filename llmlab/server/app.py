@@ -37,6 +37,7 @@ def create_app(cfg: ServerConfig | None = None) -> FastAPI:
     app = FastAPI(title="llmlab playground", version=__version__, lifespan=lifespan)
     app.state.hub = hub
     errors.install(app)
+    app.add_middleware(errors.BodyLimit, limit=cfg.max_body_bytes)
 
     @app.get("/healthz")
     def healthz() -> dict[str, Any]:

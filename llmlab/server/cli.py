@@ -6,8 +6,8 @@ import argparse
 import logging
 import sys
 
-
-# ServerConfig fields set by the flags above rather than by one flag each.
+# ServerConfig fields with hand-written flags (--model, --no-int8, --lazy, ...); the rest get
+# one generated flag each. model_dirs, a list, is set by the repeatable --model-dir.
 CLI_OWN = ("chat_model", "embed_model", "fast_decode", "allow_local_models", "preload")
 
 
@@ -26,6 +26,7 @@ def cmd_serve(a: argparse.Namespace) -> int:
         # A checkpoint path in a request reads the server's disk: loopback only by default.
         allow_local_models=a.allow_local_models or a.host in ("127.0.0.1", "localhost", "::1"),
         preload=not a.lazy,
+        model_dirs=a.model_dir or [],
         **overrides(a, a.limit_names),
     )
     print(
@@ -52,6 +53,13 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--embed-model", default="minilm-l6-v2")
     p.add_argument("--lazy", action="store_true", help="load models on first use")
     p.add_argument("--no-int8", action="store_true", help="generate with the fp32 model")
+    p.add_argument(
+        "--model-dir",
+        action="append",
+        metavar="DIR",
+        help="a local checkpoint for the attention page (a `llmlab pretrain` run dir or a "
+        "saved model dir); repeatable",
+    )
     p.add_argument(
         "--allow-local-models",
         action="store_true",

@@ -13,7 +13,7 @@ import copy
 import logging
 import threading
 from collections import OrderedDict
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -30,7 +30,10 @@ class ServerConfig:
     max_attention_tokens: int = 64
     max_new_tokens: int = 512
     max_upload_bytes: int = 512 * 1024
+    max_body_bytes: int = 2 * 1024 * 1024  # any request body (an upload plus its form)
     max_session_docs: int = 20
+    # Local checkpoints for the attention page: `llmlab pretrain` run dirs or saved models.
+    model_dirs: list[str] = field(default_factory=list)
     max_batch: int = 16  # generation requests decoded together (int8 kernel: up to 16 rows)
     max_batch_tokens: int = 16384  # rows x cache length; fp32 SmolLM2 KV: 46 KB a token
     # Caps that keep memory bounded however long the server runs:
@@ -48,10 +51,34 @@ class ServerConfig:
             v = getattr(self, f.name)
             if isinstance(v, (int, float)) and not isinstance(v, bool) and v < 0:
                 raise ValueError(f"{f.name}: must be >= 0, got {v}")
+        if self.max_body_bytes <= self.max_upload_bytes:
+            raise ValueError(
+                f"max_body_bytes: must exceed max_upload_bytes ({self.max_upload_bytes}), "
+                f"got {self.max_body_bytes}"
+            )
         for name in ("max_batch", "max_batch_tokens", "attention_cache", "kb_cache",
                      "max_sessions", "max_local_models", "tokenizer_cache"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name}: must be >= 1, got {getattr(self, name)}")
+
+
+def local_model_dirs(dirs: list[str]) -> dict[str, Path]:
+    """Name each --model-dir by its folder (a run dir's own name, not "final"), unique;
+    a folder that holds no model is an error naming it, before the server starts."""
+    out: dict[str, Path] = {}
+    for d in dirs:
+        path = Path(d).expanduser()
+        model = path / "final" if (path / "final").is_dir() else path
+        if not any((model / f).is_file() for f in ("llmlab.json", "config.json")):
+            raise ValueError(
+                f"model_dirs: {d!r} is not a model directory (expected llmlab.json or "
+                "config.json in it, or in its final/ as `llmlab pretrain` writes)"
+            )
+        name, k = path.resolve().name, 2
+        while name in out:
+            name, k = f"{path.resolve().name}-{k}", k + 1
+        out[name] = path
+    return out
 
 
 class FairLock:
@@ -106,6 +133,7 @@ class Hub:
         self._load_lock = threading.RLock()
         self._models: dict[str, Any] = {}
         self._local: OrderedDict[str, Any] = OrderedDict()  # least recently used first
+        self.model_dirs = local_model_dirs(cfg.model_dirs)  # name -> dir, checked now
 
     def _get(self, key: str, make: Any) -> Any:
         if key not in self._models:
@@ -146,17 +174,36 @@ class Hub:
 
         return self._get("enc", lambda: llmlab.load(self.cfg.embed_model))
 
+    def attention_models(self) -> list[dict[str, str]]:
+        """What the attention page offers: the two bundled models, then --model-dir ones."""
+        out = [
+            {"id": "smollm2", "label": "SmolLM2-135M (causal)"},
+            {"id": "minilm", "label": "MiniLM-L6 (bidirectional)"},
+        ]
+        for name, path in self.model_dirs.items():
+            out.append({"id": f"local:{name}", "label": f"{name} (local)", "path": str(path)})
+        return out
+
     def attention_model(self, name: str) -> Any:
-        """ "smollm2", "minilm", or a local checkpoint directory."""
+        """ "smollm2", "minilm", "local:NAME" (a --model-dir), or any checkpoint directory
+        when `allow_local_models`."""
         if name == "smollm2":
             return self.lm()
         if name == "minilm":
             return self.enc()
+        if name.startswith("local:"):
+            if name[6:] not in self.model_dirs:
+                known = ", ".join(f"local:{n}" for n in self.model_dirs) or "none configured"
+                raise ValueError(f"model: unknown local model {name!r}; known: {known}")
+            return self._local_model(self.model_dirs[name[6:]], name[6:])
         if not self.cfg.allow_local_models:
             raise PermissionError("model: local checkpoints are disabled on this server")
         path = Path(name).expanduser()
         if not path.is_dir():
             raise ValueError(f"model: {name!r} is not 'smollm2', 'minilm' or a checkpoint dir")
+        return self._local_model(path, path.resolve().name)
+
+    def _local_model(self, path: Path, label: str) -> Any:
         key = str(path.resolve())
         with self._load_lock:
             if key not in self._local:
@@ -164,7 +211,8 @@ class Hub:
 
                 lm = llmlab.load(key)
                 if lm.tokenizer is None:
-                    raise ValueError(f"model: {name!r} has no tokenizer files")
+                    raise ValueError(f"model: {label!r} has no tokenizer files")
+                lm.name = label  # a run dir loads from final/: show the run's name
                 self._local[key] = lm
                 while len(self._local) > self.cfg.max_local_models:
                     self._local.popitem(last=False)

@@ -17,7 +17,7 @@ from starlette.concurrency import run_in_threadpool
 
 from llmlab.generate.chat import template_for
 from llmlab.generate.engine import fit_context, make_params
-from llmlab.server.errors import ApiError
+from llmlab.server.errors import ApiError, sse_error
 from llmlab.server.hub import Hub
 from llmlab.server.jsonmode import JSON_SYSTEM, ensure_json_object
 
@@ -172,8 +172,9 @@ def make_router(hub: Hub) -> APIRouter:
         )
         # Submitted here, not in the endpoint, so a response that never starts never decodes;
         # a client that leaves mid-stream cancels it (its batch slot frees at the next step).
-        handle = batcher.submit(ids, params)
+        handle = None
         try:
+            handle = batcher.submit(ids, params)
             async for piece in handle:
                 yield _sse(
                     {
@@ -183,8 +184,12 @@ def make_router(hub: Hub) -> APIRouter:
                         ],
                     }
                 )
+        except Exception as e:  # the 200 is sent: report it in the stream, as OpenAI does
+            yield _sse(sse_error(e))
+            return
         finally:
-            handle.cancel()
+            if handle is not None:
+                handle.cancel()
         finish = handle.result.finish_reason
         yield _sse({**chunk, "choices": [{"index": 0, "delta": {}, "finish_reason": finish}]})
         yield "data: [DONE]\n\n"

@@ -30,7 +30,7 @@ from pydantic import BaseModel, Field
 from starlette.concurrency import run_in_threadpool
 
 from llmlab.explain.projection import project_2d
-from llmlab.server.errors import ApiError
+from llmlab.server.errors import ApiError, sse_error
 from llmlab.server.hub import Hub
 
 EXAMPLES = [
@@ -292,6 +292,13 @@ def make_router(hub: Hub) -> APIRouter:
             return f"event: {stage}\ndata: {json.dumps(data, ensure_ascii=False)}\n\n"
 
         async def events() -> AsyncIterator[str]:
+            try:
+                async for e in stages():
+                    yield e
+            except Exception as e:  # the 200 is sent: report it as a last event
+                yield ev("error", **sse_error(e))
+
+        async def stages() -> AsyncIterator[str]:
             # Blocking work runs in the thread pool; the answer streams from the shared
             # generation worker, and a client that leaves cancels it there.
             yield ev("query", query=req.query)

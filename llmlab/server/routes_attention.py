@@ -121,6 +121,11 @@ def make_router(hub: Hub) -> APIRouter:
             ],
         }
 
+    @r.get("/models")
+    def models() -> dict[str, Any]:
+        """The attention page's model menu; `paths` says whether any directory is accepted."""
+        return {"attention": hub.attention_models(), "paths": hub.cfg.allow_local_models}
+
     @r.get("/positions")
     def positions(n: int = 48, d: int = 64, model: str = "smollm2") -> dict[str, Any]:
         if not 2 <= n <= 256:

@@ -13,7 +13,7 @@ import llmlab
 def _registry() -> dict[str, Callable[..., Any]]:
     from llmlab.explain import attention, decoding, embeddings, projection, spectrum
     from llmlab.foundations import descent, numpy_nn, overfit, token_embeddings, vectors, word2vec
-    from llmlab.generate import chat, sampling
+    from llmlab.generate import batcher, chat, sampling
     from llmlab.model import layers
     from llmlab.model import positions as mpos
     from llmlab.peft import accounting
@@ -53,6 +53,9 @@ def _registry() -> dict[str, Callable[..., Any]]:
         "foundations.analogy": vectors.VectorSpace.analogy,
         "foundations.project": vectors.VectorSpace.project,
         "foundations.token": token_embeddings.TokenSpace.token_id,
+        "chat.template": chat.ChatTemplate.encode,
+        "batch.decode": batcher.Batcher._decode,
+        "batch.emit": batcher.Batcher._emit,
     }
 
 
@@ -60,7 +63,7 @@ def source_of(key: str) -> dict[str, Any]:
     reg = _registry()
     if key not in reg:
         raise KeyError(key)
-    fn = reg[key]
+    fn = inspect.unwrap(reg[key])  # past decorators such as torch.inference_mode
     src = inspect.getsource(fn)
     file = Path(inspect.getsourcefile(fn) or "")
     root = Path(llmlab.__file__).parent.parent

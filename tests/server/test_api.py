@@ -189,3 +189,62 @@ def test_disconnect_mid_stream_frees_the_slot(server) -> None:  # noqa: ANN001
         time.sleep(0.1)
     g = gen()
     assert g["cancelled"] == cancelled + 1 and g["rows"] == 0
+
+
+def _raw_get(url: str, path: str) -> int:
+    """GET `path` byte for byte: http.client, unlike httpx, leaves '..' segments alone."""
+    import http.client
+    from urllib.parse import urlsplit
+
+    u = urlsplit(url)
+    c = http.client.HTTPConnection(u.hostname, u.port, timeout=30)
+    c.request("GET", path)
+    status = c.getresponse().status
+    c.close()
+    return status
+
+
+def test_no_path_traversal_through_static_or_source_routes(server) -> None:  # noqa: ANN001
+    for path in (
+        "/assets/../../hub.py",
+        "/assets/%2e%2e/%2e%2e/hub.py",
+        "/assets/..%2f..%2fhub.py",
+        "/api/source/..%2f..%2fetc%2fpasswd",
+        "/api/narration/..%2f..%2fetc%2fpasswd",
+    ):
+        assert _raw_get(server.url, path) == 404, path
+
+
+def test_malformed_and_oversized_bodies_get_json_4xx(server) -> None:  # noqa: ANN001
+    u = f"{server.url}/api/attention"
+    r = httpx.post(u, content=b"{bad", headers={"content-type": "application/json"})
+    assert r.status_code == 422 and "not valid JSON at character 1" in r.json()["error"]["message"]
+    r = httpx.post(u, content=b"[1, 2]", headers={"content-type": "application/json"})
+    assert r.status_code == 422 and r.json()["error"]["message"].startswith("body: ")
+    big = b'{"text": "' + b"x" * server.hub.cfg.max_body_bytes + b'"}'
+    r = httpx.post(u, content=big, headers={"content-type": "application/json"})
+    assert r.status_code == 413 and "limit" in r.json()["error"]["message"]
+
+    def chunked():  # noqa: ANN202  (no Content-Length: counted as it arrives)
+        for _ in range(server.hub.cfg.max_body_bytes // 65536 + 2):
+            yield b" " * 65536
+
+    r = httpx.post(u, content=chunked(), headers={"content-type": "application/json"})
+    assert 400 <= r.status_code < 500 and "error" in r.json()
+    r = httpx.delete(f"{server.url}/healthz")
+    assert r.status_code == 405 and r.json()["error"]["type"] == "invalid_request_error"
+
+
+def test_json_mode_streams_one_parsable_object(client) -> None:  # noqa: ANN001
+    chunks = list(
+        client.chat.completions.create(
+            model="smollm2-135m-instruct",
+            temperature=0,
+            max_tokens=12,
+            stream=True,
+            response_format={"type": "json_object"},
+            messages=[{"role": "user", "content": "Give a JSON object with a key 'city'."}],
+        )
+    )
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert isinstance(json.loads(text), dict)

@@ -50,3 +50,36 @@ def test_unknown_session_is_a_404(server) -> None:  # noqa: ANN001
         f"{server.url}/api/rag/query", json={"query": "open a file", "session": "f" * 32}
     )
     assert r.status_code == 404 and r.json()["error"]["param"] == "session"
+
+
+def test_model_dirs_are_checked_and_named(tmp_path: Path) -> None:
+    from llmlab.server.hub import local_model_dirs
+
+    (tmp_path / "run" / "final").mkdir(parents=True)
+    (tmp_path / "run" / "final" / "llmlab.json").write_text("{}")
+    (tmp_path / "other" / "run").mkdir(parents=True)
+    (tmp_path / "other" / "run" / "config.json").write_text("{}")
+    dirs = local_model_dirs([str(tmp_path / "run"), str(tmp_path / "other" / "run")])
+    assert dirs == {"run": tmp_path / "run", "run-2": tmp_path / "other" / "run"}
+    with pytest.raises(ValueError, match="empty.*not a model directory"):
+        (tmp_path / "empty").mkdir()
+        local_model_dirs([str(tmp_path / "empty")])
+
+
+def test_serve_rejects_a_model_dir_without_a_model(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parents[2]
+    r = subprocess.run(
+        [sys.executable, "-m", "llmlab.cli", "serve", "--lazy", "--model-dir", str(tmp_path)],
+        capture_output=True, text=True, timeout=120, env={"PYTHONPATH": str(root), "PATH": ""},
+    )
+    assert r.returncode != 0 and "not a model directory" in r.stderr and str(tmp_path) in r.stderr
+
+
+def test_model_menu_and_unknown_local_model(server) -> None:  # noqa: ANN001
+    m = httpx.get(f"{server.url}/api/models").json()
+    assert [x["id"] for x in m["attention"]] == ["smollm2", "minilm"] and m["paths"] is True
+    r = httpx.post(f"{server.url}/api/attention", json={"text": "hi", "model": "local:nope"})
+    assert r.status_code == 400 and r.json()["error"]["param"] == "model"
