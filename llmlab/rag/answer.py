@@ -188,7 +188,8 @@ class AnswerStream:
         cleaned, valid, invalid = check_citations(text, len(self.sources))
         changes: list[tuple[int, int]] = []
         if valid and self.attribute:
-            cleaned, changes = attribute(cleaned, source_texts(self.sources, lm.tokenizer))
+            tok = (self.lm or get_lm()).tokenizer
+            cleaned, changes = attribute(cleaned, source_texts(self.sources, tok))
             valid = list(dict.fromkeys(int(x) for c in _CITE.findall(cleaned)
                                        for x in re.split(r"\s*[,;]\s*", c)))
         self.result = Answer(
