@@ -28,7 +28,11 @@ def main() -> None:
     ap.add_argument("--subdir", default="tutorial")
     ap.add_argument("--answers", type=int, default=20)
     ap.add_argument("--out", default=None)
+    ap.add_argument("--threads", type=int, default=2)
     args = ap.parse_args()
+    import torch
+
+    torch.set_num_threads(args.threads)
     tmp = Path(tempfile.mkdtemp(prefix="rag-answers-"))
     docs, qpath = build_pydocs_set(tmp / "set", subdirs=(args.subdir,))
     qrels = load_qrels(qpath)

@@ -156,6 +156,28 @@ def analyse(data: dict) -> dict:
     return report
 
 
+def latency(rr: LLMReranker, subdir: str, n: int, tmp: Path) -> dict:
+    """Seconds to rerank TOP candidates of one query, bf16 vs fp32, alternating."""
+    docs, qpath = build_pydocs_set(tmp / f"lat-{subdir}", subdirs=(subdir,))
+    qrels = load_qrels(qpath)
+    idx = RagIndex.create(tmp / f"lat-idx-{subdir}", get_embedder("onnx"))
+    idx.index([docs], 256, 32, progress=False)
+    times: dict[str, list[float]] = {}
+    for q in [qrels[int(i * len(qrels) / n)] for i in range(n)]:
+        texts = [h.chunk.text for h in idx.retrieve(q.query, "hybrid", TOP,
+                                                     with_cosine=False)]
+        for scorer in ("upr", "yesno"):
+            for bf16 in (True, False):
+                rr.scorer, rr.bf16 = scorer, bf16
+                t = time.perf_counter()
+                rr.rerank(q.query, texts)
+                key = f"{scorer}/{'bf16' if bf16 else 'fp32'}"
+                times.setdefault(key, []).append(time.perf_counter() - t)
+    rr.scorer, rr.bf16 = "upr", True
+    return {k: {"median_s": round(float(np.median(v)), 2), "max_s": round(max(v), 2)}
+            for k, v in times.items()}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--dev", default="howto")
@@ -167,6 +189,8 @@ def main() -> None:
     ap.add_argument("--signals", default=None,
                     help="directory caching the scores per query (a rerun resumes)")
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--latency", type=int, default=0,
+                    help="only time reranking this many queries (bf16 vs fp32)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     cache = Path(args.signals) if args.signals else None
@@ -174,6 +198,10 @@ def main() -> None:
         cache.mkdir(parents=True, exist_ok=True)
     rr = LLMReranker()
     tmp = Path(tempfile.mkdtemp(prefix="rag-rerank-"))
+    if args.latency:
+        print(json.dumps({"threads": args.threads, "candidates": TOP,
+                          **latency(rr, args.test, args.latency, tmp)}, indent=1))
+        return
     data = {"dev": collect(args.dev, args.dev_queries, rr, tmp, args.dev_scorers,
                            cache and cache / f"{args.dev}.jsonl"),
             "test": collect(args.test, args.test_queries, rr, tmp, args.test_scorers,

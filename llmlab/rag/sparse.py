@@ -97,11 +97,11 @@ class Postings:
             # (row, term) pairs -> unique pairs with their counts: the term frequencies
             key, tf = np.unique(r * len(remap) + local, return_counts=True)
             rows.append((key // len(remap) + s).astype(np.int32))
-            cols.append(remap[key % len(remap)])
+            cols.append(remap[key % len(remap)].astype(np.int32))
             tfs.append(np.minimum(tf, 65535).astype(np.uint16))
             lengths[s : s + len(lens)] = lens
         row = np.concatenate(rows) if rows else np.zeros(0, np.int32)
-        col = np.concatenate(cols) if cols else np.zeros(0, np.int64)
+        col = np.concatenate(cols) if cols else np.zeros(0, np.int32)
         tf = np.concatenate(tfs) if tfs else np.zeros(0, np.uint16)
         order = np.argsort(col, kind="stable")  # term-major; rows stay ascending per term
         indptr = np.zeros(len(vocab) + 1, dtype=np.int64)

@@ -18,7 +18,8 @@ import json
 import mmap
 import os
 import zlib
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +31,10 @@ from llmlab.rag.stores.base import COLUMNS, Where
 
 HNSW_M, HNSW_EF_BUILD, HNSW_EF_SEARCH = 32, 80, 128
 ADD_BATCH = 10_000
+
+
+def _encode(chunks: list[Chunk], row: int) -> bytes:
+    return json.dumps(chunks[row].to_json(), ensure_ascii=False).encode() + b"\n"
 
 
 def value_key(v: Any) -> str:
@@ -94,14 +99,16 @@ class Segment:
         fields: list[str],
         values: list[list[str]],
         codes: np.ndarray,
-        records: Sequence[bytes] | None = None,
+        records: Callable[[int], bytes] | None = None,
         hnsw: Any = None,
         name: str | None = None,
     ) -> None:
         self.ids, self.vectors, self.postings = ids, vectors, postings
         self.fields, self.values, self.codes = fields, values, codes
         self.hnsw, self.name = hnsw, name
-        self._records = records  # in memory until written; then the mmap below
+        # Until written: a function giving row r's record (made on demand, so a million
+        # pending chunks aren't held twice); once written, the mmap below.
+        self._records = records
         self._mm: mmap.mmap | None = None
         self._offsets: np.ndarray | None = None
         self._value_index = [{v: i for i, v in enumerate(vals)} for vals in values]
@@ -113,8 +120,6 @@ class Segment:
     @classmethod
     def build(cls, chunks: list[Chunk], vectors: np.ndarray, ann_threshold: int,
               progress: bool = False) -> Segment:
-        records = [json.dumps(c.to_json(), ensure_ascii=False).encode() + b"\n"
-                   for c in chunks]
         fields = list(COLUMNS[1:])  # chunk_id is looked up through the id map instead
         for c in chunks:
             for k in c.meta or {}:
@@ -137,7 +142,7 @@ class Segment:
         if hnsw is not None:
             vectors = hnsw_vectors(hnsw)
         return cls([c.chunk_id for c in chunks], vectors, postings, fields,
-                   [list(v) for v in values], codes, records, hnsw)
+                   [list(v) for v in values], codes, partial(_encode, chunks), hnsw)
 
     @classmethod
     def merge(cls, parts: Sequence[tuple[Segment, np.ndarray | None]], ann_threshold: int,
@@ -146,8 +151,12 @@ class Segment:
         keeps = [np.ones(len(s), bool) if k is None else k for s, k in parts]
         ids = [i for (s, _), k in zip(parts, keeps, strict=True)
                for i, kk in zip(s.ids, k, strict=True) if kk]
-        records = [s.record(r) for (s, _), k in zip(parts, keeps, strict=True)
-                   for r in np.flatnonzero(k)]
+        src_part = np.concatenate([np.full(int(k.sum()), j) for j, k in enumerate(keeps)])
+        src_row = np.concatenate([np.flatnonzero(k) for k in keeps])
+        segs = [s for s, _ in parts]
+
+        def records(r: int) -> bytes:
+            return segs[src_part[r]].record(int(src_row[r]))
         fields: list[str] = []
         for s, _ in parts:
             fields += [f for f in s.fields if f not in fields]
@@ -245,7 +254,7 @@ class Segment:
     # ---- rows ----------------------------------------------------------------------------
     def record(self, row: int) -> bytes:
         if self._records is not None:
-            return self._records[row]
+            return self._records(row)
         assert self._offsets is not None and self._mm is not None
         return self._mm[int(self._offsets[row]) : int(self._offsets[row + 1])]
 
