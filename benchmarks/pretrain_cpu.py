@@ -14,7 +14,9 @@ autocast. Extra llmlab variants take out the fused loss (model/loss.py), the one
 
 The box may be shared, so every variant runs once per round, in turn, and each round gives
 one ratio per pair (peer step time / ours, measured seconds apart); the table reports the
-median step times and the median of the per-round ratios, with their range.
+median step times and the median of the per-round ratios, with their range. With one thread
+the process's CPU time per step is reported too: it does not count time spent descheduled.
+Both sides run under the allocator setting the Trainer makes on CPU (`keep_freed_memory`).
 
     PYTHONPATH=. python benchmarks/pretrain_cpu.py [--threads 1] [--rounds 15] [--steps 3]
 """
@@ -32,6 +34,7 @@ import torch.nn.functional as F
 
 import llmlab.model.linear as linear
 from llmlab.model import ModelConfig, Transformer
+from llmlab.train.loop import keep_freed_memory
 from llmlab.train.optim import make_adamw, param_groups
 from llmlab.train.presets import PRESETS
 from llmlab.train.pretrain import next_token_loss
@@ -123,6 +126,7 @@ def main() -> None:
     ap.add_argument("--only", default=None, help="comma-separated pair names to run")
     a = ap.parse_args()
     torch.set_num_threads(a.threads)  # one setting, for every variant
+    keep_freed_memory()  # the Trainer's allocator setting on CPU, for every variant
     p = PRESETS["tiny-cpu"]
     m, t = p["model"], p["train"]
     shape = dict(vocab_size=V, d_model=m["d_model"], n_layer=m["n_layer"],
@@ -158,29 +162,33 @@ def main() -> None:
             step()
     load0 = os.getloadavg()[0]
     times: dict[str, list[float]] = {k: [] for k in variants}
+    cpu: dict[str, list[float]] = {k: [] for k in variants}
     for _ in range(a.rounds):
         for name, step in variants.items():
-            t0 = time.perf_counter()
+            t0, c0 = time.perf_counter(), time.process_time()
             for _ in range(a.steps):
                 step()
             times[name].append((time.perf_counter() - t0) / a.steps)
+            cpu[name].append((time.process_time() - c0) / a.steps)
     load1 = os.getloadavg()[0]
     tokens = t["batch_size"] * t["seq_len"]
     print(f"tiny-cpu shape d={m['d_model']} L={m['n_layer']} H={m['n_head']} V={V}, batch "
           f"{t['batch_size']}x{t['seq_len']}, {a.threads} thread(s), {a.rounds} rounds x "
           f"{a.steps} steps, torch {torch.__version__}, load average {load0:.1f} -> {load1:.1f}")
     print("| variant | step ms (median) | tok/s | transformers / llmlab, median of rounds "
-          "[min-max] |\n|---|---|---|---|")
+          "[min-max] | CPU ms per step (median) | CPU-time ratio, median of rounds |")
+    print("|---|---|---|---|---|---|")
     for name in variants:
-        pair = name.split(": ")[0]
-        peer = times[f"{pair}: transformers"]
-        ts = times[name]
-        med = statistics.median(ts)
-        ratio = ""
-        if not name.endswith("transformers"):
-            r = [p / o for p, o in zip(peer, ts, strict=True)]
+        peer = f"{name.split(': ')[0]}: transformers"
+        med, cmed = statistics.median(times[name]), statistics.median(cpu[name])
+        ratio = cratio = ""
+        if name != peer:
+            r = [p / o for p, o in zip(times[peer], times[name], strict=True)]
             ratio = f"{statistics.median(r):.2f}x [{min(r):.2f}-{max(r):.2f}]"
-        print(f"| {name} | {med * 1e3:.1f} | {tokens / med:,.0f} | {ratio} |")
+            c = [p / o for p, o in zip(cpu[peer], cpu[name], strict=True)]
+            cratio = f"{statistics.median(c):.2f}x"
+        print(f"| {name} | {med * 1e3:.1f} | {tokens / med:,.0f} | {ratio} | {cmed * 1e3:.1f} "
+              f"| {cratio} |")
 
 
 if __name__ == "__main__":

@@ -1,10 +1,12 @@
 """`Linear`: nn.Linear whose fp32 CPU matmuls (forward and both backward products) run in
 oneDNN instead of the BLAS that `F.linear` calls.
 
-Why: PyTorch's CPU builds send fp32 `mm` to MKL, and MKL picks its fast AVX-512 kernels only on
-Intel CPUs. On an AMD EPYC (Zen 5) it ran the tiny-cpu shapes at 20-90 GFLOP/s; oneDNN, which
-dispatches on the instruction set, ran the same products at 140-210 GFLOP/s
-(BENCHMARKS.md). The arithmetic is the same fp32 multiply-accumulate; only the kernel differs.
+Why: PyTorch's CPU wheels send fp32 `mm` to MKL. On the AMD EPYC (Zen 5, AVX-512) this was
+measured on, MKL_VERBOSE names its generic "Intel(R) Architecture processors" code path, and
+the tiny-cpu step's products peaked at 84-98 GFLOP/s on one core (about what 256-bit FMAs
+give at this clock); oneDNN, which dispatches on the instruction set, ran them at 134-209
+(benchmarks/cpu_gemm.py, BENCHMARKS.md). The arithmetic is the same fp32 multiply-accumulate;
+only the kernel differs. (On Intel CPUs MKL's own AVX-512 path may close the gap.)
 
 oneDNN is reached through `torch.ops.mkldnn._linear_pointwise(a, b)` = a @ b.T (the op
 torch.compile's CPU backend uses). It has no autograd formula, so `_OneDNNLinear` supplies

@@ -43,15 +43,15 @@ def estimate_bytes(mcfg: ModelConfig, tcfg: TrainConfig, world: int = 1, fsdp: b
     fp32 weights + grads + 2 AdamW moments = 16 bytes/param (sharded over ranks under FSDP).
     Activations kept for backward per layer ~ (16*d_model + 3*d_ff) values per token (norm
     inputs, q/k/v, attention output, MLP in/hidden/out); SDPA stores no T x T matrix. The
-    fused loss (model/loss.py) keeps only chunk buffers and the gradients of h and W; compiled,
-    the plain loss holds about 3 fp32 copies of the logits (logits, softmax, gradient)."""
+    fused loss (model/loss.py) keeps only chunk buffers and the gradients of h and W; compiled
+    on a GPU, the plain loss holds about 3 fp32 copies of the logits (logits, softmax, grad)."""
     n = mcfg.num_params()
     act_bytes = 2 if tcfg.precision == "bf16" else 4
     bt = tcfg.batch_size * tcfg.seq_len
     assert mcfg.d_ff is not None
     states = 16 * n // (world if fsdp else 1)
     acts = bt * mcfg.n_layer * (16 * mcfg.d_model + 3 * mcfg.d_ff) * act_bytes
-    if tcfg.compile:
+    if tcfg.compile and device_type != "cpu":
         logits = bt * mcfg.vocab_size * 4 * 3
     else:
         rows = rows_per_chunk(device_type, mcfg.vocab_size, bt)
@@ -172,6 +172,6 @@ def run_pretrain(model_values: dict[str, Any], tcfg: TrainConfig, dcfg: DataConf
         trainer = Trainer(model, tcfg, run_dir, batches, next_token_loss, dist=d,
                           export=lambda m, out: save_checkpoint(m, out, tok),  # type: ignore
                           eval_data=evals, sample_fn=sample, run_info=info, compat=compat)
-        return trainer.fit()
+        return {**trainer.fit(), "unigram_entropy_nats": info["unigram_entropy_nats"]}
     finally:
         shutdown(d)
