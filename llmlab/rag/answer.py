@@ -7,11 +7,11 @@
   planted "ignore previous instructions" can't steer the model.
 - Every [n] in the reply is checked against the sources actually given: valid ones become
   citations, others are removed from the text and reported in `invalid`.
-- Each citation is then checked against its sentence: the 135M model picks the number
-  before it writes the sentence (mostly [1]), so a citation whose source shares fewer of
-  the sentence's content words (bm25s tokens: stemmed, no stopwords) than another source
-  given to the model is re-pointed to that source, and the change is reported
-  (`repointed`). Post-hoc attribution, measured in BENCHMARKS.md (RAG).
+- Optional post-hoc attribution (`attribute=True`): the 135M model picks the number before
+  it writes the sentence (always [1] on the pydocs set), so a citation whose source shares
+  fewer of the sentence's content words (bm25s tokens) than another given source can be
+  re-pointed to that source. Measured in BENCHMARKS.md (RAG): it changes 7 of 20 answers
+  and cites the labeled section no more often (11/20 both ways), so it is off by default.
 """
 
 from __future__ import annotations
@@ -163,7 +163,7 @@ class AnswerStream:
         lm: Any = None,
         min_cosine: float = MIN_COSINE,
         max_new_tokens: int = 160,
-        attribute: bool = True,
+        attribute: bool = False,
         prefill: str = PREFILL,
         add_missing: int = 0,
     ) -> None:
