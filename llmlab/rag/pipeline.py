@@ -27,7 +27,7 @@ MAX_QUERY_CHARS = 2000  # MiniLM reads 256 word pieces; BM25 and the prompt get 
 @dataclass
 class Retrieved:
     chunk: Chunk
-    score: float  # the method's own score (cosine, BM25, fused, or rerank log-prob)
+    score: float  # the method's own score (cosine, BM25, fused, or the rerank mix)
     cosine: float  # query-chunk cosine, comparable across methods: the answer gate uses it
     rank: int = 0
 
