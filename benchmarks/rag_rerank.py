@@ -27,7 +27,15 @@ import torch
 from llmlab.rag.embed import get_embedder
 from llmlab.rag.evaluate import build_pydocs_set, doc_ranking, load_qrels, score_runs
 from llmlab.rag.pipeline import RagIndex
-from llmlab.rag.rerank import JUDGE_ASK, JUDGE_SYSTEM, Batch, LLMReranker, _chat, rank_scores
+from llmlab.rag.rerank import (
+    JUDGE_ASK,
+    JUDGE_SYSTEM,
+    Batch,
+    LLMReranker,
+    _chat,
+    interpolate,
+    rank_scores,
+)
 
 TOP, DEPTH = 10, 30
 WEIGHTS = [round(w, 2) for w in np.arange(0, 1.01, 0.1)]
@@ -119,12 +127,10 @@ def metrics(rows: list[dict], signal: str | None, w: float, form: str = "rank") 
         hits = [_C(*h) for h in r["hits"]]
         if signal is not None and w > 0:
             s = np.asarray(r[signal], dtype=np.float64)
-            if form == "rank":
+            if form == "rank":  # both as 1 - rank / n
                 mix = (1 - w) * rank_scores(-np.arange(len(s))) + w * rank_scores(s)
-            else:  # min-max of raw scores, first stage = RRF scores
-                f = np.asarray(r["first"][: len(s)], dtype=np.float64)
-                mm = [(x - x.min()) / (x.max() - x.min() or 1.0) for x in (f, s)]
-                mix = (1 - w) * mm[0] + w * mm[1]
+            else:  # what LLMReranker.rerank does: min-max of raw scores, first = RRF
+                mix = interpolate(s, w, r["first"][: len(s)])
             order = np.argsort(-mix, kind="stable")
             hits = [hits[i] for i in order] + hits[len(s):]
         rel = set(r["relevant"])

@@ -145,6 +145,20 @@ def search_bench(store: LocalStore, qs: list[str], qv: np.ndarray, report: dict,
         got = {h.chunk.chunk_id for h in store.search(qv[j], 10)}
         rec.append(len(want & got) / 10)
     out["dense_recall@10_vs_exact"] = round(float(np.mean(rec)), 4)
+    big = max(store.segments, key=len)
+    if big.hnsw is not None:  # the breadth / recall trade-off on the biggest graph
+        import faiss
+
+        base = sum(len(s) for s in store.segments[: store.segments.index(big)])
+        for ef in (128, 256, 512, 1024):
+            p = faiss.SearchParametersHNSW(efSearch=ef)
+            t0 = time.perf_counter()
+            _, got = big.hnsw.search(qv[:m], 10, params=p)
+            ms = (time.perf_counter() - t0) * 1000 / m
+            sub = exact[base : base + len(big)]
+            want = np.argpartition(-sub, 10, axis=0)[:10].T
+            r = np.mean([len(set(a) & set(b)) / 10 for a, b in zip(got, want, strict=True)])
+            out[f"hnsw_ef{ef}"] = {"recall@10": round(float(r), 4), "ms": round(ms, 2)}
     out["bm25"] = pct(timed(lambda p: store.sparse_search(p[0], 10), pairs))
 
     def hybrid(p: tuple[str, np.ndarray], where: dict | None = None) -> None:
@@ -196,11 +210,12 @@ def updates(store: LocalStore, corpus: Corpus, report: dict, n: int = 1000) -> N
                      "segments": [len(s) for s in store.segments]}
         print(name, out[name], flush=True)
 
-    step(f"add {n}", lambda: store.add(corpus.chunks(total, n, "+"), corpus.vectors(n)))
-    old = corpus.chunks(0, n)  # same ids as the first n chunks: an update
-    step(f"update {n}", lambda: store.update(old, corpus.vectors(n)))
-    step(f"delete {n} by id", lambda: store.delete([f"d{i // 8}#{i % 8}"
-                                                    for i in range(5000, 5000 + n)]))
+    tag = f"+{store.generation}"  # new ids on every run
+    step(f"add {n}", lambda: store.add(corpus.chunks(total, n, tag), corpus.vectors(n)))
+    old = [c for c in corpus.chunks(0, 3 * n) if c.chunk_id in store._rows][:n]
+    step(f"update {len(old)}", lambda: store.update(old, corpus.vectors(len(old))))
+    ids = [c.chunk_id for c in corpus.chunks(5 * n, 3 * n) if c.chunk_id in store._rows][:n]
+    step(f"delete {len(ids)} by id", lambda: store.delete(ids))
     docs = [f"d{i}" for i in range(20_000, 20_000 + n // DOC_CHUNKS)]
     step(f"delete {n // DOC_CHUNKS} documents by filter", lambda: store.delete(
         where={"doc_id": docs}))
@@ -228,10 +243,12 @@ def main() -> None:
     gc.collect()
     if not (args.reuse and (Path(args.dir) / "CURRENT").exists()):
         build(args, corpus, report)
-    for verify in (True, False):
+    (Path(args.dir) / ".verified.json").unlink(missing_ok=True)
+    for how, verify in (("crc32_every_file", True), ("crc32_of_changed_files_only", True),
+                        ("sizes_only", False)):
         t = time.perf_counter()
         store = LocalStore.open(args.dir, verify=verify)
-        report[f"open_s_verify_{verify}"] = round(time.perf_counter() - t, 2)
+        report[f"open_s_{how}"] = round(time.perf_counter() - t, 2)
     report["rss_after_open_mb"] = round(rss_mb())
     search_bench(store, qs, qv, report, "full")
     updates(store, corpus, report)

@@ -73,13 +73,15 @@ def test_upr_span_is_the_query() -> None:
         assert tok.decode(row[:s]).endswith("Question:")
 
 
-def test_rank_interpolation() -> None:
+def test_interpolation() -> None:
     s = np.array([0.1, 0.9, 0.5, 0.2])
     assert rank_scores(s).tolist() == [0.25, 1.0, 0.75, 0.5]
-    assert interpolate(s, 0.0).tolist() == [1.0, 0.75, 0.5, 0.25]  # first-stage order
+    assert np.argsort(-interpolate(s, 0.0), kind="stable").tolist() == [0, 1, 2, 3]
     assert np.argsort(-interpolate(s, 1.0)).tolist() == [1, 2, 3, 0]  # scorer order
-    mixed = interpolate(s, 0.5)  # 0.5 * (first + scorer) ranks
-    assert mixed.tolist() == pytest.approx([0.625, 0.875, 0.625, 0.375])
+    first = np.array([0.05, 0.04, 0.03, 0.01])  # e.g. RRF scores, best first
+    want = 0.7 * (first - 0.01) / 0.04 + 0.3 * (s - 0.1) / 0.8
+    assert interpolate(s, 0.3, first) == pytest.approx(want)
+    assert interpolate(np.ones(3), 0.5, [2.0, 2.0, 2.0]).tolist() == [1.0, 1.0, 1.0]
 
 
 def test_bad_settings_are_named() -> None:

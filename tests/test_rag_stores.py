@@ -265,7 +265,7 @@ def test_interrupted_saves_leave_the_previous_index(tmp_path: Path,
     again.add(chunks[50:], v[50:])
     again.save()  # a later save removes them
     names = {p.name for p in d.iterdir()}
-    assert names == {"CURRENT", (d / "CURRENT").read_text().split()[0]} | {
+    assert names == {"CURRENT", ".verified.json", (d / "CURRENT").read_text().split()[0]} | {
         seg.name for seg in again.segments}
     assert len(LocalStore.open(d)) == 60
 
@@ -279,6 +279,17 @@ def test_damaged_index_is_detected(tmp_path: Path) -> None:
     s.delete(["c2"])
     s.save()
     seg = d / s.segments[0].name
+    # every file was verified once (by the save that wrote it); later opens trust unchanged
+    # stat data instead of reading everything again
+    import llmlab.rag.stores.local as local
+
+    calls = []
+    real_crc = local.crc32
+    local.crc32 = lambda p: calls.append(p) or real_crc(p)  # type: ignore[assignment]
+    try:
+        assert len(LocalStore.open(d)) == 49 and calls == []
+    finally:
+        local.crc32 = real_crc
     vec = seg / "vectors.npy"
     raw = bytearray(vec.read_bytes())
     raw[-3] ^= 0xFF  # a flipped bit: same size, other content

@@ -7,11 +7,11 @@
   planted "ignore previous instructions" can't steer the model.
 - Every [n] in the reply is checked against the sources actually given: valid ones become
   citations, others are removed from the text and reported in `invalid`.
-- Each citation is then checked against its sentence: the 135M model picks the number
-  before it writes the sentence (mostly [1]), so a citation whose source shares fewer of
-  the sentence's content words (bm25s tokens: stemmed, no stopwords) than another source
-  given to the model is re-pointed to that source, and the change is reported
-  (`repointed`). Post-hoc attribution, measured in BENCHMARKS.md (RAG).
+- Optional post-hoc attribution (`attribute=True`): the 135M model picks the number before
+  it writes the sentence (always [1] on the pydocs set), so a citation whose source shares
+  fewer of the sentence's content words (bm25s tokens) than another given source can be
+  re-pointed to that source. Measured in BENCHMARKS.md (RAG): it changes 7 of 20 answers
+  and cites the labeled section no more often (11/20 both ways), so it is off by default.
 """
 
 from __future__ import annotations
@@ -110,11 +110,14 @@ def check_citations(text: str, n_sources: int) -> tuple[str, list[int], list[int
 _SENTENCE = re.compile(r"[^.!?\n]*(?:[.!?]+(?:\s*\[[\d,; ]+\])*|\n|$)")
 
 
-def attribute(text: str, sources: list[str]) -> tuple[str, list[tuple[int, int]]]:
+def attribute(text: str, sources: list[str], add_missing: int = 0
+              ) -> tuple[str, list[tuple[int, int]]]:
     """Re-point each citation [n] (n valid, 1-based) to the source that shares the most of
-    its sentence's content words, when that is strictly more than source n shares.
+    its sentence's content words, when that is strictly more than source n shares. With
+    `add_missing` = m > 0, a sentence without a citation gets one to its best source when
+    they share at least m content words.
 
-    Returns (text, [(old n, new n), ...])."""
+    Returns (text, [(old n or 0 for an added citation, new n), ...])."""
     from llmlab.rag.sparse import query_terms
 
     vocab = [set(query_terms(t)) for t in sources]
@@ -123,10 +126,16 @@ def attribute(text: str, sources: list[str]) -> tuple[str, list[tuple[int, int]]
     def fix_sentence(m: re.Match[str]) -> str:
         sent = m.group(0)
         words = set(query_terms(_CITE.sub(" ", sent)))
-        if not words or not _CITE.search(sent):
+        if not words:
             return sent
         support = [len(words & v) for v in vocab]
         best = max(range(len(sources)), key=lambda j: support[j]) + 1
+        if not _CITE.search(sent):
+            if not add_missing or support[best - 1] < add_missing:
+                return sent
+            changes.append((0, best))
+            body, end = re.match(r"(.*?)([.!?]*\s*)$", sent, re.S).groups()  # type: ignore[union-attr]
+            return f"{body.rstrip()} [{best}]{end}"
 
         def fix(c: re.Match[str]) -> str:
             ns = [int(x) for x in re.split(r"\s*[,;]\s*", c.group(1))]
@@ -154,11 +163,15 @@ class AnswerStream:
         lm: Any = None,
         min_cosine: float = MIN_COSINE,
         max_new_tokens: int = 160,
-        attribute: bool = True,
+        attribute: bool = False,
+        prefill: str = PREFILL,
+        add_missing: int = 0,
     ) -> None:
+        """`attribute` re-points the model's citations (see `attribute`); `prefill` starts
+        the reply; `add_missing` > 0 also cites uncited sentences by attribution."""
         self.query, self.sources = query, sources
         self.lm, self.min_cosine, self.max_new_tokens = lm, min_cosine, max_new_tokens
-        self.attribute = attribute
+        self.attribute, self.prefill, self.add_missing = attribute, prefill, add_missing
         self.result: Answer | None = None
 
     def refusal(self) -> Answer | None:
@@ -170,26 +183,27 @@ class AnswerStream:
                       reason=f"weak retrieval: best cosine {best:.3f} < {self.min_cosine}")
 
     def prompt(self) -> tuple[Any, list[int], Any]:
-        """(lm, prompt ids ending in PREFILL, sampling params): what to generate from.
+        """(lm, prompt ids ending in the prefill, sampling params): what to generate from.
         A server hands these to its batched generation worker."""
         from llmlab.generate.engine import make_params
 
         lm = self.lm or get_lm()
         msgs = build_messages(self.query, self.sources, lm.tokenizer)
-        ids = chatml_ids(lm.tokenizer, msgs, prefill=PREFILL)
+        ids = chatml_ids(lm.tokenizer, msgs, prefill=self.prefill)
         # A blank line ends the answer: past it the small model drifts into repetition.
         params = make_params(lm.tokenizer, max_new_tokens=self.max_new_tokens, temperature=0,
                              stop=["<|im_end|>", "\n\n"])
         return lm, ids, params
 
     def finish(self, raw: str) -> Answer:
-        """Check the generated text (PREFILL included) and keep it as `.result`."""
+        """Check the generated text (the prefill included) and keep it as `.result`."""
         text = raw.strip()
         cleaned, valid, invalid = check_citations(text, len(self.sources))
         changes: list[tuple[int, int]] = []
-        if valid and self.attribute:
+        if (valid or self.add_missing) and self.attribute:
             tok = (self.lm or get_lm()).tokenizer
-            cleaned, changes = attribute(cleaned, source_texts(self.sources, tok))
+            cleaned, changes = attribute(cleaned, source_texts(self.sources, tok),
+                                         self.add_missing)
             valid = list(dict.fromkeys(int(x) for c in _CITE.findall(cleaned)
                                        for x in re.split(r"\s*[,;]\s*", c)))
         self.result = Answer(
@@ -210,8 +224,9 @@ class AnswerStream:
         from llmlab.generate.engine import stream_batch
 
         lm, ids, params = self.prompt()
-        raw = [PREFILL]
-        yield PREFILL
+        raw = [self.prefill]
+        if self.prefill:
+            yield self.prefill
         for _, piece in stream_batch(lm.model, lm.tokenizer, [ids], params):
             raw.append(piece)
             yield piece

@@ -27,7 +27,7 @@ MAX_QUERY_CHARS = 2000  # MiniLM reads 256 word pieces; BM25 and the prompt get 
 @dataclass
 class Retrieved:
     chunk: Chunk
-    score: float  # the method's own score (cosine, BM25, fused, or rerank log-prob)
+    score: float  # the method's own score (cosine, BM25, fused, or the rerank mix)
     cosine: float  # query-chunk cosine, comparable across methods: the answer gate uses it
     rank: int = 0
 
@@ -185,7 +185,7 @@ class RagIndex:
         alpha: float = 0.5,
         candidates: int | None = None,
         reranker: Any = None,
-        rerank_top: int = 20,
+        rerank_top: int = 10,
         with_cosine: bool = True,
     ) -> list[Retrieved]:
         """Top-k chunks for `query`. Hybrid fuses `candidates` from each retriever
@@ -221,7 +221,7 @@ class RagIndex:
             ranked = [(by_id[cid], s) for cid, s in fused[:depth]]
         if reranker is not None and ranked:
             head = ranked[:rerank_top]
-            scores = reranker.rerank(query, [c.text for c, _ in head])
+            scores = reranker.rerank(query, [c.text for c, _ in head], [s for _, s in head])
             order = np.argsort(-np.asarray(scores), kind="stable")
             ranked = [(head[i][0], float(scores[i])) for i in order] + ranked[rerank_top:]
         ranked = ranked[:top_k]

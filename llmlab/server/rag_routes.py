@@ -316,7 +316,7 @@ def make_router(hub: Hub) -> APIRouter:
             else:
                 _, ids, params = stream.prompt()
                 batcher = await run_in_threadpool(hub.batcher)
-                raw = [eng["answer"].PREFILL]
+                raw = [stream.prefill]
                 yield ev("token", text=raw[0])
                 handle = batcher.submit(ids, params)
                 try:
