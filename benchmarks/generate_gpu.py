@@ -1,7 +1,16 @@
 """SmolLM2-135M decode speed on a GPU: llmlab (static cache, torch.compile, CUDA graph) vs
 transformers' `generate`, bf16, batch 1 and batch 32, same weights, same run.
 
-    python benchmarks/generate_gpu.py [--new-tokens 256] [--batches 1 32] [--no-compile]
+    PYTHONPATH=. python benchmarks/generate_gpu.py [--new-tokens 256] [--batches 1 32]
+        [--weights random|registry] [--no-compile] [--dry-run]
+
+`--weights random` (the default) builds the SmolLM2-135M shape with seed-0 random weights and
+hands transformers the same tensors (`to_hf_state`): decode speed does not depend on the
+values, and the real weights (a 98 MB GGUF) need not travel to the GPU machine. Both sides
+generate exactly `--new-tokens` tokens (no stop token), greedy. The first 32 greedy tokens of
+batch row 0 are compared between the two as a check that both run the same model.
+`--dry-run` runs the same code on the CPU with a tiny shape and no graphs, to check the
+script before spending GPU time; its numbers mean nothing.
 """
 
 from __future__ import annotations
@@ -23,65 +32,116 @@ PROMPT = "Once upon a time, in a small village by the sea,"
 
 
 def timed(fn) -> float:
-    torch.cuda.synchronize()
+    sync()
     t = time.perf_counter()
     fn()
-    torch.cuda.synchronize()
+    sync()
     return time.perf_counter() - t
 
 
-def ours(model, ids: list[int], batch: int, n_new: int, compile: bool) -> float:
-    dec = StaticDecoder(model, batch, len(ids) + n_new + 1, compile=compile, cuda_graph=True)
+def sync() -> None:
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+
+
+def ours(model, ids: list[int], batch: int, n_new: int, compile: bool,
+         graph: bool) -> tuple[float, list[int]]:
+    dec = StaticDecoder(model, batch, len(ids) + n_new + 1, compile=compile, cuda_graph=graph)
     params = SamplingParams(max_new_tokens=n_new, temperature=0)
+    first: list[torch.Tensor] = []
 
     def go():
-        for _ in dec.generate([ids] * batch, params):
-            pass
+        first.clear()
+        for st in dec.generate([ids] * batch, params):
+            first.append(st.tokens[:1])  # stays on the device: no extra sync per step
 
     go()  # compile + capture
-    return batch * n_new / min(timed(go) for _ in range(3))
+    rate = batch * n_new / min(timed(go) for _ in range(3))
+    return rate, torch.cat(first).tolist()
 
 
-def theirs(model, ids: list[int], batch: int, n_new: int) -> float:
-    x = torch.tensor([ids] * batch, device="cuda")
+def theirs(model, ids: list[int], batch: int, n_new: int) -> tuple[float, list[int]]:
+    x = torch.tensor([ids] * batch, device=model.device)
+    out: list[torch.Tensor] = []
 
     def go():
-        model.generate(x, attention_mask=torch.ones_like(x), max_new_tokens=n_new,
-                       min_new_tokens=n_new, do_sample=False, pad_token_id=2)
+        out[:] = [model.generate(x, attention_mask=torch.ones_like(x), max_new_tokens=n_new,
+                                 min_new_tokens=n_new, do_sample=False, pad_token_id=0)]
 
     go()
-    return batch * n_new / min(timed(go) for _ in range(3))
+    rate = batch * n_new / min(timed(go) for _ in range(3))
+    return rate, out[0][0, len(ids):].tolist()
+
+
+def models(weights: str, device: str, dry: bool):
+    """(our Transformer, transformers' model, prompt ids) on the same weights, bf16."""
+    from transformers import AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM
+
+    from llmlab.model import Transformer, preset
+    from llmlab.weights.hf import to_hf_config, to_hf_state
+
+    dtype = torch.float32 if dry else torch.bfloat16
+    if weights == "registry":
+        from llmlab.weights.registry import _smollm2_file
+
+        lm = llmlab.load("smollm2-135m-instruct", dtype=dtype, device=device)
+        p = _smollm2_file()
+        hf = AutoModelForCausalLM.from_pretrained(str(p.parent), gguf_file=p.name, dtype=dtype)
+        return lm.model, hf.to(device).eval(), lm.tokenizer.encode(PROMPT)
+    over = dict(n_layer=2, d_model=64, n_head=4, n_kv_head=2, d_ff=128, vocab_size=512) \
+        if dry else {}
+    cfg = preset("smollm2-135m", **over)
+    torch.manual_seed(0)
+    ours_m = Transformer(cfg).to(device=device, dtype=dtype).eval()
+    hc = {k: v for k, v in to_hf_config(cfg).items() if k not in ("architectures",)}
+    hf = LlamaForCausalLM(LlamaConfig(**hc)).to(dtype)
+    missing, unexpected = hf.load_state_dict(to_hf_state(cfg, ours_m.state_dict()), strict=False)
+    if unexpected or [k for k in missing if k != "lm_head.weight"]:
+        raise SystemExit(f"weight names differ: missing {missing}, unexpected {unexpected}")
+    hf.tie_weights()
+    g = torch.Generator().manual_seed(1)
+    ids = torch.randint(3, cfg.vocab_size, (12,), generator=g).tolist()  # a 12-token prompt
+    return ours_m, hf.to(device).eval(), ids
 
 
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--new-tokens", type=int, default=256)
     ap.add_argument("--batches", type=int, nargs="+", default=[1, 32])
+    ap.add_argument("--weights", choices=["random", "registry"], default="random")
     ap.add_argument("--no-compile", action="store_true")
+    ap.add_argument("--dry-run", action="store_true", help="CPU, tiny shape, no CUDA graph")
+    ap.add_argument("--out", help="write the rows here (JSON)")
     a = ap.parse_args()
-    if not torch.cuda.is_available():
-        raise SystemExit("error: no CUDA device; this benchmark needs a GPU")
-    from transformers import AutoModelForCausalLM
-
-    from llmlab.weights.registry import _smollm2_file
-
-    lm = llmlab.load("smollm2-135m-instruct", dtype=torch.bfloat16, device="cuda")
-    ids = lm.tokenizer.encode(PROMPT)
-    p = _smollm2_file()
-    hf = AutoModelForCausalLM.from_pretrained(str(p.parent), gguf_file=p.name,
-                                              dtype=torch.bfloat16).cuda().eval()
+    if a.dry_run:
+        device, a.new_tokens, a.batches = "cpu", 8, [1, 2]
+    elif not torch.cuda.is_available():
+        raise SystemExit("error: no CUDA device; this benchmark needs a GPU (or --dry-run)")
+    else:
+        device = "cuda"
+    ours_m, hf, ids = models(a.weights, device, a.dry_run)
     rows = []
     with torch.inference_mode():
         for b in a.batches:
-            r = {"batch": b, "llmlab": ours(lm.model, ids, b, a.new_tokens, not a.no_compile),
-                 "transformers": theirs(hf, ids, b, a.new_tokens)}
+            r_ours, t_ours = ours(ours_m, ids, b, a.new_tokens, not a.no_compile,
+                                  graph=not a.dry_run)
+            r_hf, t_hf = theirs(hf, ids, b, a.new_tokens)
+            same = next((i for i, (x, y) in enumerate(zip(t_ours, t_hf, strict=False)) if x != y),
+                        min(len(t_ours), len(t_hf)))
+            r = {"batch": b, "llmlab": r_ours, "transformers": r_hf,
+                 "greedy_tokens_identical_prefix": min(same, 32)}
             rows.append(r)
-            print(f"batch {b}: llmlab {r['llmlab']:.0f} tok/s, transformers "
-                  f"{r['transformers']:.0f} tok/s, ratio {r['llmlab'] / r['transformers']:.1f}x",
-                  flush=True)
-    print(f"# {torch.cuda.get_device_name()}, torch {torch.__version__}, bf16, "
-          f"{a.new_tokens} new tokens")
+            print(f"batch {b}: llmlab {r_ours:,.0f} tok/s, transformers {r_hf:,.0f} tok/s, "
+                  f"ratio {r_ours / r_hf:.1f}x; first {r['greedy_tokens_identical_prefix']} "
+                  f"greedy tokens identical (of 32)", flush=True)
+    dev = torch.cuda.get_device_name() if device == "cuda" else "CPU (dry run)"
+    print(f"# {dev}, torch {torch.__version__}, {a.weights} weights, "
+          f"{'fp32' if a.dry_run else 'bf16'}, {a.new_tokens} new tokens, "
+          f"prompt {len(ids)} tokens")
     print(json.dumps(rows))
+    if a.out:
+        with open(a.out, "w") as f:
+            json.dump(rows, f)
 
 
 if __name__ == "__main__":

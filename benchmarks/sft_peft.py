@@ -2,6 +2,8 @@
 
     PYTHONPATH=. python benchmarks/sft_peft.py [--batch 4 --seq 256 --steps 3 --rounds 3
                                  --threads 1 --clock cpu --bf16 --configs full,lora-r8-qv,...]
+    PYTHONPATH=. python benchmarks/sft_peft.py --device cuda --bf16 --batch 8 --seq 1024 \
+        --steps 20 --rounds 1        # the H100 table
 
 The SmolLM2-135M shape with random weights (seed 0), fp32 on CPU (`--bf16`: bf16 autocast).
 Both sides start from the same weights (ours written with `save_hf`, theirs loaded with
@@ -87,7 +89,7 @@ def _ours(name: str) -> tuple[Any, dict[str, Any]]:
     return model, info
 
 
-def _theirs(name: str, hf_dir: str, bf16: bool) -> tuple[Any, dict[str, Any]]:
+def _theirs(name: str, hf_dir: str, bf16: bool, device: str = "cpu") -> tuple[Any, dict[str, Any]]:
     import torch
     import transformers
 
@@ -98,7 +100,7 @@ def _theirs(name: str, hf_dir: str, bf16: bool) -> tuple[Any, dict[str, Any]]:
         kw["quantization_config"] = transformers.BitsAndBytesConfig(
             load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
             bnb_4bit_compute_dtype=torch.bfloat16 if bf16 else torch.float32)
-        kw["device_map"] = "cpu"
+        kw["device_map"] = device  # bitsandbytes quantises as the weights land there
     model = transformers.AutoModelForCausalLM.from_pretrained(hf_dir, **kw)
     info: dict[str, Any] = {}
     if c:
@@ -128,7 +130,7 @@ def _qstate_bytes(p: Any) -> int:
 
 
 def worker(impl: str, name: str, b: int, t: int, steps: int, threads: int,
-           hf_dir: str, bf16: bool) -> dict[str, Any]:
+           hf_dir: str, bf16: bool, device: str = "cpu") -> dict[str, Any]:
     import torch
     import torch.nn.functional as F
 
@@ -138,27 +140,35 @@ def worker(impl: str, name: str, b: int, t: int, steps: int, threads: int,
     torch.set_num_threads(threads)
     ids = torch.randint(0, _cfg().vocab_size, (b, t + 1),
                         generator=torch.Generator().manual_seed(1))
-    x, y = ids[:, :-1], ids[:, 1:]
+    gpu = device == "cuda"
+    x, y = ids[:, :-1].to(device), ids[:, 1:].to(device)
     base = _mem_kib()["VmRSS"]
-    model, info = _ours(name) if impl == "llmlab" else _theirs(name, hf_dir, bf16)
-    model.train()
+    model, info = _ours(name) if impl == "llmlab" else _theirs(name, hf_dir, bf16, device)
+    model.to(device).train()
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=LR, fused=True)
-    setup = _mem_kib()["VmRSS"]
-    _reset_peak()
+    setup = torch.cuda.memory_allocated() // 1024 if gpu else _mem_kib()["VmRSS"]
+    if gpu:  # the device's own high-water mark (weights, grads, optimizer state, activations)
+        base = 0
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+    else:
+        _reset_peak()
     times, cpu, losses = [], [], []
     for _ in range(steps + 1):
         t0, c0 = time.perf_counter(), time.process_time()
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+        with torch.autocast(device, dtype=torch.bfloat16, enabled=bf16):
             logits = model(input_ids=x).logits
             loss = F.cross_entropy(logits.float().flatten(0, 1), y.flatten())
         loss.backward()
         opt.step()
         opt.zero_grad(set_to_none=True)
+        if gpu:
+            torch.cuda.synchronize()
         times.append(time.perf_counter() - t0)
         cpu.append(time.process_time() - c0)
         losses.append(round(loss.item(), 5))
-    peak = _mem_kib()["VmHWM"]
+    peak = torch.cuda.max_memory_allocated() // 1024 if gpu else _mem_kib()["VmHWM"]
     # Optimizer state as allocated (two fp32 moments per trained element, plus step counters).
     state = sum(v.numel() * v.element_size() for s in opt.state.values()
                 for v in s.values() if torch.is_tensor(v) and v.dim() > 0)
@@ -174,7 +184,7 @@ def _run(impl: str, name: str, a: argparse.Namespace, hf_dir: str) -> dict[str, 
     env["PYTHONPATH"] = root + os.pathsep + env.get("PYTHONPATH", "")
     cmd = [sys.executable, __file__, "--worker", impl, name, "--batch", str(a.batch),
            "--seq", str(a.seq), "--steps", str(a.steps), "--threads", str(a.threads),
-           "--hf-dir", hf_dir] + (["--bf16"] if a.bf16 else [])
+           "--hf-dir", hf_dir, "--device", a.device] + (["--bf16"] if a.bf16 else [])
     r = subprocess.run(cmd, env=env, capture_output=True, text=True)
     if r.returncode:
         raise SystemExit(f"{impl} {name} failed:\n{r.stderr[-3000:]}")
@@ -214,13 +224,16 @@ def main() -> None:
     ap.add_argument("--configs", default=",".join(CONFIGS))
     ap.add_argument("--bf16", action="store_true",
                     help="bf16 autocast on both sides (weights and adapters stay fp32)")
+    ap.add_argument("--device", choices=("cpu", "cuda"), default="cpu",
+                    help="cuda: peak memory is torch.cuda.max_memory_allocated, step time is "
+                         "wall time after a synchronize")
     ap.add_argument("--out", help="write all raw results here (JSON)")
     ap.add_argument("--worker", nargs=2, metavar=("IMPL", "CONFIG"), help=argparse.SUPPRESS)
     ap.add_argument("--hf-dir", help=argparse.SUPPRESS)
     a = ap.parse_args()
     if a.worker:
         print(json.dumps(worker(*a.worker, a.batch, a.seq, a.steps, a.threads, a.hf_dir,
-                                a.bf16)))
+                                a.bf16, a.device)))
         return
     names = a.configs.split(",")
     bad = [n for n in names if n not in CONFIGS]
@@ -231,7 +244,11 @@ def main() -> None:
     from llmlab.model import Transformer
     from llmlab.weights.hf import save_hf
 
-    print(f"# {platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch "
+    if a.device == "cuda":
+        a.clock = "wall"  # CPU seconds mean nothing for GPU work
+    where = torch.cuda.get_device_name() if a.device == "cuda" else \
+        f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores"
+    print(f"# {where}, torch "
           f"{torch.__version__}; B x T = {a.batch} x {a.seq}, "
           f"{'bf16 autocast' if a.bf16 else 'fp32'}, {a.threads} threads, "
           f"{a.steps} timed steps x {a.rounds} rounds", flush=True)
