@@ -246,6 +246,14 @@ _BERT_TOP = {
 }
 
 
+def _bert_map(cfg: ModelConfig) -> dict[str, str]:
+    """Our module names -> BERT's, for the whole model."""
+    names = dict(_BERT_TOP)
+    for i in range(cfg.n_layer):
+        names.update(_bert_names(i))
+    return names
+
+
 def to_hf_state(cfg: ModelConfig, sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     fam = hf_family(cfg)
     sd = {k: v.detach().contiguous() for k, v in sd.items()}
@@ -254,9 +262,7 @@ def to_hf_state(cfg: ModelConfig, sd: dict[str, torch.Tensor]) -> dict[str, torc
             sd.pop("lm_head.weight", None)
         return sd
     if fam == "bert":
-        names = dict(_BERT_TOP)
-        for i in range(cfg.n_layer):
-            names.update(_bert_names(i))
+        names = _bert_map(cfg)
         out = {}
         for k, v in sd.items():
             mod, _, leaf = k.rpartition(".")
@@ -286,9 +292,7 @@ def from_hf_state(cfg: ModelConfig, hsd: dict[str, torch.Tensor]) -> dict[str, t
             sd.pop("lm_head.weight", None)
         return sd
     if fam == "bert":
-        names = dict(_BERT_TOP)
-        for i in range(cfg.n_layer):
-            names.update(_bert_names(i))
+        names = _bert_map(cfg)
         inv = {v: k for k, v in names.items()}
         out = {}
         for k, v in hsd.items():
