@@ -24,21 +24,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import machine  # noqa: E402
 
 
-def pairwise(m: np.ndarray) -> np.ndarray:
-    m = m / np.linalg.norm(m, axis=1, keepdims=True)
-    return (m @ m.T)[np.triu_indices(len(m), 1)]
-
-
-def overlap(a: np.ndarray, b: np.ndarray, k: int = 10) -> float:
-    def top(m: np.ndarray) -> np.ndarray:
-        m = m / np.linalg.norm(m, axis=1, keepdims=True)
-        s = m @ m.T
-        np.fill_diagonal(s, -np.inf)
-        return np.argsort(-s, 1)[:, :k]
-
-    return float(np.mean([len(set(x) & set(y)) / k for x, y in zip(top(a), top(b), strict=True)]))
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--epochs", type=int, default=5)
@@ -49,6 +34,8 @@ def main() -> None:
     from gensim.models import Word2Vec
 
     from llmlab.foundations import W2VConfig, corpus_sentences, train_word2vec
+    from llmlab.foundations import neighbour_overlap as overlap  # short names: the table's
+    from llmlab.foundations import pairwise_cosines as pairwise
 
     sents = corpus_sentences("kjv")
     words_total = sum(len(s) for s in sents)

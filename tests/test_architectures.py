@@ -114,32 +114,35 @@ def _copy_ff_norms(blk, layer, norms: list[str]) -> None:
             getattr(layer, theirs).load_state_dict(getattr(blk, ours).state_dict())
 
 
+def _copy_encoder(ours: nn.ModuleList, theirs: nn.ModuleList) -> None:
+    """Our self-attention-only blocks into nn.TransformerEncoderLayer's."""
+    for blk, lyr in zip(ours, theirs, strict=True):
+        _copy_mha(blk.self_attn, lyr.self_attn)
+        _copy_ff_norms(blk, lyr, ["input_layernorm", "post_attention_layernorm"])
+
+
+# The 2017 architecture at toy size: post-norm Add & Norm, ReLU, sinusoidal positions,
+# embeddings scaled by sqrt(d_model), no final norm (as torch.nn.Transformer* has none).
+VASWANI = dict(vocab_size=V, d_model=64, n_layer=2, n_head=4, d_ff=128, max_seq_len=64,
+               pos="sinusoidal", prenorm=False, mlp="relu", final_norm=False, embed_scale=True)
+
+
+def _vaswani(**kw) -> Transformer:  # noqa: ANN003
+    torch.manual_seed(0)
+    m = Transformer(ModelConfig(**VASWANI, **kw)).eval()
+    _randomise_norms(m)
+    return m
+
+
 def test_post_norm_sinusoidal_decoder_matches_torch_transformer_encoder():
     """The 2017 decoder-only stack (post-norm Add & Norm, ReLU, sinusoidal positions)
     against torch.nn.TransformerEncoder run with a causal mask."""
-    torch.manual_seed(0)
-    cfg = ModelConfig(
-        vocab_size=V,
-        d_model=64,
-        n_layer=2,
-        n_head=4,
-        d_ff=128,
-        max_seq_len=64,
-        pos="sinusoidal",
-        prenorm=False,
-        mlp="relu",
-        final_norm=False,
-        embed_scale=True,
-    )
-    m = Transformer(cfg).eval()
-    _randomise_norms(m)
+    m = _vaswani()
     layer = nn.TransformerEncoderLayer(
         64, 4, 128, dropout=0.0, activation="relu", batch_first=True, norm_first=False
     )
     ref = nn.TransformerEncoder(layer, 2, enable_nested_tensor=False).eval()
-    for blk, lyr in zip(m.model.layers, ref.layers, strict=True):
-        _copy_mha(blk.self_attn, lyr.self_attn)
-        _copy_ff_norms(blk, lyr, ["input_layernorm", "post_attention_layernorm"])
+    _copy_encoder(m.model.layers, ref.layers)
     ids = torch.randint(0, V, (2, 20))
     x = m.model.embed_tokens(ids) * math.sqrt(64) + sinusoidal_table(64, 64)[:20]
     causal = nn.Transformer.generate_square_subsequent_mask(20)
@@ -150,30 +153,12 @@ def test_post_norm_sinusoidal_decoder_matches_torch_transformer_encoder():
 
 
 def test_encoder_decoder_matches_torch_transformer():
-    torch.manual_seed(0)
-    cfg = ModelConfig(
-        vocab_size=V,
-        d_model=64,
-        n_layer=2,
-        encoder_layers=2,
-        n_head=4,
-        d_ff=128,
-        max_seq_len=64,
-        pos="sinusoidal",
-        prenorm=False,
-        mlp="relu",
-        final_norm=False,
-        embed_scale=True,
-    )
-    m = Transformer(cfg).eval()
-    _randomise_norms(m)
+    m = _vaswani(encoder_layers=2)
     enc_layer = nn.TransformerEncoderLayer(64, 4, 128, 0.0, "relu", batch_first=True)
     dec_layer = nn.TransformerDecoderLayer(64, 4, 128, 0.0, "relu", batch_first=True)
     enc = nn.TransformerEncoder(enc_layer, 2, enable_nested_tensor=False).eval()
     dec = nn.TransformerDecoder(dec_layer, 2).eval()
-    for blk, lyr in zip(m.encoder.layers, enc.layers, strict=True):
-        _copy_mha(blk.self_attn, lyr.self_attn)
-        _copy_ff_norms(blk, lyr, ["input_layernorm", "post_attention_layernorm"])
+    _copy_encoder(m.encoder.layers, enc.layers)
     for blk, lyr in zip(m.model.layers, dec.layers, strict=True):
         _copy_mha(blk.self_attn, lyr.self_attn)
         _copy_mha(blk.cross_attn, lyr.multihead_attn)

@@ -27,7 +27,7 @@ _EXPORTS = {
                  "corpus_sentences", "build_vocab", "keep_probability", "noise_distribution",
                  "skipgram_pairs", "sgns_loss", "sgns_grads", "sgns_step"),
     "token_embeddings": ("TokenSpace",),
-    "vectors": ("VectorSpace",),
+    "vectors": ("VectorSpace", "pairwise_cosines", "neighbour_overlap"),
 }
 _WHERE = {name: mod for mod, names in _EXPORTS.items() for name in names}
 __all__ = sorted(_WHERE)

@@ -1,11 +1,13 @@
 """Word-vector geometry shared by our word2vec vectors and SmolLM2's token embeddings:
-nearest neighbours and analogies by cosine similarity, and a 2-D PCA map.
+nearest neighbours and analogies by cosine similarity, a 2-D PCA map, and how alike two
+embeddings of the same words are.
 
 The maths is the playground's (`llmlab.explain.embeddings`, `llmlab.explain.projection`);
 a space only says which rows are candidates and how a word finds its vector."""
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 
 from llmlab.explain.embeddings import analogy_vector, cosine_neighbours
@@ -68,3 +70,24 @@ class VectorSpace:
             "points": p.transform(x).tolist(),
             "explained": p.explained.tolist(),
         }
+
+
+# Two models' vectors for the same words (rows) share no coordinates, only geometry: these
+# compare what each says about which words are alike (word2vec vs gensim, the benchmark and
+# its test).
+def pairwise_cosines(m: np.ndarray) -> np.ndarray:
+    """The cosine similarity of every pair of rows (the upper triangle, row by row)."""
+    m = m / np.linalg.norm(m, axis=1, keepdims=True)
+    return (m @ m.T)[np.triu_indices(len(m), 1)]
+
+
+def neighbour_overlap(a: np.ndarray, b: np.ndarray, k: int = 10) -> float:
+    """The mean fraction of each row's k cosine-nearest rows that `a` and `b` agree on."""
+
+    def top(m: np.ndarray) -> np.ndarray:
+        m = m / np.linalg.norm(m, axis=1, keepdims=True)
+        s = m @ m.T
+        np.fill_diagonal(s, -np.inf)
+        return np.argsort(-s, 1)[:, :k]
+
+    return float(np.mean([len(set(x) & set(y)) / k for x, y in zip(top(a), top(b), strict=True)]))

@@ -35,7 +35,27 @@ def _freeze(model: nn.Module) -> None:
 class _VirtualTokens(PeftModel):
     """Shared by prompt and prefix tuning: n virtual positions before the real tokens."""
 
-    n: int
+    def __init__(self, model: nn.Module, method: str, n: int, config: dict[str, Any]) -> None:
+        _freeze(model)
+        super().__init__(model, method, config)
+        self.n = n
+        self.disabled = False  # set by peft.model.disable_adapters: the base model alone
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
+                cache: KVCache | None = None, **kw: Any) -> Any:
+        if self.disabled:
+            return self.base_model(input_ids, attention_mask, cache=cache, **kw)
+        self._check(kw)
+        if attention_mask is not None:  # the virtual positions are always attended to
+            ones = attention_mask.new_ones(input_ids.shape[0], self.n)
+            attention_mask = torch.cat([ones, attention_mask], 1)
+        return self._forward(input_ids, attention_mask, cache, **kw)
+
+    def _forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None,
+                 cache: KVCache | None, **kw: Any) -> Any:
+        """The forward with the adapter on; `attention_mask` already covers the n virtual
+        positions."""
+        raise NotImplementedError
 
     def _inner(self, cache: KVCache) -> tuple[KVCache, bool]:
         """(the cache the base model sees, whether this forward is the prefill)."""
@@ -58,13 +78,10 @@ class _VirtualTokens(PeftModel):
 
 class PromptTuning(_VirtualTokens):
     def __init__(self, model: nn.Module, n: int, config: dict[str, Any]) -> None:
-        _freeze(model)
-        super().__init__(model, "prompt", config)
-        self.n = n
+        super().__init__(model, "prompt", n, config)
         # PEFT's random init is nn.Embedding's, N(0, 1).
         model.prompt_embeddings = nn.Parameter(torch.randn(n, model.cfg.d_model))
         self._batch = 0
-        self.disabled = False  # set by peft.model.disable_adapters: the base model alone
         model.model.embed_tokens.register_forward_hook(self._replace)
 
     def _replace(self, mod: nn.Module, args: Any, out: torch.Tensor) -> torch.Tensor | None:
@@ -73,14 +90,9 @@ class PromptTuning(_VirtualTokens):
         p = self.base_model.prompt_embeddings.to(out.dtype)
         return torch.cat([p.expand(out.shape[0], -1, -1), out[:, self.n:]], dim=1)
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
-                cache: KVCache | None = None, **kw: Any) -> Any:
-        if self.disabled:
-            return self.base_model(input_ids, attention_mask, cache=cache, **kw)
-        self._check(kw)
+    def _forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None,
+                 cache: KVCache | None, **kw: Any) -> Any:
         b = input_ids.shape[0]
-        if attention_mask is not None:
-            attention_mask = torch.cat([attention_mask.new_ones(b, self.n), attention_mask], 1)
         inner, prefill = self._inner(cache) if cache is not None else (None, True)
         if not prefill:  # decoding: the virtual tokens are in the inner cache already
             out = self.base_model(input_ids, attention_mask, cache=inner, **kw)
@@ -122,13 +134,11 @@ class _PrefixCache:
 
 class PrefixTuning(_VirtualTokens):
     def __init__(self, model: nn.Module, n: int, config: dict[str, Any]) -> None:
-        _freeze(model)
-        super().__init__(model, "prefix", config)
+        super().__init__(model, "prefix", n, config)
         c = model.cfg
-        self.n, self.heads, self.hd, self.layers = n, c.n_kv_head, c.head_dim, c.n_layer
+        self.heads, self.hd, self.layers = c.n_kv_head, c.head_dim, c.n_layer
         width = c.n_layer * 2 * c.n_kv_head * c.head_dim
         model.prompt_embeddings = nn.Parameter(torch.randn(n, width))
-        self.disabled = False  # set by peft.model.disable_adapters: the base model alone
 
     def _kv(self, b: int) -> torch.Tensor:
         """(n_layer * 2, B, kv heads, P, head_dim): each layer's prefix K, then V."""
@@ -136,14 +146,9 @@ class PrefixTuning(_VirtualTokens):
         kv = e.view(self.n, self.layers * 2, self.heads, self.hd).permute(1, 2, 0, 3)
         return kv[:, None].expand(-1, b, -1, -1, -1)
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
-                cache: KVCache | None = None, **kw: Any) -> Any:
-        if self.disabled:
-            return self.base_model(input_ids, attention_mask, cache=cache, **kw)
-        self._check(kw)
+    def _forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None,
+                 cache: KVCache | None, **kw: Any) -> Any:
         b = input_ids.shape[0]
-        if attention_mask is not None:
-            attention_mask = torch.cat([attention_mask.new_ones(b, self.n), attention_mask], 1)
         if cache is None:
             return self.base_model(input_ids, attention_mask,
                                    cache=_PrefixCache(self._kv(b), self.layers), **kw)

@@ -27,15 +27,19 @@ Dataset = Literal["moons", "spirals", "circles", "xor"]
 Activation = Literal["relu", "tanh", "sigmoid"]
 Space = Literal["word2vec", "smollm2"]
 Word = Annotated[str, Field(min_length=1, max_length=40)]
+# Constraints several requests share, named once so the pages' ranges cannot drift apart.
+Seed = Annotated[int, Field(ge=0, le=2**31 - 1)]
+Decay = Annotated[float, Field(ge=0, lt=1)]  # momentum and Adam's betas: a fraction below 1
+ToyNoise = Annotated[float, Field(ge=0, le=0.5)]  # beyond 0.5 the toy classes merge
 
 
 class DescentRequest(BaseModel):
     surface: Surface = "bowl"
     optimizer: Optimizer = "gd"
     lr: float = Field(0.05, gt=0, le=10)
-    momentum: float = Field(0.9, ge=0, lt=1)
-    beta1: float = Field(0.9, ge=0, lt=1)
-    beta2: float = Field(0.999, ge=0, lt=1)
+    momentum: Decay = 0.9
+    beta1: Decay = 0.9
+    beta2: Decay = 0.999
     steps: int = Field(100, ge=1, le=2000)
     x0: float | None = None
     y0: float | None = None
@@ -44,7 +48,7 @@ class DescentRequest(BaseModel):
 class TrainRequest(BaseModel):
     dataset: Dataset = "moons"
     n: int = Field(200, ge=20, le=1000)
-    noise: float = Field(0.1, ge=0, le=0.5)
+    noise: ToyNoise = 0.1
     hidden: list[Annotated[int, Field(ge=1, le=64)]] = Field([16, 16], max_length=6)
     activation: Activation = "tanh"
     optimizer: Optimizer = "adam"
@@ -53,16 +57,16 @@ class TrainRequest(BaseModel):
     steps: int = Field(1000, ge=1, le=5000)
     batch_size: int = Field(0, ge=0, le=1000)
     grid: int = Field(40, ge=10, le=80)
-    seed: int = Field(0, ge=0, le=2**31 - 1)
+    seed: Seed = 0
 
 
 class DropoutRequest(BaseModel):
     dataset: Dataset = "moons"
     n: int = Field(100, ge=20, le=400)
-    noise: float = Field(0.25, ge=0, le=0.5)
+    noise: ToyNoise = 0.25
     p: float = Field(0.3, gt=0, le=0.9)
     steps: int = Field(2000, ge=100, le=4000)
-    seed: int = Field(0, ge=0, le=2**31 - 1)
+    seed: Seed = 0
 
 
 class OverfitRequest(BaseModel):
@@ -70,25 +74,28 @@ class OverfitRequest(BaseModel):
     lam: float = Field(0.0, ge=0, le=1000)
     n_train: int = Field(20, ge=5, le=200)
     noise: float = Field(0.25, ge=0, le=1)
-    seed: int = Field(0, ge=0, le=2**31 - 1)
+    seed: Seed = 0
 
 
-class NeighboursRequest(BaseModel):
+class VectorRequest(BaseModel):
+    """What every word-vector page asks first: which space to look in."""
+
     space: Space = "word2vec"
+
+
+class NeighboursRequest(VectorRequest):
     word: Word
     k: int = Field(10, ge=1, le=50)
 
 
-class AnalogyRequest(BaseModel):
-    space: Space = "word2vec"
+class AnalogyRequest(VectorRequest):
     a: Word
     b: Word
     c: Word
     k: int = Field(5, ge=1, le=50)
 
 
-class ProjectionRequest(BaseModel):
-    space: Space = "word2vec"
+class ProjectionRequest(VectorRequest):
     words: list[Word] = Field(min_length=2, max_length=60)
 
 

@@ -216,12 +216,42 @@ def _bert_names(i: int) -> dict[str, str]:
     }
 
 
+_GPT2_TOP = {  # our names -> GPT-2's, outside the blocks
+    "model.embed_tokens.weight": "transformer.wte.weight",
+    "model.embed_positions.weight": "transformer.wpe.weight",
+    "model.norm.weight": "transformer.ln_f.weight",
+    "model.norm.bias": "transformer.ln_f.bias",
+}
+
+
+def _gpt2_names(i: int) -> tuple[str, str, dict[str, str], dict[str, str]]:
+    """Layer i's prefixes (ours, GPT-2's), its norm tensors (ours -> GPT-2's, copied as they
+    are) and its Conv1D modules (ours -> GPT-2's; weights stored transposed, as (in, out)).
+    The fused q/k/v projection is left to the caller."""
+    o, h = f"model.layers.{i}.", f"transformer.h.{i}."
+    ln = (("input_layernorm", "ln_1"), ("post_attention_layernorm", "ln_2"))
+    norms = {o + f"{ours}.{leaf}": h + f"{theirs}.{leaf}"
+             for leaf in ("weight", "bias") for ours, theirs in ln}
+    conv = {o + ours: h + theirs for ours, theirs in (("self_attn.o_proj", "attn.c_proj"),
+                                                     ("mlp.up_proj", "mlp.c_fc"),
+                                                     ("mlp.down_proj", "mlp.c_proj"))}
+    return o, h, norms, conv
+
+
 _BERT_TOP = {
     "model.embed_tokens": "embeddings.word_embeddings",
     "model.embed_positions": "embeddings.position_embeddings",
     "model.embed_types": "embeddings.token_type_embeddings",
     "model.embed_norm": "embeddings.LayerNorm",
 }
+
+
+def _bert_map(cfg: ModelConfig) -> dict[str, str]:
+    """Our module names -> BERT's, for the whole model."""
+    names = dict(_BERT_TOP)
+    for i in range(cfg.n_layer):
+        names.update(_bert_names(i))
+    return names
 
 
 def to_hf_state(cfg: ModelConfig, sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -232,9 +262,7 @@ def to_hf_state(cfg: ModelConfig, sd: dict[str, torch.Tensor]) -> dict[str, torc
             sd.pop("lm_head.weight", None)
         return sd
     if fam == "bert":
-        names = dict(_BERT_TOP)
-        for i in range(cfg.n_layer):
-            names.update(_bert_names(i))
+        names = _bert_map(cfg)
         out = {}
         for k, v in sd.items():
             mod, _, leaf = k.rpartition(".")
@@ -242,27 +270,16 @@ def to_hf_state(cfg: ModelConfig, sd: dict[str, torch.Tensor]) -> dict[str, torc
                 out[f"{names[mod]}.{leaf}"] = v
         return out
     # gpt2
-    out = {
-        "transformer.wte.weight": sd["model.embed_tokens.weight"],
-        "transformer.wpe.weight": sd["model.embed_positions.weight"],
-        "transformer.ln_f.weight": sd["model.norm.weight"],
-        "transformer.ln_f.bias": sd["model.norm.bias"],
-    }
+    out = {theirs: sd[ours] for ours, theirs in _GPT2_TOP.items()}
     for i in range(cfg.n_layer):
-        o, h = f"model.layers.{i}.", f"transformer.h.{i}."
-        for leaf in ("weight", "bias"):
-            out[h + f"ln_1.{leaf}"] = sd[o + f"input_layernorm.{leaf}"]
-            out[h + f"ln_2.{leaf}"] = sd[o + f"post_attention_layernorm.{leaf}"]
+        o, h, norms, conv = _gpt2_names(i)
+        out.update({theirs: sd[ours] for ours, theirs in norms.items()})
         qkv_w = torch.cat([sd[o + f"self_attn.{p}_proj.weight"] for p in "qkv"], 0)
         out[h + "attn.c_attn.weight"] = qkv_w.t().contiguous()  # Conv1D stores (in, out)
         out[h + "attn.c_attn.bias"] = torch.cat([sd[o + f"self_attn.{p}_proj.bias"] for p in "qkv"])
-        for ours, theirs in (
-            ("self_attn.o_proj", "attn.c_proj"),
-            ("mlp.up_proj", "mlp.c_fc"),
-            ("mlp.down_proj", "mlp.c_proj"),
-        ):
-            out[h + theirs + ".weight"] = sd[o + ours + ".weight"].t().contiguous()
-            out[h + theirs + ".bias"] = sd[o + ours + ".bias"]
+        for ours, theirs in conv.items():
+            out[theirs + ".weight"] = sd[ours + ".weight"].t().contiguous()
+            out[theirs + ".bias"] = sd[ours + ".bias"]
     return out
 
 
@@ -275,9 +292,7 @@ def from_hf_state(cfg: ModelConfig, hsd: dict[str, torch.Tensor]) -> dict[str, t
             sd.pop("lm_head.weight", None)
         return sd
     if fam == "bert":
-        names = dict(_BERT_TOP)
-        for i in range(cfg.n_layer):
-            names.update(_bert_names(i))
+        names = _bert_map(cfg)
         inv = {v: k for k, v in names.items()}
         out = {}
         for k, v in hsd.items():
@@ -291,29 +306,18 @@ def from_hf_state(cfg: ModelConfig, hsd: dict[str, torch.Tensor]) -> dict[str, t
                 out[f"{inv[mod]}.{leaf}"] = v
         return out
     d = cfg.d_model
-    sd = {
-        "model.embed_tokens.weight": hsd["transformer.wte.weight"],
-        "model.embed_positions.weight": hsd["transformer.wpe.weight"],
-        "model.norm.weight": hsd["transformer.ln_f.weight"],
-        "model.norm.bias": hsd["transformer.ln_f.bias"],
-    }
+    sd = {ours: hsd[theirs] for ours, theirs in _GPT2_TOP.items()}
     for i in range(cfg.n_layer):
-        o, h = f"model.layers.{i}.", f"transformer.h.{i}."
-        for leaf in ("weight", "bias"):
-            sd[o + f"input_layernorm.{leaf}"] = hsd[h + f"ln_1.{leaf}"]
-            sd[o + f"post_attention_layernorm.{leaf}"] = hsd[h + f"ln_2.{leaf}"]
+        o, h, norms, conv = _gpt2_names(i)
+        sd.update({ours: hsd[theirs] for ours, theirs in norms.items()})
         w = hsd[h + "attn.c_attn.weight"].t()
         b = hsd[h + "attn.c_attn.bias"]
         for j, p in enumerate("qkv"):
             sd[o + f"self_attn.{p}_proj.weight"] = w[j * d : (j + 1) * d].contiguous()
             sd[o + f"self_attn.{p}_proj.bias"] = b[j * d : (j + 1) * d]
-        for ours, theirs in (
-            ("self_attn.o_proj", "attn.c_proj"),
-            ("mlp.up_proj", "mlp.c_fc"),
-            ("mlp.down_proj", "mlp.c_proj"),
-        ):
-            sd[o + ours + ".weight"] = hsd[h + theirs + ".weight"].t().contiguous()
-            sd[o + ours + ".bias"] = hsd[h + theirs + ".bias"]
+        for ours, theirs in conv.items():
+            sd[ours + ".weight"] = hsd[theirs + ".weight"].t().contiguous()
+            sd[ours + ".bias"] = hsd[theirs + ".bias"]
     return sd
 
 

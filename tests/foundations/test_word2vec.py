@@ -18,7 +18,9 @@ from llmlab.foundations import (
     corpus_sentences,
     keep_probability,
     load_or_train,
+    neighbour_overlap,
     noise_distribution,
+    pairwise_cosines,
     sgns_grads,
     sgns_loss,
     sgns_step,
@@ -114,21 +116,6 @@ def test_skipgram_pairs_match_a_plain_loop() -> None:
     assert len(skipgram_pairs(ids, sent, 1, np.random.default_rng(0))) == 2 * (4 + 2)
 
 
-def _pairwise(m: np.ndarray) -> np.ndarray:
-    m = m / np.linalg.norm(m, axis=1, keepdims=True)
-    return (m @ m.T)[np.triu_indices(len(m), 1)]
-
-
-def _overlap(a: np.ndarray, b: np.ndarray, k: int = 10) -> float:
-    def top(m: np.ndarray) -> np.ndarray:
-        m = m / np.linalg.norm(m, axis=1, keepdims=True)
-        s = m @ m.T
-        np.fill_diagonal(s, -np.inf)
-        return np.argsort(-s, 1)[:, :k]
-
-    return float(np.mean([len(set(x) & set(y)) / k for x, y in zip(top(a), top(b), strict=True)]))
-
-
 def test_vectors_agree_with_gensim_on_the_kjv(
     kjv: list[list[str]], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -146,9 +133,9 @@ def test_vectors_agree_with_gensim_on_the_kjv(
     a = np.stack([ours.vector(w).numpy() for w in words])
     b = np.stack([ref.wv[w] for w in words])
     rand = np.random.default_rng(0).uniform(-0.01, 0.01, a.shape)  # an untrained model
-    rho, rho_rand = spearmanr(_pairwise(a), _pairwise(b))[0], spearmanr(_pairwise(rand),
-                                                                       _pairwise(b))[0]
-    ov, ov_rand = _overlap(a, b), _overlap(rand, b)
+    pb = pairwise_cosines(b)
+    rho, rho_rand = (spearmanr(pairwise_cosines(m), pb)[0] for m in (a, rand))
+    ov, ov_rand = neighbour_overlap(a, b), neighbour_overlap(rand, b)
     print(f"spearman {rho:.3f} (random {rho_rand:.3f}); top-10 overlap {ov:.3f} "
           f"(random {ov_rand:.3f})")
     assert rho > 0.8 and abs(rho_rand) < 0.1

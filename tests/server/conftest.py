@@ -71,3 +71,23 @@ def enc() -> Any:
     import llmlab
 
     return llmlab.load("minilm-l6-v2")
+
+
+@pytest.fixture(scope="module")
+def page(server: Live) -> Iterator[Any]:
+    """A chromium tab (1300x1000) per browser-test module, on the session's server."""
+    from pathlib import Path
+
+    from playwright import sync_api  # imported here: only the browser tests need Playwright
+
+    from .browser import ARGS, ARTIFACTS, CHROMIUM
+
+    # scripts/setup.sh dev installs Debian's chromium; without it these tests must fail, not skip.
+    assert Path(CHROMIUM).exists(), "chromium not installed (apt-get install chromium)"
+    ARTIFACTS.mkdir(exist_ok=True)
+    with sync_api.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
+        pg = browser.new_page(viewport={"width": 1300, "height": 1000})
+        pg.set_default_timeout(60_000)
+        yield pg
+        browser.close()

@@ -6,45 +6,12 @@ a human to look at."""
 from __future__ import annotations
 
 import json
-import os
-import shutil
-from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
-from playwright import sync_api
 
-CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
-ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-]
-# LLMLAB_ARTIFACTS lets CI collect the screenshots from a folder of its choosing.
-ARTIFACTS = Path(os.environ.get("LLMLAB_ARTIFACTS") or Path(__file__).parents[1] / "artifacts")
-
-
-@pytest.fixture(scope="module")
-def page(server) -> Iterator:  # noqa: ANN001
-    # scripts/setup.sh dev installs Debian's chromium; without it these tests must fail, not skip.
-    assert Path(CHROMIUM).exists(), "chromium not installed (apt-get install chromium)"
-    ARTIFACTS.mkdir(exist_ok=True)
-    with sync_api.sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
-        pg = browser.new_page(viewport={"width": 1300, "height": 1000})
-        pg.set_default_timeout(60_000)
-        yield pg
-        browser.close()
-
-
-def shot(pg, name: str) -> None:  # noqa: ANN001
-    path = ARTIFACTS / f"{name}.png"
-    pg.screenshot(path=str(path), full_page=True)
-    print(f"screenshot: {path}")
+from .browser import set_range, shot
 
 
 def cells(pg) -> list[str]:  # noqa: ANN001
@@ -58,14 +25,6 @@ def wait_change(pg, before: list[str]) -> list[str]:  # noqa: ANN001
         arg=json.dumps(before, separators=(",", ":")),
     )
     return cells(pg)
-
-
-def set_range(pg, testid: str, value: int) -> None:  # noqa: ANN001
-    pg.eval_on_selector(
-        f"[data-testid={testid}]",
-        "(e, v) => { e.value = v; e.dispatchEvent(new Event('input')); }",
-        value,
-    )
 
 
 def test_attention_click_layer_head_mode(page, server) -> None:  # noqa: ANN001

@@ -4,25 +4,8 @@ changes what the page shows. Screenshots land in tests/artifacts/ like the other
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
-from pathlib import Path
 
-import pytest
-from playwright import sync_api
-
-from .test_browser import ARGS, ARTIFACTS, CHROMIUM, set_range, shot
-
-
-@pytest.fixture(scope="module")
-def page(server) -> Iterator:  # noqa: ANN001
-    assert Path(CHROMIUM).exists(), "chromium not installed (apt-get install chromium)"
-    ARTIFACTS.mkdir(exist_ok=True)
-    with sync_api.sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
-        pg = browser.new_page(viewport={"width": 1300, "height": 1000})
-        pg.set_default_timeout(60_000)
-        yield pg
-        browser.close()
+from .browser import set_range, shot
 
 
 def stat(pg, key: str) -> str:  # noqa: ANN001
