@@ -188,3 +188,21 @@ def test_static_cache_decoder_equals_dynamic_engine():
     # The same decoder is reusable: a second batch starts from a clean mask.
     again = [st.tokens.tolist() for st in dec.generate(prompts, params)]
     assert again == dyn
+
+
+def test_fused_projections_give_the_same_logits_and_tokens():
+    import copy
+
+    from llmlab.model.quant import fuse_projections_
+
+    m = _model(**LLAMA)
+    fused = fuse_projections_(copy.deepcopy(m))
+    assert not any(hasattr(mod, "q_proj") for mod in fused.modules())
+    assert sum(hasattr(mod, "qkv_fused") for mod in fused.modules()) == m.cfg.n_layer
+    x = torch.tensor([[5, 6, 7, 8, 9, 10, 11]])
+    with torch.no_grad():
+        torch.testing.assert_close(fused(x).logits, m(x).logits, rtol=1e-5, atol=1e-5)
+    prompts = [[5, 6, 7], [42, 1]]
+    params = SamplingParams(max_new_tokens=6, temperature=0)
+    ref = [st.tokens.tolist() for st in iter_decode(m, prompts, params)]
+    assert [st.tokens.tolist() for st in iter_decode(fused, prompts, params)] == ref

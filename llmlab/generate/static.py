@@ -111,7 +111,9 @@ class StaticDecoder:
             before = done.clone()
             done |= torch.isin(nxt, stops) | (step == params.max_new_tokens - 1)
             yield Step(nxt.masked_fill(before, pad_id), done.clone())
-            if bool(done.all()):
+            # Without stop tokens only the budget ends a row, and the host knows when: no
+            # device sync per step, so the CPU queues the next replay while the GPU works.
+            if step == params.max_new_tokens - 1 or (params.stop_token_ids and bool(done.all())):
                 return
             logits = self.decode_step(nxt, slot)
             slot += 1

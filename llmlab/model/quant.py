@@ -59,12 +59,10 @@ def _fuse(linears: list[nn.Linear]) -> nn.Linear:
     return out
 
 
-def quantize_int8_(model: nn.Module, act_dtype: torch.dtype = torch.bfloat16) -> nn.Module:
-    """Make a model decode-fast, in place: every nn.Linear (the tied LM head too) becomes
-    Int8Linear, and Q/K/V and gate/up are fused into one matmul each (fewer kernel calls).
-
-    This is for inference only: the separate projections are removed. Embeddings and norms
-    are cast to `act_dtype`; the embedding table stays a full-precision lookup."""
+def fuse_projections_(model: nn.Module) -> nn.Module:
+    """Fuse Q/K/V and gate/up into one matmul each, in place: decoding a small model is bound
+    by kernel launches, so three GEMVs cost about three times one. Inference only: the
+    separate projections are removed (adapters and training need them)."""
     from llmlab.model.layers import MLP, Attention
 
     for mod in list(model.modules()):
@@ -74,6 +72,16 @@ def quantize_int8_(model: nn.Module, act_dtype: torch.dtype = torch.bfloat16) ->
         elif isinstance(mod, MLP) and mod.kind == "swiglu":
             mod.gate_up_fused = _fuse([mod.gate_proj, mod.up_proj])
             del mod.gate_proj, mod.up_proj
+    return model
+
+
+def quantize_int8_(model: nn.Module, act_dtype: torch.dtype = torch.bfloat16) -> nn.Module:
+    """Make a model decode-fast, in place: every nn.Linear (the tied LM head too) becomes
+    Int8Linear, and Q/K/V and gate/up are fused into one matmul each (fewer kernel calls).
+
+    This is for inference only: the separate projections are removed. Embeddings and norms
+    are cast to `act_dtype`; the embedding table stays a full-precision lookup."""
+    fuse_projections_(model)
     model.to(act_dtype)
     for mod in list(model.modules()):
         for child_name, child in list(mod.named_children()):
