@@ -26,6 +26,7 @@ import time
 from collections.abc import Callable
 
 import torch
+import torch.nn.functional as F
 
 from llmlab.model import ModelConfig, Transformer, preset
 from llmlab.train.optim import make_adamw, param_groups
@@ -52,17 +53,31 @@ def _sdpa(kind: str) -> contextlib.AbstractContextManager:
     return sdpa_kernel(backend)
 
 
-def ours(cfg: ModelConfig, x: torch.Tensor, a: argparse.Namespace) -> tuple[Step, int]:
+def ours(cfg: ModelConfig, x: torch.Tensor, a: argparse.Namespace,
+         loss_kind: str = "fused") -> tuple[Step, int]:
     torch.manual_seed(0)
     model = Transformer(cfg).to(x.device)
     # As the Trainer builds it: decay groups, fused AdamW.
     opt = make_adamw(param_groups(model, 0.1), 6e-4, (0.9, 0.95), 1e-8, x.device)
-    fwd = torch.compile(model, mode=a.mode) if a.compile else model
     batch = {"input_ids": x[:, :-1], "labels": x[:, 1:]}
+    if loss_kind == "fused":  # the model's own chunked projection + cross-entropy
+        fwd = torch.compile(model, mode=a.mode) if a.compile else model
+
+        def loss_fn() -> torch.Tensor:
+            return next_token_loss(fwd, batch)[0]
+    else:  # bf16 logits, fp32 cross-entropy, in the same compiled graph (as transformers)
+        def plain(inp: torch.Tensor, lab: torch.Tensor) -> torch.Tensor:
+            logits = model(inp).logits
+            return F.cross_entropy(logits.flatten(0, 1).float(), lab.flatten())
+
+        cl = torch.compile(plain, mode=a.mode) if a.compile else plain
+
+        def loss_fn() -> torch.Tensor:
+            return cl(batch["input_ids"], batch["labels"])
 
     def step() -> torch.Tensor:
         with torch.autocast(x.device.type, dtype=torch.bfloat16), _sdpa(a.sdpa):
-            loss, _ = next_token_loss(fwd, batch)
+            loss = loss_fn()
         loss.backward()
         opt.step()
         opt.zero_grad(set_to_none=True)
@@ -118,6 +133,9 @@ def main() -> int:
                     help="also run both sides with the vocab padded to a multiple of this "
                          "(MFU still counts the unpadded model's FLOPs)")
     ap.add_argument("--no-compile", dest="compile", action="store_false")
+    ap.add_argument("--loss", nargs="+", default=["fused", "plain"], choices=["fused", "plain"],
+                    help="llmlab variants: the model's fused chunked loss, and/or bf16 logits + "
+                         "F.cross_entropy compiled together")
     ap.add_argument("--dry-run", action="store_true",
                     help="CPU, tiny shape, 1 round of 1 step: check the script runs")
     a = ap.parse_args()
@@ -151,7 +169,12 @@ def main() -> int:
     variants: dict[str, tuple[Step, float]] = {}
     n_true = None
     for suffix, c in shapes.items():
-        for label, build in (("transformers GPT2LMHeadModel", hf), ("llmlab", ours)):
+        builds: list[tuple[str, Callable[..., tuple[Step, int]]]] = [
+            ("transformers GPT2LMHeadModel", hf)]
+        for lk in a.loss:
+            builds.append((f"llmlab ({lk} loss)",
+                           lambda c_, x_, a_, lk=lk: ours(c_, x_, a_, lk)))
+        for label, build in builds:
             step, n = build(c, x, a)
             n_true = n_true or n  # MFU counts the unpadded model's FLOPs
             t0 = time.perf_counter()
@@ -176,9 +199,10 @@ def main() -> int:
         print(f"| {name} | {dt * 1e3:.1f} | {tokens / dt:,.0f} | "
               f"{100 * fpt * tokens / dt / peak:.1f}% |")
     for suffix in shapes:
-        r = (statistics.median(times[f"transformers GPT2LMHeadModel{suffix}"])
-             / statistics.median(times[f"llmlab{suffix}"]))
-        print(f"llmlab speed vs transformers{suffix}: {r:.2f}x")
+        for lk in a.loss:
+            r = (statistics.median(times[f"transformers GPT2LMHeadModel{suffix}"])
+                 / statistics.median(times[f"llmlab ({lk} loss){suffix}"]))
+            print(f"llmlab ({lk} loss) speed vs transformers{suffix}: {r:.2f}x")
     if device.type == "cuda":
         print(f"peak memory {torch.cuda.max_memory_allocated() / 2**30:.1f} GiB")
     return 0
