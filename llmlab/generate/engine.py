@@ -81,7 +81,10 @@ def iter_decode(
     if padded:
         mask = torch.ones(b, total, dtype=torch.long, device=dev)
         mask[:, :t0] = torch.arange(t0, device=dev)[None] >= (t0 - lens)[:, None]
-    cache = KVCache(model.cfg, b, total, dev, model.dtype)
+    # Under autocast the keys/values come out in the autocast dtype: store them so.
+    kv_dtype = (torch.get_autocast_dtype(dev.type) if torch.is_autocast_enabled(dev.type)
+                else model.dtype)
+    cache = KVCache(model.cfg, b, total, dev, kv_dtype)
     gen = None
     if params.seed is not None:
         gen = torch.Generator(device=dev).manual_seed(params.seed)
@@ -209,10 +212,11 @@ def complete(
     streams = [TextStream(tokenizer, params.stop) for _ in prompts]
     outs = [Completion("", [], "length", len(p)) for p in prompts]
     for step in iter_decode(model, prompts, params, pad_id=_pad(tokenizer)):
+        toks = step.tokens.tolist()  # one device-to-host copy per step, not one per row
         for i, s in enumerate(streams):
             if s.stopped or outs[i].finish_reason == "stop":
                 continue
-            t = int(step.tokens[i])
+            t = toks[i]
             if t in params.stop_token_ids:
                 outs[i].finish_reason, outs[i].stop_token = "stop", t
                 continue

@@ -243,7 +243,10 @@ class Trainer:
                 step_tokens = 0
                 extra: dict[str, float] = {}
                 for micro in range(cfg.grad_accum):
-                    batch = to_device(self.train_data.next_batch(), self.device)
+                    # Under the loss's autocast: an RL rollout then samples in bf16 on GPU
+                    # and its old log-probs match the precision the loss recomputes them in.
+                    with self._autocast():
+                        batch = to_device(self.train_data.next_batch(), self.device)
                     last = micro == cfg.grad_accum - 1
                     sync = contextlib.nullcontext()
                     if d.enabled and not last and hasattr(self.model, "no_sync"):
