@@ -206,3 +206,19 @@ def test_fused_projections_give_the_same_logits_and_tokens():
     params = SamplingParams(max_new_tokens=6, temperature=0)
     ref = [st.tokens.tolist() for st in iter_decode(m, prompts, params)]
     assert [st.tokens.tolist() for st in iter_decode(fused, prompts, params)] == ref
+
+
+def test_static_decoder_under_autocast_matches_dynamic_engine():
+    """An RL rollout decodes inside the training step's autocast: the static decoder stores
+    keys/values in the autocast dtype and gives the dynamic engine's greedy tokens."""
+    from llmlab.generate.static import StaticDecoder
+
+    m = _model(**LLAMA)
+    prompts = [[5, 6, 7, 8, 9, 10, 11], [42], [1, 2, 3]]
+    params = SamplingParams(max_new_tokens=8, temperature=0)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        dyn = [st.tokens.tolist() for st in iter_decode(m, prompts, params)]
+        dec = StaticDecoder(m, batch_size=3, max_len=32)
+        stat = [st.tokens.tolist() for st in dec.generate(prompts, params)]
+    assert dec.cache.k[0].dtype == torch.bfloat16
+    assert stat == dyn

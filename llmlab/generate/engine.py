@@ -9,6 +9,8 @@ past is never recomputed.
 from __future__ import annotations
 
 import codecs
+import os
+import weakref
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -211,7 +213,10 @@ def complete(
     prompts = fit_context(prompts, params.max_new_tokens, model.cfg.max_seq_len, truncate)
     streams = [TextStream(tokenizer, params.stop) for _ in prompts]
     outs = [Completion("", [], "length", len(p)) for p in prompts]
-    for step in iter_decode(model, prompts, params, pad_id=_pad(tokenizer)):
+    dec = _graph_decoder(model, prompts, params)
+    steps = dec.generate(prompts, params, pad_id=_pad(tokenizer)) if dec is not None else \
+        iter_decode(model, prompts, params, pad_id=_pad(tokenizer))
+    for step in steps:
         toks = step.tokens.tolist()  # one device-to-host copy per step, not one per row
         for i, s in enumerate(streams):
             if s.stopped or outs[i].finish_reason == "stop":
@@ -230,6 +235,37 @@ def complete(
         s.flush()
         o.text = s.text
     return outs
+
+
+# One CUDA-graph decoder per model, kept for the next call of the same shape (an RL run
+# generates the same batch size every step; the weights change in place, the graph reads them).
+_DECODERS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def _graph_decoder(model: Transformer, prompts: list[list[int]], params: SamplingParams) -> Any:
+    """A StaticDecoder replaying one CUDA graph per token, or None where the dynamic engine
+    must run: not CUDA, a repetition penalty (its `seen` set isn't in the graph), sharded
+    parameters (FSDP re-allocates them each forward), or LLMLAB_CUDA_GRAPHS=0."""
+    if (model.device.type != "cuda" or params.repetition_penalty != 1.0
+            or os.environ.get("LLMLAB_CUDA_GRAPHS", "1") == "0"
+            or any(type(p).__name__ == "DTensor" for p in model.parameters())):
+        return None
+    from llmlab.generate.static import StaticDecoder
+
+    need = max(len(p) for p in prompts) + params.max_new_tokens + 1
+    max_len = min(-(-need // 128) * 128, model.cfg.max_seq_len)  # buckets: fewer captures
+    if need > max_len:
+        return None
+    amp = torch.is_autocast_enabled("cuda")
+    # Adapter switches are Python branches the graph froze: they are part of the key.
+    flags = tuple((getattr(m, "disabled", None), getattr(m, "merged", None))
+                  for m in model.modules() if hasattr(m, "merged"))
+    key = (len(prompts), max_len, amp, torch.get_autocast_dtype("cuda") if amp else None, flags)
+    held = _DECODERS.get(model)
+    if held is None or held[0] != key:
+        held = (key, StaticDecoder(model, len(prompts), max_len))  # replaces the old one
+        _DECODERS[model] = held
+    return held[1]
 
 
 def make_params(tokenizer: Any, **kw: Any) -> SamplingParams:

@@ -29,7 +29,12 @@ class StaticDecoder:
     ) -> None:
         self.model, self.b, self.max_len = model, batch_size, max_len
         dev = model.device
-        self.cache = KVCache(model.cfg, batch_size, max_len, dev, model.dtype, static=True)
+        # Under autocast (an RL rollout inside the training step) the keys/values come out in
+        # the autocast dtype, and the captured step must run under the same autocast.
+        self.amp = torch.is_autocast_enabled(dev.type)
+        self.amp_dtype = torch.get_autocast_dtype(dev.type)
+        kv_dtype = self.amp_dtype if self.amp else model.dtype
+        self.cache = KVCache(model.cfg, batch_size, max_len, dev, kv_dtype, static=True)
         self.key_valid = torch.ones(batch_size, max_len, dtype=torch.long, device=dev)
         # Inputs of the decode step live at fixed addresses (copied into before each replay).
         self.x = torch.zeros(batch_size, 1, dtype=torch.long, device=dev)
@@ -53,12 +58,15 @@ class StaticDecoder:
     def _capture(self) -> None:
         side = torch.cuda.Stream()
         side.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(side):
+        # autocast's weight-cast cache must stay off while capturing: a cached cast would
+        # point into the graph's private memory after the capture ends.
+        amp = torch.autocast("cuda", dtype=self.amp_dtype, enabled=self.amp, cache_enabled=False)
+        with torch.cuda.stream(side), amp:
             for _ in range(3):  # warm-up: compile, autotune and allocate outside the capture
                 self._fn()
         torch.cuda.current_stream().wait_stream(side)
         self.graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(self.graph):
+        with torch.cuda.graph(self.graph), amp:
             self.out = self._fn()
 
     def prefill(self, prompts: list[list[int]], pad_id: int) -> tuple[torch.Tensor, int]:

@@ -39,8 +39,9 @@ class KVCache:
         """Write this step's keys/values after the stored ones; return everything so far."""
         if self.static:
             assert self.slots is not None, "static cache: set cache.slots before the forward"
-            self.k[layer].index_copy_(2, self.slots, k)
-            self.v[layer].index_copy_(2, self.slots, v)
+            # Under autocast, RoPE's fp32 tables promote k: store in the cache's dtype.
+            self.k[layer].index_copy_(2, self.slots, k.to(self.k[layer].dtype))
+            self.v[layer].index_copy_(2, self.slots, v.to(self.v[layer].dtype))
             return self.k[layer], self.v[layer]
         t = k.shape[2]
         end = self.length + t
