@@ -163,6 +163,26 @@ def test_ppo_verifier_full_weights_and_bad_input(tiny: Path, tmp_path: Path) -> 
     assert r.returncode != 0 and "not a reward model" in r.stderr
 
 
+def test_grpo_command_end_to_end_with_resume(tiny: Path, tmp_path: Path) -> None:
+    out = tmp_path / "grpo"
+    args = ["grpo", "--model", str(tiny), "--task", "arithmetic", "--out", str(out),
+            "--num-generations", "2", "--prompts-per-step", "2", "--max-new-tokens", "6",
+            "--beta", "0.04", "--zero-std-warn", "2", "--lr", "1e-3", *FAST]
+    align(*args, "--max-steps", "3")
+    rows = metrics(out)
+    assert [r["step"] for r in rows] == [1, 2, 3]
+    for k in ("loss", "grad_norm", "reward/mean", "reward/std", "completion_length",
+              "frac_reward_zero_std", "kl", "clip_ratio"):
+        assert all(k in r for r in rows), k
+    assert rows[0]["kl"] == 0.0  # LoRA starts at the reference (adapters disabled)
+    assert all(0 < r["completion_length"] <= 6 for r in rows)
+    align(*args, "--max-steps", "4", "--resume")
+    assert [r["step"] for r in metrics(out)] == [1, 2, 3, 4]
+    r = align("grpo", "--model", str(tiny), "--task", "nope", "--out", str(tmp_path / "x"),
+              *FAST, check=False)
+    assert r.returncode != 0 and "nope" in r.stderr
+
+
 def test_rollout_logprobs_are_the_sampling_distribution(tiny: Path) -> None:
     """Log-probs of a sampled completion, from logits / T (TRL's selective_log_softmax on the
     same tensors), equal the log-probs of the engine's sampling distribution at each step."""
@@ -199,8 +219,9 @@ def test_grpo_rollout_old_logprobs_use_the_sampling_temperature(tiny: Path) -> N
     from llmlab.generate.chat import template_for
 
     lm = llmlab.load(str(tiny))
+    # Two passes per rollout: the old log-probs are taken at generation time.
     cfg = GRPOConfig(num_generations=2, prompts_per_step=2, max_new_tokens=6, temperature=0.5,
-                     zero_std_warn=2.0)
+                     zero_std_warn=2.0, iterations=2)
     b = RolloutBatches(lm.model, lm.tokenizer, template_for(lm), task_prompts("arithmetic", 8),
                        cfg).next_batch()
     with torch.no_grad():
@@ -210,6 +231,31 @@ def test_grpo_rollout_old_logprobs_use_the_sampling_temperature(tiny: Path) -> N
     assert b["cmask"].sum(1).min() >= 1 and b["cmask"].shape == at_t.shape
     assert torch.allclose(b["old"][m], at_t[m], atol=1e-5)
     assert not torch.allclose(b["old"][m], at_1[m], atol=1e-2)
+
+    # One pass: no extra forward; the loss takes the current log-probs, detached, as old
+    # (TRL's shortcut), which gives the same loss and gradient as the taken old log-probs.
+    from llmlab.align.grpo_run import grpo_loss_fn
+
+    one = RolloutBatches(lm.model, lm.tokenizer, template_for(lm),
+                         task_prompts("arithmetic", 8),
+                         GRPOConfig(num_generations=2, prompts_per_step=2, max_new_tokens=6,
+                                    temperature=0.5, zero_std_warn=2.0)).next_batch()
+    assert one["old"] is None
+    fn = grpo_loss_fn(cfg)
+    lm.model.eval()
+    grads = []
+    for old in (None, "taken"):
+        if old == "taken":
+            with torch.no_grad():
+                one = {**one, "old": token_logprobs(lm.model, one["ids"], one["attn"], 0.5)}
+        lm.model.zero_grad()
+        loss, _ = fn(lm.model, one)
+        loss.backward()
+        grads.append((loss.detach(), [p.grad.clone() for p in lm.model.parameters()
+                                      if p.grad is not None]))
+    torch.testing.assert_close(grads[0][0], grads[1][0], rtol=1e-5, atol=1e-6)
+    for g0, g1 in zip(grads[0][1], grads[1][1], strict=True):
+        torch.testing.assert_close(g0, g1, rtol=1e-4, atol=1e-6)
 
 
 @pytest.mark.parametrize("task,n", [("trivia-prefs", 8), ("arithmetic-prefs", 6)])

@@ -43,7 +43,9 @@ class RolloutBatches:
         ids, attn = r.ids.to(dev), r.attn.to(dev)
         was = self.model.training
         self.model.eval()
-        old = token_logprobs(self.model, ids, attn, c.temperature)
+        # With one pass per rollout the policy hasn't moved when the loss runs: its old
+        # log-probs are the current ones, detached (as TRL), and the extra forward is skipped.
+        old = token_logprobs(self.model, ids, attn, c.temperature) if c.iterations > 1 else None
         ref = None
         if c.beta:
             if self.ref is not None:
@@ -83,7 +85,8 @@ class RolloutBatches:
 def grpo_loss_fn(cfg: GRPOConfig):  # noqa: ANN201
     def loss_fn(model: nn.Module, b: dict[str, Any]) -> tuple[torch.Tensor, dict[str, Any]]:
         logp = token_logprobs(model, b["ids"], b["attn"], cfg.temperature)
-        loss, m = grpo_loss(logp, b["old"], b["adv"], b["cmask"], b["ref"], cfg.beta,
+        old = b["old"] if b["old"] is not None else logp.detach()
+        loss, m = grpo_loss(logp, old, b["adv"], b["cmask"], b["ref"], cfg.beta,
                             cfg.epsilon, cfg.epsilon_high or cfg.epsilon, cfg.loss_type,
                             max_completion_length=cfg.max_new_tokens)
         m.setdefault("kl", 0.0)
