@@ -178,16 +178,16 @@ def test_judge_cli_with_live_llmlab_serve(serve_url: str, tiny_dir: Path, peft_a
     assert any(it["answer_a"] != it["answer_b"] for it in items)  # the adapter mattered
 
     client = OpenAI(base_url=f"{serve_url}/v1", api_key="unused")
-    first = client.models.list().data[0].id  # no --judge-model: the server's first listed
-    assert res["config"]["judge_model"] == first
-    assert listed_model(f"{serve_url}/v1/") == first
+    listed = client.models.list().data[0].id  # no --judge-model: the server's first listed
+    assert res["config"]["judge_model"] == listed
+    assert listed_model(f"{serve_url}/v1/") == listed
     tally = {"A": 0, "B": 0, "tie": 0, "skipped": 0}
     for it in items:
         replies = []
         for first, second in ((it["answer_a"], it["answer_b"]), (it["answer_b"], it["answer_a"])):
             text = JUDGE_PROMPT.format(prompt=it["prompt"], first=first, second=second)
             resp = client.chat.completions.create(
-                model=first, temperature=0, max_tokens=8,
+                model=listed, temperature=0, max_tokens=8,
                 messages=[{"role": "user", "content": text}])
             replies.append(resp.choices[0].message.content)
         assert replies == it["replies"]
