@@ -3,8 +3,9 @@
 Each prompt is judged twice, with the answers in both orders, so a judge that favours the
 first (or second) slot cannot decide the result: A wins only when preferred in both orders,
 a split verdict is a tie. The judge is a local llmlab model or any OpenAI-compatible
-`/v1/chat/completions` endpoint (e.g. `llmlab serve`). Unreachable endpoints and unparseable
-verdicts are skipped and counted, never guessed.
+`/v1/chat/completions` endpoint (e.g. `llmlab serve`); without a model name, the endpoint's
+first model at /v1/models is used, and an endpoint that can't be reached or lists none then
+is an error. Failed requests and unparseable verdicts are skipped and counted, never guessed.
 """
 
 from __future__ import annotations
@@ -94,20 +95,57 @@ def judge_pairs(prompts: Sequence[str], answers_a: Sequence[str], answers_b: Seq
             "samples": items}
 
 
+def _v1(base_url: str) -> str:
+    """The endpoint's /v1 root: users pass either `http://host:port` or `.../v1`."""
+    url = base_url.rstrip("/")
+    return url if url.endswith("/v1") else url + "/v1"
+
+
+def listed_model(base_url: str, timeout: float = 30.0, api_key: str | None = None) -> str:
+    """The first model id an OpenAI-compatible endpoint lists at GET /v1/models.
+
+    The judge's default model name: guessing one instead would only make every request fail
+    later, after the answers were generated, so an endpoint that can't be reached or lists no
+    model is an error here, naming the endpoint."""
+    import httpx
+
+    url = f"{_v1(base_url)}/models"
+    hint = "pass --judge-model to name the model"
+    headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+    try:
+        r = httpx.get(url, timeout=timeout, headers=headers, trust_env=False)
+    except httpx.HTTPError as e:
+        raise RuntimeError(f"judge endpoint {base_url}: cannot reach {url} "
+                           f"({type(e).__name__}: {e})") from None
+    if r.status_code != 200:
+        raise RuntimeError(f"judge endpoint {base_url}: GET {url} answered HTTP "
+                           f"{r.status_code} ({r.text[:200]!r}); {hint}")
+    try:
+        data = r.json()["data"]
+    except (ValueError, KeyError, TypeError):
+        raise RuntimeError(f'judge endpoint {base_url}: {url} did not return a JSON object with '
+                           f'a "data" list ({r.text[:200]!r}); {hint}') from None
+    ids = [m["id"] for m in data if isinstance(m, dict) and isinstance(m.get("id"), str)] \
+        if isinstance(data, list) else []
+    if not ids:
+        raise RuntimeError(f"judge endpoint {base_url}: {url} lists no models; {hint}")
+    return ids[0]
+
+
 def endpoint_judge(base_url: str, model: str | None = None, timeout: float = 60.0,
                    api_key: str | None = None) -> JudgeFn:
     """Judge through an OpenAI-compatible server; a failed request yields None for that item.
-    `model` defaults to the first one the server lists at /v1/models."""
+    `model` defaults to the first one the server lists at /v1/models, looked up now, so that
+    a dead or empty endpoint fails before any answer is generated (`listed_model`)."""
     import httpx
 
-    url = base_url.rstrip("/")
-    url = url if url.endswith("/v1") else url + "/v1"
+    url = _v1(base_url)
     headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+    name = model or listed_model(base_url, min(timeout, 30.0), api_key)
 
     def run(texts: list[str]) -> list[str | None]:
         out: list[str | None] = []
         with httpx.Client(timeout=timeout, headers=headers, trust_env=False) as client:
-            name = model or _listed_model(client, url)
             for t in texts:
                 body = {"model": name, "messages": [{"role": "user", "content": t}],
                         "temperature": 0, "max_tokens": 8}
@@ -124,19 +162,6 @@ def endpoint_judge(base_url: str, model: str | None = None, timeout: float = 60.
         return out
 
     return run
-
-
-def _listed_model(client: Any, url: str) -> str:
-    """The first model id at GET /v1/models; "default" when the server lists none (the
-    requests then fail, and are counted, on their own)."""
-    try:
-        r = client.get(f"{url}/models")
-        r.raise_for_status()
-        return str(r.json()["data"][0]["id"])
-    except Exception as e:  # noqa: BLE001 - any failure here is reported per request later
-        print(f"warning: could not list the judge endpoint's models ({e}); "
-              "pass --judge-model", file=sys.stderr)
-        return "default"
 
 
 def local_judge(lm: Any, batch_size: int = 16, progress: bool = True) -> JudgeFn:
@@ -188,7 +213,8 @@ def add_judge_command(sub: argparse._SubParsersAction, guard: Callable, load_mod
     g.add_argument("--judge", default=None, help="local llmlab judge model")
     g.add_argument("--judge-base-url", default=None, help="OpenAI-compatible endpoint")
     j.add_argument("--judge-model", default=None,
-                   help="model name sent to the endpoint (default: its first at /v1/models)")
+                   help="model name sent to the endpoint (default: the first it lists at "
+                        "/v1/models; an error if it lists none or can't be reached)")
     j.add_argument("--judge-timeout", type=float, default=60.0)
     j.add_argument("--limit", type=int, default=None)
     j.add_argument("--max-new-tokens", type=int, default=128)
@@ -203,15 +229,19 @@ def add_judge_command(sub: argparse._SubParsersAction, guard: Callable, load_mod
         from llmlab.eval.report import make_report, write_report
 
         prompts = load_prompts(a.prompts, a.limit)
+        fn: JudgeFn | None = None
+        judge_model = a.judge
+        if a.judge_base_url:  # resolved first: an endpoint without a model fails before answers
+            judge_model = a.judge_model or listed_model(a.judge_base_url,
+                                                        min(a.judge_timeout, 30.0))
+            fn = endpoint_judge(a.judge_base_url, judge_model, a.judge_timeout)
         answers = []
         for name, adapter in ((a.model_a, a.adapter_a), (a.model_b, a.adapter_b)):
             lm = load_model(name, adapter, a.dtype)
             answers.append(generate(lm, prompts, max_new_tokens=a.max_new_tokens, seed=a.seed,
                                     batch_size=a.batch_size, progress=not a.no_progress,
                                     desc=f"answers {name}"))
-        if a.judge_base_url:
-            fn = endpoint_judge(a.judge_base_url, a.judge_model, a.judge_timeout)
-        else:
+        if fn is None:
             fn = local_judge(load_model(a.judge, None, a.dtype), a.batch_size, not a.no_progress)
         res = judge_pairs(prompts, answers[0], answers[1], fn)
         m = res["metrics"]
@@ -222,7 +252,7 @@ def add_judge_command(sub: argparse._SubParsersAction, guard: Callable, load_mod
         if a.out:
             task = {"task": "judge", "config": {"model_b": a.model_b, "adapter_b": a.adapter_b,
                                                 "judge": a.judge or a.judge_base_url,
-                                                "judge_model": a.judge_model,
+                                                "judge_model": judge_model,
                                                 "prompts": a.prompts or "built-in"}, **res}
             config = {"limit": a.limit, "max_new_tokens": a.max_new_tokens, "dtype": a.dtype,
                       "judge_prompt": JUDGE_PROMPT}

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from llmlab.eval.judge import JUDGE_PROMPT, endpoint_judge, judge_pairs, parse_verdict
+from llmlab.eval.judge import JUDGE_PROMPT, endpoint_judge, judge_pairs, listed_model, parse_verdict
 from llmlab.eval.metrics import wilson_interval
 
 from .helpers import ROOT, cli
@@ -56,11 +56,16 @@ def _free_port() -> int:
 
 @pytest.fixture(scope="module")
 def stub_url() -> Iterator[str]:
-    """A tiny OpenAI-compatible stub: a sensible verdict, or junk when the prompt says MALFORMED."""
+    """A tiny OpenAI-compatible stub: a sensible verdict, or junk when the prompt says MALFORMED;
+    it lists no models, so it must be given a model name."""
     import uvicorn
     from fastapi import FastAPI
 
     app = FastAPI()
+
+    @app.get("/v1/models")
+    def models() -> dict:
+        return {"object": "list", "data": []}
 
     @app.post("/v1/chat/completions")
     def chat(body: dict) -> dict:
@@ -85,7 +90,7 @@ def stub_url() -> Iterator[str]:
 
 def test_endpoint_judge_skips_malformed_and_broken(stub_url: str) -> None:
     prompts = [*PROMPTS, "MALFORMED q5", "BROKEN q6"]
-    r = judge_pairs(prompts, [*A, "x", "y"], [*B, "x", "y"], endpoint_judge(stub_url))
+    r = judge_pairs(prompts, [*A, "x", "y"], [*B, "x", "y"], endpoint_judge(stub_url, "stub"))
     m = r["metrics"]
     assert (m["wins"], m["losses"], m["ties"]) == (2, 1, 1)
     assert m["skipped"] == 2 and m["skipped_malformed"] == 1 and m["skipped_unreachable"] == 1
@@ -93,8 +98,20 @@ def test_endpoint_judge_skips_malformed_and_broken(stub_url: str) -> None:
 
 def test_unreachable_endpoint_skips_everything() -> None:
     dead = f"http://127.0.0.1:{_free_port()}"
-    m = judge_pairs(PROMPTS, A, B, endpoint_judge(dead, timeout=2))["metrics"]
+    m = judge_pairs(PROMPTS, A, B, endpoint_judge(dead, "m", timeout=2))["metrics"]
     assert m["judged"] == 0 and m["skipped_unreachable"] == 4
+
+
+def test_default_model_needs_a_listing_endpoint(stub_url: str) -> None:
+    """With no model name the judge asks /v1/models; a dead endpoint, an empty list or an
+    HTTP error is then an error that names the endpoint, raised before any request."""
+    dead = f"http://127.0.0.1:{_free_port()}"
+    with pytest.raises(RuntimeError, match=f"judge endpoint {dead}: cannot reach {dead}/v1/models"):
+        endpoint_judge(dead, timeout=2)
+    with pytest.raises(RuntimeError, match=f"judge endpoint {stub_url}: .* lists no models"):
+        endpoint_judge(stub_url)
+    with pytest.raises(RuntimeError, match=f"judge endpoint {stub_url}/x: .* HTTP 404"):
+        listed_model(f"{stub_url}/x")
 
 
 def test_mismatched_inputs() -> None:
@@ -161,13 +178,16 @@ def test_judge_cli_with_live_llmlab_serve(serve_url: str, tiny_dir: Path, peft_a
     assert any(it["answer_a"] != it["answer_b"] for it in items)  # the adapter mattered
 
     client = OpenAI(base_url=f"{serve_url}/v1", api_key="unused")
+    listed = client.models.list().data[0].id  # no --judge-model: the server's first listed
+    assert res["config"]["judge_model"] == listed
+    assert listed_model(f"{serve_url}/v1/") == listed
     tally = {"A": 0, "B": 0, "tie": 0, "skipped": 0}
     for it in items:
         replies = []
         for first, second in ((it["answer_a"], it["answer_b"]), (it["answer_b"], it["answer_a"])):
             text = JUDGE_PROMPT.format(prompt=it["prompt"], first=first, second=second)
             resp = client.chat.completions.create(
-                model="smollm2-135m-instruct", temperature=0, max_tokens=8,
+                model=listed, temperature=0, max_tokens=8,
                 messages=[{"role": "user", "content": text}])
             replies.append(resp.choices[0].message.content)
         assert replies == it["replies"]
@@ -189,7 +209,8 @@ def test_judge_cli_reports_and_skips_bad_replies(stub_url: str, tiny_dir: Path,
     prompts.write_text("".join(json.dumps({"prompt": p}) + "\n"
                                for p in ("q1", "MALFORMED q2", "BROKEN q3")))
     out = tmp_path / "judge.json"
-    r = _judge_cli(tiny_dir, peft_adapter, stub_url, out, "--prompts", str(prompts))
+    r = _judge_cli(tiny_dir, peft_adapter, stub_url, out, "--prompts", str(prompts),
+                   "--judge-model", "stub")
     assert r.returncode == 0, r.stderr
     assert "skipped 2: 1 unreachable, 1 malformed" in r.stdout
     m = json.loads(out.read_text())["results"][0]["metrics"]
@@ -200,9 +221,19 @@ def test_judge_cli_unreachable_endpoint(tiny_dir: Path, peft_adapter: Path,
                                         tmp_path: Path) -> None:
     out = tmp_path / "judge.json"
     r = _judge_cli(tiny_dir, peft_adapter, f"http://127.0.0.1:{_free_port()}", out, "--limit",
-                   "3", "--judge-timeout", "5")
+                   "3", "--judge-timeout", "5", "--judge-model", "m")
     assert r.returncode == 1  # nothing could be judged
     assert "skipped 3: 3 unreachable, 0 malformed" in r.stdout
     assert "judge request failed" in r.stderr
     m = json.loads(out.read_text())["results"][0]["metrics"]
     assert m["judged"] == 0 and m["skipped_unreachable"] == 3
+
+
+def test_judge_cli_no_model_and_dead_endpoint(tiny_dir: Path, peft_adapter: Path,
+                                              tmp_path: Path) -> None:
+    """Without --judge-model a dead endpoint is an error naming it, before any answers."""
+    dead = f"http://127.0.0.1:{_free_port()}"
+    out = tmp_path / "judge.json"
+    r = _judge_cli(tiny_dir, peft_adapter, dead, out, "--limit", "2", "--judge-timeout", "5")
+    assert r.returncode == 2 and not out.exists()
+    assert f"error: judge endpoint {dead}: cannot reach {dead}/v1/models" in r.stderr
