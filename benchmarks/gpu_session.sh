@@ -1,0 +1,41 @@
+#!/bin/bash
+# Every GPU benchmark in one device call, each under its own time limit, logs into $OUT.
+#
+#   bash benchmarks/gpu_session.sh [OUT_DIR] [PART...]     PART: gen pretrain sft grpo (default all)
+#
+# Peers not on the GPU image travel as files beside the repo (git-ignored, carried):
+#   .whl/   trl==1.16.0 datasets==5.2.0 dill==0.4.1 multiprocess==0.70.19 wheels, for grpo:
+#           pip download --no-deps --only-binary=:all: --python-version 3.12 -d .whl NAME==VER
+#   .gw/site/bitsandbytes   bitsandbytes 0.50.2 unpacked with only its cpu + cuda130 libraries
+#           (the wheel is 43 MB; those two are 4 MB), for the QLoRA peer in sft.
+# Measured on an H100 (2026-11-23): gen ~4 min, pretrain ~4 min, sft ~3 min, grpo ~3 min.
+set -u
+OUT=${1:-${OUT:-/tmp/gpu_out}}
+shift || true
+PARTS=${*:-gen pretrain sft grpo}
+mkdir -p "$OUT"
+if ls .whl/*.whl >/dev/null 2>&1; then
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
+    --target /tmp/site .whl/*.whl || echo "wheel install failed: TRL side will be skipped"
+fi
+export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false
+export PYTHONPATH=/tmp/site:$PWD:$PWD/.gw/site
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee "$OUT/env.txt"
+python3 -c "import torch, transformers; print(torch.__version__, transformers.__version__)" \
+  | tee -a "$OUT/env.txt"
+run() {  # name, limit in seconds, command...
+  local name=$1 limit=$2; shift 2
+  echo "== $name"
+  timeout "$limit" "$@" 2>&1 | tee "$OUT/$name.log" | grep -v -i warn | tail -25
+}
+for p in $PARTS; do
+  case $p in
+    gen) run generate 260 python3 benchmarks/generate_gpu.py --out "$OUT/generate.json" ;;
+    pretrain) run pretrain 300 python3 benchmarks/pretrain_gpu.py --steps 10 --rounds 3 \
+                --pad-vocab 128 ;;
+    sft) run sft_peft 240 python3 benchmarks/sft_peft.py --device cuda --bf16 --batch 8 \
+           --seq 1024 --steps 10 --rounds 1 --out "$OUT/sft_peft.json" ;;
+    grpo) run grpo 280 python3 benchmarks/grpo_gpu.py --out "$OUT/grpo_gpu.json" ;;
+    *) echo "unknown part $p (gen pretrain sft grpo)" ;;
+  esac
+done
