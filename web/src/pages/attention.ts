@@ -84,7 +84,7 @@ export function attentionPage(root: HTMLElement): void {
       setHeads(d.n_heads);
       if (selected != null && selected >= d.tokens.length) selected = null;
       data = d;
-      setSources(d.sources);
+      setSources([...d.sources, "positions.sinusoidal", "positions.rope"]);
       render();
     } catch (e) { showError(err, e); }
   }

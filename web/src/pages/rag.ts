@@ -24,7 +24,8 @@ function scatter(p: Proj): SVGSVGElement {
 
 export function ragPage(root: HTMLElement): void {
   const { root: head, setSources } = pageHeader("rag", "RAG pipeline");
-  setSources(["rag.projection"]);
+  // Pipeline order: chunking, retrieval (fusion, rerank), the map, the grounded answer.
+  setSources(["rag.retrieve", "rag.chunk", "rag.fuse", "rag.rerank", "rag.projection", "rag.answer", "rag.citations"]);
   const q = el("input", { type: "text", size: 50, "data-testid": "rag-query" }) as HTMLInputElement;
   const examples = el("div", { class: "row" });
   const k = el("input", { type: "number", min: 1, max: 10, value: 4, style: "width:4em" }) as HTMLInputElement;
