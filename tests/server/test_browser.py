@@ -167,18 +167,34 @@ def test_attention_on_a_local_checkpoint(page, local_run, lm, enc) -> None:  # n
         pg.wait_for_function(
             "document.querySelector('[data-stat=model]')?.textContent === 'tinyrun'"
         )
-        pg.wait_for_function("document.querySelector('[data-testid=tokens]').children.length > 1")
-        stats = pg.inner_text("[data-testid=stats]").replace("\t", "\n")
-        assert "layers\n2" in stats and "heads\n2" in stats
         # The map is the checkpoint's own attention, as the library computes it.
         ref = run_attention(llmlab.load(local_run), text, None)
         w = softmax_with_temperature(ref.scores[0], 1.0)[0]
         n = w.shape[0]
-        assert pg.eval_on_selector_all(".tok", "bs => bs.length") == n
+        # On a slow box the model switch can render the default sentence first: wait for ours.
+        pg.wait_for_function("n => document.querySelectorAll('.tok').length === n", arg=n)
+        stats = pg.inner_text("[data-testid=stats]").replace("\t", "\n")
+        assert "layers\n2" in stats and "heads\n2" in stats
         got = [float(x) for x in cells(pg)]
         want = [float(w[i, j]) for i in range(n) for j in range(n)]
         assert got == pytest.approx(want, abs=1e-3)
         shot(pg, "attention-local")
+
+        # The tokenizer page offers the same checkpoint's trained tokenizer (512 ids).
+        pg.goto(f"{s.url}/#/tokenizer")
+        pg.wait_for_selector("[data-testid=tok-which] option[value='local:tinyrun']",
+                             state="attached")
+        pg.fill("[data-testid=tok-text]", text)
+        pg.select_option("[data-testid=tok-which]", "local:tinyrun")
+        want_ids = llmlab.load(local_run).tokenizer.encode(text)
+        assert want_ids != lm.tokenizer.encode(text)  # so the check below tells them apart
+        pg.wait_for_function(
+            "ids => JSON.stringify([...document.querySelectorAll('[data-testid=tok-pieces] sub')]"
+            ".map(e => Number(e.textContent))) === ids",
+            arg=str(want_ids).replace(" ", ""),
+        )
+        assert "vocabulary\n512" in pg.inner_text("[data-testid=tok-stats]").replace("\t", "\n")
+        shot(pg, "tokenizer-local")
 
 
 def test_chat_page_streams_the_models_greedy_reply(page, server, lm) -> None:  # noqa: ANN001
