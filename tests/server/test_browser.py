@@ -15,6 +15,8 @@ import httpx
 import pytest
 from playwright import sync_api
 
+from llmlab.peft import accounting as acc
+
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 ARGS = [
     "--no-sandbox",
@@ -107,6 +109,17 @@ def test_user_text_is_escaped(page, server) -> None:  # noqa: ANN001
     shot(pg, "attention-escaped")
 
 
+def peft_lora_q_v_r8(shape: acc.LlamaShape) -> int:
+    """PEFT's own trainable count for LoRA r=8 on q_proj, v_proj (a meta-device Llama)."""
+    import peft
+
+    from .test_peft_accounting import _meta_llama
+
+    cfg = peft.LoraConfig(r=8, target_modules=["q_proj", "v_proj"])
+    pm = peft.get_peft_model(_meta_llama(shape), cfg)
+    return int(pm.get_nb_trainable_parameters()[0])
+
+
 def test_lora_rank_slider_changes_counts(page, server) -> None:  # noqa: ANN001
     pg = page
     pg.goto(f"{server.url}/#/lora")
@@ -118,6 +131,13 @@ def test_lora_rank_slider_changes_counts(page, server) -> None:  # noqa: ANN001
     assert pg.inner_text("[data-stat=scale]") == "0.250"
     assert pg.inner_text("[data-stat=error]").endswith("%")
     shot(pg, "lora")
+    # Back to r=8 on q_proj, v_proj: each base's count is what PEFT itself prints for it.
+    set_range(pg, "lora-r", 8)
+    for base, shape in [("llama-2-13b", acc.LLAMA_2_13B), ("llama-3.1-8b", acc.LLAMA_31_8B)]:
+        pg.select_option("[data-testid=lora-base]", base)
+        want = f"{peft_lora_q_v_r8(shape):,}"
+        pg.wait_for_function("w => document.querySelector('[data-stat=model]').textContent === w",
+                             arg=want)
 
 
 def test_rag_query_shows_ranked_chunks_and_cited_answer(page, server) -> None:  # noqa: ANN001
