@@ -155,6 +155,30 @@ def test_rag_query_shows_ranked_chunks_and_cited_answer(page, server) -> None:  
     shot(pg, "rag")
 
 
+def test_rag_upload_joins_a_session_kb(page, server) -> None:  # noqa: ANN001
+    """An uploaded document (hostile file name included) is searchable in this session."""
+    from llmlab.server.rag_routes import default_kb, safe_name
+
+    pg = page
+    pg.goto(f"{server.url}/#/rag")
+    name = "../<img src=x onerror=window.__xss=1>zorblax.txt"
+    fact = ("The zorblax protocol was invented by Captain Wexford in 2031 to synchronise "
+            "lunar greenhouse pumps. Each zorblax frame carries a 12-bit pump identifier.")
+    pg.set_input_files("[data-testid=rag-upload]",
+                       {"name": name, "mimeType": "text/plain", "buffer": fact.encode()})
+    pg.wait_for_function("document.querySelector('[data-testid=rag-note]').textContent"
+                         ".includes('uploaded doc')")
+    pg.fill("[data-testid=rag-query]", "Who invented the zorblax protocol?")
+    pg.click("[data-testid=rag-go]")
+    pg.wait_for_selector("[data-testid=rag-hits] li", timeout=300_000)
+    first = pg.inner_text("[data-testid=rag-hits] li .hitmeta")
+    assert first.startswith(f"[1] {safe_name(name)} ") and "/" not in safe_name(name)
+    stats = pg.inner_text("[data-testid=rag-stats]").replace("\t", "\n")
+    assert f"docs in KB\n{len(default_kb()) + 1}" in stats
+    assert pg.evaluate("window.__xss") is None
+    shot(pg, "rag-upload")
+
+
 @pytest.fixture(scope="module")
 def local_run(tmp_path_factory) -> Path:  # noqa: ANN001
     """A real `llmlab pretrain` run dir: a 512-id BPE on KJV text, 2 layers x 2 heads."""

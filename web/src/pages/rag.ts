@@ -32,12 +32,12 @@ export function ragPage(root: HTMLElement): void {
   const method = el("select", {}, ...["hybrid", "dense", "bm25"].map((m) => el("option", { value: m }, m))) as HTMLSelectElement;
   const rerank = el("input", { type: "checkbox" }) as HTMLInputElement;
   const chunk = el("input", { type: "number", min: 50, max: 1000, step: 50, value: 200, style: "width:5em" }) as HTMLInputElement;
-  const file = el("input", { type: "file", accept: ".txt,.md,.rst,.html" }) as HTMLInputElement;
+  const file = el("input", { type: "file", accept: ".txt,.md,.rst,.html", "data-testid": "rag-upload" }) as HTMLInputElement;
   const go = el("button", { "data-testid": "rag-go" }, "ask");
   const stages = el("div", { class: "stages", "data-testid": "rag-stages" }, ...STAGES.map((s) => el("span", { class: "stage", "data-stage": s }, s)));
   const hits = el("ol", { class: "hits", "data-testid": "rag-hits" }), proj = el("div", {});
   const answer = el("div", { class: "answer", "data-testid": "rag-answer" }), stats = el("div", { class: "stats", "data-testid": "rag-stats" });
-  const err = el("div", { class: "error", hidden: true }), note = el("div", { class: "muted small" });
+  const err = el("div", { class: "error", hidden: true }), note = el("div", { class: "muted small", "data-testid": "rag-note" });
   let session: string | null = null;
 
   const light = (s: string) => stages.querySelector(`[data-stage="${s}"]`)?.classList.add("done");
