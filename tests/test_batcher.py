@@ -165,3 +165,32 @@ def test_long_prompt_prefilled_in_chunks_matches_alone(smol) -> None:  # noqa: A
     assert h0.result.token_ids == alone[0].token_ids
     assert got1.token_ids == alone[1].token_ids and got1.text == alone[1].text
     assert stats["steps"] - steps_before >= 3  # row 0 kept decoding during the long prefill
+
+
+def test_admission_is_first_come_first_served(smol) -> None:  # noqa: ANN001
+    """A big request that must wait for room is not overtaken by the small ones queued after
+    it, though each of them would fit beside the running row at once (no starvation)."""
+    prompts = _prompts(smol)
+    short = max(len(p) for p in prompts[:3])
+    running = make_params(smol.tokenizer, max_new_tokens=40, temperature=0)
+    big = make_params(smol.tokenizer, max_new_tokens=60, temperature=0)
+    small = make_params(smol.tokenizer, max_new_tokens=4, temperature=0)
+    # Room for the running row plus one small request, never for the big one beside it.
+    cap = 2 * (short + 40)
+    assert 2 * (max(short, len(prompts[3])) + 60) > cap
+    b = Batcher(smol.model, smol.tokenizer, max_batch_tokens=cap)
+    try:
+        h0 = b.submit(prompts[0], running)
+        it = iter(h0)
+        next(it)  # decoding: the big request cannot join until it leaves
+        hb = b.submit(prompts[3], big)
+        hs = [b.submit(prompts[1 + i % 2], small) for i in range(6)]
+        for h in [*hs, hb]:
+            h.text()
+        for _ in it:
+            pass
+    finally:
+        b.close()
+    order = [hb.admitted, *(h.admitted for h in hs)]
+    assert h0.admitted == 1 and order == sorted(order) and len(set(order)) == 7, order
+    assert hb.result is not None and len(hb.result.token_ids) > 0

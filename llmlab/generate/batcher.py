@@ -47,6 +47,7 @@ class Handle:
         self._q: queue.SimpleQueue[str | None] = queue.SimpleQueue()  # None = finished
         self._cancel = threading.Event()
         self._notify: Callable[[], None] | None = None
+        self.admitted: int | None = None  # 1 for the first request to start decoding, ...
 
     @property
     def cancelled(self) -> bool:
@@ -142,7 +143,7 @@ class Batcher:
         self.max_batch, self.max_batch_tokens = max_batch, max_batch_tokens
         self.prefill_chunk = prefill_chunk
         self.lock = lock if lock is not None else threading.Lock()
-        keys = ("submitted", "finished", "cancelled", "steps", "peak_rows")
+        keys = ("submitted", "admitted", "finished", "cancelled", "steps", "peak_rows")
         self.stats: Counter[str] = Counter(dict.fromkeys(keys, 0))
         self._waiting: deque[Handle] = deque()
         self._cv = threading.Condition()
@@ -318,6 +319,9 @@ class Batcher:
             seen = torch.zeros(1, self.model.cfg.vocab_size, dtype=torch.bool, device=dev)
             seen[0, torch.tensor(h.prompt, device=dev)] = True
         row = _Row(h, TextStream(self.tok, p.stop), gen, seen, length=len(h.prompt))
+        with self._cv:
+            self.stats["admitted"] += 1
+            h.admitted = self.stats["admitted"]
         self._emit(row, logits)
         return row
 

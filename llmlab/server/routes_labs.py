@@ -65,6 +65,8 @@ def make_router(hub: Hub) -> APIRouter:
     def get_tokenizer(name: str) -> Any:
         from llmlab.tokenizer import load_tokenizer
 
+        if name.startswith("local:"):  # a --model-dir checkpoint's own trained tokenizer
+            return hub.attention_model(name).tokenizer
         with tok_lock:
             if name not in tokenizers:
                 if name not in ("gpt2", "cl100k", "smollm2") and not hub.cfg.allow_local_models:

@@ -19,7 +19,7 @@ def _registry() -> dict[str, Callable[..., Any]]:
     from llmlab.peft import accounting
     from llmlab.tokenizer import core
 
-    return {
+    reg: dict[str, Callable[..., Any]] = {
         "attention.run": attention.run_attention,
         "attention.explicit": layers.Attention._explicit,
         "attention.mode": attention.attention_mode,
@@ -57,6 +57,19 @@ def _registry() -> dict[str, Callable[..., Any]]:
         "batch.decode": batcher.Batcher._decode,
         "batch.emit": batcher.Batcher._emit,
     }
+    try:  # the RAG engine is its own module; without it the RAG page is a 503 anyway
+        from llmlab.rag import answer, chunk, fuse, pipeline, rerank
+    except ImportError:
+        return reg
+    reg.update({
+        "rag.chunk": chunk.chunk_text,
+        "rag.retrieve": pipeline.RagIndex.retrieve,
+        "rag.fuse": fuse.rrf,
+        "rag.rerank": rerank.LLMReranker.rerank,
+        "rag.answer": answer.AnswerStream.prompt,
+        "rag.citations": answer.check_citations,
+    })
+    return reg
 
 
 def source_of(key: str) -> dict[str, Any]:

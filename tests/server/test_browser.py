@@ -11,6 +11,8 @@ from pathlib import Path
 import httpx
 import pytest
 
+from llmlab.peft import accounting as acc
+
 from .browser import set_range, shot
 
 
@@ -66,6 +68,17 @@ def test_user_text_is_escaped(page, server) -> None:  # noqa: ANN001
     shot(pg, "attention-escaped")
 
 
+def peft_lora_q_v_r8(shape: acc.LlamaShape) -> int:
+    """PEFT's own trainable count for LoRA r=8 on q_proj, v_proj (a meta-device Llama)."""
+    import peft
+
+    from .test_peft_accounting import _meta_llama
+
+    cfg = peft.LoraConfig(r=8, target_modules=["q_proj", "v_proj"])
+    pm = peft.get_peft_model(_meta_llama(shape), cfg)
+    return int(pm.get_nb_trainable_parameters()[0])
+
+
 def test_lora_rank_slider_changes_counts(page, server) -> None:  # noqa: ANN001
     pg = page
     pg.goto(f"{server.url}/#/lora")
@@ -77,6 +90,13 @@ def test_lora_rank_slider_changes_counts(page, server) -> None:  # noqa: ANN001
     assert pg.inner_text("[data-stat=scale]") == "0.250"
     assert pg.inner_text("[data-stat=error]").endswith("%")
     shot(pg, "lora")
+    # Back to r=8 on q_proj, v_proj: each base's count is what PEFT itself prints for it.
+    set_range(pg, "lora-r", 8)
+    for base, shape in [("llama-2-13b", acc.LLAMA_2_13B), ("llama-3.1-8b", acc.LLAMA_31_8B)]:
+        pg.select_option("[data-testid=lora-base]", base)
+        want = f"{peft_lora_q_v_r8(shape):,}"
+        pg.wait_for_function("w => document.querySelector('[data-stat=model]').textContent === w",
+                             arg=want)
 
 
 def test_rag_query_shows_ranked_chunks_and_cited_answer(page, server) -> None:  # noqa: ANN001
@@ -92,6 +112,30 @@ def test_rag_query_shows_ranked_chunks_and_cited_answer(page, server) -> None:  
         timeout=180_000,
     )
     shot(pg, "rag")
+
+
+def test_rag_upload_joins_a_session_kb(page, server) -> None:  # noqa: ANN001
+    """An uploaded document (hostile file name included) is searchable in this session."""
+    from llmlab.server.rag_routes import default_kb, safe_name
+
+    pg = page
+    pg.goto(f"{server.url}/#/rag")
+    name = "../<img src=x onerror=window.__xss=1>zorblax.txt"
+    fact = ("The zorblax protocol was invented by Captain Wexford in 2031 to synchronise "
+            "lunar greenhouse pumps. Each zorblax frame carries a 12-bit pump identifier.")
+    pg.set_input_files("[data-testid=rag-upload]",
+                       {"name": name, "mimeType": "text/plain", "buffer": fact.encode()})
+    pg.wait_for_function("document.querySelector('[data-testid=rag-note]').textContent"
+                         ".includes('uploaded doc')")
+    pg.fill("[data-testid=rag-query]", "Who invented the zorblax protocol?")
+    pg.click("[data-testid=rag-go]")
+    pg.wait_for_selector("[data-testid=rag-hits] li", timeout=300_000)
+    first = pg.inner_text("[data-testid=rag-hits] li .hitmeta")
+    assert first.startswith(f"[1] {safe_name(name)} ") and "/" not in safe_name(name)
+    stats = pg.inner_text("[data-testid=rag-stats]").replace("\t", "\n")
+    assert f"docs in KB\n{len(default_kb()) + 1}" in stats
+    assert pg.evaluate("window.__xss") is None
+    shot(pg, "rag-upload")
 
 
 @pytest.fixture(scope="module")
@@ -126,18 +170,34 @@ def test_attention_on_a_local_checkpoint(page, local_run, lm, enc) -> None:  # n
         pg.wait_for_function(
             "document.querySelector('[data-stat=model]')?.textContent === 'tinyrun'"
         )
-        pg.wait_for_function("document.querySelector('[data-testid=tokens]').children.length > 1")
-        stats = pg.inner_text("[data-testid=stats]").replace("\t", "\n")
-        assert "layers\n2" in stats and "heads\n2" in stats
         # The map is the checkpoint's own attention, as the library computes it.
         ref = run_attention(llmlab.load(local_run), text, None)
         w = softmax_with_temperature(ref.scores[0], 1.0)[0]
         n = w.shape[0]
-        assert pg.eval_on_selector_all(".tok", "bs => bs.length") == n
+        # On a slow box the model switch can render the default sentence first: wait for ours.
+        pg.wait_for_function("n => document.querySelectorAll('.tok').length === n", arg=n)
+        stats = pg.inner_text("[data-testid=stats]").replace("\t", "\n")
+        assert "layers\n2" in stats and "heads\n2" in stats
         got = [float(x) for x in cells(pg)]
         want = [float(w[i, j]) for i in range(n) for j in range(n)]
         assert got == pytest.approx(want, abs=1e-3)
         shot(pg, "attention-local")
+
+        # The tokenizer page offers the same checkpoint's trained tokenizer (512 ids).
+        pg.goto(f"{s.url}/#/tokenizer")
+        pg.wait_for_selector("[data-testid=tok-which] option[value='local:tinyrun']",
+                             state="attached")
+        pg.fill("[data-testid=tok-text]", text)
+        pg.select_option("[data-testid=tok-which]", "local:tinyrun")
+        want_ids = llmlab.load(local_run).tokenizer.encode(text)
+        assert want_ids != lm.tokenizer.encode(text)  # so the check below tells them apart
+        pg.wait_for_function(
+            "ids => JSON.stringify([...document.querySelectorAll('[data-testid=tok-pieces] sub')]"
+            ".map(e => Number(e.textContent))) === ids",
+            arg=str(want_ids).replace(" ", ""),
+        )
+        assert "vocabulary\n512" in pg.inner_text("[data-testid=tok-stats]").replace("\t", "\n")
+        shot(pg, "tokenizer-local")
 
 
 def test_chat_page_streams_the_models_greedy_reply(page, server, lm) -> None:  # noqa: ANN001

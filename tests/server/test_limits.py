@@ -83,3 +83,33 @@ def test_model_menu_and_unknown_local_model(server) -> None:  # noqa: ANN001
     assert [x["id"] for x in m["attention"]] == ["smollm2", "minilm"] and m["paths"] is True
     r = httpx.post(f"{server.url}/api/attention", json={"text": "hi", "model": "local:nope"})
     assert r.status_code == 400 and r.json()["error"]["param"] == "model"
+
+
+def test_model_lock_is_granted_in_arrival_order() -> None:
+    """The server's model lock: a call that arrives while the decoder holds it goes next,
+    before the decoder's next step and before later arrivals (a plain Lock gives no order)."""
+    import threading
+
+    from llmlab.server.hub import FairLock
+
+    lock, order = FairLock(), []
+
+    def call(i: int) -> None:
+        with lock:
+            order.append(i)
+
+    with lock, lock:  # re-entrant, as the loader needs
+        threads = []
+        for i in range(8):
+            t = threading.Thread(target=call, args=(i,))
+            t.start()
+            threads.append(t)
+            deadline = time.time() + 10
+            while lock.waiting < i + 1 and time.time() < deadline:  # arrived, in this order
+                time.sleep(0.001)
+        assert lock.waiting == 8
+    with lock:  # the releasing thread comes back at once, as the decoder does: it waits its turn
+        order.append("again")
+    for t in threads:
+        t.join(10)
+    assert order == [*range(8), "again"]

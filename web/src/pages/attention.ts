@@ -52,7 +52,9 @@ export function attentionPage(root: HTMLElement): void {
     ];
     if (selected != null) {
       const tk = data.top_keys[selected].map(([j, w]) => `${visible(data!.tokens[j])} ${(100 * w).toFixed(1)}%`).join(", ");
-      rows.push(["selected token", `#${selected} ${visible(data.tokens[selected])}`], ["top keys", tk], ["entropy (nats)", data.entropy[selected].toFixed(3)]);
+      // In the grid the per-query facts are those of the first head shown: say which.
+      const of = data.head === "all" ? ` (head ${data.heads[0]})` : "";
+      rows.push(["selected token", `#${selected} ${visible(data.tokens[selected])}`], [`top keys${of}`, tk], [`entropy${of} (nats)`, data.entropy[selected].toFixed(3)]);
     }
     stats.replaceChildren(...rows.map(([k, v]) => el("div", { class: "stat" }, el("span", { class: "k" }, k), el("span", { class: "v", "data-stat": k.split(" ")[0] }, v))));
   }
@@ -84,7 +86,7 @@ export function attentionPage(root: HTMLElement): void {
       setHeads(d.n_heads);
       if (selected != null && selected >= d.tokens.length) selected = null;
       data = d;
-      setSources(d.sources);
+      setSources([...d.sources, "positions.sinusoidal", "positions.rope"]);
       render();
     } catch (e) { showError(err, e); }
   }

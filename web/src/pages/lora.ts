@@ -50,7 +50,7 @@ export function loraPage(root: HTMLElement): void {
   const r = el("input", { type: "range", min: 1, max: 256, value: 8, "data-testid": "lora-r" }) as HTMLInputElement;
   const a = el("input", { type: "range", min: 1, max: 128, value: 16, "data-testid": "lora-alpha" }) as HTMLInputElement;
   const outs = [d, r, a].map((i) => el("span", { class: "val" }, i.value));
-  const base = el("select", {}, ...["llama-3.1-8b", "llama-2-13b", "smollm2-135m"].map((b) => el("option", { value: b }, b))) as HTMLSelectElement;
+  const base = el("select", { "data-testid": "lora-base" }, ...["llama-3.1-8b", "llama-2-13b", "smollm2-135m"].map((b) => el("option", { value: b }, b))) as HTMLSelectElement;
   const targets = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"].map((t) =>
     el("input", { type: "checkbox", value: t, checked: t === "q_proj" || t === "v_proj" }) as HTMLInputElement);
   const layer = el("select", {}, ...[...Array(30).keys()].map((i) => el("option", { value: i }, `layer ${i}`))) as HTMLSelectElement;
@@ -125,6 +125,7 @@ export function loraPage(root: HTMLElement): void {
     el("h2", {}, "Methods on a real base model"),
     el("section", { class: "controls" }, labeled("base", base), el("span", { class: "targets" }, ...targets.map((t) => el("label", {}, t, t.value)))),
     table,
+    el("p", { class: "muted small" }, "The often-quoted PEFT count 6,553,600 (r=8 on q_proj and v_proj) is llama-2-13b's: 40 layers × 2 × 8 × (5120+5120). Llama-3.1-8B uses grouped-query attention, so its v_proj is 4096→1024 and the same config trains fewer parameters."),
     el("p", { class: "muted small" }, "*Weights + gradients + AdamW state (16 bytes per trained parameter; frozen base bf16, or NF4 for QLoRA); activations excluded. Prefix/prompt tuning: 20 virtual tokens; adapters: bottleneck 64."),
   );
   loadCounts();

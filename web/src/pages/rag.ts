@@ -24,19 +24,20 @@ function scatter(p: Proj): SVGSVGElement {
 
 export function ragPage(root: HTMLElement): void {
   const { root: head, setSources } = pageHeader("rag", "RAG pipeline");
-  setSources(["rag.projection"]);
+  // Pipeline order: chunking, retrieval (fusion, rerank), the map, the grounded answer.
+  setSources(["rag.retrieve", "rag.chunk", "rag.fuse", "rag.rerank", "rag.projection", "rag.answer", "rag.citations"]);
   const q = el("input", { type: "text", size: 50, "data-testid": "rag-query" }) as HTMLInputElement;
   const examples = el("div", { class: "row" });
   const k = el("input", { type: "number", min: 1, max: 10, value: 4, style: "width:4em" }) as HTMLInputElement;
   const method = el("select", {}, ...["hybrid", "dense", "bm25"].map((m) => el("option", { value: m }, m))) as HTMLSelectElement;
   const rerank = el("input", { type: "checkbox" }) as HTMLInputElement;
   const chunk = el("input", { type: "number", min: 50, max: 1000, step: 50, value: 200, style: "width:5em" }) as HTMLInputElement;
-  const file = el("input", { type: "file", accept: ".txt,.md,.rst,.html" }) as HTMLInputElement;
+  const file = el("input", { type: "file", accept: ".txt,.md,.rst,.html", "data-testid": "rag-upload" }) as HTMLInputElement;
   const go = el("button", { "data-testid": "rag-go" }, "ask");
   const stages = el("div", { class: "stages", "data-testid": "rag-stages" }, ...STAGES.map((s) => el("span", { class: "stage", "data-stage": s }, s)));
   const hits = el("ol", { class: "hits", "data-testid": "rag-hits" }), proj = el("div", {});
   const answer = el("div", { class: "answer", "data-testid": "rag-answer" }), stats = el("div", { class: "stats", "data-testid": "rag-stats" });
-  const err = el("div", { class: "error", hidden: true }), note = el("div", { class: "muted small" });
+  const err = el("div", { class: "error", hidden: true }), note = el("div", { class: "muted small", "data-testid": "rag-note" });
   let session: string | null = null;
 
   const light = (s: string) => stages.querySelector(`[data-stage="${s}"]`)?.classList.add("done");

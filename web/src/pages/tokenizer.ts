@@ -1,4 +1,4 @@
-import { postJSON } from "../api";
+import { getJSON, postJSON } from "../api";
 import { debounce, el, fmt, labeled, pageHeader, showError } from "../ui";
 
 interface Tok { ids: number[]; pieces: string[]; n_tokens: number; n_chars: number; n_bytes: number; vocab_size: number | null; sources: string[] }
@@ -9,7 +9,7 @@ export function tokenizerPage(root: HTMLElement): void {
   text.value = "Tokenizers split unbelievably long words — and emoji 🤖 — into pieces.";
   const which = el("select", { "data-testid": "tok-which" }, ...["smollm2", "gpt2", "cl100k", "dir"].map((t) => el("option", { value: t }, t === "dir" ? "trained tokenizer dir…" : t))) as HTMLSelectElement;
   const dir = el("input", { type: "text", placeholder: "/path/to/tokenizer_dir", hidden: true, size: 30 }) as HTMLInputElement;
-  const out = el("div", { class: "tokens", "data-testid": "tok-pieces" }), stats = el("div", { class: "stats" }), err = el("div", { class: "error", hidden: true });
+  const out = el("div", { class: "tokens", "data-testid": "tok-pieces" }), stats = el("div", { class: "stats", "data-testid": "tok-stats" }), err = el("div", { class: "error", hidden: true });
   const palette = ["#fde2e4", "#e2ece9", "#dfe7fd", "#fff1c1", "#e8dff5", "#d7f9f1"];
   async function run(): Promise<void> {
     err.hidden = true;
@@ -24,6 +24,13 @@ export function tokenizerPage(root: HTMLElement): void {
       setSources(t.sources);
     } catch (e) { showError(err, e); }
   }
+  // The server's --model-dir checkpoints: each one's trained tokenizer is a menu entry.
+  getJSON<{ attention: { id: string; label: string }[]; paths: boolean }>("/api/models").then((m) => {
+    const local = m.attention.filter((o) => o.id.startsWith("local:"));
+    const dirOpt = which.querySelector("option[value=dir]");
+    for (const o of local) which.insertBefore(el("option", { value: o.id }, `${o.id.slice(6)} (trained, local)`), dirOpt);
+    if (!m.paths) dirOpt?.remove();  // this server takes no free paths (non-loopback host)
+  }).catch((e) => showError(err, e));
   const again = debounce(run, 200);
   text.addEventListener("input", again);
   which.addEventListener("change", () => { dir.hidden = which.value !== "dir"; again(); });
