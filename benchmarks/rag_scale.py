@@ -45,8 +45,8 @@ def rss_now_mb() -> float:
 
 
 def open_bench(d: str, report: dict) -> LocalStore:
-    """Open three ways, each with no other store alive: a second copy of a 1M index in
-    memory pushed the page cache out and made the opens measure the disk (session 3)."""
+    """Open three ways, each with no other store alive: with the previous 1M store still
+    referenced, the stat-checked open took 5.9 s in-run against 2.1 s once freed."""
     (Path(d) / ".verified.json").unlink(missing_ok=True)
     store = None
     for how, verify in (("crc32_every_file", True), ("crc32_of_changed_files_only", True),
