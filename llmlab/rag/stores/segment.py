@@ -63,7 +63,7 @@ def crc32(path: Path) -> int:
 def ef_search(n: int, k: int) -> int:
     """HNSW search breadth for a graph of n rows. Equal recall needs a wider search in a
     bigger graph: 128 up to 125k rows, then in proportion, at most 1024 (on rag_scale.py's
-    1M vectors, recall@10 is 0.71 at 128 and 0.92 at 1024; BENCHMARKS.md, RAG)."""
+    1M vectors, recall@10 is 0.68-0.71 at 128 and 0.92-0.95 at 1024; BENCHMARKS.md)."""
     return max(2 * k, min(1024, max(128, n * 128 // 125_000)))
 
 
