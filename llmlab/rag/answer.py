@@ -81,7 +81,9 @@ def build_messages(query: str, sources: list[Retrieved], tok: Any) -> list[tuple
     blocks = [f"[{n}] {t}" for n, t in enumerate(source_texts(sources, tok), 1)]
     user = (
         "Sources:\n" + "\n\n".join(blocks) + f"\n\nQuestion: {query}\n"
-        "Answer briefly and cite the source number."
+        # "Briefly" made SmolLM2 open with a lead-in ("you can use the following code:") that
+        # the blank-line stop then cut: 3 of 8 tutorial questions; asking for sentences, 0 of 8.
+        "Answer in one or two complete sentences and cite the source number."
     )
     return [("system", SYSTEM), ("user", user)]
 
