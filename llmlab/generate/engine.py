@@ -260,7 +260,8 @@ def _graph_decoder(model: Transformer, prompts: list[list[int]], params: Samplin
     # Adapter switches are Python branches the graph froze: they are part of the key.
     flags = tuple((getattr(m, "disabled", None), getattr(m, "merged", None))
                   for m in model.modules() if hasattr(m, "merged"))
-    key = (len(prompts), max_len, amp, torch.get_autocast_dtype("cuda") if amp else None, flags)
+    key = (len(prompts), max_len, amp, torch.get_autocast_dtype("cuda") if amp else None, flags,
+           model.training)  # dropout on or off is frozen into the graph too
     held = _DECODERS.get(model)
     if held is None or held[0] != key:
         held = (key, StaticDecoder(model, len(prompts), max_len))  # replaces the old one
