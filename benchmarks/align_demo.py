@@ -146,6 +146,41 @@ def _mean(rows: list[dict], k: str) -> float:
     return sum(r[k] for r in rows) / len(rows)
 
 
+def stage_dpo_length(a: argparse.Namespace) -> dict:
+    """The DPO policy's held-out implicit-reward accuracy, split by which side is longer (as
+    length_check does for the reward model): a summed log-ratio also grows with length."""
+    import torch
+
+    import llmlab
+    from llmlab.align.data import pref_tensors
+    from llmlab.align.dpo import sequence_logprob
+    from llmlab.generate.chat import template_for
+    from llmlab.peft.model import disable_adapters, load_adapter
+
+    torch.set_num_threads(a.threads)
+    pairs = val_pairs(a)
+    lm = llmlab.load(MODEL)
+    t = pref_tensors(lm.tokenizer, template_for(lm), pairs, 256)
+    pm = load_adapter(lm.model, a.out / "dpo" / "final").eval()
+    with torch.no_grad():
+        def logps(side: str) -> torch.Tensor:
+            return torch.cat([sequence_logprob(pm, t[f"{side}_ids"][i:i + 8],
+                                               t[f"{side}_mask"][i:i + 8],
+                                               t[f"{side}_cmask"][i:i + 8])
+                              for i in range(0, len(pairs), 8)])
+        pc, pr = logps("chosen"), logps("rejected")
+        with disable_adapters(pm):
+            rc, rr = logps("chosen"), logps("rejected")
+    right = ((pc - rc) > (pr - rr)).tolist()
+    longer = (t["chosen_cmask"].sum(1) > t["rejected_cmask"].sum(1)).tolist()
+    split = {g: [r for r, x in zip(right, longer, strict=True) if x == g] for g in (True, False)}
+    return {"rewards_accuracy": sum(right) / len(right),
+            "accuracy_chosen_longer": (sum(split[True]) / max(1, len(split[True])),
+                                       len(split[True])),
+            "accuracy_chosen_not_longer": (sum(split[False]) / max(1, len(split[False])),
+                                           len(split[False]))}
+
+
 def stage_ppo(a: argparse.Namespace) -> dict:
     out = a.out / "ppo"
     wall = llmlab(["ppo", *COMMON, "--task", "trivia", "--seed", "1", "--max-examples", "512",
@@ -165,6 +200,54 @@ def stage_ppo(a: argparse.Namespace) -> dict:
             "per_rollout": [{k: r[k] for k in ("step", "reward/mean", "kl",
                                                 "completion_length")}
                             for r in m[::4]]}
+
+
+def stage_ppo_eval(a: argparse.Namespace, n: int = 64) -> dict:
+    """The reward model's mean score on n trivia prompts that neither the reward model nor PPO
+    saw (a third shuffle), sampled as in training (T 0.7, 32 tokens, same seed), from the
+    base model and from the PPO policy (adapter merged)."""
+    import torch
+
+    import llmlab
+    from llmlab.align.data import pad_right, prompt_ids, task_prompts
+    from llmlab.align.reward import load_reward_model
+    from llmlab.generate.chat import template_for
+    from llmlab.generate.engine import complete, make_params
+    from llmlab.peft.model import apply_adapter
+
+    torch.set_num_threads(a.threads)
+    seen = {p["prompt"] for p in task_prompts("trivia", a.pairs_from, seed=0)}
+    seen |= {p["prompt"] for p in task_prompts("trivia", 512, seed=1)}
+    prompts = [p for p in task_prompts("trivia", 4 * n, seed=2) if p["prompt"] not in seen][:n]
+    rm = load_reward_model(a.out / "reward")
+    out = {"prompts": len(prompts)}
+    for name, adapter in (("base", None), ("ppo", a.out / "ppo" / "final")):
+        lm = llmlab.load(MODEL)
+        if adapter is not None:
+            apply_adapter(lm, adapter)
+        tpl = template_for(lm)
+        ids = [prompt_ids(lm.tokenizer, tpl, p["prompt"]) for p in prompts]
+        params = make_params(lm.tokenizer, max_new_tokens=32, temperature=0.7, seed=0,
+                             stop=list(tpl.stop))
+        comps = complete(lm.model, lm.tokenizer, ids, params)
+        seqs = [i + c.token_ids + ([c.stop_token] if c.stop_token is not None else [])
+                for i, c in zip(ids, comps, strict=True)]
+        x, m = pad_right(seqs)
+        with torch.no_grad():
+            sc = torch.cat([rm.score(x[i:i + 16], m[i:i + 16]) for i in range(0, len(x), 16)])
+        out[name] = {"rm_score": float(sc.mean()), "rm_score_std": float(sc.std()),
+                     "scores": sc.tolist(),
+                     "tokens": sum(len(c.token_ids) for c in comps) / len(comps),
+                     "samples": [c.text for c in comps[:4]],
+                     "samples_all": [c.text for c in comps]}
+    d = torch.tensor(out["ppo"]["scores"]) - torch.tensor(out["base"]["scores"])
+    out["paired_diff"] = {"mean": float(d.mean()), "se": float(d.std() / len(d) ** 0.5),
+                          "identical_samples": sum(
+                              x == y for x, y in zip(out["base"]["samples_all"],
+                                                     out["ppo"]["samples_all"], strict=True))}
+    for k in ("base", "ppo"):
+        out[k].pop("samples_all")
+    return out
 
 
 def arithmetic_accuracy(adapter: Path | None, n: int, threads: int) -> dict:
@@ -198,8 +281,9 @@ def stage_grpo(a: argparse.Namespace) -> dict:
     before = arithmetic_accuracy(None, a.n_eval, a.threads)
     print("before:", before, flush=True)
     wall = llmlab(["grpo", *COMMON, "--task", "arithmetic", "--max-steps", str(a.grpo_steps),
-                   "--num-generations", "8", "--prompts-per-step", "2",
-                   "--max-new-tokens", "128", "--out", str(out)], a.threads)
+                   "--num-generations", "8", "--prompts-per-step", "2", "--temperature", "0.7",
+                   "--max-new-tokens", "128", "--lr", str(a.grpo_lr), "--out", str(out)],
+                  a.threads)
     after = arithmetic_accuracy(out / "final", a.n_eval, a.threads)
     m = metrics(out)
     return {"before": before, "after": after, "wall_s": round(wall, 1),
@@ -210,8 +294,38 @@ def stage_length(a: argparse.Namespace) -> dict:
     return length_check(a, a.out / "reward")
 
 
+FORMAT = r"answer is \$?-?[0-9][0-9,]*(\.[0-9]+)?\.?\s*$"  # ends by stating its answer
+
+
+def stage_grpo_format(a: argparse.Namespace) -> dict:
+    """GRPO as stage_grpo, with the answer check plus a format reward (0.5 for ending with
+    "The answer is N."): most plain groups are all wrong (no signal), and most completions
+    run past the length budget before stating an answer. Accuracy is still the numeric check
+    alone, on the same held-out problems."""
+    from llmlab.align.data import task_prompts
+
+    out = a.out / "grpo_format"
+    data = a.out / "arithmetic_format.jsonl"
+    rows = [{"prompt": p["prompt"], "verifier": {
+        "type": "sum", "weights": [1.0, 0.5],
+        "parts": [p["verifier"], {"type": "format", "pattern": FORMAT}]}}
+        for p in task_prompts("arithmetic", 256)]
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    before = json.loads((a.out / "results.json").read_text())["grpo"]["before"]
+    wall = llmlab(["grpo", *COMMON, "--data", str(data), "--max-steps", str(a.grpo_steps),
+                   "--num-generations", "8", "--prompts-per-step", "2", "--temperature", "0.7",
+                   "--max-new-tokens", "128", "--lr", str(a.grpo_lr), "--out", str(out)],
+                  a.threads)
+    after = arithmetic_accuracy(out / "final", a.n_eval, a.threads)
+    m = metrics(out)
+    return {"before": before, "after": after, "wall_s": round(wall, 1),
+            "train_reward_per_step": [r["reward/mean"] for r in m],
+            "completion_length_per_step": [r["completion_length"] for r in m]}
+
+
 STAGES = {"prefs": stage_prefs, "reward": stage_reward, "length": stage_length,
-          "dpo": stage_dpo, "ppo": stage_ppo, "grpo": stage_grpo}
+          "dpo": stage_dpo, "dpo_length": stage_dpo_length, "ppo": stage_ppo,
+          "ppo_eval": stage_ppo_eval, "grpo": stage_grpo, "grpo_format": stage_grpo_format}
 
 
 def main() -> None:
@@ -223,6 +337,7 @@ def main() -> None:
     ap.add_argument("--ppo-steps", type=int, default=40)
     ap.add_argument("--ppo-lr", type=float, default=1e-4, help="LoRA lr for PPO")
     ap.add_argument("--grpo-steps", type=int, default=20)
+    ap.add_argument("--grpo-lr", type=float, default=1e-4, help="LoRA lr for GRPO")
     ap.add_argument("--n-eval", type=int, default=50, help="held-out arithmetic problems")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--out", type=Path, default=Path("runs/align_demo"))
