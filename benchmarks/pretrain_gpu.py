@@ -1,16 +1,26 @@
 """GPU training throughput on the GPT-2-124M shape: llmlab vs transformers, both compiled.
 
-bf16 autocast, torch.compile, B x T = 16 x 1024 (>= the brief's floor), fused AdamW for both,
-one GPU. Prints tokens/s and MFU = 6 * N * tokens/s / peak, with the peak taken from
+B x T = 16 x 1024, bf16 autocast, torch.compile of the model with its loss (forward + loss
+in one graph; AOTAutograd compiles the backward), fused AdamW and the same SDPA backend for
+both sides. The two take turns round by round. Prints step time, tokens/s and MFU with
+nanoGPT's FLOP count, 6 * N + 12 * L * d * T per token (N without the position embeddings):
+with it, transformers' 281k tok/s on an H100 is the issue's 24% MFU. Peak from
 llmlab.train.report.GPU_PEAK_BF16 by device name (H100/H200 SXM: 989 TFLOP/s dense bf16) or
---peak-flops. Needs CUDA; exits with a message otherwise.
+--peak-flops.
 
-    PYTHONPATH=. python benchmarks/pretrain_gpu.py [--batch 16] [--seq 1024] [--steps 20]
+    PYTHONPATH=. python benchmarks/pretrain_gpu.py                  # one H100, ~5 minutes
+    PYTHONPATH=. python benchmarks/pretrain_gpu.py --pad-vocab 128  # also both at vocab 50304
+    PYTHONPATH=. python benchmarks/pretrain_gpu.py --dry-run        # CPU, tiny shape: no crash
+
+`--dry-run` runs the same code (compile, autocast, fused AdamW, the rounds) on the CPU with a
+tiny shape, to check the script before spending GPU time; its numbers mean nothing.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import statistics
 import sys
 import time
 from collections.abc import Callable
@@ -18,89 +28,159 @@ from collections.abc import Callable
 import torch
 
 from llmlab.model import ModelConfig, Transformer, preset
-from llmlab.train.optim import param_groups
+from llmlab.train.optim import make_adamw, param_groups
 from llmlab.train.pretrain import next_token_loss
 from llmlab.train.report import peak_flops
 
+Step = Callable[[], torch.Tensor]
 
-def ours(cfg: ModelConfig, x: torch.Tensor) -> tuple[Callable[[], None], int]:
-    model = Transformer(cfg).cuda()
-    opt = torch.optim.AdamW(param_groups(model, 0.1), lr=6e-4, fused=True)
-    fwd = torch.compile(model)
+
+def flops_per_token(cfg: ModelConfig, n_params: int, seq: int) -> float:
+    """nanoGPT's estimate: 6 FLOPs per weight (forward + backward) over the non-position
+    weights, plus attention's QK^T and AV: 12 * layers * d_model * T."""
+    n = n_params - (cfg.max_seq_len * cfg.d_model if cfg.pos == "learned" else 0)
+    return 6 * n + 12 * cfg.n_layer * cfg.d_model * seq
+
+
+def _sdpa(kind: str) -> contextlib.AbstractContextManager:
+    if kind == "auto":
+        return contextlib.nullcontext()
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    backend = {"flash": SDPBackend.FLASH_ATTENTION, "cudnn": SDPBackend.CUDNN_ATTENTION,
+               "efficient": SDPBackend.EFFICIENT_ATTENTION, "math": SDPBackend.MATH}[kind]
+    return sdpa_kernel(backend)
+
+
+def ours(cfg: ModelConfig, x: torch.Tensor, a: argparse.Namespace) -> tuple[Step, int]:
+    torch.manual_seed(0)
+    model = Transformer(cfg).to(x.device)
+    # As the Trainer builds it: decay groups, fused AdamW.
+    opt = make_adamw(param_groups(model, 0.1), 6e-4, (0.9, 0.95), 1e-8, x.device)
+    fwd = torch.compile(model, mode=a.mode) if a.compile else model
     batch = {"input_ids": x[:, :-1], "labels": x[:, 1:]}
 
-    def step() -> None:
-        with torch.autocast("cuda", dtype=torch.bfloat16):
+    def step() -> torch.Tensor:
+        with torch.autocast(x.device.type, dtype=torch.bfloat16), _sdpa(a.sdpa):
             loss, _ = next_token_loss(fwd, batch)
         loss.backward()
         opt.step()
         opt.zero_grad(set_to_none=True)
+        return loss.detach()
 
     return step, model.num_params()
 
 
-def hf(cfg: ModelConfig, x: torch.Tensor) -> tuple[Callable[[], None], int]:
+def hf(cfg: ModelConfig, x: torch.Tensor, a: argparse.Namespace) -> tuple[Step, int]:
     from transformers import GPT2Config, GPT2LMHeadModel
 
+    torch.manual_seed(0)
     hc = GPT2Config(vocab_size=cfg.vocab_size, n_positions=cfg.max_seq_len, n_embd=cfg.d_model,
                     n_layer=cfg.n_layer, n_head=cfg.n_head, resid_pdrop=0.0, embd_pdrop=0.0,
-                    attn_pdrop=0.0, attn_implementation="sdpa")
-    model = GPT2LMHeadModel(hc).cuda()
-    opt = torch.optim.AdamW(model.parameters(), lr=6e-4, fused=True)
-    fwd = torch.compile(model)
+                    attn_pdrop=0.0, bos_token_id=0, eos_token_id=0,
+                    attn_implementation="sdpa")
+    model = GPT2LMHeadModel(hc).to(x.device)
+    opt = torch.optim.AdamW(model.parameters(), lr=6e-4, betas=(0.9, 0.95), weight_decay=0.1,
+                            fused=True)
+    fwd = torch.compile(model, mode=a.mode) if a.compile else model
     inp = x[:, :-1].contiguous()
 
-    def step() -> None:
-        with torch.autocast("cuda", dtype=torch.bfloat16):
-            loss = fwd(inp, labels=inp).loss
+    def step() -> torch.Tensor:
+        with torch.autocast(x.device.type, dtype=torch.bfloat16), _sdpa(a.sdpa):
+            loss = fwd(inp, labels=inp).loss  # transformers shifts the labels inside
         loss.backward()
         opt.step()
         opt.zero_grad(set_to_none=True)
+        return loss.detach()
 
     return step, model.num_parameters()
 
 
-def timed(step: Callable[[], None], warmup: int, steps: int) -> float:
-    for _ in range(warmup):
-        step()
-    torch.cuda.synchronize()
-    t0 = time.perf_counter()
-    for _ in range(steps):
-        step()
-    torch.cuda.synchronize()
-    return (time.perf_counter() - t0) / steps
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
 
 
 def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--batch", type=int, default=16)
     ap.add_argument("--seq", type=int, default=1024)
-    ap.add_argument("--steps", type=int, default=20)
-    ap.add_argument("--warmup", type=int, default=5)
+    ap.add_argument("--steps", type=int, default=10, help="timed steps per variant per round")
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--warmup", type=int, default=3, help="untimed steps (compilation) each")
     ap.add_argument("--peak-flops", type=float, default=None)
+    ap.add_argument("--mode", default=None, help="torch.compile mode for both, e.g. "
+                    "max-autotune-no-cudagraphs (longer compile)")
+    ap.add_argument("--sdpa", default="auto", choices=["auto", "flash", "cudnn", "efficient",
+                                                         "math"],
+                    help="SDPA backend forced on both sides (default: torch's choice)")
+    ap.add_argument("--pad-vocab", type=int, default=0,
+                    help="also run both sides with the vocab padded to a multiple of this "
+                         "(MFU still counts the unpadded model's FLOPs)")
+    ap.add_argument("--no-compile", dest="compile", action="store_false")
+    ap.add_argument("--dry-run", action="store_true",
+                    help="CPU, tiny shape, 1 round of 1 step: check the script runs")
     a = ap.parse_args()
-    if not torch.cuda.is_available():
-        print("pretrain_gpu.py needs a CUDA GPU; none found", file=sys.stderr)
-        return 1
-    torch.backends.cuda.matmul.allow_tf32 = True
-    cfg = preset("gpt2", max_seq_len=a.seq)
-    x = torch.randint(0, cfg.vocab_size, (a.batch, a.seq + 1), device="cuda")
-    name = torch.cuda.get_device_name()
-    peak, note = (a.peak_flops, "given") if a.peak_flops else peak_flops(name)
+    if a.dry_run:
+        device = torch.device("cpu")
+        cfg = ModelConfig(vocab_size=500, d_model=64, n_layer=2, n_head=4, max_seq_len=64)
+        a.batch, a.seq, a.steps, a.rounds, a.warmup = 2, 64, 1, 1, 1
+        a.pad_vocab = a.pad_vocab or 128
+        peak, note = 1e12, "dry run: 1 TFLOP/s assumed"
+    else:
+        if not torch.cuda.is_available():
+            print("pretrain_gpu.py needs a CUDA GPU (or --dry-run); none found", file=sys.stderr)
+            return 1
+        device = torch.device("cuda")
+        torch.backends.cuda.matmul.allow_tf32 = True  # any fp32 matmul left outside autocast
+        torch.backends.cudnn.allow_tf32 = True
+        cfg = preset("gpt2", max_seq_len=a.seq)
+        name = torch.cuda.get_device_name()
+        peak, note = (a.peak_flops, "given") if a.peak_flops else peak_flops(name)
+    torch.manual_seed(0)
+    x = torch.randint(0, cfg.vocab_size, (a.batch, a.seq + 1), device=device)
     tokens = a.batch * a.seq
-    print(f"{name}; GPT-2 124M shape, {a.batch}x{a.seq}, bf16 autocast, compiled; peak {note}")
-    print("| variant | step ms | tok/s | MFU |\n|---|---|---|---|")
-    rows = {}
-    for label, build in (("transformers GPT2LMHeadModel", hf), ("llmlab", ours)):
-        step, n = build(cfg, x)
-        dt = timed(step, a.warmup, a.steps)
-        rows[label] = dt
-        print(f"| {label} | {dt * 1e3:.1f} | {tokens / dt:,.0f} | "
-              f"{100 * 6 * n * tokens / dt / peak:.1f}% |")
-        del step
-        torch.cuda.empty_cache()
-    ratio = rows["transformers GPT2LMHeadModel"] / rows["llmlab"]
-    print(f"llmlab speed vs transformers: {ratio:.2f}x")
+    dev = torch.cuda.get_device_name() if device.type == "cuda" else "CPU (dry run)"
+    print(f"{dev}; GPT-2 shape d={cfg.d_model} L={cfg.n_layer} V={cfg.vocab_size}, "
+          f"{a.batch}x{a.seq}, bf16 autocast, compile={a.compile} mode={a.mode}, "
+          f"sdpa={a.sdpa}, fused AdamW; torch {torch.__version__}; peak {note}")
+    shapes = {"": cfg}
+    if a.pad_vocab:
+        v = -(-cfg.vocab_size // a.pad_vocab) * a.pad_vocab
+        shapes[f", vocab padded to {v}"] = ModelConfig(**{**cfg.to_dict(), "vocab_size": v})
+    variants: dict[str, tuple[Step, float]] = {}
+    n_true = None
+    for suffix, c in shapes.items():
+        for label, build in (("transformers GPT2LMHeadModel", hf), ("llmlab", ours)):
+            step, n = build(c, x, a)
+            n_true = n_true or n  # MFU counts the unpadded model's FLOPs
+            t0 = time.perf_counter()
+            losses = [float(step()) for _ in range(a.warmup)]
+            _sync(device)
+            print(f"  {label}{suffix}: {n / 1e6:.1f}M params, warm-up (compile) "
+                  f"{time.perf_counter() - t0:.0f} s, first loss {losses[0]:.3f} "
+                  f"(ln V = {torch.log(torch.tensor(float(c.vocab_size))):.3f})", flush=True)
+            variants[label + suffix] = (step, flops_per_token(cfg, n_true, a.seq))
+    times: dict[str, list[float]] = {k: [] for k in variants}
+    for _ in range(a.rounds):
+        for name, (step, _) in variants.items():
+            _sync(device)
+            t0 = time.perf_counter()
+            for _ in range(a.steps):
+                step()
+            _sync(device)
+            times[name].append((time.perf_counter() - t0) / a.steps)
+    print("| variant | step ms (median) | tok/s | MFU |\n|---|---|---|---|")
+    for name, (_, fpt) in variants.items():
+        dt = statistics.median(times[name])
+        print(f"| {name} | {dt * 1e3:.1f} | {tokens / dt:,.0f} | "
+              f"{100 * fpt * tokens / dt / peak:.1f}% |")
+    for suffix in shapes:
+        r = (statistics.median(times[f"transformers GPT2LMHeadModel{suffix}"])
+             / statistics.median(times[f"llmlab{suffix}"]))
+        print(f"llmlab speed vs transformers{suffix}: {r:.2f}x")
+    if device.type == "cuda":
+        print(f"peak memory {torch.cuda.max_memory_allocated() / 2**30:.1f} GiB")
     return 0
 
 

@@ -59,7 +59,7 @@ def main() -> None:
     res = evaluate(idx["onnx"], sub, ("hybrid",), 10, reranker=rr, progress=False)
     report["rerank_s_per_query"] = round((time.perf_counter() - t) / len(sub), 2)
     report["metrics_rerank_subset"] = res
-    print(f"== first {len(sub)} queries, rerank top 20 by SmolLM2 log P(Yes)")
+    print(f"== first {len(sub)} queries, rerank top 10 by SmolLM2 (UPR, mixed with hybrid)")
     print(format_table(res), flush=True)
     # Answers: citation rate and correctness (a cited source is the labeled section).
     cited = correct = refused = 0

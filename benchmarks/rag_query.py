@@ -85,7 +85,7 @@ def bench(n: int, rng: np.random.Generator, qs_text: list[str], n_q: int) -> Non
     store.save()
     build = time.perf_counter() - t0
     pairs = list(zip(qs_text, qv, strict=True))
-    ann = "hnsw" if store._ann is not None else "exact"
+    ann = "hnsw" if any(seg.hnsw is not None for seg in store.segments) else "exact"
     print(f"\n== {n} chunks ({ann} dense; build+save {build:.1f} s)")
     print(f"ours dense           {pct(timed(lambda p: store.search(p[1], 10), pairs))}")
     bm = pct(timed(lambda p: store.sparse_search(p[0], 10), pairs))

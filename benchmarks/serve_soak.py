@@ -85,11 +85,11 @@ async def client(url: str, until: float, stats: dict) -> None:
 async def main_async(url: str, n: int, seconds: float, pid: int | None) -> int:
     stats = {"lat": defaultdict(list), "codes": Counter()}
     until = time.time() + seconds
-    peak = [0.0]
+    trace: list[float] = []  # RSS once a second
 
     async def watch() -> None:
         while time.time() < until and pid:
-            peak[0] = max(peak[0], rss_mb(pid))
+            trace.append(rss_mb(pid))
             await asyncio.sleep(1)
 
     start_rss = rss_mb(pid) if pid else float("nan")
@@ -103,7 +103,12 @@ async def main_async(url: str, n: int, seconds: float, pid: int | None) -> int:
         )
     print("status codes:", dict(stats["codes"]))
     if pid:
-        print(f"server RSS: start {start_rss:.0f} MB, peak {peak[0]:.0f} MB, end {end_rss:.0f} MB")
+        peak = max(trace, default=end_rss)
+        print(f"server RSS: start {start_rss:.0f} MB, peak {peak:.0f} MB, end {end_rss:.0f} MB")
+        # Bounded means it levels off: the RSS at each fifth of the run.
+        n = len(trace)
+        marks = [trace[min(n - 1, n * k // 5)] for k in range(1, 6)] if trace else []
+        print("RSS at each fifth of the run (MB):", " ".join(f"{m:.0f}" for m in marks))
     bad = {
         k: v
         for k, v in stats["codes"].items()
@@ -136,7 +141,7 @@ def main() -> int:
         url, pid = f"http://127.0.0.1:{port}", proc.pid
         for _ in range(600):
             try:
-                if httpx.get(f"{url}/healthz").json()["models_loaded"].__len__() >= 3:
+                if httpx.get(f"{url}/healthz").json()["ready"]:
                     break
             except httpx.HTTPError:
                 pass

@@ -8,8 +8,8 @@ Task: the bundled `trivia` SFT data (llmlab/train/sft_data.py), whose user turn 
 is the bare answer. Training uses the train split only; evaluation uses --n-eval questions of
 the held-out split (a seed-0 shuffle, then the first n); the split is by a hash of the
 question, so none of them are trained on.
-`llmlab eval --task trivia` is NOT used: it samples from the same lists with no train/test
-split, so it would score questions the model was trained on.
+`llmlab eval --task trivia` shares this split (llmlab/data/trivia.py) but scores only the
+general-knowledge lists with its own prompt; this demo keeps the SFT prompt and every list.
 
 Metrics, greedy, batched, int8 decode (adapter merged first), max 24 new tokens:
 - em: exact match of the normalised first line against any accepted answer (the required

@@ -1,95 +1,306 @@
-"""Step time and peak memory of SFT: full FT, LoRA and QLoRA, llmlab vs transformers + PEFT.
+"""Step time and peak memory of fine-tuning: full, LoRA and QLoRA, llmlab vs transformers + PEFT.
 
-Each configuration runs in its own process (peak RSS is per process):
-    PYTHONPATH=. python benchmarks/sft_peft.py [--steps 5 --batch 4 --seq 128]
-Same model (SmolLM2-135M-Instruct, fp32 on CPU), batch, LoRA r=8 on all-linear. The PEFT
-side of QLoRA needs bitsandbytes (GPU); on CPU it is reported as skipped.
+    PYTHONPATH=. python benchmarks/sft_peft.py [--batch 4 --seq 256 --steps 3 --rounds 3
+                                 --threads 1 --clock cpu --bf16 --configs full,lora-r8-qv,...]
+
+The SmolLM2-135M shape with random weights (seed 0), fp32 on CPU (`--bf16`: bf16 autocast).
+Both sides start from the same weights (ours written with `save_hf`, theirs loaded with
+`from_pretrained`), see the same batch of random tokens, compute the same next-token
+cross-entropy and use the same optimizer (fused AdamW). Configurations:
+
+- full: every weight trained;
+- lora-r8-qv: LoRA r=8, alpha=16 on q_proj and v_proj;
+- lora-r16-all: LoRA r=16, alpha=32 on all linear layers (lm_head excluded, as PEFT);
+- qlora-r16-all: the same LoRA over an NF4 base with double quantisation (ours: llmlab.peft.nf4;
+  theirs: bitsandbytes' Linear4bit, the QLoRA reference, whose CPU path needs bitsandbytes
+  >= 0.46; `prepare_model_for_kbit_training` without gradient checkpointing).
+
+Each (config, implementation) runs in a fresh process; the two implementations alternate, and
+the order flips each round, so machine noise hits both alike. Step = forward + loss + backward
++ optimizer step; the first step is a warm-up and not timed.
+
+Peak memory is the process's resident-set high-water mark (VmHWM, which counts every torch CPU
+allocation) during the timed steps, minus the resident set after imports: weights, gradients,
+optimizer state and activations. The mark is reset (/proc/self/clear_refs) once the model is
+built, so load-time transients of either side don't count; "setup" is the resident set then.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
-import resource
+import math
+import os
+import platform
+import re
+import statistics
 import subprocess
 import sys
 import tempfile
 import time
+from pathlib import Path
+from typing import Any
 
-import torch
+CONFIGS: dict[str, dict[str, Any]] = {
+    "full": {},
+    "lora-r8-qv": {"r": 8, "lora_alpha": 16, "target_modules": ["q_proj", "v_proj"]},
+    "lora-r16-all": {"r": 16, "lora_alpha": 32, "target_modules": "all-linear"},
+    "qlora-r16-all": {"r": 16, "lora_alpha": 32, "target_modules": "all-linear", "nf4": True},
+}
+IMPLS = ("llmlab", "transformers+peft")
+LR = 1e-4
 
 
-def _batch(b: int, t: int) -> torch.Tensor:
-    return torch.randint(0, 49152, (b, t), generator=torch.Generator().manual_seed(0))
+def _mem_kib() -> dict[str, int]:
+    s = Path("/proc/self/status").read_text()
+    return {k: int(re.search(k + r":\s+(\d+)", s).group(1)) for k in ("VmRSS", "VmHWM")}
 
 
-def _time(model: torch.nn.Module, ids: torch.Tensor, steps: int, hf: bool) -> float:
-    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-5)
-    times = []
+def _reset_peak() -> None:
+    Path("/proc/self/clear_refs").write_text("5")  # resets VmHWM to the current VmRSS
+
+
+def _cfg() -> Any:
+    from llmlab.model.config import preset
+
+    return preset("smollm2-135m", max_seq_len=2048)
+
+
+def _ours(name: str) -> tuple[Any, dict[str, Any]]:
+    import torch
+
+    from llmlab.model import Transformer
+
+    torch.manual_seed(0)
+    model = Transformer(_cfg())
+    info: dict[str, Any] = {}
+    c = dict(CONFIGS[name])
+    if c:
+        from llmlab.peft.model import get_peft_model
+
+        nf4 = c.pop("nf4", False)
+        model = get_peft_model(model, "qlora" if nf4 else "lora", **c)
+        info["trainable"] = model.parameter_counts()[0]
+        if nf4:
+            info["nf4_bytes"] = model.quantized_bytes
+    return model, info
+
+
+def _theirs(name: str, hf_dir: str, bf16: bool) -> tuple[Any, dict[str, Any]]:
+    import torch
+    import transformers
+
+    c = dict(CONFIGS[name])
+    nf4 = c.pop("nf4", False)
+    kw: dict[str, Any] = {"dtype": torch.float32, "attn_implementation": "sdpa"}
+    if nf4:
+        kw["quantization_config"] = transformers.BitsAndBytesConfig(
+            load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+            bnb_4bit_compute_dtype=torch.bfloat16 if bf16 else torch.float32)
+        kw["device_map"] = "cpu"
+    model = transformers.AutoModelForCausalLM.from_pretrained(hf_dir, **kw)
+    info: dict[str, Any] = {}
+    if c:
+        import peft
+
+        if nf4:
+            model = peft.prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
+        model = peft.get_peft_model(model, peft.LoraConfig(
+            r=c["r"], lora_alpha=c["lora_alpha"], target_modules=c["target_modules"],
+            lora_dropout=0.0, task_type="CAUSAL_LM"))
+        info["trainable"] = model.get_nb_trainable_parameters()[0]
+    if nf4:
+        info["nf4_bytes"] = sum(p.numel() * p.element_size() + _qstate_bytes(p)
+                                for n, p in model.named_parameters() if p.dtype == torch.uint8)
+    return model, info
+
+
+def _qstate_bytes(p: Any) -> int:
+    """Bytes of bitsandbytes' quantisation state (absmax and its second-level constants)."""
+    qs = getattr(p, "quant_state", None)
+    if qs is None:
+        return 0
+    n = qs.absmax.numel() * qs.absmax.element_size()
+    if qs.state2 is not None:
+        n += qs.state2.absmax.numel() * qs.state2.absmax.element_size() + qs.code.numel() * 4
+    return n
+
+
+def worker(impl: str, name: str, b: int, t: int, steps: int, threads: int,
+           hf_dir: str, bf16: bool) -> dict[str, Any]:
+    import torch
+    import torch.nn.functional as F
+
+    if impl != "llmlab":
+        import peft  # noqa: F401  (imports count in the baseline, not in the model's memory)
+        import transformers  # noqa: F401
+    torch.set_num_threads(threads)
+    ids = torch.randint(0, _cfg().vocab_size, (b, t + 1),
+                        generator=torch.Generator().manual_seed(1))
+    x, y = ids[:, :-1], ids[:, 1:]
+    base = _mem_kib()["VmRSS"]
+    model, info = _ours(name) if impl == "llmlab" else _theirs(name, hf_dir, bf16)
+    model.train()
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=LR, fused=True)
+    setup = _mem_kib()["VmRSS"]
+    _reset_peak()
+    times, cpu, losses = [], [], []
     for _ in range(steps + 1):
-        t0 = time.perf_counter()
-        out = model(input_ids=ids) if hf else model(ids)
-        loss = torch.nn.functional.cross_entropy(out.logits[:, :-1].flatten(0, 1).float(),
-                                                 ids[:, 1:].flatten())
+        t0, c0 = time.perf_counter(), time.process_time()
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            logits = model(input_ids=x).logits
+            loss = F.cross_entropy(logits.float().flatten(0, 1), y.flatten())
         loss.backward()
         opt.step()
         opt.zero_grad(set_to_none=True)
         times.append(time.perf_counter() - t0)
-    return sum(times[1:]) / steps  # the first step warms up allocators
+        cpu.append(time.process_time() - c0)
+        losses.append(round(loss.item(), 5))
+    peak = _mem_kib()["VmHWM"]
+    # Optimizer state as allocated (two fp32 moments per trained element, plus step counters).
+    state = sum(v.numel() * v.element_size() for s in opt.state.values()
+                for v in s.values() if torch.is_tensor(v) and v.dim() > 0)
+    return {"impl": impl, "config": name, "wall_s": times[1:], "cpu_s": cpu[1:], "losses": losses,
+            "setup_mib": round((setup - base) / 1024), "peak_mib": round((peak - base) / 1024),
+            "trainable": info.get("trainable", sum(p.numel() for p in params)),
+            "opt_state_bytes": state, "nf4_bytes": info.get("nf4_bytes")}
 
 
-def one(impl: str, method: str, steps: int, b: int, t: int) -> dict:
-    import llmlab
+def _run(impl: str, name: str, a: argparse.Namespace, hf_dir: str) -> dict[str, Any]:
+    env = dict(os.environ, OMP_NUM_THREADS=str(a.threads))
+    root = str(Path(__file__).resolve().parents[1])
+    env["PYTHONPATH"] = root + os.pathsep + env.get("PYTHONPATH", "")
+    cmd = [sys.executable, __file__, "--worker", impl, name, "--batch", str(a.batch),
+           "--seq", str(a.seq), "--steps", str(a.steps), "--threads", str(a.threads),
+           "--hf-dir", hf_dir] + (["--bf16"] if a.bf16 else [])
+    r = subprocess.run(cmd, env=env, capture_output=True, text=True)
+    if r.returncode:
+        raise SystemExit(f"{impl} {name} failed:\n{r.stderr[-3000:]}")
+    return json.loads(r.stdout.strip().splitlines()[-1])
 
-    ids = _batch(b, t)
-    lm = llmlab.load("smollm2-135m-instruct")
-    if impl == "llmlab":
-        model: torch.nn.Module = lm.model
-        if method != "full":
-            from llmlab.peft.model import get_peft_model
 
-            model = get_peft_model(lm.model, method, r=8, target_modules="all-linear")
-        hf = False
+def _accounting(name: str) -> dict[str, Any]:
+    """What llmlab.peft.accounting predicts: trainable parameters, AdamW state bytes (fp32),
+    and for NF4 the stored bytes of the quantised Linears vs the same Linears in bf16."""
+    from llmlab.peft.accounting import FROZEN_NF4_BYTES, SMOLLM2_135M, lora_params
+    from llmlab.peft.lora import LINEAR_NAMES
+
+    c = CONFIGS[name]
+    s = SMOLLM2_135M
+    if not c:
+        n = s.total_params()
     else:
-        import transformers
-
-        from llmlab.weights.hf import save_hf
-
-        d = tempfile.mkdtemp()
-        save_hf(lm.model, d)
-        del lm
-        if method == "qlora":
-            return {"impl": impl, "method": method, "skipped": "bitsandbytes 4-bit needs a GPU"}
-        model = transformers.AutoModelForCausalLM.from_pretrained(d)
-        if method != "full":
-            import peft
-
-            model = peft.get_peft_model(model, peft.LoraConfig(
-                r=8, target_modules="all-linear", task_type="CAUSAL_LM"))
-        hf = True
-    model.train()
-    s = _time(model, ids, steps, hf)
-    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    return {"impl": impl, "method": method, "step_s": round(s, 3), "peak_rss_mib": round(rss)}
+        tm = c["target_modules"]
+        n = lora_params(s, c["r"], list(LINEAR_NAMES) if tm == "all-linear" else tm)
+    out: dict[str, Any] = {"trainable": n, "opt_state_bytes": 2 * 4 * n}
+    if c.get("nf4"):
+        lin = s.n_layers * sum(a * b for a, b in s.linear_shapes().values())
+        out.update(linear_params=lin, bf16_bytes=2 * lin, nf4_bytes_est=FROZEN_NF4_BYTES * lin)
+    return out
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--steps", type=int, default=5)
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--batch", type=int, default=4)
-    ap.add_argument("--seq", type=int, default=128)
-    ap.add_argument("--one", nargs=2, metavar=("IMPL", "METHOD"))
+    ap.add_argument("--seq", type=int, default=256)
+    ap.add_argument("--steps", type=int, default=3, help="timed steps per process")
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--clock", choices=("cpu", "wall"), default="cpu",
+                    help="cpu: process CPU seconds per step (robust on a shared machine with "
+                         "--threads 1); wall: elapsed seconds")
+    ap.add_argument("--configs", default=",".join(CONFIGS))
+    ap.add_argument("--bf16", action="store_true",
+                    help="bf16 autocast on both sides (weights and adapters stay fp32)")
+    ap.add_argument("--out", help="write all raw results here (JSON)")
+    ap.add_argument("--worker", nargs=2, metavar=("IMPL", "CONFIG"), help=argparse.SUPPRESS)
+    ap.add_argument("--hf-dir", help=argparse.SUPPRESS)
     a = ap.parse_args()
-    if a.one:
-        print(json.dumps(one(*a.one, a.steps, a.batch, a.seq)))
+    if a.worker:
+        print(json.dumps(worker(*a.worker, a.batch, a.seq, a.steps, a.threads, a.hf_dir,
+                                a.bf16)))
         return
-    for method in ("full", "lora", "qlora"):
-        for impl in ("llmlab", "transformers+peft"):
-            r = subprocess.run([sys.executable, __file__, "--one", impl, method, "--steps",
-                                str(a.steps), "--batch", str(a.batch), "--seq", str(a.seq)],
-                               capture_output=True, text=True)
-            print(r.stdout.strip().splitlines()[-1] if r.returncode == 0 else
-                  f"{impl} {method}: failed: {r.stderr.strip().splitlines()[-1:]}", flush=True)
+    names = a.configs.split(",")
+    bad = [n for n in names if n not in CONFIGS]
+    if bad:
+        raise SystemExit(f"--configs: unknown {bad}; valid: {', '.join(CONFIGS)}")
+    import torch
+
+    from llmlab.model import Transformer
+    from llmlab.weights.hf import save_hf
+
+    print(f"# {platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch "
+          f"{torch.__version__}; B x T = {a.batch} x {a.seq}, "
+          f"{'bf16 autocast' if a.bf16 else 'fp32'}, {a.threads} threads, "
+          f"{a.steps} timed steps x {a.rounds} rounds", flush=True)
+    raw: list[dict[str, Any]] = []
+    key = f"{a.clock}_s"
+    has_bnb = importlib.util.find_spec("bitsandbytes") is not None
+    with tempfile.TemporaryDirectory() as hf_dir:
+        torch.manual_seed(0)
+        save_hf(Transformer(_cfg()), hf_dir)
+        for rnd in range(a.rounds):
+            for name in names:
+                order = IMPLS if rnd % 2 == 0 else IMPLS[::-1]
+                for impl in order:
+                    if impl != "llmlab" and CONFIGS[name].get("nf4") and not has_bnb:
+                        print(f"{name} {impl}: skipped (needs bitsandbytes >= 0.46: "
+                              "`pip install .[bench]`)", flush=True)
+                        continue
+                    r = _run(impl, name, a, hf_dir)
+                    raw.append(r)
+                    print(f"round {rnd} {name:14s} {impl:18s} median step cpu "
+                          f"{statistics.median(r['cpu_s']):.3f} s wall "
+                          f"{statistics.median(r['wall_s']):.3f} s, peak {r['peak_mib']} MiB "
+                          f"(setup {r['setup_mib']}), losses {r['losses'][:2]}", flush=True)
+    rows = _summarise(raw, names, key)
+    if a.out:
+        Path(a.out).write_text(json.dumps({"args": vars(a), "raw": raw, "rows": rows}, indent=1))
+
+
+def _summarise(raw: list[dict[str, Any]], names: list[str], key: str) -> list[dict[str, Any]]:
+    def pick(impl: str, name: str) -> list[dict[str, Any]]:
+        return [r for r in raw if r["impl"] == impl and r["config"] == name]
+
+    rows = []
+    full = {i: statistics.median(s for r in pick(i, "full") for s in r[key])
+            for i in IMPLS if pick(i, "full")}
+    print(f"\n| config | llmlab step s ({key[:-2]}) | PEFT step s | PEFT / llmlab | "
+          "llmlab full / this | "
+          "llmlab peak MiB | PEFT peak MiB | trainable (llmlab / PEFT / accounting) |")
+    print("|---|---|---|---|---|---|---|---|")
+    for name in names:
+        ours, theirs = pick("llmlab", name), pick("transformers+peft", name)
+        if not theirs:  # the peer was skipped: report ours alone
+            theirs = [{key: [math.nan], "peak_mib": math.nan, "trainable": 0, "nf4_bytes": 0}]
+        so = statistics.median(s for r in ours for s in r[key])
+        st = statistics.median(s for r in theirs for s in r[key])
+        po = max(r["peak_mib"] for r in ours)
+        pt = max(r["peak_mib"] for r in theirs)
+        acc = _accounting(name)
+        rel = f"{full['llmlab'] / so:.2f}x" if "llmlab" in full and name != "full" else "-"
+        row = {"config": name, "llmlab_step_s": so, "peft_step_s": st, "ratio": st / so,
+               "llmlab_peak_mib": po, "peft_peak_mib": pt, "trainable": ours[0]["trainable"],
+               "peft_trainable": theirs[0]["trainable"], "accounting": acc,
+               "opt_state_bytes": ours[0]["opt_state_bytes"],
+               "nf4_bytes": ours[0]["nf4_bytes"], "peft_nf4_bytes": theirs[0]["nf4_bytes"]}
+        rows.append(row)
+        print(f"| {name} | {so:.3f} | {st:.3f} | {st / so:.2f}x | {rel} | {po} | {pt} | "
+              f"{row['trainable']:,} / {row['peft_trainable']:,} / {acc['trainable']:,} |")
+    print()
+    for row in rows:
+        acc = row["accounting"]
+        ok = row["opt_state_bytes"] == acc["opt_state_bytes"] and row["trainable"] == acc[
+            "trainable"]
+        print(f"{row['config']}: AdamW state {row['opt_state_bytes']:,} B (accounting "
+              f"{acc['opt_state_bytes']:,} B) -> {'match' if ok else 'MISMATCH'}")
+        if row["nf4_bytes"]:
+            print(f"{row['config']}: NF4 base linears {row['nf4_bytes']:,} B = "
+                  f"{100 * row['nf4_bytes'] / acc['bf16_bytes']:.1f}% of bf16 "
+                  f"({acc['bf16_bytes']:,} B); bitsandbytes {row['peft_nf4_bytes']:,} B")
+    return rows
 
 
 if __name__ == "__main__":

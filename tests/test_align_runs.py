@@ -133,7 +133,8 @@ def test_ppo_tiny_run_with_reward_model_metrics_and_resume(tiny: Path, reward_ru
     # epoch 1 scores the rollout with the weights that sampled it: ratio 1, nothing clipped
     assert rows[0]["approxkl"] < 1e-10 and rows[0]["clipfrac"] == 0.0
     assert rows[0]["kl"] == 0.0  # LoRA starts at the reference
-    assert rows[2]["kl"] > 0.0 and rows[0]["value_loss"] > 0.0
+    # the k1 estimate is a signed sample mean: after updates it is nonzero, not always > 0
+    assert rows[2]["kl"] != 0.0 and rows[0]["value_loss"] > 0.0
     assert rows[0]["reward/std"] > 0.0  # the reward model tells completions apart
     assert (out / "final" / "score_head.safetensors").exists()
     align("ppo", "--model", str(tiny), "--reward-model", str(reward_run), "--out", str(out),

@@ -104,3 +104,66 @@ def test_bad_adapter_config_names_file_and_field(tmp_path):
     (tmp_path / "adapter_config.json").write_text('{"peft_type": "LORA",\n "r": }')
     with pytest.raises(ValueError, match=r"adapter_config.json: line 2"):
         load_adapter(tiny_model(), tmp_path)
+
+
+def test_lora_training_gradients_match_peft(tmp_path):
+    # A training step's loss and every adapter gradient, ours (LoraFn) vs PEFT's autograd.
+    base = tiny_model()
+    hf_dir = export_hf(base, tmp_path / "hf")
+    pm = get_peft_model(base, "lora", r=4, lora_alpha=8, target_modules="all-linear")
+    randomize(pm)  # non-zero B: gradients reach A, and x through the low-rank path
+    pm.save_adapter(tmp_path / "ad")
+    ref = peft.PeftModel.from_pretrained(_hf(hf_dir), tmp_path / "ad", is_trainable=True)
+    pm.train()
+    ref.train()
+    labels = IDS.roll(-1, dims=1)
+    losses = []
+    for m in (pm, ref):
+        logits = m(input_ids=IDS).logits
+        loss = torch.nn.functional.cross_entropy(logits.flatten(0, 1), labels.flatten())
+        loss.backward()
+        losses.append(loss.item())
+    assert losses[0] == pytest.approx(losses[1], rel=1e-5)
+    theirs = {k.removeprefix("base_model.model.").replace(".default", ""): p.grad
+              for k, p in ref.named_parameters() if p.requires_grad}
+    ours = {k: p.grad for k, p in pm.base_model.named_parameters() if p.requires_grad}
+    assert sorted(ours) == sorted(theirs) and len(ours) == 2 * 2 * 7
+    for k, g in ours.items():
+        assert g is not None and g.abs().sum() > 0, k
+        assert (g - theirs[k]).abs().max() <= 1e-5 * (1 + theirs[k].abs().max()), k
+
+
+@pytest.mark.parametrize("case", ["dropout+bias", "nf4", "bf16-autocast"])
+def test_lora_fn_matches_autograd_of_the_formula(case):
+    # y = x W^T + b + s B A dropout(x): LoraFn's hand-written backward vs torch autograd.
+    from llmlab.peft.lora import LoraConfig, LoraLinear
+    from llmlab.peft.nf4 import NF4Linear
+
+    torch.manual_seed(0)
+    lin = torch.nn.Linear(64, 48, bias=case == "dropout+bias")
+    base = NF4Linear(lin) if case == "nf4" else lin
+    p = 0.3 if case == "dropout+bias" else 0.0
+    mod = LoraLinear(base, LoraConfig(r=4, lora_alpha=12, lora_dropout=p)).train()
+    with torch.no_grad():
+        mod.lora_B.weight.normal_()
+    w = base.dequantize() if case == "nf4" else lin.weight.detach()
+    x = torch.randn(3, 5, 64, requires_grad=True)
+    xr = x.detach().clone().requires_grad_(True)
+    a = mod.lora_A.weight.detach().clone().requires_grad_(True)
+    b = mod.lora_B.weight.detach().clone().requires_grad_(True)
+    amp = torch.autocast("cpu", dtype=torch.bfloat16, enabled=case == "bf16-autocast")
+    g = torch.randn(3, 5, 48)
+    with amp:
+        torch.manual_seed(1)
+        y = mod(x)
+        torch.manual_seed(1)  # the same dropout mask
+        yr = (torch.nn.functional.linear(xr, w, lin.bias if lin.bias is not None else None)
+              + 3.0 * torch.nn.functional.linear(
+                  torch.nn.functional.linear(torch.nn.functional.dropout(xr, p), a), b))
+    (y.float() * g).sum().backward()
+    (yr.float() * g).sum().backward()
+    tol = 3e-2 if case == "bf16-autocast" else 1e-5
+    assert y.dtype == yr.dtype
+    for ours, ref in [(y, yr), (x.grad, xr.grad), (mod.lora_A.weight.grad, a.grad),
+                      (mod.lora_B.weight.grad, b.grad)]:
+        assert (ours.float() - ref.float()).abs().max() <= tol * (1 + ref.abs().max())

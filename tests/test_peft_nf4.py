@@ -56,3 +56,24 @@ def test_qlora_counts_match_peft_lora():
     loss.backward()
     lin = pm.base_model.model.layers[0].self_attn.q_proj
     assert lin.lora_B.weight.grad is not None and lin.lora_B.weight.grad.abs().sum() > 0
+
+
+def test_qlora_keeps_no_dequantised_weight_for_backward():
+    # Training memory holds the 4-bit base only: nothing weight-sized is saved for backward.
+    from llmlab.peft.nf4 import NF4Linear
+
+    pm = get_peft_model(tiny_model(), "qlora", r=4, target_modules=["q_proj", "v_proj"])
+    shapes = {(m.out_features, m.in_features) for m in pm.modules() if isinstance(m, NF4Linear)}
+    saved: list[tuple[int, ...]] = []
+
+    def pack(t: torch.Tensor) -> torch.Tensor:
+        saved.append(tuple(t.shape))
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        loss = pm(torch.tensor([[3, 9, 27, 81, 5, 7]])).logits.pow(2).mean()
+    assert saved and not shapes & set(saved)
+    loss.backward()
+    lin = pm.base_model.model.layers[1].mlp.up_proj  # NF4 base without LoRA: grad passes
+    assert isinstance(lin, NF4Linear)
+    assert pm.base_model.model.layers[0].self_attn.q_proj.lora_B.weight.grad.abs().sum() > 0

@@ -88,10 +88,9 @@ def test_errors(store: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str])
     assert "warning: query is 5000 characters" in capsys.readouterr().err
     broken = tmp_path / "broken"
     shutil.copytree(store, broken)
-    gen = broken / (broken / "CURRENT").read_text().strip()
-    with open(gen / "chunks.jsonl", "a") as f:
+    with open(next(broken.glob("seg-*/chunks.jsonl")), "a") as f:
         f.write('{"chunk_id": "forged"}\n')
-    assert "checksum mismatch" in err(["rag", "query", "--store", str(broken), "q"])
+    assert "size mismatch" in err(["rag", "query", "--store", str(broken), "q"])
 
 
 def test_module_entry_point_reports_errors() -> None:

@@ -117,6 +117,41 @@ def test_incremental_reindex(tmp_path: Path) -> None:
     assert not [c for c in idx.store.iter_chunks() if c.doc_id == gone.relative_to(docs).as_posix()]
     third = idx.index([docs], 64, 8, progress=False)  # new chunk size: everything re-chunked
     assert third.updated == 6 and third.unchanged == 0
-    man = json.loads((tmp_path / "idx" / (tmp_path / "idx" / "CURRENT").read_text().strip()
-                      / "manifest.json").read_text())
+    man = json.loads((tmp_path / "idx" / (tmp_path / "idx" / "CURRENT").read_text().split()[0]
+                      ).read_text())
     assert man["n_chunks"] == len(idx.store)
+
+
+def test_pgvector_store_runs_bm25_and_hybrid_like_the_local_one(index: RagIndex) -> None:
+    """The same chunks and vectors in the real PostgreSQL server (tests/conftest.py): BM25
+    scores equal the local store's (and so bm25s's), and hybrid is their RRF."""
+    import os
+    import uuid
+
+    from llmlab.rag.stores.pgvector import PgVectorStore
+
+    dsn = os.environ.get("LLMLAB_PG_DSN")
+    if not dsn:
+        pytest.skip('LLMLAB_PG_DSN unset: run eval "$(bash scripts/services.sh)"')
+    chunks = list(index.store.iter_chunks())
+    pg = PgVectorStore(dsn, table=f"t_{uuid.uuid4().hex[:12]}")
+    try:
+        pg.add(chunks, index.store.get_vectors([c.chunk_id for c in chunks]))
+        server = RagIndex(pg, embedder=index.embedder)
+        for q in ("exception handling with try and except", "list comprehensions"):
+            ours = index.retrieve(q, "bm25", 10)
+            theirs = server.retrieve(q, "bm25", 10)
+            assert [h.chunk.chunk_id for h in theirs] == [h.chunk.chunk_id for h in ours]
+            assert [h.score for h in theirs] == pytest.approx([h.score for h in ours], rel=1e-5)
+            dense = [h.chunk.chunk_id for h in server.retrieve(q, "dense", 50)]
+            sparse = [h.chunk.chunk_id for h in server.retrieve(q, "bm25", 50)]
+            got = server.retrieve(q, "hybrid", 5, candidates=50)
+            assert [h.chunk.chunk_id for h in got] == [d for d, _ in rrf([dense, sparse])[:5]]
+        doc = chunks[0].doc_id
+        hits = server.retrieve("the", "bm25", 5, where={"doc_id": doc})  # only stopwords
+        assert hits == []
+        hits = server.retrieve("python", "hybrid", 5, where={"doc_id": doc})
+        assert hits and all(h.chunk.doc_id == doc for h in hits)
+    finally:
+        pg.drop()
+        pg.close()

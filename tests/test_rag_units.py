@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from llmlab.rag.answer import REFUSAL, AnswerStream, check_citations, quarantine
+from llmlab.rag.answer import REFUSAL, AnswerStream, attribute, check_citations, quarantine
 from llmlab.rag.chunk import chunk_text, default_tokenizer
 from llmlab.rag.evaluate import load_qrels, ndcg_at_k, recall_at_k, reciprocal_rank, score_runs
 from llmlab.rag.fuse import minmax, rrf, weighted
@@ -186,38 +186,58 @@ def test_qrels_errors_name_file_and_line(tmp_path: Path) -> None:
 
 
 def test_bm25_scores_match_the_lucene_formula() -> None:
-    from llmlab.rag.sparse import K1, B, BM25Index, tokenize
+    """Two segments, one row deleted: the statistics are those of the live rows of both."""
+    from llmlab.rag.sparse import K1, B, Part, Postings, bm25_search, tokenize
 
     texts = ["the quick brown fox jumps", "a lazy brown dog sleeps all day long",
-             "foxes and dogs are animals", "quick quick quick thinking"]
-    idx = BM25Index.build(texts)
+             "foxes and dogs are animals", "quick quick quick thinking", "brown fox brown"]
     vocab_tok = tokenize(texts)
     inv = {v: k for k, v in vocab_tok.vocab.items()}
     docs = [[inv[i] for i in row] for row in vocab_tok.ids]
-    avgdl = sum(map(len, docs)) / len(docs)
+    live = [0, 1, 2, 4]  # row 3 deleted
+    avgdl = sum(len(docs[i]) for i in live) / len(live)
     q = tokenize(["quick brown fox"])
     qterms = [{v: k for k, v in q.vocab.items()}[i] for i in q.ids[0]]
-    ref = []
-    for d in docs:
-        s = 0.0
+    ref = {}
+    for r in live:
+        d, sc = docs[r], 0.0
         for t in qterms:
-            df = sum(t in x for x in docs)
+            df = sum(t in docs[i] for i in live)
             tf = d.count(t)
-            idf = math.log(1 + (len(docs) - df + 0.5) / (df + 0.5))
+            idf = math.log(1 + (len(live) - df + 0.5) / (df + 0.5))
             # Lucene >= 8 drops the constant (k1 + 1) factor of Robertson's numerator
-            s += idf * tf / (tf + K1 * (1 - B + B * len(d) / avgdl)) if tf else 0
-        ref.append(s)
-    rows, scores = idx.search("quick brown fox", 4)
-    expect = sorted(((r, s) for r, s in enumerate(ref) if s > 0), key=lambda x: -x[1])
-    assert rows.tolist() == [r for r, _ in expect]
-    assert scores == pytest.approx([s for _, s in expect], rel=1e-5)
-    assert idx.search("the and", 4)[0].size == 0  # stopwords only: nothing matches
+            sc += idf * tf / (tf + K1 * (1 - B + B * len(d) / avgdl)) if tf else 0
+        ref[r] = sc
+    parts = [Part(Postings.build(texts[:2])),
+             Part(Postings.build(texts[2:]), live=np.array([True, False, True]))]
+    got = bm25_search(parts, "quick brown fox", 5)
+    expect = sorted(((r, x) for r, x in ref.items() if x > 0), key=lambda kv: -kv[1])
+    assert [r + 2 * p for p, r, _ in got] == [r for r, _ in expect]
+    assert [x for *_, x in got] == pytest.approx([x for _, x in expect], rel=1e-5)
+    assert bm25_search(parts, "the and", 4) == []  # stopwords only: nothing matches
+    parts[0].allowed = np.array([False, True])  # a filter leaves the statistics alone
+    assert [(p, r) for p, r, _ in bm25_search(parts, "quick brown fox", 5)] == [
+        (p, r) for p, r, _ in got if (p, r) != (0, 0)]
 
 
 def test_citations_are_checked_against_given_sources() -> None:
     text, valid, invalid = check_citations("Foo [1]. Bar [2, 7]. Baz [9].", 3)
     assert valid == [1, 2] and invalid == [7, 9]
     assert text == "Foo [1]. Bar [2]. Baz."
+
+
+def test_citations_are_repointed_to_the_supporting_source() -> None:
+    sources = ["Lists are mutable sequences; append adds an item at the end.",
+               "The for statement iterates over the items of any sequence, in order.",
+               "Dictionaries map keys to values."]
+    text = ("According to source [1], the for statement iterates over the items of a "
+            "sequence. Append adds an item to a list [1]. Keys map to values [1, 3]. "
+            "Python is nice [2].")
+    out, changes = attribute(text, sources)
+    assert out == ("According to source [2], the for statement iterates over the items of a "
+                   "sequence. Append adds an item to a list [1]. Keys map to values [3]. "
+                   "Python is nice [2].")  # no source supports the last: left alone
+    assert changes == [(1, 2), (1, 3)]
 
 
 def test_quarantine_removes_planted_instructions() -> None:

@@ -115,3 +115,33 @@ def test_alpaca_and_exact_match(tmp_path):
     assert load_file(a)[0] == [{"role": "user", "content": "Add\n\n2 2"},
                                {"role": "assistant", "content": "4"}]
     assert exact_match("The Beatles.", ["Beatles"]) and not exact_match("Stones", ["Beatles"])
+
+
+@pytest.mark.parametrize("method", ["lora", "prompt"])
+def test_loss_on_selected_logits_equals_full_logits_loss_and_grads(method):
+    # sft_loss runs the LM head at trainable positions only; same loss and gradients as
+    # cross-entropy over the full (B, T, vocab) logits with the other labels ignored.
+    from llmlab.peft.model import get_peft_model
+
+    torch.manual_seed(0)
+    opts = {"r": 4, "target_modules": "all-linear"} if method == "lora" else {
+        "num_virtual_tokens": 3}
+    pm = get_peft_model(tiny_model(), method, **opts)
+    for p in pm.parameters():
+        if p.requires_grad:
+            torch.nn.init.normal_(p, std=0.1)
+    rows = pack([([1, 2, 3, 4, 5, 6], [IGNORE, IGNORE, 9, 7, 8, IGNORE]),
+                 ([7, 3, 2], [IGNORE, 4, 5])], 8, pad_id=0, packing=method == "lora")
+    loss, m = sft_loss(pm, rows)
+    loss.backward()
+    ours = {k: p.grad.clone() for k, p in pm.named_parameters() if p.requires_grad}
+    pm.zero_grad()
+    kw = {"positions": rows["positions"], "doc_ids": rows["doc_ids"]} if method == "lora" else {}
+    logits = pm(rows["input_ids"], **kw).logits
+    ref = torch.nn.functional.cross_entropy(logits.flatten(0, 1), rows["labels"].flatten(),
+                                            ignore_index=IGNORE)
+    ref.backward()
+    assert m["tokens"] == 5 and torch.allclose(loss, ref, atol=1e-6)
+    for k, p in pm.named_parameters():
+        if p.requires_grad:
+            assert torch.allclose(ours[k], p.grad, atol=1e-6), k

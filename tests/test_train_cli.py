@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 import torch
-from train_common import TINY, cli, make_data, metrics
+from train_common import TINY, cli, env, make_data, metrics
 
 
 @pytest.fixture(scope="module")
@@ -49,6 +52,17 @@ def test_vocab_mismatch_missing_data_and_oversized_batch(tmp_path, run):
     assert "batch_size=10000000" in e and "GiB is free" in e and "needs about" in e
 
 
+def test_tokenizer_that_does_not_match_the_shards_is_refused(tmp_path, run):
+    data = Path(json.loads((run / "config.json").read_text())["data"]["data"])
+    bad = tmp_path / "data"
+    shutil.copytree(data, bad)
+    m = json.loads((bad / "manifest.json").read_text())
+    m["tokenizer"]["n_vocab"] = 600
+    (bad / "manifest.json").write_text(json.dumps(m))
+    e = _err("pretrain", "--out", str(tmp_path / "x"), "--data", str(bad), *TINY)
+    assert "tokenizer has 512 ids" in e and "made with 600" in e
+
+
 def test_resume_from_incompatible_checkpoint_names_the_field(tmp_path, run):
     e = _err("pretrain", "--out", str(run), "--resume", "--d-model", "64")
     assert "cannot resume" in e and "model.d_model: checkpoint 32, this run 64" in e
@@ -57,14 +71,23 @@ def test_resume_from_incompatible_checkpoint_names_the_field(tmp_path, run):
     assert "already has checkpoints (latest step 4)" in e and "--resume" in e
 
 
-def test_final_loads_generates_and_exports_to_transformers(tmp_path, run):
+def test_run_dir_generates_and_exports_to_transformers(tmp_path, run):
+    """`llmlab generate --model RUN_DIR` and `llmlab export-hf RUN_DIR OUT` take the run dir
+    itself (its final/ model); the export gives transformers' logits."""
     import llmlab
-    from llmlab.cli import main as llmlab_main
 
-    lm = llmlab.load(run / "final")
+    lm = llmlab.load(run)
     assert lm.kind == "causal-lm" and lm.cfg.vocab_size == 512
-    assert isinstance(lm.generate("And", max_new_tokens=4, seed=0), str)
-    assert llmlab_main(["export-hf", str(run / "final"), str(tmp_path / "hf")]) == 0
+    want = lm.generate("And", max_new_tokens=6, temperature=0.0)
+    r = subprocess.run([sys.executable, "-m", "llmlab.cli", "generate", "--model", str(run),
+                        "--prompt", "And", "--max-new-tokens", "6", "--temperature", "0"],
+                       env=env(), capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.rstrip("\n") == want and want
+    r = subprocess.run([sys.executable, "-m", "llmlab.cli", "export-hf", str(run),
+                        str(tmp_path / "hf")], env=env(), capture_output=True, text=True,
+                       timeout=300)
+    assert r.returncode == 0, r.stderr
     from transformers import AutoModelForCausalLM
 
     ref = AutoModelForCausalLM.from_pretrained(tmp_path / "hf").eval()
@@ -91,3 +114,39 @@ def llmlab_load(run: Path):
     import llmlab
 
     return llmlab.load(run / "final")
+
+
+def test_prune_keeps_the_last_n_and_the_best(tmp_path):
+    from llmlab.train import checkpoint as ckpt
+
+    vals = {1: 3.0, 2: 2.0, 3: 2.5, 4: None, 5: 2.7}  # step 4 saved without an evaluation
+    for step, v in vals.items():
+        ckpt.save(ckpt.step_dir(tmp_path, step), {"step": step}, {"step": step, "val_loss": v},
+                  lambda d: d.mkdir())
+    ckpt.prune(tmp_path, keep_last=2)
+    assert [s for s, _ in ckpt.list_checkpoints(tmp_path)] == [2, 4, 5]
+    ckpt.prune(tmp_path, keep_last=1)
+    assert [s for s, _ in ckpt.list_checkpoints(tmp_path)] == [2, 5]
+    assert ckpt.best_checkpoint(tmp_path) == ckpt.step_dir(tmp_path, 2)
+
+
+def test_run_without_final_loads_its_best_checkpoint(tmp_path, run):
+    import llmlab
+    from llmlab.train.checkpoint import best_checkpoint, list_checkpoints, read_meta
+
+    part = tmp_path / "stopped"
+    shutil.copytree(run, part)
+    shutil.rmtree(part / "final")
+    found = list_checkpoints(part)
+    assert [s for s, _ in found] == [2, 4]  # ckpt_every 2, keep_last 2
+    best = best_checkpoint(part)
+    assert best is not None
+    assert read_meta(best)["val_loss"] == min(read_meta(p)["val_loss"] for _, p in found)
+    lm = llmlab.load(part)
+    ref = llmlab.load(best / "model")
+    x = torch.randint(0, 512, (1, 8))
+    with torch.no_grad():
+        assert torch.equal(lm.model(x).logits, ref.model(x).logits)
+    shutil.rmtree(part / "checkpoints")  # killed before its first checkpoint
+    with pytest.raises(FileNotFoundError, match="no final/ model and no complete checkpoint"):
+        llmlab.load(part)

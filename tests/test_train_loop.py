@@ -89,7 +89,10 @@ class _Toy:
         self.n = s["n"]
 
 
-def test_nan_guard_stops_and_keeps_last_good_checkpoint(tmp_path):
+@pytest.mark.parametrize("nan_step", [3, 4])
+def test_nan_guard_stops_and_keeps_last_good_checkpoint(tmp_path, nan_step):
+    """Step 4 writes a checkpoint; a NaN at step 3 (no log there: the fused optimizer skips
+    it on the device) is caught before that write, a NaN at step 4 before its own."""
     from llmlab.weights.io import load_safetensors
     from llmlab.weights.registry import save_checkpoint
 
@@ -99,18 +102,45 @@ def test_nan_guard_stops_and_keeps_last_good_checkpoint(tmp_path):
     def loss_fn(model, batch):
         calls["n"] += 1
         loss, met = next_token_loss(model, batch)
-        return (loss * math.nan if calls["n"] == 4 else loss), met
+        return (loss * math.nan if calls["n"] == nan_step else loss), met
 
     cfg = TrainConfig(max_steps=10, ckpt_every=2, eval_every=0, progress=False,
                       tensorboard=False, warmup_steps=1)
     t = Trainer(m, cfg, tmp_path, _Toy(), loss_fn, dist=Dist(),
                 export=lambda mm, out: save_checkpoint(mm, out))
-    with pytest.raises(TrainingDiverged, match=r"step 4: loss nan.*step_0000002"):
+    assert t.skip_on_device  # fused AdamW on CPU too: the deferred check is what runs here
+    with pytest.raises(TrainingDiverged, match=rf"step {nan_step}: loss nan.*step_0000002"):
         t.fit()
+    if nan_step == 3:  # the NaN step's update was skipped: only step 4's was applied
+        assert all(torch.isfinite(p).all() for p in m.parameters())
     names = sorted(p.name for p in (tmp_path / "checkpoints").iterdir())
     assert names == ["step_0000002"]
     sd = load_safetensors(tmp_path / "checkpoints/step_0000002/model/model.safetensors")
     assert all(torch.isfinite(v).all() for v in sd.values())
+
+
+def test_metrics_jsonl_and_tensorboard_hold_the_same_scalars(tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from llmlab.weights.registry import save_checkpoint
+
+    m = Transformer(ModelConfig(vocab_size=50, d_model=16, n_layer=1, n_head=2, max_seq_len=8))
+    cfg = TrainConfig(max_steps=6, ckpt_every=0, eval_every=3, log_every=2, progress=False,
+                      warmup_steps=1)
+    evals = [_Toy().next_batch()]
+    Trainer(m, cfg, tmp_path, _Toy(), next_token_loss, dist=Dist(), eval_data=evals,
+            export=lambda mm, out: save_checkpoint(mm, out)).fit()
+    rows = [json.loads(ln) for ln in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [1, 2, 3, 4, 6]  # first, every 2nd, evaluations
+    assert all({"step", "loss", "lr", "tokens", "tok_per_s"} <= set(r) for r in rows)
+    assert [r["step"] for r in rows if "val_loss" in r] == [3, 6]
+    ea = EventAccumulator(str(tmp_path / "tb"))
+    ea.Reload()
+    for key in ("loss", "lr", "val_loss"):
+        got = [(e.step, e.value) for e in ea.Scalars(key)]
+        want = [(r["step"], r[key]) for r in rows if key in r]
+        assert [s for s, _ in got] == [s for s, _ in want]
+        assert [v for _, v in got] == pytest.approx([v for _, v in want], rel=1e-6)
 
 
 def test_sigkill_then_resume_is_bitwise_identical(data_dir, tmp_path):

@@ -82,13 +82,14 @@ def task_prompts(name: str, n: int = 256, split: str = "train", seed: int = 0
                  ) -> list[dict[str, Any]]:
     """Bundled RL prompts with verifiers. humaneval prompts are raw code (chat=False)."""
     from llmlab.eval import datasets as ds
+    from llmlab.eval.humaneval import humaneval_problems
 
     if name == "arithmetic":
         return [{"prompt": ARITH_PROMPT.format(q=p.question), "chat": True,
                  "verifier": {"type": "numeric", "answer": p.target}}
                 for p in ds.arithmetic_problems(n, split=split, seed=seed)]
     if name == "trivia":
-        qs = ds.trivia_questions()
+        qs = ds.trivia_questions(split)  # the split eval's trivia task holds out
         random.Random(seed).shuffle(qs)
         return [{"prompt": TRIVIA_PROMPT.format(q=q.question), "chat": True,
                  "verifier": {"type": "trivia", "answers": q.answers}} for q in qs[:n]]
@@ -96,7 +97,7 @@ def task_prompts(name: str, n: int = 256, split: str = "train", seed: int = 0
         return [{"prompt": p["prompt"], "chat": False,
                  "verifier": {"type": "code", "prefix": p["prompt"], "tests": p["test"],
                               "entry_point": p["entry_point"]}}
-                for p in ds.humaneval_problems()[:n]]
+                for p in humaneval_problems()[:n]]
     raise ValueError(f"unknown RL task {name!r}; bundled: {RL_TASKS}, or a .jsonl file")
 
 

@@ -21,27 +21,17 @@ _guard = guard  # see llmlab/cliutil.py
 
 def load_model(name: str, adapter: str | None, dtype: str = "fp32", threads: int | None = None
                ) -> Any:
+    """The model to evaluate: `llmlab generate`'s loader (an adapter is applied, and LoRA/DoRA
+    merged, in fp32 before any cast to bf16/int8)."""
     import torch
 
-    import llmlab
+    from llmlab.cli import _load
 
     if threads:
         torch.set_num_threads(threads)
-    if dtype not in ("fp32", "bf16", "int8"):
-        raise ValueError(f"--dtype must be fp32, bf16 or int8, got {dtype!r}")
-    lm = llmlab.load(name, dtype=torch.bfloat16 if dtype == "bf16" else torch.float32)
+    lm = _load(name, dtype, adapter)
     if getattr(lm, "kind", "causal-lm") != "causal-lm":
         raise ValueError(f"model {name!r} is a {lm.kind}, not a causal LM: it can't be evaluated")
-    if adapter:
-        try:
-            from llmlab.peft import apply_adapter  # type: ignore[attr-defined]
-        except ImportError:
-            raise RuntimeError("adapters need llmlab.peft (no apply_adapter there)") from None
-        lm = apply_adapter(lm, adapter) or lm
-    if dtype == "int8":
-        from llmlab.model.quant import quantize_int8_
-
-        quantize_int8_(lm.model)
     lm.model.eval()
     return lm
 
@@ -97,7 +87,8 @@ def _add_eval_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", default=DEFAULT_MODEL, help="model name or directory")
     p.add_argument("--adapter", default=None, help="PEFT adapter directory (llmlab.peft)")
     p.add_argument("--task", action="append", default=[],
-                   help="perplexity:<corpus|file> | arithmetic | trivia | humaneval | "
+                   help="perplexity:<corpus|file> | arithmetic | trivia | "
+                        "humaneval[:chat|completion] | gen:<pydocs|file.jsonl> | "
                         "rag:<store>:<qrels> (repeatable)")
     p.add_argument("--limit", type=int, default=None,
                    help="items per task (tokens for perplexity)")

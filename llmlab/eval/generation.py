@@ -18,6 +18,7 @@ def generate(
     *,
     chat: bool = True,
     system: str | None = None,
+    prefill: str = "",
     max_new_tokens: int = 128,
     temperature: float = 0.0,
     stop: list[str] | None = None,
@@ -28,6 +29,7 @@ def generate(
 ) -> list[str]:
     """Completions for `prompts`, in order, `batch_size` rows per decode.
 
+    `prefill` starts each chat reply (it is not part of the returned text).
     Prompts are sorted by length before batching so a batch pads little; every batch gets its
     own seed derived from `seed` and its index, so results don't depend on what ran before.
     """
@@ -35,7 +37,7 @@ def generate(
 
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    ids = encode_prompts(lm, prompts, chat, system)
+    ids = encode_prompts(lm, prompts, chat, system, prefill)
     stops = list(stop or [])
     template_end = "<|im_end|>"
     if chat and template_end not in stops:

@@ -67,22 +67,23 @@ def judge_pairs(prompts: Sequence[str], answers_a: Sequence[str], answers_b: Seq
     items = []
     for i, p in enumerate(prompts):
         r1, r2 = replies[2 * i], replies[2 * i + 1]
+        item = {"prompt": p, "answer_a": answers_a[i], "answer_b": answers_b[i],
+                "replies": [r1, r2]}  # replies: judge with A first, then with B first
         if r1 is None or r2 is None:
             unreachable += 1
-            items.append({"prompt": p, "verdict": "skipped", "reason": "unreachable"})
+            items.append({**item, "verdict": "skipped", "reason": "unreachable"})
             continue
         v1, v2 = parse_verdict(r1), parse_verdict(r2)
         if v1 is None or v2 is None:
             malformed += 1
-            items.append({"prompt": p, "verdict": "skipped", "reason": "malformed",
-                          "replies": [r1[:200], r2[:200]]})
+            items.append({**item, "verdict": "skipped", "reason": "malformed"})
             continue
         a_first, a_second = v1 == 1, v2 == 2  # did A win in each order?
         verdict = "A" if a_first and a_second else "B" if not (a_first or a_second) else "tie"
         wins += verdict == "A"
         losses += verdict == "B"
         ties += verdict == "tie"
-        items.append({"prompt": p, "verdict": verdict})
+        items.append({**item, "verdict": verdict})
     judged = wins + losses + ties
     score = wins + 0.5 * ties
     lo, hi = wilson_interval(score, judged) if judged else (0.0, 1.0)
@@ -93,9 +94,10 @@ def judge_pairs(prompts: Sequence[str], answers_a: Sequence[str], answers_b: Seq
             "samples": items}
 
 
-def endpoint_judge(base_url: str, model: str = "judge", timeout: float = 60.0,
+def endpoint_judge(base_url: str, model: str | None = None, timeout: float = 60.0,
                    api_key: str | None = None) -> JudgeFn:
-    """Judge through an OpenAI-compatible server; a failed request yields None for that item."""
+    """Judge through an OpenAI-compatible server; a failed request yields None for that item.
+    `model` defaults to the first one the server lists at /v1/models."""
     import httpx
 
     url = base_url.rstrip("/")
@@ -105,19 +107,36 @@ def endpoint_judge(base_url: str, model: str = "judge", timeout: float = 60.0,
     def run(texts: list[str]) -> list[str | None]:
         out: list[str | None] = []
         with httpx.Client(timeout=timeout, headers=headers, trust_env=False) as client:
+            name = model or _listed_model(client, url)
             for t in texts:
-                body = {"model": model, "messages": [{"role": "user", "content": t}],
+                body = {"model": name, "messages": [{"role": "user", "content": t}],
                         "temperature": 0, "max_tokens": 8}
                 try:
                     r = client.post(f"{url}/chat/completions", json=body)
                     r.raise_for_status()
                     out.append(str(r.json()["choices"][0]["message"]["content"] or ""))
                 except (httpx.HTTPError, KeyError, IndexError, TypeError, ValueError) as e:
-                    print(f"warning: judge request failed: {e}", file=sys.stderr)
+                    detail = ""
+                    if isinstance(e, httpx.HTTPStatusError):
+                        detail = f": {e.response.text[:200]}"
+                    print(f"warning: judge request failed: {e}{detail}", file=sys.stderr)
                     out.append(None)
         return out
 
     return run
+
+
+def _listed_model(client: Any, url: str) -> str:
+    """The first model id at GET /v1/models; "default" when the server lists none (the
+    requests then fail, and are counted, on their own)."""
+    try:
+        r = client.get(f"{url}/models")
+        r.raise_for_status()
+        return str(r.json()["data"][0]["id"])
+    except Exception as e:  # noqa: BLE001 - any failure here is reported per request later
+        print(f"warning: could not list the judge endpoint's models ({e}); "
+              "pass --judge-model", file=sys.stderr)
+        return "default"
 
 
 def local_judge(lm: Any, batch_size: int = 16, progress: bool = True) -> JudgeFn:
@@ -168,7 +187,8 @@ def add_judge_command(sub: argparse._SubParsersAction, guard: Callable, load_mod
     g = j.add_mutually_exclusive_group(required=True)
     g.add_argument("--judge", default=None, help="local llmlab judge model")
     g.add_argument("--judge-base-url", default=None, help="OpenAI-compatible endpoint")
-    j.add_argument("--judge-model", default="judge", help="model name sent to the endpoint")
+    j.add_argument("--judge-model", default=None,
+                   help="model name sent to the endpoint (default: its first at /v1/models)")
     j.add_argument("--judge-timeout", type=float, default=60.0)
     j.add_argument("--limit", type=int, default=None)
     j.add_argument("--max-new-tokens", type=int, default=128)
@@ -202,8 +222,11 @@ def add_judge_command(sub: argparse._SubParsersAction, guard: Callable, load_mod
         if a.out:
             task = {"task": "judge", "config": {"model_b": a.model_b, "adapter_b": a.adapter_b,
                                                 "judge": a.judge or a.judge_base_url,
+                                                "judge_model": a.judge_model,
                                                 "prompts": a.prompts or "built-in"}, **res}
-            rep = make_report(a.model_a, a.adapter_a, a.seed, [task], {"limit": a.limit})
+            config = {"limit": a.limit, "max_new_tokens": a.max_new_tokens, "dtype": a.dtype,
+                      "judge_prompt": JUDGE_PROMPT}
+            rep = make_report(a.model_a, a.adapter_a, a.seed, [task], config)
             print(f"wrote {write_report(rep, a.out)}", file=sys.stderr)
         return 0 if m["judged"] else 1
 

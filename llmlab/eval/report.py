@@ -9,7 +9,7 @@ from typing import Any
 
 # The metric a task is judged by, for the comparison chart.
 PRIMARY = {"perplexity": "bits_per_byte", "arithmetic": "accuracy", "trivia": "accuracy",
-           "humaneval": "pass@1", "rag": "hybrid/ndcg@10", "judge": "win_rate"}
+           "humaneval": "pass@1", "gen": "rougeL", "rag": "hybrid/ndcg@10", "judge": "win_rate"}
 
 
 def make_report(model: str, adapter: str | None, seed: int, results: list[dict[str, Any]],

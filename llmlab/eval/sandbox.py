@@ -221,7 +221,9 @@ def run_code(source: str, limits: Limits | None = None) -> SandboxResult:
         elif rc is not None and -rc in (signal.SIGXCPU, signal.SIGKILL):
             status = "timeout"  # CPU limit reached
         n = limits.max_output_chars
-        return SandboxResult(status, rc, _tail(out_p, n), _tail(err_p, n), secs)
+        # The random temp dir would make identical runs report different tracebacks.
+        out_s, err_s = (_tail(p, n).replace(str(work), "<sandbox>") for p in (out_p, err_p))
+        return SandboxResult(status, rc, out_s, err_s, secs)
 
 
 def run_many(

@@ -1,5 +1,6 @@
 """Evaluation tasks: `perplexity:<corpus|file>`, `arithmetic`, `trivia`, `humaneval`,
-`rag:<store>:<qrels>`. Each returns {"task", "config", "metrics", "samples"}."""
+`gen:<pydocs|file.jsonl>` (BLEU, ROUGE, EM/F1 against references), `rag:<store>:<qrels>`.
+Each returns {"task", "config", "metrics", "samples"}."""
 
 from __future__ import annotations
 
@@ -9,12 +10,14 @@ from pathlib import Path
 from typing import Any
 
 from llmlab.eval import datasets as ds
+from llmlab.eval import humaneval as he
 from llmlab.eval.generation import generate, perplexity_report, sliding_nll
 from llmlab.eval.metrics import answer_match, exact_match, final_number, mean_pass_at_k, token_f1
-from llmlab.eval.sandbox import Limits, run_many
+from llmlab.eval.sandbox import Limits, SandboxResult, run_many
+from llmlab.eval.text import text_metrics
 
-TASK_FORMS = ("perplexity:<corpus|file>", "arithmetic", "trivia", "humaneval",
-              "rag:<store>:<qrels>")
+TASK_FORMS = ("perplexity:<corpus|file>", "arithmetic", "trivia", "humaneval[:chat|completion]",
+              "gen:<pydocs|file.jsonl>", "rag:<store>:<qrels>")
 KEEP_SAMPLES = 20  # per-item records stored in a report
 
 
@@ -36,13 +39,16 @@ class EvalConfig:
 def parse_task(spec: str) -> tuple[str, list[str]]:
     """'rag:store:qrels' -> ('rag', ['store', 'qrels']), validating the shape."""
     name, *args = spec.split(":")
-    want = {"perplexity": 1, "arithmetic": 0, "trivia": 0, "humaneval": 0, "rag": 2}
-    if name not in want:
+    arity = {"perplexity": {1}, "arithmetic": {0}, "trivia": {0}, "humaneval": {0, 1},
+             "gen": {1}, "rag": {2}}
+    if name not in arity:
         raise ValueError(f"unknown task {spec!r}: valid tasks are {', '.join(TASK_FORMS)}")
-    if name == "perplexity" and len(args) > 1:
+    if name in ("perplexity", "gen") and len(args) > 1:
         args = [":".join(args)]  # a file path containing ':'
-    if len(args) != want[name] or any(not a for a in args):
-        form = next(f for f in TASK_FORMS if f.split(":")[0] == name)
+    form = next(f for f in TASK_FORMS if f.split(":")[0].split("[")[0] == name)
+    if len(args) not in arity[name] or any(not a for a in args):
+        raise ValueError(f"task {spec!r} must be written {form}")
+    if name == "humaneval" and args and args[0] not in he.MODES:
         raise ValueError(f"task {spec!r} must be written {form}")
     return name, args
 
@@ -114,48 +120,117 @@ def run_trivia(lm: Any, args: list[str], cfg: EvalConfig) -> dict[str, Any]:
     n = len(qs)
     samples = [{"question": q.question, "answers": q.answers, "output": o, "correct": c}
                for q, o, c in zip(qs, outs, ok, strict=True)]
-    return {"config": {"lists": list(ds.TRIVIA_LISTS), "n": n},
+    return {"config": {"lists": list(ds.TRIVIA_LISTS), "split": "test", "n": n},
             "metrics": {"accuracy": sum(ok) / n, "exact_match": sum(em) / n,
                         "f1": sum(f1) / n, "n": n},
             "samples": samples[:KEEP_SAMPLES]}
 
 
+# ---- reference-based generation ------------------------------------------------------------
+def _gen_items(source: str) -> list[tuple[str, str]]:
+    """(prompt, reference) pairs: the bundled `pydocs` set (the held-out side of the SFT
+    pydocs split, so SFT never trained on it) or a JSONL file of {"prompt", "reference"}."""
+    import json
+
+    if source == "pydocs":
+        from llmlab.train.sft_data import pydocs_examples
+
+        return [(e["question"], e["messages"][1]["content"]) for e in pydocs_examples("test")]
+    path = Path(source)
+    if not path.is_file():
+        raise ValueError(f"gen source {source!r} is neither a bundled set (pydocs) nor a file")
+    items = []
+    for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{path}:{n}: invalid JSON ({e.msg})") from None
+        for key in ("prompt", "reference"):
+            if not isinstance(row, dict) or not isinstance(row.get(key), str) or \
+                    not row[key].strip():
+                raise ValueError(f'{path}:{n}: expected a non-empty string "{key}"')
+        items.append((row["prompt"], row["reference"]))
+    if not items:
+        raise ValueError(f"{path}: no rows")
+    return items
+
+
+def run_gen(lm: Any, args: list[str], cfg: EvalConfig) -> dict[str, Any]:
+    items = _limit(_gen_items(args[0]), cfg)
+    outs = generate(lm, [p for p, _ in items], max_new_tokens=cfg.max_new_tokens or 128,
+                    seed=cfg.seed, batch_size=cfg.batch_size, progress=cfg.progress,
+                    desc="gen")
+    metrics: dict[str, Any] = {**text_metrics(outs, [r for _, r in items]), "n": len(items)}
+    samples = [{"prompt": p, "reference": r, "output": o}
+               for (p, r), o in zip(items, outs, strict=True)]
+    return {"config": {"source": args[0], "n": len(items)}, "metrics": metrics,
+            "samples": samples[:KEEP_SAMPLES]}
+
+
 # ---- HumanEval -----------------------------------------------------------------------------
+def score_programs(programs: list[str], k: int, limits: Limits, workers: int
+                   ) -> tuple[dict[str, Any], list[SandboxResult]]:
+    """Run `k` programs per problem (consecutive) in the sandbox: pass@1/10/100 (those with
+    k >= j), and how many timed out; a timeout is a failure, counted, never a hang."""
+    results = run_many(programs, limits, workers=workers)
+    n = len(programs) // k
+    counts = [(k, sum(r.passed for r in results[i * k : (i + 1) * k])) for i in range(n)]
+    metrics: dict[str, Any] = {f"pass@{j}": mean_pass_at_k(counts, j) for j in (1, 10, 100)
+                               if j <= k}
+    metrics.update(n=n, samples_per_problem=k,
+                   timeouts=sum(r.status == "timeout" for r in results))
+    return metrics, results
+
+
 def run_humaneval(lm: Any, args: list[str], cfg: EvalConfig) -> dict[str, Any]:
-    probs = ds.humaneval_problems()
+    probs = he.humaneval_problems()
     if cfg.limit is not None:
         probs = probs[: cfg.limit]  # first N: comparable across runs and papers' subsets
     k = cfg.samples
     if k < 1:
         raise ValueError(f"--samples must be >= 1, got {k}")
+    mode = he.mode_for(lm, args[0] if args else None)
     temp = cfg.temperature if cfg.temperature is not None else (0.0 if k == 1 else 0.8)
-    prompts = [p["prompt"] for p in probs for _ in range(k)]
-    outs = generate(lm, prompts, chat=False, max_new_tokens=cfg.max_new_tokens or 256,
-                    temperature=temp, stop=ds.HUMANEVAL_STOPS, seed=cfg.seed,
-                    batch_size=cfg.batch_size, progress=cfg.progress, desc="humaneval")
-    programs = [ds.humaneval_program(probs[i // k], o) for i, o in enumerate(outs)]
+    rows = [p for p in probs for _ in range(k)]
+    common = dict(max_new_tokens=cfg.max_new_tokens or (384 if mode == "chat" else 256),
+                  temperature=temp, seed=cfg.seed, batch_size=cfg.batch_size,
+                  progress=cfg.progress, desc=f"humaneval ({mode})")
+    if mode == "chat":
+        outs = generate(lm, [he.CHAT_PROMPT.format(prompt=p["prompt"]) for p in rows],
+                        prefill=he.CHAT_PREFILL, stop=he.CHAT_STOPS, **common)
+        solved = [he.chat_solution(p, he.CHAT_PREFILL + o) for p, o in zip(rows, outs,
+                                                                             strict=True)]
+    else:
+        outs = generate(lm, [p["prompt"] for p in rows], chat=False, stop=he.COMPLETION_STOPS,
+                        **common)
+        solved = [(he.completion_solution(p, o), "completion") for p, o in zip(rows, outs,
+                                                                                strict=True)]
     limits = Limits(timeout=cfg.extra.get("timeout", 5.0))
-    results = run_many(programs, limits, workers=cfg.workers)
-    counts = [(k, sum(r.passed for r in results[i * k : (i + 1) * k])) for i in range(len(probs))]
-    metrics: dict[str, Any] = {f"pass@{j}": mean_pass_at_k(counts, j) for j in (1, 10, 100)
-                               if j <= k}
-    metrics.update(n=len(probs), samples_per_problem=k,
-                   timeouts=sum(r.status == "timeout" for r in results))
-    samples = [{"task_id": probs[i // k]["task_id"], "completion": o, "status": r.status,
-                "stderr_tail": r.stderr[-300:]}
-               for i, (o, r) in enumerate(zip(outs, results, strict=True))]
-    return {"config": {"samples": k, "temperature": temp, "timeout_s": limits.timeout,
-                       "stops": ds.HUMANEVAL_STOPS},
-            "metrics": metrics, "samples": samples[:KEEP_SAMPLES]}
+    metrics, results = score_programs(
+        [he.program(p, s) for p, (s, _) in zip(rows, solved, strict=True)], k, limits,
+        cfg.workers)
+    if mode == "chat":  # how the replies were put together with the stubs
+        metrics.update(whole_function=sum(f == "function" for _, f in solved),
+                       body_only=sum(f == "body" for _, f in solved))
+    samples = [{"task_id": p["task_id"], "output": o, "form": f, "solution": s,
+                "status": r.status, "stderr_tail": r.stderr[-300:]}
+               for p, o, (s, f), r in zip(rows, outs, solved, results, strict=True)]
+    config = {"mode": mode, "samples": k, "temperature": temp, "timeout_s": limits.timeout,
+              "max_new_tokens": common["max_new_tokens"]}
+    if mode == "chat":
+        config.update(prompt=he.CHAT_PROMPT, prefill=he.CHAT_PREFILL, stops=he.CHAT_STOPS)
+    else:
+        config.update(stops=he.COMPLETION_STOPS)
+    return {"config": config, "metrics": metrics, "samples": samples[:KEEP_SAMPLES]}
 
 
 # ---- RAG -----------------------------------------------------------------------------------
 def run_rag(lm: Any, args: list[str], cfg: EvalConfig) -> dict[str, Any]:
-    try:
-        from llmlab.rag.evaluate import evaluate, load_qrels
-        from llmlab.rag.pipeline import RagIndex
-    except ImportError as e:
-        raise RuntimeError(f"task 'rag' needs llmlab.rag (the rag branch): {e}") from None
+    from llmlab.rag.evaluate import evaluate, load_qrels
+    from llmlab.rag.pipeline import RagIndex
+
     store, qrels_path = args
     qrels = load_qrels(qrels_path)
     if cfg.limit is not None:
@@ -168,9 +243,9 @@ def run_rag(lm: Any, args: list[str], cfg: EvalConfig) -> dict[str, Any]:
 
 RUNNERS: dict[str, Callable[[Any, list[str], EvalConfig], dict[str, Any]]] = {
     "perplexity": run_perplexity, "arithmetic": run_arithmetic, "trivia": run_trivia,
-    "humaneval": run_humaneval, "rag": run_rag,
+    "humaneval": run_humaneval, "gen": run_gen, "rag": run_rag,
 }
-NEEDS_MODEL = {"perplexity", "arithmetic", "trivia", "humaneval"}
+NEEDS_MODEL = {"perplexity", "arithmetic", "trivia", "humaneval", "gen"}
 
 
 def run_task(lm: Any, spec: str, cfg: EvalConfig) -> dict[str, Any]:

@@ -45,13 +45,15 @@ def rouge(preds: Sequence[str], refs: Sequence[str], stemmer: bool = True) -> di
 
 
 def squad(preds: Sequence[str], refs: Sequence[str] | Sequence[Sequence[str]]) -> dict[str, float]:
-    """Exact match and token F1 (0-100), best over each item's accepted references."""
+    """Exact match and token F1 (0-1, as the trivia task reports them), best over each item's
+    accepted references."""
     _check(preds, refs)
     alts = [[r] if isinstance(r, str) else list(r) for r in refs]
     em = sum(max(exact_match(p, a) for a in al) for p, al in zip(preds, alts, strict=True))
     f1 = sum(max(token_f1(p, a) for a in al) for p, al in zip(preds, alts, strict=True))
-    return {"exact_match": 100 * em / len(preds), "f1": 100 * f1 / len(preds)}
+    return {"exact_match": em / len(preds), "f1": f1 / len(preds)}
 
 
 def text_metrics(preds: Sequence[str], refs: Sequence[str]) -> dict[str, float]:
+    """BLEU on sacrebleu's 0-100 scale; ROUGE, exact match and F1 as fractions (0-1)."""
     return {"bleu": bleu(preds, refs), **rouge(preds, refs), **squad(preds, refs)}

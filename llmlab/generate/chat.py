@@ -102,11 +102,16 @@ def chat_ids(lm: Any, messages: list[dict[str, str]], system: str | None = None)
 
 
 def encode_prompts(
-    lm: Any, prompts: list[str], chat: bool, system: str | None = None
+    lm: Any, prompts: list[str], chat: bool, system: str | None = None, prefill: str = ""
 ) -> list[list[int]]:
-    """Each prompt as one user turn (chat) or as plain text; special-token text stays text."""
+    """Each prompt as one user turn (chat) or as plain text; special-token text stays text.
+    `prefill` starts the assistant's reply (chat only), e.g. an opening code fence."""
     if chat:
-        return [chat_ids(lm, [{"role": "user", "content": p}], system) for p in prompts]
+        tpl = template_for(lm)
+        return [tpl.encode(lm.tokenizer, [{"role": "user", "content": p}], system,
+                           prefill=prefill) for p in prompts]
+    if prefill:
+        raise ValueError("prefill starts an assistant turn: it needs chat=True")
     return [lm.tokenizer.encode(p, allowed_special="none") for p in prompts]
 
 

@@ -14,6 +14,7 @@ from torch import nn
 
 from llmlab.model.cache import KVCache
 from llmlab.model.config import ModelConfig
+from llmlab.model.linear import Linear
 from llmlab.model.positions import apply_rope
 
 
@@ -47,10 +48,10 @@ class Attention(nn.Module):
         self.use_rope = cfg.pos == "rope" and not cross
         self.dropout = cfg.dropout
         d, hd = cfg.d_model, cfg.head_dim
-        self.q_proj = nn.Linear(d, self.n_head * hd, bias=cfg.bias)
-        self.k_proj = nn.Linear(d, self.n_kv_head * hd, bias=cfg.bias)
-        self.v_proj = nn.Linear(d, self.n_kv_head * hd, bias=cfg.bias)
-        self.o_proj = nn.Linear(self.n_head * hd, d, bias=cfg.bias)
+        self.q_proj = Linear(d, self.n_head * hd, bias=cfg.bias)
+        self.k_proj = Linear(d, self.n_kv_head * hd, bias=cfg.bias)
+        self.v_proj = Linear(d, self.n_kv_head * hd, bias=cfg.bias)
+        self.o_proj = Linear(self.n_head * hd, d, bias=cfg.bias)
 
     def _heads(self, x: torch.Tensor, n: int) -> torch.Tensor:
         b, t, _ = x.shape
@@ -140,9 +141,9 @@ class MLP(nn.Module):
         assert cfg.d_ff is not None
         self.kind = cfg.mlp
         if cfg.mlp == "swiglu":
-            self.gate_proj = nn.Linear(cfg.d_model, cfg.d_ff, bias=cfg.bias)
-        self.up_proj = nn.Linear(cfg.d_model, cfg.d_ff, bias=cfg.bias)
-        self.down_proj = nn.Linear(cfg.d_ff, cfg.d_model, bias=cfg.bias)
+            self.gate_proj = Linear(cfg.d_model, cfg.d_ff, bias=cfg.bias)
+        self.up_proj = Linear(cfg.d_model, cfg.d_ff, bias=cfg.bias)
+        self.down_proj = Linear(cfg.d_ff, cfg.d_model, bias=cfg.bias)
         self.dropout = nn.Dropout(cfg.dropout)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

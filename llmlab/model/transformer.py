@@ -6,11 +6,14 @@ import math
 from dataclasses import dataclass, field
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from llmlab.model.cache import KVCache
 from llmlab.model.config import ModelConfig
 from llmlab.model.layers import Block, make_norm
+from llmlab.model.linear import Linear
+from llmlab.model.loss import IGNORE_INDEX, linear_cross_entropy
 from llmlab.model.positions import rope_cos_sin, sinusoidal_table
 
 
@@ -22,6 +25,7 @@ class ModelOutput:
     attentions: list[dict] = field(default_factory=list)
     cross_attentions: list[dict] = field(default_factory=list)
     encoder_attentions: list[dict] = field(default_factory=list)
+    loss: torch.Tensor | None = None  # mean next-token cross-entropy, when labels were given
 
 
 def build_mask(
@@ -197,7 +201,7 @@ class Transformer(nn.Module):
             # The 2017 paper shares one embedding matrix between encoder, decoder and output.
             self.encoder.embed_tokens.weight = self.model.embed_tokens.weight
         if cfg.lm_head:
-            self.lm_head = nn.Linear(cfg.d_model, cfg.vocab_size, bias=False)
+            self.lm_head = Linear(cfg.d_model, cfg.vocab_size, bias=False)
             if cfg.tie_embeddings:
                 self.lm_head.weight = self.model.embed_tokens.weight
         self.apply(self._init)
@@ -255,13 +259,21 @@ class Transformer(nn.Module):
         explain: bool = False,
         last_only: bool = False,
         doc_ids: torch.Tensor | None = None,
+        labels: torch.Tensor | None = None,
+        logits_mask: torch.Tensor | None = None,
     ) -> ModelOutput:
         """`attention_mask` (B, past + T) marks real tokens (1) and padding (0).
 
         `doc_ids` (B, T) packs several documents in a row: attention stays within a document
         (pass `positions` restarting at 0 for each, as if it were alone).
 
-        `last_only` computes logits for the final position only (generation)."""
+        `last_only` computes logits for the final position only (generation); `logits_mask`
+        (B, T) bool for the selected positions only, as (n_selected, vocab) (a loss that
+        ignores most positions, such as SFT's assistant-only one, skips the LM head there).
+
+        `labels` (B, T), aligned with the inputs (already shifted; -100 = ignore), returns the
+        mean cross-entropy as `loss` instead of logits: the output projection and the loss run
+        fused (model/loss.py), so the (B, T, vocab) logits are never stored."""
         ex: list | None = [] if explain else None
         enc_ex: list | None = [] if explain else None
         if self.cfg.is_encoder_decoder and encoder_hidden is None:
@@ -283,16 +295,28 @@ class Transformer(nn.Module):
             explain=ex,
             doc_ids=doc_ids,
         )
-        logits = None
-        if self.cfg.lm_head:
-            logits = self.lm_head(h[:, -1:] if last_only else h)
-        out = ModelOutput(logits=logits, hidden=h)
+        logits = loss = None
+        if labels is not None:
+            loss = self.loss(h, labels)
+        elif self.cfg.lm_head:
+            logits = self.lm_head(h[:, -1:] if last_only else
+                                  h[logits_mask] if logits_mask is not None else h)
+        out = ModelOutput(logits=logits, hidden=h, loss=loss)
         if explain:
             assert ex is not None and enc_ex is not None
             out.attentions = [e["self"][0] for e in ex]
             out.cross_attentions = [e["cross"][0] for e in ex if e["cross"]]
             out.encoder_attentions = [e["self"][0] for e in enc_ex]
         return out
+
+    def loss(self, h: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """Mean cross-entropy of the LM head's logits on `h` against `labels` (-100 ignored)."""
+        head = self.lm_head
+        if type(head) in (Linear, nn.Linear) and head.bias is None:
+            return linear_cross_entropy(h, head.weight, labels)
+        # A wrapped head (LoRA, quantised) computes its own logits; the loss stays fp32.
+        logits = head(h).float()
+        return F.cross_entropy(logits.flatten(0, -2), labels.flatten(), ignore_index=IGNORE_INDEX)
 
     def num_params(self, trainable_only: bool = False) -> int:
         seen: set[int] = set()

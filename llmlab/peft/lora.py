@@ -9,6 +9,10 @@ feature (over each row of the (d_out, d_in) weight, PEFT's `torch.linalg.norm(w,
 m initialised to ||W|| so again training starts at the base. As in the paper (sec. 4.3) and
 PEFT, the norm is detached: it is treated as a constant in the backward pass.
 
+Training runs `LoraFn`, written for speed and memory: the scale is folded into an in-place
+addmm (no (N, d_out) temporaries), the frozen weight is not saved for backward (for NF4 it is
+dequantised again there), and dropout makes a copy of x only when p > 0.
+
 Module and parameter names are PEFT's (`q_proj.base_layer`, `q_proj.lora_A.weight`,
 `q_proj.lora_magnitude_vector`) so adapter keys map to PEFT's files by a fixed prefix.
 """
@@ -23,7 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from llmlab.peft.nf4 import NF4Linear
+from llmlab.peft.nf4 import NF4Linear, compute_dtype, frozen_weight
 
 LINEAR_NAMES = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 
@@ -54,6 +58,57 @@ def _weight(base: nn.Module, dtype: torch.dtype | None = None) -> torch.Tensor:
     """The base layer's (d_out, d_in) weight in full precision (dequantised for NF4)."""
     w = base.dequantize() if isinstance(base, NF4Linear) else base.weight
     return w if dtype is None else w.to(dtype)
+
+
+def _stored_dtype(base: nn.Module) -> torch.dtype:
+    return base.dtype if isinstance(base, NF4Linear) else base.weight.dtype
+
+
+class LoraFn(torch.autograd.Function):
+    """y = x W^T + bias + s (xd A^T) B^T for a frozen W (xd: x after dropout, or x itself).
+
+    Saved for backward: xd, xa = xd A^T (N x r), A and B; not W. Backward:
+      g_xa = s g B,  dB = s g^T xa,  dA = g_xa^T xd,  dx = g W (+ g_xa A, added in place)."""
+
+    @staticmethod
+    def forward(ctx: torch.autograd.function.FunctionCtx, x: torch.Tensor, xd: torch.Tensor,
+                a: torch.Tensor, b: torch.Tensor, base: nn.Module, scaling: float,
+                dtype: torch.dtype) -> torch.Tensor:
+        x2 = x.reshape(-1, x.shape[-1]).to(dtype)
+        xd2 = x2 if xd is x else xd.reshape(-1, xd.shape[-1]).to(dtype)
+        ad, bd = a.to(dtype), b.to(dtype)
+        xa = xd2 @ ad.t()
+        w, bias = frozen_weight(base, dtype), base.bias
+        y = torch.addmm(bias.to(dtype), x2, w.t()) if bias is not None else x2 @ w.t()
+        y.addmm_(xa, bd.t(), alpha=scaling)
+        ctx.save_for_backward(xd2, xa, ad, bd)
+        ctx.base, ctx.scaling, ctx.dtype = base, scaling, dtype  # type: ignore[attr-defined]
+        ctx.same = xd is x  # type: ignore[attr-defined]
+        ctx.meta = (x.shape, x.dtype, xd.dtype, a.dtype, b.dtype)  # type: ignore[attr-defined]
+        return y.view(*x.shape[:-1], y.shape[-1])
+
+    @staticmethod
+    def backward(ctx: torch.autograd.function.FunctionCtx, g: torch.Tensor) -> tuple:
+        xd2, xa, ad, bd = ctx.saved_tensors  # type: ignore[attr-defined]
+        shape, x_dt, xd_dt, a_dt, b_dt = ctx.meta  # type: ignore[attr-defined]
+        need_x, need_xd, need_a, need_b = ctx.needs_input_grad[:4]  # type: ignore[attr-defined]
+        s, dt = ctx.scaling, ctx.dtype  # type: ignore[attr-defined]
+        gx = gxd = ga = gb = None
+        with torch.autocast(g.device.type, enabled=False):
+            g2 = g.reshape(-1, g.shape[-1]).to(dt)
+            gxa = (g2 @ bd).mul_(s)
+            if need_b:
+                gb = (g2.t() @ xa).mul_(s).to(b_dt)
+            if need_a:
+                ga = (gxa.t() @ xd2).to(a_dt)
+            if need_x:
+                gx = g2 @ frozen_weight(ctx.base, dt)  # type: ignore[attr-defined]
+                if ctx.same:  # type: ignore[attr-defined]
+                    gx.addmm_(gxa, ad)
+                gx = gx.view(shape).to(x_dt)
+            if need_xd and not ctx.same:  # type: ignore[attr-defined]
+                gxd = (gxa @ ad).view(shape).to(xd_dt)
+        return gx, gxd, ga, gb, None, None, None
 
 
 class LoraLinear(nn.Module):
@@ -90,6 +145,15 @@ class LoraLinear(nn.Module):
         return self.lora_magnitude_vector / norm
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not (self.merged or self.disabled or self.use_dora):
+            a, b = self.lora_A.weight, self.lora_B.weight
+            dt = compute_dtype(x, _stored_dtype(self.base_layer))
+            # Without autocast the fused path computes in one dtype; mixed dtypes (a bf16 base
+            # under fp32 adapters) take the plain path below, which upcasts x as PEFT does.
+            if torch.is_autocast_enabled(x.device.type) or x.dtype == dt == a.dtype == b.dtype:
+                xd = self.lora_dropout(x)
+                with torch.autocast(x.device.type, enabled=False):
+                    return LoraFn.apply(x, xd, a, b, self.base_layer, self.scaling, dt)
         result = self.base_layer(x)
         if self.merged or self.disabled:  # merged: the update is in the base weight already
             return result

@@ -6,6 +6,10 @@
   in every layer, stored as PEFT does: `prompt_embeddings` (P, n_layer * 2 * kv_dim), columns
   ordered (layer, k|v, kv head, head_dim). Real tokens take positions P.. as in PEFT, where
   the prefix is a past KV cache; prefix keys are not rotated (they are stored, not computed).
+- Generation with a KV cache (`llmlab generate/chat --adapter`): the caller's cache counts real
+  tokens only; the base model runs on an inner cache with the P virtual positions in front,
+  seeded with the prefix K/V (prefix tuning) or filled by the virtual tokens at prefill (prompt
+  tuning), so decoding computes exactly what a full forward over the sequence computes.
 - Bottleneck adapters (Houlsby et al. 2019; not in PEFT): after attention and after the MLP of
   every block, y + up(gelu(down(y))), `up` zero-initialised so training starts at the base.
 """
@@ -19,6 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from llmlab.model.cache import KVCache
 from llmlab.peft.model import PeftModel
 
 
@@ -27,7 +32,31 @@ def _freeze(model: nn.Module) -> None:
         p.requires_grad_(False)
 
 
-class PromptTuning(PeftModel):
+class _VirtualTokens(PeftModel):
+    """Shared by prompt and prefix tuning: n virtual positions before the real tokens."""
+
+    n: int
+
+    def _inner(self, cache: KVCache) -> tuple[KVCache, bool]:
+        """(the cache the base model sees, whether this forward is the prefill)."""
+        inner = getattr(cache, "_virtual", None)
+        if inner is not None:
+            return inner, False
+        if cache.static or cache.length:
+            raise ValueError(f"{self.method} tuning needs a fresh dynamic KV cache (the virtual "
+                             "tokens go in front at the first forward)")
+        inner = KVCache(self.cfg, cache.batch_size, cache.max_len + self.n, cache.k[0].device,
+                        cache.k[0].dtype)
+        cache._virtual = inner  # type: ignore[attr-defined]
+        return inner, True
+
+    def _check(self, kw: dict[str, Any]) -> None:
+        if kw.get("doc_ids") is not None:
+            raise ValueError(f"{self.method} tuning runs without packed documents")
+        kw.pop("positions", None)  # real tokens take positions n.., from the mask or the cache
+
+
+class PromptTuning(_VirtualTokens):
     def __init__(self, model: nn.Module, n: int, config: dict[str, Any]) -> None:
         _freeze(model)
         super().__init__(model, "prompt", config)
@@ -45,22 +74,31 @@ class PromptTuning(PeftModel):
         return torch.cat([p.expand(out.shape[0], -1, -1), out[:, self.n:]], dim=1)
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
-                **kw: Any) -> Any:
+                cache: KVCache | None = None, **kw: Any) -> Any:
         if self.disabled:
-            return self.base_model(input_ids, attention_mask, **kw)
-        if kw.get("cache") is not None or kw.get("doc_ids") is not None:
-            raise ValueError("prompt tuning runs without a KV cache or packed documents")
-        kw.pop("positions", None)
+            return self.base_model(input_ids, attention_mask, cache=cache, **kw)
+        self._check(kw)
         b = input_ids.shape[0]
-        ids = torch.cat([input_ids.new_zeros(b, self.n), input_ids], dim=1)
         if attention_mask is not None:
             attention_mask = torch.cat([attention_mask.new_ones(b, self.n), attention_mask], 1)
+        inner, prefill = self._inner(cache) if cache is not None else (None, True)
+        if not prefill:  # decoding: the virtual tokens are in the inner cache already
+            out = self.base_model(input_ids, attention_mask, cache=inner, **kw)
+            cache.length = inner.length - self.n  # type: ignore[union-attr]
+            return out
+        ids = torch.cat([input_ids.new_zeros(b, self.n), input_ids], dim=1)
+        sel = kw.get("logits_mask")
+        if sel is not None:  # no logits at the virtual positions
+            kw["logits_mask"] = torch.cat([sel.new_zeros(b, self.n), sel], dim=1)
         self._batch = b  # placeholders 0..n-1 become the prompt in the embedding hook
         try:
-            out = self.base_model(ids, attention_mask, **kw)
+            out = self.base_model(ids, attention_mask, cache=inner, **kw)
         finally:
             self._batch = 0
-        out.logits = out.logits[:, self.n:]
+        if cache is not None:
+            cache.length = inner.length - self.n  # type: ignore[union-attr]
+        if not kw.get("last_only") and sel is None:
+            out.logits = out.logits[:, self.n:]
         out.hidden = out.hidden[:, self.n:]
         return out
 
@@ -82,7 +120,7 @@ class _PrefixCache:
         pass
 
 
-class PrefixTuning(PeftModel):
+class PrefixTuning(_VirtualTokens):
     def __init__(self, model: nn.Module, n: int, config: dict[str, Any]) -> None:
         _freeze(model)
         super().__init__(model, "prefix", config)
@@ -92,21 +130,33 @@ class PrefixTuning(PeftModel):
         model.prompt_embeddings = nn.Parameter(torch.randn(n, width))
         self.disabled = False  # set by peft.model.disable_adapters: the base model alone
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
-                **kw: Any) -> Any:
-        if self.disabled:
-            return self.base_model(input_ids, attention_mask, **kw)
-        if kw.get("cache") is not None or kw.get("doc_ids") is not None:
-            raise ValueError("prefix tuning runs without a KV cache or packed documents")
-        kw.pop("positions", None)
-        b = input_ids.shape[0]
+    def _kv(self, b: int) -> torch.Tensor:
+        """(n_layer * 2, B, kv heads, P, head_dim): each layer's prefix K, then V."""
         e = self.base_model.prompt_embeddings
         kv = e.view(self.n, self.layers * 2, self.heads, self.hd).permute(1, 2, 0, 3)
-        kv = kv[:, None].expand(-1, b, -1, -1, -1)
+        return kv[:, None].expand(-1, b, -1, -1, -1)
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
+                cache: KVCache | None = None, **kw: Any) -> Any:
+        if self.disabled:
+            return self.base_model(input_ids, attention_mask, cache=cache, **kw)
+        self._check(kw)
+        b = input_ids.shape[0]
         if attention_mask is not None:
             attention_mask = torch.cat([attention_mask.new_ones(b, self.n), attention_mask], 1)
-        return self.base_model(input_ids, attention_mask,
-                               cache=_PrefixCache(kv, self.layers), **kw)  # type: ignore
+        if cache is None:
+            return self.base_model(input_ids, attention_mask,
+                                   cache=_PrefixCache(self._kv(b), self.layers), **kw)
+        inner, prefill = self._inner(cache)
+        if prefill:  # the prefix is the first n positions of every layer's cache
+            kv = self._kv(b)
+            for layer in range(self.layers):
+                inner.k[layer][:, :, : self.n] = kv[2 * layer]
+                inner.v[layer][:, :, : self.n] = kv[2 * layer + 1]
+            inner.length = self.n
+        out = self.base_model(input_ids, attention_mask, cache=inner, **kw)
+        cache.length = inner.length - self.n
+        return out
 
 
 class Bottleneck(nn.Module):

@@ -9,8 +9,11 @@ themselves quantised: their mean is subtracted, then blocks of 256 are stored as
 fp32 scale per block: 8/64 + 32/(64*256) = 0.127 bits per weight instead of 0.5. (QLoRA
 stores them as 8-bit floats; a symmetric int8 grid is our simpler choice, same size.)
 
-Compute dequantises the whole weight and runs an ordinary matmul; slower than a fused kernel,
-but the stored base stays at ~4.13 bits per weight.
+Compute dequantises the weight straight into the compute dtype (one table look-up per byte
+gives both of its weights) and runs an ordinary matmul; slower than a fused kernel, but the
+stored base stays at ~4.13 bits per weight. The dequantised weight is a temporary: backward
+dequantises again rather than keeping it (`FrozenLinear`), so training memory holds only the
+4-bit copy.
 """
 
 from __future__ import annotations
@@ -58,17 +61,70 @@ def quantize_nf4(w: torch.Tensor) -> dict[str, torch.Tensor]:
             "absmax_scale": scale, "absmax_offset": offset.reshape(1)}
 
 
-def dequantize_nf4(q: dict[str, torch.Tensor], shape: tuple[int, ...],
-                   dtype: torch.dtype = torch.float32) -> torch.Tensor:
-    packed = q["packed"]
-    idx = torch.stack([packed >> 4, packed & 0x0F], dim=1).reshape(-1).long()
-    code = nf4_codebook(packed.device)
+_BYTE_TABLES: dict[tuple[torch.device, torch.dtype], torch.Tensor] = {}
+
+
+def _byte_table(device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+    """(256, 2): the two NF4 levels a packed byte holds (high nibble first)."""
+    key = (device, dtype)
+    if key not in _BYTE_TABLES:
+        code = nf4_codebook(device)
+        _BYTE_TABLES[key] = torch.stack([code.repeat_interleave(16), code.repeat(16)], 1).to(
+            dtype)
+    return _BYTE_TABLES[key]
+
+
+def _absmax(q: dict[str, torch.Tensor]) -> torch.Tensor:
     aq = q["absmax_q"].float()
     pad = (-aq.numel()) % ABSMAX_BLOCK
     aq = F.pad(aq, (0, pad)).reshape(-1, ABSMAX_BLOCK) * q["absmax_scale"][:, None]
-    absmax = aq.reshape(-1)[: q["absmax_q"].numel()] + q["absmax_offset"]
-    w = code[idx].reshape(-1, BLOCK) * absmax[:, None]
-    return w.reshape(shape).to(dtype)
+    return aq.reshape(-1)[: q["absmax_q"].numel()] + q["absmax_offset"]
+
+
+def dequantize_nf4(q: dict[str, torch.Tensor], shape: tuple[int, ...],
+                   dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    packed = q["packed"]
+    # One look-up per byte (int32 indices: a quarter of the bytes of int64 ones).
+    pairs = _byte_table(packed.device, dtype).index_select(0, packed.int())
+    w = pairs.view(-1, BLOCK).mul_(_absmax(q).to(dtype)[:, None])
+    return w.view(shape)
+
+
+def compute_dtype(x: torch.Tensor, stored: torch.dtype) -> torch.dtype:
+    """The dtype a frozen layer computes in: autocast's when it is on, else the weight's."""
+    dev = x.device.type
+    return torch.get_autocast_dtype(dev) if torch.is_autocast_enabled(dev) else stored
+
+
+def frozen_weight(base: nn.Module, dtype: torch.dtype) -> torch.Tensor:
+    """A frozen Linear's (or NF4Linear's) weight in `dtype`, as a temporary."""
+    if isinstance(base, NF4Linear):
+        return base.dequantize(dtype)
+    return base.weight.to(dtype)
+
+
+class FrozenLinear(torch.autograd.Function):
+    """y = x W^T + b for a frozen W that is not saved for backward: backward fetches it again
+    (for NF4, dequantises again), trading one extra dequantisation for a weight-sized buffer
+    per layer. Computes in `dtype` with autocast off (the caller picked autocast's dtype)."""
+
+    @staticmethod
+    def forward(ctx: torch.autograd.function.FunctionCtx, x: torch.Tensor, base: nn.Module,
+                dtype: torch.dtype) -> torch.Tensor:
+        ctx.base, ctx.dtype, ctx.x_dtype = base, dtype, x.dtype  # type: ignore[attr-defined]
+        b = base.bias
+        return F.linear(x.to(dtype), frozen_weight(base, dtype),
+                        b.to(dtype) if b is not None else None)
+
+    @staticmethod
+    def backward(ctx: torch.autograd.function.FunctionCtx, g: torch.Tensor
+                 ) -> tuple[torch.Tensor | None, None, None]:
+        if not ctx.needs_input_grad[0]:  # type: ignore[attr-defined]
+            return None, None, None
+        with torch.autocast(g.device.type, enabled=False):
+            w = frozen_weight(ctx.base, ctx.dtype)  # type: ignore[attr-defined]
+            gx = g.to(ctx.dtype) @ w  # type: ignore[attr-defined]
+        return gx.to(ctx.x_dtype), None, None  # type: ignore[attr-defined]
 
 
 class NF4Linear(nn.Module):
@@ -88,15 +144,14 @@ class NF4Linear(nn.Module):
     def weight_shape(self) -> tuple[int, int]:
         return (self.out_features, self.in_features)
 
-    def dequantize(self) -> torch.Tensor:
+    def dequantize(self, dtype: torch.dtype | None = None) -> torch.Tensor:
         q = {k: getattr(self, k) for k in ("packed", "absmax_q", "absmax_scale", "absmax_offset")}
-        return dequantize_nf4(q, self.weight_shape, self.dtype)
+        return dequantize_nf4(q, self.weight_shape, dtype or self.dtype)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        w = self.dequantize()
-        dt = x.dtype if torch.is_autocast_enabled() else w.dtype
-        bias = self.bias.to(dt) if self.bias is not None else None
-        return F.linear(x.to(dt), w.to(dt), bias)
+        dt = compute_dtype(x, self.dtype)
+        with torch.autocast(x.device.type, enabled=False):
+            return FrozenLinear.apply(x, self, dt)
 
     def storage_bytes(self) -> int:
         return sum(b.numel() * b.element_size() for b in self.buffers())

@@ -7,6 +7,7 @@
     print(answer("question", hits).text)                             # [n] citations checked
 
 Modules: ingest (files -> documents), chunk (token chunks with char offsets), embed
-(MiniLM: onnx int8 | torch), sparse (bm25s), stores (local dir + faiss HNSW | pgvector),
-fuse (RRF, weighted), rerank (SmolLM2 log P(Yes)), answer, evaluate, cli.
+(MiniLM: onnx int8 | torch), sparse (bm25s tokens, Lucene BM25 over segments), stores
+(local dir of immutable segments + faiss HNSW | pgvector with BM25 in SQL), fuse (RRF,
+weighted), rerank (SmolLM2 query likelihood or yes/no), answer, evaluate, cli.
 """

@@ -27,7 +27,7 @@ MAX_QUERY_CHARS = 2000  # MiniLM reads 256 word pieces; BM25 and the prompt get 
 @dataclass
 class Retrieved:
     chunk: Chunk
-    score: float  # the method's own score (cosine, BM25, fused, or rerank log-prob)
+    score: float  # the method's own score (cosine, BM25, fused, or the rerank mix)
     cosine: float  # query-chunk cosine, comparable across methods: the answer gate uses it
     rank: int = 0
 
@@ -119,7 +119,7 @@ class RagIndex:
         stale = [d.doc_id for d, was in todo if was] + gone
         cache: dict[str, np.ndarray] = {}
         if stale:
-            old_chunks = [c for c in self.store.iter_chunks() if c.doc_id in set(stale)]
+            old_chunks = self.store.chunks_where({"doc_id": stale})
             if old_chunks:
                 vecs = self.store.get_vectors([c.chunk_id for c in old_chunks])
                 cache = {content_hash(c.text): v for c, v in zip(old_chunks, vecs, strict=True)}
@@ -185,7 +185,7 @@ class RagIndex:
         alpha: float = 0.5,
         candidates: int | None = None,
         reranker: Any = None,
-        rerank_top: int = 20,
+        rerank_top: int = 10,
         with_cosine: bool = True,
     ) -> list[Retrieved]:
         """Top-k chunks for `query`. Hybrid fuses `candidates` from each retriever
@@ -221,7 +221,7 @@ class RagIndex:
             ranked = [(by_id[cid], s) for cid, s in fused[:depth]]
         if reranker is not None and ranked:
             head = ranked[:rerank_top]
-            scores = reranker.score(query, [c.text for c, _ in head])
+            scores = reranker.rerank(query, [c.text for c, _ in head], [s for _, s in head])
             order = np.argsort(-np.asarray(scores), kind="stable")
             ranked = [(head[i][0], float(scores[i])) for i in order] + ranked[rerank_top:]
         ranked = ranked[:top_k]
@@ -230,6 +230,7 @@ class RagIndex:
         if qv is None:
             cos = np.full(len(ranked), np.nan)
         else:
-            cos = self.store.get_vectors([c.chunk_id for c, _ in ranked]) @ qv
+            cos = np.einsum("ij,j->i", self.store.get_vectors([c.chunk_id for c, _ in ranked]),
+                            qv)  # not a threaded BLAS call: see segment.dense
         return [Retrieved(c, s, float(cs), r)
                 for r, ((c, s), cs) in enumerate(zip(ranked, cos, strict=True), 1)]

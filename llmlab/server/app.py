@@ -4,7 +4,8 @@ frontend (llmlab/server/static, committed so no node is needed at install) at /.
 from __future__ import annotations
 
 import logging
-import threading
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +17,7 @@ from llmlab import __version__
 from llmlab.server import errors, narration, openai_api, rag_routes, routes_attention, routes_labs
 from llmlab.server.errors import ApiError
 from llmlab.server.hub import Hub, ServerConfig
+from llmlab.server.routes_foundations import make_router as foundations_router
 from llmlab.server.sources import source_keys, source_of
 
 STATIC = Path(__file__).parent / "static"
@@ -25,13 +27,28 @@ log = logging.getLogger("llmlab.server")
 def create_app(cfg: ServerConfig | None = None) -> FastAPI:
     cfg = cfg or ServerConfig()
     hub = Hub(cfg)
-    app = FastAPI(title="llmlab playground", version=__version__)
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        hub.start()
+        yield
+        hub.close()  # stop the generation worker; its waiting requests get an error
+
+    app = FastAPI(title="llmlab playground", version=__version__, lifespan=lifespan)
     app.state.hub = hub
     errors.install(app)
+    app.add_middleware(errors.BodyLimit, limit=cfg.max_body_bytes)
 
     @app.get("/healthz")
     def healthz() -> dict[str, Any]:
-        return {"status": "ok", "version": __version__, "models_loaded": hub.loaded}
+        return {
+            "status": "ok",
+            "version": __version__,
+            "models_loaded": hub.loaded,
+            "ready": hub.ready,  # preloaded models and the default RAG index are built
+            "generation": hub.generation_stats(),
+            "lock_waiting": hub.lock.waiting,
+        }
 
     @app.get("/api/source/{key}")
     def source(key: str) -> dict[str, Any]:
@@ -74,6 +91,7 @@ def create_app(cfg: ServerConfig | None = None) -> FastAPI:
     app.include_router(routes_labs.make_router(hub))
     app.include_router(rag_routes.make_router(hub))
     app.include_router(openai_api.make_router(hub))
+    app.include_router(foundations_router(hub))
 
     if (STATIC / "index.html").exists():
         app.mount("/assets", StaticFiles(directory=STATIC / "assets"), name="assets")
@@ -87,7 +105,4 @@ def create_app(cfg: ServerConfig | None = None) -> FastAPI:
         def no_frontend() -> JSONResponse:
             return JSONResponse({"message": "frontend not built: cd web && npm run build"})
 
-    if cfg.preload:
-        # Load in the background so /healthz answers at once; first calls wait on the load lock.
-        threading.Thread(target=hub.preload, daemon=True, name="preload").start()
     return app

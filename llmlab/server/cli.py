@@ -6,12 +6,17 @@ import argparse
 import logging
 import sys
 
+# ServerConfig fields with hand-written flags (--model, --no-int8, --lazy, ...); the rest get
+# one generated flag each. model_dirs, a list, is set by the repeatable --model-dir.
+CLI_OWN = ("chat_model", "embed_model", "fast_decode", "allow_local_models", "preload")
+
 
 def cmd_serve(a: argparse.Namespace) -> int:
     import uvicorn
 
     from llmlab.server.app import create_app
     from llmlab.server.hub import ServerConfig
+    from llmlab.train.config import overrides
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     cfg = ServerConfig(
@@ -21,6 +26,8 @@ def cmd_serve(a: argparse.Namespace) -> int:
         # A checkpoint path in a request reads the server's disk: loopback only by default.
         allow_local_models=a.allow_local_models or a.host in ("127.0.0.1", "localhost", "::1"),
         preload=not a.lazy,
+        model_dirs=a.model_dir or [],
+        **overrides(a, a.limit_names),
     )
     print(
         f"llmlab playground on http://{a.host}:{a.port}  (models load "
@@ -47,6 +54,13 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--lazy", action="store_true", help="load models on first use")
     p.add_argument("--no-int8", action="store_true", help="generate with the fp32 model")
     p.add_argument(
+        "--model-dir",
+        action="append",
+        metavar="DIR",
+        help="a local checkpoint for the attention page (a `llmlab pretrain` run dir or a "
+        "saved model dir); repeatable",
+    )
+    p.add_argument(
         "--allow-local-models",
         action="store_true",
         help="accept checkpoint paths on a non-loopback host",
@@ -56,7 +70,12 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
         action="store_true",
         help="pre-generate every page's narration audio (needs the optional tts extra)",
     )
-    p.set_defaults(fn=cmd_serve)
+    from llmlab.server.hub import ServerConfig
+    from llmlab.train.config import add_dataclass_args
+
+    # Every limit and cache cap of ServerConfig is a flag (--max-new-tokens, --kb-cache, ...).
+    names = add_dataclass_args(p, ServerConfig, "limits and caps", skip=CLI_OWN)
+    p.set_defaults(fn=cmd_serve, limit_names=names)
 
 
 def main(argv: list[str] | None = None) -> int:

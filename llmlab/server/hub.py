@@ -1,8 +1,10 @@
-"""The models behind the server: loaded once, lazily, and used under one lock.
+"""The models behind the server: loaded once, lazily, and used under one fair lock.
 
-Two CPU cores serve everyone, so model calls are serialized: concurrency would only make
-each call slower. Streaming generation takes the lock per decoding step, so a long chat
-does not starve the attention page.
+Two CPU cores serve everyone, so forward passes are serialized: running two at once would
+only make each slower. Generation requests (chat, RAG answers, /v1) don't queue for the
+lock one by one: they go to one `Batcher`, which decodes them together and takes the lock
+once per step. The lock is granted in arrival order, so a short call (an attention map, an
+embedding) waits for at most the step in progress, never for a whole generation.
 """
 
 from __future__ import annotations
@@ -11,13 +13,11 @@ import copy
 import logging
 import threading
 from collections import OrderedDict
-from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 log = logging.getLogger("llmlab.server")
-T = TypeVar("T")
 
 
 @dataclass
@@ -30,17 +30,110 @@ class ServerConfig:
     max_attention_tokens: int = 64
     max_new_tokens: int = 512
     max_upload_bytes: int = 512 * 1024
+    max_body_bytes: int = 2 * 1024 * 1024  # any request body (an upload plus its form)
     max_session_docs: int = 20
+    # Local checkpoints for the attention page: `llmlab pretrain` run dirs or saved models.
+    model_dirs: list[str] = field(default_factory=list)
+    max_batch: int = 16  # generation requests decoded together (int8 kernel: up to 16 rows)
+    max_batch_tokens: int = 16384  # rows x cache length; fp32 SmolLM2 KV: 46 KB a token
+    # Caps that keep memory bounded however long the server runs:
+    attention_cache: int = 8  # explain runs kept (every layer's maps, <= 64 tokens each)
+    kb_cache: int = 4  # RAG indexes kept (per chunk size, and per upload session)
+    max_sessions: int = 64  # upload sessions; the least recently used one goes first
+    session_ttl_s: float = 3600.0  # an upload session idle this long is deleted
+    max_local_models: int = 2  # local checkpoints held in memory
+    tokenizer_cache: int = 8  # tokenizers held for the tokenizer page
+    malloc_trim_s: float = 30.0  # give freed memory back to the OS this often (0: never)
     preload: bool = False
+
+    def __post_init__(self) -> None:
+        for f in fields(self):
+            v = getattr(self, f.name)
+            if isinstance(v, (int, float)) and not isinstance(v, bool) and v < 0:
+                raise ValueError(f"{f.name}: must be >= 0, got {v}")
+        if self.max_body_bytes <= self.max_upload_bytes:
+            raise ValueError(
+                f"max_body_bytes: must exceed max_upload_bytes ({self.max_upload_bytes}), "
+                f"got {self.max_body_bytes}"
+            )
+        for name in ("max_batch", "max_batch_tokens", "attention_cache", "kb_cache",
+                     "max_sessions", "max_local_models", "tokenizer_cache"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name}: must be >= 1, got {getattr(self, name)}")
+
+
+def local_model_dirs(dirs: list[str]) -> dict[str, Path]:
+    """Name each --model-dir by its folder (a run dir's own name, not "final"), unique;
+    a folder that holds no model is an error naming it, before the server starts."""
+    out: dict[str, Path] = {}
+    for d in dirs:
+        path = Path(d).expanduser()
+        model = path / "final" if (path / "final").is_dir() else path
+        if not any((model / f).is_file() for f in ("llmlab.json", "config.json")):
+            raise ValueError(
+                f"model_dirs: {d!r} is not a model directory (expected llmlab.json or "
+                "config.json in it, or in its final/ as `llmlab pretrain` writes)"
+            )
+        name, k = path.resolve().name, 2
+        while name in out:
+            name, k = f"{path.resolve().name}-{k}", k + 1
+        out[name] = path
+    return out
+
+
+class FairLock:
+    """A re-entrant lock granted in arrival order (a ticket lock). The decoding worker
+    takes it once per step; a plain lock lets it take the lock straight back and starve
+    a waiting call, this one hands it to that call first."""
+
+    def __init__(self) -> None:
+        self._cv = threading.Condition(threading.Lock())
+        self._next = 0  # the next ticket to hand out
+        self._turn = 0  # the ticket now allowed in
+        self._owner: int | None = None
+        self._depth = 0
+
+    def __enter__(self) -> FairLock:
+        me = threading.get_ident()
+        with self._cv:
+            if self._owner == me:
+                self._depth += 1
+                return self
+            ticket = self._next
+            self._next += 1
+            while self._turn != ticket:
+                self._cv.wait()
+            self._owner, self._depth = me, 1
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        with self._cv:
+            self._depth -= 1
+            if self._depth == 0:
+                self._owner = None
+                self._turn += 1
+                self._cv.notify_all()
+
+    @property
+    def waiting(self) -> int:
+        with self._cv:
+            return self._next - self._turn - (self._owner is not None)
 
 
 class Hub:
     def __init__(self, cfg: ServerConfig) -> None:
         self.cfg = cfg
-        self.lock = threading.RLock()  # every model forward pass runs under it
-        self._load_lock = threading.Lock()
+        self.lock = FairLock()  # every model forward pass runs under it
+        self._batcher: Any = None
+        self.warmups: list[Any] = []  # run after preload (the RAG page's default index)
+        self.ready = False  # preload and warm-ups done
+        self.cleanups: list[Any] = []  # run at shutdown (the RAG page's upload folder)
+        self._stop = threading.Event()
+        # Re-entrant: gen_lm's loader loads lm first, under the same lock.
+        self._load_lock = threading.RLock()
         self._models: dict[str, Any] = {}
-        self._local: OrderedDict[str, Any] = OrderedDict()  # at most 2 local checkpoints
+        self._local: OrderedDict[str, Any] = OrderedDict()  # least recently used first
+        self.model_dirs = local_model_dirs(cfg.model_dirs)  # name -> dir, checked now
 
     def _get(self, key: str, make: Any) -> Any:
         if key not in self._models:
@@ -81,17 +174,36 @@ class Hub:
 
         return self._get("enc", lambda: llmlab.load(self.cfg.embed_model))
 
+    def attention_models(self) -> list[dict[str, str]]:
+        """What the attention page offers: the two bundled models, then --model-dir ones."""
+        out = [
+            {"id": "smollm2", "label": "SmolLM2-135M (causal)"},
+            {"id": "minilm", "label": "MiniLM-L6 (bidirectional)"},
+        ]
+        for name, path in self.model_dirs.items():
+            out.append({"id": f"local:{name}", "label": f"{name} (local)", "path": str(path)})
+        return out
+
     def attention_model(self, name: str) -> Any:
-        """ "smollm2", "minilm", or a local checkpoint directory."""
+        """ "smollm2", "minilm", "local:NAME" (a --model-dir), or any checkpoint directory
+        when `allow_local_models`."""
         if name == "smollm2":
             return self.lm()
         if name == "minilm":
             return self.enc()
+        if name.startswith("local:"):
+            if name[6:] not in self.model_dirs:
+                known = ", ".join(f"local:{n}" for n in self.model_dirs) or "none configured"
+                raise ValueError(f"model: unknown local model {name!r}; known: {known}")
+            return self._local_model(self.model_dirs[name[6:]], name[6:])
         if not self.cfg.allow_local_models:
             raise PermissionError("model: local checkpoints are disabled on this server")
         path = Path(name).expanduser()
         if not path.is_dir():
             raise ValueError(f"model: {name!r} is not 'smollm2', 'minilm' or a checkpoint dir")
+        return self._local_model(path, path.resolve().name)
+
+    def _local_model(self, path: Path, label: str) -> Any:
         key = str(path.resolve())
         with self._load_lock:
             if key not in self._local:
@@ -99,28 +211,60 @@ class Hub:
 
                 lm = llmlab.load(key)
                 if lm.tokenizer is None:
-                    raise ValueError(f"model: {name!r} has no tokenizer files")
+                    raise ValueError(f"model: {label!r} has no tokenizer files")
+                lm.name = label  # a run dir loads from final/: show the run's name
                 self._local[key] = lm
-                while len(self._local) > 2:
+                while len(self._local) > self.cfg.max_local_models:
                     self._local.popitem(last=False)
+            self._local.move_to_end(key)
             return self._local[key]
 
     def run(self, fn: Any, *args: Any, **kw: Any) -> Any:
         with self.lock:
             return fn(*args, **kw)
 
-    def locked_iter(self, it: Iterator[T]) -> Iterator[T]:
-        """Advance a generator one step at a time under the lock."""
-        while True:
-            with self.lock:
-                try:
-                    item = next(it)
-                except StopIteration:
-                    return
-            yield item
+    def batcher(self) -> Any:
+        """The one generation worker, decoding every chat / RAG / /v1 request in one batch."""
+        if self._batcher is None:
+            lm = self.gen_lm()
+            with self._load_lock:
+                if self._batcher is None:
+                    from llmlab.generate.batcher import Batcher
+
+                    self._batcher = Batcher(
+                        lm.model,
+                        lm.tokenizer,
+                        max_batch=self.cfg.max_batch,
+                        max_batch_tokens=self.cfg.max_batch_tokens,
+                        lock=self.lock,
+                    )
+        return self._batcher
+
+    def generation_stats(self) -> dict[str, int] | None:
+        """The batching worker's counters (rows, waiting, steps, cancelled...), once started."""
+        return self._batcher.snapshot() if self._batcher is not None else None
+
+    def start(self) -> None:
+        """Background work of a running server: memory trimming, then preloading."""
+        from llmlab.server.memory import bound_malloc
+
+        bound_malloc(self.cfg.malloc_trim_s, self._stop)
+        if self.cfg.preload:
+            # In the background so /healthz answers at once; first calls wait on the load lock.
+            threading.Thread(target=self.preload, daemon=True, name="preload").start()
+
+    def close(self) -> None:
+        self._stop.set()
+        if self._batcher is not None:
+            self._batcher.close()
+        for fn in self.cleanups:
+            fn()
 
     def preload(self) -> None:
         self.lm()
         self.enc()
         if self.cfg.fast_decode:
             self.gen_lm()
+        for warm in self.warmups:
+            warm()
+        self.ready = True

@@ -59,6 +59,34 @@ PAGES: dict[str, str] = {
         "with its role, and the prompt ends with an open assistant turn. Tokens stream back "
         "one at a time as they are sampled."
     ),
+    "descent": (
+        "Training is walking downhill on a loss surface. Each step moves against the "
+        "gradient, scaled by the learning rate: too small and the walk crawls, too large and "
+        "it overshoots the valley and flies off, which is divergence. Momentum keeps a "
+        "running velocity that carries the walk along narrow valleys, and Adam divides each "
+        "step by a running size of the gradient, so every coordinate moves at a similar pace."
+    ),
+    "neuralnet": (
+        "A neural network is a stack of layers, each a matrix multiply, a bias, and a "
+        "nonlinearity such as ReLU or tanh; a softmax turns the last layer into class "
+        "probabilities, scored by cross entropy. Backpropagation is the chain rule applied "
+        "layer by layer from the loss back to every weight, written here by hand in NumPy. "
+        "Watch the decision boundary bend as the network trains on points it cannot "
+        "separate with a straight line."
+    ),
+    "overfit": (
+        "A model with too few parameters underfits: it cannot follow the data. One with too "
+        "many fits the noise as well, so its training error falls while its error on new "
+        "points soars. A ridge penalty on the size of the weights, or dropout in a network, "
+        "trades a little training error for a smoother model that generalises better."
+    ),
+    "word2vec": (
+        "Word2vec learns a vector for each word by predicting the words around it. For each "
+        "real pair of neighbours it raises the dot product of their vectors and lowers it "
+        "for a few random noise words, so words used in similar contexts end up close. "
+        "Directions then carry meaning: king minus man plus woman lands near queen. A large "
+        "model's token embedding table shows the same geometry."
+    ),
 }
 
 # One lock for loading and synthesis: onnxruntime already uses every core, so concurrent

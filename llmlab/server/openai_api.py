@@ -6,17 +6,18 @@ import base64
 import json
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from typing import Any, Literal
 
 import numpy as np
 from fastapi import APIRouter
 from fastapi.responses import StreamingResponse
 from pydantic import BaseModel, Field
+from starlette.concurrency import run_in_threadpool
 
 from llmlab.generate.chat import template_for
-from llmlab.generate.engine import complete, fit_context, make_params, stream_batch
-from llmlab.server.errors import ApiError
+from llmlab.generate.engine import fit_context, make_params
+from llmlab.server.errors import ApiError, sse_error
 from llmlab.server.hub import Hub
 from llmlab.server.jsonmode import JSON_SYSTEM, ensure_json_object
 
@@ -106,8 +107,8 @@ def make_router(hub: Hub) -> APIRouter:
         if json_mode:
             own = next((m["content"] for m in msgs if m["role"] == "system"), None)
             system = f"{own}\n{JSON_SYSTEM}" if own else JSON_SYSTEM
-        text = tpl.render(msgs, system) + ("{" if json_mode else "")
-        ids = lm.tokenizer.encode(text, allowed_special="all")
+        # Message text stays plain text: a "<|im_end|>" typed by a user can't forge a turn.
+        ids = tpl.encode(lm.tokenizer, msgs, system, prefill="{" if json_mode else "")
         params = make_params(
             lm.tokenizer,
             max_new_tokens=max_new,
@@ -120,18 +121,19 @@ def make_router(hub: Hub) -> APIRouter:
         return lm, ids, params, json_mode
 
     @router.post("/chat/completions", response_model=None)
-    def chat_completions(req: ChatRequest) -> Any:
-        lm, ids, params, json_mode = prepare(req)
+    async def chat_completions(req: ChatRequest) -> Any:
+        # Validation and tokenising may load the model: off the event loop.
+        lm, ids, params, json_mode = await run_in_threadpool(prepare, req)
+        batcher = await run_in_threadpool(hub.batcher)
         cid = f"chatcmpl-{uuid.uuid4().hex[:24]}"
-        now = int(time.time())
-        base = {"id": cid, "created": now, "model": CHAT_IDS[0]}
+        base = {"id": cid, "created": int(time.time()), "model": CHAT_IDS[0]}
         if req.stream and not json_mode:
             return StreamingResponse(
-                stream(lm, ids, params, base),
+                stream(batcher, ids, params, base),
                 media_type="text/event-stream",
                 headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
             )
-        out = hub.run(complete, lm.model, lm.tokenizer, [ids], params)[0]
+        out = await batcher.submit(ids, params).atext()
         text = ensure_json_object("{" + out.text) if json_mode else out.text
         finish = "stop" if json_mode else out.finish_reason
         usage = {
@@ -154,7 +156,7 @@ def make_router(hub: Hub) -> APIRouter:
             "usage": usage,
         }
 
-    def stream(lm: Any, ids: list[int], params: Any, base: dict) -> Iterator[str]:
+    async def stream(batcher: Any, ids: list[int], params: Any, base: dict) -> AsyncIterator[str]:
         chunk = {**base, "object": "chat.completion.chunk"}
         yield _sse(
             {
@@ -168,18 +170,27 @@ def make_router(hub: Hub) -> APIRouter:
                 ],
             }
         )
-        pieces = []
-        gen = stream_batch(lm.model, lm.tokenizer, [ids], params)
-        for _, piece in hub.locked_iter(gen):
-            pieces.append(piece)
-            yield _sse(
-                {
-                    **chunk,
-                    "choices": [{"index": 0, "delta": {"content": piece}, "finish_reason": None}],
-                }
-            )
-        n = len(lm.tokenizer.encode("".join(pieces)))
-        finish = "length" if n >= params.max_new_tokens else "stop"
+        # Submitted here, not in the endpoint, so a response that never starts never decodes;
+        # a client that leaves mid-stream cancels it (its batch slot frees at the next step).
+        handle = None
+        try:
+            handle = batcher.submit(ids, params)
+            async for piece in handle:
+                yield _sse(
+                    {
+                        **chunk,
+                        "choices": [
+                            {"index": 0, "delta": {"content": piece}, "finish_reason": None}
+                        ],
+                    }
+                )
+        except Exception as e:  # the 200 is sent: report it in the stream, as OpenAI does
+            yield _sse(sse_error(e))
+            return
+        finally:
+            if handle is not None:
+                handle.cancel()
+        finish = handle.result.finish_reason
         yield _sse({**chunk, "choices": [{"index": 0, "delta": {}, "finish_reason": finish}]})
         yield "data: [DONE]\n\n"
 

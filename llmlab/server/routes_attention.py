@@ -71,7 +71,7 @@ def make_router(hub: Hub) -> APIRouter:
         run = hub.run(run_attention, lm, req.text, causal)
         with cache_lock:
             cache[key] = run
-            while len(cache) > 8:  # each entry holds every layer's maps: keep a few
+            while len(cache) > hub.cfg.attention_cache:  # each holds every layer's maps
                 cache.popitem(last=False)
         return run, lm
 
@@ -120,6 +120,11 @@ def make_router(hub: Hub) -> APIRouter:
                 "attention.mode",
             ],
         }
+
+    @r.get("/models")
+    def models() -> dict[str, Any]:
+        """The attention page's model menu; `paths` says whether any directory is accepted."""
+        return {"attention": hub.attention_models(), "paths": hub.cfg.allow_local_models}
 
     @r.get("/positions")
     def positions(n: int = 48, d: int = 64, model: str = "smollm2") -> dict[str, Any]:

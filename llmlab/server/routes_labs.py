@@ -73,7 +73,7 @@ def make_router(hub: Hub) -> APIRouter:
                     tokenizers[name] = load_tokenizer(name)
                 except (FileNotFoundError, OSError) as e:
                     raise ApiError(400, f"tokenizer: {e}", "tokenizer") from e
-                if len(tokenizers) > 8:
+                if len(tokenizers) > hub.cfg.tokenizer_cache:
                     tokenizers.pop(next(iter(tokenizers)))
             return tokenizers[name]
 

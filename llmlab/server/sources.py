@@ -12,7 +12,8 @@ import llmlab
 
 def _registry() -> dict[str, Callable[..., Any]]:
     from llmlab.explain import attention, decoding, embeddings, projection, spectrum
-    from llmlab.generate import chat, sampling
+    from llmlab.foundations import descent, numpy_nn, overfit, token_embeddings, vectors, word2vec
+    from llmlab.generate import batcher, chat, sampling
     from llmlab.model import layers
     from llmlab.model import positions as mpos
     from llmlab.peft import accounting
@@ -36,6 +37,25 @@ def _registry() -> dict[str, Callable[..., Any]]:
         "embeddings.analogy": embeddings.analogy_vector,
         "embeddings.neighbours": embeddings.cosine_neighbours,
         "chat.stream": chat.stream_chat,
+        "foundations.descent": descent.run_descent,
+        "foundations.sgd": descent.SGD.step,
+        "foundations.adam": descent.Adam.step,
+        "foundations.forward": numpy_nn.MLP.forward,
+        "foundations.backward": numpy_nn.MLP.backward,
+        "foundations.softmax_ce": numpy_nn.softmax_cross_entropy,
+        "foundations.dropout": numpy_nn.dropout_mask,
+        "foundations.train": numpy_nn.train_mlp,
+        "foundations.ridge": overfit.fit_ridge,
+        "foundations.legendre": overfit.legendre_features,
+        "foundations.sgns": word2vec.sgns_grads,
+        "foundations.sgns_step": word2vec.sgns_step,
+        "foundations.neighbours": vectors.VectorSpace.neighbours,
+        "foundations.analogy": vectors.VectorSpace.analogy,
+        "foundations.project": vectors.VectorSpace.project,
+        "foundations.token": token_embeddings.TokenSpace.token_id,
+        "chat.template": chat.ChatTemplate.encode,
+        "batch.decode": batcher.Batcher._decode,
+        "batch.emit": batcher.Batcher._emit,
     }
 
 
@@ -43,7 +63,7 @@ def source_of(key: str) -> dict[str, Any]:
     reg = _registry()
     if key not in reg:
         raise KeyError(key)
-    fn = reg[key]
+    fn = inspect.unwrap(reg[key])  # past decorators such as torch.inference_mode
     src = inspect.getsource(fn)
     file = Path(inspect.getsourcefile(fn) or "")
     root = Path(llmlab.__file__).parent.parent

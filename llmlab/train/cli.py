@@ -88,9 +88,10 @@ def cmd_pretrain(a: argparse.Namespace) -> int:
     model, tcfg, dcfg, preset = resolve(a)
     out = run_pretrain(model, tcfg, dcfg, a.out, preset)
     if tcfg.progress:
-        vl = out["val_loss"]
+        vl, uni = out["val_loss"], out.get("unigram_entropy_nats")
         print(f"done: {out['step']} steps, {out['tokens']:,} tokens"
               + (f", val loss {vl:.4f}" if vl is not None else "")
+              + (f" (unigram baseline {uni:.4f})" if vl is not None and uni else "")
               + f"; model in {Path(a.out) / 'final'}")
     return 0
 

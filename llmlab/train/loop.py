@@ -42,6 +42,9 @@ class TrainingDiverged(RuntimeError):
 
 def to_device(batch: Any, device: torch.device) -> Any:
     if isinstance(batch, torch.Tensor):
+        if device.type == "cuda" and batch.device.type == "cpu":
+            # From pageable memory the copy would wait for the GPU's queue; pinned, it doesn't.
+            batch = batch.pin_memory()
         return batch.to(device, non_blocking=True)
     if isinstance(batch, dict):
         return {k: to_device(v, device) for k, v in batch.items()}
@@ -86,12 +89,16 @@ class Trainer:
         self.compat = {"world": dist.world, "batch_size": cfg.batch_size, "seq_len": cfg.seq_len,
                        "grad_accum": cfg.grad_accum, "seed": cfg.seed, **(compat or {})}
         self.device = dist.device
+        if self.device.type == "cpu":
+            keep_freed_memory()
         self.raw = model.to(self.device)
         self.model = wrap(self.raw, dist)
         if cfg.compile:
             self.model = torch.compile(self.model)
         groups = groups if groups is not None else param_groups(self.raw, cfg.weight_decay)
         self.opt = make_adamw(groups, cfg.lr, (cfg.beta1, cfg.beta2), cfg.eps, self.device)
+        # A fused AdamW can skip a non-finite step itself (see the NaN guard in fit).
+        self.skip_on_device = bool(self.opt.defaults.get("fused"))
         schedule = lr_lambda(cfg.warmup_steps, cfg.max_steps, cfg.schedule, cfg.min_lr_ratio)
         self.sched = torch.optim.lr_scheduler.LambdaLR(self.opt, schedule)
         use_bf16 = cfg.precision == "bf16" or (cfg.precision == "auto"
@@ -227,6 +234,7 @@ class Trainer:
         params = [p for g in self.opt.param_groups for p in g["params"]]
         t_last, tok_last = time.perf_counter(), self.tokens
         val_loss: float | None = None
+        unchecked: list[tuple] = []  # (step, lr, loss, grad norm, non-finite) not yet checked
         self.model.train()
         try:
             while self.step < cfg.max_steps:
@@ -248,16 +256,21 @@ class Trainer:
                     step_tokens += int(metrics.pop("tokens", 0))
                     for k, v in metrics.items():
                         extra[k] = extra.get(k, 0.0) + _scalar(v) / cfg.grad_accum
-                step_loss = float(mean(loss_sum / cfg.grad_accum, d).item())
+                local_loss = loss_sum / cfg.grad_accum
                 clip = cfg.grad_clip if cfg.grad_clip > 0 else math.inf
-                gnorm = float(torch.nn.utils.clip_grad_norm_(params, clip))
-                if not (math.isfinite(step_loss) and math.isfinite(gnorm)):
-                    last_good = ckpt.list_checkpoints(self.run_dir)
-                    where = str(last_good[-1][1]) if last_good else "none written yet"
-                    raise TrainingDiverged(
-                        f"step {self.step + 1}: loss {step_loss}, grad norm {gnorm} (lr {lr:.3g})"
-                        f"; stopped before the update, last good checkpoint: {where}. Try a lower "
-                        "--lr, more --warmup-steps or --grad-clip")
+                gnorm_t = torch.nn.utils.clip_grad_norm_(params, clip)
+                if hasattr(gnorm_t, "full_tensor"):  # FSDP2: a DTensor over the ranks
+                    gnorm_t = gnorm_t.full_tensor()
+                # The NaN guard. A fused AdamW skips a non-finite step on the device
+                # (`found_inf`, as under GradScaler), so the host does not wait for the GPU
+                # every step; the check runs at the next log/eval/checkpoint, before anything
+                # is written. Otherwise it waits here.
+                bad = ~(torch.isfinite(gnorm_t) & torch.isfinite(local_loss))
+                unchecked.append((self.step + 1, lr, local_loss, gnorm_t, bad))
+                if self.skip_on_device:
+                    self.opt.found_inf = bad.float()  # type: ignore[attr-defined]
+                else:
+                    self._check(unchecked)
                 self.opt.step()
                 self.opt.zero_grad(set_to_none=True)
                 self.sched.step()
@@ -271,6 +284,9 @@ class Trainer:
                 if not (self.step % max(1, cfg.log_every) == 0 or evaluate or save
                         or self.step == 1):
                     continue
+                self._check(unchecked)
+                step_loss = float(mean(local_loss, d).item())
+                gnorm = float(gnorm_t)
                 now = time.perf_counter()
                 tps = (self.tokens - tok_last) / max(now - t_last, 1e-9)
                 rec: dict[str, Any] = {"step": self.step, "loss": step_loss, "lr": lr,
@@ -299,6 +315,23 @@ class Trainer:
         return {"step": self.step, "tokens": self.tokens, "val_loss": val_loss,
                 "best_val": self.best_val}
 
+    def _check(self, unchecked: list[tuple]) -> None:
+        """Raise TrainingDiverged for the first step in `unchecked` whose loss or grad norm was
+        not finite (its update was not applied); then forget them. One host sync."""
+        if not unchecked:
+            return
+        # Averaged over ranks, so that every rank stops at the same step.
+        flags = mean(torch.stack([u[4] for u in unchecked]).float(), self.dist).cpu() > 0
+        if flags.any():
+            step, lr, loss, gnorm, _ = unchecked[int(flags.int().argmax())]
+            last_good = ckpt.list_checkpoints(self.run_dir)
+            where = str(last_good[-1][1]) if last_good else "none written yet"
+            raise TrainingDiverged(
+                f"step {step}: loss {float(loss)}, grad norm {float(gnorm)} (lr {lr:.3g}); "
+                f"stopped before the update, last good checkpoint: {where}. Try a lower "
+                "--lr, more --warmup-steps or --grad-clip")
+        unchecked.clear()
+
     def _samples(self) -> None:
         if self.sample_fn is None:
             return
@@ -318,6 +351,25 @@ class Trainer:
                     f.write(json.dumps({"step": self.step, "text": t}) + "\n")
                     if self.cfg.progress:
                         tqdm.write(f"[step {self.step}] {t!r}")
+
+
+def keep_freed_memory() -> bool:
+    """Let glibc keep freed memory for reuse instead of handing it back to the kernel.
+
+    A CPU training step allocates and frees the same large activations every step; by
+    default glibc serves them with mmap/munmap (or trims the heap), so each step page-faults
+    fresh zeroed pages: on the tiny-cpu step that was 10-20k faults and ~10% of the step in
+    the kernel. The settings are glibc's own knobs (mallopt); elsewhere this does nothing."""
+    import ctypes
+    import ctypes.util
+    import platform
+
+    if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
+        return False
+    libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+    m_trim_threshold, m_mmap_threshold = -1, -3  # from <malloc.h>
+    return bool(libc.mallopt(m_trim_threshold, 1 << 30)
+                and libc.mallopt(m_mmap_threshold, 1 << 25))  # 32 MiB: glibc's maximum
 
 
 def device_name(device: torch.device) -> str:

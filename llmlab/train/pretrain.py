@@ -8,10 +8,10 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from llmlab.model import ModelConfig, Transformer
+from llmlab.model.loss import rows_per_chunk
 from llmlab.train.config import TrainConfig, build
 from llmlab.train.presets import DataConfig
 
@@ -21,9 +21,9 @@ def next_token_loss(model: nn.Module, batch: dict[str, torch.Tensor]
     """Mean cross-entropy of predicting token t+1 from tokens <= t:
     L = -1/(B*T) * sum_{b,t} log softmax(logits[b, t])[labels[b, t]]  (labels = inputs shifted).
     """
-    logits = model(batch["input_ids"]).logits
-    # fp32 log-softmax: under bf16 autocast a 50k-way softmax loses precision.
-    loss = F.cross_entropy(logits.float().flatten(0, 1), batch["labels"].flatten())
+    # The model computes the loss fused with its output projection (llmlab/model/loss.py),
+    # in fp32 even under bf16 autocast, where a 50k-way softmax would lose precision.
+    loss = model(batch["input_ids"], labels=batch["labels"]).loss
     return loss, {"tokens": batch["labels"].numel()}
 
 
@@ -36,28 +36,33 @@ def available_bytes(device: torch.device) -> int:
     return 1 << 62  # unknown: don't block
 
 
-def estimate_bytes(mcfg: ModelConfig, tcfg: TrainConfig, world: int = 1, fsdp: bool = False
-                   ) -> dict[str, int]:
+def estimate_bytes(mcfg: ModelConfig, tcfg: TrainConfig, world: int = 1, fsdp: bool = False,
+                   device_type: str = "cpu") -> dict[str, int]:
     """A rough upper estimate of training memory per process, from shapes alone.
 
     fp32 weights + grads + 2 AdamW moments = 16 bytes/param (sharded over ranks under FSDP).
     Activations kept for backward per layer ~ (16*d_model + 3*d_ff) values per token (norm
-    inputs, q/k/v, attention output, MLP in/hidden/out); SDPA stores no T x T matrix. Logits
-    take 3 fp32 copies (logits, log-softmax, gradient)."""
+    inputs, q/k/v, attention output, MLP in/hidden/out); SDPA stores no T x T matrix. The
+    fused loss (model/loss.py) keeps only chunk buffers and the gradients of h and W; compiled
+    on a GPU, the plain loss holds about 3 fp32 copies of the logits (logits, softmax, grad)."""
     n = mcfg.num_params()
     act_bytes = 2 if tcfg.precision == "bf16" else 4
     bt = tcfg.batch_size * tcfg.seq_len
     assert mcfg.d_ff is not None
     states = 16 * n // (world if fsdp else 1)
     acts = bt * mcfg.n_layer * (16 * mcfg.d_model + 3 * mcfg.d_ff) * act_bytes
-    logits = bt * mcfg.vocab_size * 4 * 3
+    if tcfg.compile and device_type != "cpu":
+        logits = bt * mcfg.vocab_size * 4 * 3
+    else:
+        rows = rows_per_chunk(device_type, mcfg.vocab_size, bt)
+        logits = 3 * rows * mcfg.vocab_size * 4 + (bt + mcfg.vocab_size) * mcfg.d_model * 4
     return {"params": n, "states": states, "activations": acts, "logits": logits,
             "total": states + acts + logits}
 
 
 def check_memory(mcfg: ModelConfig, tcfg: TrainConfig, device: torch.device, world: int,
                  fsdp: bool) -> None:
-    est = estimate_bytes(mcfg, tcfg, world, fsdp)
+    est = estimate_bytes(mcfg, tcfg, world, fsdp, device.type)
     free = available_bytes(device)
     if est["total"] > free:
         g = 2**30
@@ -167,6 +172,6 @@ def run_pretrain(model_values: dict[str, Any], tcfg: TrainConfig, dcfg: DataConf
         trainer = Trainer(model, tcfg, run_dir, batches, next_token_loss, dist=d,
                           export=lambda m, out: save_checkpoint(m, out, tok),  # type: ignore
                           eval_data=evals, sample_fn=sample, run_info=info, compat=compat)
-        return trainer.fit()
+        return {**trainer.fit(), "unigram_entropy_nats": info["unigram_entropy_nats"]}
     finally:
         shutdown(d)

@@ -9,10 +9,19 @@ from pathlib import Path
 from typing import Any
 
 # Peak dense FLOP/s assumed for MFU. GPUs: bf16 tensor-core dense peak from the datasheets
-# (SXM parts). CPUs: cores x clock x 32 fp32 FLOPs/cycle (two 256-bit FMA pipes, as on Zen 4
-# and most AVX-512 x86 cores); pass --peak-flops for anything else.
+# (SXM parts). CPUs: cores x clock x fp32 FLOPs/cycle, 64 with AVX-512 (two 512-bit FMA pipes,
+# as on Zen 5 and Xeons; oneDNN's fp32 matmuls reach 200 GFLOP/s on one 2.6 GHz Zen 5 core,
+# above a 32-per-cycle peak) and 32 without (two 256-bit FMA pipes). Zen 4 and some Intel
+# parts have half the AVX-512 figure; pass --peak-flops for those and anything else.
 GPU_PEAK_BF16 = {"H100": 989e12, "H200": 989e12, "A100": 312e12, "L4": 121e12, "4090": 165e12}
-CPU_FLOPS_PER_CYCLE = 32
+
+
+def cpu_flops_per_cycle() -> int:
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return 32
+    return 64 if " avx512f " in flags else 32
 
 
 def cpu_peak_flops(cores: int | None = None) -> float:
@@ -22,7 +31,7 @@ def cpu_peak_flops(cores: int | None = None) -> float:
         mhz = max(float(x.split(":")[1]) for x in lines if x.startswith("cpu MHz"))
     except (OSError, ValueError):
         pass
-    return (cores or os.cpu_count() or 1) * mhz * 1e6 * CPU_FLOPS_PER_CYCLE
+    return (cores or os.cpu_count() or 1) * mhz * 1e6 * cpu_flops_per_cycle()
 
 
 def peak_flops(device_name: str, threads: int | None = None) -> tuple[float, str]:
@@ -30,7 +39,7 @@ def peak_flops(device_name: str, threads: int | None = None) -> tuple[float, str
         if key in device_name:
             return v, f"{key} bf16 dense {v / 1e12:.0f} TFLOP/s"
     v = cpu_peak_flops(threads)
-    return v, (f"CPU {threads or os.cpu_count()} cores x clock x {CPU_FLOPS_PER_CYCLE} "
+    return v, (f"CPU {threads or os.cpu_count()} cores x clock x {cpu_flops_per_cycle()} "
                f"FLOP/cycle = {v / 1e9:.0f} GFLOP/s")
 
 

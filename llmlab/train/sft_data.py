@@ -16,11 +16,13 @@ The split into train/held-out is by a hash of the question, so it is stable acro
 
 from __future__ import annotations
 
-import hashlib
 import json
 import re
 from pathlib import Path
 from typing import Any
+
+from llmlab.data.splits import in_split
+from llmlab.data.trivia import trivia_items
 
 Message = dict[str, str]
 ROLES = ("system", "user", "assistant")
@@ -102,48 +104,15 @@ def load_file(path: str | Path, fmt: str = "auto") -> list[list[Message]]:
     return out
 
 
-def held_out(key: str, fraction: float) -> bool:
-    h = int(hashlib.sha256(key.encode()).hexdigest()[:8], 16)
-    return h / 0xFFFFFFFF < fraction
-
-
 # ----------------------------------------------------------------------------- bundled
 
 
-def trivia_items() -> list[dict[str, Any]]:
-    """[{question, answers, list}] from Red-DiscordBot's trivia lists, image lists skipped."""
-    import importlib.util
-
-    import yaml
-
-    spec = importlib.util.find_spec("redbot")
-    if spec is None or spec.origin is None:
-        raise ImportError("trivia data needs `pip install --no-deps red-discordbot==3.5.24`")
-    lists = Path(spec.origin).parent / "cogs" / "trivia" / "data" / "lists"
-    items = []
-    for f in sorted(lists.glob("*.yaml")):
-        text = f.read_text(encoding="utf-8")
-        if "http://" in text or "https://" in text:
-            continue  # image questions ("who's that pokemon", flags, maps)
-        data = yaml.safe_load(text)
-        for q, answers in data.items():
-            if q in ("AUTHOR", "DESCRIPTION", "CONFIG") or not isinstance(answers, list):
-                continue
-            answers = [str(a).strip() for a in answers if str(a).strip()]
-            if answers:
-                items.append({"question": str(q).strip(), "answers": answers, "list": f.stem})
-    return items
-
-
-def trivia_examples(split: str, fraction: float = 0.1) -> list[dict[str, Any]]:
-    """Items of one split ("train" or "test"), each with its chat `messages`."""
-    out = []
-    for it in trivia_items():
-        if held_out(it["question"], fraction) == (split == "test"):
-            out.append({**it, "messages": [
-                {"role": "user", "content": TRIVIA_PROMPT + it["question"]},
-                {"role": "assistant", "content": it["answers"][0]}]})
-    return out
+def trivia_examples(split: str) -> list[dict[str, Any]]:
+    """Items of one split ("train" or "test"), each with its chat `messages`. The split is
+    the one `llmlab eval --task trivia` uses (llmlab/data/trivia.py), so eval stays held out."""
+    return [{**it, "messages": [{"role": "user", "content": TRIVIA_PROMPT + it["question"]},
+                                {"role": "assistant", "content": it["answers"][0]}]}
+            for it in trivia_items(split)]
 
 
 def normalize_answer(s: str) -> str:
@@ -188,7 +157,7 @@ def pydocs_examples(split: str, fraction: float = 0.1, limit: int | None = None,
             if len(text) < 40:
                 continue
             q = f"In Python's documentation, what does the section '{title}' of {page} cover?"
-            if held_out(q, fraction) == (split == "test"):
+            if in_split(q, split, fraction):
                 out.append({"question": q, "answers": [text], "messages": [
                     {"role": "user", "content": q},
                     {"role": "assistant", "content": text[:600]}]})

@@ -7,6 +7,7 @@ import hashlib
 import importlib.util
 import json
 import os
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -218,8 +219,8 @@ def _kind(cfg: ModelConfig) -> str:
 
 
 def _load_dir(path: Path, dtype: torch.dtype) -> LoadedModel:
-    if not (path / LLMLAB_CONFIG).exists() and (path / "final" / LLMLAB_CONFIG).exists():
-        path = path / "final"  # a training run dir: its finished model
+    if not (path / LLMLAB_CONFIG).exists():
+        path = _run_model_dir(path)
     if (path / LLMLAB_CONFIG).exists():
         cfg = ModelConfig.load(path / LLMLAB_CONFIG)
         sd = load_safetensors(path / "model.safetensors")
@@ -234,6 +235,24 @@ def _load_dir(path: Path, dtype: torch.dtype) -> LoadedModel:
         cfg.extra.setdefault("chat_template", tok.chat_template)
     model = build(cfg, sd, str(path)).to(dtype)
     return LoadedModel(path.name, model, tok, _kind(cfg), str(path))
+
+
+def _run_model_dir(path: Path) -> Path:
+    """A training run dir resolves to its finished model, or (stopped early) to its best
+    checkpoint by val loss, else its latest; any other dir is returned unchanged."""
+    if (path / "final" / LLMLAB_CONFIG).exists():
+        return path / "final"
+    if not ((path / "checkpoints").is_dir() or (path / "run.json").exists()):
+        return path  # not a training run
+    from llmlab.train.checkpoint import best_checkpoint, list_checkpoints
+
+    found = list_checkpoints(path)
+    ckpt = best_checkpoint(path) or (found[-1][1] if found else None)
+    if ckpt is None:
+        raise FileNotFoundError(f"{path}: a training run with no final/ model and no complete "
+                                "checkpoint yet")
+    print(f"{path}: no final/ model yet; loading {ckpt.name}", file=sys.stderr)
+    return ckpt / "model"
 
 
 def load_dir_tokenizer(path: Path) -> Any:

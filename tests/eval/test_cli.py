@@ -27,6 +27,7 @@ def test_unknown_task_lists_valid_ones() -> None:
     r = cli("eval", "--task", "mmlu")
     assert r.returncode == 2
     assert "unknown task 'mmlu'" in r.stderr and "humaneval" in r.stderr and "rag:" in r.stderr
+    assert "gen:<pydocs|file.jsonl>" in r.stderr
 
 
 def test_empty_task_set_and_malformed_tasks() -> None:
@@ -37,6 +38,13 @@ def test_empty_task_set_and_malformed_tasks() -> None:
     with pytest.raises(ValueError, match="perplexity:<corpus|file>"):
         parse_task("perplexity")
     assert parse_task("perplexity:C:/x.txt") == ("perplexity", ["C:/x.txt"])
+    assert parse_task("humaneval:completion") == ("humaneval", ["completion"])
+    with pytest.raises(ValueError, match=r"humaneval\[:chat\|completion\]"):
+        parse_task("humaneval:instruct")
+    with pytest.raises(ValueError, match="gen:<pydocs|file.jsonl>"):
+        parse_task("gen")
+    r = cli("eval", "--task", "")
+    assert r.returncode == 2 and "unknown task ''" in r.stderr
 
 
 def test_arithmetic_is_deterministic_and_held_out() -> None:

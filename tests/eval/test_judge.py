@@ -2,15 +2,22 @@
 
 from __future__ import annotations
 
+import json
+import os
 import socket
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
-from llmlab.eval.judge import endpoint_judge, judge_pairs, parse_verdict
+from llmlab.eval.judge import JUDGE_PROMPT, endpoint_judge, judge_pairs, parse_verdict
 from llmlab.eval.metrics import wilson_interval
+
+from .helpers import ROOT, cli
 
 PROMPTS = ["q1", "q2", "q3", "q4"]
 A = ["GOOD a1", "GOOD a2", "GOOD a3", "meh a4"]
@@ -93,3 +100,109 @@ def test_unreachable_endpoint_skips_everything() -> None:
 def test_mismatched_inputs() -> None:
     with pytest.raises(ValueError, match="one answer per prompt"):
         judge_pairs(PROMPTS, A[:2], B, lambda ts: ts)  # type: ignore[arg-type,return-value]
+
+
+# ---- through the CLI: a live `llmlab serve` process as the judge, then bad judges ---------
+@pytest.fixture(scope="module")
+def serve_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """The real `llmlab serve` in its own process on a free port (models load on first use)."""
+    import httpx
+
+    port = _free_port()
+    log = tmp_path_factory.mktemp("serve") / "serve.log"
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    with log.open("w") as fh:
+        proc = subprocess.Popen([sys.executable, "-m", "llmlab.cli", "serve", "--port",
+                                 str(port), "--lazy"], env=env, stdout=fh, stderr=fh)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.time() + 180
+        while True:
+            assert proc.poll() is None, f"llmlab serve exited:\n{log.read_text()[-2000:]}"
+            assert time.time() < deadline, f"llmlab serve did not start:\n{log.read_text()}"
+            try:
+                if httpx.get(f"{url}/v1/models", timeout=5, trust_env=False).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.5)
+        yield url
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def _judge_cli(model: Path, adapter: Path, url: str, out: Path, *extra: str
+               ) -> subprocess.CompletedProcess:
+    return cli("eval", "judge", "--model-a", str(model), "--model-b", str(model),
+               "--adapter-b", str(adapter), "--judge-base-url", url, "--max-new-tokens", "12",
+               "--judge-timeout", "600", "--no-progress", "--out", str(out), *extra,
+               timeout=1800)  # a shared 2-core box can take minutes to load the judge model
+
+
+def test_judge_cli_with_live_llmlab_serve(serve_url: str, tiny_dir: Path, peft_adapter: Path,
+                                          tmp_path: Path) -> None:
+    """Every verdict is the one the server gives the official `openai` client for the same
+    judge prompt, and the tallies follow from those replies by the position-swap rule."""
+    from openai import OpenAI
+
+    out = tmp_path / "judge.json"
+    r = _judge_cli(tiny_dir, peft_adapter, serve_url, out, "--limit", "2")
+    rep = json.loads(out.read_text())
+    (res,) = rep["results"]
+    m, items = res["metrics"], res["samples"]
+    assert r.returncode == (0 if m["judged"] else 1), r.stderr
+    assert m["skipped_unreachable"] == 0 and len(items) == 2
+    assert rep["adapter"] is None and res["config"]["adapter_b"] == str(peft_adapter)
+    assert any(it["answer_a"] != it["answer_b"] for it in items)  # the adapter mattered
+
+    client = OpenAI(base_url=f"{serve_url}/v1", api_key="unused")
+    tally = {"A": 0, "B": 0, "tie": 0, "skipped": 0}
+    for it in items:
+        replies = []
+        for first, second in ((it["answer_a"], it["answer_b"]), (it["answer_b"], it["answer_a"])):
+            text = JUDGE_PROMPT.format(prompt=it["prompt"], first=first, second=second)
+            resp = client.chat.completions.create(
+                model="smollm2-135m-instruct", temperature=0, max_tokens=8,
+                messages=[{"role": "user", "content": text}])
+            replies.append(resp.choices[0].message.content)
+        assert replies == it["replies"]
+        v = [parse_verdict(x) for x in replies]
+        want = ("skipped" if None in v else "A" if v == [1, 2] else "B" if v == [2, 1]
+                else "tie")
+        assert it["verdict"] == want
+        tally[want] += 1
+    assert (m["wins"], m["losses"], m["ties"], m["skipped_malformed"]) == \
+        (tally["A"], tally["B"], tally["tie"], tally["skipped"])
+    if m["judged"]:
+        assert m["win_rate"] == pytest.approx((tally["A"] + 0.5 * tally["tie"]) / m["judged"])
+    assert f"skipped {m['skipped']}" in r.stdout
+
+
+def test_judge_cli_reports_and_skips_bad_replies(stub_url: str, tiny_dir: Path,
+                                                 peft_adapter: Path, tmp_path: Path) -> None:
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text("".join(json.dumps({"prompt": p}) + "\n"
+                               for p in ("q1", "MALFORMED q2", "BROKEN q3")))
+    out = tmp_path / "judge.json"
+    r = _judge_cli(tiny_dir, peft_adapter, stub_url, out, "--prompts", str(prompts))
+    assert r.returncode == 0, r.stderr
+    assert "skipped 2: 1 unreachable, 1 malformed" in r.stdout
+    m = json.loads(out.read_text())["results"][0]["metrics"]
+    assert (m["judged"], m["skipped_malformed"], m["skipped_unreachable"]) == (1, 1, 1)
+
+
+def test_judge_cli_unreachable_endpoint(tiny_dir: Path, peft_adapter: Path,
+                                        tmp_path: Path) -> None:
+    out = tmp_path / "judge.json"
+    r = _judge_cli(tiny_dir, peft_adapter, f"http://127.0.0.1:{_free_port()}", out, "--limit",
+                   "3", "--judge-timeout", "5")
+    assert r.returncode == 1  # nothing could be judged
+    assert "skipped 3: 3 unreachable, 0 malformed" in r.stdout
+    assert "judge request failed" in r.stderr
+    m = json.loads(out.read_text())["results"][0]["metrics"]
+    assert m["judged"] == 0 and m["skipped_unreachable"] == 3

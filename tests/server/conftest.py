@@ -6,6 +6,7 @@ import socket
 import threading
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -25,13 +26,12 @@ class Live:
     hub: Any
 
 
-@pytest.fixture(scope="session")
-def server(lm: Any, enc: Any) -> Iterator[Live]:
+@contextmanager
+def live_server(cfg: Any, lm: Any, enc: Any) -> Iterator[Live]:
+    """`create_app(cfg)` served by uvicorn in a thread, with the session's models injected."""
     from llmlab.server.app import create_app
-    from llmlab.server.hub import ServerConfig
 
-    # fp32 generation: skips building the int8 copy, keeps the session short.
-    app = create_app(ServerConfig(fast_decode=False, max_new_tokens=64))
+    app = create_app(cfg)
     port = _free_port()
     srv = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
     t = threading.Thread(target=srv.run, daemon=True)
@@ -43,9 +43,20 @@ def server(lm: Any, enc: Any) -> Iterator[Live]:
         time.sleep(0.05)
     # The session's models, shared with the server: each loads once.
     app.state.hub._models.update(lm=lm, enc=enc)
-    yield Live(f"http://127.0.0.1:{port}", app.state.hub)
-    srv.should_exit = True
-    t.join(timeout=10)
+    try:
+        yield Live(f"http://127.0.0.1:{port}", app.state.hub)
+    finally:
+        srv.should_exit = True
+        t.join(timeout=10)
+
+
+@pytest.fixture(scope="session")
+def server(lm: Any, enc: Any) -> Iterator[Live]:
+    from llmlab.server.hub import ServerConfig
+
+    # fp32 generation: skips building the int8 copy, keeps the session short.
+    with live_server(ServerConfig(fast_decode=False, max_new_tokens=64), lm, enc) as live:
+        yield live
 
 
 @pytest.fixture(scope="session")

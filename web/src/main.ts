@@ -2,10 +2,14 @@ import "./style.css";
 import { attentionPage } from "./pages/attention";
 import { chatPage } from "./pages/chat";
 import { decodingPage } from "./pages/decoding";
+import { descentPage } from "./pages/descent";
 import { embeddingsPage } from "./pages/embeddings";
 import { loraPage } from "./pages/lora";
+import { neuralnetPage } from "./pages/neuralnet";
+import { overfitPage } from "./pages/overfit";
 import { ragPage } from "./pages/rag";
 import { tokenizerPage } from "./pages/tokenizer";
+import { word2vecPage } from "./pages/word2vec";
 import { el } from "./ui";
 
 const PAGES: [string, string, (root: HTMLElement) => void][] = [
@@ -16,6 +20,10 @@ const PAGES: [string, string, (root: HTMLElement) => void][] = [
   ["decoding", "Decoding", decodingPage],
   ["embeddings", "Embeddings", embeddingsPage],
   ["chat", "Chat", chatPage],
+  ["descent", "Descent", descentPage],
+  ["neuralnet", "Neural net", neuralnetPage],
+  ["overfit", "Overfitting", overfitPage],
+  ["word2vec", "Word2vec", word2vecPage],
 ];
 
 const nav = document.getElementById("nav")!;

@@ -85,6 +85,10 @@ class ChunkStore(ABC):
     def search(self, query: np.ndarray, k: int, where: Where | None = None) -> list[Hit]:
         """Top k chunks by cosine similarity to the (normalised) query vector."""
 
+    def chunks_where(self, where: Where) -> list[Chunk]:
+        """Every chunk matching `where` (a store overrides this with an indexed lookup)."""
+        return [c for c in self.iter_chunks() if matches(c, where)]
+
     @abstractmethod
     def __len__(self) -> int: ...
 

@@ -1,20 +1,34 @@
-"""The default store: a directory, no server. Exact search while small, HNSW (faiss) beyond.
+"""The default store: a directory, no server. Immutable segments, tombstones, and a manifest.
 
-Layout: `DIR/CURRENT` names the live generation `DIR/gen-NNNNNN/`, which holds
-`manifest.json` (format, counts, sha256 of every file), `chunks.jsonl`, `vectors.npy`,
-`bm25/` and, past `ann_threshold` chunks, `hnsw.faiss`. A save writes a whole new
-generation and then replaces CURRENT atomically, so a run killed at any point leaves the
-previous generation live; a load checks every checksum, so a damaged index is an error,
-never a silently wrong answer.
+Layout of `DIR`:
+    CURRENT                      "manifest-NNNNNN.json <crc32>": the live generation
+    manifest-NNNNNN.json         format, segments (each file with size and CRC-32), info
+    seg-NNNNNN-JJ/               one segment (llmlab.rag.stores.segment), never modified
+    seg-NNNNNN-JJ.del-MMMMMM.npy the rows of that segment deleted since it was written
+
+A save writes only what changed: the chunks added since the last save become one new
+segment, and deletions become a new tombstone file for each segment they touched. Small
+segments are merged into bigger ones (the newest two while the older is at most twice the
+newer, so there are O(log n) segments and each row is rewritten O(log n) times), and a
+segment with more than 30% deleted rows is rewritten without them. The new manifest is
+written, then CURRENT is replaced atomically: a run killed at any point leaves the previous
+generation live, and its leftovers are removed by the next save. A load checks the size
+and CRC-32 of every file it uses, so a damaged or half-written index is an error, never a
+silently wrong answer.
+
+Search runs per segment (HNSW past `ann_threshold` rows, exact below) and merges the
+top k. Filters become numpy masks over dictionary-encoded columns, applied inside the
+search: a narrow one makes dense search exact over the allowed rows, a wide one goes to
+HNSW as a bitmap selector; BM25 scores only the allowed rows.
 """
 
 from __future__ import annotations
 
-import hashlib
+import contextlib
 import json
-import os
 import re
 import shutil
+import zlib
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -22,33 +36,25 @@ from typing import Any
 import numpy as np
 
 from llmlab.rag.chunk import Chunk
-from llmlab.rag.sparse import BM25Index
-from llmlab.rag.stores.base import ChunkStore, Hit, Where, check_vectors, matches
+from llmlab.rag.sparse import Part, bm25_search
+from llmlab.rag.stores.base import ChunkStore, Hit, Where, check_vectors
+from llmlab.rag.stores.segment import Segment, crc32
 from llmlab.weights.io import atomic_write_bytes
 
+STAMPS = ".verified.json"
 FORMAT = "llmlab-rag-index"
-VERSION = 1
+VERSION = 2
 ANN_THRESHOLD = 20_000  # exact numpy search costs ~10 ms per 20k x 384 on 2 cores
-HNSW_M, HNSW_EF_BUILD, HNSW_EF_SEARCH = 32, 80, 128
+MERGE_RATIO = 2
+COMPACT_DEAD = 0.3
 
 
 class StoreError(ValueError):
     """A missing, empty, half-written or corrupt index directory."""
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 22), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
-def _fsync_tree(root: Path) -> None:
-    for p in root.rglob("*"):
-        if p.is_file():
-            with open(p, "rb") as f:
-                os.fsync(f.fileno())
+def _enc(seg: int, row: int) -> int:
+    return (seg << 32) | row
 
 
 class LocalStore(ChunkStore):
@@ -63,11 +69,16 @@ class LocalStore(ChunkStore):
         self.dim = dim
         self.ann_threshold = ann_threshold
         self.info: dict[str, Any] = {}  # the pipeline's own metadata (docs, embedder, ...)
-        self.chunks: list[Chunk] = []
-        self.vectors = np.zeros((0, dim), dtype=np.float32)
-        self._rows: dict[str, int] = {}
-        self._bm25: BM25Index | None = None
-        self._ann: Any = None  # faiss index over rows [0, _ann.ntotal)
+        self.segments: list[Segment] = []
+        self.dead: list[np.ndarray | None] = []  # per segment: deleted rows (None: none)
+        self._entries: list[dict[str, Any]] = []  # per segment: its manifest entry
+        self._dirty: set[int] = set()  # segments whose tombstones changed since the save
+        self._pending: list[Chunk] = []  # added since the last save: the "tail" segment
+        self._pending_vecs: list[np.ndarray] = []
+        self._pending_dead: list[bool] = []
+        self._tail: Segment | None = None  # the pending rows built into a segment, cached
+        self._rows: dict[str, int] = {}  # chunk id -> _enc(segment, row); tail = len(segments)
+        self._stamps: dict[str, list[int]] = {}  # files verified: path -> stat + crc
         self.generation = 0
         if (self.dir / "CURRENT").exists():
             self._load(verify)
@@ -80,91 +91,236 @@ class LocalStore(ChunkStore):
         if not d.is_dir():
             raise StoreError(f"{d}: no index here (create one with `llmlab rag index`)")
         if not (d / "CURRENT").exists():
-            what = "half-written (no CURRENT)" if any(d.glob("gen-*")) else "not an index"
+            half = any(d.glob("seg-*")) or any(d.glob("gen-*"))
+            what = "half-written (no CURRENT)" if half else "not an index"
             raise StoreError(f"{d}: {what}; re-run `llmlab rag index`")
         return cls(d, verify=verify)
 
-    def _gen_dir(self, gen: int) -> Path:
-        return self.dir / f"gen-{gen:06d}"
+    def _check(self, p: Path, size: int, crc: int, verify: bool) -> None:
+        """Size always; CRC-32 unless this very file (same size, mtime, inode, expected CRC)
+        was verified before, as git's index trusts unchanged stat data: a 1M-chunk index
+        then opens in ~3 s instead of ~7 s, and any rewrite of a file is still caught."""
+        if not p.is_file():
+            raise StoreError(f"{p}: listed in the manifest but missing")
+        st = p.stat()
+        if st.st_size != size:
+            raise StoreError(f"{p}: size mismatch, {st.st_size} bytes where the "
+                             f"manifest says {size} (truncated, half-written or modified)")
+        if not verify:
+            return
+        rel, key = p.relative_to(self.dir).as_posix(), [size, st.st_mtime_ns, st.st_ino, crc]
+        if self._stamps.get(rel) != key:
+            if crc32(p) != crc:
+                raise StoreError(f"{p}: checksum mismatch (corrupt or modified)")
+            self._stamps[rel] = key
+
+    def _stamp(self, p: Path, crc: int) -> None:
+        st = p.stat()
+        self._stamps[p.relative_to(self.dir).as_posix()] = [st.st_size, st.st_mtime_ns,
+                                                            st.st_ino, crc]
+
+    def _save_stamps(self, keep: set[str] | None = None) -> None:
+        if keep is not None:
+            self._stamps = {k: v for k, v in self._stamps.items() if k.split("/")[0] in keep}
+        with contextlib.suppress(OSError):  # a read-only index just verifies every time
+            atomic_write_bytes(self.dir / STAMPS, json.dumps(self._stamps).encode())
 
     def _load(self, verify: bool) -> None:
-        name = (self.dir / "CURRENT").read_text().strip()
-        if not re.fullmatch(r"gen-\d{6}", name):
-            raise StoreError(f"{self.dir}/CURRENT: expected a generation name, got {name!r}")
-        g = self.dir / name
+        cur = (self.dir / "CURRENT").read_text().split()
+        if len(cur) == 1 and re.fullmatch(r"gen-\d{6}", cur[0]):
+            raise StoreError(f"{self.dir}: written by an older llmlab (index format 1); "
+                             "delete it and re-run `llmlab rag index`")
+        if len(cur) != 2 or not re.fullmatch(r"manifest-\d{6}\.json", cur[0]) \
+                or not cur[1].isdigit():
+            raise StoreError(f"{self.dir}/CURRENT: expected 'manifest-NNNNNN.json <crc32>', "
+                             f"got {' '.join(cur)!r}")
+        path = self.dir / cur[0]
         try:
-            man = json.loads((g / "manifest.json").read_text())
-        except (OSError, json.JSONDecodeError) as e:
-            raise StoreError(f"{g}/manifest.json: unreadable ({e})") from e
+            raw = path.read_bytes()
+        except OSError as e:
+            raise StoreError(f"{path}: unreadable ({e})") from e
+        if zlib.crc32(raw) != int(cur[1]):
+            raise StoreError(f"{path}: checksum mismatch (corrupt or half-written)")
+        man = json.loads(raw)
         if man.get("format") != FORMAT or man.get("version") != VERSION:
-            raise StoreError(
-                f"{g}/manifest.json: expected format {FORMAT} v{VERSION}, "
-                f"got {man.get('format')} v{man.get('version')}"
-            )
-        if verify:
-            for rel, want in man["files"].items():
-                p = g / rel
-                if not p.is_file():
-                    raise StoreError(f"{p}: listed in the manifest but missing")
-                if _sha256(p) != want:
-                    raise StoreError(f"{p}: checksum mismatch (corrupt or modified)")
-        self.generation = int(name[4:])
-        self.dim = man["dim"]
-        self.info = man.get("info", {})
-        with open(g / "chunks.jsonl", encoding="utf-8") as f:
-            self.chunks = [Chunk(**json.loads(line)) for line in f]
-        self.vectors = np.load(g / "vectors.npy")
-        if self.vectors.shape != (len(self.chunks), self.dim) or man["n_chunks"] != len(
-            self.chunks
-        ):
-            raise StoreError(
-                f"{g}: {len(self.chunks)} chunks, vectors {self.vectors.shape}, "
-                f"manifest says {man['n_chunks']}"
-            )
-        self._rows = {c.chunk_id: i for i, c in enumerate(self.chunks)}
-        self._bm25 = BM25Index.load(g / "bm25", len(self.chunks))
-        if (g / "hnsw.faiss").exists():
-            import faiss
-
-            self._ann = faiss.read_index(str(g / "hnsw.faiss"))
+            raise StoreError(f"{path}: expected format {FORMAT} v{VERSION}, "
+                             f"got {man.get('format')} v{man.get('version')}")
+        self.dim, self.info, self.generation = man["dim"], man["info"], man["generation"]
+        with contextlib.suppress(OSError, ValueError):
+            self._stamps = json.loads((self.dir / STAMPS).read_text())
+        before = dict(self._stamps)
+        for i, e in enumerate(man["segments"]):
+            d = self.dir / e["name"]
+            for rel, (size, crc) in e["files"].items():
+                self._check(d / rel, size, crc, verify)
+            try:
+                seg = Segment.load(d)
+            except (OSError, ValueError, RuntimeError) as err:
+                raise StoreError(f"{d}: unreadable segment ({err})") from err
+            if len(seg) != e["rows"]:
+                raise StoreError(f"{d}: {len(seg)} rows, the manifest says {e['rows']}")
+            dead = None
+            if e.get("deleted"):
+                t = e["deleted"]
+                self._check(self.dir / t["file"], t["size"], t["crc32"], verify)
+                dead = np.zeros(len(seg), dtype=bool)
+                dead[np.load(self.dir / t["file"])] = True
+            self.segments.append(seg)
+            self.dead.append(dead)
+            self._entries.append(e)
+            for r, cid in enumerate(seg.ids):
+                if dead is None or not dead[r]:
+                    self._rows[cid] = _enc(i, r)
+        if self._stamps != before:
+            self._save_stamps()
 
     def save(self, progress: bool = False) -> Path:
-        """Write a new generation and make it current. Returns its directory."""
+        """Write what changed as a new generation and make it current; returns the
+        manifest's path."""
         self.dir.mkdir(parents=True, exist_ok=True)
         gen = self.generation + 1
-        g = self._gen_dir(gen)
-        if g.exists():  # leftover of a run killed before it wrote CURRENT
-            shutil.rmtree(g)
-        g.mkdir()
-        with open(g / "chunks.jsonl", "w", encoding="utf-8") as f:
-            for c in self.chunks:
-                f.write(json.dumps(c.to_json(), ensure_ascii=False) + "\n")
-        np.save(g / "vectors.npy", self.vectors)
-        self._sparse(progress).save(g / "bm25")
-        if self._ensure_ann(progress) is not None:
-            import faiss
+        segs, dead = list(self.segments), list(self.dead)
+        entries: list[dict[str, Any] | None] = list(self._entries)
+        dirty = set(self._dirty)
+        if not all(self._pending_dead):
+            if any(self._pending_dead):  # written without its deleted rows
+                keep_tail = ~np.array(self._pending_dead)
+                segs.append(Segment.build(
+                    [c for c, k in zip(self._pending, keep_tail, strict=True) if k],
+                    self._pending_matrix()[keep_tail], self.ann_threshold,
+                    progress))
+            else:
+                segs.append(self._tail_segment(progress))
+            dead.append(None)
+            entries.append(None)
+        for i, (s, dm) in enumerate(zip(segs, dead, strict=True)):
+            if dm is not None and dm.sum() > COMPACT_DEAD * len(s):
+                segs[i] = Segment.merge([(s, ~dm)], self.ann_threshold, progress)
+                dead[i], entries[i] = None, None
+        keep = [i for i, (s, dm) in enumerate(zip(segs, dead, strict=True))
+                if len(s) > (0 if dm is None else int(dm.sum()))]
+        segs, dead, entries = [segs[i] for i in keep], [dead[i] for i in keep], \
+            [entries[i] for i in keep]
+        dirty = {keep.index(i) for i in dirty if i in keep}
 
-            faiss.write_index(self._ann, str(g / "hnsw.faiss"))
-        files = {
-            p.relative_to(g).as_posix(): _sha256(p) for p in sorted(g.rglob("*")) if p.is_file()
-        }
-        man = {"format": FORMAT, "version": VERSION, "dim": self.dim,
-               "n_chunks": len(self.chunks), "files": files, "info": self.info}
-        (g / "manifest.json").write_text(json.dumps(man, indent=1, ensure_ascii=False))
-        _fsync_tree(g)
-        atomic_write_bytes(self.dir / "CURRENT", f"{g.name}\n".encode())
-        self.generation = gen
-        for old in self.dir.glob("gen-*"):
-            if old != g:
-                shutil.rmtree(old, ignore_errors=True)
-        return g
+        def live(i: int) -> int:
+            return len(segs[i]) - (0 if dead[i] is None else int(dead[i].sum()))
+
+        while len(segs) >= 2 and live(-2) <= MERGE_RATIO * live(-1):
+            parts = [(segs[j], None if dead[j] is None else ~dead[j]) for j in (-2, -1)]
+            merged = Segment.merge(parts, self.ann_threshold, progress)
+            segs[-2:], dead[-2:], entries[-2:] = [merged], [None], [None]
+        written: list[tuple[int, Path]] = []
+        for i, s in enumerate(segs):
+            if entries[i] is None:
+                name = f"seg-{gen:06d}-{i:02d}"
+                d = self.dir / name
+                if d.exists():  # leftover of a run killed before it wrote CURRENT
+                    shutil.rmtree(d)
+                entries[i] = {"name": name, "rows": len(s), "files": s.write(d)}
+                written.append((i, d))
+            e = dict(entries[i])  # type: ignore[arg-type]
+            if dead[i] is not None and (i in dirty or not e.get("deleted")):
+                f = self.dir / f"{e['name']}.del-{gen:06d}.npy"
+                np.save(f, np.flatnonzero(dead[i]).astype(np.int32))
+                e["deleted"] = {"file": f.name, "size": f.stat().st_size, "crc32": crc32(f),
+                                "count": int(dead[i].sum())}
+            entries[i] = e
+        man = {"format": FORMAT, "version": VERSION, "generation": gen, "dim": self.dim,
+               "n_chunks": sum(live(i) for i in range(len(segs))), "segments": entries,
+               "info": self.info}
+        raw = json.dumps(man, ensure_ascii=False).encode()
+        name = f"manifest-{gen:06d}.json"
+        atomic_write_bytes(self.dir / name, raw)
+        atomic_write_bytes(self.dir / "CURRENT", f"{name} {zlib.crc32(raw)}\n".encode())
+        # Committed. Swap in the new state, then drop whatever the new manifest doesn't use.
+        old = self.segments
+        for i, d in written:  # re-open from disk: memory-mapped, the graph kept as it is
+            segs[i] = Segment.load(d, hnsw=segs[i].hnsw)
+        self.segments, self.dead, self._entries = segs, dead, entries  # type: ignore[assignment]
+        for i, s in enumerate(segs):
+            if i >= len(old) or old[i] is not s:
+                for r, cid in enumerate(s.ids):
+                    if dead[i] is None or not dead[i][r]:
+                        self._rows[cid] = _enc(i, r)
+        self._pending, self._pending_vecs, self._pending_dead = [], [], []
+        self._tail, self._dirty, self.generation = None, set(), gen
+        used = {"CURRENT", name} | {e["name"] for e in entries}  # type: ignore[index]
+        used |= {e["deleted"]["file"] for e in entries if e.get("deleted")}  # type: ignore[union-attr]
+        for p in self.dir.iterdir():
+            if p.name not in used and (p.name.startswith(("seg-", "manifest-", "gen-"))):
+                shutil.rmtree(p) if p.is_dir() else p.unlink()
+        # What this save wrote is known good: the next open needn't read it back.
+        for e in entries:
+            if any(e is entries[i] for i, _ in written):  # type: ignore[union-attr]
+                for rel, (_, crc) in e["files"].items():  # type: ignore[index]
+                    self._stamp(self.dir / e["name"] / rel, crc)  # type: ignore[index]
+            t = e.get("deleted")  # type: ignore[union-attr]
+            if t and t["file"].endswith(f"{gen:06d}.npy"):
+                self._stamp(self.dir / t["file"], t["crc32"])
+        self._save_stamps(keep=used)
+        return self.dir / name
+
+    # ---- parts: the segments plus the unsaved tail ---------------------------------------
+    def _pending_matrix(self) -> np.ndarray:
+        if len(self._pending_vecs) > 1:  # one array from now on, not a copy per call
+            self._pending_vecs = [np.concatenate(self._pending_vecs)]
+        return self._pending_vecs[0]
+
+    def _tail_segment(self, progress: bool = False) -> Segment:
+        if self._tail is None:
+            self._tail = Segment.build(self._pending, self._pending_matrix(),
+                                       self.ann_threshold, progress)
+        return self._tail
+
+    def _parts(self) -> list[tuple[Segment, np.ndarray | None]]:
+        parts = list(zip(self.segments, self.dead, strict=True))
+        if self._pending:
+            pd = np.array(self._pending_dead)
+            parts.append((self._tail_segment(), pd if pd.any() else None))
+        return parts
+
+    def _allowed(self, where: Where | None) -> list[np.ndarray | None]:
+        """Per part: rows a search may return (live and matching `where`); None = all."""
+        out: list[np.ndarray | None] = []
+        where = dict(where or {})
+        ids = where.pop("chunk_id", None)
+        if ids is not None:
+            ids = [ids] if isinstance(ids, str) else list(ids)
+            found = [self._rows[c] for c in ids if c in self._rows]
+        for i, (seg, dm) in enumerate(self._parts()):
+            m = None if dm is None else ~dm
+            if where:
+                wm = seg.mask(where)
+                m = wm if m is None else m & wm
+            if ids is not None:
+                im = np.zeros(len(seg), dtype=bool)
+                im[[e & 0xFFFFFFFF for e in found if e >> 32 == i]] = True
+                m = im if m is None else m & im
+            out.append(m)
+        return out
+
+    def _locate(self, cid: str) -> tuple[Segment | None, int]:
+        e = self._rows.get(cid)
+        if e is None:
+            return None, -1
+        i, r = e >> 32, e & 0xFFFFFFFF
+        return (self.segments[i] if i < len(self.segments) else None), r
 
     # ---- ChunkStore ----------------------------------------------------------------------
     def __len__(self) -> int:
-        return len(self.chunks)
+        return len(self._rows)
 
     def iter_chunks(self) -> Iterator[Chunk]:
-        return iter(self.chunks)
+        for seg, dm in self._parts():
+            for r in range(len(seg)):
+                if dm is None or not dm[r]:
+                    yield seg.chunk(r)
+
+    def chunks_where(self, where: Where) -> list[Chunk]:
+        return [seg.chunk(int(r)) for (seg, _), m in zip(self._parts(), self._allowed(where),
+                                                         strict=True)
+                for r in (range(len(seg)) if m is None else np.flatnonzero(m))]
 
     def add(self, chunks: list[Chunk], vectors: np.ndarray) -> None:
         v = check_vectors(chunks, vectors, self.dim)
@@ -172,107 +328,68 @@ class LocalStore(ChunkStore):
         dup = [i for i in new_ids if i in self._rows]
         if dup or len(set(new_ids)) != len(new_ids):
             raise ValueError(f"add: chunk ids already present or repeated: {dup[:3]}")
-        base = len(self.chunks)
-        self.chunks.extend(chunks)
-        self.vectors = np.concatenate([self.vectors, v]) if base else v.copy()
-        self._rows.update({cid: base + i for i, cid in enumerate(new_ids)})
-        self._bm25 = None  # BM25 statistics (idf, avgdl) are global: rebuild on next use
+        tail, base = len(self.segments), len(self._pending)
+        self._pending.extend(chunks)
+        self._pending_vecs.append(v.copy())
+        self._pending_dead.extend([False] * len(chunks))
+        self._rows.update({cid: _enc(tail, base + i) for i, cid in enumerate(new_ids)})
+        self._tail = None  # rebuilt on next use (BM25 statistics and the graph)
 
     def delete(self, chunk_ids: list[str] | None = None, where: Where | None = None) -> int:
-        ids = set(chunk_ids or [])
-        drop = [
-            i for i, c in enumerate(self.chunks)
-            if (c.chunk_id in ids) or (where is not None and matches(c, where))
-        ]
-        if not drop:
-            return 0
-        keep = np.ones(len(self.chunks), dtype=bool)
-        keep[drop] = False
-        self.chunks = [c for c, k in zip(self.chunks, keep, strict=True) if k]
-        self.vectors = self.vectors[keep]
-        self._rows = {c.chunk_id: i for i, c in enumerate(self.chunks)}
-        self._bm25 = None
-        self._ann = None  # HNSW can't remove points: rebuild when next needed
-        return len(drop)
+        targets = {self._rows[c] for c in chunk_ids or [] if c in self._rows}
+        if where:
+            parts = self._parts()
+            for i, m in enumerate(self._allowed(where)):
+                rows = range(len(parts[i][0])) if m is None else np.flatnonzero(m)
+                targets.update(_enc(i, int(r)) for r in rows)
+        for e in targets:
+            i, r = e >> 32, e & 0xFFFFFFFF
+            if i < len(self.segments):
+                if self.dead[i] is None:
+                    self.dead[i] = np.zeros(len(self.segments[i]), dtype=bool)
+                self.dead[i][r] = True  # type: ignore[index]
+                self._dirty.add(i)
+                del self._rows[self.segments[i].ids[r]]
+            else:
+                self._pending_dead[r] = True
+                del self._rows[self._pending[r].chunk_id]
+        return len(targets)
 
     def get(self, chunk_ids: list[str]) -> list[Chunk | None]:
-        return [self.chunks[self._rows[i]] if i in self._rows else None for i in chunk_ids]
+        out: list[Chunk | None] = []
+        for cid in chunk_ids:
+            seg, r = self._locate(cid)
+            out.append(None if r < 0 else self._pending[r] if seg is None else seg.chunk(r))
+        return out
 
     def get_vectors(self, chunk_ids: list[str]) -> np.ndarray:
         missing = [i for i in chunk_ids if i not in self._rows]
         if missing:
             raise KeyError(f"unknown chunk ids: {missing[:3]}")
-        return self.vectors[[self._rows[i] for i in chunk_ids]]
-
-    def mask(self, where: Where | None) -> np.ndarray | None:
-        if not where:
-            return None
-        return np.fromiter((matches(c, where) for c in self.chunks), bool, len(self.chunks))
+        out = np.zeros((len(chunk_ids), self.dim), dtype=np.float32)
+        pend = self._pending_matrix() if self._pending_vecs else None
+        for j, cid in enumerate(chunk_ids):
+            seg, r = self._locate(cid)
+            out[j] = pend[r] if seg is None else seg.vectors[r]  # type: ignore[index]
+        return out
 
     def search(self, query: np.ndarray, k: int, where: Where | None = None) -> list[Hit]:
         q = np.asarray(query, dtype=np.float32).reshape(-1)
         if q.shape[0] != self.dim:
             raise ValueError(f"query vector: expected {self.dim} dims, got {q.shape[0]}")
-        n = len(self.chunks)
-        if n == 0 or k <= 0:
+        if not self._rows or k <= 0:
             return []
-        m = self.mask(where)
-        ann = self._ensure_ann()
-        if ann is not None:
-            rows, scores = self._ann_search(q, k, m)
-        else:
-            s = self.vectors @ q
-            if m is not None:
-                s = np.where(m, s, -np.inf)
-            k_ = min(k, n if m is None else int(m.sum()))
-            rows = np.argpartition(-s, k_ - 1)[:k_] if k_ < n else np.arange(n)
-            rows = rows[np.argsort(-s[rows], kind="stable")][:k_]
-            scores = s[rows]
-        return [Hit(self.chunks[r], float(sc)) for r, sc in zip(rows, scores, strict=True)]
+        found = []
+        for i, ((seg, _), m) in enumerate(zip(self._parts(), self._allowed(where),
+                                              strict=True)):
+            rows, scores = seg.dense(q, k, m, exact_below=self.ann_threshold)
+            found += [(-float(s), i, int(r)) for r, s in zip(rows, scores, strict=True)]
+        parts = self._parts()
+        return [Hit(parts[i][0].chunk(r), -s) for s, i, r in sorted(found)[:k]]
 
     def sparse_search(self, query: str, k: int, where: Where | None = None) -> list[Hit]:
-        rows, scores = self._sparse().search(query, k, self.mask(where))
-        return [Hit(self.chunks[r], float(s)) for r, s in zip(rows, scores, strict=True)]
-
-    # ---- derived indexes -----------------------------------------------------------------
-    def _sparse(self, progress: bool = False) -> BM25Index:
-        if self._bm25 is None:
-            self._bm25 = BM25Index.build([c.text for c in self.chunks], progress=progress)
-        return self._bm25
-
-    def _ensure_ann(self, progress: bool = False) -> Any:
-        if len(self.chunks) < self.ann_threshold:
-            self._ann = None
-            return None
-        import faiss
-
-        if self._ann is None or self._ann.ntotal > len(self.chunks):
-            self._ann = faiss.IndexHNSWFlat(self.dim, HNSW_M, faiss.METRIC_INNER_PRODUCT)
-            self._ann.hnsw.efConstruction = HNSW_EF_BUILD
-        start, n = self._ann.ntotal, len(self.chunks)
-        steps = range(start, n, 10_000)
-        if progress and n - start > 10_000:
-            from tqdm import tqdm
-
-            steps = tqdm(steps, desc="hnsw", unit="10k vectors")
-        for s in steps:  # HNSW takes appends: only new rows are inserted
-            self._ann.add(self.vectors[s : s + 10_000])
-        return self._ann
-
-    def _ann_search(
-        self, q: np.ndarray, k: int, m: np.ndarray | None
-    ) -> tuple[np.ndarray, np.ndarray]:
-        import faiss
-
-        params = faiss.SearchParametersHNSW(efSearch=max(HNSW_EF_SEARCH, 2 * k))
-        if m is not None:
-            allowed = np.flatnonzero(m)
-            if len(allowed) <= 4 * self.ann_threshold:
-                # A narrow filter: exact search over the few allowed rows is faster and exact.
-                s = self.vectors[allowed] @ q
-                top = np.argsort(-s, kind="stable")[:k]
-                return allowed[top], s[top]
-            params.sel = faiss.IDSelectorBatch(allowed.astype(np.int64))
-        scores, rows = self._ann.search(q[None], k, params=params)
-        keep = rows[0] >= 0
-        return rows[0][keep], scores[0][keep]
+        parts = self._parts()
+        allowed = self._allowed(where) if where else [None] * len(parts)
+        bm = [Part(seg.postings, None if dm is None else ~dm, m)
+              for (seg, dm), m in zip(parts, allowed, strict=True)]
+        return [Hit(parts[i][0].chunk(r), s) for i, r, s in bm25_search(bm, query, k)]

@@ -16,7 +16,7 @@ const visible = (t: string) => t.replace(/ /g, "·").replace(/\n/g, "↵");
 export function attentionPage(root: HTMLElement): void {
   const { root: head, setSources } = pageHeader("attention", "Self-attention");
   const text = el("input", { type: "text", value: "The animal didn't cross the street because it was too tired.", size: 60, "data-testid": "att-text" }) as HTMLInputElement;
-  const model = el("select", { "data-testid": "att-model" }, el("option", { value: "smollm2" }, "SmolLM2-135M (causal)"), el("option", { value: "minilm" }, "MiniLM-L6 (bidirectional)"), el("option", { value: "path" }, "local checkpoint…")) as HTMLSelectElement;
+  const model = el("select", { "data-testid": "att-model" }, el("option", { value: "smollm2" }, "SmolLM2-135M (causal)"), el("option", { value: "minilm" }, "MiniLM-L6 (bidirectional)")) as HTMLSelectElement;
   const path = el("input", { type: "text", placeholder: "/path/to/checkpoint", hidden: true, size: 30 }) as HTMLInputElement;
   const mode = el("select", { "data-testid": "att-mode" }, el("option", { value: "native" }, "model's own"), el("option", { value: "causal" }, "causal"), el("option", { value: "bidirectional" }, "bidirectional")) as HTMLSelectElement;
   const layer = el("input", { type: "range", min: 0, max: 29, value: 0, "data-testid": "att-layer" }) as HTMLInputElement;
@@ -108,6 +108,13 @@ export function attentionPage(root: HTMLElement): void {
       posBox.replaceChildren(...parts);
     } catch (e) { showError(err, e); }
   }
+
+  // The server's menu: the bundled models, its `--model-dir` checkpoints, and a free path if allowed.
+  getJSON<{ attention: { id: string; label: string }[]; paths: boolean }>("/api/models").then((m) => {
+    const keep = model.value;
+    model.replaceChildren(...m.attention.map((o) => el("option", { value: o.id }, o.label)), ...(m.paths ? [el("option", { value: "path" }, "checkpoint path…")] : []));
+    model.value = keep;
+  }).catch((e) => showError(err, e));
 
   setHeads(9);
   root.replaceChildren(

@@ -3,11 +3,11 @@ import { el, labeled, pageHeader, showError } from "../ui";
 
 export function chatPage(root: HTMLElement): void {
   const { root: head, setSources } = pageHeader("chat", "Chat");
-  setSources(["chat.stream", "decoding.process"]);
+  setSources(["chat.template", "batch.decode", "batch.emit"]);
   const log = el("div", { class: "chatlog", "data-testid": "chat-log" });
   const input = el("input", { type: "text", size: 60, placeholder: "Ask SmolLM2 something…", "data-testid": "chat-input" }) as HTMLInputElement;
-  const temp = el("input", { type: "number", min: 0, max: 2, step: 0.1, value: 0.7, style: "width:4em" }) as HTMLInputElement;
-  const maxTok = el("input", { type: "number", min: 1, max: 512, value: 128, style: "width:5em" }) as HTMLInputElement;
+  const temp = el("input", { type: "number", min: 0, max: 2, step: 0.1, value: 0.7, style: "width:4em", "data-testid": "chat-temp" }) as HTMLInputElement;
+  const maxTok = el("input", { type: "number", min: 1, max: 512, value: 128, style: "width:5em", "data-testid": "chat-max" }) as HTMLInputElement;
   const send = el("button", { "data-testid": "chat-send" }, "send");
   const err = el("div", { class: "error", hidden: true });
   const history: { role: string; content: string }[] = [];
@@ -25,7 +25,9 @@ export function chatPage(root: HTMLElement): void {
     try {
       for await (const ev of postSSE("/v1/chat/completions", { messages: history, stream: true, temperature: Number(temp.value), max_tokens: Number(maxTok.value) })) {
         if (ev.data === "[DONE]") break;
-        const piece = JSON.parse(ev.data).choices?.[0]?.delta?.content ?? "";
+        const j = JSON.parse(ev.data);
+        if (j.error) throw new Error(j.error.message);
+        const piece = j.choices?.[0]?.delta?.content ?? "";
         text += piece;
         reply.textContent = text;
       }

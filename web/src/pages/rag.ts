@@ -51,6 +51,7 @@ export function ragPage(root: HTMLElement): void {
     try {
       for await (const ev of postSSE("/api/rag/query", { query: q.value, k: Number(k.value), method: method.value, rerank: rerank.checked, chunk_size: Number(chunk.value), session })) {
         const d = JSON.parse(ev.data || "{}");
+        if (ev.event === "error") throw new Error(d.error?.message ?? "server error");
         if (ev.event === "token") { light("llm"); text += d.text; answer.textContent = text; continue; }
         if (ev.event === "done") {
           if (d.answer) answer.textContent = d.answer;

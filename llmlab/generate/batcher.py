@@ -1,0 +1,389 @@
+"""Continuous batching: independent requests share one KV-cache decode.
+
+A server receives requests at random times, each with its own prompt, sampling settings,
+stop strings and token budget. One worker thread owns the model. Between decoding steps it
+admits waiting requests (prefilling each one alone, exactly as the one-request engine does;
+a long prompt a chunk per step) and drops finished or cancelled ones, so a short reply never
+waits for a long one to end and a newcomer waits a step, not a whole generation.
+
+The batch's cache has `iter_decode`'s layout: every row right-aligned at the write position,
+an attention mask over each row's left padding, positions counted from a row's first real
+token. When rows join or leave, the cache is copied into that layout again (`_relayout`),
+which costs far less than the decode steps between such events and keeps every forward pass
+the plain batched one. Sampling runs row by row with the request's own settings, generator
+and repetition mask, so a greedy or seeded request gets the tokens it would get alone.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import queue
+import threading
+from collections import Counter, deque
+from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import AbstractContextManager
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from llmlab.generate.engine import Completion, TextStream, fit_context
+from llmlab.generate.sampling import SamplingParams, sample
+from llmlab.model.cache import KVCache
+from llmlab.model.transformer import Transformer
+
+log = logging.getLogger("llmlab.generate")
+
+
+class Handle:
+    """One submitted request. Iterate it (or `async for`) for text pieces as they arrive;
+    `.result` is the finished Completion. Leaving the loop early cancels the request."""
+
+    def __init__(self, prompt: list[int], params: SamplingParams) -> None:
+        self.prompt, self.params = prompt, params
+        self.result: Completion | None = None
+        self.error: BaseException | None = None
+        self._q: queue.SimpleQueue[str | None] = queue.SimpleQueue()  # None = finished
+        self._cancel = threading.Event()
+        self._notify: Callable[[], None] | None = None
+
+    @property
+    def cancelled(self) -> bool:
+        return self._cancel.is_set()
+
+    def cancel(self) -> None:
+        """Free the request's batch slot at the next step (a no-op once it has finished)."""
+        self._cancel.set()
+
+    def _put(self, item: str | None) -> None:
+        self._q.put(item)
+        notify = self._notify
+        if notify is not None:
+            try:
+                notify()
+            except RuntimeError:  # the consumer's event loop is gone
+                self.cancel()
+
+    def __iter__(self) -> Iterator[str]:
+        try:
+            while (item := self._q.get()) is not None:
+                yield item
+        finally:
+            self.cancel()
+        if self.error is not None:
+            raise self.error
+
+    async def __aiter__(self) -> AsyncIterator[str]:
+        loop = asyncio.get_running_loop()
+        wake = asyncio.Event()
+        self._notify = lambda: loop.call_soon_threadsafe(wake.set)
+        try:
+            while True:
+                try:
+                    item = self._q.get_nowait()
+                except queue.Empty:
+                    await wake.wait()  # a client disconnect cancels us here
+                    wake.clear()
+                    continue
+                if item is None:
+                    break
+                yield item
+        finally:
+            self._notify = None
+            self.cancel()
+        if self.error is not None:
+            raise self.error
+
+    def text(self) -> Completion:
+        """Block until finished; return the Completion."""
+        for _ in self:
+            pass
+        assert self.result is not None
+        return self.result
+
+    async def atext(self) -> Completion:
+        async for _ in self:
+            pass
+        assert self.result is not None
+        return self.result
+
+
+@dataclass
+class _Row:
+    handle: Handle
+    stream: TextStream
+    gen: torch.Generator | None
+    seen: torch.Tensor | None  # (1, V) tokens already in the context (repetition penalty)
+    length: int  # tokens of this row held in the cache
+    last: int = 0  # the token sampled last, written to the cache at the next step
+    tokens: list[int] = field(default_factory=list)
+    done: bool = False
+
+
+class Batcher:
+    """`Batcher(model, tokenizer).submit(prompt_ids, params)` -> Handle.
+
+    `lock` guards every forward pass (one per step, one per prefill chunk), so other users
+    of the same model (a server's explain pages) take turns with decoding steps. `max_batch` caps
+    the rows; `max_batch_tokens` caps rows x cache length, which is what the KV cache's
+    memory grows with (SmolLM2 in fp32: 46 KB per token)."""
+
+    def __init__(
+        self,
+        model: Transformer,
+        tokenizer: Any,
+        max_batch: int = 16,
+        max_batch_tokens: int = 16384,
+        prefill_chunk: int = 128,
+        lock: AbstractContextManager | None = None,
+    ) -> None:
+        self.model, self.tok = model, tokenizer
+        self.max_batch, self.max_batch_tokens = max_batch, max_batch_tokens
+        self.prefill_chunk = prefill_chunk
+        self.lock = lock if lock is not None else threading.Lock()
+        keys = ("submitted", "finished", "cancelled", "steps", "peak_rows")
+        self.stats: Counter[str] = Counter(dict.fromkeys(keys, 0))
+        self._waiting: deque[Handle] = deque()
+        self._cv = threading.Condition()
+        self._closed = False
+        self._rows: list[_Row] = []
+        self._cache: KVCache | None = None
+        self._mask: torch.Tensor | None = None  # (B, capacity), 0 over left padding
+        self._padded = False  # rows differ in length, so the mask is needed
+        self._pending: tuple[Handle, KVCache] | None = None  # a prompt being prefilled
+        self._thread = threading.Thread(target=self._run, daemon=True, name="llmlab-batcher")
+        self._thread.start()
+
+    # -- the caller's side -------------------------------------------------------------
+
+    def submit(self, prompt: list[int], params: SamplingParams) -> Handle:
+        params.validate()
+        cfg = self.model.cfg
+        prompt = fit_context([prompt], params.max_new_tokens, cfg.max_seq_len, False)[0]
+        if any(not 0 <= t < cfg.vocab_size for t in prompt):
+            raise ValueError(f"prompt: token ids must be in [0, {cfg.vocab_size})")
+        h = Handle(list(prompt), params)
+        with self._cv:
+            if self._closed:
+                raise RuntimeError("the batcher is closed")
+            self.stats["submitted"] += 1
+            if params.max_new_tokens == 0:
+                h.result = Completion("", [], "length", len(prompt))
+                h._put(None)
+                return h
+            self._waiting.append(h)
+            self._cv.notify()
+        return h
+
+    def snapshot(self) -> dict[str, int]:
+        with self._cv:
+            return {**self.stats, "rows": len(self._rows), "waiting": len(self._waiting)}
+
+    def close(self) -> None:
+        with self._cv:
+            self._closed = True
+            self._cv.notify()
+        self._thread.join(timeout=30)
+
+    # -- the worker ------------------------------------------------------------------------
+
+    def _run(self) -> None:
+        while True:
+            with self._cv:
+                while not (self._waiting or self._rows or self._pending or self._closed):
+                    self._cv.wait()
+                if self._closed:
+                    pending = [*self._waiting, *(r.handle for r in self._rows)]
+                    if self._pending is not None:
+                        pending.append(self._pending[0])
+                    self._waiting.clear()
+                    break
+            try:
+                self._step()
+            except Exception as e:  # fail this batch's requests, keep serving new ones
+                log.exception("batched decoding failed")
+                for r in self._rows:
+                    self._fail(r.handle, e)
+                self._rows, self._cache, self._mask = [], None, None
+                if self._pending is not None:
+                    self._fail(self._pending[0], e)
+                    self._pending = None
+        for h in pending:
+            self._fail(h, RuntimeError("the batcher was closed"))
+
+    def _step(self) -> None:
+        if self._rows:
+            self._decode()
+        new = self._admit()
+        if new or any(r.done for r in self._rows):
+            self._relayout(new)
+
+    @torch.inference_mode()
+    def _decode(self) -> None:
+        """One token for every row; rows that finish or were cancelled are marked done."""
+        cache, rows = self._cache, self._rows
+        assert cache is not None and self._mask is not None
+        for r in rows:
+            if r.handle.cancelled and not r.done:
+                self._finish(r, "cancelled")
+        x = torch.tensor([[r.last] for r in rows], device=self.model.device)
+        am = None
+        if self._padded:  # unpadded: the mask-free path, exactly the one-request engine's
+            am = self._mask[:, : cache.length + 1]
+        with self.lock:
+            logits = self.model(x, attention_mask=am, cache=cache, last_only=True).logits[:, -1]
+        with self._cv:
+            self.stats["steps"] += 1
+        for i, r in enumerate(rows):
+            if not r.done:
+                r.length += 1
+                self._emit(r, logits[i : i + 1])
+
+    def _admit(self) -> list[tuple[_Row, KVCache]]:
+        """Prefill waiting requests, oldest first, while they fit the batch's limits.
+
+        About `prefill_chunk` prompt tokens per step: a long prompt is prefilled a chunk per
+        step, between decoding steps, so it never stalls the rows already streaming for long.
+        A prompt of at most one chunk is prefilled whole, exactly as the one-request engine
+        does; longer ones always split at the same points, so results don't depend on load."""
+        new: list[tuple[_Row, KVCache]] = []
+        live = [r for r in self._rows if not r.done]
+        budget = self.prefill_chunk
+        while budget > 0:
+            if self._pending is None:
+                h = self._pop_waiting([*live, *(r for r, _ in new)])
+                if h is None:
+                    break
+                m = self.model
+                self._pending = (h, KVCache(m.cfg, 1, len(h.prompt), m.device, m.dtype))
+            h, cache = self._pending
+            if h.cancelled:
+                self._pending = None
+                self._finish_unstarted(h)
+                continue
+            piece = h.prompt[cache.length : cache.length + self.prefill_chunk]
+            budget -= len(piece)
+            try:
+                logits = self._forward(piece, cache)
+            except Exception as e:  # a bad request fails alone
+                log.exception("prefill failed")
+                self._pending = None
+                self._fail(h, e)
+                continue
+            if cache.length == len(h.prompt):
+                self._pending = None
+                row = self._start(h, logits)
+                if not row.done:
+                    new.append((row, cache))
+        return new
+
+    def _pop_waiting(self, rows: list[_Row]) -> Handle | None:
+        """The oldest waiting request if it fits beside `rows` (never skip ahead of it)."""
+        with self._cv:
+            for h in [h for h in self._waiting if h.cancelled]:
+                self._waiting.remove(h)
+                self._finish_unstarted(h)
+            if not self._waiting:
+                return None
+            h = self._waiting[0]
+            if rows and not self._fits(rows, h):
+                return None
+            return self._waiting.popleft()
+
+    def _fits(self, rows: list[_Row], h: Handle) -> bool:
+        if len(rows) + 1 > self.max_batch:
+            return False
+        length = max(len(h.prompt), *(r.length for r in rows))
+        left = max(h.params.max_new_tokens, *(self._left(r) for r in rows))
+        return (len(rows) + 1) * (length + left) <= self.max_batch_tokens
+
+    @staticmethod
+    def _left(r: _Row) -> int:
+        """Forward passes this row may still need (each writes one cache position)."""
+        return r.handle.params.max_new_tokens - len(r.tokens)
+
+    @torch.inference_mode()
+    def _forward(self, piece: list[int], cache: KVCache) -> torch.Tensor:
+        ids = torch.tensor([piece], device=self.model.device)
+        with self.lock:
+            return self.model(ids, cache=cache, last_only=True).logits[:, -1]
+
+    def _start(self, h: Handle, logits: torch.Tensor) -> _Row:
+        """A prefilled request becomes a row; its first token is sampled here."""
+        p, dev = h.params, self.model.device
+        gen = torch.Generator(device=dev).manual_seed(p.seed) if p.seed is not None else None
+        seen = None
+        if p.repetition_penalty != 1.0:
+            seen = torch.zeros(1, self.model.cfg.vocab_size, dtype=torch.bool, device=dev)
+            seen[0, torch.tensor(h.prompt, device=dev)] = True
+        row = _Row(h, TextStream(self.tok, p.stop), gen, seen, length=len(h.prompt))
+        self._emit(row, logits)
+        return row
+
+    def _finish_unstarted(self, h: Handle) -> None:
+        h.result = Completion("", [], "cancelled", len(h.prompt))
+        with self._cv:
+            self.stats["cancelled"] += 1
+        h._put(None)
+
+    def _emit(self, r: _Row, logits: torch.Tensor) -> None:
+        """Sample this row's next token and stream its text; the same rules as `complete`."""
+        p = r.handle.params
+        tok = int(sample(logits, p, r.gen, r.seen)[0])
+        if r.seen is not None:
+            r.seen[0, tok] = True
+        if tok in p.stop_token_ids:
+            return self._finish(r, "stop")
+        r.tokens.append(tok)
+        piece = r.stream.feed(tok)
+        if piece:
+            r.handle._put(piece)
+        if r.stream.stopped:
+            self._finish(r, "stop")
+        elif len(r.tokens) >= p.max_new_tokens:
+            self._finish(r, "length")
+        else:
+            r.last = tok
+
+    def _finish(self, r: _Row, reason: str) -> None:
+        r.done = True
+        if reason != "cancelled":
+            rest = r.stream.flush()
+            if rest:
+                r.handle._put(rest)
+        r.handle.result = Completion(r.stream.text, r.tokens, reason, len(r.handle.prompt))
+        with self._cv:
+            self.stats["cancelled" if reason == "cancelled" else "finished"] += 1
+        r.handle._put(None)
+
+    def _fail(self, h: Handle, e: BaseException) -> None:
+        h.error = e
+        h._put(None)
+
+    def _relayout(self, new: list[tuple[_Row, KVCache]]) -> None:
+        """Copy the live rows (old and new) into a fresh left-padded cache."""
+        old = self._cache
+        srcs = [(old, i, r) for i, r in enumerate(self._rows) if not r.done]
+        srcs += [(c, 0, r) for r, c in new]
+        self._rows = [r for _, _, r in srcs]
+        if not srcs:
+            self._cache = self._mask = None
+            return
+        m = self.model
+        length = max(r.length for r in self._rows)
+        cap = length + max(self._left(r) for r in self._rows)
+        cache = KVCache(m.cfg, len(srcs), cap, m.device, m.dtype)
+        cache.length = length
+        mask = torch.ones(len(srcs), cap, dtype=torch.long, device=m.device)
+        for j, (src, i, r) in enumerate(srcs):
+            assert src is not None
+            n, end = r.length, src.length
+            for layer in range(m.cfg.n_layer):
+                cache.k[layer][j, :, length - n : length] = src.k[layer][i, :, end - n : end]
+                cache.v[layer][j, :, length - n : length] = src.v[layer][i, :, end - n : end]
+            mask[j, : length - n] = 0
+        self._cache, self._mask = cache, mask
+        self._padded = any(r.length != length for r in self._rows)
+        with self._cv:
+            self.stats["peak_rows"] = max(self.stats["peak_rows"], len(srcs))
