@@ -30,6 +30,7 @@ import argparse
 import json
 import math
 import os
+import re
 import subprocess
 import sys
 import time
@@ -250,11 +251,14 @@ def stage_ppo_eval(a: argparse.Namespace, n: int = 64) -> dict:
     return out
 
 
-def arithmetic_accuracy(adapter: Path | None, n: int, threads: int) -> dict:
+def arithmetic_accuracy(adapter: Path | None, n: int, threads: int, level: str = "standard",
+                        max_new_tokens: int = 160) -> dict:
+    """Greedy accuracy on the first n held-out (test split) problems of `level`, with the
+    prompt the matching task trains on; `right` lists each problem's 0/1 for paired tests."""
     import torch
 
     import llmlab
-    from llmlab.align.data import ARITH_PROMPT
+    from llmlab.align.data import ARITH_EASY_PROMPT, ARITH_PROMPT
     from llmlab.align.rewards import score_many
     from llmlab.eval.datasets import arithmetic_problems
     from llmlab.generate.chat import encode_prompts
@@ -266,14 +270,36 @@ def arithmetic_accuracy(adapter: Path | None, n: int, threads: int) -> dict:
         from llmlab.peft.model import apply_adapter
 
         apply_adapter(lm, adapter)
-    probs = arithmetic_problems(n, split="test")
-    ids = encode_prompts(lm, [ARITH_PROMPT.format(q=p.question) for p in probs], chat=True)
-    params = make_params(lm.tokenizer, max_new_tokens=160, temperature=0.0, seed=0,
+    probs = arithmetic_problems(n, split="test", level=level)
+    tmpl = ARITH_EASY_PROMPT if level == "easy" else ARITH_PROMPT
+    ids = encode_prompts(lm, [tmpl.format(q=p.question) for p in probs], chat=True)
+    params = make_params(lm.tokenizer, max_new_tokens=max_new_tokens, temperature=0.0, seed=0,
                          stop=["<|im_end|>"])
+    t0, c0 = time.perf_counter(), time.process_time()
     texts = [c.text for c in complete(lm.model, lm.tokenizer, ids, params)]
     right = score_many(texts, [{"type": "numeric", "answer": p.target} for p in probs])
     return {"n": n, "correct": int(sum(right)), "accuracy": sum(right) / n,
-            "wilson95": wilson(int(sum(right)), n)}
+            "wilson95": wilson(int(sum(right)), n), "right": [int(r) for r in right],
+            "ends_in_format": sum(re.search(FORMAT, t) is not None for t in texts) / n,
+            "samples": [[p.question, p.target, t] for p, t in zip(probs[:6], texts[:6],
+                                                                    strict=True)],
+            "wall_s": round(time.perf_counter() - t0, 1),
+            "cpu_s": round(time.process_time() - c0, 1)}
+
+
+def mcnemar(before: list[int], after: list[int]) -> dict:
+    """Exact two-sided McNemar test on paired 0/1 outcomes (a binomial test on the
+    discordant pairs), and the accuracy gain with a 95% Wald interval on paired diffs."""
+    b = sum(1 for x, y in zip(before, after, strict=True) if x and not y)  # lost
+    c = sum(1 for x, y in zip(before, after, strict=True) if y and not x)  # gained
+    k, m = min(b, c), b + c
+    p = min(1.0, 2 * sum(math.comb(m, i) for i in range(k + 1)) / 2 ** m) if m else 1.0
+    n = len(before)
+    d = [y - x for x, y in zip(before, after, strict=True)]
+    mean = sum(d) / n
+    se = math.sqrt(sum((x - mean) ** 2 for x in d) / (n - 1) / n)
+    return {"gained": c, "lost": b, "p_value": p, "gain": mean,
+            "gain_ci95": (mean - 1.96 * se, mean + 1.96 * se)}
 
 
 def stage_grpo(a: argparse.Namespace) -> dict:
@@ -323,9 +349,46 @@ def stage_grpo_format(a: argparse.Namespace) -> dict:
             "completion_length_per_step": [r["completion_length"] for r in m]}
 
 
+def stage_grpo_easy(a: argparse.Namespace) -> dict:
+    """GRPO on `arithmetic-easy` (one small add/subtract step; SmolLM2 solves about a fifth
+    greedily, so groups of 8 samples differ in reward) with a short one-line answer (40 new
+    tokens), the numeric check plus a 0.2 format reward for ending with "The answer is N.",
+    8 prompts x 8 samples per rollout, 2 optimizer passes per rollout. Accuracy: greedy, the
+    numeric check alone, on --n-eval problems of the held-out (test) split, which training
+    never draws from (the split is by a hash of the question text); exact McNemar test."""
+    import resource
+
+    from llmlab.align.data import task_prompts
+
+    out = a.out / "grpo_easy"
+    data = a.out / "arithmetic_easy_format.jsonl"
+    rows = [{"prompt": p["prompt"], "verifier": {
+        "type": "sum", "weights": [1.0, 0.2],
+        "parts": [p["verifier"], {"type": "format", "pattern": FORMAT}]}}
+        for p in task_prompts("arithmetic-easy", 1024)]
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    before = arithmetic_accuracy(None, a.n_eval, a.threads, "easy", 40)
+    print("before:", {k: v for k, v in before.items() if k != "right"}, flush=True)
+    c0 = resource.getrusage(resource.RUSAGE_CHILDREN)
+    wall = llmlab(["grpo", *COMMON, "--data", str(data), "--max-steps", str(a.grpo_steps),
+                   "--num-generations", "8", "--prompts-per-step", "8", "--temperature", "0.8",
+                   "--max-new-tokens", "40", "--iterations", "2", "--lr", str(a.grpo_lr),
+                   "--out", str(out)], a.threads)
+    c1 = resource.getrusage(resource.RUSAGE_CHILDREN)
+    after = arithmetic_accuracy(out / "final", a.n_eval, a.threads, "easy", 40)
+    m = metrics(out)
+    return {"train_wall_s": round(wall, 1),
+            "train_cpu_s": round(c1.ru_utime + c1.ru_stime - c0.ru_utime - c0.ru_stime, 1),
+            "before": before, "after": after, "paired": mcnemar(before["right"], after["right"]),
+            "train_reward_per_step": [round(r["reward/mean"], 3) for r in m],
+            "frac_zero_std_per_step": [r["frac_reward_zero_std"] for r in m],
+            "completion_length_per_step": [round(r["completion_length"], 1) for r in m]}
+
+
 STAGES = {"prefs": stage_prefs, "reward": stage_reward, "length": stage_length,
           "dpo": stage_dpo, "dpo_length": stage_dpo_length, "ppo": stage_ppo,
-          "ppo_eval": stage_ppo_eval, "grpo": stage_grpo, "grpo_format": stage_grpo_format}
+          "ppo_eval": stage_ppo_eval, "grpo": stage_grpo, "grpo_format": stage_grpo_format,
+          "grpo_easy": stage_grpo_easy}
 
 
 def main() -> None:
