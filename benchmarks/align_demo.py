@@ -87,6 +87,14 @@ def val_pairs(a: argparse.Namespace) -> list[dict]:
                       temperature=0.7)[:a.val]
 
 
+def train_pairs(a: argparse.Namespace) -> list[dict]:
+    import llmlab
+    from llmlab.align.data import task_prefs
+
+    return task_prefs(llmlab.load(MODEL), "trivia-prefs", a.pairs_from, samples=2, hint=True,
+                      temperature=0.7)[a.val:]
+
+
 def length_check(a: argparse.Namespace, run: Path) -> dict:
     """Chosen answers are shorter than rejected ones more often than not (a hinted sample tends
     to state the answer and stop), so "prefer the shorter" is a baseline to beat. Scores the
@@ -109,11 +117,19 @@ def length_check(a: argparse.Namespace, run: Path) -> dict:
         rr = torch.cat([rm.score(t["rejected_ids"][i:i + 8], t["rejected_mask"][i:i + 8])
                         for i in range(0, len(pairs), 8)])
     right = (rc > rr).tolist()
-    longer = (t["chosen_cmask"].sum(1) > t["rejected_cmask"].sum(1)).tolist()
+    nc, nr = t["chosen_cmask"].sum(1), t["rejected_cmask"].sum(1)
+    longer = (nc > nr).tolist()
+    ties = float((nc == nr).float().mean())  # mostly both cut at the 32-token sampling cap
     sub = {"chosen_longer": [r for r, g in zip(right, longer, strict=True) if g],
            "chosen_not_longer": [r for r, g in zip(right, longer, strict=True) if not g]}
+    tt = pref_tensors(lm.tokenizer, template_for(lm), train_pairs(a), 256)
+    tc, tr = tt["chosen_cmask"].sum(1), tt["rejected_cmask"].sum(1)
     return {"rm_accuracy": sum(right) / len(right),
-            "shorter_wins_baseline": 1 - sum(longer) / len(longer),
+            "shorter_wins_baseline": 1 - sum(longer) / len(longer),  # ties counted as wins
+            "length_ties": ties,
+            "shorter_wins_ties_half": float((nc < nr).float().mean()) + ties / 2,
+            "train_shorter_wins_ties_half": float((tc < tr).float().mean()
+                                                  + (tc == tr).float().mean() / 2),
             **{f"rm_accuracy_{k}": (sum(v) / len(v) if v else None, len(v))
                for k, v in sub.items()}}
 
@@ -352,8 +368,9 @@ def stage_grpo_format(a: argparse.Namespace) -> dict:
 def stage_grpo_easy(a: argparse.Namespace) -> dict:
     """GRPO on `arithmetic-easy` (one small add/subtract step; SmolLM2 solves about a fifth
     greedily, so groups of 8 samples differ in reward) with a short one-line answer (40 new
-    tokens), the numeric check plus a 0.2 format reward for ending with "The answer is N.",
-    8 prompts x 8 samples per rollout, 2 optimizer passes per rollout. Accuracy: greedy, the
+    tokens at T 0.6: at T 0.8 samples were right only ~5% of the time), the numeric check
+    plus a 0.2 format reward for ending with "The answer is N.", 8 prompts x 8 samples per
+    rollout, 2 optimizer passes per rollout. Accuracy: greedy, the
     numeric check alone, on --n-eval problems of the held-out (test) split, which training
     never draws from (the split is by a hash of the question text); exact McNemar test."""
     import resource
@@ -371,7 +388,7 @@ def stage_grpo_easy(a: argparse.Namespace) -> dict:
     print("before:", {k: v for k, v in before.items() if k != "right"}, flush=True)
     c0 = resource.getrusage(resource.RUSAGE_CHILDREN)
     wall = llmlab(["grpo", *COMMON, "--data", str(data), "--max-steps", str(a.grpo_steps),
-                   "--num-generations", "8", "--prompts-per-step", "8", "--temperature", "0.8",
+                   "--num-generations", "8", "--prompts-per-step", "8", "--temperature", "0.6",
                    "--max-new-tokens", "40", "--iterations", "2", "--lr", str(a.grpo_lr),
                    "--out", str(out)], a.threads)
     c1 = resource.getrusage(resource.RUSAGE_CHILDREN)
