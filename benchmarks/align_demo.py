@@ -384,13 +384,16 @@ def stage_grpo_easy(a: argparse.Namespace) -> dict:
         "parts": [p["verifier"], {"type": "format", "pattern": FORMAT}]}}
         for p in task_prompts("arithmetic-easy", 1024)]
     data.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    before = arithmetic_accuracy(None, a.n_eval, a.threads, "easy", 40)
+    cache = a.out / f"arithmetic_easy_base_n{a.n_eval}.json"  # the base is fixed: eval once
+    if not cache.exists():
+        cache.write_text(json.dumps(arithmetic_accuracy(None, a.n_eval, a.threads, "easy", 40)))
+    before = json.loads(cache.read_text())
     print("before:", {k: v for k, v in before.items() if k != "right"}, flush=True)
     c0 = resource.getrusage(resource.RUSAGE_CHILDREN)
     wall = llmlab(["grpo", *COMMON, "--data", str(data), "--max-steps", str(a.grpo_steps),
                    "--num-generations", "8", "--prompts-per-step", "8", "--temperature", "0.6",
                    "--max-new-tokens", "40", "--iterations", "2", "--lr", str(a.grpo_lr),
-                   "--out", str(out)], a.threads)
+                   "--warmup-steps", "2", "--out", str(out)], a.threads)
     c1 = resource.getrusage(resource.RUSAGE_CHILDREN)
     after = arithmetic_accuracy(out / "final", a.n_eval, a.threads, "easy", 40)
     m = metrics(out)
