@@ -369,8 +369,8 @@ def stage_grpo_easy(a: argparse.Namespace) -> dict:
     """GRPO on `arithmetic-easy` (one small add/subtract step; SmolLM2 solves about a fifth
     greedily, so groups of 8 samples differ in reward) with a short one-line answer (40 new
     tokens at T 0.6: at T 0.8 samples were right only ~5% of the time), the numeric check
-    plus a 0.2 format reward for ending with "The answer is N.", 8 prompts x 8 samples per
-    rollout, 2 optimizer passes per rollout. Accuracy: greedy, the
+    plus a 0.2 format reward for ending with "The answer is N.", --grpo-prompts x 8 samples
+    per rollout, 2 optimizer passes per rollout. Accuracy: greedy, the
     numeric check alone, on --n-eval problems of the held-out (test) split, which training
     never draws from (the split is by a hash of the question text); exact McNemar test."""
     import resource
@@ -391,7 +391,8 @@ def stage_grpo_easy(a: argparse.Namespace) -> dict:
     print("before:", {k: v for k, v in before.items() if k != "right"}, flush=True)
     c0 = resource.getrusage(resource.RUSAGE_CHILDREN)
     wall = llmlab(["grpo", *COMMON, "--data", str(data), "--max-steps", str(a.grpo_steps),
-                   "--num-generations", "8", "--prompts-per-step", "8", "--temperature", "0.6",
+                   "--num-generations", "8", "--prompts-per-step", str(a.grpo_prompts),
+                   "--temperature", "0.6",
                    "--max-new-tokens", "40", "--iterations", "2", "--lr", str(a.grpo_lr),
                    "--warmup-steps", "2", "--out", str(out)], a.threads)
     c1 = resource.getrusage(resource.RUSAGE_CHILDREN)
@@ -420,6 +421,9 @@ def main() -> None:
     ap.add_argument("--ppo-steps", type=int, default=40)
     ap.add_argument("--ppo-lr", type=float, default=1e-4, help="LoRA lr for PPO")
     ap.add_argument("--grpo-steps", type=int, default=20)
+    ap.add_argument("--grpo-prompts", type=int, default=4,
+                    help="prompts per GRPO rollout in grpo_easy (x 8 samples; 8 prompts needed "
+                         "~18 GB for the loss's full-vocabulary log-softmax)")
     ap.add_argument("--grpo-lr", type=float, default=1e-4, help="LoRA lr for GRPO")
     ap.add_argument("--n-eval", type=int, default=50, help="held-out arithmetic problems")
     ap.add_argument("--threads", type=int, default=1)
