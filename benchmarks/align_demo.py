@@ -30,6 +30,7 @@ import argparse
 import json
 import math
 import os
+import re
 import subprocess
 import sys
 import time
@@ -86,6 +87,14 @@ def val_pairs(a: argparse.Namespace) -> list[dict]:
                       temperature=0.7)[:a.val]
 
 
+def train_pairs(a: argparse.Namespace) -> list[dict]:
+    import llmlab
+    from llmlab.align.data import task_prefs
+
+    return task_prefs(llmlab.load(MODEL), "trivia-prefs", a.pairs_from, samples=2, hint=True,
+                      temperature=0.7)[a.val:]
+
+
 def length_check(a: argparse.Namespace, run: Path) -> dict:
     """Chosen answers are shorter than rejected ones more often than not (a hinted sample tends
     to state the answer and stop), so "prefer the shorter" is a baseline to beat. Scores the
@@ -108,11 +117,19 @@ def length_check(a: argparse.Namespace, run: Path) -> dict:
         rr = torch.cat([rm.score(t["rejected_ids"][i:i + 8], t["rejected_mask"][i:i + 8])
                         for i in range(0, len(pairs), 8)])
     right = (rc > rr).tolist()
-    longer = (t["chosen_cmask"].sum(1) > t["rejected_cmask"].sum(1)).tolist()
+    nc, nr = t["chosen_cmask"].sum(1), t["rejected_cmask"].sum(1)
+    longer = (nc > nr).tolist()
+    ties = float((nc == nr).float().mean())  # mostly both cut at the 32-token sampling cap
     sub = {"chosen_longer": [r for r, g in zip(right, longer, strict=True) if g],
            "chosen_not_longer": [r for r, g in zip(right, longer, strict=True) if not g]}
+    tt = pref_tensors(lm.tokenizer, template_for(lm), train_pairs(a), 256)
+    tc, tr = tt["chosen_cmask"].sum(1), tt["rejected_cmask"].sum(1)
     return {"rm_accuracy": sum(right) / len(right),
-            "shorter_wins_baseline": 1 - sum(longer) / len(longer),
+            "shorter_wins_baseline": 1 - sum(longer) / len(longer),  # ties counted as wins
+            "length_ties": ties,
+            "shorter_wins_ties_half": float((nc < nr).float().mean()) + ties / 2,
+            "train_shorter_wins_ties_half": float((tc < tr).float().mean()
+                                                  + (tc == tr).float().mean() / 2),
             **{f"rm_accuracy_{k}": (sum(v) / len(v) if v else None, len(v))
                for k, v in sub.items()}}
 
@@ -146,6 +163,41 @@ def _mean(rows: list[dict], k: str) -> float:
     return sum(r[k] for r in rows) / len(rows)
 
 
+def stage_dpo_length(a: argparse.Namespace) -> dict:
+    """The DPO policy's held-out implicit-reward accuracy, split by which side is longer (as
+    length_check does for the reward model): a summed log-ratio also grows with length."""
+    import torch
+
+    import llmlab
+    from llmlab.align.data import pref_tensors
+    from llmlab.align.dpo import sequence_logprob
+    from llmlab.generate.chat import template_for
+    from llmlab.peft.model import disable_adapters, load_adapter
+
+    torch.set_num_threads(a.threads)
+    pairs = val_pairs(a)
+    lm = llmlab.load(MODEL)
+    t = pref_tensors(lm.tokenizer, template_for(lm), pairs, 256)
+    pm = load_adapter(lm.model, a.out / "dpo" / "final").eval()
+    with torch.no_grad():
+        def logps(side: str) -> torch.Tensor:
+            return torch.cat([sequence_logprob(pm, t[f"{side}_ids"][i:i + 8],
+                                               t[f"{side}_mask"][i:i + 8],
+                                               t[f"{side}_cmask"][i:i + 8])
+                              for i in range(0, len(pairs), 8)])
+        pc, pr = logps("chosen"), logps("rejected")
+        with disable_adapters(pm):
+            rc, rr = logps("chosen"), logps("rejected")
+    right = ((pc - rc) > (pr - rr)).tolist()
+    longer = (t["chosen_cmask"].sum(1) > t["rejected_cmask"].sum(1)).tolist()
+    split = {g: [r for r, x in zip(right, longer, strict=True) if x == g] for g in (True, False)}
+    return {"rewards_accuracy": sum(right) / len(right),
+            "accuracy_chosen_longer": (sum(split[True]) / max(1, len(split[True])),
+                                       len(split[True])),
+            "accuracy_chosen_not_longer": (sum(split[False]) / max(1, len(split[False])),
+                                           len(split[False]))}
+
+
 def stage_ppo(a: argparse.Namespace) -> dict:
     out = a.out / "ppo"
     wall = llmlab(["ppo", *COMMON, "--task", "trivia", "--seed", "1", "--max-examples", "512",
@@ -167,11 +219,62 @@ def stage_ppo(a: argparse.Namespace) -> dict:
                             for r in m[::4]]}
 
 
-def arithmetic_accuracy(adapter: Path | None, n: int, threads: int) -> dict:
+def stage_ppo_eval(a: argparse.Namespace, n: int = 64) -> dict:
+    """The reward model's mean score on n trivia prompts that neither the reward model nor PPO
+    saw (a third shuffle), sampled as in training (T 0.7, 32 tokens, same seed), from the
+    base model and from the PPO policy (adapter merged)."""
     import torch
 
     import llmlab
-    from llmlab.align.data import ARITH_PROMPT
+    from llmlab.align.data import pad_right, prompt_ids, task_prompts
+    from llmlab.align.reward import load_reward_model
+    from llmlab.generate.chat import template_for
+    from llmlab.generate.engine import complete, make_params
+    from llmlab.peft.model import apply_adapter
+
+    torch.set_num_threads(a.threads)
+    seen = {p["prompt"] for p in task_prompts("trivia", a.pairs_from, seed=0)}
+    seen |= {p["prompt"] for p in task_prompts("trivia", 512, seed=1)}
+    prompts = [p for p in task_prompts("trivia", 4 * n, seed=2) if p["prompt"] not in seen][:n]
+    rm = load_reward_model(a.out / "reward")
+    out = {"prompts": len(prompts)}
+    for name, adapter in (("base", None), ("ppo", a.out / "ppo" / "final")):
+        lm = llmlab.load(MODEL)
+        if adapter is not None:
+            apply_adapter(lm, adapter)
+        tpl = template_for(lm)
+        ids = [prompt_ids(lm.tokenizer, tpl, p["prompt"]) for p in prompts]
+        params = make_params(lm.tokenizer, max_new_tokens=32, temperature=0.7, seed=0,
+                             stop=list(tpl.stop))
+        comps = complete(lm.model, lm.tokenizer, ids, params)
+        seqs = [i + c.token_ids + ([c.stop_token] if c.stop_token is not None else [])
+                for i, c in zip(ids, comps, strict=True)]
+        x, m = pad_right(seqs)
+        with torch.no_grad():
+            sc = torch.cat([rm.score(x[i:i + 16], m[i:i + 16]) for i in range(0, len(x), 16)])
+        out[name] = {"rm_score": float(sc.mean()), "rm_score_std": float(sc.std()),
+                     "scores": sc.tolist(),
+                     "tokens": sum(len(c.token_ids) for c in comps) / len(comps),
+                     "samples": [c.text for c in comps[:4]],
+                     "samples_all": [c.text for c in comps]}
+    d = torch.tensor(out["ppo"]["scores"]) - torch.tensor(out["base"]["scores"])
+    out["paired_diff"] = {"mean": float(d.mean()), "se": float(d.std() / len(d) ** 0.5),
+                          "identical_samples": sum(
+                              x == y for x, y in zip(out["base"]["samples_all"],
+                                                     out["ppo"]["samples_all"], strict=True))}
+    for k in ("base", "ppo"):
+        out[k].pop("samples_all")
+    return out
+
+
+def arithmetic_accuracy(adapter: Path | None, n: int, threads: int, level: str = "standard",
+                        max_new_tokens: int = 160) -> dict:
+    """Greedy accuracy on the first n held-out (test split) problems of `level`, with the
+    prompt the matching task trains on; `right` lists each problem's 0/1 for paired tests."""
+    import torch
+
+    import llmlab
+    from llmlab.align.data import ARITH_EASY_PROMPT, ARITH_PROMPT
     from llmlab.align.rewards import score_many
     from llmlab.eval.datasets import arithmetic_problems
     from llmlab.generate.chat import encode_prompts
@@ -183,14 +286,36 @@ def arithmetic_accuracy(adapter: Path | None, n: int, threads: int) -> dict:
         from llmlab.peft.model import apply_adapter
 
         apply_adapter(lm, adapter)
-    probs = arithmetic_problems(n, split="test")
-    ids = encode_prompts(lm, [ARITH_PROMPT.format(q=p.question) for p in probs], chat=True)
-    params = make_params(lm.tokenizer, max_new_tokens=160, temperature=0.0, seed=0,
+    probs = arithmetic_problems(n, split="test", level=level)
+    tmpl = ARITH_EASY_PROMPT if level == "easy" else ARITH_PROMPT
+    ids = encode_prompts(lm, [tmpl.format(q=p.question) for p in probs], chat=True)
+    params = make_params(lm.tokenizer, max_new_tokens=max_new_tokens, temperature=0.0, seed=0,
                          stop=["<|im_end|>"])
+    t0, c0 = time.perf_counter(), time.process_time()
     texts = [c.text for c in complete(lm.model, lm.tokenizer, ids, params)]
     right = score_many(texts, [{"type": "numeric", "answer": p.target} for p in probs])
     return {"n": n, "correct": int(sum(right)), "accuracy": sum(right) / n,
-            "wilson95": wilson(int(sum(right)), n)}
+            "wilson95": wilson(int(sum(right)), n), "right": [int(r) for r in right],
+            "ends_in_format": sum(re.search(FORMAT, t) is not None for t in texts) / n,
+            "samples": [[p.question, p.target, t] for p, t in zip(probs[:6], texts[:6],
+                                                                    strict=True)],
+            "wall_s": round(time.perf_counter() - t0, 1),
+            "cpu_s": round(time.process_time() - c0, 1)}
+
+
+def mcnemar(before: list[int], after: list[int]) -> dict:
+    """Exact two-sided McNemar test on paired 0/1 outcomes (a binomial test on the
+    discordant pairs), and the accuracy gain with a 95% Wald interval on paired diffs."""
+    b = sum(1 for x, y in zip(before, after, strict=True) if x and not y)  # lost
+    c = sum(1 for x, y in zip(before, after, strict=True) if y and not x)  # gained
+    k, m = min(b, c), b + c
+    p = min(1.0, 2 * sum(math.comb(m, i) for i in range(k + 1)) / 2 ** m) if m else 1.0
+    n = len(before)
+    d = [y - x for x, y in zip(before, after, strict=True)]
+    mean = sum(d) / n
+    se = math.sqrt(sum((x - mean) ** 2 for x in d) / (n - 1) / n)
+    return {"gained": c, "lost": b, "p_value": p, "gain": mean,
+            "gain_ci95": (mean - 1.96 * se, mean + 1.96 * se)}
 
 
 def stage_grpo(a: argparse.Namespace) -> dict:
@@ -198,8 +323,9 @@ def stage_grpo(a: argparse.Namespace) -> dict:
     before = arithmetic_accuracy(None, a.n_eval, a.threads)
     print("before:", before, flush=True)
     wall = llmlab(["grpo", *COMMON, "--task", "arithmetic", "--max-steps", str(a.grpo_steps),
-                   "--num-generations", "8", "--prompts-per-step", "2",
-                   "--max-new-tokens", "128", "--out", str(out)], a.threads)
+                   "--num-generations", "8", "--prompts-per-step", "2", "--temperature", "0.7",
+                   "--max-new-tokens", "128", "--lr", str(a.grpo_lr), "--out", str(out)],
+                  a.threads)
     after = arithmetic_accuracy(out / "final", a.n_eval, a.threads)
     m = metrics(out)
     return {"before": before, "after": after, "wall_s": round(wall, 1),
@@ -210,8 +336,80 @@ def stage_length(a: argparse.Namespace) -> dict:
     return length_check(a, a.out / "reward")
 
 
+FORMAT = r"answer is \$?-?[0-9][0-9,]*(\.[0-9]+)?\.?\s*$"  # ends by stating its answer
+
+
+def stage_grpo_format(a: argparse.Namespace) -> dict:
+    """GRPO as stage_grpo, with the answer check plus a format reward (0.5 for ending with
+    "The answer is N."): most plain groups are all wrong (no signal), and most completions
+    run past the length budget before stating an answer. Accuracy is still the numeric check
+    alone, on the same held-out problems."""
+    from llmlab.align.data import task_prompts
+
+    out = a.out / "grpo_format"
+    data = a.out / "arithmetic_format.jsonl"
+    rows = [{"prompt": p["prompt"], "verifier": {
+        "type": "sum", "weights": [1.0, 0.5],
+        "parts": [p["verifier"], {"type": "format", "pattern": FORMAT}]}}
+        for p in task_prompts("arithmetic", 256)]
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    before = json.loads((a.out / "results.json").read_text())["grpo"]["before"]
+    wall = llmlab(["grpo", *COMMON, "--data", str(data), "--max-steps", str(a.grpo_steps),
+                   "--num-generations", "8", "--prompts-per-step", "2", "--temperature", "0.7",
+                   "--max-new-tokens", "128", "--lr", str(a.grpo_lr), "--out", str(out)],
+                  a.threads)
+    after = arithmetic_accuracy(out / "final", a.n_eval, a.threads)
+    m = metrics(out)
+    return {"before": before, "after": after, "wall_s": round(wall, 1),
+            "train_reward_per_step": [r["reward/mean"] for r in m],
+            "completion_length_per_step": [r["completion_length"] for r in m]}
+
+
+def stage_grpo_easy(a: argparse.Namespace) -> dict:
+    """GRPO on `arithmetic-easy` (one small add/subtract step; SmolLM2 solves about a fifth
+    greedily, so groups of 8 samples differ in reward) with a short one-line answer (40 new
+    tokens at T 0.6: at T 0.8 samples were right only ~5% of the time), the numeric check
+    plus a 0.2 format reward for ending with "The answer is N.", --grpo-prompts x 8 samples
+    per rollout, 2 optimizer passes per rollout. Accuracy: greedy, the
+    numeric check alone, on --n-eval problems of the held-out (test) split, which training
+    never draws from (the split is by a hash of the question text); exact McNemar test."""
+    import resource
+
+    from llmlab.align.data import task_prompts
+
+    out = a.out / "grpo_easy"
+    data = a.out / "arithmetic_easy_format.jsonl"
+    rows = [{"prompt": p["prompt"], "verifier": {
+        "type": "sum", "weights": [1.0, 0.2],
+        "parts": [p["verifier"], {"type": "format", "pattern": FORMAT}]}}
+        for p in task_prompts("arithmetic-easy", 1024)]
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    cache = a.out / f"arithmetic_easy_base_n{a.n_eval}.json"  # the base is fixed: eval once
+    if not cache.exists():
+        cache.write_text(json.dumps(arithmetic_accuracy(None, a.n_eval, a.threads, "easy", 40)))
+    before = json.loads(cache.read_text())
+    print("before:", {k: v for k, v in before.items() if k != "right"}, flush=True)
+    c0 = resource.getrusage(resource.RUSAGE_CHILDREN)
+    wall = llmlab(["grpo", *COMMON, "--data", str(data), "--max-steps", str(a.grpo_steps),
+                   "--num-generations", "8", "--prompts-per-step", str(a.grpo_prompts),
+                   "--temperature", "0.6",
+                   "--max-new-tokens", "40", "--iterations", "2", "--lr", str(a.grpo_lr),
+                   "--warmup-steps", "2", "--out", str(out)], a.threads)
+    c1 = resource.getrusage(resource.RUSAGE_CHILDREN)
+    after = arithmetic_accuracy(out / "final", a.n_eval, a.threads, "easy", 40)
+    m = metrics(out)
+    return {"train_wall_s": round(wall, 1),
+            "train_cpu_s": round(c1.ru_utime + c1.ru_stime - c0.ru_utime - c0.ru_stime, 1),
+            "before": before, "after": after, "paired": mcnemar(before["right"], after["right"]),
+            "train_reward_per_step": [round(r["reward/mean"], 3) for r in m],
+            "frac_zero_std_per_step": [r["frac_reward_zero_std"] for r in m],
+            "completion_length_per_step": [round(r["completion_length"], 1) for r in m]}
+
+
 STAGES = {"prefs": stage_prefs, "reward": stage_reward, "length": stage_length,
-          "dpo": stage_dpo, "ppo": stage_ppo, "grpo": stage_grpo}
+          "dpo": stage_dpo, "dpo_length": stage_dpo_length, "ppo": stage_ppo,
+          "ppo_eval": stage_ppo_eval, "grpo": stage_grpo, "grpo_format": stage_grpo_format,
+          "grpo_easy": stage_grpo_easy}
 
 
 def main() -> None:
@@ -223,6 +421,10 @@ def main() -> None:
     ap.add_argument("--ppo-steps", type=int, default=40)
     ap.add_argument("--ppo-lr", type=float, default=1e-4, help="LoRA lr for PPO")
     ap.add_argument("--grpo-steps", type=int, default=20)
+    ap.add_argument("--grpo-prompts", type=int, default=4,
+                    help="prompts per GRPO rollout in grpo_easy (x 8 samples; 8 prompts needed "
+                         "~18 GB for the loss's full-vocabulary log-softmax)")
+    ap.add_argument("--grpo-lr", type=float, default=1e-4, help="LoRA lr for GRPO")
     ap.add_argument("--n-eval", type=int, default=50, help="held-out arithmetic problems")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--out", type=Path, default=Path("runs/align_demo"))

@@ -27,7 +27,7 @@ class AlignConfig:
     model: str = "smollm2-135m-instruct"
     adapter: str = ""  # start from this LoRA adapter (trained further; reference: disabled)
     data: str = ""  # preference JSONL (reward, dpo) or RL prompt JSONL (grpo, ppo)
-    task: str = ""  # bundled: arithmetic|trivia|humaneval (grpo, ppo); *-prefs (reward, dpo)
+    task: str = ""  # bundled: arithmetic[-easy]|trivia|humaneval (grpo, ppo); *-prefs (reward, dpo)
     peft: str = "lora"  # none | lora
     lora_r: int = 8
     lora_alpha: float = 16.0

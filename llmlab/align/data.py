@@ -22,10 +22,13 @@ from llmlab.align.rewards import check_verifier, score_many
 from llmlab.train.sft import SFTBatches
 from llmlab.train.sft_data import _rows
 
-RL_TASKS = ("arithmetic", "trivia", "humaneval")
+RL_TASKS = ("arithmetic", "arithmetic-easy", "trivia", "humaneval")
 PREF_TASKS = ("arithmetic-prefs", "trivia-prefs")
 ARITH_PROMPT = ("Solve this word problem. Think step by step, then finish with "
                 "'The answer is N.'\n\n{q}")
+# arithmetic-easy asks for one line of working: a short completion is cheap to sample on CPU
+# and leaves no room to wander off before the answer.
+ARITH_EASY_PROMPT = "{q}\nWrite the calculation on one line, then 'The answer is N.'"
 TRIVIA_PROMPT = "Answer the trivia question with just the answer, no explanation.\n\n{q}"
 
 
@@ -84,10 +87,13 @@ def task_prompts(name: str, n: int = 256, split: str = "train", seed: int = 0
     from llmlab.eval import datasets as ds
     from llmlab.eval.humaneval import humaneval_problems
 
-    if name == "arithmetic":
-        return [{"prompt": ARITH_PROMPT.format(q=p.question), "chat": True,
+    if name in ("arithmetic", "arithmetic-easy"):
+        easy = name == "arithmetic-easy"
+        tmpl = ARITH_EASY_PROMPT if easy else ARITH_PROMPT
+        return [{"prompt": tmpl.format(q=p.question), "chat": True,
                  "verifier": {"type": "numeric", "answer": p.target}}
-                for p in ds.arithmetic_problems(n, split=split, seed=seed)]
+                for p in ds.arithmetic_problems(n, split=split, seed=seed,
+                                                level="easy" if easy else "standard")]
     if name == "trivia":
         qs = ds.trivia_questions(split)  # the split eval's trivia task holds out
         random.Random(seed).shuffle(qs)

@@ -56,16 +56,38 @@ def _problem(rng: random.Random) -> tuple[str, int]:
         "dollars does that cost?", p * a * 10
 
 
-def arithmetic_problems(n: int, split: str = "test", seed: int = 0) -> list[QA]:
-    """`n` distinct word problems with known integer answers, from the given split."""
+def _easy_problem(rng: random.Random) -> tuple[str, int]:
+    """One-step addition or subtraction with operands up to 20: a level a 135M model solves
+    sometimes (about a fifth, greedy), so RL groups of samples differ in reward."""
+    n, m = rng.sample(_NAMES, 2)
+    item = rng.choice(_ITEMS)
+    a, b = rng.randint(2, 20), rng.randint(2, 20)
+    if rng.random() < 0.5:
+        return f"{n} has {a} {item}. {m} gives {n} {b} more. How many {item} does {n} have now?", \
+            a + b
+    a, b = max(a, b) + rng.randint(1, 10), min(a, b)
+    return f"{n} had {a} {item} and gave {b} of them to {m}. How many {item} does {n} have " \
+        "left?", a - b
+
+
+ARITH_LEVELS = ("standard", "easy")
+
+
+def arithmetic_problems(n: int, split: str = "test", seed: int = 0, level: str = "standard"
+                        ) -> list[QA]:
+    """`n` distinct word problems with known integer answers, from the given split. `level`
+    "standard" mixes six kinds with two-digit operands; "easy" is one small step."""
     check_split(split)
     if n < 1:
         raise ValueError(f"need at least one arithmetic problem, got n={n}")
-    rng = random.Random(f"arith-{seed}")
+    if level not in ARITH_LEVELS:
+        raise ValueError(f"arithmetic level must be one of {ARITH_LEVELS}, got {level!r}")
+    rng = random.Random(f"arith-{seed}" if level == "standard" else f"arith-{level}-{seed}")
+    make = _problem if level == "standard" else _easy_problem
     out: list[QA] = []
     seen: set[str] = set()
     for _ in range(200 * n):
-        q, ans = _problem(rng)
+        q, ans = make(rng)
         if q in seen or not in_split(q, split, ARITH_TEST_FRACTION):
             continue
         seen.add(q)

@@ -64,3 +64,20 @@ def test_gen_pydocs_references_are_held_out_from_sft() -> None:
     train = {e["question"] for e in pydocs_examples("train")}
     assert len(items) > 300 and not {p for p, _ in items} & train
     assert all(_independent_held_out(p, 0.1) for p, _ in items)
+
+
+def test_easy_arithmetic_answers_and_split() -> None:
+    import re
+
+    test = arithmetic_problems(60, split="test", level="easy")
+    train = {p.question for p in arithmetic_problems(300, split="train", level="easy")}
+    assert all(_independent_held_out(p.question, 0.2) for p in test)
+    assert not {p.question for p in test} & train
+    for p in test:  # the answer read back from the question text, independently
+        a, b = (int(x) for x in re.findall(r"\d+", p.question))
+        want = a + b if "more" in p.question else a - b
+        assert p.target == want and 0 < want <= 40 and p.answers == [str(want)]
+    prompts = task_prompts("arithmetic-easy", 5, split="test")
+    assert [pr["verifier"]["answer"] for pr in prompts] == [p.target for p in test[:5]]
+    # the standard level is unchanged by the new option
+    assert arithmetic_problems(5, seed=3) == arithmetic_problems(5, seed=3, level="standard")
