@@ -150,3 +150,36 @@ def test_compiled_training_step_matches_eager():
     assert got.item() == pytest.approx(want.item(), abs=1e-6)
     for p, g in zip(m.parameters(), grads, strict=True):
         assert torch.allclose(p.grad, g, atol=1e-6, rtol=1e-5)
+
+
+@pytest.mark.parametrize("temperature", [1.0, 0.7])
+def test_token_logprobs_match_log_softmax_of_the_logits_with_gradients(temperature: float
+                                                                       ) -> None:
+    """`Transformer(logprobs_of=...)` (chunked, logits never stored) equals log_softmax of
+    the plain logits / T gathered at the ids, and so do the gradients of every weight."""
+    import torch.nn.functional as F
+
+    from llmlab.model import ModelConfig, Transformer
+
+    torch.manual_seed(0)
+    cfg = ModelConfig(vocab_size=300, d_model=32, n_layer=2, n_head=4, n_kv_head=2,
+                      max_seq_len=64, pos="rope", norm="rmsnorm", mlp="swiglu", d_ff=64,
+                      bias=False, tie_embeddings=True)
+    m = Transformer(cfg).double()
+    ids = torch.randint(0, 300, (3, 40))
+    mask = torch.ones_like(ids)
+    mask[0, :5] = 0
+    w = torch.randn(3, 40, dtype=torch.float64)
+
+    def grads(lp: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        m.zero_grad()
+        (lp * w).sum().backward()
+        return lp.detach(), [p.grad.clone() for p in m.parameters()]
+
+    ref = F.log_softmax(m(ids, attention_mask=mask).logits / temperature, -1)
+    want, want_g = grads(ref.gather(-1, ids[..., None]).squeeze(-1))
+    got, got_g = grads(m(ids, attention_mask=mask, logprobs_of=ids,
+                         temperature=temperature).logprobs)
+    torch.testing.assert_close(got.double(), want, rtol=1e-6, atol=1e-6)
+    for a, b in zip(got_g, want_g, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-8)

@@ -40,6 +40,11 @@ def logprobs_from_logits(logits: torch.Tensor, input_ids: torch.Tensor,
 def token_logprobs(model: nn.Module, input_ids: torch.Tensor,
                    attention_mask: torch.Tensor | None = None,
                    temperature: float = 1.0) -> torch.Tensor:
-    """log p(input_ids[:, t+1] | input_ids[:, :t+1]) for t < T-1: shape (B, T-1)."""
-    logits = model(input_ids, attention_mask=attention_mask).logits
-    return logprobs_from_logits(logits, input_ids, temperature)
+    """log p(input_ids[:, t+1] | input_ids[:, :t+1]) for t < T-1: shape (B, T-1).
+
+    The model forms them in chunks (`Transformer(logprobs_of=...)`): an RL batch's (B, T,
+    vocab) logits and log-softmax, GBs for a 49k vocabulary, are never held."""
+    targets = torch.cat([input_ids[:, 1:], input_ids[:, -1:]], 1)  # the last one is unused
+    out = model(input_ids, attention_mask=attention_mask, logprobs_of=targets,
+                temperature=temperature)
+    return out.logprobs[:, :-1]

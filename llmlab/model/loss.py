@@ -142,3 +142,65 @@ def linear_cross_entropy(h: torch.Tensor, weight: torch.Tensor, labels: torch.Te
             return _LinearCrossEntropy.apply(h2, weight, y, ignore_index, dt)
         total, _, _ = _chunks(h2.to(dt), weight.to(dt), y, ignore_index, grads=False)
         return total / (y != ignore_index).sum()
+
+
+class _LinearTokenLogprobs(torch.autograd.Function):
+    """log softmax(h W^T / T)[y] per row, in chunks of rows: neither the (N, vocab) logits
+    nor their softmax are kept. Backward recomputes each chunk's logits from h and W:
+      d h = (g / T) (w_y - p W),   d W = sum_rows (g / T) (onehot_y - p)^T h."""
+
+    @staticmethod
+    def forward(ctx, h: torch.Tensor, w: torch.Tensor, y: torch.Tensor,  # noqa: ANN001
+                temperature: float, dt: torch.dtype) -> torch.Tensor:
+        n, vocab = h.shape[0], w.shape[0]
+        rows = rows_per_chunk(h.device.type, vocab, n)
+        hd, wd = h.to(dt), w.to(dt)
+        acc = torch.promote_types(dt, torch.float32)  # the softmax: fp32, or fp64 in fp64
+        out = torch.empty(n, dtype=acc, device=h.device)
+        lse = torch.empty(n, dtype=acc, device=h.device)
+        for s in range(0, n, rows):
+            z = (hd[s:s + rows] @ wd.t()).to(acc).div_(temperature)
+            lse[s:s + rows] = torch.logsumexp(z, -1)
+            out[s:s + rows] = z.gather(1, y[s:s + rows, None]).squeeze(1) - lse[s:s + rows]
+        ctx.save_for_backward(h, w, y, lse)
+        ctx.temperature, ctx.dt = temperature, dt
+        return out
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, g: torch.Tensor):  # noqa: ANN001, ANN205
+        h, w, y, lse = ctx.saved_tensors
+        t, dt = ctx.temperature, ctx.dt
+        n, vocab = h.shape[0], w.shape[0]
+        rows = rows_per_chunk(h.device.type, vocab, n)
+        hd, wd = h.to(dt), w.to(dt)
+        gh = torch.empty_like(h) if ctx.needs_input_grad[0] else None
+        gw = torch.zeros(w.shape, dtype=lse.dtype, device=w.device) \
+            if ctx.needs_input_grad[1] else None
+        for s in range(0, n, rows):
+            z = (hd[s:s + rows] @ wd.t()).to(lse.dtype).div_(t)
+            p = torch.exp(z - lse[s:s + rows, None])
+            # (onehot - p) * g / T, formed in place over the chunk's probabilities
+            gz = p.neg_().scatter_add_(1, y[s:s + rows, None],
+                                       p.new_ones(p.shape[0], 1)).mul_((g[s:s + rows] / t)[:, None])
+            gz = gz.to(dt)
+            if gh is not None:
+                gh[s:s + rows] = (gz @ wd).to(h.dtype)
+            if gw is not None:
+                gw += (gz.t() @ hd[s:s + rows]).to(gw.dtype)
+        return gh, None if gw is None else gw.to(w.dtype), None, None, None
+
+
+def linear_token_logprobs(h: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor,
+                          temperature: float = 1.0) -> torch.Tensor:
+    """log softmax(h @ weight.T / temperature)[targets] for every row, fp32 (fp64 for fp64
+    inputs), shape of
+    `targets`: the per-token log-probabilities RL losses need, without the (..., vocab) logits
+    and log-softmax an RL batch would otherwise hold (GBs for a 49k vocabulary). Under
+    autocast the products run in the autocast dtype, as `nn.Linear` would."""
+    dev = h.device.type
+    dt = torch.get_autocast_dtype(dev) if torch.is_autocast_enabled(dev) else h.dtype
+    with torch.autocast(dev, enabled=False):
+        out = _LinearTokenLogprobs.apply(h.reshape(-1, h.shape[-1]), weight,
+                                         targets.reshape(-1), float(temperature), dt)
+    return out.view(targets.shape)

@@ -13,7 +13,7 @@ from llmlab.model.cache import KVCache
 from llmlab.model.config import ModelConfig
 from llmlab.model.layers import Block, make_norm
 from llmlab.model.linear import Linear
-from llmlab.model.loss import IGNORE_INDEX, linear_cross_entropy
+from llmlab.model.loss import IGNORE_INDEX, linear_cross_entropy, linear_token_logprobs
 from llmlab.model.positions import rope_cos_sin, sinusoidal_table
 
 
@@ -26,6 +26,7 @@ class ModelOutput:
     cross_attentions: list[dict] = field(default_factory=list)
     encoder_attentions: list[dict] = field(default_factory=list)
     loss: torch.Tensor | None = None  # mean next-token cross-entropy, when labels were given
+    logprobs: torch.Tensor | None = None  # (B, T) fp32 log p(logprobs_of), when it was given
 
 
 def build_mask(
@@ -261,6 +262,8 @@ class Transformer(nn.Module):
         doc_ids: torch.Tensor | None = None,
         labels: torch.Tensor | None = None,
         logits_mask: torch.Tensor | None = None,
+        logprobs_of: torch.Tensor | None = None,
+        temperature: float = 1.0,
     ) -> ModelOutput:
         """`attention_mask` (B, past + T) marks real tokens (1) and padding (0).
 
@@ -273,7 +276,10 @@ class Transformer(nn.Module):
 
         `labels` (B, T), aligned with the inputs (already shifted; -100 = ignore), returns the
         mean cross-entropy as `loss` instead of logits: the output projection and the loss run
-        fused (model/loss.py), so the (B, T, vocab) logits are never stored."""
+        fused (model/loss.py), so the (B, T, vocab) logits are never stored.
+
+        `logprobs_of` (B, T) token ids returns `logprobs`, log softmax(logits / temperature) at
+        those ids (RL's per-token log-probabilities), also without storing the logits."""
         ex: list | None = [] if explain else None
         enc_ex: list | None = [] if explain else None
         if self.cfg.is_encoder_decoder and encoder_hidden is None:
@@ -295,13 +301,15 @@ class Transformer(nn.Module):
             explain=ex,
             doc_ids=doc_ids,
         )
-        logits = loss = None
+        logits = loss = logprobs = None
         if labels is not None:
             loss = self.loss(h, labels)
+        elif logprobs_of is not None:
+            logprobs = self.token_logprobs(h, logprobs_of, temperature)
         elif self.cfg.lm_head:
             logits = self.lm_head(h[:, -1:] if last_only else
                                   h[logits_mask] if logits_mask is not None else h)
-        out = ModelOutput(logits=logits, hidden=h, loss=loss)
+        out = ModelOutput(logits=logits, hidden=h, loss=loss, logprobs=logprobs)
         if explain:
             assert ex is not None and enc_ex is not None
             out.attentions = [e["self"][0] for e in ex]
@@ -317,6 +325,16 @@ class Transformer(nn.Module):
         # A wrapped head (LoRA, quantised) computes its own logits; the loss stays fp32.
         logits = head(h).float()
         return F.cross_entropy(logits.flatten(0, -2), labels.flatten(), ignore_index=IGNORE_INDEX)
+
+    def token_logprobs(self, h: torch.Tensor, ids: torch.Tensor, temperature: float = 1.0
+                       ) -> torch.Tensor:
+        """log softmax(LM head(h) / temperature)[ids], fp32, shape of `ids`."""
+        head = self.lm_head
+        if type(head) in (Linear, nn.Linear) and head.bias is None:
+            return linear_token_logprobs(h, head.weight, ids, temperature)
+        # A wrapped head (LoRA, quantised) computes its own logits.
+        z = head(h).float() / temperature
+        return z.log_softmax(-1).gather(-1, ids[..., None]).squeeze(-1)
 
     def num_params(self, trainable_only: bool = False) -> int:
         seen: set[int] = set()
