@@ -125,3 +125,20 @@ def test_pref_margin_field(tmp_path: Path) -> None:
     assert "margin" not in pref_tensors(CharTok(), Tmpl(), pairs[1:], seq_len=16)
     with pytest.raises(ValueError, match=r"n.jsonl:1: field 'margin' must be a number"):
         load_prefs(_write(tmp_path / "n.jsonl", [{**rows[0], "margin": "big"}]))
+
+
+def test_grpo_rollouts_with_accumulation_are_reserved_after_each_update() -> None:
+    """K micro-batches per optimizer step are K rollouts; with `iterations` passes, the step's
+    rollouts come back in order on the following steps (each pass after an update), never
+    twice within one step."""
+    from llmlab.align.config import GRPOConfig
+    from llmlab.align.grpo_run import RolloutBatches
+
+    made = iter(range(100))
+    b = RolloutBatches(None, None, None, [], GRPOConfig(iterations=2), grad_accum=2)  # type: ignore[arg-type]
+    b._rollout = lambda: {"r": next(made)}  # type: ignore[method-assign]
+    served = [b.next_batch()["r"] for _ in range(8)]
+    assert served == [0, 1, 0, 1, 2, 3, 2, 3]
+    one = RolloutBatches(None, None, None, [], GRPOConfig(iterations=1), grad_accum=3)  # type: ignore[arg-type]
+    one._rollout = lambda: {"r": next(made)}  # type: ignore[method-assign]
+    assert [one.next_batch()["r"] for _ in range(4)] == [4, 5, 6, 7]

@@ -160,7 +160,7 @@ def run(algo: str, acfg: AlignConfig, tcfg: TrainConfig, run_dir: Path,
             from llmlab.align.grpo_run import RolloutBatches, grpo_loss_fn
 
             batches = RolloutBatches(model, tok, template, _rl_prompts(acfg, tcfg.seed), gcfg,
-                                     tcfg.seed, rank=d.rank)
+                                     tcfg.seed, rank=d.rank, grad_accum=tcfg.grad_accum)
             loss_fn = grpo_loss_fn(gcfg)
         (run_dir / "config.json").write_text(json.dumps(
             {"algo": algo, "align": dataclasses.asdict(acfg), "train": dataclasses.asdict(tcfg),

@@ -26,10 +26,16 @@ class RolloutBatches:
 
     def __init__(self, model: nn.Module, tok: Any, template: Any, prompts: list[dict[str, Any]],
                  cfg: GRPOConfig, seed: int = 0, ref: nn.Module | None = None,
-                 rank: int = 0) -> None:
+                 rank: int = 0, grad_accum: int = 1) -> None:
         self.model, self.tok, self.template, self.prompts = model, tok, template, prompts
         self.cfg, self.seed, self.ref, self.rank = cfg, seed, ref, rank
-        self.k, self.cached, self.served = 0, None, 0
+        # Each of an optimizer step's `grad_accum` micro-batches is its own rollout (memory
+        # holds one at a time); with `iterations` > 1 the step's rollouts are served again,
+        # in order, after each update: pass i of rollout r comes after pass i-1's update.
+        self.accum = max(1, grad_accum)
+        self.k, self.cached = 0, None
+        self.group: list[dict[str, Any]] = []
+        self.calls = 0
 
     @torch.no_grad()
     def _rollout(self) -> dict[str, Any]:
@@ -69,17 +75,25 @@ class RolloutBatches:
                     "frac_reward_zero_std": zero}}
 
     def next_batch(self) -> dict[str, Any]:
-        if self.cached is None or self.served >= self.cfg.iterations:
-            self.cached, self.served = self._rollout(), 0
+        period = self.accum * self.cfg.iterations  # micro-batches per group of rollouts
+        i = self.calls % period
+        if i == 0:
+            self.group = []
+        self.calls += 1
+        if i < self.accum:  # the first pass: sample
+            self.group.append(self._rollout())
             self.k += 1
-        self.served += 1
+            self.cached = self.group[-1]
+            return self.cached
+        self.cached = self.group[i % self.accum]
         return self.cached
 
     def state_dict(self) -> dict[str, Any]:
         return {"k": self.k}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.k, self.cached = int(state["k"]), None
+        # Resuming mid-group would need the cached rollouts: start a fresh group.
+        self.k, self.cached, self.group, self.calls = int(state["k"]), None, [], 0
 
 
 def grpo_loss_fn(cfg: GRPOConfig):  # noqa: ANN201
