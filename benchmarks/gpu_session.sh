@@ -31,7 +31,7 @@ run() {  # name, limit in seconds, command...
 for p in $PARTS; do
   case $p in
     gen) run generate 260 python3 benchmarks/generate_gpu.py --out "$OUT/generate.json" ;;
-    pretrain) run pretrain 300 python3 benchmarks/pretrain_gpu.py --steps 10 --rounds 3 \
+    pretrain) run pretrain 330 python3 benchmarks/pretrain_gpu.py --steps 10 --rounds 3 --fuse-qkv \
                 --pad-vocab 128 ;;
     sft) run sft_peft 240 python3 benchmarks/sft_peft.py --device cuda --bf16 --batch 8 \
            --seq 1024 --steps 10 --rounds 1 --out "$OUT/sft_peft.json" ;;

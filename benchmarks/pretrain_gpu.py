@@ -29,6 +29,7 @@ import torch
 import torch.nn.functional as F
 
 from llmlab.model import ModelConfig, Transformer, preset
+from llmlab.model.quant import fuse_projections_
 from llmlab.train.optim import make_adamw, param_groups
 from llmlab.train.pretrain import next_token_loss
 from llmlab.train.report import peak_flops
@@ -54,9 +55,11 @@ def _sdpa(kind: str) -> contextlib.AbstractContextManager:
 
 
 def ours(cfg: ModelConfig, x: torch.Tensor, a: argparse.Namespace,
-         loss_kind: str = "fused") -> tuple[Step, int]:
+         loss_kind: str = "fused", fuse: bool = False) -> tuple[Step, int]:
     torch.manual_seed(0)
     model = Transformer(cfg).to(x.device)
+    if fuse:  # Q/K/V as one (d, 3d) weight: one GEMM instead of three (same init, same model)
+        fuse_projections_(model)
     # As the Trainer builds it: decay groups, fused AdamW.
     opt = make_adamw(param_groups(model, 0.1), 6e-4, (0.9, 0.95), 1e-8, x.device)
     batch = {"input_ids": x[:, :-1], "labels": x[:, 1:]}
@@ -133,6 +136,8 @@ def main() -> int:
                     help="also run both sides with the vocab padded to a multiple of this "
                          "(MFU still counts the unpadded model's FLOPs)")
     ap.add_argument("--no-compile", dest="compile", action="store_false")
+    ap.add_argument("--fuse-qkv", action="store_true",
+                    help="also llmlab with Q/K/V trained as one fused weight")
     ap.add_argument("--loss", nargs="+", default=["fused", "plain"], choices=["fused", "plain"],
                     help="llmlab variants: the model's fused chunked loss, and/or bf16 logits + "
                          "F.cross_entropy compiled together")
@@ -174,6 +179,9 @@ def main() -> int:
         for lk in a.loss:
             builds.append((f"llmlab ({lk} loss)",
                            lambda c_, x_, a_, lk=lk: ours(c_, x_, a_, lk)))
+        if a.fuse_qkv:
+            builds.append(("llmlab (fused loss, fused QKV)",
+                           lambda c_, x_, a_: ours(c_, x_, a_, "fused", fuse=True)))
         for label, build in builds:
             step, n = build(c, x, a)
             n_true = n_true or n  # MFU counts the unpadded model's FLOPs
