@@ -1,5 +1,5 @@
 #!/bin/bash
-# Every GPU benchmark in one device call, each under its own time limit, logs into $OUT.
+# Every GPU benchmark, each under its own time limit, logs into $OUT.
 #
 #   bash benchmarks/gpu_session.sh [OUT_DIR] [PART...]     PART: gen pretrain sft grpo (default all)
 #
@@ -8,7 +8,8 @@
 #           pip download --no-deps --only-binary=:all: --python-version 3.12 -d .whl NAME==VER
 #   .gw/site/bitsandbytes   bitsandbytes 0.50.2 unpacked with only its cpu + cuda130 libraries
 #           (the wheel is 43 MB; those two are 4 MB), for the QLoRA peer in sft.
-# Measured on an H100 (2026-11-23): gen ~4 min, pretrain ~4 min, sft ~3 min, grpo ~3 min.
+# Measured on an H100 (2026-11-23): gen ~4 min, pretrain ~5 min, sft ~3 min, grpo ~3 min.
+# A device call runs at most 10 minutes: use two, `... $OUT gen pretrain` and `... $OUT sft grpo`.
 set -u
 OUT=${1:-${OUT:-/tmp/gpu_out}}
 shift || true
