@@ -370,14 +370,14 @@ def stage_grpo_easy(a: argparse.Namespace) -> dict:
     greedily, so groups of 8 samples differ in reward) with a short one-line answer (40 new
     tokens at T 0.6: at T 0.8 samples were right only ~5% of the time), the numeric check
     plus a 0.2 format reward for ending with "The answer is N.", --grpo-prompts x 8 samples
-    per rollout, 2 optimizer passes per rollout. Accuracy: greedy, the
+    per rollout, --grpo-iterations optimizer passes per rollout. Accuracy: greedy, the
     numeric check alone, on --n-eval problems of the held-out (test) split, which training
     never draws from (the split is by a hash of the question text); exact McNemar test."""
     import resource
 
     from llmlab.align.data import task_prompts
 
-    out = a.out / "grpo_easy"
+    out = a.out / f"grpo_easy{a.tag}"
     data = a.out / "arithmetic_easy_format.jsonl"
     rows = [{"prompt": p["prompt"], "verifier": {
         "type": "sum", "weights": [1.0, 0.2],
@@ -393,7 +393,8 @@ def stage_grpo_easy(a: argparse.Namespace) -> dict:
     wall = llmlab(["grpo", *COMMON, "--data", str(data), "--max-steps", str(a.grpo_steps),
                    "--num-generations", "8", "--prompts-per-step", str(a.grpo_prompts),
                    "--temperature", "0.6",
-                   "--max-new-tokens", "40", "--iterations", "2", "--lr", str(a.grpo_lr),
+                   "--max-new-tokens", "40", "--iterations", str(a.grpo_iterations),
+                   "--lr", str(a.grpo_lr),
                    "--warmup-steps", "2", "--out", str(out)], a.threads)
     c1 = resource.getrusage(resource.RUSAGE_CHILDREN)
     after = arithmetic_accuracy(out / "final", a.n_eval, a.threads, "easy", 40)
@@ -424,6 +425,11 @@ def main() -> None:
     ap.add_argument("--grpo-prompts", type=int, default=4,
                     help="prompts per GRPO rollout in grpo_easy (x 8 samples; 8 prompts needed "
                          "~18 GB for the loss's full-vocabulary log-softmax)")
+    ap.add_argument("--grpo-iterations", type=int, default=2,
+                    help="optimizer passes per GRPO rollout in grpo_easy (1 skips the "
+                         "old-policy forward)")
+    ap.add_argument("--tag", default="", help="suffix for grpo_easy's run folder and results "
+                    "key, so a second attempt keeps the first")
     ap.add_argument("--grpo-lr", type=float, default=1e-4, help="LoRA lr for GRPO")
     ap.add_argument("--n-eval", type=int, default=50, help="held-out arithmetic problems")
     ap.add_argument("--threads", type=int, default=1)
@@ -435,8 +441,9 @@ def main() -> None:
     for name in a.stages.split(","):
         if name not in STAGES:
             raise SystemExit(f"unknown stage {name!r}; valid: {', '.join(STAGES)}")
-        results[name] = STAGES[name](a)
-        print(name, json.dumps(results[name], indent=1), flush=True)
+        key = name + a.tag if name == "grpo_easy" else name
+        results[key] = STAGES[name](a)
+        print(key, json.dumps(results[key], indent=1), flush=True)
         res_path.write_text(json.dumps(results, indent=1) + "\n")
 
 
