@@ -378,9 +378,12 @@ def stage_grpo_easy(a: argparse.Namespace) -> dict:
     from llmlab.align.data import task_prompts
 
     out = a.out / f"grpo_easy{a.tag}"
-    data = a.out / "arithmetic_easy_format.jsonl"
-    rows = [{"prompt": p["prompt"], "verifier": {
-        "type": "sum", "weights": [1.0, 0.2],
+    data = a.out / f"arithmetic_easy_format{a.tag}.jsonl"
+    # A format bonus paid regardless of correctness was hacked (attempt 2: "The answer is N."
+    # with a wrong N); --grpo-format-weight 0 trains on the numeric check alone.
+    w = a.grpo_format_weight
+    rows = [{"prompt": p["prompt"], "verifier": p["verifier"] if w == 0 else {
+        "type": "sum", "weights": [1.0, w],
         "parts": [p["verifier"], {"type": "format", "pattern": FORMAT}]}}
         for p in task_prompts("arithmetic-easy", 1024)]
     data.write_text("".join(json.dumps(r) + "\n" for r in rows))
@@ -428,6 +431,8 @@ def main() -> None:
     ap.add_argument("--grpo-iterations", type=int, default=2,
                     help="optimizer passes per GRPO rollout in grpo_easy (1 skips the "
                          "old-policy forward)")
+    ap.add_argument("--grpo-format-weight", type=float, default=0.2,
+                    help="grpo_easy's bonus for ending with 'The answer is N.' (0: none)")
     ap.add_argument("--tag", default="", help="suffix for grpo_easy's run folder and results "
                     "key, so a second attempt keeps the first")
     ap.add_argument("--grpo-lr", type=float, default=1e-4, help="LoRA lr for GRPO")
