@@ -322,14 +322,31 @@ def stage_grpo(a: argparse.Namespace) -> dict:
     out = a.out / "grpo"
     before = arithmetic_accuracy(None, a.n_eval, a.threads)
     print("before:", before, flush=True)
-    wall = llmlab(["grpo", *COMMON, "--task", "arithmetic", "--max-steps", str(a.grpo_steps),
+    res = _grpo_arithmetic(a, ["--task", "arithmetic"], out, before)
+    del res["completion_length_per_step"]
+    return res
+
+
+def _grpo_arithmetic(a: argparse.Namespace, data: list[str], out: Path, before: dict) -> dict:
+    """The stage_grpo / stage_grpo_format run: 2 prompts x 8 samples, T 0.7, 128 tokens, then
+    greedy held-out accuracy."""
+    wall = llmlab(["grpo", *COMMON, *data, "--max-steps", str(a.grpo_steps),
                    "--num-generations", "8", "--prompts-per-step", "2", "--temperature", "0.7",
                    "--max-new-tokens", "128", "--lr", str(a.grpo_lr), "--out", str(out)],
                   a.threads)
     after = arithmetic_accuracy(out / "final", a.n_eval, a.threads)
     m = metrics(out)
     return {"before": before, "after": after, "wall_s": round(wall, 1),
-            "train_reward_per_step": [r["reward/mean"] for r in m]}
+            "train_reward_per_step": [r["reward/mean"] for r in m],
+            "completion_length_per_step": [r["completion_length"] for r in m]}
+
+
+def format_rows(prompts: list[dict], weight: float) -> list[dict]:
+    """Each prompt's verifier plus `weight` x a format reward for ending with "The answer is
+    N." (weight 0: the verifier alone)."""
+    return [{"prompt": p["prompt"], "verifier": p["verifier"] if weight == 0 else {
+        "type": "sum", "weights": [1.0, weight],
+        "parts": [p["verifier"], {"type": "format", "pattern": FORMAT}]}} for p in prompts]
 
 
 def stage_length(a: argparse.Namespace) -> dict:
@@ -348,21 +365,10 @@ def stage_grpo_format(a: argparse.Namespace) -> dict:
 
     out = a.out / "grpo_format"
     data = a.out / "arithmetic_format.jsonl"
-    rows = [{"prompt": p["prompt"], "verifier": {
-        "type": "sum", "weights": [1.0, 0.5],
-        "parts": [p["verifier"], {"type": "format", "pattern": FORMAT}]}}
-        for p in task_prompts("arithmetic", 256)]
+    rows = format_rows(task_prompts("arithmetic", 256), 0.5)
     data.write_text("".join(json.dumps(r) + "\n" for r in rows))
     before = json.loads((a.out / "results.json").read_text())["grpo"]["before"]
-    wall = llmlab(["grpo", *COMMON, "--data", str(data), "--max-steps", str(a.grpo_steps),
-                   "--num-generations", "8", "--prompts-per-step", "2", "--temperature", "0.7",
-                   "--max-new-tokens", "128", "--lr", str(a.grpo_lr), "--out", str(out)],
-                  a.threads)
-    after = arithmetic_accuracy(out / "final", a.n_eval, a.threads)
-    m = metrics(out)
-    return {"before": before, "after": after, "wall_s": round(wall, 1),
-            "train_reward_per_step": [r["reward/mean"] for r in m],
-            "completion_length_per_step": [r["completion_length"] for r in m]}
+    return _grpo_arithmetic(a, ["--data", str(data)], out, before)
 
 
 def stage_grpo_easy(a: argparse.Namespace) -> dict:
@@ -381,11 +387,7 @@ def stage_grpo_easy(a: argparse.Namespace) -> dict:
     data = a.out / f"arithmetic_easy_format{a.tag}.jsonl"
     # A format bonus paid regardless of correctness was hacked (attempt 2: "The answer is N."
     # with a wrong N); --grpo-format-weight 0 trains on the numeric check alone.
-    w = a.grpo_format_weight
-    rows = [{"prompt": p["prompt"], "verifier": p["verifier"] if w == 0 else {
-        "type": "sum", "weights": [1.0, w],
-        "parts": [p["verifier"], {"type": "format", "pattern": FORMAT}]}}
-        for p in task_prompts("arithmetic-easy", 1024)]
+    rows = format_rows(task_prompts("arithmetic-easy", 1024), a.grpo_format_weight)
     data.write_text("".join(json.dumps(r) + "\n" for r in rows))
     cache = a.out / f"arithmetic_easy_base_n{a.n_eval}.json"  # the base is fixed: eval once
     if not cache.exists():

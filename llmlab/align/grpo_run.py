@@ -33,7 +33,7 @@ class RolloutBatches:
         # holds one at a time); with `iterations` > 1 the step's rollouts are served again,
         # in order, after each update: pass i of rollout r comes after pass i-1's update.
         self.accum = max(1, grad_accum)
-        self.k, self.cached = 0, None
+        self.k = 0
         self.group: list[dict[str, Any]] = []
         self.calls = 0
 
@@ -83,17 +83,15 @@ class RolloutBatches:
         if i < self.accum:  # the first pass: sample
             self.group.append(self._rollout())
             self.k += 1
-            self.cached = self.group[-1]
-            return self.cached
-        self.cached = self.group[i % self.accum]
-        return self.cached
+            return self.group[-1]
+        return self.group[i % self.accum]
 
     def state_dict(self) -> dict[str, Any]:
         return {"k": self.k}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         # Resuming mid-group would need the cached rollouts: start a fresh group.
-        self.k, self.cached, self.group, self.calls = int(state["k"]), None, [], 0
+        self.k, self.group, self.calls = int(state["k"]), [], 0
 
 
 def grpo_loss_fn(cfg: GRPOConfig):  # noqa: ANN201
