@@ -268,8 +268,8 @@ def stage_ppo_eval(a: argparse.Namespace, n: int = 64) -> dict:
 
 
 def arithmetic_accuracy(adapter: Path | None, n: int, threads: int, level: str = "standard",
-                        max_new_tokens: int = 160) -> dict:
-    """Greedy accuracy on the first n held-out (test split) problems of `level`, with the
+                        max_new_tokens: int = 160, offset: int = 0) -> dict:
+    """Greedy accuracy on held-out (test split) problems offset..offset+n of `level`, with the
     prompt the matching task trains on; `right` lists each problem's 0/1 for paired tests."""
     import torch
 
@@ -286,7 +286,7 @@ def arithmetic_accuracy(adapter: Path | None, n: int, threads: int, level: str =
         from llmlab.peft.model import apply_adapter
 
         apply_adapter(lm, adapter)
-    probs = arithmetic_problems(n, split="test", level=level)
+    probs = arithmetic_problems(offset + n, split="test", level=level)[offset:]
     tmpl = ARITH_EASY_PROMPT if level == "easy" else ARITH_PROMPT
     ids = encode_prompts(lm, [tmpl.format(q=p.question) for p in probs], chat=True)
     params = make_params(lm.tokenizer, max_new_tokens=max_new_tokens, temperature=0.0, seed=0,
@@ -294,7 +294,7 @@ def arithmetic_accuracy(adapter: Path | None, n: int, threads: int, level: str =
     t0, c0 = time.perf_counter(), time.process_time()
     texts = [c.text for c in complete(lm.model, lm.tokenizer, ids, params)]
     right = score_many(texts, [{"type": "numeric", "answer": p.target} for p in probs])
-    return {"n": n, "correct": int(sum(right)), "accuracy": sum(right) / n,
+    return {"n": n, "offset": offset, "correct": int(sum(right)), "accuracy": sum(right) / n,
             "wilson95": wilson(int(sum(right)), n), "right": [int(r) for r in right],
             "ends_in_format": sum(re.search(FORMAT, t) is not None for t in texts) / n,
             "samples": [[p.question, p.target, t] for p, t in zip(probs[:6], texts[:6],
@@ -389,9 +389,11 @@ def stage_grpo_easy(a: argparse.Namespace) -> dict:
     # with a wrong N); --grpo-format-weight 0 trains on the numeric check alone.
     rows = format_rows(task_prompts("arithmetic-easy", 1024), a.grpo_format_weight)
     data.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    cache = a.out / f"arithmetic_easy_base_n{a.n_eval}.json"  # the base is fixed: eval once
+    off = f"_from{a.eval_offset}" if a.eval_offset else ""
+    cache = a.out / f"arithmetic_easy_base_n{a.n_eval}{off}.json"  # the base is fixed: eval once
     if not cache.exists():
-        cache.write_text(json.dumps(arithmetic_accuracy(None, a.n_eval, a.threads, "easy", 40)))
+        cache.write_text(json.dumps(arithmetic_accuracy(None, a.n_eval, a.threads, "easy", 40,
+                                                        a.eval_offset)))
     before = json.loads(cache.read_text())
     print("before:", {k: v for k, v in before.items() if k != "right"}, flush=True)
     c0 = resource.getrusage(resource.RUSAGE_CHILDREN)
@@ -399,12 +401,18 @@ def stage_grpo_easy(a: argparse.Namespace) -> dict:
                    "--num-generations", "8", "--prompts-per-step", str(a.grpo_prompts),
                    "--temperature", "0.6",
                    "--max-new-tokens", "40", "--iterations", str(a.grpo_iterations),
-                   "--lr", str(a.grpo_lr),
+                   "--lr", str(a.grpo_lr), "--seed", str(a.grpo_seed),
                    "--warmup-steps", "2", "--out", str(out)], a.threads)
     c1 = resource.getrusage(resource.RUSAGE_CHILDREN)
-    after = arithmetic_accuracy(out / "final", a.n_eval, a.threads, "easy", 40)
+    after = arithmetic_accuracy(out / "final", a.n_eval, a.threads, "easy", 40, a.eval_offset)
     m = metrics(out)
-    return {"train_wall_s": round(wall, 1),
+    # Secondary: earlier runs' adapters on the same held-out problems (--also-eval).
+    also = {}
+    for name in filter(None, a.also_eval.split(",")):
+        res = arithmetic_accuracy(a.out / name / "final", a.n_eval, a.threads, "easy", 40,
+                                  a.eval_offset)
+        also[name] = {"after": res, "paired": mcnemar(before["right"], res["right"])}
+    return {"train_wall_s": round(wall, 1), "seed": a.grpo_seed, "also": also,
             "train_cpu_s": round(c1.ru_utime + c1.ru_stime - c0.ru_utime - c0.ru_stime, 1),
             "before": before, "after": after, "paired": mcnemar(before["right"], after["right"]),
             "train_reward_per_step": [round(r["reward/mean"], 3) for r in m],
@@ -439,6 +447,13 @@ def main() -> None:
                     "key, so a second attempt keeps the first")
     ap.add_argument("--grpo-lr", type=float, default=1e-4, help="LoRA lr for GRPO")
     ap.add_argument("--n-eval", type=int, default=50, help="held-out arithmetic problems")
+    ap.add_argument("--eval-offset", type=int, default=0,
+                    help="grpo_easy evaluates held-out problems offset..offset+n-eval, so a "
+                         "confirmation run can use problems no earlier run was scored on")
+    ap.add_argument("--grpo-seed", type=int, default=0, help="grpo_easy's training seed")
+    ap.add_argument("--also-eval", default="",
+                    help="grpo_easy: earlier run folders (under --out) whose adapters are also "
+                         "scored on the same held-out problems, comma-separated")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--out", type=Path, default=Path("runs/align_demo"))
     a = ap.parse_args()
