@@ -38,8 +38,6 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 MODEL = "smollm2-135m-instruct"
-PREFS = ["--task", "trivia-prefs", "--pref-samples", "2", "--pref-hint",
-         "--pref-temperature", "0.7"]
 COMMON = ["--model", MODEL, "--warmup-steps", "5", "--log-every", "1", "--no-progress",
           "--no-tensorboard"]
 
@@ -64,35 +62,38 @@ def metrics(run: Path) -> list[dict]:
     return [json.loads(ln) for ln in (run / "metrics.jsonl").read_text().splitlines()]
 
 
-def stage_prefs(a: argparse.Namespace) -> dict:
-    import torch
+def prefs_args(a: argparse.Namespace) -> list[str]:
+    """The CLI flags that build the preference pairs (hinted sampling, T 0.7)."""
+    return ["--task", a.pref_task, "--pref-samples", str(a.pref_samples), "--pref-hint",
+            "--pref-temperature", "0.7", "--pref-pairing", a.pref_pairing]
 
+
+def all_pairs(a: argparse.Namespace) -> list[dict]:
+    """The pairs exactly as `prefs_args` makes the CLI build them (shared cache)."""
     import llmlab
     from llmlab.align.data import task_prefs
 
+    return task_prefs(llmlab.load(MODEL), a.pref_task, a.pairs_from, samples=a.pref_samples,
+                      hint=True, temperature=0.7, pairing=a.pref_pairing)
+
+
+def stage_prefs(a: argparse.Namespace) -> dict:
+    import torch
+
     torch.set_num_threads(a.threads)
     t0 = time.perf_counter()
-    pairs = task_prefs(llmlab.load(MODEL), "trivia-prefs", a.pairs_from, samples=2, hint=True,
-                       temperature=0.7)
-    return {"questions": a.pairs_from, "pairs": len(pairs),
-            "wall_s": round(time.perf_counter() - t0, 1)}
+    pairs = all_pairs(a)
+    return {"task": a.pref_task, "pairing": a.pref_pairing, "questions": a.pairs_from,
+            "pairs": len(pairs), "wall_s": round(time.perf_counter() - t0, 1)}
 
 
 def val_pairs(a: argparse.Namespace) -> list[dict]:
     """The held-out pairs, as the CLI splits them (the first --val of the cached set)."""
-    import llmlab
-    from llmlab.align.data import task_prefs
-
-    return task_prefs(llmlab.load(MODEL), "trivia-prefs", a.pairs_from, samples=2, hint=True,
-                      temperature=0.7)[:a.val]
+    return all_pairs(a)[:a.val]
 
 
 def train_pairs(a: argparse.Namespace) -> list[dict]:
-    import llmlab
-    from llmlab.align.data import task_prefs
-
-    return task_prefs(llmlab.load(MODEL), "trivia-prefs", a.pairs_from, samples=2, hint=True,
-                      temperature=0.7)[a.val:]
+    return all_pairs(a)[a.val:]
 
 
 def length_check(a: argparse.Namespace, run: Path) -> dict:
@@ -135,10 +136,10 @@ def length_check(a: argparse.Namespace, run: Path) -> dict:
 
 
 def stage_reward(a: argparse.Namespace) -> dict:
-    out = a.out / "reward"
-    wall = llmlab(["reward", *COMMON, *PREFS, "--max-examples", str(a.pairs_from),
+    out = a.out / f"reward{a.tag}"
+    wall = llmlab(["reward", *COMMON, *prefs_args(a), "--max-examples", str(a.pairs_from),
                    "--val-examples", str(a.val), "--max-steps", str(a.steps),
-                   "--batch-size", "4", "--out", str(out)], a.threads)
+                   "--batch-size", str(a.batch_size), "--out", str(out)], a.threads)
     ev = json.loads((out / "eval.json").read_text())
     k = round(ev["pairwise_accuracy"] * ev["pairs"])
     m = metrics(out)
@@ -149,7 +150,7 @@ def stage_reward(a: argparse.Namespace) -> dict:
 
 def stage_dpo(a: argparse.Namespace) -> dict:
     out = a.out / "dpo"
-    wall = llmlab(["dpo", *COMMON, *PREFS, "--max-examples", str(a.pairs_from),
+    wall = llmlab(["dpo", *COMMON, *prefs_args(a), "--max-examples", str(a.pairs_from),
                    "--val-examples", str(a.val), "--max-steps", str(a.steps),
                    "--batch-size", "4", "--beta", "0.1", "--out", str(out)], a.threads)
     ev = json.loads((out / "eval.json").read_text())
@@ -350,7 +351,7 @@ def format_rows(prompts: list[dict], weight: float) -> list[dict]:
 
 
 def stage_length(a: argparse.Namespace) -> dict:
-    return length_check(a, a.out / "reward")
+    return length_check(a, a.out / f"reward{a.tag}")
 
 
 FORMAT = r"answer is \$?-?[0-9][0-9,]*(\.[0-9]+)?\.?\s*$"  # ends by stating its answer
@@ -426,12 +427,21 @@ STAGES = {"prefs": stage_prefs, "reward": stage_reward, "length": stage_length,
           "grpo_easy": stage_grpo_easy}
 
 
+TAGGED = ("grpo_easy", "prefs", "reward", "length")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--stages", default="prefs,reward,dpo,ppo,grpo")
     ap.add_argument("--pairs-from", type=int, default=480, help="trivia questions sampled")
     ap.add_argument("--val", type=int, default=60, help="held-out pairs")
     ap.add_argument("--steps", type=int, default=40, help="reward and DPO steps")
+    ap.add_argument("--batch-size", type=int, default=4, help="reward model pairs per step")
+    ap.add_argument("--pref-task", default="trivia-prefs",
+                    help="preference task for prefs, reward, length and dpo")
+    ap.add_argument("--pref-samples", type=int, default=2, help="samples per prompt")
+    ap.add_argument("--pref-pairing", default="extremes",
+                    help="extremes | length-matched (the right/wrong pair closest in length)")
     ap.add_argument("--ppo-steps", type=int, default=40)
     ap.add_argument("--ppo-lr", type=float, default=1e-4, help="LoRA lr for PPO")
     ap.add_argument("--grpo-steps", type=int, default=20)
@@ -443,8 +453,8 @@ def main() -> None:
                          "old-policy forward)")
     ap.add_argument("--grpo-format-weight", type=float, default=0.2,
                     help="grpo_easy's bonus for ending with 'The answer is N.' (0: none)")
-    ap.add_argument("--tag", default="", help="suffix for grpo_easy's run folder and results "
-                    "key, so a second attempt keeps the first")
+    ap.add_argument("--tag", default="", help="suffix for grpo_easy's and reward's run folder "
+                    "and results key, so a second attempt keeps the first")
     ap.add_argument("--grpo-lr", type=float, default=1e-4, help="LoRA lr for GRPO")
     ap.add_argument("--n-eval", type=int, default=50, help="held-out arithmetic problems")
     ap.add_argument("--eval-offset", type=int, default=0,
@@ -463,7 +473,7 @@ def main() -> None:
     for name in a.stages.split(","):
         if name not in STAGES:
             raise SystemExit(f"unknown stage {name!r}; valid: {', '.join(STAGES)}")
-        key = name + a.tag if name == "grpo_easy" else name
+        key = name + a.tag if name in TAGGED else name
         results[key] = STAGES[name](a)
         print(key, json.dumps(results[key], indent=1), flush=True)
         res_path.write_text(json.dumps(results, indent=1) + "\n")

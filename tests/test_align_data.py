@@ -142,3 +142,29 @@ def test_grpo_rollouts_with_accumulation_are_reserved_after_each_update() -> Non
     one = RolloutBatches(None, None, None, [], GRPOConfig(iterations=1), grad_accum=3)  # type: ignore[arg-type]
     one._rollout = lambda: {"r": next(made)}  # type: ignore[method-assign]
     assert [one.next_batch()["r"] for _ in range(4)] == [4, 5, 6, 7]
+
+
+def test_pick_pair_length_matched_is_the_closest_right_wrong_pair() -> None:
+    """Against brute force over every (highest, lowest)-reward combination; extremes keeps
+    the first sampled of each; equal rewards give no pair; a bad pairing name fails."""
+    import itertools
+    import random
+
+    from llmlab.align.data import pick_pair
+
+    rng = random.Random(0)
+    for _ in range(200):
+        grp = [(float(rng.randint(0, 2)), "x" * rng.randint(1, 30)) for _ in range(6)]
+        hi, lo = max(r for r, _ in grp), min(r for r, _ in grp)
+        got = pick_pair(grp, "length-matched")
+        if hi == lo:
+            assert got is None and pick_pair(grp) is None
+            continue
+        best = min(abs(len(b[1]) - len(w[1])) for b, w in itertools.product(grp, grp)
+                   if b[0] == hi and w[0] == lo)
+        assert got is not None and (got[0][0], got[1][0]) == (hi, lo)
+        assert abs(len(got[0][1]) - len(got[1][1])) == best
+        assert pick_pair(grp) == (next(g for g in grp if g[0] == hi),
+                                  next(g for g in grp if g[0] == lo))
+    with pytest.raises(ValueError, match="pairing must be one of"):
+        pick_pair([(1.0, "a"), (0.0, "b")], "shortest")

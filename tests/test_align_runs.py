@@ -258,8 +258,10 @@ def test_grpo_rollout_old_logprobs_use_the_sampling_temperature(tiny: Path) -> N
         torch.testing.assert_close(g0, g1, rtol=1e-4, atol=1e-6)
 
 
-@pytest.mark.parametrize("task,n", [("trivia-prefs", 8), ("arithmetic-prefs", 6)])
-def test_bundled_pref_tasks_rank_pairs_by_their_verifier(task: str, n: int,
+@pytest.mark.parametrize("task,n,pairing", [("trivia-prefs", 8, "extremes"),
+                                            ("arithmetic-prefs", 6, "extremes"),
+                                            ("arithmetic-easy-prefs", 8, "length-matched")])
+def test_bundled_pref_tasks_rank_pairs_by_their_verifier(task: str, n: int, pairing: str,
                                                          tmp_path: Path) -> None:
     """SmolLM2 samples (half hinted with the answer) paired best vs worst: every row loads,
     its prompt is the task's plain prompt, and re-scoring both texts with the prompt's
@@ -269,7 +271,8 @@ def test_bundled_pref_tasks_rank_pairs_by_their_verifier(task: str, n: int,
     from llmlab.align.rewards import score_many
 
     lm = llmlab.load("smollm2-135m-instruct")
-    pairs = task_prefs(lm, task, n, tmp_path, samples=2, hint=True, temperature=0.7)
+    pairs = task_prefs(lm, task, n, tmp_path, samples=2, hint=True, temperature=0.7,
+                       pairing=pairing)
     assert pairs, "no pair: every sample scored the same"
     (cache,) = tmp_path.glob("*.jsonl")
     assert len(load_prefs(cache)) == len(pairs)

@@ -40,6 +40,7 @@ class AlignConfig:
     pref_samples: int = 4  # *-prefs tasks: SmolLM2 samples per prompt (best vs worst)
     pref_temperature: float = 1.0
     pref_hint: bool = False  # *-prefs: half the samples see the answer as a hint
+    pref_pairing: str = "extremes"  # *-prefs: extremes | length-matched (see align/data.py)
 
 
 def _model(acfg: AlignConfig) -> tuple[Any, Any, Any]:
@@ -75,7 +76,7 @@ def _prefs(acfg: AlignConfig, lm: Any) -> list[dict[str, Any]]:
     if acfg.data:
         return load_prefs(acfg.data)[: acfg.max_examples]
     return task_prefs(lm, acfg.task, acfg.max_examples, None, 0, acfg.pref_samples,
-                      acfg.pref_hint, acfg.pref_temperature)
+                      acfg.pref_hint, acfg.pref_temperature, acfg.pref_pairing)
 
 
 def _rl_prompts(acfg: AlignConfig, seed: int, need_verifier: bool = True
@@ -227,7 +228,7 @@ HELP = {"reward": "train a reward model (Bradley-Terry) on preference pairs",
         "dpo": "direct preference optimisation (sigmoid | ipo | hinge)",
         "ppo": "PPO with a value head; reward model score at EOS, or the task's verifier",
         "grpo": "GRPO with verifiable rewards"}
-PREF_ONLY = ("val_examples", "pref_samples", "pref_temperature", "pref_hint")
+PREF_ONLY = ("val_examples", "pref_samples", "pref_temperature", "pref_hint", "pref_pairing")
 NOT_FOR = {"grpo": ("beta", "loss_type_dpo", "label_smoothing", "center_rewards_coefficient",
                     *PREF_ONLY),
            "ppo": ("beta", "loss_type_dpo", "label_smoothing", "center_rewards_coefficient",

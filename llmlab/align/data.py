@@ -3,8 +3,9 @@
 Preference JSONL: {"prompt": str, "chosen": str, "rejected": str [, "margin": float]} per line.
 RL prompt JSONL:  {"prompt": str, "verifier": {...}} per line (see rewards.py for specs).
 Bundled RL tasks: arithmetic, trivia, humaneval (llmlab.eval.datasets, offline).
-Bundled preference tasks: arithmetic-prefs, trivia-prefs: SmolLM2 samples for each prompt,
-ranked by the task's verifier (best vs worst, only where they differ); made on demand and
+Bundled preference tasks: arithmetic-prefs, arithmetic-easy-prefs, trivia-prefs: SmolLM2
+samples for each prompt, ranked by the task's verifier (best vs worst, only where they differ;
+`length-matched` pairing takes the best/worst pair closest in length); made on demand and
 cached as preference JSONL. Bad rows raise ValueError naming the file, line and field.
 """
 
@@ -23,7 +24,11 @@ from llmlab.train.sft import SFTBatches
 from llmlab.train.sft_data import _rows
 
 RL_TASKS = ("arithmetic", "arithmetic-easy", "trivia", "humaneval")
-PREF_TASKS = ("arithmetic-prefs", "trivia-prefs")
+PREF_TASKS = ("arithmetic-prefs", "arithmetic-easy-prefs", "trivia-prefs")
+# How make_prefs picks a pair among a prompt's best- and worst-rewarded samples. A reward
+# model learns any cue that separates chosen from rejected, and answer length is the usual
+# one (Singhal et al. 2023, "A Long Way to Go"); length-matched removes most of it.
+PAIRINGS = ("extremes", "length-matched")
 ARITH_PROMPT = ("Solve this word problem. Think step by step, then finish with "
                 "'The answer is N.'\n\n{q}")
 # arithmetic-easy asks for one line of working: a short completion is cheap to sample on CPU
@@ -155,7 +160,8 @@ def pref_tensors(tok: Any, template: Any, pairs: list[dict[str, Any]], seq_len: 
     return res
 
 
-PREF_TOKENS = {"arithmetic-prefs": 160, "trivia-prefs": 32}  # room for an answer to finish
+# room for an answer to finish
+PREF_TOKENS = {"arithmetic-prefs": 160, "arithmetic-easy-prefs": 40, "trivia-prefs": 32}
 
 
 def hinted(prompt: dict[str, Any]) -> str:
@@ -170,18 +176,21 @@ def hinted(prompt: dict[str, Any]) -> str:
 
 def make_prefs(lm: Any, prompts: list[dict[str, Any]], samples: int = 4,
                max_new_tokens: int = 96, temperature: float = 1.0, seed: int = 0,
-               hint: bool = False, chunk: int = 64) -> list[dict[str, Any]]:
+               hint: bool = False, chunk: int = 64, pairing: str = "extremes"
+               ) -> list[dict[str, Any]]:
     """Sample `samples` completions per prompt and pair the best with the worst by reward,
-    where they differ. With `hint`, the second half of the samples see the reference answer
-    in their prompt (the pair's prompt stays the plain one), so far fewer prompts are spent
-    on groups that are all wrong; the verifier still decides which sample is chosen. Rows
-    keep both rewards (`chosen_reward`, `rejected_reward`); empty completions are dropped (a
-    pair needs two texts). Generates `chunk` sequences at a time."""
+    where they differ; with `pairing="length-matched"`, the best/worst pair whose texts are
+    closest in length (first-sampled on ties). With `hint`, the second half of the samples
+    see the reference answer in their prompt (the pair's prompt stays the plain one), so far
+    fewer prompts are spent on groups that are all wrong; the verifier still decides which
+    sample is chosen. Rows keep both rewards (`chosen_reward`, `rejected_reward`); empty
+    completions are dropped (a pair needs two texts). Generates `chunk` sequences at a time."""
     from tqdm import tqdm
 
     from llmlab.generate.chat import template_for
     from llmlab.generate.engine import complete, make_params
 
+    pick_pair([(0.0, "")], pairing)  # checks `pairing` before the slow sampling
     template = template_for(lm)
     rows = [p for p in prompts for _ in range(samples)]
     texts_in = [hinted(p) if hint and j >= samples // 2 else p["prompt"]
@@ -201,31 +210,53 @@ def make_prefs(lm: Any, prompts: list[dict[str, Any]], samples: int = 4,
                if t.strip()]
         if not grp:
             continue
-        best, worst = max(grp, key=lambda x: x[0]), min(grp, key=lambda x: x[0])
-        if best[0] > worst[0]:
-            out.append({"prompt": p["prompt"], "chosen": best[1], "rejected": worst[1],
-                        "chosen_reward": best[0], "rejected_reward": worst[0]})
+        pair = pick_pair(grp, pairing)
+        if pair is not None:
+            (rb, best), (rw, worst) = pair
+            out.append({"prompt": p["prompt"], "chosen": best, "rejected": worst,
+                        "chosen_reward": rb, "rejected_reward": rw})
     return out
 
 
+def pick_pair(group: list[tuple[float, str]], pairing: str = "extremes"
+              ) -> tuple[tuple[float, str], tuple[float, str]] | None:
+    """(chosen, rejected) among one prompt's (reward, text) samples: a highest- and a
+    lowest-rewarded one (the first sampled of each, or with "length-matched" the two closest
+    in length), or None when all rewards are equal."""
+    if pairing not in PAIRINGS:
+        raise ValueError(f"pref pairing must be one of {PAIRINGS}, got {pairing!r}")
+    hi, lo = max(r for r, _ in group), min(r for r, _ in group)
+    if hi == lo:
+        return None
+    tops, bottoms = [g for g in group if g[0] == hi], [g for g in group if g[0] == lo]
+    if pairing == "extremes":
+        return tops[0], bottoms[0]
+    return min(((b, w) for b in tops for w in bottoms),
+               key=lambda bw: abs(len(bw[0][1]) - len(bw[1][1])))
+
+
 def task_prefs(lm: Any, name: str, n: int, cache_dir: str | Path | None = None, seed: int = 0,
-               samples: int = 4, hint: bool = False, temperature: float = 1.0
-               ) -> list[dict[str, Any]]:
-    """arithmetic-prefs / trivia-prefs from the first n prompts of the task (train split),
+               samples: int = 4, hint: bool = False, temperature: float = 1.0,
+               pairing: str = "extremes") -> list[dict[str, Any]]:
+    """arithmetic[-easy]-prefs / trivia-prefs from the first n prompts of the task (train split),
     sampled from `lm`, cached as JSONL (default $LLMLAB_CACHE/prefs) keyed by the model and
     every setting, since sampling them is the slow part."""
     if name not in PREF_TASKS:
         raise ValueError(f"unknown preference task {name!r}; bundled: {PREF_TASKS}")
+    pick_pair([(0.0, "")], pairing)  # a bad --pref-pairing fails before any cache lookup
     if cache_dir is None:
         from llmlab.weights.registry import cache_dir as llmlab_cache
 
         cache_dir = llmlab_cache() / "prefs"
     model = re.sub(r"[^A-Za-z0-9_.-]+", "_", str(getattr(lm, "name", "model")))
     cache = Path(cache_dir) / (f"{model}-{name}-n{n}-k{samples}-t{temperature:g}"
-                               f"{'-hint' if hint else ''}-seed{seed}.jsonl")
+                               f"{'-hint' if hint else ''}"
+                               f"{'' if pairing == 'extremes' else '-' + pairing}"
+                               f"-seed{seed}.jsonl")
     if not cache.exists():
         prompts = task_prompts(name.removesuffix("-prefs"), n, seed=seed)
-        pairs = make_prefs(lm, prompts, samples, PREF_TOKENS[name], temperature, seed, hint)
+        pairs = make_prefs(lm, prompts, samples, PREF_TOKENS[name], temperature, seed, hint,
+                           pairing=pairing)
         if not pairs:
             raise RuntimeError(f"{name}: no prompt gave samples with different rewards")
         cache.parent.mkdir(parents=True, exist_ok=True)

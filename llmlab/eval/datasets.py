@@ -57,8 +57,9 @@ def _problem(rng: random.Random) -> tuple[str, int]:
 
 
 def _easy_problem(rng: random.Random) -> tuple[str, int]:
-    """One-step addition or subtraction with operands up to 20: a level a 135M model solves
-    sometimes (about a fifth, greedy), so RL groups of samples differ in reward."""
+    """One-step addition of two numbers up to 20, or subtraction of one up to 20 from one up
+    to 30: a level a 135M model solves sometimes (about a fifth, greedy), so RL groups of
+    samples differ in reward."""
     n, m = rng.sample(_NAMES, 2)
     item = rng.choice(_ITEMS)
     a, b = rng.randint(2, 20), rng.randint(2, 20)
