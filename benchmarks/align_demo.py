@@ -12,7 +12,11 @@ one answer is right, chosen = right, rejected = wrong, both in SmolLM2's own wor
 --val pairs (their questions) are held out by the CLI; the rest train.
 
 - reward: `llmlab reward` (LoRA r 8 on q,v + a linear head, Bradley-Terry); metric: held-out
-  pairwise accuracy, with a 95% Wilson interval.
+  pairwise accuracy, with a 95% Wilson interval. `length` re-scores the held-out pairs beside
+  the shortcuts a reward model could learn instead (shorter wins; "The answer is N." wins).
+  --pref-task arithmetic-easy-prefs --pref-pairing length-matched builds pairs with little
+  length cue; `reward_unhinted` then scores that model on pairs of unhinted samples for
+  held-out (test split) problems.
 - dpo: `llmlab dpo` (sigmoid, β 0.1; reference = the base, adapters disabled); metrics on the
   held-out pairs: rewards/accuracy and rewards/margin (0 before training, since π = π_ref)
   and how often the policy vs the base gives the chosen answer the higher log-probability.
@@ -96,10 +100,9 @@ def train_pairs(a: argparse.Namespace) -> list[dict]:
     return all_pairs(a)[a.val:]
 
 
-def length_check(a: argparse.Namespace, run: Path) -> dict:
-    """Chosen answers are shorter than rejected ones more often than not (a hinted sample tends
-    to state the answer and stop), so "prefer the shorter" is a baseline to beat. Scores the
-    held-out pairs again and splits them by which side is longer (in tokens)."""
+def score_pairs(run: Path, pairs: list[dict], threads: int) -> dict:
+    """The reward model in `run` on each pair: `right` (chosen scored higher), and both sides'
+    completion lengths in tokens (`nc`, `nr`)."""
     import torch
 
     import llmlab
@@ -107,8 +110,7 @@ def length_check(a: argparse.Namespace, run: Path) -> dict:
     from llmlab.align.reward import load_reward_model
     from llmlab.generate.chat import template_for
 
-    torch.set_num_threads(a.threads)
-    pairs = val_pairs(a)
+    torch.set_num_threads(threads)
     rm = load_reward_model(run)
     lm = llmlab.load(MODEL)
     t = pref_tensors(lm.tokenizer, template_for(lm), pairs, 256)
@@ -117,12 +119,51 @@ def length_check(a: argparse.Namespace, run: Path) -> dict:
                         for i in range(0, len(pairs), 8)])
         rr = torch.cat([rm.score(t["rejected_ids"][i:i + 8], t["rejected_mask"][i:i + 8])
                         for i in range(0, len(pairs), 8)])
-    right = (rc > rr).tolist()
-    nc, nr = t["chosen_cmask"].sum(1), t["rejected_cmask"].sum(1)
+    return {"right": (rc > rr).tolist(), "nc": t["chosen_cmask"].sum(1),
+            "nr": t["rejected_cmask"].sum(1)}
+
+
+def cue_baselines(pairs: list[dict], sc: dict) -> dict:
+    """The reward model's accuracy beside two shortcuts it could have learned instead: "the
+    shorter answer wins" and "the answer that ends 'The answer is N.' wins" (ties split 50/50),
+    and its accuracy on the pairs where each shortcut cannot help."""
+    right, nc, nr = sc["right"], sc["nc"], sc["nr"]
+    fc = [re.search(FORMAT, p["chosen"]) is not None for p in pairs]
+    fr = [re.search(FORMAT, p["rejected"]) is not None for p in pairs]
+    n = len(pairs)
+
+    def acc(keep: list[bool]) -> tuple[float | None, int]:
+        v = [r for r, k in zip(right, keep, strict=True) if k]
+        return (sum(v) / len(v) if v else None, len(v))
+
+    longer = (nc > nr).tolist()
+    return {"rm_accuracy": sum(right) / n, "wilson95": wilson(int(sum(right)), n), "pairs": n,
+            "shorter_wins_ties_half": float((nc < nr).float().mean()
+                                            + (nc == nr).float().mean() / 2),
+            "format_wins_ties_half": (sum(c and not r for c, r in zip(fc, fr, strict=True))
+                                      + sum(c == r for c, r in zip(fc, fr, strict=True)) / 2
+                                      ) / n,
+            "rm_accuracy_chosen_longer": acc(longer),
+            "rm_accuracy_chosen_not_longer": acc([not x for x in longer]),
+            "rm_accuracy_same_format": acc([c == r for c, r in zip(fc, fr, strict=True)])}
+
+
+def length_check(a: argparse.Namespace, run: Path) -> dict:
+    """Chosen answers are shorter than rejected ones more often than not (a hinted sample tends
+    to state the answer and stop), so "prefer the shorter" is a baseline to beat. Scores the
+    held-out pairs again and splits them by which side is longer (in tokens)."""
+    pairs = val_pairs(a)
+    sc = score_pairs(run, pairs, a.threads)
+    right, nc, nr = sc["right"], sc["nc"], sc["nr"]
     longer = (nc > nr).tolist()
     ties = float((nc == nr).float().mean())  # mostly both cut at the 32-token sampling cap
     sub = {"chosen_longer": [r for r, g in zip(right, longer, strict=True) if g],
            "chosen_not_longer": [r for r, g in zip(right, longer, strict=True) if not g]}
+    import llmlab
+    from llmlab.align.data import pref_tensors
+    from llmlab.generate.chat import template_for
+
+    lm = llmlab.load(MODEL)
     tt = pref_tensors(lm.tokenizer, template_for(lm), train_pairs(a), 256)
     tc, tr = tt["chosen_cmask"].sum(1), tt["rejected_cmask"].sum(1)
     return {"rm_accuracy": sum(right) / len(right),
@@ -132,7 +173,31 @@ def length_check(a: argparse.Namespace, run: Path) -> dict:
             "train_shorter_wins_ties_half": float((tc < tr).float().mean()
                                                   + (tc == tr).float().mean() / 2),
             **{f"rm_accuracy_{k}": (sum(v) / len(v) if v else None, len(v))
-               for k, v in sub.items()}}
+               for k, v in sub.items()},
+            "cues": cue_baselines(pairs, sc)}
+
+
+def stage_reward_unhinted(a: argparse.Namespace) -> dict:
+    """The arithmetic reward model on pairs it could not have shortcuts for: --n-eval
+    arithmetic-easy problems of the held-out (test) split, 4 unhinted samples each (T 0.7),
+    paired right vs wrong with length matching. So no sample saw a hint, no question was
+    trained on, and the lengths are close."""
+    import torch
+
+    import llmlab
+    from llmlab.align.data import make_prefs, task_prompts
+
+    torch.set_num_threads(a.threads)
+    cache = a.out / f"arith_unhinted_pairs_n{a.n_eval}.jsonl"
+    if not cache.exists():
+        pairs = make_prefs(llmlab.load(MODEL), task_prompts("arithmetic-easy", a.n_eval,
+                                                            split="test"),
+                           samples=4, max_new_tokens=40, temperature=0.7, seed=1,
+                           pairing="length-matched")
+        cache.write_text("".join(json.dumps(p) + "\n" for p in pairs))
+    pairs = [json.loads(ln) for ln in cache.read_text().splitlines()]
+    return {"problems": a.n_eval,
+            **cue_baselines(pairs, score_pairs(a.out / f"reward{a.tag}", pairs, a.threads))}
 
 
 def stage_reward(a: argparse.Namespace) -> dict:
@@ -220,7 +285,7 @@ def stage_ppo(a: argparse.Namespace) -> dict:
                             for r in m[::4]]}
 
 
-def stage_ppo_eval(a: argparse.Namespace, n: int = 64) -> dict:
+def stage_ppo_eval(a: argparse.Namespace) -> dict:
     """The reward model's mean score on n trivia prompts that neither the reward model nor PPO
     saw (a third shuffle), sampled as in training (T 0.7, 32 tokens, same seed), from the
     base model and from the PPO policy (adapter merged)."""
@@ -234,6 +299,7 @@ def stage_ppo_eval(a: argparse.Namespace, n: int = 64) -> dict:
     from llmlab.peft.model import apply_adapter
 
     torch.set_num_threads(a.threads)
+    n = a.ppo_eval_n
     seen = {p["prompt"] for p in task_prompts("trivia", a.pairs_from, seed=0)}
     seen |= {p["prompt"] for p in task_prompts("trivia", 512, seed=1)}
     prompts = [p for p in task_prompts("trivia", 4 * n, seed=2) if p["prompt"] not in seen][:n]
@@ -259,7 +325,11 @@ def stage_ppo_eval(a: argparse.Namespace, n: int = 64) -> dict:
                      "samples": [c.text for c in comps[:4]],
                      "samples_all": [c.text for c in comps]}
     d = torch.tensor(out["ppo"]["scores"]) - torch.tensor(out["base"]["scores"])
-    out["paired_diff"] = {"mean": float(d.mean()), "se": float(d.std() / len(d) ** 0.5),
+    se = float(d.std() / len(d) ** 0.5)
+    out["paired_diff"] = {"mean": float(d.mean()), "se": se,
+                          # two-sided, normal approximation to the paired t-test (n >= 64)
+                          "p_value": math.erfc(abs(float(d.mean())) / se / math.sqrt(2)),
+                          "ppo_higher": int((d > 0).sum()), "base_higher": int((d < 0).sum()),
                           "identical_samples": sum(
                               x == y for x, y in zip(out["base"]["samples_all"],
                                                      out["ppo"]["samples_all"], strict=True))}
@@ -422,12 +492,13 @@ def stage_grpo_easy(a: argparse.Namespace) -> dict:
 
 
 STAGES = {"prefs": stage_prefs, "reward": stage_reward, "length": stage_length,
-          "dpo": stage_dpo, "dpo_length": stage_dpo_length, "ppo": stage_ppo,
+          "reward_unhinted": stage_reward_unhinted, "dpo": stage_dpo,
+          "dpo_length": stage_dpo_length, "ppo": stage_ppo,
           "ppo_eval": stage_ppo_eval, "grpo": stage_grpo, "grpo_format": stage_grpo_format,
           "grpo_easy": stage_grpo_easy}
 
 
-TAGGED = ("grpo_easy", "prefs", "reward", "length")
+TAGGED = ("grpo_easy", "prefs", "reward", "length", "reward_unhinted")
 
 
 def main() -> None:
@@ -444,6 +515,7 @@ def main() -> None:
                     help="extremes | length-matched (the right/wrong pair closest in length)")
     ap.add_argument("--ppo-steps", type=int, default=40)
     ap.add_argument("--ppo-lr", type=float, default=1e-4, help="LoRA lr for PPO")
+    ap.add_argument("--ppo-eval-n", type=int, default=64, help="unseen prompts for ppo_eval")
     ap.add_argument("--grpo-steps", type=int, default=20)
     ap.add_argument("--grpo-prompts", type=int, default=4,
                     help="prompts per GRPO rollout in grpo_easy (x 8 samples; 8 prompts needed "

@@ -168,3 +168,17 @@ def test_pick_pair_length_matched_is_the_closest_right_wrong_pair() -> None:
                                   next(g for g in grp if g[0] == lo))
     with pytest.raises(ValueError, match="pairing must be one of"):
         pick_pair([(1.0, "a"), (0.0, "b")], "shortest")
+
+
+def test_hint_spells_the_answer_as_the_task_does() -> None:
+    """An integral numeric answer is hinted as "23", never "23.0" (a spelling only hinted,
+    hence mostly chosen, samples would copy); trivia hints the first accepted answer."""
+    from llmlab.align.data import hinted, task_prompts
+
+    for p in task_prompts("arithmetic-easy", 20):
+        want = int(p["verifier"]["answer"])
+        assert hinted(p).endswith(f"(Hint: the answer is {want}.)")
+    t = task_prompts("trivia", 1)[0]
+    assert hinted(t).endswith(f"(Hint: the answer is {t['verifier']['answers'][0]}.)")
+    assert hinted({"prompt": "q", "verifier": {"type": "numeric", "answer": 2.5}}).endswith(
+        "is 2.5.)")

@@ -171,6 +171,10 @@ def hinted(prompt: dict[str, Any]) -> str:
     answer = v["answers"][0] if v["type"] == "trivia" else v.get("answer")
     if answer is None:
         raise ValueError(f"no reference answer to hint with in a {v['type']!r} verifier")
+    if isinstance(answer, float) and answer.is_integer():
+        # "38", not "38.0": hinted samples copy the hint's spelling, and a ".0" that only
+        # chosen answers carry would let a reward model score the spelling, not the sum.
+        answer = int(answer)
     return f"{prompt['prompt']}\n\n(Hint: the answer is {answer}.)"
 
 
