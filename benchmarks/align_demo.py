@@ -67,7 +67,10 @@ def metrics(run: Path) -> list[dict]:
 
 
 def prefs_args(a: argparse.Namespace) -> list[str]:
-    """The CLI flags that build the preference pairs (hinted sampling, T 0.7)."""
+    """The CLI flags that build the preference pairs (hinted sampling, T 0.7), or read them
+    from --pref-data."""
+    if a.pref_data:
+        return ["--data", str(a.pref_data)]
     return ["--task", a.pref_task, "--pref-samples", str(a.pref_samples), "--pref-hint",
             "--pref-temperature", "0.7", "--pref-pairing", a.pref_pairing]
 
@@ -75,10 +78,47 @@ def prefs_args(a: argparse.Namespace) -> list[str]:
 def all_pairs(a: argparse.Namespace) -> list[dict]:
     """The pairs exactly as `prefs_args` makes the CLI build them (shared cache)."""
     import llmlab
-    from llmlab.align.data import task_prefs
+    from llmlab.align.data import load_prefs, task_prefs
 
+    if a.pref_data:
+        return load_prefs(a.pref_data)[:a.pairs_from]
     return task_prefs(llmlab.load(MODEL), a.pref_task, a.pairs_from, samples=a.pref_samples,
                       hint=True, temperature=0.7, pairing=a.pref_pairing)
+
+
+def natural_arith_pairs(a: argparse.Namespace) -> list[dict]:
+    """The length-matched arithmetic-easy-prefs pairs (4 samples, half hinted, T 0.7) of the
+    first --pairs-from train problems: the `_arith` reward model's data."""
+    import llmlab
+    from llmlab.align.data import task_prefs
+
+    return task_prefs(llmlab.load(MODEL), "arithmetic-easy-prefs", a.pairs_from, samples=4,
+                      hint=True, temperature=0.7, pairing="length-matched")
+
+
+def stage_perturb(a: argparse.Namespace) -> dict:
+    """Writes --pref-data: each natural pair's chosen (right) sample against itself with its
+    answer changed (llmlab.align.data.perturb_answer), so the two sides differ only in
+    whether the sum is right; same question order, so the same problems are held out."""
+    from llmlab.align.data import perturbed_pairs, task_prompts
+    from llmlab.align.rewards import score_many
+
+    task = {p["prompt"]: p for p in task_prompts("arithmetic-easy", a.pairs_from)}
+    nat = natural_arith_pairs(a)
+    prompts = [task[p["prompt"]] for p in nat]
+    chosen = [p["chosen"] for p in nat]
+    rows = perturbed_pairs(prompts, chosen, score_many(chosen, [p["verifier"] for p in prompts]),
+                           1)
+    a.pref_data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return {"natural_pairs": len(nat), "perturbed_pairs": len(rows),
+            "examples": [[r["chosen"], r["rejected"]] for r in rows[:4]]}
+
+
+def stage_reward_natural(a: argparse.Namespace) -> dict:
+    """The reward model in reward{tag} on the natural length-matched held-out pairs (the first
+    --val of natural_arith_pairs, whose problems the perturbed data also holds out)."""
+    pairs = natural_arith_pairs(a)[:a.val]
+    return cue_baselines(pairs, score_pairs(a.out / f"reward{a.tag}", pairs, a.threads))
 
 
 def stage_prefs(a: argparse.Namespace) -> dict:
@@ -492,13 +532,15 @@ def stage_grpo_easy(a: argparse.Namespace) -> dict:
 
 
 STAGES = {"prefs": stage_prefs, "reward": stage_reward, "length": stage_length,
-          "reward_unhinted": stage_reward_unhinted, "dpo": stage_dpo,
+          "reward_unhinted": stage_reward_unhinted, "perturb": stage_perturb,
+          "reward_natural": stage_reward_natural, "dpo": stage_dpo,
           "dpo_length": stage_dpo_length, "ppo": stage_ppo,
           "ppo_eval": stage_ppo_eval, "grpo": stage_grpo, "grpo_format": stage_grpo_format,
           "grpo_easy": stage_grpo_easy}
 
 
-TAGGED = ("grpo_easy", "prefs", "reward", "length", "reward_unhinted")
+TAGGED = ("grpo_easy", "prefs", "reward", "length", "reward_unhinted", "perturb",
+          "reward_natural")
 
 
 def main() -> None:
@@ -511,6 +553,9 @@ def main() -> None:
     ap.add_argument("--pref-task", default="trivia-prefs",
                     help="preference task for prefs, reward, length and dpo")
     ap.add_argument("--pref-samples", type=int, default=2, help="samples per prompt")
+    ap.add_argument("--pref-data", type=Path,
+                    help="preference JSONL for reward/length instead of --pref-task (the "
+                         "perturb stage writes it)")
     ap.add_argument("--pref-pairing", default="extremes",
                     help="extremes | length-matched (the right/wrong pair closest in length)")
     ap.add_argument("--ppo-steps", type=int, default=40)

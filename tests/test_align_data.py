@@ -182,3 +182,40 @@ def test_hint_spells_the_answer_as_the_task_does() -> None:
     assert hinted(t).endswith(f"(Hint: the answer is {t['verifier']['answers'][0]}.)")
     assert hinted({"prompt": "q", "verifier": {"type": "numeric", "answer": 2.5}}).endswith(
         "is 2.5.)")
+
+
+def test_perturbed_pairs_differ_only_in_a_now_wrong_answer() -> None:
+    """Each perturbed rejection is the chosen text with the answer's standalone occurrences
+    (not digits inside other numbers) replaced by one wrong number; the numeric verifier scores
+    chosen 1 and rejected 0; wrong samples and texts that never write the answer give no pair;
+    non-numeric verifiers are refused."""
+    import random
+    import re
+
+    from llmlab.align.data import perturb_answer, perturbed_pairs
+
+    rng = random.Random(0)
+    text = "13 + 10 = 23 (not 123 or 2.3). The answer is 23."
+    bad = perturb_answer(text, 23.0, rng)
+    assert bad is not None and bad != text
+    new = set(re.findall(r"(?<![\d.])\d+(?![\d.])", bad)) - {"13", "10", "123"}
+    assert len(new) == 1 and (w := int(new.pop())) != 23 and abs(w - 23) <= 3
+    assert bad == text.replace("= 23 ", f"= {w} ").replace("is 23.", f"is {w}.")
+    assert perturb_answer("no number here", 23.0, rng) is None
+    assert perturb_answer("it is 2.5", 2.5, rng) is None
+    assert all(int(x) >= 0 for x in re.findall(r"\d+", perturb_answer("0", 0.0, rng) or ""))
+
+    prompts = [{"prompt": f"q{i}", "verifier": {"type": "numeric", "answer": a}}
+               for i, a in enumerate([23.0, 7.0, 5.0])]
+    texts = ["13 + 10 = 23.", "3 + 4 = 8.",  # right; wrong
+             "seven", "3 + 4 = 7.",  # right without the digits; right
+             "2 + 2 = 4", "no"]  # both wrong
+    rows = perturbed_pairs(prompts, texts, score_many(texts, [p["verifier"] for p in prompts
+                                                               for _ in range(2)]), 2)
+    assert [r["prompt"] for r in rows] == ["q0", "q1"]
+    assert [r["chosen"] for r in rows] == ["13 + 10 = 23.", "3 + 4 = 7."]
+    for r, p in zip(rows, prompts, strict=False):
+        assert score_many([r["chosen"], r["rejected"]], [p["verifier"]] * 2) == [1.0, 0.0]
+    with pytest.raises(ValueError, match="numeric verifiers"):
+        perturbed_pairs([{"prompt": "q", "verifier": {"type": "trivia", "answers": ["x"]}}],
+                        ["x"], [1.0], 1)

@@ -260,7 +260,8 @@ def test_grpo_rollout_old_logprobs_use_the_sampling_temperature(tiny: Path) -> N
 
 @pytest.mark.parametrize("task,n,pairing", [("trivia-prefs", 8, "extremes"),
                                             ("arithmetic-prefs", 6, "extremes"),
-                                            ("arithmetic-easy-prefs", 8, "length-matched")])
+                                            ("arithmetic-easy-prefs", 8, "length-matched"),
+                                            ("arithmetic-easy-prefs", 8, "perturbed")])
 def test_bundled_pref_tasks_rank_pairs_by_their_verifier(task: str, n: int, pairing: str,
                                                          tmp_path: Path) -> None:
     """SmolLM2 samples (half hinted with the answer) paired best vs worst: every row loads,

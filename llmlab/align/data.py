@@ -5,7 +5,8 @@ RL prompt JSONL:  {"prompt": str, "verifier": {...}} per line (see rewards.py fo
 Bundled RL tasks: arithmetic, trivia, humaneval (llmlab.eval.datasets, offline).
 Bundled preference tasks: arithmetic-prefs, arithmetic-easy-prefs, trivia-prefs: SmolLM2
 samples for each prompt, ranked by the task's verifier (best vs worst, only where they differ;
-`length-matched` pairing takes the best/worst pair closest in length); made on demand and
+`length-matched` pairing takes the best/worst pair closest in length, `perturbed` a right
+sample against the same text with its answer changed); made on demand and
 cached as preference JSONL. Bad rows raise ValueError naming the file, line and field.
 """
 
@@ -28,7 +29,9 @@ PREF_TASKS = ("arithmetic-prefs", "arithmetic-easy-prefs", "trivia-prefs")
 # How make_prefs picks a pair among a prompt's best- and worst-rewarded samples. A reward
 # model learns any cue that separates chosen from rejected, and answer length is the usual
 # one (Singhal et al. 2023, "A Long Way to Go"); length-matched removes most of it.
-PAIRINGS = ("extremes", "length-matched")
+# "perturbed" pairs a right sample with itself, its answer changed (numeric tasks): a pair
+# that differs only in correctness, in the same words, length and style.
+PAIRINGS = ("extremes", "length-matched", "perturbed")
 ARITH_PROMPT = ("Solve this word problem. Think step by step, then finish with "
                 "'The answer is N.'\n\n{q}")
 # arithmetic-easy asks for one line of working: a short completion is cheap to sample on CPU
@@ -184,7 +187,8 @@ def make_prefs(lm: Any, prompts: list[dict[str, Any]], samples: int = 4,
                ) -> list[dict[str, Any]]:
     """Sample `samples` completions per prompt and pair the best with the worst by reward,
     where they differ; with `pairing="length-matched"`, the best/worst pair whose texts are
-    closest in length (first-sampled on ties). With `hint`, the second half of the samples
+    closest in length (first-sampled on ties); with "perturbed", a right sample against
+    itself with its answer changed (`perturb_answer`). With `hint`, the second half of the samples
     see the reference answer in their prompt (the pair's prompt stays the plain one), so far
     fewer prompts are spent on groups that are all wrong; the verifier still decides which
     sample is chosen. Rows keep both rewards (`chosen_reward`, `rejected_reward`); empty
@@ -194,7 +198,7 @@ def make_prefs(lm: Any, prompts: list[dict[str, Any]], samples: int = 4,
     from llmlab.generate.chat import template_for
     from llmlab.generate.engine import complete, make_params
 
-    pick_pair([(0.0, "")], pairing)  # checks `pairing` before the slow sampling
+    check_pairing(pairing)  # before the slow sampling
     template = template_for(lm)
     rows = [p for p in prompts for _ in range(samples)]
     texts_in = [hinted(p) if hint and j >= samples // 2 else p["prompt"]
@@ -207,6 +211,8 @@ def make_prefs(lm: Any, prompts: list[dict[str, Any]], samples: int = 4,
                              temperature=temperature, seed=seed + k, stop=list(template.stop))
         texts += [c.text for c in complete(lm.model, lm.tokenizer, ids[k:k + chunk], params)]
     rewards = score_many(texts, [p["verifier"] for p in rows])
+    if pairing == "perturbed":
+        return perturbed_pairs(prompts, texts, rewards, samples, seed)
     out = []
     for i, p in enumerate(prompts):
         grp = [(r, t) for r, t in zip(rewards[i * samples:(i + 1) * samples],
@@ -222,13 +228,54 @@ def make_prefs(lm: Any, prompts: list[dict[str, Any]], samples: int = 4,
     return out
 
 
+def check_pairing(pairing: str) -> None:
+    if pairing not in PAIRINGS:
+        raise ValueError(f"pref pairing must be one of {PAIRINGS}, got {pairing!r}")
+
+
+def perturb_answer(text: str, answer: float, rng: random.Random) -> str | None:
+    """`text` with every standalone occurrence of the integer `answer` replaced by a nearby
+    wrong one (answer ± 1..3, not negative), or None when the text never writes it."""
+    if not float(answer).is_integer():
+        return None
+    a = int(answer)
+    pat = re.compile(rf"(?<![\d.]){a}(?![\d])")
+    if not pat.search(text):
+        return None
+    wrong = rng.choice([a + d for d in (-3, -2, -1, 1, 2, 3) if a + d >= 0])
+    return pat.sub(str(wrong), text)
+
+
+def perturbed_pairs(prompts: list[dict[str, Any]], texts: list[str], rewards: list[float],
+                    samples: int, seed: int = 0) -> list[dict[str, Any]]:
+    """For each prompt with a right sample (reward 1) that states its numeric answer: that
+    sample (the first such) as chosen, and the same text with the answer changed as rejected,
+    kept only when the verifier scores the change lower."""
+    rng = random.Random(seed)
+    out = []
+    for i, p in enumerate(prompts):
+        v = p["verifier"]
+        if v.get("type") != "numeric":
+            raise ValueError(f"perturbed pairs need numeric verifiers, got {v.get('type')!r}")
+        for r, t in zip(rewards[i * samples:(i + 1) * samples],
+                        texts[i * samples:(i + 1) * samples], strict=True):
+            bad = perturb_answer(t, v["answer"], rng) if r == 1.0 else None
+            if bad is not None and (rb := score_many([bad], [v])[0]) < r:
+                out.append({"prompt": p["prompt"], "chosen": t, "rejected": bad,
+                            "chosen_reward": r, "rejected_reward": rb})
+                break
+    return out
+
+
 def pick_pair(group: list[tuple[float, str]], pairing: str = "extremes"
               ) -> tuple[tuple[float, str], tuple[float, str]] | None:
     """(chosen, rejected) among one prompt's (reward, text) samples: a highest- and a
     lowest-rewarded one (the first sampled of each, or with "length-matched" the two closest
     in length), or None when all rewards are equal."""
-    if pairing not in PAIRINGS:
-        raise ValueError(f"pref pairing must be one of {PAIRINGS}, got {pairing!r}")
+    if pairing not in ("extremes", "length-matched"):
+        check_pairing(pairing)
+        raise ValueError(f"pick_pair chooses among samples; {pairing!r} pairs are made by "
+                         "perturbed_pairs")
     hi, lo = max(r for r, _ in group), min(r for r, _ in group)
     if hi == lo:
         return None
@@ -247,7 +294,7 @@ def task_prefs(lm: Any, name: str, n: int, cache_dir: str | Path | None = None, 
     every setting, since sampling them is the slow part."""
     if name not in PREF_TASKS:
         raise ValueError(f"unknown preference task {name!r}; bundled: {PREF_TASKS}")
-    pick_pair([(0.0, "")], pairing)  # a bad --pref-pairing fails before any cache lookup
+    check_pairing(pairing)  # a bad --pref-pairing fails before any cache lookup
     if cache_dir is None:
         from llmlab.weights.registry import cache_dir as llmlab_cache
 
