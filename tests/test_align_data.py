@@ -192,7 +192,7 @@ def test_perturbed_pairs_differ_only_in_a_now_wrong_answer() -> None:
     import random
     import re
 
-    from llmlab.align.data import perturb_answer, perturbed_pairs
+    from llmlab.align.data import make_prefs, perturb_answer, perturbed_pairs
 
     rng = random.Random(0)
     text = "13 + 10 = 23 (not 123 or 2.3). The answer is 23."
@@ -216,6 +216,8 @@ def test_perturbed_pairs_differ_only_in_a_now_wrong_answer() -> None:
     assert [r["chosen"] for r in rows] == ["13 + 10 = 23.", "3 + 4 = 7."]
     for r, p in zip(rows, prompts, strict=False):
         assert score_many([r["chosen"], r["rejected"]], [p["verifier"]] * 2) == [1.0, 0.0]
+    trivia = [{"prompt": "q", "verifier": {"type": "trivia", "answers": ["x"]}}]
     with pytest.raises(ValueError, match="numeric verifiers"):
-        perturbed_pairs([{"prompt": "q", "verifier": {"type": "trivia", "answers": ["x"]}}],
-                        ["x"], [1.0], 1)
+        perturbed_pairs(trivia, ["x"], [1.0], 1)
+    with pytest.raises(ValueError, match="numeric verifiers, got 'trivia'"):
+        make_prefs(None, trivia, pairing="perturbed")  # refused before any sampling

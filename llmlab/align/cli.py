@@ -40,7 +40,7 @@ class AlignConfig:
     pref_samples: int = 4  # *-prefs tasks: SmolLM2 samples per prompt (best vs worst)
     pref_temperature: float = 1.0
     pref_hint: bool = False  # *-prefs: half the samples see the answer as a hint
-    pref_pairing: str = "extremes"  # *-prefs: extremes | length-matched (see align/data.py)
+    pref_pairing: str = "extremes"  # *-prefs: extremes|length-matched|perturbed (align/data.py)
 
 
 def _model(acfg: AlignConfig) -> tuple[Any, Any, Any]:

@@ -188,10 +188,10 @@ def make_prefs(lm: Any, prompts: list[dict[str, Any]], samples: int = 4,
     """Sample `samples` completions per prompt and pair the best with the worst by reward,
     where they differ; with `pairing="length-matched"`, the best/worst pair whose texts are
     closest in length (first-sampled on ties); with "perturbed", a right sample against
-    itself with its answer changed (`perturb_answer`). With `hint`, the second half of the samples
-    see the reference answer in their prompt (the pair's prompt stays the plain one), so far
-    fewer prompts are spent on groups that are all wrong; the verifier still decides which
-    sample is chosen. Rows keep both rewards (`chosen_reward`, `rejected_reward`); empty
+    itself with its answer changed (`perturb_answer`). With `hint`, the second half of the
+    samples see the reference answer in their prompt (the pair's prompt stays the plain one),
+    so far fewer prompts are spent on groups that are all wrong; the verifier still decides
+    which sample is chosen. Rows keep both rewards (`chosen_reward`, `rejected_reward`); empty
     completions are dropped (a pair needs two texts). Generates `chunk` sequences at a time."""
     from tqdm import tqdm
 
@@ -199,6 +199,10 @@ def make_prefs(lm: Any, prompts: list[dict[str, Any]], samples: int = 4,
     from llmlab.generate.engine import complete, make_params
 
     check_pairing(pairing)  # before the slow sampling
+    if pairing == "perturbed" and (bad := next((p["verifier"].get("type") for p in prompts
+                                                if p["verifier"].get("type") != "numeric"),
+                                               None)):
+        raise ValueError(f"perturbed pairs need numeric verifiers, got {bad!r}")
     template = template_for(lm)
     rows = [p for p in prompts for _ in range(samples)]
     texts_in = [hinted(p) if hint and j >= samples // 2 else p["prompt"]
