@@ -244,7 +244,8 @@ def stage_reward(a: argparse.Namespace) -> dict:
     out = a.out / f"reward{a.tag}"
     wall = llmlab(["reward", *COMMON, *prefs_args(a), "--max-examples", str(a.pairs_from),
                    "--val-examples", str(a.val), "--max-steps", str(a.steps),
-                   "--batch-size", str(a.batch_size), "--out", str(out)], a.threads)
+                   "--batch-size", str(a.batch_size), "--peft", a.peft,
+                   *(["--lr", str(a.lr)] if a.lr else []), "--out", str(out)], a.threads)
     ev = json.loads((out / "eval.json").read_text())
     k = round(ev["pairwise_accuracy"] * ev["pairs"])
     m = metrics(out)
@@ -550,6 +551,8 @@ def main() -> None:
     ap.add_argument("--val", type=int, default=60, help="held-out pairs")
     ap.add_argument("--steps", type=int, default=40, help="reward and DPO steps")
     ap.add_argument("--batch-size", type=int, default=4, help="reward model pairs per step")
+    ap.add_argument("--peft", default="lora", help="reward model: lora (r 8 on q,v) | none")
+    ap.add_argument("--lr", type=float, help="reward model lr (default: the CLI's)")
     ap.add_argument("--pref-task", default="trivia-prefs",
                     help="preference task for prefs, reward, length and dpo")
     ap.add_argument("--pref-samples", type=int, default=2, help="samples per prompt")
