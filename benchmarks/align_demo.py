@@ -255,15 +255,25 @@ def stage_reward(a: argparse.Namespace) -> dict:
 
 
 def stage_dpo(a: argparse.Namespace) -> dict:
-    out = a.out / "dpo"
+    """DPO on the preference task; on arithmetic-easy-prefs also the policy's greedy held-out
+    accuracy (problems --eval-offset.. of the test split) against the base, paired."""
+    out = a.out / f"dpo{a.tag}"
     wall = llmlab(["dpo", *COMMON, *prefs_args(a), "--max-examples", str(a.pairs_from),
                    "--val-examples", str(a.val), "--max-steps", str(a.steps),
-                   "--batch-size", "4", "--beta", "0.1", "--out", str(out)], a.threads)
+                   "--batch-size", str(a.batch_size), "--beta", "0.1", "--out", str(out)],
+                  a.threads)
     ev = json.loads((out / "eval.json").read_text())
     n = ev["pairs"]
-    return {**ev, "wall_s": round(wall, 1),
-            "logp_accuracy_wilson95": wilson(round(ev["logp_accuracy"] * n), n),
-            "ref_logp_accuracy_wilson95": wilson(round(ev["ref_logp_accuracy"] * n), n)}
+    res = {**ev, "wall_s": round(wall, 1),
+           "logp_accuracy_wilson95": wilson(round(ev["logp_accuracy"] * n), n),
+           "ref_logp_accuracy_wilson95": wilson(round(ev["ref_logp_accuracy"] * n), n)}
+    if a.pref_task == "arithmetic-easy-prefs" and not a.pref_data:
+        before = easy_base(a)
+        after = arithmetic_accuracy(out / "final", a.n_eval, a.threads, "easy", 40,
+                                    a.eval_offset)
+        res |= {"before": before, "after": after,
+                "paired": mcnemar(before["right"], after["right"])}
+    return res
 
 
 def _mean(rows: list[dict], k: str) -> float:
@@ -483,6 +493,16 @@ def stage_grpo_format(a: argparse.Namespace) -> dict:
     return _grpo_arithmetic(a, ["--data", str(data)], out, before)
 
 
+def easy_base(a: argparse.Namespace) -> dict:
+    """The base model's held-out arithmetic-easy accuracy, evaluated once and cached."""
+    off = f"_from{a.eval_offset}" if a.eval_offset else ""
+    cache = a.out / f"arithmetic_easy_base_n{a.n_eval}{off}.json"
+    if not cache.exists():
+        cache.write_text(json.dumps(arithmetic_accuracy(None, a.n_eval, a.threads, "easy", 40,
+                                                        a.eval_offset)))
+    return json.loads(cache.read_text())
+
+
 def stage_grpo_easy(a: argparse.Namespace) -> dict:
     """GRPO on `arithmetic-easy` (one small add/subtract step; SmolLM2 solves about a fifth
     greedily, so groups of 8 samples differ in reward) with a short one-line answer (40 new
@@ -501,12 +521,7 @@ def stage_grpo_easy(a: argparse.Namespace) -> dict:
     # with a wrong N); --grpo-format-weight 0 trains on the numeric check alone.
     rows = format_rows(task_prompts("arithmetic-easy", 1024), a.grpo_format_weight)
     data.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    off = f"_from{a.eval_offset}" if a.eval_offset else ""
-    cache = a.out / f"arithmetic_easy_base_n{a.n_eval}{off}.json"  # the base is fixed: eval once
-    if not cache.exists():
-        cache.write_text(json.dumps(arithmetic_accuracy(None, a.n_eval, a.threads, "easy", 40,
-                                                        a.eval_offset)))
-    before = json.loads(cache.read_text())
+    before = easy_base(a)
     print("before:", {k: v for k, v in before.items() if k != "right"}, flush=True)
     c0 = resource.getrusage(resource.RUSAGE_CHILDREN)
     wall = llmlab(["grpo", *COMMON, "--data", str(data), "--max-steps", str(a.grpo_steps),
@@ -541,7 +556,7 @@ STAGES = {"prefs": stage_prefs, "reward": stage_reward, "length": stage_length,
 
 
 TAGGED = ("grpo_easy", "prefs", "reward", "length", "reward_unhinted", "perturb",
-          "reward_natural")
+          "reward_natural", "dpo")
 
 
 def main() -> None:
