@@ -31,6 +31,7 @@ Each training stage is one `llmlab` process with the exact arguments printed.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import math
 import os
@@ -39,6 +40,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 MODEL = "smollm2-135m-instruct"
@@ -62,6 +64,15 @@ def llmlab(args: list[str], threads: int) -> float:
     return time.perf_counter() - t0
 
 
+@functools.cache
+def base_lm() -> Any:
+    """SmolLM2, loaded once per process, for read-only uses (sampling pairs, tokenizing);
+    stages that attach adapters load their own copy."""
+    import llmlab
+
+    return llmlab.load(MODEL)
+
+
 def metrics(run: Path) -> list[dict]:
     return [json.loads(ln) for ln in (run / "metrics.jsonl").read_text().splitlines()]
 
@@ -77,22 +88,20 @@ def prefs_args(a: argparse.Namespace) -> list[str]:
 
 def all_pairs(a: argparse.Namespace) -> list[dict]:
     """The pairs exactly as `prefs_args` makes the CLI build them (shared cache)."""
-    import llmlab
     from llmlab.align.data import load_prefs, task_prefs
 
     if a.pref_data:
         return load_prefs(a.pref_data)[:a.pairs_from]
-    return task_prefs(llmlab.load(MODEL), a.pref_task, a.pairs_from, samples=a.pref_samples,
+    return task_prefs(base_lm(), a.pref_task, a.pairs_from, samples=a.pref_samples,
                       hint=True, temperature=0.7, pairing=a.pref_pairing)
 
 
 def natural_arith_pairs(a: argparse.Namespace) -> list[dict]:
     """The length-matched arithmetic-easy-prefs pairs (4 samples, half hinted, T 0.7) of the
     first --pairs-from train problems: the `_arith` reward model's data."""
-    import llmlab
     from llmlab.align.data import task_prefs
 
-    return task_prefs(llmlab.load(MODEL), "arithmetic-easy-prefs", a.pairs_from, samples=4,
+    return task_prefs(base_lm(), "arithmetic-easy-prefs", a.pairs_from, samples=4,
                       hint=True, temperature=0.7, pairing="length-matched")
 
 
@@ -145,14 +154,13 @@ def score_pairs(run: Path, pairs: list[dict], threads: int) -> dict:
     completion lengths in tokens (`nc`, `nr`)."""
     import torch
 
-    import llmlab
     from llmlab.align.data import pref_tensors
     from llmlab.align.reward import load_reward_model
     from llmlab.generate.chat import template_for
 
     torch.set_num_threads(threads)
     rm = load_reward_model(run)
-    lm = llmlab.load(MODEL)
+    lm = base_lm()
     t = pref_tensors(lm.tokenizer, template_for(lm), pairs, 256)
     with torch.no_grad():
         rc = torch.cat([rm.score(t["chosen_ids"][i:i + 8], t["chosen_mask"][i:i + 8])
@@ -192,29 +200,26 @@ def length_check(a: argparse.Namespace, run: Path) -> dict:
     """Chosen answers are shorter than rejected ones more often than not (a hinted sample tends
     to state the answer and stop), so "prefer the shorter" is a baseline to beat. Scores the
     held-out pairs again and splits them by which side is longer (in tokens)."""
-    pairs = val_pairs(a)
-    sc = score_pairs(run, pairs, a.threads)
-    right, nc, nr = sc["right"], sc["nc"], sc["nr"]
-    longer = (nc > nr).tolist()
-    ties = float((nc == nr).float().mean())  # mostly both cut at the 32-token sampling cap
-    sub = {"chosen_longer": [r for r, g in zip(right, longer, strict=True) if g],
-           "chosen_not_longer": [r for r, g in zip(right, longer, strict=True) if not g]}
-    import llmlab
     from llmlab.align.data import pref_tensors
     from llmlab.generate.chat import template_for
 
-    lm = llmlab.load(MODEL)
-    tt = pref_tensors(lm.tokenizer, template_for(lm), train_pairs(a), 256)
+    pairs = all_pairs(a)
+    val = pairs[:a.val]
+    sc = score_pairs(run, val, a.threads)
+    cues = cue_baselines(val, sc)
+    nc, nr = sc["nc"], sc["nr"]
+    lm = base_lm()
+    tt = pref_tensors(lm.tokenizer, template_for(lm), pairs[a.val:], 256)
     tc, tr = tt["chosen_cmask"].sum(1), tt["rejected_cmask"].sum(1)
-    return {"rm_accuracy": sum(right) / len(right),
-            "shorter_wins_baseline": 1 - sum(longer) / len(longer),  # ties counted as wins
-            "length_ties": ties,
-            "shorter_wins_ties_half": float((nc < nr).float().mean()) + ties / 2,
+    return {"rm_accuracy": cues["rm_accuracy"],
+            "shorter_wins_baseline": float((nc <= nr).float().mean()),  # ties counted as wins
+            "length_ties": float((nc == nr).float().mean()),  # mostly both cut at the cap
+            "shorter_wins_ties_half": cues["shorter_wins_ties_half"],
             "train_shorter_wins_ties_half": float((tc < tr).float().mean()
                                                   + (tc == tr).float().mean() / 2),
-            **{f"rm_accuracy_{k}": (sum(v) / len(v) if v else None, len(v))
-               for k, v in sub.items()},
-            "cues": cue_baselines(pairs, sc)}
+            "rm_accuracy_chosen_longer": cues["rm_accuracy_chosen_longer"],
+            "rm_accuracy_chosen_not_longer": cues["rm_accuracy_chosen_not_longer"],
+            "cues": cues}
 
 
 def stage_reward_unhinted(a: argparse.Namespace) -> dict:
@@ -224,18 +229,17 @@ def stage_reward_unhinted(a: argparse.Namespace) -> dict:
     trained on, and the lengths are close."""
     import torch
 
-    import llmlab
-    from llmlab.align.data import make_prefs, task_prompts
+    from llmlab.align.data import load_prefs, make_prefs, task_prompts
 
     torch.set_num_threads(a.threads)
     cache = a.out / f"arith_unhinted_pairs_n{a.n_eval}.jsonl"
     if not cache.exists():
-        pairs = make_prefs(llmlab.load(MODEL), task_prompts("arithmetic-easy", a.n_eval,
+        pairs = make_prefs(base_lm(), task_prompts("arithmetic-easy", a.n_eval,
                                                             split="test"),
                            samples=4, max_new_tokens=40, temperature=0.7, seed=1,
                            pairing="length-matched")
         cache.write_text("".join(json.dumps(p) + "\n" for p in pairs))
-    pairs = [json.loads(ln) for ln in cache.read_text().splitlines()]
+    pairs = load_prefs(cache)
     return {"problems": a.n_eval,
             **cue_baselines(pairs, score_pairs(a.out / f"reward{a.tag}", pairs, a.threads))}
 
@@ -295,7 +299,7 @@ def stage_dpo_length(a: argparse.Namespace) -> dict:
     pairs = val_pairs(a)
     lm = llmlab.load(MODEL)
     t = pref_tensors(lm.tokenizer, template_for(lm), pairs, 256)
-    pm = load_adapter(lm.model, a.out / "dpo" / "final").eval()
+    pm = load_adapter(lm.model, a.out / f"dpo{a.tag}" / "final").eval()
     with torch.no_grad():
         def logps(side: str) -> torch.Tensor:
             return torch.cat([sequence_logprob(pm, t[f"{side}_ids"][i:i + 8],
@@ -556,7 +560,7 @@ STAGES = {"prefs": stage_prefs, "reward": stage_reward, "length": stage_length,
 
 
 TAGGED = ("grpo_easy", "prefs", "reward", "length", "reward_unhinted", "perturb",
-          "reward_natural", "dpo")
+          "reward_natural", "dpo", "dpo_length")
 
 
 def main() -> None:

@@ -199,10 +199,8 @@ def make_prefs(lm: Any, prompts: list[dict[str, Any]], samples: int = 4,
     from llmlab.generate.engine import complete, make_params
 
     check_pairing(pairing)  # before the slow sampling
-    if pairing == "perturbed" and (bad := next((p["verifier"].get("type") for p in prompts
-                                                if p["verifier"].get("type") != "numeric"),
-                                               None)):
-        raise ValueError(f"perturbed pairs need numeric verifiers, got {bad!r}")
+    if pairing == "perturbed":
+        _check_numeric(prompts)
     template = template_for(lm)
     rows = [p for p in prompts for _ in range(samples)]
     texts_in = [hinted(p) if hint and j >= samples // 2 else p["prompt"]
@@ -237,6 +235,12 @@ def check_pairing(pairing: str) -> None:
         raise ValueError(f"pref pairing must be one of {PAIRINGS}, got {pairing!r}")
 
 
+def _check_numeric(prompts: list[dict[str, Any]]) -> None:
+    for p in prompts:
+        if (kind := p["verifier"].get("type")) != "numeric":
+            raise ValueError(f"perturbed pairs need numeric verifiers, got {kind!r}")
+
+
 def perturb_answer(text: str, answer: float, rng: random.Random) -> str | None:
     """`text` with every standalone occurrence of the integer `answer` replaced by a nearby
     wrong one (answer ± 1..3, not negative), or None when the text never writes it."""
@@ -255,12 +259,11 @@ def perturbed_pairs(prompts: list[dict[str, Any]], texts: list[str], rewards: li
     """For each prompt with a right sample (reward 1) that states its numeric answer: that
     sample (the first such) as chosen, and the same text with the answer changed as rejected,
     kept only when the verifier scores the change lower."""
+    _check_numeric(prompts)
     rng = random.Random(seed)
     out = []
     for i, p in enumerate(prompts):
         v = p["verifier"]
-        if v.get("type") != "numeric":
-            raise ValueError(f"perturbed pairs need numeric verifiers, got {v.get('type')!r}")
         for r, t in zip(rewards[i * samples:(i + 1) * samples],
                         texts[i * samples:(i + 1) * samples], strict=True):
             bad = perturb_answer(t, v["answer"], rng) if r == 1.0 else None
