@@ -47,11 +47,20 @@ def sync() -> None:
 
 
 def ours(model, ids: list[int], batch: int, n_new: int, compile: bool,
-         graph: bool) -> tuple[float, list[int]]:
+         graph: bool, tiles: str | None = None) -> tuple[float, list[int]]:
+    """tok/s and row 0's tokens; `tiles` (a `Tiles.parse` string, "" for the defaults)
+    decodes with the Triton kernels (batch 1) instead of the compiled model."""
     # Decoding only: Q/K/V and gate/up become one matmul each (fewer launches per token).
     if not any(hasattr(m, "qkv_fused") for m in model.modules()):
         fuse_projections_(model)
-    dec = StaticDecoder(model, batch, len(ids) + n_new + 1, compile=compile, cuda_graph=graph)
+    if tiles is not None:
+        from llmlab.generate.triton_decode import Tiles, TritonDecoder
+
+        dec = TritonDecoder(model, len(ids) + n_new + 1, cuda_graph=graph,
+                            tiles=Tiles.parse(tiles))
+    else:
+        dec = StaticDecoder(model, batch, len(ids) + n_new + 1, compile=compile,
+                            cuda_graph=graph)
     params = SamplingParams(max_new_tokens=n_new, temperature=0)
     first: list[torch.Tensor] = []
 
@@ -76,6 +85,13 @@ def theirs(model, ids: list[int], batch: int, n_new: int) -> tuple[float, list[i
     go()
     rate = batch * n_new / min(timed(go) for _ in range(3))
     return rate, out[0][0, len(ids):].tolist()
+
+
+def prefix(a: list[int], b: list[int], n: int = 32) -> int:
+    """How many leading tokens agree, up to n."""
+    same = next((i for i, (x, y) in enumerate(zip(a, b, strict=False)) if x != y),
+                min(len(a), len(b)))
+    return min(same, n)
 
 
 def models(weights: str, device: str, dry: bool):
@@ -116,6 +132,9 @@ def main() -> None:
     ap.add_argument("--weights", choices=["random", "registry"], default="random")
     ap.add_argument("--no-compile", action="store_true")
     ap.add_argument("--dry-run", action="store_true", help="CPU, tiny shape, no CUDA graph")
+    ap.add_argument("--triton", nargs="*", default=None, metavar="TILES",
+                    help="also decode batch 1 with the Triton kernels, once per tile setting "
+                         "(e.g. 'rows=8,k=128'; none given: the defaults)")
     ap.add_argument("--out", help="write the rows here (JSON)")
     a = ap.parse_args()
     if a.dry_run:
@@ -131,14 +150,23 @@ def main() -> None:
             r_ours, t_ours = ours(ours_m, ids, b, a.new_tokens, not a.no_compile,
                                   graph=not a.dry_run)
             r_hf, t_hf = theirs(hf, ids, b, a.new_tokens)
-            same = next((i for i, (x, y) in enumerate(zip(t_ours, t_hf, strict=False)) if x != y),
-                        min(len(t_ours), len(t_hf)))
+            same = prefix(t_ours, t_hf)
             r = {"batch": b, "llmlab": r_ours, "transformers": r_hf,
-                 "greedy_tokens_identical_prefix": min(same, 32)}
+                 "greedy_tokens_identical_prefix": same}
             rows.append(r)
             print(f"batch {b}: llmlab {r_ours:,.0f} tok/s, transformers {r_hf:,.0f} tok/s, "
                   f"ratio {r_ours / r_hf:.1f}x; first {r['greedy_tokens_identical_prefix']} "
                   f"greedy tokens identical (of 32)", flush=True)
+            for tiles in (a.triton or [""]) if a.triton is not None and b == 1 else []:
+                r_tri, t_tri = ours(ours_m, ids, b, a.new_tokens, False, not a.dry_run, tiles)
+                same = prefix(t_tri, t_hf)
+                rows.append({"batch": b, "kernels": "triton", "tiles": tiles,
+                             "llmlab": r_tri, "transformers": r_hf,
+                             "greedy_tokens_identical_prefix": same,
+                             "identical_to_compiled_prefix": prefix(t_tri, t_ours)})
+                print(f"batch {b}: llmlab triton [{tiles or 'defaults'}] {r_tri:,.0f} tok/s, "
+                      f"ratio {r_tri / r_hf:.1f}x; first {same} greedy tokens identical to "
+                      f"transformers, {prefix(t_tri, t_ours)} to compiled (of 32)", flush=True)
     dev = torch.cuda.get_device_name() if device == "cuda" else "CPU (dry run)"
     print(f"# {dev}, torch {torch.__version__}, {a.weights} weights, "
           f"{'fp32' if a.dry_run else 'bf16'}, {a.new_tokens} new tokens, "

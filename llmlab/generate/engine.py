@@ -264,9 +264,23 @@ def _graph_decoder(model: Transformer, prompts: list[list[int]], params: Samplin
            model.training)  # dropout on or off is frozen into the graph too
     held = _DECODERS.get(model)
     if held is None or held[0] != key:
-        held = (key, StaticDecoder(model, len(prompts), max_len))  # replaces the old one
+        dec = _triton_decoder(model, len(prompts), max_len, amp)
+        held = (key, dec or StaticDecoder(model, len(prompts), max_len))  # replaces the old one
         _DECODERS[model] = held
     return held[1]
+
+
+def _triton_decoder(model: Transformer, batch: int, max_len: int, amp: bool) -> Any:
+    """Batch 1 outside autocast and training: the Triton kernels (generate/triton_decode.py),
+    where triton is installed and the model has their shape. LLMLAB_TRITON_DECODE=0 opts out."""
+    if (batch != 1 or amp or (model.training and model.cfg.dropout > 0)
+            or os.environ.get("LLMLAB_TRITON_DECODE", "1") == "0"):
+        return None
+    try:
+        from llmlab.generate.triton_decode import TritonDecoder, supports
+    except ImportError:  # no triton
+        return None
+    return TritonDecoder(model, max_len) if supports(model) is None else None
 
 
 def make_params(tokenizer: Any, **kw: Any) -> SamplingParams:

@@ -1,0 +1,103 @@
+"""The Triton batch-1 decode kernels against transformers' Llama, in Triton's interpreter.
+
+The interpreter runs the same kernel source on the CPU (numpy), so this checks the maths of
+every kernel (RMSNorm, fused Q/K/V + RoPE + cache write, GQA attention with the online
+softmax over several key blocks, the residual GEMVs, SwiGLU, the LM head). Speed is the GPU's
+business (benchmarks/generate_gpu.py). TRITON_INTERPRET must be set before the kernels are
+defined, so the check runs in a fresh interpreter process.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+pytest.importorskip("triton")
+
+SCRIPT = textwrap.dedent(
+    """
+    import json, sys, tempfile
+    import torch
+    from transformers import AutoModelForCausalLM
+    from llmlab.generate.sampling import SamplingParams
+    from llmlab.generate.static import StaticDecoder
+    from llmlab.generate.triton_decode import Tiles, TritonDecoder
+    from llmlab.model import ModelConfig, Transformer
+    from llmlab.model.quant import fuse_projections_
+    from llmlab.weights.hf import save_hf
+
+    dtype = getattr(torch, sys.argv[1])
+    cfg = ModelConfig(vocab_size=320, d_model=64, n_layer=2, n_head=4, n_kv_head=2, d_ff=160,
+                      max_seq_len=128, pos="rope", rope_theta=10000.0, norm="rmsnorm",
+                      mlp="swiglu", bias=False, tie_embeddings=sys.argv[2] == "tied")
+    torch.manual_seed(0)
+    m = Transformer(cfg).eval()
+    g = torch.Generator().manual_seed(1)
+    for n, p in m.named_parameters():  # norms of all ones would hide a missing norm
+        if "norm" in n:
+            p.data = 1 + 0.1 * torch.randn(p.shape, generator=g)
+    with tempfile.TemporaryDirectory() as d:
+        save_hf(m, d)
+        hf = AutoModelForCausalLM.from_pretrained(d).eval()
+    m = m.to(dtype)
+    if sys.argv[3] == "fused":
+        fuse_projections_(m)
+    prompt = torch.randint(0, 320, (21,), generator=g).tolist()
+    # keys=16: the 21-token prompt plus the new tokens span several attention blocks.
+    tri = TritonDecoder(m, 64, tiles=Tiles(keys=16, rows=16, rows_down=16, rows_head=32))
+    params = SamplingParams(max_new_tokens=14, temperature=0)
+    out = {"tokens": [int(s.tokens[0]) for s in tri.generate([prompt], params)]}
+    with torch.inference_mode():
+        seq = prompt + out["tokens"]
+        ref = hf(torch.tensor([seq])).logits[0].float()  # fp32 transformers, full sequence
+        logits, slot = tri.prefill([prompt], 0)
+        diffs = []
+        for i, tok in enumerate(out["tokens"][:-1]):
+            got = tri.decode_step(torch.tensor([tok]), slot + i)[0].float()
+            diffs.append((got - ref[len(prompt) + i]).abs().max().item())
+        out["max_diff"] = max(diffs)
+        out["scale"] = ref.abs().max().item()
+        # The PyTorch model's own error at this dtype, decoding the same tokens.
+        base = StaticDecoder(m, 1, 64)
+        _, slot = base.prefill([prompt], 0)
+        own = [base.decode_step(torch.tensor([tok]), slot + i)[0].float()
+               for i, tok in enumerate(out["tokens"][:-1])]
+        out["model_diff"] = max((o - ref[len(prompt) + i]).abs().max().item()
+                                for i, o in enumerate(own))
+        out["static_tokens"] = [int(s.tokens[0]) for s in base.generate([prompt], params)]
+        out["hf_tokens"] = hf.generate(torch.tensor([prompt]), max_new_tokens=14,
+                                       do_sample=False)[0, len(prompt):].tolist()
+    print(json.dumps(out))
+    """
+)
+
+
+def _run(*args: str) -> dict:
+    env = {**os.environ, "TRITON_INTERPRET": "1", "HF_HUB_OFFLINE": "1"}
+    p = subprocess.run([sys.executable, "-c", SCRIPT, *args], capture_output=True, text=True,
+                       env=env, timeout=600)
+    assert p.returncode == 0, p.stderr[-3000:]
+    return json.loads(p.stdout.strip().splitlines()[-1])
+
+
+def test_triton_decode_matches_transformers_fp32():
+    out = _run("float32", "untied", "separate")
+    # Every decode step's logits against transformers' full forward of the same sequence.
+    assert out["max_diff"] < 1e-4 * max(1.0, out["scale"]), out
+    assert out["tokens"] == out["hf_tokens"] == out["static_tokens"]
+
+
+def test_triton_decode_bf16_is_as_close_as_the_model():
+    out = _run("bfloat16", "tied", "fused")
+    # In bf16 both the kernels and the PyTorch model differ from fp32 transformers by
+    # rounding, at the same points, so their errors are of one size; a wrong formula would
+    # be off by O(scale). The interpreter casts fp32 -> bf16 by truncation, not the GPU's
+    # round-to-nearest, which about doubles the kernels' error here (0.012 vs 0.004).
+    ulp = 2.0 ** -8 * max(1.0, out["scale"])
+    assert out["max_diff"] <= 4 * out["model_diff"] + ulp, out
+    assert out["max_diff"] < 0.05 * max(1.0, out["scale"]), out
