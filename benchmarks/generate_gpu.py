@@ -87,6 +87,29 @@ def theirs(model, ids: list[int], batch: int, n_new: int) -> tuple[float, list[i
     return rate, out[0][0, len(ids):].tolist()
 
 
+def profile_triton(model, ids: list[int], steps: int = 32) -> None:
+    """Kernel time per decode step, by kernel, for the Triton decoder without the graph."""
+    from torch.profiler import ProfilerActivity, profile
+
+    from llmlab.generate.triton_decode import TritonDecoder
+
+    dec = TritonDecoder(model, len(ids) + steps + 8, cuda_graph=False)
+    with torch.inference_mode():
+        _, slot = dec.prefill([ids], 0)
+        tok = torch.tensor([ids[-1]], device=model.device)
+        for i in range(3):
+            dec.decode_step(tok, slot + i)  # compile the kernels
+        sync()
+        acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if torch.cuda.is_available()
+                                         else [])
+        with profile(activities=acts) as prof:
+            for i in range(steps):
+                dec.decode_step(tok, slot + 3 + i)
+            sync()
+    print(prof.key_averages().table(sort_by="self_device_time_total" if torch.cuda.is_available()
+                                    else "self_cpu_time_total", row_limit=12))
+
+
 def prefix(a: list[int], b: list[int], n: int = 32) -> int:
     """How many leading tokens agree, up to n."""
     same = next((i for i, (x, y) in enumerate(zip(a, b, strict=False)) if x != y),
@@ -135,6 +158,8 @@ def main() -> None:
     ap.add_argument("--triton", nargs="*", default=None, metavar="TILES",
                     help="also decode batch 1 with the Triton kernels, once per tile setting "
                          "(e.g. 'rows=8,k=128'; none given: the defaults)")
+    ap.add_argument("--profile", action="store_true",
+                    help="print the GPU time per kernel of 32 un-graphed Triton decode steps")
     ap.add_argument("--out", help="write the rows here (JSON)")
     a = ap.parse_args()
     if a.dry_run:
@@ -167,6 +192,8 @@ def main() -> None:
                 print(f"batch {b}: llmlab triton [{tiles or 'defaults'}] {r_tri:,.0f} tok/s, "
                       f"ratio {r_tri / r_hf:.1f}x; first {same} greedy tokens identical to "
                       f"transformers, {prefix(t_tri, t_ours)} to compiled (of 32)", flush=True)
+    if a.profile:
+        profile_triton(ours_m, ids)
     dev = torch.cuda.get_device_name() if device == "cuda" else "CPU (dry run)"
     print(f"# {dev}, torch {torch.__version__}, {a.weights} weights, "
           f"{'fp32' if a.dry_run else 'bf16'}, {a.new_tokens} new tokens, "

@@ -29,6 +29,7 @@ from dataclasses import dataclass
 import torch
 import triton
 import triton.language as tl
+from triton.language.extra.cuda import gdc_launch_dependents, gdc_wait
 
 from llmlab.generate.static import StaticDecoder
 from llmlab.model.layers import RMSNorm
@@ -66,7 +67,41 @@ def _scalar(ptr):
 
 
 @triton.jit
-def _embed(ids_ptr, table_ptr, out_ptr, D: tl.constexpr, DP: tl.constexpr):
+def _wait(PDL: tl.constexpr):
+    # With programmatic dependent launch a kernel starts while the one before it finishes:
+    # everything before this line (weight loads) overlaps that tail. Reads of the previous
+    # kernel's outputs, and every write, come after it.
+    if PDL:
+        gdc_wait()
+        gdc_launch_dependents()
+
+
+@triton.jit
+def _normed(x_ptr, g_ptr, eps, D: tl.constexpr, KP: tl.constexpr):
+    # The model's RMSNorm of the whole vector, in fp32: normalise, round to the model dtype,
+    # scale by g (rounded again), as RMSNorm.forward does.
+    kk = tl.arange(0, KP)
+    km = kk < D
+    x = tl.load(x_ptr + kk, mask=km, other=0.0)
+    g = tl.load(g_ptr + kk, mask=km, other=0.0)
+    xf = x.to(tl.float32)
+    inv = tl.rsqrt(tl.sum(xf * xf, axis=0) / D + eps)
+    xn = (xf * inv).to(x.dtype)
+    return (xn.to(tl.float32) * g.to(tl.float32)).to(x.dtype).to(tl.float32)
+
+
+@triton.jit
+def _rows(w_ptr, rows, K: tl.constexpr, KP: tl.constexpr):
+    # A (rows, K) tile of a row-major matrix in one load: at batch 1 a GEMV is bound by the
+    # latency of its loads, so each program makes one round trip, not one per K chunk.
+    kk = tl.arange(0, KP)
+    return tl.load(w_ptr + rows[:, None] * K + kk[None, :], mask=(kk < K)[None, :], other=0.0)
+
+
+@triton.jit
+def _embed(ids_ptr, table_ptr, out_ptr, D: tl.constexpr, DP: tl.constexpr,
+           PDL: tl.constexpr):
+    _wait(PDL)
     offs = tl.arange(0, DP)
     tok = _scalar(ids_ptr)
     row = tl.load(table_ptr + tok * D + offs, mask=offs < D)
@@ -74,27 +109,11 @@ def _embed(ids_ptr, table_ptr, out_ptr, D: tl.constexpr, DP: tl.constexpr):
 
 
 @triton.jit
-def _inv_rms(x_ptr, eps, D: tl.constexpr, DP: tl.constexpr):
-    offs = tl.arange(0, DP)
-    x = tl.load(x_ptr + offs, mask=offs < D, other=0.0).to(tl.float32)
-    return tl.rsqrt(tl.sum(x * x, axis=0) / D + eps)
-
-
-@triton.jit
-def _normed_chunk(x_ptr, g_ptr, inv, kk, km):
-    # The model's RMSNorm: normalise in fp32, round to the model dtype, then scale by g.
-    x = tl.load(x_ptr + kk, mask=km, other=0.0)
-    g = tl.load(g_ptr + kk, mask=km, other=0.0)
-    xn = (x.to(tl.float32) * inv).to(x.dtype)
-    return (xn.to(tl.float32) * g.to(tl.float32)).to(x.dtype).to(tl.float32)
-
-
-@triton.jit
 def _qkv_rope_store(x_ptr, g_ptr, wq_ptr, wk_ptr, wv_ptr, cos_ptr, sin_ptr, pos_ptr, slot_ptr,
                     q_ptr, kc_ptr, vc_ptr, c_sh, c_st, eps,
                     D: tl.constexpr, DP: tl.constexpr, HD: tl.constexpr,
                     NH: tl.constexpr, NKV: tl.constexpr, SPLIT: tl.constexpr,
-                    BK: tl.constexpr):
+                    PDL: tl.constexpr):
     # Program (head, part): rows r and r + HD/2 of one head, so RoPE's pairs stay together.
     head = tl.program_id(0)
     part = tl.program_id(1)
@@ -106,22 +125,13 @@ def _qkv_rope_store(x_ptr, g_ptr, wq_ptr, wk_ptr, wv_ptr, cos_ptr, sin_ptr, pos_
         w_ptr = wk_ptr + (head - NH) * HD * D
     else:
         w_ptr = wv_ptr + (head - NH - NKV) * HD * D
-    rows_a = r
-    rows_b = r + HD // 2
-    inv = _inv_rms(x_ptr, eps, D, DP)
-    acc_a = tl.zeros([QR], dtype=tl.float32)
-    acc_b = tl.zeros([QR], dtype=tl.float32)
-    for k0 in range(0, D, BK):
-        kk = k0 + tl.arange(0, BK)
-        km = kk < D
-        xn = _normed_chunk(x_ptr, g_ptr, inv, kk, km)[None, :]
-        wa = tl.load(w_ptr + rows_a[:, None] * D + kk[None, :], mask=km[None, :], other=0.0)
-        wb = tl.load(w_ptr + rows_b[:, None] * D + kk[None, :], mask=km[None, :], other=0.0)
-        acc_a += tl.sum(wa.to(tl.float32) * xn, axis=1)
-        acc_b += tl.sum(wb.to(tl.float32) * xn, axis=1)
+    wa = _rows(w_ptr, r, D, DP)
+    wb = _rows(w_ptr, r + HD // 2, D, DP)
+    _wait(PDL)
+    xn = _normed(x_ptr, g_ptr, eps, D, DP)[None, :]
     dt = q_ptr.dtype.element_ty
-    a = acc_a.to(dt).to(tl.float32)  # the projection's output, in the model dtype
-    b = acc_b.to(dt).to(tl.float32)
+    a = tl.sum(wa.to(tl.float32) * xn, axis=1).to(dt).to(tl.float32)  # in the model dtype
+    b = tl.sum(wb.to(tl.float32) * xn, axis=1).to(dt).to(tl.float32)
     slot = _scalar(slot_ptr)
     if head < NH + NKV:  # q and k heads are rotated: (a, b) -> (a cos - b sin, b cos + a sin)
         pos = _scalar(pos_ptr)
@@ -143,8 +153,9 @@ def _qkv_rope_store(x_ptr, g_ptr, wq_ptr, wk_ptr, wv_ptr, cos_ptr, sin_ptr, pos_
 
 @triton.jit
 def _attend(q_ptr, kc_ptr, vc_ptr, slot_ptr, out_ptr, c_sh, c_st, scale,
-            HD: tl.constexpr, REP: tl.constexpr, BT: tl.constexpr):
+            HD: tl.constexpr, REP: tl.constexpr, BT: tl.constexpr, PDL: tl.constexpr):
     # One query head over cache slots 0..slot, with the online softmax of FlashAttention.
+    _wait(PDL)
     h = tl.program_id(0)
     kvh = h // REP
     d = tl.arange(0, HD)
@@ -159,12 +170,12 @@ def _attend(q_ptr, kc_ptr, vc_ptr, slot_ptr, out_ptr, c_sh, c_st, scale,
         tm = t < n
         off = kvh * c_sh + t[:, None] * c_st + d[None, :]
         k = tl.load(kc_ptr + off, mask=tm[:, None], other=0.0).to(tl.float32)
+        v = tl.load(vc_ptr + off, mask=tm[:, None], other=0.0).to(tl.float32)
         s = tl.sum(k * q[None, :], axis=1) * scale
         s = tl.where(tm, s, float("-inf"))
         m_new = tl.maximum(m_i, tl.max(s, axis=0))
         p = tl.exp(s - m_new)
         alpha = tl.exp(m_i - m_new)
-        v = tl.load(vc_ptr + off, mask=tm[:, None], other=0.0).to(tl.float32)
         l_i = l_i * alpha + tl.sum(p, axis=0)
         acc = acc * alpha + tl.sum(p[:, None] * v, axis=0)
         m_i = m_new
@@ -173,16 +184,15 @@ def _attend(q_ptr, kc_ptr, vc_ptr, slot_ptr, out_ptr, c_sh, c_st, scale,
 
 
 @triton.jit
-def _gemv_add(a_ptr, w_ptr, res_ptr, K: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr):
+def _gemv_add(a_ptr, w_ptr, res_ptr, K: tl.constexpr, KP: tl.constexpr, BN: tl.constexpr,
+              PDL: tl.constexpr):
     # res[rows] += W[rows] @ a, rounding W @ a to the model dtype first as the model does.
     rows = tl.program_id(0) * BN + tl.arange(0, BN)
-    acc = tl.zeros([BN], dtype=tl.float32)
-    for k0 in range(0, K, BK):
-        kk = k0 + tl.arange(0, BK)
-        km = kk < K
-        a = tl.load(a_ptr + kk, mask=km, other=0.0).to(tl.float32)
-        w = tl.load(w_ptr + rows[:, None] * K + kk[None, :], mask=km[None, :], other=0.0)
-        acc += tl.sum(w.to(tl.float32) * a[None, :], axis=1)
+    w = _rows(w_ptr, rows, K, KP)
+    _wait(PDL)
+    kk = tl.arange(0, KP)
+    a = tl.load(a_ptr + kk, mask=kk < K, other=0.0).to(tl.float32)
+    acc = tl.sum(w.to(tl.float32) * a[None, :], axis=1)
     dt = res_ptr.dtype.element_ty
     res = tl.load(res_ptr + rows).to(tl.float32)
     tl.store(res_ptr + rows, (res + acc.to(dt).to(tl.float32)).to(dt))
@@ -190,40 +200,30 @@ def _gemv_add(a_ptr, w_ptr, res_ptr, K: tl.constexpr, BN: tl.constexpr, BK: tl.c
 
 @triton.jit
 def _gate_up_silu(x_ptr, g_ptr, wg_ptr, wu_ptr, out_ptr, eps,
-                  D: tl.constexpr, DP: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr):
+                  D: tl.constexpr, DP: tl.constexpr, BN: tl.constexpr, PDL: tl.constexpr):
     rows = tl.program_id(0) * BN + tl.arange(0, BN)
-    inv = _inv_rms(x_ptr, eps, D, DP)
-    acc_g = tl.zeros([BN], dtype=tl.float32)
-    acc_u = tl.zeros([BN], dtype=tl.float32)
-    for k0 in range(0, D, BK):
-        kk = k0 + tl.arange(0, BK)
-        km = kk < D
-        xn = _normed_chunk(x_ptr, g_ptr, inv, kk, km)[None, :]
-        off = rows[:, None] * D + kk[None, :]
-        wg = tl.load(wg_ptr + off, mask=km[None, :], other=0.0)
-        wu = tl.load(wu_ptr + off, mask=km[None, :], other=0.0)
-        acc_g += tl.sum(wg.to(tl.float32) * xn, axis=1)
-        acc_u += tl.sum(wu.to(tl.float32) * xn, axis=1)
+    wg = _rows(wg_ptr, rows, D, DP)
+    wu = _rows(wu_ptr, rows, D, DP)
+    _wait(PDL)
+    xn = _normed(x_ptr, g_ptr, eps, D, DP)[None, :]
     dt = out_ptr.dtype.element_ty
-    gt = acc_g.to(dt).to(tl.float32)
+    gt = tl.sum(wg.to(tl.float32) * xn, axis=1).to(dt).to(tl.float32)
+    up = tl.sum(wu.to(tl.float32) * xn, axis=1).to(dt).to(tl.float32)
     silu = (gt / (1.0 + tl.exp(-gt))).to(dt).to(tl.float32)
-    tl.store(out_ptr + rows, (silu * acc_u.to(dt).to(tl.float32)).to(dt))
+    tl.store(out_ptr + rows, (silu * up).to(dt))
 
 
 @triton.jit
 def _norm_head(x_ptr, g_ptr, w_ptr, out_ptr, eps, V,
-               D: tl.constexpr, DP: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr):
+               D: tl.constexpr, DP: tl.constexpr, BN: tl.constexpr, PDL: tl.constexpr):
     rows = tl.program_id(0) * BN + tl.arange(0, BN)
     rm = rows < V
-    inv = _inv_rms(x_ptr, eps, D, DP)
-    acc = tl.zeros([BN], dtype=tl.float32)
-    for k0 in range(0, D, BK):
-        kk = k0 + tl.arange(0, BK)
-        km = kk < D
-        xn = _normed_chunk(x_ptr, g_ptr, inv, kk, km)[None, :]
-        w = tl.load(w_ptr + rows[:, None] * D + kk[None, :], mask=rm[:, None] & km[None, :],
-                    other=0.0)
-        acc += tl.sum(w.to(tl.float32) * xn, axis=1)
+    kk = tl.arange(0, DP)
+    w = tl.load(w_ptr + rows[:, None] * D + kk[None, :], mask=rm[:, None] & (kk < D)[None, :],
+                other=0.0)
+    _wait(PDL)
+    xn = _normed(x_ptr, g_ptr, eps, D, DP)[None, :]
+    acc = tl.sum(w.to(tl.float32) * xn, axis=1)
     # Logits in the model dtype, as the model's LM head gives them.
     tl.store(out_ptr + rows, acc.to(out_ptr.dtype.element_ty), mask=rm)
 
@@ -234,17 +234,17 @@ def _pow2(n: int) -> int:
 
 @dataclass(frozen=True)
 class Tiles:
-    """Tile sizes: rows of a weight matrix per program, and columns per loop step. Small
-    tiles make more programs, which a GEMV needs to keep enough memory requests in flight."""
+    """Rows of a weight matrix per program (each program loads its rows whole, in one
+    round trip), and launch settings. Few rows make many programs, which a GEMV needs to
+    keep enough memory requests in flight."""
 
-    split: int = 4  # programs per attention head in the Q/K/V kernel
-    rows: int = 16  # output projection, gate/up
-    rows_down: int = 8
-    rows_head: int = 64
-    k: int = 64
-    k_down: int = 128
-    keys: int = 64  # cache slots per attention loop step
+    split: int = 8  # programs per attention head in the Q/K/V kernel
+    rows: int = 4  # output projection, gate/up
+    rows_down: int = 2
+    rows_head: int = 16
+    keys: int = 128  # cache slots per attention loop step
     warps: int = 4
+    pdl: int = 1  # programmatic dependent launch, where the GPU has it (sm_90+)
 
     @classmethod
     def parse(cls, text: str) -> Tiles:
@@ -315,28 +315,35 @@ class TritonDecoder(StaticDecoder):
         self.act = torch.zeros(cfg.d_ff, device=dev, dtype=dt)
         self.logits = torch.zeros(1, cfg.vocab_size, device=dev, dtype=dt)
         self.scale = self.hd ** -0.5
+        # PDL needs Hopper or newer, and a real launch (not the interpreter).
+        self.pdl = bool(t.pdl and dev.type == "cuda"
+                        and torch.cuda.get_device_capability(dev) >= (9, 0))
 
     def _step(self) -> torch.Tensor:
         t, d, dp, hd = self.t, self.d, _pow2(self.d), self.hd
         k0 = self.cache.k[0]
-        c_sh, c_st, w = k0.stride(1), k0.stride(2), t.warps
-        _embed[(1,)](self.x, self.embed, self.h, D=d, DP=dp)
+        c_sh, c_st = k0.stride(1), k0.stride(2)
+        kw: dict = {"num_warps": t.warps, "PDL": self.pdl}
+        if self.pdl:
+            kw["launch_pdl"] = True
+        _embed[(1,)](self.x, self.embed, self.h, D=d, DP=dp, **kw)
         for i, (g1, wq, wk, wv, wo, g2, wg, wu, wd) in enumerate(self.layers):
             kc, vc = self.cache.k[i], self.cache.v[i]
             _qkv_rope_store[(self.nh + 2 * self.nkv, t.split)](
                 self.h, g1, wq, wk, wv, self.cos, self.sin, self.pos, self.slot, self.q, kc, vc,
                 c_sh, c_st, self.eps, D=d, DP=dp, HD=hd, NH=self.nh, NKV=self.nkv,
-                SPLIT=t.split, BK=t.k, num_warps=w)
+                SPLIT=t.split, **kw)
             _attend[(self.nh,)](self.q, kc, vc, self.slot, self.att, c_sh, c_st, self.scale,
-                                HD=hd, REP=self.nh // self.nkv, BT=t.keys, num_warps=w)
-            _gemv_add[(d // t.rows,)](self.att, wo, self.h, K=self.nh * hd, BN=t.rows, BK=t.k,
-                                      num_warps=w)
+                                HD=hd, REP=self.nh // self.nkv, BT=t.keys, **kw)
+            ko = self.nh * hd
+            _gemv_add[(d // t.rows,)](self.att, wo, self.h, K=ko, KP=_pow2(ko), BN=t.rows, **kw)
             _gate_up_silu[(wg.shape[0] // t.rows,)](self.h, g2, wg, wu, self.act, self.eps,
-                                                    D=d, DP=dp, BN=t.rows, BK=t.k, num_warps=w)
-            _gemv_add[(d // t.rows_down,)](self.act, wd, self.h, K=wd.shape[1], BN=t.rows_down,
-                                           BK=t.k_down, num_warps=w)
+                                                    D=d, DP=dp, BN=t.rows, **kw)
+            kd = wd.shape[1]
+            _gemv_add[(d // t.rows_down,)](self.act, wd, self.h, K=kd, KP=_pow2(kd),
+                                           BN=t.rows_down, **kw)
         v = self.head.shape[0]
         _norm_head[(triton.cdiv(v, t.rows_head),)](
             self.h, self.final_norm, self.head, self.logits, self.eps, v, D=d, DP=dp,
-            BN=t.rows_head, BK=t.k, num_warps=w)
+            BN=t.rows_head, **kw)
         return self.logits
