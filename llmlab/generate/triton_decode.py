@@ -238,12 +238,13 @@ class Tiles:
     round trip), and launch settings. Few rows make many programs, which a GEMV needs to
     keep enough memory requests in flight."""
 
+    # Defaults: the fastest of the settings swept on an H100 (BENCHMARKS.md).
     split: int = 8  # programs per attention head in the Q/K/V kernel
-    rows: int = 4  # output projection, gate/up
+    rows: int = 8  # output projection, gate/up
     rows_down: int = 2
     rows_head: int = 16
-    keys: int = 128  # cache slots per attention loop step
-    warps: int = 4
+    keys: int = 256  # cache slots per attention loop step
+    warps: int = 8
     pdl: int = 1  # programmatic dependent launch, where the GPU has it (sm_90+)
 
     @classmethod
