@@ -70,6 +70,16 @@ SCRIPT = textwrap.dedent(
         out["model_diff"] = max((o - ref[len(prompt) + i]).abs().max().item()
                                 for i, o in enumerate(own))
         out["static_tokens"] = [int(s.tokens[0]) for s in base.generate([prompt], params)]
+        # Greedy with a stop token (decoded in the graph) stops on its first occurrence.
+        stop = out["tokens"][5]
+        sp = SamplingParams(max_new_tokens=14, temperature=0, stop_token_ids=[stop])
+        got = [(int(s.tokens[0]), bool(s.done[0])) for s in tri.generate([prompt], sp)]
+        out["stopped"] = got
+        out["stop"] = stop
+        # Sampling (temperature, top-p) takes the host-side sampler on the kernels' logits.
+        sp = SamplingParams(max_new_tokens=10, temperature=0.9, top_p=0.95, seed=3)
+        out["sampled"] = [int(s.tokens[0]) for s in tri.generate([prompt], sp)]
+        out["static_sampled"] = [int(s.tokens[0]) for s in base.generate([prompt], sp)]
         out["hf_tokens"] = hf.generate(torch.tensor([prompt]), max_new_tokens=14,
                                        do_sample=False)[0, len(prompt):].tolist()
     print(json.dumps(out))
@@ -90,6 +100,10 @@ def test_triton_decode_matches_transformers_fp32():
     # Every decode step's logits against transformers' full forward of the same sequence.
     assert out["max_diff"] < 1e-4 * max(1.0, out["scale"]), out
     assert out["tokens"] == out["hf_tokens"] == out["static_tokens"]
+    first = out["tokens"].index(out["stop"])
+    assert [t for t, _ in out["stopped"]] == out["tokens"][: first + 1]
+    assert [d for _, d in out["stopped"]] == [False] * first + [True]
+    assert out["sampled"] == out["static_sampled"]
 
 
 def test_triton_decode_bf16_is_as_close_as_the_model():

@@ -55,7 +55,10 @@ class StaticDecoder:
         assert out.logits is not None
         return out.logits[:, -1]
 
-    def _capture(self) -> None:
+    def _capture(self, fn: Callable[[], torch.Tensor] | None = None
+                 ) -> tuple[torch.cuda.CUDAGraph, torch.Tensor]:
+        """Warm `fn` (default: the decode step) up, then capture it as one CUDA graph."""
+        fn = fn or self._fn
         side = torch.cuda.Stream()
         side.wait_stream(torch.cuda.current_stream())
         # autocast's weight-cast cache must stay off while capturing: a cached cast would
@@ -63,11 +66,12 @@ class StaticDecoder:
         amp = torch.autocast("cuda", dtype=self.amp_dtype, enabled=self.amp, cache_enabled=False)
         with torch.cuda.stream(side), amp:
             for _ in range(3):  # warm-up: compile, autotune and allocate outside the capture
-                self._fn()
+                fn()
         torch.cuda.current_stream().wait_stream(side)
-        self.graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(self.graph), amp:
-            self.out = self._fn()
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph), amp:
+            out = fn()
+        return graph, out
 
     def prefill(self, prompts: list[list[int]], pad_id: int) -> tuple[torch.Tensor, int]:
         """Left-pad and run the prompts; returns (last logits, first free slot)."""
@@ -92,7 +96,7 @@ class StaticDecoder:
         if not self.use_graph:
             return self._fn()
         if self.graph is None:
-            self._capture()
+            self.graph, self.out = self._capture()
             # The capture ran the step on the inputs above; replay to be sure the output is
             # the graph's own buffer.
         assert self.graph is not None and self.out is not None

@@ -24,6 +24,7 @@ the tests compare them with the model on the CPU.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import torch
@@ -31,6 +32,8 @@ import triton
 import triton.language as tl
 from triton.language.extra.cuda import gdc_launch_dependents, gdc_wait
 
+from llmlab.generate.engine import Step
+from llmlab.generate.sampling import SamplingParams
 from llmlab.generate.static import StaticDecoder
 from llmlab.model.layers import RMSNorm
 from llmlab.model.positions import rope_cos_sin
@@ -214,18 +217,45 @@ def _gate_up_silu(x_ptr, g_ptr, wg_ptr, wu_ptr, out_ptr, eps,
 
 
 @triton.jit
-def _norm_head(x_ptr, g_ptr, w_ptr, out_ptr, eps, V,
-               D: tl.constexpr, DP: tl.constexpr, BN: tl.constexpr, PDL: tl.constexpr):
-    rows = tl.program_id(0) * BN + tl.arange(0, BN)
+def _norm_head(x_ptr, g_ptr, w_ptr, out_ptr, pmax_ptr, pidx_ptr, eps, V,
+               D: tl.constexpr, DP: tl.constexpr, BN: tl.constexpr, ARGMAX: tl.constexpr,
+               PDL: tl.constexpr):
+    pid = tl.program_id(0)
+    rows = pid * BN + tl.arange(0, BN)
     rm = rows < V
     kk = tl.arange(0, DP)
     w = tl.load(w_ptr + rows[:, None] * D + kk[None, :], mask=rm[:, None] & (kk < D)[None, :],
                 other=0.0)
     _wait(PDL)
     xn = _normed(x_ptr, g_ptr, eps, D, DP)[None, :]
-    acc = tl.sum(w.to(tl.float32) * xn, axis=1)
     # Logits in the model dtype, as the model's LM head gives them.
-    tl.store(out_ptr + rows, acc.to(out_ptr.dtype.element_ty), mask=rm)
+    logits = tl.sum(w.to(tl.float32) * xn, axis=1).to(out_ptr.dtype.element_ty)
+    tl.store(out_ptr + rows, logits, mask=rm)
+    if ARGMAX:  # this block's best (first of ties, as torch.argmax), for _pick
+        z = tl.where(rm, logits.to(tl.float32), float("-inf"))
+        best = tl.argmax(z, axis=0)
+        tl.store(pmax_ptr + pid + tl.arange(0, 1), tl.max(z, axis=0))
+        tl.store(pidx_ptr + pid + tl.arange(0, 1), pid * BN + best)
+
+
+@triton.jit
+def _pick(pmax_ptr, pidx_ptr, n, ids_ptr, pos_ptr, slot_ptr, toks_ptr, step_ptr,
+          NP: tl.constexpr, PDL: tl.constexpr):
+    # Greedy decoding inside the graph: the argmax over the head's blocks becomes the next
+    # input token, is recorded in toks[step], and the position and slot move on by one. The
+    # host then only replays the graph.
+    _wait(PDL)
+    i = tl.arange(0, NP)
+    z = tl.load(pmax_ptr + i, mask=i < n, other=float("-inf"))
+    j = tl.argmax(z, axis=0)
+    tok = tl.sum(tl.where(i == j, tl.load(pidx_ptr + i, mask=i < n, other=0), 0), axis=0)
+    one = tl.arange(0, 1)
+    step = _scalar(step_ptr)
+    tl.store(toks_ptr + step + one, tok + one * 0)
+    tl.store(ids_ptr + one, tok + one * 0)
+    tl.store(pos_ptr + one, _scalar(pos_ptr) + 1 + one * 0)
+    tl.store(slot_ptr + one, _scalar(slot_ptr) + 1 + one * 0)
+    tl.store(step_ptr + one, step + 1 + one * 0)
 
 
 def _pow2(n: int) -> int:
@@ -316,11 +346,17 @@ class TritonDecoder(StaticDecoder):
         self.act = torch.zeros(cfg.d_ff, device=dev, dtype=dt)
         self.logits = torch.zeros(1, cfg.vocab_size, device=dev, dtype=dt)
         self.scale = self.hd ** -0.5
+        blocks = -(-cfg.vocab_size // t.rows_head)
+        self.pmax = torch.zeros(blocks, device=dev, dtype=torch.float32)
+        self.pidx = torch.zeros(blocks, device=dev, dtype=torch.long)
+        self.toks = torch.zeros(max_len, device=dev, dtype=torch.long)  # greedy outputs
+        self.n_step = torch.zeros(1, device=dev, dtype=torch.long)
+        self.greedy_graph: torch.cuda.CUDAGraph | None = None
         # PDL needs Hopper or newer, and a real launch (not the interpreter).
         self.pdl = bool(t.pdl and dev.type == "cuda"
                         and torch.cuda.get_device_capability(dev) >= (9, 0))
 
-    def _step(self) -> torch.Tensor:
+    def _step(self, greedy: bool = False) -> torch.Tensor:
         t, d, dp, hd = self.t, self.d, _pow2(self.d), self.hd
         k0 = self.cache.k[0]
         c_sh, c_st = k0.stride(1), k0.stride(2)
@@ -344,7 +380,60 @@ class TritonDecoder(StaticDecoder):
             _gemv_add[(d // t.rows_down,)](self.act, wd, self.h, K=kd, KP=_pow2(kd),
                                            BN=t.rows_down, **kw)
         v = self.head.shape[0]
-        _norm_head[(triton.cdiv(v, t.rows_head),)](
-            self.h, self.final_norm, self.head, self.logits, self.eps, v, D=d, DP=dp,
-            BN=t.rows_head, **kw)
+        blocks = triton.cdiv(v, t.rows_head)
+        _norm_head[(blocks,)](
+            self.h, self.final_norm, self.head, self.logits, self.pmax, self.pidx, self.eps, v,
+            D=d, DP=dp, BN=t.rows_head, ARGMAX=greedy, **kw)
+        if greedy:
+            _pick[(1,)](self.pmax, self.pidx, blocks, self.x, self.pos, self.slot, self.toks,
+                        self.n_step, NP=_pow2(blocks), **kw)
         return self.logits
+
+    def _greedy_step(self) -> torch.Tensor:
+        return self._step(greedy=True)
+
+    @torch.inference_mode()
+    def generate(self, prompts: list[list[int]], params: SamplingParams,
+                 pad_id: int = 0) -> Iterator[Step]:
+        """Greedy decoding runs whole in the graph (argmax, next input, position); other
+        sampling takes `StaticDecoder`'s path, which samples on the host side between
+        replays."""
+        if not params.greedy or params.repetition_penalty != 1.0:
+            yield from super().generate(prompts, params, pad_id)
+            return
+        params.validate()
+        if len(prompts) != 1:
+            raise ValueError(f"the Triton decoder decodes batch 1, got {len(prompts)} prompts")
+        logits, slot = self.prefill(prompts, pad_id)
+        n = params.max_new_tokens
+        if slot + n > self.max_len:
+            raise ValueError(f"{slot} + {n} tokens exceed the static cache of {self.max_len}")
+        if n == 0:
+            return
+        self.toks[:1] = logits.argmax(-1)
+        self.x.copy_(self.toks[:1].view(1, 1))
+        self.pos.copy_(self.positions[:, slot : slot + 1])
+        self.slot.fill_(slot)
+        self.n_step.fill_(1)
+        stops = set(params.stop_token_ids)
+        for i in range(n):
+            tok = self.toks[i : i + 1]  # valid until the next generate() call
+            # Only a stop token needs the host to look (a sync); the budget it knows.
+            done = i == n - 1 or (bool(stops) and int(tok) in stops)
+            yield Step(tok, torch.tensor([done]))
+            if done:
+                return
+            self._replay_greedy()
+
+    def _replay_greedy(self) -> None:
+        if not self.use_graph:
+            self._greedy_step()
+            return
+        if self.greedy_graph is None:
+            # The capture runs the step (warm-up + capture) on live buffers; put back the
+            # position, slot and input token that the runs advanced.
+            saved = [b.clone() for b in (self.x, self.pos, self.slot, self.n_step)]
+            self.greedy_graph, _ = self._capture(self._greedy_step)
+            for b, v in zip((self.x, self.pos, self.slot, self.n_step), saved, strict=True):
+                b.copy_(v)
+        self.greedy_graph.replay()
