@@ -32,7 +32,7 @@ run() {  # name, limit in seconds, command...
 }
 for p in $PARTS; do
   case $p in
-    gen) run generate 260 python3 benchmarks/generate_gpu.py --triton "" --profile \
+    gen) run generate 260 python3 benchmarks/generate_gpu.py --triton "" kv_splits=2 kv_splits=4 keys=128,kv_splits=2 --profile \
            --out "$OUT/generate.json" ;;
     pretrain) run pretrain 330 python3 benchmarks/pretrain_gpu.py --steps 10 --rounds 3 --fuse-qkv \
                 --pad-vocab 128 ;;

@@ -155,11 +155,16 @@ def _qkv_rope_store(x_ptr, g_ptr, wq_ptr, wk_ptr, wv_ptr, cos_ptr, sin_ptr, pos_
 
 
 @triton.jit
-def _attend(q_ptr, kc_ptr, vc_ptr, slot_ptr, out_ptr, c_sh, c_st, scale,
-            HD: tl.constexpr, REP: tl.constexpr, BT: tl.constexpr, PDL: tl.constexpr):
-    # One query head over cache slots 0..slot, with the online softmax of FlashAttention.
+def _attend(q_ptr, kc_ptr, vc_ptr, slot_ptr, pm_ptr, pl_ptr, pacc_ptr, c_sh, c_st, scale,
+            HD: tl.constexpr, REP: tl.constexpr, BT: tl.constexpr, S: tl.constexpr,
+            PDL: tl.constexpr):
+    # Program (head, split): one query head over every S-th block of cache slots 0..slot,
+    # with the online softmax of FlashAttention. Its partial (max, sum, weighted values) is
+    # combined with the other splits' in _attn_out_add (flash-decoding): a head alone is too
+    # little work for one program once the context is long.
     _wait(PDL)
     h = tl.program_id(0)
+    sp = tl.program_id(1)
     kvh = h // REP
     d = tl.arange(0, HD)
     q = tl.load(q_ptr + h * HD + d).to(tl.float32)
@@ -167,7 +172,7 @@ def _attend(q_ptr, kc_ptr, vc_ptr, slot_ptr, out_ptr, c_sh, c_st, scale,
     m_i = tl.max(tl.full([BT], float("-inf"), tl.float32), axis=0)
     l_i = tl.sum(tl.zeros([BT], tl.float32), axis=0)
     acc = tl.zeros([HD], dtype=tl.float32)
-    t0 = n * 0
+    t0 = n * 0 + sp * BT
     while t0 < n:  # a while loop: the interpreter can't take a tensor as range()'s bound
         t = t0 + tl.arange(0, BT)
         tm = t < n
@@ -182,8 +187,37 @@ def _attend(q_ptr, kc_ptr, vc_ptr, slot_ptr, out_ptr, c_sh, c_st, scale,
         l_i = l_i * alpha + tl.sum(p, axis=0)
         acc = acc * alpha + tl.sum(p[:, None] * v, axis=0)
         m_i = m_new
-        t0 += BT
-    tl.store(out_ptr + h * HD + d, (acc / l_i).to(out_ptr.dtype.element_ty))
+        t0 += S * BT
+    one = tl.arange(0, 1)
+    tl.store(pm_ptr + (sp + h * S) + one * 0, m_i + one * 0.0)
+    tl.store(pl_ptr + (sp + h * S) + one * 0, l_i + one * 0.0)
+    tl.store(pacc_ptr + (sp + h * S) * HD + d, acc)
+
+
+@triton.jit
+def _attn_out_add(pm_ptr, pl_ptr, pacc_ptr, w_ptr, res_ptr, K: tl.constexpr,
+                  KP: tl.constexpr, HD: tl.constexpr, S: tl.constexpr, BN: tl.constexpr,
+                  PDL: tl.constexpr):
+    # res[rows] += Wo[rows] @ attention output, where the output is first put together from
+    # the S splits of each head: sum_s e^(m_s - M) acc_s / sum_s e^(m_s - M) l_s.
+    rows = tl.program_id(0) * BN + tl.arange(0, BN)
+    w = _rows(w_ptr, rows, K, KP)
+    _wait(PDL)
+    kk = tl.arange(0, KP)
+    km = kk < K
+    sp = tl.arange(0, S)
+    part = (kk // HD)[None, :] * S + sp[:, None]  # (S, KP): which partial each lane reads
+    m = tl.load(pm_ptr + part, mask=km[None, :], other=float("-inf"))
+    big = tl.max(m, axis=0)
+    wt = tl.where(km[None, :], tl.exp(m - big[None, :]), 0.0)
+    den = tl.sum(wt * tl.load(pl_ptr + part, mask=km[None, :], other=0.0), axis=0)
+    num = tl.sum(wt * tl.load(pacc_ptr + part * HD + (kk % HD)[None, :], mask=km[None, :],
+                              other=0.0), axis=0)
+    dt = res_ptr.dtype.element_ty
+    a = tl.where(km, num / tl.where(km, den, 1.0), 0.0).to(dt).to(tl.float32)
+    acc = tl.sum(w.to(tl.float32) * a[None, :], axis=1)
+    res = tl.load(res_ptr + rows).to(tl.float32)
+    tl.store(res_ptr + rows, (res + acc.to(dt).to(tl.float32)).to(dt))
 
 
 @triton.jit
@@ -274,6 +308,7 @@ class Tiles:
     rows_down: int = 2
     rows_head: int = 16
     keys: int = 256  # cache slots per attention loop step
+    kv_splits: int = 1  # programs per head over the cache (flash-decoding), a power of 2
     warps: int = 8
     pdl: int = 1  # programmatic dependent launch, where the GPU has it (sm_90+)
 
@@ -310,6 +345,8 @@ class TritonDecoder(StaticDecoder):
         if self.hd & (self.hd - 1) or (self.hd // 2) % t.split:
             raise ValueError(f"head_dim {self.hd} must be a power of 2 divisible by "
                              f"2 * split ({t.split})")
+        if t.kv_splits < 1 or t.kv_splits & (t.kv_splits - 1):
+            raise ValueError(f"kv_splits must be a power of 2, got {t.kv_splits}")
         for name, n, rows in (("d_model", self.d, t.rows), ("d_ff", cfg.d_ff, t.rows),
                               ("d_model", self.d, t.rows_down)):
             if n % rows:
@@ -342,7 +379,11 @@ class TritonDecoder(StaticDecoder):
             torch.arange(cfg.max_seq_len, device=dev), self.hd, cfg.rope_theta, dt))
         self.h = torch.zeros(self.d, device=dev, dtype=dt)  # the residual stream
         self.q = torch.zeros(self.nh * self.hd, device=dev, dtype=dt)
-        self.att = torch.zeros(self.nh * self.hd, device=dev, dtype=dt)
+        # Attention partials per (head, split): running max, sum, and weighted values.
+        sp = self.nh * t.kv_splits
+        self.pm = torch.zeros(sp, device=dev, dtype=torch.float32)
+        self.pl = torch.zeros(sp, device=dev, dtype=torch.float32)
+        self.pacc = torch.zeros(sp * self.hd, device=dev, dtype=torch.float32)
         self.act = torch.zeros(cfg.d_ff, device=dev, dtype=dt)
         self.logits = torch.zeros(1, cfg.vocab_size, device=dev, dtype=dt)
         self.scale = self.hd ** -0.5
@@ -370,10 +411,12 @@ class TritonDecoder(StaticDecoder):
                 self.h, g1, wq, wk, wv, self.cos, self.sin, self.pos, self.slot, self.q, kc, vc,
                 c_sh, c_st, self.eps, D=d, DP=dp, HD=hd, NH=self.nh, NKV=self.nkv,
                 SPLIT=t.split, **kw)
-            _attend[(self.nh,)](self.q, kc, vc, self.slot, self.att, c_sh, c_st, self.scale,
-                                HD=hd, REP=self.nh // self.nkv, BT=t.keys, **kw)
+            _attend[(self.nh, t.kv_splits)](
+                self.q, kc, vc, self.slot, self.pm, self.pl, self.pacc, c_sh, c_st, self.scale,
+                HD=hd, REP=self.nh // self.nkv, BT=t.keys, S=t.kv_splits, **kw)
             ko = self.nh * hd
-            _gemv_add[(d // t.rows,)](self.att, wo, self.h, K=ko, KP=_pow2(ko), BN=t.rows, **kw)
+            _attn_out_add[(d // t.rows,)](self.pm, self.pl, self.pacc, wo, self.h, K=ko,
+                                          KP=_pow2(ko), HD=hd, S=t.kv_splits, BN=t.rows, **kw)
             _gate_up_silu[(wg.shape[0] // t.rows,)](self.h, g2, wg, wu, self.act, self.eps,
                                                     D=d, DP=dp, BN=t.rows, **kw)
             kd = wd.shape[1]
