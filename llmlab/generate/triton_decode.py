@@ -375,7 +375,7 @@ class TritonDecoder(StaticDecoder):
         self.final_norm = model.model.norm.weight.detach()
         self.head = model.lm_head.weight.detach()
         self.eps = float(cfg.norm_eps)
-        self.cos, self.sin = (t.contiguous() for t in rope_cos_sin(
+        self.cos, self.sin = (c.contiguous() for c in rope_cos_sin(
             torch.arange(cfg.max_seq_len, device=dev), self.hd, cfg.rope_theta, dt))
         self.h = torch.zeros(self.d, device=dev, dtype=dt)  # the residual stream
         self.q = torch.zeros(self.nh * self.hd, device=dev, dtype=dt)
