@@ -157,7 +157,7 @@ def main() -> None:
     ap.add_argument("--dry-run", action="store_true", help="CPU, tiny shape, no CUDA graph")
     ap.add_argument("--triton", nargs="*", default=None, metavar="TILES",
                     help="also decode batch 1 with the Triton kernels, once per tile setting "
-                         "(e.g. 'rows=8,k=128'; none given: the defaults)")
+                         "(e.g. 'rows=8,keys=256'; none given: the defaults)")
     ap.add_argument("--profile", action="store_true",
                     help="print the GPU time per kernel of 32 un-graphed Triton decode steps")
     ap.add_argument("--out", help="write the rows here (JSON)")

@@ -103,9 +103,9 @@ class StaticDecoder:
         self.graph.replay()
         return self.out
 
-    @torch.inference_mode()
-    def generate(self, prompts: list[list[int]], params: SamplingParams,
-                 pad_id: int = 0) -> Iterator[Step]:
+    def _start(self, prompts: list[list[int]], params: SamplingParams,
+               pad_id: int) -> tuple[torch.Tensor, int]:
+        """Check the request against this decoder, then prefill: (last logits, next slot)."""
         params.validate()
         if len(prompts) != self.b:
             raise ValueError(f"decoder was built for batch {self.b}, got {len(prompts)} prompts")
@@ -113,6 +113,12 @@ class StaticDecoder:
         if slot + params.max_new_tokens > self.max_len:
             raise ValueError(f"{slot} + {params.max_new_tokens} tokens exceed the static cache "
                              f"of {self.max_len}")
+        return logits, slot
+
+    @torch.inference_mode()
+    def generate(self, prompts: list[list[int]], params: SamplingParams,
+                 pad_id: int = 0) -> Iterator[Step]:
+        logits, slot = self._start(prompts, params, pad_id)
         dev = self.model.device
         gen = torch.Generator(device=dev).manual_seed(params.seed) if params.seed is not None \
             else None

@@ -292,10 +292,6 @@ def _pick(pmax_ptr, pidx_ptr, n, ids_ptr, pos_ptr, slot_ptr, toks_ptr, step_ptr,
     tl.store(step_ptr + one, step + 1 + one * 0)
 
 
-def _pow2(n: int) -> int:
-    return 1 << (n - 1).bit_length()
-
-
 @dataclass(frozen=True)
 class Tiles:
     """Rows of a weight matrix per program (each program loads its rows whole, in one
@@ -387,9 +383,9 @@ class TritonDecoder(StaticDecoder):
         self.act = torch.zeros(cfg.d_ff, device=dev, dtype=dt)
         self.logits = torch.zeros(1, cfg.vocab_size, device=dev, dtype=dt)
         self.scale = self.hd ** -0.5
-        blocks = -(-cfg.vocab_size // t.rows_head)
-        self.pmax = torch.zeros(blocks, device=dev, dtype=torch.float32)
-        self.pidx = torch.zeros(blocks, device=dev, dtype=torch.long)
+        self.blocks = triton.cdiv(self.head.shape[0], t.rows_head)  # LM-head programs
+        self.pmax = torch.zeros(self.blocks, device=dev, dtype=torch.float32)
+        self.pidx = torch.zeros(self.blocks, device=dev, dtype=torch.long)
         self.toks = torch.zeros(max_len, device=dev, dtype=torch.long)  # greedy outputs
         self.n_step = torch.zeros(1, device=dev, dtype=torch.long)
         self.greedy_graph: torch.cuda.CUDAGraph | None = None
@@ -398,7 +394,8 @@ class TritonDecoder(StaticDecoder):
                         and torch.cuda.get_device_capability(dev) >= (9, 0))
 
     def _step(self, greedy: bool = False) -> torch.Tensor:
-        t, d, dp, hd = self.t, self.d, _pow2(self.d), self.hd
+        p2 = triton.next_power_of_2
+        t, d, dp, hd = self.t, self.d, p2(self.d), self.hd
         k0 = self.cache.k[0]
         c_sh, c_st = k0.stride(1), k0.stride(2)
         kw: dict = {"num_warps": t.warps, "PDL": self.pdl}
@@ -416,20 +413,18 @@ class TritonDecoder(StaticDecoder):
                 HD=hd, REP=self.nh // self.nkv, BT=t.keys, S=t.kv_splits, **kw)
             ko = self.nh * hd
             _attn_out_add[(d // t.rows,)](self.pm, self.pl, self.pacc, wo, self.h, K=ko,
-                                          KP=_pow2(ko), HD=hd, S=t.kv_splits, BN=t.rows, **kw)
+                                          KP=p2(ko), HD=hd, S=t.kv_splits, BN=t.rows, **kw)
             _gate_up_silu[(wg.shape[0] // t.rows,)](self.h, g2, wg, wu, self.act, self.eps,
                                                     D=d, DP=dp, BN=t.rows, **kw)
             kd = wd.shape[1]
-            _gemv_add[(d // t.rows_down,)](self.act, wd, self.h, K=kd, KP=_pow2(kd),
+            _gemv_add[(d // t.rows_down,)](self.act, wd, self.h, K=kd, KP=p2(kd),
                                            BN=t.rows_down, **kw)
-        v = self.head.shape[0]
-        blocks = triton.cdiv(v, t.rows_head)
-        _norm_head[(blocks,)](
-            self.h, self.final_norm, self.head, self.logits, self.pmax, self.pidx, self.eps, v,
-            D=d, DP=dp, BN=t.rows_head, ARGMAX=greedy, **kw)
+        _norm_head[(self.blocks,)](
+            self.h, self.final_norm, self.head, self.logits, self.pmax, self.pidx, self.eps,
+            self.head.shape[0], D=d, DP=dp, BN=t.rows_head, ARGMAX=greedy, **kw)
         if greedy:
-            _pick[(1,)](self.pmax, self.pidx, blocks, self.x, self.pos, self.slot, self.toks,
-                        self.n_step, NP=_pow2(blocks), **kw)
+            _pick[(1,)](self.pmax, self.pidx, self.blocks, self.x, self.pos, self.slot,
+                        self.toks, self.n_step, NP=p2(self.blocks), **kw)
         return self.logits
 
     def _greedy_step(self) -> torch.Tensor:
@@ -444,13 +439,8 @@ class TritonDecoder(StaticDecoder):
         if not params.greedy or params.repetition_penalty != 1.0:
             yield from super().generate(prompts, params, pad_id)
             return
-        params.validate()
-        if len(prompts) != 1:
-            raise ValueError(f"the Triton decoder decodes batch 1, got {len(prompts)} prompts")
-        logits, slot = self.prefill(prompts, pad_id)
+        logits, slot = self._start(prompts, params, pad_id)
         n = params.max_new_tokens
-        if slot + n > self.max_len:
-            raise ValueError(f"{slot} + {n} tokens exceed the static cache of {self.max_len}")
         if n == 0:
             return
         self.toks[:1] = logits.argmax(-1)
