@@ -87,13 +87,14 @@ def theirs(model, ids: list[int], batch: int, n_new: int) -> tuple[float, list[i
     return rate, out[0][0, len(ids):].tolist()
 
 
-def profile_triton(model, ids: list[int], steps: int = 32) -> None:
+def profile_triton(model, ids: list[int], tiles: str = "", steps: int = 32) -> None:
     """Kernel time per decode step, by kernel, for the Triton decoder without the graph."""
     from torch.profiler import ProfilerActivity, profile
 
-    from llmlab.generate.triton_decode import TritonDecoder
+    from llmlab.generate.triton_decode import Tiles, TritonDecoder
 
-    dec = TritonDecoder(model, len(ids) + steps + 8, cuda_graph=False)
+    dec = TritonDecoder(model, len(ids) + steps + 8, cuda_graph=False, tiles=Tiles.parse(tiles))
+    print(f"# kernel profile, tiles [{tiles or 'defaults'}], {steps} steps")
     with torch.inference_mode():
         _, slot = dec.prefill([ids], 0)
         tok = torch.tensor([ids[-1]], device=model.device)
@@ -158,8 +159,9 @@ def main() -> None:
     ap.add_argument("--triton", nargs="*", default=None, metavar="TILES",
                     help="also decode batch 1 with the Triton kernels, once per tile setting "
                          "(e.g. 'rows=8,keys=256'; none given: the defaults)")
-    ap.add_argument("--profile", action="store_true",
-                    help="print the GPU time per kernel of 32 un-graphed Triton decode steps")
+    ap.add_argument("--profile", nargs="*", default=None, metavar="TILES",
+                    help="print the GPU time per kernel of 32 un-graphed Triton decode steps, "
+                         "once per tile setting (none given: the defaults)")
     ap.add_argument("--out", help="write the rows here (JSON)")
     a = ap.parse_args()
     if a.dry_run:
@@ -192,8 +194,8 @@ def main() -> None:
                 print(f"batch {b}: llmlab triton [{tiles or 'defaults'}] {r_tri:,.0f} tok/s, "
                       f"ratio {r_tri / r_hf:.1f}x; first {same} greedy tokens identical to "
                       f"transformers, {prefix(t_tri, t_ours)} to compiled (of 32)", flush=True)
-    if a.profile:
-        profile_triton(ours_m, ids)
+    for tiles in (a.profile or [""]) if a.profile is not None else []:
+        profile_triton(ours_m, ids, tiles)
     dev = torch.cuda.get_device_name() if device == "cuda" else "CPU (dry run)"
     print(f"# {dev}, torch {torch.__version__}, {a.weights} weights, "
           f"{'fp32' if a.dry_run else 'bf16'}, {a.new_tokens} new tokens, "

@@ -50,8 +50,10 @@ SCRIPT = textwrap.dedent(
     prompt = torch.randint(0, 320, (21,), generator=g).tolist()
     # keys=16: the 21-token prompt plus the new tokens span several attention blocks, which
     # kv_splits > 1 spreads over programs whose partial softmaxes are then combined.
+    # fuse=1 with rows_o=32: two output chunks per head, each recomputing the attention.
     tri = TritonDecoder(m, 64, tiles=Tiles(keys=16, rows=16, rows_down=16, rows_head=32,
-                                           kv_splits=int(sys.argv[4])))
+                                           kv_splits=int(sys.argv[4]), fuse=int(sys.argv[5]),
+                                           rows_o=32, rows_mlp=16))
     params = SamplingParams(max_new_tokens=14, temperature=0)
     out = {"tokens": [int(s.tokens[0]) for s in tri.generate([prompt], params)]}
     with torch.inference_mode():
@@ -97,8 +99,9 @@ def _run(*args: str) -> dict:
     return json.loads(p.stdout.strip().splitlines()[-1])
 
 
-def test_triton_decode_matches_transformers_fp32():
-    out = _run("float32", "untied", "separate", "2")
+@pytest.mark.parametrize("kv_splits,fuse", [(2, 0), (1, 1)], ids=["five-kernels", "fused"])
+def test_triton_decode_matches_transformers_fp32(kv_splits: int, fuse: int):
+    out = _run("float32", "untied", "separate", str(kv_splits), str(fuse))
     # Every decode step's logits against transformers' full forward of the same sequence.
     assert out["max_diff"] < 1e-4 * max(1.0, out["scale"]), out
     assert out["tokens"] == out["hf_tokens"] == out["static_tokens"]
@@ -108,8 +111,9 @@ def test_triton_decode_matches_transformers_fp32():
     assert out["sampled"] == out["static_sampled"]
 
 
-def test_triton_decode_bf16_is_as_close_as_the_model():
-    out = _run("bfloat16", "tied", "fused", "1")
+@pytest.mark.parametrize("fuse", [0, 1], ids=["five-kernels", "fused"])
+def test_triton_decode_bf16_is_as_close_as_the_model(fuse: int):
+    out = _run("bfloat16", "tied", "fused", "1", str(fuse))
     # In bf16 both the kernels and the PyTorch model differ from fp32 transformers by
     # rounding, at the same points, so their errors are of one size; a wrong formula would
     # be off by O(scale). The interpreter casts fp32 -> bf16 by truncation, not the GPU's

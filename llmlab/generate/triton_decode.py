@@ -11,11 +11,16 @@ of ~4 us each, norms, RoPE, cache writes, attention, residual adds). Here each l
 5. down-projection GEMV + residual add;
 
 plus an embedding gather and the final RMSNorm + LM head: 5L + 2 launches (152 for 30
-layers). Every kernel reads its inputs from fixed buffers and the position from a device
-tensor, so `StaticDecoder`'s graph capture works unchanged.
+layers). `Tiles(fuse=1)` makes it three per layer (3L + 2, 92 launches): attention with the
+output projection, and the whole MLP, each adding its projection's partial sums into an
+fp32 residual with atomics, so no kernel has to wait for a full GEMV result before the add.
+Every kernel reads its inputs from fixed buffers and the position from a device tensor, so
+`StaticDecoder`'s graph capture works unchanged.
 
 Numerics follow the PyTorch model: products accumulate in fp32, and values are rounded to
-the model dtype where the model rounds them (projection outputs, norms, residual adds).
+the model dtype where the model rounds them (projection outputs, norms, residual adds). The
+fused form keeps the residual and the o_proj and down outputs in fp32 instead, which in bf16
+is closer to exact than the model, and its atomic sums are not bitwise reproducible.
 Prefill still runs the model's own forward and fills the same `KVCache`.
 
 Without a GPU the kernels run in Triton's interpreter (`TRITON_INTERPRET=1`), which is how
@@ -80,17 +85,27 @@ def _wait(PDL: tl.constexpr):
 
 
 @triton.jit
-def _normed(x_ptr, g_ptr, eps, D: tl.constexpr, KP: tl.constexpr):
+def _residual(x_ptr, z_ptr, D: tl.constexpr, KP: tl.constexpr, FUSE: tl.constexpr):
+    # The residual stream in fp32. Fused, it is held as two fp32 buffers, x + z, because the
+    # MLP kernel adds its down projection into z with atomics while x is still being read.
+    kk = tl.arange(0, KP)
+    km = kk < D
+    x = tl.load(x_ptr + kk, mask=km, other=0.0).to(tl.float32)
+    if FUSE:
+        x += tl.load(z_ptr + kk, mask=km, other=0.0)
+    return x
+
+
+@triton.jit
+def _normed(x_ptr, z_ptr, g_ptr, eps, D: tl.constexpr, KP: tl.constexpr, FUSE: tl.constexpr):
     # The model's RMSNorm of the whole vector, in fp32: normalise, round to the model dtype,
     # scale by g (rounded again), as RMSNorm.forward does.
     kk = tl.arange(0, KP)
-    km = kk < D
-    x = tl.load(x_ptr + kk, mask=km, other=0.0)
-    g = tl.load(g_ptr + kk, mask=km, other=0.0)
-    xf = x.to(tl.float32)
+    g = tl.load(g_ptr + kk, mask=kk < D, other=0.0)
+    xf = _residual(x_ptr, z_ptr, D, KP, FUSE)
     inv = tl.rsqrt(tl.sum(xf * xf, axis=0) / D + eps)
-    xn = (xf * inv).to(x.dtype)
-    return (xn.to(tl.float32) * g.to(tl.float32)).to(x.dtype).to(tl.float32)
+    xn = (xf * inv).to(g.dtype)
+    return (xn.to(tl.float32) * g.to(tl.float32)).to(g.dtype).to(tl.float32)
 
 
 @triton.jit
@@ -102,22 +117,26 @@ def _rows(w_ptr, rows, K: tl.constexpr, KP: tl.constexpr):
 
 
 @triton.jit
-def _embed(ids_ptr, table_ptr, out_ptr, D: tl.constexpr, DP: tl.constexpr,
-           PDL: tl.constexpr):
+def _embed(ids_ptr, table_ptr, out_ptr, z_ptr, D: tl.constexpr, DP: tl.constexpr,
+           FUSE: tl.constexpr, PDL: tl.constexpr):
     _wait(PDL)
     offs = tl.arange(0, DP)
     tok = _scalar(ids_ptr)
     row = tl.load(table_ptr + tok * D + offs, mask=offs < D)
     tl.store(out_ptr + offs, row, mask=offs < D)
+    if FUSE:
+        tl.store(z_ptr + offs, tl.zeros([DP], tl.float32), mask=offs < D)
 
 
 @triton.jit
-def _qkv_rope_store(x_ptr, g_ptr, wq_ptr, wk_ptr, wv_ptr, cos_ptr, sin_ptr, pos_ptr, slot_ptr,
-                    q_ptr, kc_ptr, vc_ptr, c_sh, c_st, eps,
+def _qkv_rope_store(x_ptr, z_ptr, out_ptr, g_ptr, wq_ptr, wk_ptr, wv_ptr, cos_ptr, sin_ptr,
+                    pos_ptr, slot_ptr, q_ptr, kc_ptr, vc_ptr, c_sh, c_st, eps,
                     D: tl.constexpr, DP: tl.constexpr, HD: tl.constexpr,
                     NH: tl.constexpr, NKV: tl.constexpr, SPLIT: tl.constexpr,
-                    PDL: tl.constexpr):
+                    FUSE: tl.constexpr, PDL: tl.constexpr):
     # Program (head, part): rows r and r + HD/2 of one head, so RoPE's pairs stay together.
+    # Fused, the residual is x + z, and program (0, 0) writes that sum to out, the buffer the
+    # next two kernels add into (x and z are still being read by the other programs).
     head = tl.program_id(0)
     part = tl.program_id(1)
     QR: tl.constexpr = HD // 2 // SPLIT
@@ -131,7 +150,11 @@ def _qkv_rope_store(x_ptr, g_ptr, wq_ptr, wk_ptr, wv_ptr, cos_ptr, sin_ptr, pos_
     wa = _rows(w_ptr, r, D, DP)
     wb = _rows(w_ptr, r + HD // 2, D, DP)
     _wait(PDL)
-    xn = _normed(x_ptr, g_ptr, eps, D, DP)[None, :]
+    xn = _normed(x_ptr, z_ptr, g_ptr, eps, D, DP, FUSE)[None, :]
+    if FUSE:  # noqa: SIM102 (a constexpr test, pruned at compile time, around a runtime one)
+        if head + part == 0:
+            kk = tl.arange(0, DP)
+            tl.store(out_ptr + kk, _residual(x_ptr, z_ptr, D, DP, FUSE), mask=kk < D)
     dt = q_ptr.dtype.element_ty
     a = tl.sum(wa.to(tl.float32) * xn, axis=1).to(dt).to(tl.float32)  # in the model dtype
     b = tl.sum(wb.to(tl.float32) * xn, axis=1).to(dt).to(tl.float32)
@@ -155,16 +178,10 @@ def _qkv_rope_store(x_ptr, g_ptr, wq_ptr, wk_ptr, wv_ptr, cos_ptr, sin_ptr, pos_
 
 
 @triton.jit
-def _attend(q_ptr, kc_ptr, vc_ptr, slot_ptr, pm_ptr, pl_ptr, pacc_ptr, c_sh, c_st, scale,
-            HD: tl.constexpr, REP: tl.constexpr, BT: tl.constexpr, S: tl.constexpr,
-            PDL: tl.constexpr):
-    # Program (head, split): one query head over every S-th block of cache slots 0..slot,
-    # with the online softmax of FlashAttention. Its partial (max, sum, weighted values) is
-    # combined with the other splits' in _attn_out_add (flash-decoding): a head alone is too
-    # little work for one program once the context is long.
-    _wait(PDL)
-    h = tl.program_id(0)
-    sp = tl.program_id(1)
+def _attend_head(q_ptr, kc_ptr, vc_ptr, slot_ptr, c_sh, c_st, scale, h, sp,
+                 HD: tl.constexpr, REP: tl.constexpr, BT: tl.constexpr, S: tl.constexpr):
+    # Query head h over every S-th block of cache slots 0..slot (from block sp), with the
+    # online softmax of FlashAttention: the running max, sum and weighted values.
     kvh = h // REP
     d = tl.arange(0, HD)
     q = tl.load(q_ptr + h * HD + d).to(tl.float32)
@@ -188,6 +205,22 @@ def _attend(q_ptr, kc_ptr, vc_ptr, slot_ptr, pm_ptr, pl_ptr, pacc_ptr, c_sh, c_s
         acc = acc * alpha + tl.sum(p[:, None] * v, axis=0)
         m_i = m_new
         t0 += S * BT
+    return m_i, l_i, acc
+
+
+@triton.jit
+def _attend(q_ptr, kc_ptr, vc_ptr, slot_ptr, pm_ptr, pl_ptr, pacc_ptr, c_sh, c_st, scale,
+            HD: tl.constexpr, REP: tl.constexpr, BT: tl.constexpr, S: tl.constexpr,
+            PDL: tl.constexpr):
+    # Program (head, split). Its partial (max, sum, weighted values) is combined with the
+    # other splits' in _attn_out_add (flash-decoding): a head alone is too little work for
+    # one program once the context is long.
+    _wait(PDL)
+    h = tl.program_id(0)
+    sp = tl.program_id(1)
+    m_i, l_i, acc = _attend_head(q_ptr, kc_ptr, vc_ptr, slot_ptr, c_sh, c_st, scale, h, sp,
+                                 HD, REP, BT, S)
+    d = tl.arange(0, HD)
     one = tl.arange(0, 1)
     tl.store(pm_ptr + (sp + h * S) + one * 0, m_i + one * 0.0)
     tl.store(pl_ptr + (sp + h * S) + one * 0, l_i + one * 0.0)
@@ -236,24 +269,74 @@ def _gemv_add(a_ptr, w_ptr, res_ptr, K: tl.constexpr, KP: tl.constexpr, BN: tl.c
 
 
 @triton.jit
+def _attend_out(q_ptr, kc_ptr, vc_ptr, slot_ptr, w_ptr, res_ptr, z_ptr, c_sh, c_st, scale,
+                K: tl.constexpr, D: tl.constexpr, DP: tl.constexpr, HD: tl.constexpr,
+                REP: tl.constexpr, BT: tl.constexpr, BO: tl.constexpr, PDL: tl.constexpr):
+    # Fused attention + output projection. Program (head, chunk) attends with one head, then
+    # adds Wo[chunk rows, head columns] @ its output into the residual with atomics: the
+    # projection is a sum over heads, so no program needs another's output. Each of a head's
+    # chunks recomputes its attention (cheap next to a launch at short contexts). Program
+    # (0, 0) also clears z, which the MLP kernel adds into next.
+    h = tl.program_id(0)
+    c = tl.program_id(1)
+    rows = c * BO + tl.arange(0, BO)
+    rm = rows < D
+    d = tl.arange(0, HD)
+    w = tl.load(w_ptr + rows[:, None] * K + h * HD + d[None, :], mask=rm[:, None], other=0.0)
+    _wait(PDL)
+    m_i, l_i, acc = _attend_head(q_ptr, kc_ptr, vc_ptr, slot_ptr, c_sh, c_st, scale, h, 0,
+                                 HD, REP, BT, 1)
+    a = (acc / l_i).to(w_ptr.dtype.element_ty).to(tl.float32)  # the model's rounding
+    tl.atomic_add(res_ptr + rows, tl.sum(w.to(tl.float32) * a[None, :], axis=1), mask=rm,
+                  sem="relaxed")
+    if h + c == 0:
+        kk = tl.arange(0, DP)
+        tl.store(z_ptr + kk, tl.zeros([DP], tl.float32), mask=kk < D)
+
+
+@triton.jit
+def _swiglu(xn, wg, wu, dt: tl.constexpr):
+    # SiLU(gate) * up for a tile of rows, rounded to the model dtype where the model rounds.
+    gt = tl.sum(wg.to(tl.float32) * xn, axis=1).to(dt).to(tl.float32)
+    up = tl.sum(wu.to(tl.float32) * xn, axis=1).to(dt).to(tl.float32)
+    silu = (gt / (1.0 + tl.exp(-gt))).to(dt).to(tl.float32)
+    return (silu * up).to(dt)
+
+
+@triton.jit
 def _gate_up_silu(x_ptr, g_ptr, wg_ptr, wu_ptr, out_ptr, eps,
                   D: tl.constexpr, DP: tl.constexpr, BN: tl.constexpr, PDL: tl.constexpr):
     rows = tl.program_id(0) * BN + tl.arange(0, BN)
     wg = _rows(wg_ptr, rows, D, DP)
     wu = _rows(wu_ptr, rows, D, DP)
     _wait(PDL)
-    xn = _normed(x_ptr, g_ptr, eps, D, DP)[None, :]
-    dt = out_ptr.dtype.element_ty
-    gt = tl.sum(wg.to(tl.float32) * xn, axis=1).to(dt).to(tl.float32)
-    up = tl.sum(wu.to(tl.float32) * xn, axis=1).to(dt).to(tl.float32)
-    silu = (gt / (1.0 + tl.exp(-gt))).to(dt).to(tl.float32)
-    tl.store(out_ptr + rows, (silu * up).to(dt))
+    xn = _normed(x_ptr, x_ptr, g_ptr, eps, D, DP, False)[None, :]
+    tl.store(out_ptr + rows, _swiglu(xn, wg, wu, out_ptr.dtype.element_ty))
 
 
 @triton.jit
-def _norm_head(x_ptr, g_ptr, w_ptr, out_ptr, pmax_ptr, pidx_ptr, eps, V,
+def _mlp_down(x_ptr, g_ptr, wg_ptr, wu_ptr, wd_ptr, z_ptr, eps, D: tl.constexpr,
+              DP: tl.constexpr, F: tl.constexpr, BN: tl.constexpr, PDL: tl.constexpr):
+    # Fused MLP: program j computes BN of the d_ff activations, then adds their share of the
+    # down projection, Wd[:, those columns] @ act, into z with atomics (the projection is a
+    # sum over columns). x, the residual after attention, is only read here.
+    rows = tl.program_id(0) * BN + tl.arange(0, BN)
+    wg = _rows(wg_ptr, rows, D, DP)
+    wu = _rows(wu_ptr, rows, D, DP)
+    kk = tl.arange(0, DP)
+    km = kk < D
+    wd = tl.load(wd_ptr + kk[:, None] * F + rows[None, :], mask=km[:, None], other=0.0)
+    _wait(PDL)
+    xn = _normed(x_ptr, x_ptr, g_ptr, eps, D, DP, False)[None, :]
+    act = _swiglu(xn, wg, wu, wg_ptr.dtype.element_ty).to(tl.float32)
+    tl.atomic_add(z_ptr + kk, tl.sum(wd.to(tl.float32) * act[None, :], axis=1), mask=km,
+                  sem="relaxed")
+
+
+@triton.jit
+def _norm_head(x_ptr, z_ptr, g_ptr, w_ptr, out_ptr, pmax_ptr, pidx_ptr, eps, V,
                D: tl.constexpr, DP: tl.constexpr, BN: tl.constexpr, ARGMAX: tl.constexpr,
-               PDL: tl.constexpr):
+               FUSE: tl.constexpr, PDL: tl.constexpr):
     pid = tl.program_id(0)
     rows = pid * BN + tl.arange(0, BN)
     rm = rows < V
@@ -261,7 +344,7 @@ def _norm_head(x_ptr, g_ptr, w_ptr, out_ptr, pmax_ptr, pidx_ptr, eps, V,
     w = tl.load(w_ptr + rows[:, None] * D + kk[None, :], mask=rm[:, None] & (kk < D)[None, :],
                 other=0.0)
     _wait(PDL)
-    xn = _normed(x_ptr, g_ptr, eps, D, DP)[None, :]
+    xn = _normed(x_ptr, z_ptr, g_ptr, eps, D, DP, FUSE)[None, :]
     # Logits in the model dtype, as the model's LM head gives them.
     logits = tl.sum(w.to(tl.float32) * xn, axis=1).to(out_ptr.dtype.element_ty)
     tl.store(out_ptr + rows, logits, mask=rm)
@@ -306,6 +389,11 @@ class Tiles:
     keys: int = 256  # cache slots per attention loop step
     kv_splits: int = 1  # programs per head over the cache (flash-decoding), a power of 2
     warps: int = 8
+    # 1: three kernels per layer (Q/K/V; attention + output projection; the whole MLP), the
+    # projections' partial sums added with fp32 atomics into an fp32 residual; 0: five.
+    fuse: int = 0
+    rows_o: int = 64  # fused: output-projection rows per attention program, a power of 2
+    rows_mlp: int = 16  # fused: d_ff activations (and down-projection columns) per program
     pdl: int = 1  # programmatic dependent launch, where the GPU has it (sm_90+)
 
     @classmethod
@@ -343,8 +431,13 @@ class TritonDecoder(StaticDecoder):
                              f"2 * split ({t.split})")
         if t.kv_splits < 1 or t.kv_splits & (t.kv_splits - 1):
             raise ValueError(f"kv_splits must be a power of 2, got {t.kv_splits}")
+        if t.fuse and t.kv_splits != 1:
+            raise ValueError("fuse=1 attends with one program per head and output chunk: "
+                             f"it needs kv_splits=1, got {t.kv_splits}")
+        if t.fuse and (t.rows_o < 1 or t.rows_o & (t.rows_o - 1)):
+            raise ValueError(f"rows_o must be a power of 2, got {t.rows_o}")
         for name, n, rows in (("d_model", self.d, t.rows), ("d_ff", cfg.d_ff, t.rows),
-                              ("d_model", self.d, t.rows_down)):
+                              ("d_model", self.d, t.rows_down), ("d_ff", cfg.d_ff, t.rows_mlp)):
             if n % rows:
                 raise ValueError(f"{name} {n} must be a multiple of the tile's {rows} rows")
         self.layers = []
@@ -374,6 +467,9 @@ class TritonDecoder(StaticDecoder):
         self.cos, self.sin = (c.contiguous() for c in rope_cos_sin(
             torch.arange(cfg.max_seq_len, device=dev), self.hd, cfg.rope_theta, dt))
         self.h = torch.zeros(self.d, device=dev, dtype=dt)  # the residual stream
+        # Fused: the residual in fp32, as res[layer % 2] + z (see _qkv_rope_store).
+        self.res = torch.zeros(2, self.d, device=dev, dtype=torch.float32)
+        self.z = torch.zeros(self.d, device=dev, dtype=torch.float32)
         self.q = torch.zeros(self.nh * self.hd, device=dev, dtype=dt)
         # Attention partials per (head, split): running max, sum, and weighted values.
         sp = self.nh * t.kv_splits
@@ -401,17 +497,28 @@ class TritonDecoder(StaticDecoder):
         kw: dict = {"num_warps": t.warps, "PDL": self.pdl}
         if self.pdl:
             kw["launch_pdl"] = True
-        _embed[(1,)](self.x, self.embed, self.h, D=d, DP=dp, **kw)
+        fuse, z, ko, rep = bool(t.fuse), self.z, self.nh * hd, self.nh // self.nkv
+        h = self.res[0] if fuse else self.h
+        _embed[(1,)](self.x, self.embed, h, z, D=d, DP=dp, FUSE=fuse, **kw)
         for i, (g1, wq, wk, wv, wo, g2, wg, wu, wd) in enumerate(self.layers):
             kc, vc = self.cache.k[i], self.cache.v[i]
+            nxt = self.res[(i + 1) % 2] if fuse else h
             _qkv_rope_store[(self.nh + 2 * self.nkv, t.split)](
-                self.h, g1, wq, wk, wv, self.cos, self.sin, self.pos, self.slot, self.q, kc, vc,
-                c_sh, c_st, self.eps, D=d, DP=dp, HD=hd, NH=self.nh, NKV=self.nkv,
-                SPLIT=t.split, **kw)
+                h, z, nxt, g1, wq, wk, wv, self.cos, self.sin, self.pos, self.slot, self.q, kc,
+                vc, c_sh, c_st, self.eps, D=d, DP=dp, HD=hd, NH=self.nh, NKV=self.nkv,
+                SPLIT=t.split, FUSE=fuse, **kw)
+            if fuse:
+                h = nxt
+                _attend_out[(self.nh, triton.cdiv(d, t.rows_o))](
+                    self.q, kc, vc, self.slot, wo, h, z, c_sh, c_st, self.scale, K=ko, D=d,
+                    DP=dp, HD=hd, REP=rep, BT=t.keys, BO=t.rows_o, **kw)
+                _mlp_down[(wg.shape[0] // t.rows_mlp,)](
+                    h, g2, wg, wu, wd, z, self.eps, D=d, DP=dp, F=wg.shape[0], BN=t.rows_mlp,
+                    **kw)
+                continue
             _attend[(self.nh, t.kv_splits)](
                 self.q, kc, vc, self.slot, self.pm, self.pl, self.pacc, c_sh, c_st, self.scale,
-                HD=hd, REP=self.nh // self.nkv, BT=t.keys, S=t.kv_splits, **kw)
-            ko = self.nh * hd
+                HD=hd, REP=rep, BT=t.keys, S=t.kv_splits, **kw)
             _attn_out_add[(d // t.rows,)](self.pm, self.pl, self.pacc, wo, self.h, K=ko,
                                           KP=p2(ko), HD=hd, S=t.kv_splits, BN=t.rows, **kw)
             _gate_up_silu[(wg.shape[0] // t.rows,)](self.h, g2, wg, wu, self.act, self.eps,
@@ -420,8 +527,8 @@ class TritonDecoder(StaticDecoder):
             _gemv_add[(d // t.rows_down,)](self.act, wd, self.h, K=kd, KP=p2(kd),
                                            BN=t.rows_down, **kw)
         _norm_head[(self.blocks,)](
-            self.h, self.final_norm, self.head, self.logits, self.pmax, self.pidx, self.eps,
-            self.head.shape[0], D=d, DP=dp, BN=t.rows_head, ARGMAX=greedy, **kw)
+            h, z, self.final_norm, self.head, self.logits, self.pmax, self.pidx, self.eps,
+            self.head.shape[0], D=d, DP=dp, BN=t.rows_head, ARGMAX=greedy, FUSE=fuse, **kw)
         if greedy:
             _pick[(1,)](self.pmax, self.pidx, self.blocks, self.x, self.pos, self.slot,
                         self.toks, self.n_step, NP=p2(self.blocks), **kw)
