@@ -1,7 +1,7 @@
 #!/bin/bash
 # Every GPU benchmark, each under its own time limit, logs into $OUT.
 #
-#   bash benchmarks/gpu_session.sh [OUT_DIR] [PART...]     PART: gen pretrain sft sftc grpo
+#   bash benchmarks/gpu_session.sh [OUT_DIR] [PART...]     PART: gen pretrain pretrainx sft sftc grpo
 #   (default: gen pretrain sft grpo; sftc, the compiled LoRA step, needs a call of its own)
 #
 # Peers not on the GPU image travel as files beside the repo (git-ignored, carried):
@@ -38,12 +38,14 @@ for p in $PARTS; do
            --out "$OUT/generate.json" ;;
     pretrain) run pretrain 330 python3 benchmarks/pretrain_gpu.py --steps 10 --rounds 3 --fuse-qkv \
                 --pad-vocab 128 ;;
+    pretrainx) run pretrain_sweep 540 python3 benchmarks/pretrain_gpu.py --steps 10 --rounds 2 \
+                 --loss fused --fuse-qkv --pad-vocab 128 --sdpa cudnn --batch 32 --profile ;;
     sft) run sft_peft 240 python3 benchmarks/sft_peft.py --device cuda --bf16 --batch 8 \
            --seq 1024 --steps 10 --rounds 1 --out "$OUT/sft_peft.json" ;;
     sftc) run sft_compile 540 python3 benchmarks/sft_peft.py --device cuda --bf16 --batch 8 \
             --seq 1024 --steps 10 --rounds 1 --configs lora-r16-all --compile \
             --out "$OUT/sft_compile.json" ;;
     grpo) run grpo 280 python3 benchmarks/grpo_gpu.py --out "$OUT/grpo_gpu.json" ;;
-    *) echo "unknown part $p (gen pretrain sft sftc grpo)" ;;
+    *) echo "unknown part $p (gen pretrain pretrainx sft sftc grpo)" ;;
   esac
 done

@@ -141,6 +141,9 @@ def main() -> int:
     ap.add_argument("--loss", nargs="+", default=["fused", "plain"], choices=["fused", "plain"],
                     help="llmlab variants: the model's fused chunked loss, and/or bf16 logits + "
                          "F.cross_entropy compiled together")
+    ap.add_argument("--profile", action="store_true",
+                    help="after timing, print the kernels of 3 steps of the last llmlab variant "
+                         "by GPU time (where the step's time goes)")
     ap.add_argument("--dry-run", action="store_true",
                     help="CPU, tiny shape, 1 round of 1 step: check the script runs")
     a = ap.parse_args()
@@ -213,7 +216,24 @@ def main() -> int:
             print(f"llmlab ({lk} loss) speed vs transformers{suffix}: {r:.2f}x")
     if device.type == "cuda":
         print(f"peak memory {torch.cuda.max_memory_allocated() / 2**30:.1f} GiB")
+    if a.profile:
+        name = [k for k in variants if k.startswith("llmlab")][-1]
+        _profile(name, variants[name][0], device)
     return 0
+
+
+def _profile(name: str, step: Step, device: torch.device, steps: int = 3) -> None:
+    from torch.profiler import ProfilerActivity, profile
+
+    acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    _sync(device)
+    with profile(activities=acts) as prof:
+        for _ in range(steps):
+            step()
+        _sync(device)
+    key = "self_device_time_total" if device.type == "cuda" else "self_cpu_time_total"
+    print(f"# profile of {name}, {steps} steps")
+    print(prof.key_averages().table(sort_by=key, row_limit=30, max_name_column_width=60))
 
 
 if __name__ == "__main__":
