@@ -1,8 +1,9 @@
 #!/bin/bash
 # Every GPU benchmark, each under its own time limit, logs into $OUT.
 #
-#   bash benchmarks/gpu_session.sh [OUT_DIR] [PART...]     PART: gen pretrain pretrainx sft sftc grpo
-#   (default: gen pretrain sft grpo; sftc, the compiled LoRA step, needs a call of its own)
+#   bash benchmarks/gpu_session.sh [OUT_DIR] [PART...]  PART: gen pretrain pretrainx sft sftc grpo
+#   (default: gen pretrain sft grpo; sftc (the compiled LoRA step) and pretrainx (cuDNN
+#   attention at batch 32 with a kernel profile) each need a call of their own)
 #
 # Peers not on the GPU image travel as files beside the repo (git-ignored, carried):
 #   .whl/   trl==1.16.0 datasets==5.2.0 dill==0.4.1 multiprocess==0.70.19 wheels, for grpo:
