@@ -1,9 +1,11 @@
 #!/bin/bash
 # Every GPU benchmark, each under its own time limit, logs into $OUT.
 #
-#   bash benchmarks/gpu_session.sh [OUT_DIR] [PART...]  PART: gen pretrain pretrainx sft sftc grpo
-#   (default: gen pretrain sft grpo; sftc (the compiled LoRA step) and pretrainx (cuDNN
-#   attention at batch 32 with a kernel profile) each need a call of their own)
+#   bash benchmarks/gpu_session.sh [OUT_DIR] [PART...]
+#   PART: gen pretrain pretrainx trainer sft sftc grpo
+#   (default: gen pretrain sft grpo; sftc (the compiled LoRA step), pretrainx (cuDNN
+#   attention at batch 32 with a kernel profile) and trainer (`llmlab pretrain --preset
+#   gpt2-124m` itself, on data carried in runs/gpu_data) each need a call of their own)
 #
 # Peers not on the GPU image travel as files beside the repo (git-ignored, carried):
 #   .whl/   trl==1.16.0 datasets==5.2.0 dill==0.4.1 multiprocess==0.70.19 wheels, for grpo:
@@ -41,12 +43,13 @@ for p in $PARTS; do
                 --pad-vocab 128 ;;
     pretrainx) run pretrain_sweep 540 python3 benchmarks/pretrain_gpu.py --steps 10 --rounds 2 \
                  --loss fused --fuse-qkv --pad-vocab 128 --sdpa cudnn --batch 32 --profile ;;
+    trainer) run trainer 540 bash benchmarks/gpu_trainer.sh "$OUT" ;;
     sft) run sft_peft 240 python3 benchmarks/sft_peft.py --device cuda --bf16 --batch 8 \
            --seq 1024 --steps 10 --rounds 1 --out "$OUT/sft_peft.json" ;;
     sftc) run sft_compile 540 python3 benchmarks/sft_peft.py --device cuda --bf16 --batch 8 \
             --seq 1024 --steps 10 --rounds 1 --configs lora-r16-all --compile \
             --out "$OUT/sft_compile.json" ;;
     grpo) run grpo 280 python3 benchmarks/grpo_gpu.py --out "$OUT/grpo_gpu.json" ;;
-    *) echo "unknown part $p (gen pretrain pretrainx sft sftc grpo)" ;;
+    *) echo "unknown part $p (gen pretrain pretrainx trainer sft sftc grpo)" ;;
   esac
 done
