@@ -36,8 +36,8 @@ run() {  # name, limit in seconds, command...
 for p in $PARTS; do
   case $p in
     gen) run generate 300 python3 benchmarks/generate_gpu.py --triton "" kv_splits=2 kv_splits=4 \
-           fuse=1 fuse=1,rows_o=32 fuse=1,rows_o=128 fuse=1,rows_mlp=8 fuse=1,rows_mlp=32 \
-           fuse=1,warps=4 --profile "" fuse=1 \
+           fuse=3 fuse=3,rows_o=32 fuse=3,rows_o=128 fuse=3,rows_mlp=8 fuse=3,rows_mlp=32 \
+           fuse=3,warps=4 fuse=1 fuse=1,kv_splits=2 --profile "" fuse=3 \
            --out "$OUT/generate.json" ;;
     pretrain) run pretrain 330 python3 benchmarks/pretrain_gpu.py --steps 10 --rounds 3 --fuse-qkv \
                 --pad-vocab 128 ;;

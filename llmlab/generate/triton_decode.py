@@ -11,9 +11,10 @@ of ~4 us each, norms, RoPE, cache writes, attention, residual adds). Here each l
 5. down-projection GEMV + residual add;
 
 plus an embedding gather and the final RMSNorm + LM head: 5L + 2 launches (152 for 30
-layers). `Tiles(fuse=1)` makes it three per layer (3L + 2, 92 launches): attention with the
-output projection, and the whole MLP, each adding its projection's partial sums into an
-fp32 residual with atomics, so no kernel has to wait for a full GEMV result before the add.
+layers). `Tiles(fuse=...)` fuses further: 1 makes the whole MLP (4 and 5) one kernel, and 3
+also attention with the output projection (2 and 3), for three kernels per layer (3L + 2,
+92 launches). A fused kernel adds its projection's partial sums into an fp32 residual with
+atomics, so no kernel has to wait for a whole GEMV before the add.
 Every kernel reads its inputs from fixed buffers and the position from a device tensor, so
 `StaticDecoder`'s graph capture works unchanged.
 
@@ -228,11 +229,13 @@ def _attend(q_ptr, kc_ptr, vc_ptr, slot_ptr, pm_ptr, pl_ptr, pacc_ptr, c_sh, c_s
 
 
 @triton.jit
-def _attn_out_add(pm_ptr, pl_ptr, pacc_ptr, w_ptr, res_ptr, K: tl.constexpr,
+def _attn_out_add(pm_ptr, pl_ptr, pacc_ptr, w_ptr, res_ptr, z_ptr, K: tl.constexpr,
                   KP: tl.constexpr, HD: tl.constexpr, S: tl.constexpr, BN: tl.constexpr,
-                  PDL: tl.constexpr):
+                  FUSE: tl.constexpr, PDL: tl.constexpr):
     # res[rows] += Wo[rows] @ attention output, where the output is first put together from
-    # the S splits of each head: sum_s e^(m_s - M) acc_s / sum_s e^(m_s - M) l_s.
+    # the S splits of each head: sum_s e^(m_s - M) acc_s / sum_s e^(m_s - M) l_s. With the
+    # MLP fused, res is fp32, and each program clears its rows of z, which that kernel adds
+    # into next.
     rows = tl.program_id(0) * BN + tl.arange(0, BN)
     w = _rows(w_ptr, rows, K, KP)
     _wait(PDL)
@@ -251,6 +254,8 @@ def _attn_out_add(pm_ptr, pl_ptr, pacc_ptr, w_ptr, res_ptr, K: tl.constexpr,
     acc = tl.sum(w.to(tl.float32) * a[None, :], axis=1)
     res = tl.load(res_ptr + rows).to(tl.float32)
     tl.store(res_ptr + rows, (res + acc.to(dt).to(tl.float32)).to(dt))
+    if FUSE:
+        tl.store(z_ptr + rows, tl.zeros([BN], tl.float32))
 
 
 @triton.jit
@@ -391,9 +396,12 @@ class Tiles:
     warps: int = 8
     # 1: three kernels per layer (Q/K/V; attention + output projection; the whole MLP), the
     # projections' partial sums added with fp32 atomics into an fp32 residual; 0: five.
+    # Fusion bits: 1, the MLP is one kernel; 2, attention and the output projection are one
+    # (needs kv_splits=1). Fused projections add partial sums into an fp32 residual with
+    # atomics. 0: five kernels per layer; 3: three.
     fuse: int = 0
-    rows_o: int = 64  # fused: output-projection rows per attention program, a power of 2
-    rows_mlp: int = 16  # fused: d_ff activations (and down-projection columns) per program
+    rows_o: int = 64  # fuse & 2: output-projection rows per attention program, a power of 2
+    rows_mlp: int = 16  # fuse & 1: d_ff activations (and down-projection columns) per program
     pdl: int = 1  # programmatic dependent launch, where the GPU has it (sm_90+)
 
     @classmethod
@@ -431,10 +439,13 @@ class TritonDecoder(StaticDecoder):
                              f"2 * split ({t.split})")
         if t.kv_splits < 1 or t.kv_splits & (t.kv_splits - 1):
             raise ValueError(f"kv_splits must be a power of 2, got {t.kv_splits}")
-        if t.fuse and t.kv_splits != 1:
-            raise ValueError("fuse=1 attends with one program per head and output chunk: "
+        if t.fuse not in (0, 1, 3):
+            raise ValueError(f"fuse must be 0 (none), 1 (the MLP) or 3 (the MLP, and attention "
+                             f"with the output projection), got {t.fuse}")
+        if t.fuse & 2 and t.kv_splits != 1:
+            raise ValueError("fuse=3 attends with one program per head and output chunk: "
                              f"it needs kv_splits=1, got {t.kv_splits}")
-        if t.fuse and (t.rows_o < 1 or t.rows_o & (t.rows_o - 1)):
+        if t.fuse & 2 and (t.rows_o < 1 or t.rows_o & (t.rows_o - 1)):
             raise ValueError(f"rows_o must be a power of 2, got {t.rows_o}")
         for name, n, rows in (("d_model", self.d, t.rows), ("d_ff", cfg.d_ff, t.rows),
                               ("d_model", self.d, t.rows_down), ("d_ff", cfg.d_ff, t.rows_mlp)):
@@ -497,6 +508,9 @@ class TritonDecoder(StaticDecoder):
         kw: dict = {"num_warps": t.warps, "PDL": self.pdl}
         if self.pdl:
             kw["launch_pdl"] = True
+        # Fused (any bit), the residual is fp32 res[i % 2] + z at layer i: the Q/K/V kernel
+        # writes their sum to res[(i + 1) % 2], attention adds into that and clears z, and
+        # the MLP adds into z.
         fuse, z, ko, rep = bool(t.fuse), self.z, self.nh * hd, self.nh // self.nkv
         h = self.res[0] if fuse else self.h
         _embed[(1,)](self.x, self.embed, h, z, D=d, DP=dp, FUSE=fuse, **kw)
@@ -507,25 +521,28 @@ class TritonDecoder(StaticDecoder):
                 h, z, nxt, g1, wq, wk, wv, self.cos, self.sin, self.pos, self.slot, self.q, kc,
                 vc, c_sh, c_st, self.eps, D=d, DP=dp, HD=hd, NH=self.nh, NKV=self.nkv,
                 SPLIT=t.split, FUSE=fuse, **kw)
-            if fuse:
-                h = nxt
+            h = nxt
+            if t.fuse & 2:
                 _attend_out[(self.nh, triton.cdiv(d, t.rows_o))](
                     self.q, kc, vc, self.slot, wo, h, z, c_sh, c_st, self.scale, K=ko, D=d,
                     DP=dp, HD=hd, REP=rep, BT=t.keys, BO=t.rows_o, **kw)
+            else:
+                _attend[(self.nh, t.kv_splits)](
+                    self.q, kc, vc, self.slot, self.pm, self.pl, self.pacc, c_sh, c_st,
+                    self.scale, HD=hd, REP=rep, BT=t.keys, S=t.kv_splits, **kw)
+                _attn_out_add[(d // t.rows,)](
+                    self.pm, self.pl, self.pacc, wo, h, z, K=ko, KP=p2(ko), HD=hd,
+                    S=t.kv_splits, BN=t.rows, FUSE=fuse, **kw)
+            if t.fuse & 1:
                 _mlp_down[(wg.shape[0] // t.rows_mlp,)](
                     h, g2, wg, wu, wd, z, self.eps, D=d, DP=dp, F=wg.shape[0], BN=t.rows_mlp,
                     **kw)
-                continue
-            _attend[(self.nh, t.kv_splits)](
-                self.q, kc, vc, self.slot, self.pm, self.pl, self.pacc, c_sh, c_st, self.scale,
-                HD=hd, REP=rep, BT=t.keys, S=t.kv_splits, **kw)
-            _attn_out_add[(d // t.rows,)](self.pm, self.pl, self.pacc, wo, self.h, K=ko,
-                                          KP=p2(ko), HD=hd, S=t.kv_splits, BN=t.rows, **kw)
-            _gate_up_silu[(wg.shape[0] // t.rows,)](self.h, g2, wg, wu, self.act, self.eps,
-                                                    D=d, DP=dp, BN=t.rows, **kw)
-            kd = wd.shape[1]
-            _gemv_add[(d // t.rows_down,)](self.act, wd, self.h, K=kd, KP=p2(kd),
-                                           BN=t.rows_down, **kw)
+            else:
+                _gate_up_silu[(wg.shape[0] // t.rows,)](h, g2, wg, wu, self.act, self.eps,
+                                                        D=d, DP=dp, BN=t.rows, **kw)
+                kd = wd.shape[1]
+                _gemv_add[(d // t.rows_down,)](self.act, wd, h, K=kd, KP=p2(kd),
+                                               BN=t.rows_down, **kw)
         _norm_head[(self.blocks,)](
             h, z, self.final_norm, self.head, self.logits, self.pmax, self.pidx, self.eps,
             self.head.shape[0], D=d, DP=dp, BN=t.rows_head, ARGMAX=greedy, FUSE=fuse, **kw)
