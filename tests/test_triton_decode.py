@@ -121,3 +121,23 @@ def test_triton_decode_bf16_is_as_close_as_the_model(kv_splits: int, fuse: int):
     ulp = 2.0 ** -8 * max(1.0, out["scale"])
     assert out["max_diff"] <= 4 * out["model_diff"] + ulp, out
     assert out["max_diff"] < 0.05 * max(1.0, out["scale"]), out
+
+
+def test_engine_takes_tiles_from_the_environment(monkeypatch: pytest.MonkeyPatch):
+    from llmlab.generate.engine import _triton_decoder
+    from llmlab.model import ModelConfig, Transformer
+
+    cfg = ModelConfig(vocab_size=64, d_model=64, n_layer=1, n_head=4, n_kv_head=2, d_ff=128,
+                      max_seq_len=32, pos="rope", norm="rmsnorm", mlp="swiglu", bias=False)
+    m = Transformer(cfg).eval()
+    monkeypatch.setenv("LLMLAB_TRITON_DECODE", "fuse=3,rows_o=32")
+    dec = _triton_decoder(m, 1, 32, amp=False)
+    assert dec is not None and (dec.t.fuse, dec.t.rows_o) == (3, 32)
+    monkeypatch.setenv("LLMLAB_TRITON_DECODE", "fuse=3,kv_splits=2")
+    with pytest.raises(ValueError, match="needs kv_splits=1"):
+        _triton_decoder(m, 1, 32, amp=False)
+    monkeypatch.setenv("LLMLAB_TRITON_DECODE", "rowz=8")
+    with pytest.raises(ValueError, match="LLMLAB_TRITON_DECODE='rowz=8'.*NAME=INT"):
+        _triton_decoder(m, 1, 32, amp=False)
+    monkeypatch.setenv("LLMLAB_TRITON_DECODE", "0")
+    assert _triton_decoder(m, 1, 32, amp=False) is None

@@ -272,15 +272,20 @@ def _graph_decoder(model: Transformer, prompts: list[list[int]], params: Samplin
 
 def _triton_decoder(model: Transformer, batch: int, max_len: int, amp: bool) -> Any:
     """Batch 1 outside autocast and training: the Triton kernels (generate/triton_decode.py),
-    where triton is installed and the model has their shape. LLMLAB_TRITON_DECODE=0 opts out."""
-    if (batch != 1 or amp or (model.training and model.cfg.dropout > 0)
-            or os.environ.get("LLMLAB_TRITON_DECODE", "1") == "0"):
+    where triton is installed and the model has their shape. LLMLAB_TRITON_DECODE=0 opts out;
+    a tile setting there (e.g. "fuse=3,rows_o=32", see `Tiles`) replaces the defaults."""
+    env = os.environ.get("LLMLAB_TRITON_DECODE", "1")
+    if batch != 1 or amp or (model.training and model.cfg.dropout > 0) or env == "0":
         return None
     try:
-        from llmlab.generate.triton_decode import TritonDecoder, supports
+        from llmlab.generate.triton_decode import Tiles, TritonDecoder, supports
     except ImportError:  # no triton
         return None
-    return TritonDecoder(model, max_len) if supports(model) is None else None
+    try:
+        tiles = None if env in ("", "1") else Tiles.parse(env)
+    except ValueError as e:
+        raise ValueError(f"LLMLAB_TRITON_DECODE={env!r}: {e}") from None
+    return TritonDecoder(model, max_len, tiles=tiles) if supports(model) is None else None
 
 
 def make_params(tokenizer: Any, **kw: Any) -> SamplingParams:
