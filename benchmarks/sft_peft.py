@@ -119,6 +119,7 @@ def _theirs(name: str, hf_dir: str, bf16: bool, device: str = "cpu") -> tuple[An
 
         if nf4:
             model = peft.prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
+        torch.manual_seed(0)  # the adapters' init, so runs repeat (it differs from ours)
         model = peft.get_peft_model(model, peft.LoraConfig(
             r=c["r"], lora_alpha=c["lora_alpha"], target_modules=c["target_modules"],
             lora_dropout=0.0, task_type="CAUSAL_LM"))
@@ -213,8 +214,9 @@ def worker(impl: str, name: str, b: int, t: int, steps: int, threads: int,
 
 
 def _run(impl: str, name: str, mode: str, a: argparse.Namespace, hf_dir: str
-         ) -> dict[str, Any] | None:
-    """One worker process; None when it ran past --worker-timeout (the run goes on)."""
+         ) -> dict[str, Any] | str:
+    """One worker process's results, or why there are none: it ran past --worker-timeout, or
+    (compiled) it failed; the run goes on to the next."""
     env = dict(os.environ, OMP_NUM_THREADS=str(a.threads))
     root = str(Path(__file__).resolve().parents[1])
     env["PYTHONPATH"] = root + os.pathsep + env.get("PYTHONPATH", "")
@@ -229,9 +231,11 @@ def _run(impl: str, name: str, mode: str, a: argparse.Namespace, hf_dir: str
             r = subprocess.run(cmd, env=env, capture_output=True, text=True,
                                timeout=a.worker_timeout)
         except subprocess.TimeoutExpired:
-            return None
+            return f"TIMED OUT after {a.worker_timeout:.0f} s"
     if r.returncode:
-        raise SystemExit(f"{impl} {name} failed:\n{r.stderr[-3000:]}")
+        if mode == "eager":
+            raise SystemExit(f"{impl} {name} failed:\n{r.stderr[-3000:]}")
+        return f"FAILED:\n{r.stderr[-2000:]}"
     return json.loads(r.stdout.strip().splitlines()[-1])
 
 
@@ -329,9 +333,8 @@ def main() -> None:
                             continue
                         label = name if mode == "eager" and not a.compile else f"{name} {mode}"
                         r = _run(impl, name, mode, a, hf_dir)
-                        if r is None:
-                            print(f"round {rnd} {label} {impl}: TIMED OUT after "
-                                  f"{a.worker_timeout:.0f} s", flush=True)
+                        if isinstance(r, str):
+                            print(f"round {rnd} {label} {impl}: {r}", flush=True)
                             continue
                         r["label"] = label
                         raw.append(r)
