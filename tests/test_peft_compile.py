@@ -74,3 +74,38 @@ def test_compiled_lora_step_matches_eager_and_peft(tmp_path, scope):
     _close(grads, eager_grads)
     _close(grads, peft_grads)
     _close(grads2, grads)
+
+
+@pytest.mark.parametrize("method", ["lora", "qlora"])
+def test_compiled_bf16_step_saves_no_copy_of_a_base_weight(method):
+    """Under bf16 autocast the frozen weight is cast (or dequantised) for the forward's
+    matmul and again in backward; compiled, the partitioner must not keep the forward's copy
+    for backward instead (it did: a bf16 copy of every base weight per step). Gradients as
+    eager (bf16 rounding)."""
+    pm = get_peft_model(tiny_model(), method, r=4, lora_alpha=8, target_modules="all-linear")
+    randomize(pm)
+    pm.train()
+    shapes = {tuple(m.base_layer.weight_shape if method == "qlora" else
+                    m.base_layer.weight.shape) for n, m in pm.named_modules()
+              if n.endswith("_proj") and hasattr(m, "base_layer")}
+    assert len(shapes) >= 3
+    saved: list[tuple[int, ...]] = []
+
+    def pack(t: torch.Tensor) -> torch.Tensor:
+        saved.append(tuple(t.shape))
+        return t
+
+    def step(call: Callable[..., Any]) -> tuple[float, dict[str, torch.Tensor]]:
+        with torch.autocast("cpu", dtype=torch.bfloat16), \
+                torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+            return _step(pm, call)
+
+    want_loss, want = step(pm)
+    torch._dynamo.reset()
+    saved.clear()
+    got_loss, got = step(compile_model(pm, "regional"))
+    torch._dynamo.reset()
+    assert saved and not shapes & set(saved)
+    assert got_loss == pytest.approx(want_loss, rel=2e-3)
+    for k, g in got.items():
+        assert (g - want[k]).abs().max() <= 0.05 * want[k].abs().max(), k

@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from llmlab.peft.nf4 import NF4Linear, compute_dtype, frozen_weight
+from llmlab.peft.nf4 import NF4Linear, compute_dtype, frozen_weight, frozen_weight_again
 
 LINEAR_NAMES = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 
@@ -104,7 +104,7 @@ class LoraFn(torch.autograd.Function):
             if need_a:
                 ga = (gxa.t() @ xd2).to(a_dt)
             if need_x:
-                gx = g2 @ frozen_weight(ctx.base, dt)  # type: ignore[attr-defined]
+                gx = g2 @ frozen_weight_again(ctx.base, dt)  # type: ignore[attr-defined]
                 if ctx.same:  # type: ignore[attr-defined]
                     gx.addmm_(gxa, ad)
                 gx = gx.view(shape).to(x_dt)
