@@ -3,7 +3,7 @@
 Regional compilation compiles the blocks one by one in place (`nn.Module.compile`). Every
 block runs the same code, and dynamo treats a module's parameters as graph inputs, so the
 first block's graph serves all of them: one compile instead of tracing the whole stack (on
-the CPU at the SmolLM2-135M shape, 20 s instead of 93 s for a LoRA step; BENCHMARKS.md). A
+the CPU at the SmolLM2-135M shape, 23 s instead of 110 s for a LoRA step; BENCHMARKS.md). A
 second graph is compiled where a block's input differs in kind: under LoRA the first block
 gets an input that needs no gradient (the embedding is frozen), the others one that does.
 What lies between the blocks (embedding, final norm, LM head and loss) runs eagerly.
