@@ -4,6 +4,8 @@
                                  --threads 1 --clock cpu --bf16 --configs full,lora-r8-qv,...]
     PYTHONPATH=. python benchmarks/sft_peft.py --device cuda --bf16 --batch 8 --seq 1024 \
         --steps 20 --rounds 1        # the issue's H100 table
+    PYTHONPATH=. python benchmarks/sft_peft.py --configs lora-r16-all --compile regional \
+        --compile-mode eager,default,reduce-overhead ...   # compiled steps, one row per mode
 
 The SmolLM2-135M shape with random weights (seed 0), fp32 on CPU (`--bf16`: bf16 autocast).
 Both sides start from the same weights (ours written with `save_hf`, theirs loaded with
@@ -20,6 +22,14 @@ cross-entropy and use the same optimizer (fused AdamW). Configurations:
 Each (config, implementation) runs in a fresh process; the two implementations alternate, and
 the order flips each round, so machine noise hits both alike. Step = forward + loss + backward
 + optimizer step; the first step is a warm-up and not timed.
+
+`--compile whole|regional` compiles both sides the same way: the whole model, or each decoder
+block in place (ours `Block`, transformers' `LlamaDecoderLayer`; llmlab.train.compiling). The
+warm-up step then includes the compile, reported as "first step"; each worker gets an empty
+inductor cache, so that is a cold compile. `--compile-mode` lists torch.compile modes, one row
+each ("eager": not compiled, the same-run reference). The transformers side runs with
+`use_cache=False` (a training forward needs no KV cache; with one, each decoder layer passes
+its own index to the cache and regional compilation recompiles per layer).
 
 Peak memory is the process's resident-set high-water mark (VmHWM, which counts every torch CPU
 allocation) during the timed steps, minus the resident set after imports: weights, gradients,
@@ -102,12 +112,14 @@ def _theirs(name: str, hf_dir: str, bf16: bool, device: str = "cpu") -> tuple[An
             bnb_4bit_compute_dtype=torch.bfloat16 if bf16 else torch.float32)
         kw["device_map"] = device  # bitsandbytes quantises as the weights land there
     model = transformers.AutoModelForCausalLM.from_pretrained(hf_dir, **kw)
+    model.config.use_cache = False  # training: no KV cache (see the module docstring)
     info: dict[str, Any] = {}
     if c:
         import peft
 
         if nf4:
             model = peft.prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
+        torch.manual_seed(0)  # the adapters' init, so runs repeat (it differs from ours)
         model = peft.get_peft_model(model, peft.LoraConfig(
             r=c["r"], lora_alpha=c["lora_alpha"], target_modules=c["target_modules"],
             lora_dropout=0.0, task_type="CAUSAL_LM"))
@@ -129,8 +141,24 @@ def _qstate_bytes(p: Any) -> int:
     return n
 
 
+def _compiled(model: Any, impl: str, scope: str | None, mode: str) -> Any:
+    """What the step calls: the model itself (eager, or regional: its blocks compiled in
+    place) or the compiled whole model."""
+    if scope is None or mode == "eager":
+        return model
+    from llmlab.train.compiling import compile_model
+
+    blocks = None
+    if impl != "llmlab":
+        from transformers.models.llama.modeling_llama import LlamaDecoderLayer
+
+        blocks = (LlamaDecoderLayer,)
+    return compile_model(model, scope, mode, blocks)  # type: ignore[arg-type]
+
+
 def worker(impl: str, name: str, b: int, t: int, steps: int, threads: int,
-           hf_dir: str, bf16: bool, device: str = "cpu", compile: bool = False) -> dict[str, Any]:
+           hf_dir: str, bf16: bool, device: str = "cpu", compile: str | None = None,
+           mode: str = "default") -> dict[str, Any]:
     import torch
     import torch.nn.functional as F
 
@@ -149,7 +177,8 @@ def worker(impl: str, name: str, b: int, t: int, steps: int, threads: int,
     opt = torch.optim.AdamW(params, lr=LR, fused=True)
     # Compiled: a small model's eager step is bound by kernel launches (13-16k per LoRA step
     # on an H100), which fusion removes; the first (untimed) step compiles.
-    fwd = torch.compile(model) if compile else model
+    fwd = _compiled(model, impl, compile, mode)
+    graphs = compile is not None and mode == "reduce-overhead" and gpu
     setup = torch.cuda.memory_allocated() // 1024 if gpu else _mem_kib()["VmRSS"]
     if gpu:  # the device's own high-water mark (weights, grads, optimizer state, activations)
         base = 0
@@ -160,6 +189,8 @@ def worker(impl: str, name: str, b: int, t: int, steps: int, threads: int,
     times, cpu, losses = [], [], []
     for _ in range(steps + 1):
         t0, c0 = time.perf_counter(), time.process_time()
+        if graphs:  # a new step: CUDA-graph outputs of the last one may be overwritten
+            torch.compiler.cudagraph_mark_step_begin()
         with torch.autocast(device, dtype=torch.bfloat16, enabled=bf16):
             logits = fwd(input_ids=x).logits
             loss = F.cross_entropy(logits.float().flatten(0, 1), y.flatten())
@@ -175,23 +206,36 @@ def worker(impl: str, name: str, b: int, t: int, steps: int, threads: int,
     # Optimizer state as allocated (two fp32 moments per trained element, plus step counters).
     state = sum(v.numel() * v.element_size() for s in opt.state.values()
                 for v in s.values() if torch.is_tensor(v) and v.dim() > 0)
-    return {"impl": impl, "config": name, "wall_s": times[1:], "cpu_s": cpu[1:], "losses": losses,
+    return {"impl": impl, "config": name, "mode": mode if compile else "eager",
+            "first_s": times[0], "wall_s": times[1:], "cpu_s": cpu[1:], "losses": losses,
             "setup_mib": round((setup - base) / 1024), "peak_mib": round((peak - base) / 1024),
             "trainable": info.get("trainable", sum(p.numel() for p in params)),
             "opt_state_bytes": state, "nf4_bytes": info.get("nf4_bytes")}
 
 
-def _run(impl: str, name: str, a: argparse.Namespace, hf_dir: str) -> dict[str, Any]:
+def _run(impl: str, name: str, mode: str, a: argparse.Namespace, hf_dir: str
+         ) -> dict[str, Any] | str:
+    """One worker process's results, or why there are none: it ran past --worker-timeout, or
+    (compiled) it failed; the run goes on to the next."""
     env = dict(os.environ, OMP_NUM_THREADS=str(a.threads))
     root = str(Path(__file__).resolve().parents[1])
     env["PYTHONPATH"] = root + os.pathsep + env.get("PYTHONPATH", "")
     cmd = [sys.executable, __file__, "--worker", impl, name, "--batch", str(a.batch),
            "--seq", str(a.seq), "--steps", str(a.steps), "--threads", str(a.threads),
-           "--hf-dir", hf_dir, "--device", a.device] + (["--bf16"] if a.bf16 else []) + \
-        (["--compile"] if a.compile else [])
-    r = subprocess.run(cmd, env=env, capture_output=True, text=True)
+           "--hf-dir", hf_dir, "--device", a.device] + (["--bf16"] if a.bf16 else [])
+    if a.compile:
+        cmd += ["--compile", a.compile, "--compile-mode", mode]
+    with tempfile.TemporaryDirectory() as cache:  # a cold compile in every worker
+        env["TORCHINDUCTOR_CACHE_DIR"] = cache
+        try:
+            r = subprocess.run(cmd, env=env, capture_output=True, text=True,
+                               timeout=a.worker_timeout)
+        except subprocess.TimeoutExpired:
+            return f"TIMED OUT after {a.worker_timeout:.0f} s"
     if r.returncode:
-        raise SystemExit(f"{impl} {name} failed:\n{r.stderr[-3000:]}")
+        if mode == "eager":
+            raise SystemExit(f"{impl} {name} failed:\n{r.stderr[-3000:]}")
+        return f"FAILED:\n{r.stderr[-2000:]}"
     return json.loads(r.stdout.strip().splitlines()[-1])
 
 
@@ -231,20 +275,33 @@ def main() -> None:
     ap.add_argument("--device", choices=("cpu", "cuda"), default="cpu",
                     help="cuda: peak memory is torch.cuda.max_memory_allocated, step time is "
                          "wall time after a synchronize")
-    ap.add_argument("--compile", action="store_true",
-                    help="torch.compile the model on both sides (the first step compiles)")
+    ap.add_argument("--compile", nargs="?", const="whole", choices=("whole", "regional"),
+                    help="torch.compile both sides (the first step compiles): the whole model "
+                         "(the default), or each decoder block in place")
+    ap.add_argument("--compile-mode", default="default",
+                    help="with --compile: comma-separated torch.compile modes, a row each: "
+                         "default, reduce-overhead (CUDA graphs), max-autotune-no-cudagraphs, "
+                         "... or eager (not compiled)")
+    ap.add_argument("--worker-timeout", type=float,
+                    help="seconds one worker may run; past it, its row is reported as timed out")
     ap.add_argument("--out", help="write all raw results here (JSON)")
     ap.add_argument("--worker", nargs=2, metavar=("IMPL", "CONFIG"), help=argparse.SUPPRESS)
     ap.add_argument("--hf-dir", help=argparse.SUPPRESS)
     a = ap.parse_args()
     if a.worker:
         print(json.dumps(worker(*a.worker, a.batch, a.seq, a.steps, a.threads, a.hf_dir,
-                                a.bf16, a.device, a.compile)))
+                                a.bf16, a.device, a.compile, a.compile_mode)))
         return
     names = a.configs.split(",")
     bad = [n for n in names if n not in CONFIGS]
     if bad:
         raise SystemExit(f"--configs: unknown {bad}; valid: {', '.join(CONFIGS)}")
+    from llmlab.train.compiling import MODES
+
+    modes = a.compile_mode.split(",") if a.compile else ["eager"]
+    bad = [m for m in modes if m not in MODES + ("eager",)]
+    if bad:
+        raise SystemExit(f"--compile-mode: unknown {bad}; valid: eager, {', '.join(MODES)}")
     import torch
 
     from llmlab.model import Transformer
@@ -257,7 +314,7 @@ def main() -> None:
     print(f"# {where}, torch "
           f"{torch.__version__}; B x T = {a.batch} x {a.seq}, "
           f"{'bf16 autocast' if a.bf16 else 'fp32'}, {a.threads} threads, "
-          f"{'compiled' if a.compile else 'eager'}, "
+          f"{f'compiled ({a.compile}; modes {a.compile_mode})' if a.compile else 'eager'}, "
           f"{a.steps} timed steps x {a.rounds} rounds", flush=True)
     raw: list[dict[str, Any]] = []
     key = f"{a.clock}_s"
@@ -267,61 +324,80 @@ def main() -> None:
         save_hf(Transformer(_cfg()), hf_dir)
         for rnd in range(a.rounds):
             for name in names:
-                order = IMPLS if rnd % 2 == 0 else IMPLS[::-1]
-                for impl in order:
-                    if impl != "llmlab" and CONFIGS[name].get("nf4") and not has_bnb:
-                        print(f"{name} {impl}: skipped (needs bitsandbytes >= 0.46: "
-                              "`pip install .[bench]`)", flush=True)
-                        continue
-                    r = _run(impl, name, a, hf_dir)
-                    raw.append(r)
-                    print(f"round {rnd} {name:14s} {impl:18s} median step cpu "
-                          f"{statistics.median(r['cpu_s']):.3f} s wall "
-                          f"{statistics.median(r['wall_s']):.3f} s, peak {r['peak_mib']} MiB "
-                          f"(setup {r['setup_mib']}), losses {r['losses'][:2]}", flush=True)
-    rows = _summarise(raw, names, key)
+                for mode in modes:
+                    order = IMPLS if rnd % 2 == 0 else IMPLS[::-1]
+                    for impl in order:
+                        if impl != "llmlab" and CONFIGS[name].get("nf4") and not has_bnb:
+                            print(f"{name} {impl}: skipped (needs bitsandbytes >= 0.46: "
+                                  "`pip install .[bench]`)", flush=True)
+                            continue
+                        label = name if mode == "eager" and not a.compile else f"{name} {mode}"
+                        r = _run(impl, name, mode, a, hf_dir)
+                        if isinstance(r, str):
+                            print(f"round {rnd} {label} {impl}: {r}", flush=True)
+                            continue
+                        r["label"] = label
+                        raw.append(r)
+                        print(f"round {rnd} {label:14s} {impl:18s} median step cpu "
+                              f"{statistics.median(r['cpu_s']):.3f} s wall "
+                              f"{statistics.median(r['wall_s']):.3f} s, first step "
+                              f"{r['first_s']:.1f} s, peak {r['peak_mib']} MiB "
+                              f"(setup {r['setup_mib']}), losses {r['losses'][:2]}", flush=True)
+    labels = list(dict.fromkeys(r["label"] for r in raw))
+    rows = _summarise(raw, labels, key)
     if a.out:
         Path(a.out).write_text(json.dumps({"args": vars(a), "raw": raw, "rows": rows}, indent=1))
 
 
-def _summarise(raw: list[dict[str, Any]], names: list[str], key: str) -> list[dict[str, Any]]:
-    def pick(impl: str, name: str) -> list[dict[str, Any]]:
-        return [r for r in raw if r["impl"] == impl and r["config"] == name]
+def _summarise(raw: list[dict[str, Any]], labels: list[str], key: str) -> list[dict[str, Any]]:
+    """One row per label (a config, and with --compile its mode); a side that was skipped or
+    timed out shows nan."""
+    def pick(impl: str, label: str) -> list[dict[str, Any]]:
+        return [r for r in raw if r["impl"] == impl and r["label"] == label]
+
+    def med(rs: list[dict[str, Any]], k: str) -> float:
+        return statistics.median(s for r in rs for s in r[k]) if rs else math.nan
+
+    def first(rs: list[dict[str, Any]]) -> float:
+        return statistics.median(r["first_s"] for r in rs) if rs else math.nan
 
     rows = []
-    full = {i: statistics.median(s for r in pick(i, "full") for s in r[key])
-            for i in IMPLS if pick(i, "full")}
     print(f"\n| config | llmlab step s ({key[:-2]}) | PEFT step s | PEFT / llmlab | "
-          "llmlab full / this | "
+          "llmlab full / this | llmlab first step s | PEFT first step s | "
           "llmlab peak MiB | PEFT peak MiB | trainable (llmlab / PEFT / accounting) |")
-    print("|---|---|---|---|---|---|---|---|")
-    for name in names:
-        ours, theirs = pick("llmlab", name), pick("transformers+peft", name)
-        if not theirs:  # the peer was skipped: report ours alone
-            theirs = [{key: [math.nan], "peak_mib": math.nan, "trainable": 0, "nf4_bytes": 0}]
-        so = statistics.median(s for r in ours for s in r[key])
-        st = statistics.median(s for r in theirs for s in r[key])
-        po = max(r["peak_mib"] for r in ours)
-        pt = max(r["peak_mib"] for r in theirs)
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    for label in labels:
+        ours, theirs = pick("llmlab", label), pick("transformers+peft", label)
+        some = (ours or theirs)[0]
+        name, mode = some["config"], some["mode"]
+        so, st = med(ours, key), med(theirs, key)
+        full = [r for r in raw if r["impl"] == "llmlab" and r["config"] == "full"
+                and r["mode"] == mode]
+        rel = f"{med(full, key) / so:.2f}x" if full and name != "full" else "-"
+        po = max((r["peak_mib"] for r in ours), default=math.nan)
+        pt = max((r["peak_mib"] for r in theirs), default=math.nan)
         acc = _accounting(name)
-        rel = f"{full['llmlab'] / so:.2f}x" if "llmlab" in full and name != "full" else "-"
-        row = {"config": name, "llmlab_step_s": so, "peft_step_s": st, "ratio": st / so,
-               "llmlab_peak_mib": po, "peft_peak_mib": pt, "trainable": ours[0]["trainable"],
-               "peft_trainable": theirs[0]["trainable"], "accounting": acc,
-               "opt_state_bytes": ours[0]["opt_state_bytes"],
-               "nf4_bytes": ours[0]["nf4_bytes"], "peft_nf4_bytes": theirs[0]["nf4_bytes"]}
+        row = {"config": name, "mode": mode, "label": label, "llmlab_step_s": so,
+               "peft_step_s": st, "ratio": st / so, "llmlab_first_s": first(ours),
+               "peft_first_s": first(theirs), "llmlab_peak_mib": po, "peft_peak_mib": pt,
+               "trainable": ours[0]["trainable"] if ours else 0,
+               "peft_trainable": theirs[0]["trainable"] if theirs else 0, "accounting": acc,
+               "opt_state_bytes": ours[0]["opt_state_bytes"] if ours else 0,
+               "nf4_bytes": ours[0]["nf4_bytes"] if ours else None,
+               "peft_nf4_bytes": theirs[0]["nf4_bytes"] if theirs else None}
         rows.append(row)
-        print(f"| {name} | {so:.3f} | {st:.3f} | {st / so:.2f}x | {rel} | {po} | {pt} | "
+        print(f"| {label} | {so:.3f} | {st:.3f} | {st / so:.2f}x | {rel} | "
+              f"{row['llmlab_first_s']:.1f} | {row['peft_first_s']:.1f} | {po} | {pt} | "
               f"{row['trainable']:,} / {row['peft_trainable']:,} / {acc['trainable']:,} |")
     print()
     for row in rows:
         acc = row["accounting"]
         ok = row["opt_state_bytes"] == acc["opt_state_bytes"] and row["trainable"] == acc[
             "trainable"]
-        print(f"{row['config']}: AdamW state {row['opt_state_bytes']:,} B (accounting "
+        print(f"{row['label']}: AdamW state {row['opt_state_bytes']:,} B (accounting "
               f"{acc['opt_state_bytes']:,} B) -> {'match' if ok else 'MISMATCH'}")
         if row["nf4_bytes"]:
-            print(f"{row['config']}: NF4 base linears {row['nf4_bytes']:,} B = "
+            print(f"{row['label']}: NF4 base linears {row['nf4_bytes']:,} B = "
                   f"{100 * row['nf4_bytes'] / acc['bf16_bytes']:.1f}% of bf16 "
                   f"({acc['bf16_bytes']:,} B); bitsandbytes {row['peft_nf4_bytes']:,} B")
     return rows

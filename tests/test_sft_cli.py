@@ -108,6 +108,22 @@ def test_resume_after_kill_continues_the_same_loss_curve(setup, tmp_path):
     assert losses(run) == losses(tmp_path / "ref")  # exact, every step (dropout included)
 
 
+def test_regionally_compiled_lora_run_follows_the_eager_loss_curve(setup, tmp_path):
+    """--compile --compile-scope regional: the Trainer compiles each block in place; the
+    losses are the eager run's (torch eager is the reference) within fp32 rounding."""
+    model, data = setup
+    args = ["--model", str(model), "--data", str(data), "--peft", "lora", "--lora-r", "4",
+            "--target-modules", "all-linear", "--max-steps", "4", "--lr", "1e-2", *COMMON]
+    sft("--out", str(tmp_path / "eager"), *args)
+    sft("--out", str(tmp_path / "regional"), *args, "--compile", "--compile-scope", "regional")
+    want, got = losses(tmp_path / "eager"), losses(tmp_path / "regional")
+    assert [g[0] for g in got] == [w[0] for w in want] == [1, 2, 3, 4]
+    for g, w in zip(got, want, strict=True):
+        assert g[1] == pytest.approx(w[1], rel=1e-4)
+    cfg = json.loads((tmp_path / "regional" / "config.json").read_text())
+    assert cfg["train"]["compile"] and cfg["train"]["compile_scope"] == "regional"
+
+
 @pytest.mark.parametrize("rows, fmt, expect", [
     ([{"messages": [{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"}]},
       {"messages": [{"role": "user", "content": "a"}, {"role": "bot", "content": "b"}]}],

@@ -94,10 +94,15 @@ class Stack(nn.Module):
     def _rope(
         self, positions: torch.Tensor, dtype: torch.dtype
     ) -> tuple[torch.Tensor, torch.Tensor]:
+        assert self.cfg.head_dim is not None
+        if torch.compiler.is_compiling():
+            # From the positions, in the graph (one fused kernel): building the cached table
+            # here would be a side effect that dynamo guards on, so the second call would
+            # recompile the whole model.
+            return rope_cos_sin(positions, self.cfg.head_dim, self.cfg.rope_theta, dtype)
         # One table for the whole context, built on first use; steps then only index it.
         key = (positions.device, dtype)
         if getattr(self, "_rope_key", None) != key:
-            assert self.cfg.head_dim is not None
             pos = torch.arange(self.cfg.max_seq_len, device=positions.device)
             self._rope_table = rope_cos_sin(pos, self.cfg.head_dim, self.cfg.rope_theta, dtype)
             self._rope_key = key

@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from llmlab.peft.nf4 import NF4Linear, compute_dtype, frozen_weight
+from llmlab.peft.nf4 import NF4Linear, compute_dtype, frozen_weight, frozen_weight_again
 
 LINEAR_NAMES = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 
@@ -65,44 +65,46 @@ def _stored_dtype(base: nn.Module) -> torch.dtype:
 
 
 class LoraFn(torch.autograd.Function):
-    """y = x W^T + bias + s (xd A^T) B^T for a frozen W (xd: x after dropout, or x itself).
+    """y = x W^T + bias + s (xd A^T) B^T for a frozen W (xd: x after dropout; None: x).
 
-    Saved for backward: xd, xa = xd A^T (N x r), A and B; not W. Backward:
-      g_xa = s g B,  dB = s g^T xa,  dA = g_xa^T xd,  dx = g W (+ g_xa A, added in place)."""
+    Saved for backward: xd, xa = xd A^T (N x r), A and sB (the scale folded into B's cast:
+    one fused kernel when compiled, and no (N, r) scale pass in backward); not W. Backward:
+      g_xa = g sB,  dB = s g^T xa,  dA = g_xa^T xd,  dx = g W (+ g_xa A, added in place)."""
 
     @staticmethod
-    def forward(ctx: torch.autograd.function.FunctionCtx, x: torch.Tensor, xd: torch.Tensor,
-                a: torch.Tensor, b: torch.Tensor, base: nn.Module, scaling: float,
-                dtype: torch.dtype) -> torch.Tensor:
+    def forward(ctx: torch.autograd.function.FunctionCtx, x: torch.Tensor,
+                xd: torch.Tensor | None, a: torch.Tensor, b: torch.Tensor, base: nn.Module,
+                scaling: float, dtype: torch.dtype) -> torch.Tensor:
         x2 = x.reshape(-1, x.shape[-1]).to(dtype)
-        xd2 = x2 if xd is x else xd.reshape(-1, xd.shape[-1]).to(dtype)
-        ad, bd = a.to(dtype), b.to(dtype)
+        xd2 = x2 if xd is None else xd.reshape(-1, xd.shape[-1]).to(dtype)
+        ad, bs = a.to(dtype), (b * scaling).to(dtype)
         xa = xd2 @ ad.t()
         w, bias = frozen_weight(base, dtype), base.bias
         y = torch.addmm(bias.to(dtype), x2, w.t()) if bias is not None else x2 @ w.t()
-        y.addmm_(xa, bd.t(), alpha=scaling)
-        ctx.save_for_backward(xd2, xa, ad, bd)
+        y.addmm_(xa, bs.t())
+        ctx.save_for_backward(xd2, xa, ad, bs)
         ctx.base, ctx.scaling, ctx.dtype = base, scaling, dtype  # type: ignore[attr-defined]
-        ctx.same = xd is x  # type: ignore[attr-defined]
-        ctx.meta = (x.shape, x.dtype, xd.dtype, a.dtype, b.dtype)  # type: ignore[attr-defined]
+        ctx.same = xd is None  # type: ignore[attr-defined]
+        xd_dt = x.dtype if xd is None else xd.dtype
+        ctx.meta = (x.shape, x.dtype, xd_dt, a.dtype, b.dtype)  # type: ignore[attr-defined]
         return y.view(*x.shape[:-1], y.shape[-1])
 
     @staticmethod
     def backward(ctx: torch.autograd.function.FunctionCtx, g: torch.Tensor) -> tuple:
-        xd2, xa, ad, bd = ctx.saved_tensors  # type: ignore[attr-defined]
+        xd2, xa, ad, bs = ctx.saved_tensors  # type: ignore[attr-defined]
         shape, x_dt, xd_dt, a_dt, b_dt = ctx.meta  # type: ignore[attr-defined]
         need_x, need_xd, need_a, need_b = ctx.needs_input_grad[:4]  # type: ignore[attr-defined]
         s, dt = ctx.scaling, ctx.dtype  # type: ignore[attr-defined]
         gx = gxd = ga = gb = None
         with torch.autocast(g.device.type, enabled=False):
             g2 = g.reshape(-1, g.shape[-1]).to(dt)
-            gxa = (g2 @ bd).mul_(s)
+            gxa = g2 @ bs
             if need_b:
                 gb = (g2.t() @ xa).mul_(s).to(b_dt)
             if need_a:
                 ga = (gxa.t() @ xd2).to(a_dt)
             if need_x:
-                gx = g2 @ frozen_weight(ctx.base, dt)  # type: ignore[attr-defined]
+                gx = g2 @ frozen_weight_again(ctx.base, dt)  # type: ignore[attr-defined]
                 if ctx.same:  # type: ignore[attr-defined]
                     gx.addmm_(gxa, ad)
                 gx = gx.view(shape).to(x_dt)
@@ -151,7 +153,10 @@ class LoraLinear(nn.Module):
             # Without autocast the fused path computes in one dtype; mixed dtypes (a bf16 base
             # under fp32 adapters) take the plain path below, which upcasts x as PEFT does.
             if torch.is_autocast_enabled(x.device.type) or x.dtype == dt == a.dtype == b.dtype:
-                xd = self.lora_dropout(x)
+                # No dropout: None, not x again (dynamo cannot trace an autograd.Function
+                # given one tensor twice; it would break the graph at every LoRA layer).
+                drop = self.training and not isinstance(self.lora_dropout, nn.Identity)
+                xd = self.lora_dropout(x) if drop else None
                 with torch.autocast(x.device.type, enabled=False):
                     return LoraFn.apply(x, xd, a, b, self.base_layer, self.scaling, dt)
         result = self.base_layer(x)

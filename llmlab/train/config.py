@@ -33,6 +33,9 @@ class TrainConfig:
     grad_clip: float = 1.0  # max global grad norm; 0 disables
     precision: Literal["auto", "fp32", "bf16"] = "auto"  # auto: bf16 autocast on GPU, fp32 CPU
     compile: bool = False  # torch.compile the model
+    # whole: one graph of the model (and its fused loss); regional: each transformer block on
+    # its own, one compile reused by every layer (shorter compile; the rest runs eagerly)
+    compile_scope: Literal["whole", "regional"] = "whole"
     seed: int = 0
     device: str = "auto"  # auto | cpu | cuda
     threads: int = 0  # torch CPU threads; 0 leaves torch's default

@@ -20,6 +20,7 @@ import torch
 from torch import nn
 
 from llmlab.train import checkpoint as ckpt
+from llmlab.train.compiling import compile_model
 from llmlab.train.config import TrainConfig
 from llmlab.train.distributed import Dist, full_state, gather_objects, mean, unwrap, wrap
 from llmlab.train.optim import lr_lambda, make_adamw, param_groups
@@ -92,8 +93,10 @@ class Trainer:
         if self.device.type == "cpu":
             keep_freed_memory()
         self.raw = model.to(self.device)
+        if cfg.compile and cfg.compile_scope == "regional":  # the blocks, in place
+            compile_model(self.raw, "regional")
         self.model = wrap(self.raw, dist)
-        if cfg.compile:
+        if cfg.compile and cfg.compile_scope == "whole":
             self.model = torch.compile(self.model)
         groups = groups if groups is not None else param_groups(self.raw, cfg.weight_decay)
         self.opt = make_adamw(groups, cfg.lr, (cfg.beta1, cfg.beta2), cfg.eps, self.device)
