@@ -42,7 +42,7 @@ for p in $PARTS; do
     pretrain) run pretrain 330 python3 benchmarks/pretrain_gpu.py --steps 10 --rounds 3 --fuse-qkv \
                 --pad-vocab 128 ;;
     pretrainx) run pretrain_sweep 540 python3 benchmarks/pretrain_gpu.py --steps 10 --rounds 2 \
-                 --loss fused --fuse-qkv --pad-vocab 128 --sdpa cudnn --batch 32 --profile ;;
+                 --loss fused --pad-vocab 128 --sdpa cudnn --batch 32 --profile ;;
     trainer) run trainer 540 bash benchmarks/gpu_trainer.sh "$OUT" ;;
     sft) run sft_peft 240 python3 benchmarks/sft_peft.py --device cuda --bf16 --batch 8 \
            --seq 1024 --steps 10 --rounds 1 --out "$OUT/sft_peft.json" ;;
