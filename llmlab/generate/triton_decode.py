@@ -98,12 +98,11 @@ def _residual(x_ptr, z_ptr, D: tl.constexpr, KP: tl.constexpr, FUSE: tl.constexp
 
 
 @triton.jit
-def _normed(x_ptr, z_ptr, g_ptr, eps, D: tl.constexpr, KP: tl.constexpr, FUSE: tl.constexpr):
-    # The model's RMSNorm of the whole vector, in fp32: normalise, round to the model dtype,
+def _normed(xf, g_ptr, eps, D: tl.constexpr, KP: tl.constexpr):
+    # The model's RMSNorm of the whole (fp32) vector xf: normalise, round to the model dtype,
     # scale by g (rounded again), as RMSNorm.forward does.
     kk = tl.arange(0, KP)
     g = tl.load(g_ptr + kk, mask=kk < D, other=0.0)
-    xf = _residual(x_ptr, z_ptr, D, KP, FUSE)
     inv = tl.rsqrt(tl.sum(xf * xf, axis=0) / D + eps)
     xn = (xf * inv).to(g.dtype)
     return (xn.to(tl.float32) * g.to(tl.float32)).to(g.dtype).to(tl.float32)
@@ -151,11 +150,12 @@ def _qkv_rope_store(x_ptr, z_ptr, out_ptr, g_ptr, wq_ptr, wk_ptr, wv_ptr, cos_pt
     wa = _rows(w_ptr, r, D, DP)
     wb = _rows(w_ptr, r + HD // 2, D, DP)
     _wait(PDL)
-    xn = _normed(x_ptr, z_ptr, g_ptr, eps, D, DP, FUSE)[None, :]
+    xf = _residual(x_ptr, z_ptr, D, DP, FUSE)
+    xn = _normed(xf, g_ptr, eps, D, DP)[None, :]
     if FUSE:  # noqa: SIM102 (a constexpr test, pruned at compile time, around a runtime one)
         if head + part == 0:
             kk = tl.arange(0, DP)
-            tl.store(out_ptr + kk, _residual(x_ptr, z_ptr, D, DP, FUSE), mask=kk < D)
+            tl.store(out_ptr + kk, xf, mask=kk < D)
     dt = q_ptr.dtype.element_ty
     a = tl.sum(wa.to(tl.float32) * xn, axis=1).to(dt).to(tl.float32)  # in the model dtype
     b = tl.sum(wb.to(tl.float32) * xn, axis=1).to(dt).to(tl.float32)
@@ -275,13 +275,13 @@ def _gemv_add(a_ptr, w_ptr, res_ptr, K: tl.constexpr, KP: tl.constexpr, BN: tl.c
 
 @triton.jit
 def _attend_out(q_ptr, kc_ptr, vc_ptr, slot_ptr, w_ptr, res_ptr, z_ptr, c_sh, c_st, scale,
-                K: tl.constexpr, D: tl.constexpr, DP: tl.constexpr, HD: tl.constexpr,
-                REP: tl.constexpr, BT: tl.constexpr, BO: tl.constexpr, PDL: tl.constexpr):
+                K: tl.constexpr, D: tl.constexpr, HD: tl.constexpr, REP: tl.constexpr,
+                BT: tl.constexpr, BO: tl.constexpr, PDL: tl.constexpr):
     # Fused attention + output projection. Program (head, chunk) attends with one head, then
     # adds Wo[chunk rows, head columns] @ its output into the residual with atomics: the
     # projection is a sum over heads, so no program needs another's output. Each of a head's
-    # chunks recomputes its attention (cheap next to a launch at short contexts). Program
-    # (0, 0) also clears z, which the MLP kernel adds into next.
+    # chunks recomputes its attention (cheap next to a launch at short contexts). Head 0's
+    # programs also clear their rows of z, which the MLP kernel adds into next.
     h = tl.program_id(0)
     c = tl.program_id(1)
     rows = c * BO + tl.arange(0, BO)
@@ -294,9 +294,8 @@ def _attend_out(q_ptr, kc_ptr, vc_ptr, slot_ptr, w_ptr, res_ptr, z_ptr, c_sh, c_
     a = (acc / l_i).to(w_ptr.dtype.element_ty).to(tl.float32)  # the model's rounding
     tl.atomic_add(res_ptr + rows, tl.sum(w.to(tl.float32) * a[None, :], axis=1), mask=rm,
                   sem="relaxed")
-    if h + c == 0:
-        kk = tl.arange(0, DP)
-        tl.store(z_ptr + kk, tl.zeros([DP], tl.float32), mask=kk < D)
+    if h == 0:
+        tl.store(z_ptr + rows, tl.zeros([BO], tl.float32), mask=rm)
 
 
 @triton.jit
@@ -315,7 +314,7 @@ def _gate_up_silu(x_ptr, g_ptr, wg_ptr, wu_ptr, out_ptr, eps,
     wg = _rows(wg_ptr, rows, D, DP)
     wu = _rows(wu_ptr, rows, D, DP)
     _wait(PDL)
-    xn = _normed(x_ptr, x_ptr, g_ptr, eps, D, DP, False)[None, :]
+    xn = _normed(_residual(x_ptr, x_ptr, D, DP, False), g_ptr, eps, D, DP)[None, :]
     tl.store(out_ptr + rows, _swiglu(xn, wg, wu, out_ptr.dtype.element_ty))
 
 
@@ -332,7 +331,7 @@ def _mlp_down(x_ptr, g_ptr, wg_ptr, wu_ptr, wd_ptr, z_ptr, eps, D: tl.constexpr,
     km = kk < D
     wd = tl.load(wd_ptr + kk[:, None] * F + rows[None, :], mask=km[:, None], other=0.0)
     _wait(PDL)
-    xn = _normed(x_ptr, x_ptr, g_ptr, eps, D, DP, False)[None, :]
+    xn = _normed(_residual(x_ptr, x_ptr, D, DP, False), g_ptr, eps, D, DP)[None, :]
     act = _swiglu(xn, wg, wu, wg_ptr.dtype.element_ty).to(tl.float32)
     tl.atomic_add(z_ptr + kk, tl.sum(wd.to(tl.float32) * act[None, :], axis=1), mask=km,
                   sem="relaxed")
@@ -349,7 +348,7 @@ def _norm_head(x_ptr, z_ptr, g_ptr, w_ptr, out_ptr, pmax_ptr, pidx_ptr, eps, V,
     w = tl.load(w_ptr + rows[:, None] * D + kk[None, :], mask=rm[:, None] & (kk < D)[None, :],
                 other=0.0)
     _wait(PDL)
-    xn = _normed(x_ptr, z_ptr, g_ptr, eps, D, DP, FUSE)[None, :]
+    xn = _normed(_residual(x_ptr, z_ptr, D, DP, FUSE), g_ptr, eps, D, DP)[None, :]
     # Logits in the model dtype, as the model's LM head gives them.
     logits = tl.sum(w.to(tl.float32) * xn, axis=1).to(out_ptr.dtype.element_ty)
     tl.store(out_ptr + rows, logits, mask=rm)
@@ -525,7 +524,7 @@ class TritonDecoder(StaticDecoder):
             if t.fuse & 2:
                 _attend_out[(self.nh, triton.cdiv(d, t.rows_o))](
                     self.q, kc, vc, self.slot, wo, h, z, c_sh, c_st, self.scale, K=ko, D=d,
-                    DP=dp, HD=hd, REP=rep, BT=t.keys, BO=t.rows_o, **kw)
+                    HD=hd, REP=rep, BT=t.keys, BO=t.rows_o, **kw)
             else:
                 _attend[(self.nh, t.kv_splits)](
                     self.q, kc, vc, self.slot, self.pm, self.pl, self.pacc, c_sh, c_st,
