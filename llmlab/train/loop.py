@@ -97,7 +97,7 @@ class Trainer:
             compile_model(self.raw, "regional")
         self.model = wrap(self.raw, dist)
         if cfg.compile and cfg.compile_scope == "whole":
-            self.model = torch.compile(self.model)
+            self.model = compile_model(self.model, "whole")
         groups = groups if groups is not None else param_groups(self.raw, cfg.weight_decay)
         self.opt = make_adamw(groups, cfg.lr, (cfg.beta1, cfg.beta2), cfg.eps, self.device)
         # A fused AdamW can skip a non-finite step itself (see the NaN guard in fit).
