@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.optim.optimizer import register_optimizer_step_post_hook
 
 from llmlab.peft.nf4 import NF4Linear, compute_dtype, frozen_weight, frozen_weight_again
 
@@ -64,25 +65,56 @@ def _stored_dtype(base: nn.Module) -> torch.dtype:
     return base.dtype if isinstance(base, NF4Linear) else base.weight.dtype
 
 
+def _mm_f32(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """a @ b with an fp32 result. On CUDA, cuBLAS writes fp32 from bf16/fp16 inputs in the one
+    kernel (an adapter's gradient needs no separate cast); elsewhere the product is cast."""
+    if a.is_cuda and a.dtype != torch.float32 and _MM_OUT_DTYPE:
+        return torch.mm(a, b, out_dtype=torch.float32)
+    return (a @ b).to(torch.float32)
+
+
+_MM_OUT_DTYPE = hasattr(torch.ops.aten.mm, "dtype")  # torch.mm(..., out_dtype=) (CUDA only)
+
+# Optimizer steps taken in this process (every torch.optim optimizer, fused ones included):
+# LoRA's cached casts (refresh_casts) are stale after any of them.
+_OPT_STEPS = [0]
+
+
+def _count_step(*_: object) -> None:
+    _OPT_STEPS[0] += 1
+
+
+register_optimizer_step_post_hook(_count_step)
+
+
 class LoraFn(torch.autograd.Function):
     """y = x W^T + bias + s (xd A^T) B^T for a frozen W (xd: x after dropout; None: x).
 
     Saved for backward: xd, xa = xd A^T (N x r), A and sB (the scale folded into B's cast:
     one fused kernel when compiled, and no (N, r) scale pass in backward); not W. Backward:
-      g_xa = g sB,  dB = s g^T xa,  dA = g_xa^T xd,  dx = g W (+ g_xa A, added in place)."""
+      g_xa = g sB,  dB = s g^T xa,  dA = g_xa^T xd,  dx = g W (+ g_xa A, added in place).
+
+    `casts` (eager training, `refresh_casts`): A, sB and W already in `dtype`, refreshed once
+    per optimizer step for every layer together, so the step launches no per-layer cast."""
 
     @staticmethod
     def forward(ctx: torch.autograd.function.FunctionCtx, x: torch.Tensor,
                 xd: torch.Tensor | None, a: torch.Tensor, b: torch.Tensor, base: nn.Module,
-                scaling: float, dtype: torch.dtype) -> torch.Tensor:
+                scaling: float, dtype: torch.dtype,
+                casts: tuple[torch.Tensor, torch.Tensor, torch.Tensor | None] | None = None
+                ) -> torch.Tensor:
         x2 = x.reshape(-1, x.shape[-1]).to(dtype)
         xd2 = x2 if xd is None else xd.reshape(-1, xd.shape[-1]).to(dtype)
-        ad, bs = a.to(dtype), (b * scaling).to(dtype)
+        if casts is None:
+            ad, bs, w16 = a.to(dtype), (b * scaling).to(dtype), None
+        else:
+            ad, bs, w16 = casts
         xa = xd2 @ ad.t()
-        w, bias = frozen_weight(base, dtype), base.bias
+        w, bias = (frozen_weight(base, dtype) if w16 is None else w16), base.bias
         y = torch.addmm(bias.to(dtype), x2, w.t()) if bias is not None else x2 @ w.t()
         y.addmm_(xa, bs.t())
-        ctx.save_for_backward(xd2, xa, ad, bs)
+        # A cached W costs nothing to keep; saving it also checks it is unchanged in backward.
+        ctx.save_for_backward(xd2, xa, ad, bs, *(() if w16 is None else (w16,)))
         ctx.base, ctx.scaling, ctx.dtype = base, scaling, dtype  # type: ignore[attr-defined]
         ctx.same = xd is None  # type: ignore[attr-defined]
         xd_dt = x.dtype if xd is None else xd.dtype
@@ -91,7 +123,7 @@ class LoraFn(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx: torch.autograd.function.FunctionCtx, g: torch.Tensor) -> tuple:
-        xd2, xa, ad, bs = ctx.saved_tensors  # type: ignore[attr-defined]
+        xd2, xa, ad, bs, *w16 = ctx.saved_tensors  # type: ignore[attr-defined]
         shape, x_dt, xd_dt, a_dt, b_dt = ctx.meta  # type: ignore[attr-defined]
         need_x, need_xd, need_a, need_b = ctx.needs_input_grad[:4]  # type: ignore[attr-defined]
         s, dt = ctx.scaling, ctx.dtype  # type: ignore[attr-defined]
@@ -100,17 +132,20 @@ class LoraFn(torch.autograd.Function):
             g2 = g.reshape(-1, g.shape[-1]).to(dt)
             gxa = g2 @ bs
             if need_b:
-                gb = (g2.t() @ xa).mul_(s).to(b_dt)
+                gb = (_mm_f32(g2.t(), xa) if b_dt == torch.float32
+                      else g2.t() @ xa).mul_(s).to(b_dt)
             if need_a:
-                ga = (gxa.t() @ xd2).to(a_dt)
+                ga = (_mm_f32(gxa.t(), xd2) if a_dt == torch.float32
+                      else gxa.t() @ xd2).to(a_dt)
             if need_x:
-                gx = g2 @ frozen_weight_again(ctx.base, dt)  # type: ignore[attr-defined]
+                w = w16[0] if w16 else frozen_weight_again(ctx.base, dt)  # type: ignore[attr-defined]
+                gx = g2 @ w
                 if ctx.same:  # type: ignore[attr-defined]
                     gx.addmm_(gxa, ad)
                 gx = gx.view(shape).to(x_dt)
             if need_xd and not ctx.same:  # type: ignore[attr-defined]
                 gxd = (gxa @ ad).view(shape).to(xd_dt)
-        return gx, gxd, ga, gb, None, None, None
+        return gx, gxd, ga, gb, None, None, None, None
 
 
 class LoraLinear(nn.Module):
@@ -134,8 +169,26 @@ class LoraLinear(nn.Module):
             self.lora_magnitude_vector = nn.Parameter(norm)
         self.merged = False
         self.disabled = False  # set by peft.model.disable_adapters: the base layer alone
+        # (key, A, sB, W) in the compute dtype, kept by refresh_casts: see there.
+        self._casts: tuple[tuple, torch.Tensor, torch.Tensor, torch.Tensor | None] | None = None
         for p in base.parameters():
             p.requires_grad_(False)
+
+    def _cast_key(self, dtype: torch.dtype) -> tuple:
+        """What the cached casts depend on. An in-place change (a merge, a loaded state, a
+        plain optimizer) bumps a tensor's version, but a fused optimizer's step does not, so
+        the count of optimizer steps taken in this process is part of the key too."""
+        a, b = self.lora_A.weight, self.lora_B.weight
+        w = None if isinstance(self.base_layer, NF4Linear) else self.base_layer.weight
+        return (dtype, a.device, a._version, b._version, _OPT_STEPS[0], self.scaling,
+                None if w is None else (w._version, w.data_ptr()))
+
+    def _current_casts(self, dtype: torch.dtype
+                       ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None] | None:
+        c = self._casts
+        if c is None or c[0] != self._cast_key(dtype):
+            return None
+        return c[1], c[2], c[3]
 
     def delta_weight(self) -> torch.Tensor:
         """s * B A, (d_out, d_in)."""
@@ -157,8 +210,9 @@ class LoraLinear(nn.Module):
                 # given one tensor twice; it would break the graph at every LoRA layer).
                 drop = self.training and not isinstance(self.lora_dropout, nn.Identity)
                 xd = self.lora_dropout(x) if drop else None
+                casts = None if torch.compiler.is_compiling() else self._current_casts(dt)
                 with torch.autocast(x.device.type, enabled=False):
-                    return LoraFn.apply(x, xd, a, b, self.base_layer, self.scaling, dt)
+                    return LoraFn.apply(x, xd, a, b, self.base_layer, self.scaling, dt, casts)
         result = self.base_layer(x)
         if self.merged or self.disabled:  # merged: the update is in the base weight already
             return result
@@ -206,6 +260,42 @@ class LoraLinear(nn.Module):
         else:
             w.sub_(self.delta_weight().to(w.dtype))
         self.merged = False
+
+
+@torch.no_grad()
+def refresh_casts(model: nn.Module, dtype: torch.dtype) -> None:
+    """Keep every LoRA layer's A, s*B and frozen W cast to `dtype` for eager mixed-precision
+    training, refreshing the stale ones together.
+
+    A small model's eager LoRA step is bound by kernel launches, not by the GPU's work (13k
+    launches per step measured for SmolLM2-135M on an H100), and casting A, s*B and W in
+    every layer's forward and W again in its backward is 4 of a layer's 16. Here the
+    adapters are re-cast with three foreach ops per optimizer step for all layers, and W
+    once (frozen: its version only moves on a merge or a load). The values are the ones the
+    per-layer casts give, so training is unchanged. The price is a `dtype` copy of each
+    frozen Linear weight (NF4 bases are not copied: they are dequantised as before)."""
+    stale = [m for m in model.modules() if isinstance(m, LoraLinear)
+             and not (m.merged or m.disabled or m.use_dora) and m._current_casts(dtype) is None]
+    groups: dict[tuple, list[LoraLinear]] = {}
+    for m in stale:
+        groups.setdefault((m.lora_A.weight.device, m.scaling), []).append(m)
+    for (_, scaling), mods in groups.items():
+        old = [m._casts for m in mods]
+        for m, c in zip(mods, old, strict=True):
+            a, b = m.lora_A.weight, m.lora_B.weight
+            if c is None or c[1].dtype != dtype or c[1].device != a.device:
+                c = ((), torch.empty_like(a, dtype=dtype), torch.empty_like(b, dtype=dtype), None)
+            w16, base = c[3], m.base_layer
+            if isinstance(base, NF4Linear) or base.weight.dtype == dtype:
+                w16 = None  # dequantised per use / already in dtype: nothing to keep
+            elif w16 is None or w16.dtype != dtype or c[0][-1:] != m._cast_key(dtype)[-1:]:
+                w16 = base.weight.to(dtype)
+            m._casts = (m._cast_key(dtype), c[1], c[2], w16)
+        # Copies into the buffers in place: a tensor saved by an unfinished backward would
+        # fail autograd's version check rather than be silently changed.
+        torch._foreach_copy_([m._casts[1] for m in mods], [m.lora_A.weight for m in mods])
+        torch._foreach_copy_([m._casts[2] for m in mods],
+                             torch._foreach_mul([m.lora_B.weight for m in mods], scaling))
 
 
 def target_names(model: nn.Module, targets: list[str] | str) -> list[str]:

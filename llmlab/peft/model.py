@@ -19,7 +19,14 @@ from typing import Any
 import torch
 from torch import nn
 
-from llmlab.peft.lora import LoraConfig, LoraLinear, inject_lora, merge_and_unload, target_names
+from llmlab.peft.lora import (
+    LoraConfig,
+    LoraLinear,
+    inject_lora,
+    merge_and_unload,
+    refresh_casts,
+    target_names,
+)
 from llmlab.peft.nf4 import NF4Linear, quantize_model
 
 PEFT_PREFIX = "base_model.model."
@@ -51,6 +58,10 @@ class PeftModel(nn.Module):
         return self.base_model.dtype
 
     def forward(self, *args: Any, **kw: Any) -> Any:
+        dev = self.device.type
+        if (self.method in ("lora", "qlora") and torch.is_autocast_enabled(dev)
+                and not torch.compiler.is_compiling()):
+            refresh_casts(self.base_model, torch.get_autocast_dtype(dev))
         return self.base_model(*args, **kw)
 
     # ------------------------------------------------------------------ state: adapter only

@@ -1,0 +1,115 @@
+"""LoRA's cached compute-dtype casts (`refresh_casts`): eager bf16 training with them is the
+same, bit for bit, as casting in every layer; they follow every change of the weights (fused
+optimizer steps, loads, in-place edits of the base); and PEFT gives the same first step."""
+
+from __future__ import annotations
+
+import copy
+
+import peft
+import pytest
+import torch
+import torch.nn.functional as F
+import transformers
+from peft_common import export_hf, randomize, tiny_model
+
+from llmlab.peft.lora import LoraFn
+from llmlab.peft.model import get_peft_model
+
+IDS = torch.randint(0, 96, (2, 33), generator=torch.Generator().manual_seed(0))
+BF16 = dict(device_type="cpu", dtype=torch.bfloat16)
+
+
+def _lora(method: str = "lora") -> torch.nn.Module:
+    pm = get_peft_model(tiny_model(), method, r=4, lora_alpha=8, target_modules="all-linear")
+    randomize(pm)
+    return pm.train()
+
+
+def _loss(call, ids: torch.Tensor = IDS) -> torch.Tensor:
+    with torch.autocast(**BF16):
+        logits = call(input_ids=ids[:, :-1]).logits
+    return F.cross_entropy(logits.float().flatten(0, 1), ids[:, 1:].flatten())
+
+
+def _train(pm: torch.nn.Module, call, steps: int = 3) -> list[float]:
+    opt = torch.optim.AdamW([p for p in pm.parameters() if p.requires_grad], lr=1e-2,
+                            fused=True)  # a fused step does not bump the params' versions
+    losses = []
+    for _ in range(steps):
+        loss = _loss(call)
+        loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        losses.append(loss.item())
+    return losses
+
+
+@pytest.mark.parametrize("method", ["lora", "qlora"])
+def test_cached_casts_train_exactly_like_per_layer_casts(method, monkeypatch):
+    used: list[bool] = []
+    fwd = LoraFn.forward
+
+    def spy(ctx, *args):
+        used.append(args[-1] is not None)
+        return fwd(ctx, *args)
+
+    monkeypatch.setattr(LoraFn, "forward", staticmethod(spy))
+    pm = _lora(method)
+    twin = copy.deepcopy(pm)
+    got = _train(pm, pm)  # PeftModel.forward refreshes the casts
+    n = len(used)
+    want = _train(twin, twin.base_model)  # the inner model: never refreshed, casts per layer
+    assert n == 3 * 14 and all(used[:n]) and not any(used[n:])  # each path ran as meant
+    assert got == want and len(set(got)) == 3  # the adapters moved, and alike
+    for (k, p), (_, q) in zip(pm.named_parameters(), twin.named_parameters(), strict=True):
+        assert torch.equal(p, q), k
+
+
+def test_cached_casts_follow_loads_and_base_edits():
+    pm = _lora()
+    twin = copy.deepcopy(pm)
+    _loss(pm)  # builds the casts
+    g = torch.Generator().manual_seed(5)
+    sd = {k: torch.randn(v.shape, generator=g) for k, v in pm.state_dict().items()}
+    for m in (pm, twin):
+        m.load_state_dict(sd)
+        with torch.no_grad():  # an in-place edit of a frozen base weight
+            m.base_model.get_submodule("model.layers.0.self_attn.q_proj").base_layer.weight.mul_(2)
+    assert torch.equal(_loss(pm), _loss(twin.base_model))
+
+
+def test_backward_after_an_optimizer_step_is_an_error_not_stale():
+    """The casts are refreshed in place: a graph whose backward runs after the next step's
+    refresh fails autograd's version check instead of using the new values silently."""
+    pm = _lora()
+    opt = torch.optim.AdamW([p for p in pm.parameters() if p.requires_grad], fused=True)
+    first = _loss(pm)
+    _loss(pm).backward()
+    opt.step()
+    _loss(pm)  # refreshes the casts that `first` saved
+    with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+        first.backward()
+
+
+def test_first_bf16_step_matches_peft(tmp_path):
+    """bf16 autocast: our loss and adapter gradients against PEFT's, at bf16 tolerance."""
+    base = tiny_model()
+    hf_dir = export_hf(base, tmp_path / "hf")
+    pm = get_peft_model(base, "lora", r=4, lora_alpha=8, target_modules="all-linear")
+    randomize(pm)
+    pm.train().save_adapter(tmp_path / "ad")
+    hf = transformers.AutoModelForCausalLM.from_pretrained(hf_dir, dtype=torch.float32)
+    ref = peft.PeftModel.from_pretrained(hf, tmp_path / "ad", is_trainable=True).train()
+    ours, theirs = _loss(pm), _loss(ref)
+    ours.backward()
+    theirs.backward()
+    assert abs(ours.item() - theirs.item()) < 1e-2
+    want = {k.removeprefix("base_model.model.").replace(".default", ""): p.grad
+            for k, p in ref.named_parameters() if p.requires_grad}
+    got = {k.removeprefix("base_model."): p.grad for k, p in pm.named_parameters()
+           if p.requires_grad}
+    assert sorted(got) == sorted(want)
+    for k, gr in got.items():
+        rel = (gr - want[k]).norm() / want[k].norm()
+        assert rel < 0.05, (k, rel.item())
