@@ -2,7 +2,7 @@
 # Every GPU benchmark, each under its own time limit, logs into $OUT.
 #
 #   bash benchmarks/gpu_session.sh [OUT_DIR] [PART...]
-#   PART: gen pretrain pretrainx trainer sft sftc sftw grpo
+#   PART: gen pretrain pretrainx trainer sft ops sftc sftw grpo
 #   (default: gen pretrain sft grpo; sftc and sftw (the compiled LoRA step), pretrainx (cuDNN
 #   attention at batch 32 with a kernel profile) and trainer (`llmlab pretrain --preset
 #   gpt2-124m` itself, on data carried in runs/gpu_data) each need a call of their own)
@@ -46,6 +46,9 @@ for p in $PARTS; do
     trainer) run trainer 540 bash benchmarks/gpu_trainer.sh "$OUT" ;;
     sft) run sft_peft 240 python3 benchmarks/sft_peft.py --device cuda --bf16 --batch 8 \
            --seq 1024 --steps 10 --rounds 1 --out "$OUT/sft_peft.json" ;;
+    # CUDA kernels per training step, both sides (what bounds the eager step): ~1 minute.
+    ops) run step_ops 180 python3 benchmarks/step_ops.py --device cuda --batch 8 --seq 1024 \
+           --out "$OUT/step_ops.json" ;;
     # Compiled LoRA step, each decoder block compiled on its own (one compile for all 30),
     # both sides; a row each for eager, default and reduce-overhead (CUDA graphs). A worker
     # past 115 s (compile + 11 steps) is reported as timed out and the run goes on.
@@ -58,6 +61,6 @@ for p in $PARTS; do
             --batch 8 --seq 1024 --steps 10 --rounds 1 --configs lora-r16-all --compile whole \
             --compile-mode default --worker-timeout 250 --out "$OUT/sft_compile_whole.json" ;;
     grpo) run grpo 280 python3 benchmarks/grpo_gpu.py --out "$OUT/grpo_gpu.json" ;;
-    *) echo "unknown part $p (gen pretrain pretrainx trainer sft sftc sftw grpo)" ;;
+    *) echo "unknown part $p (gen pretrain pretrainx trainer sft ops sftc sftw grpo)" ;;
   esac
 done

@@ -13,7 +13,8 @@ import torch.nn.functional as F
 import transformers
 from peft_common import export_hf, randomize, tiny_model
 
-from llmlab.peft.lora import LoraFn
+from llmlab.peft.lora import GROUPS, LoraLinear, remove_groups
+from llmlab.peft.lora_fast import CastStore, LoraFn, LoraGroupFn
 from llmlab.peft.model import get_peft_model
 
 IDS = torch.randint(0, 96, (2, 33), generator=torch.Generator().manual_seed(0))
@@ -45,25 +46,89 @@ def _train(pm: torch.nn.Module, call, steps: int = 3) -> list[float]:
     return losses
 
 
+def _spy(monkeypatch: pytest.MonkeyPatch) -> dict[str, list[bool]]:
+    """Which autograd function ran each forward: per layer (with casts or not) or grouped."""
+    calls: dict[str, list[bool]] = {"layer": [], "group": []}
+    layer, group = LoraFn.forward, LoraGroupFn.forward
+
+    def spy_layer(ctx, *args):
+        calls["layer"].append(args[7] is not None)  # casts given
+        return layer(ctx, *args)
+
+    def spy_group(ctx, *args):
+        calls["group"].append(True)
+        return group(ctx, *args)
+
+    monkeypatch.setattr(LoraFn, "forward", staticmethod(spy_layer))
+    monkeypatch.setattr(LoraGroupFn, "forward", staticmethod(spy_group))
+    return calls
+
+
 @pytest.mark.parametrize("method", ["lora", "qlora"])
 def test_cached_casts_train_exactly_like_per_layer_casts(method, monkeypatch):
-    used: list[bool] = []
-    fwd = LoraFn.forward
-
-    def spy(ctx, *args):
-        used.append(args[-1] is not None)
-        return fwd(ctx, *args)
-
-    monkeypatch.setattr(LoraFn, "forward", staticmethod(spy))
+    calls = _spy(monkeypatch)
     pm = _lora(method)
+    remove_groups(pm)  # grouping sums in another order; this test is about the casts alone
     twin = copy.deepcopy(pm)
     got = _train(pm, pm)  # PeftModel.forward refreshes the casts
-    n = len(used)
+    n = len(calls["layer"])
     want = _train(twin, twin.base_model)  # the inner model: never refreshed, casts per layer
-    assert n == 3 * 14 and all(used[:n]) and not any(used[n:])  # each path ran as meant
+    assert n == 3 * 14 and all(calls["layer"][:n]) and not any(calls["layer"][n:])
+    assert not calls["group"]
     assert got == want and len(set(got)) == 3  # the adapters moved, and alike
     for (k, p), (_, q) in zip(pm.named_parameters(), twin.named_parameters(), strict=True):
         assert torch.equal(p, q), k
+
+
+def test_grouped_layers_train_like_separate_ones(monkeypatch):
+    """q/k/v and gate/up as one LoraGroupFn each (o and down alone), against every layer
+    alone: the same gradients and training to bf16 rounding (sums run in another order)."""
+    calls = _spy(monkeypatch)
+    pm = _lora()
+    twin = copy.deepcopy(pm)
+    _loss(pm).backward()
+    assert len(calls["group"]) == 2 * 2 and len(calls["layer"]) == 2 * 2
+    _loss(twin.base_model).backward()
+    assert len(calls["group"]) == 2 * 2 and len(calls["layer"]) == 2 * 2 + 14
+    for (k, p), (_, q) in zip(pm.named_parameters(), twin.named_parameters(), strict=True):
+        if p.requires_grad:
+            assert (p.grad - q.grad).norm() < 0.03 * q.grad.norm(), k
+            p.grad = q.grad = None
+    got, want = _train(pm, pm), _train(twin, twin.base_model)
+    for a, b in zip(got, want, strict=True):
+        assert abs(a - b) < 2e-3 * abs(b)
+
+
+def test_qlora_layers_are_not_grouped(monkeypatch):
+    calls = _spy(monkeypatch)
+    pm = _lora("qlora")
+    _loss(pm).backward()
+    assert not calls["group"] and len(calls["layer"]) == 14 and all(calls["layer"])
+
+
+def test_group_function_equals_separate_layers_in_fp32():
+    """LoraGroupFn's maths exactly (fp32, no autocast): output and every gradient against
+    the three q/k/v layers (and gate/up) run one by one through LoraFn."""
+    pm = _lora()
+    layers = [m for m in pm.modules() if isinstance(m, LoraLinear)]
+    groups = [g for mod in pm.modules() for g in (getattr(mod, a, None) for a in GROUPS)
+              if g is not None]
+    assert len(groups) == 4 and all(g.eligible() for g in groups)
+    store = CastStore(layers, groups, torch.float32)
+    store.refresh()
+    x = torch.randn(2, 5, 64, requires_grad=True)
+    for g in groups:
+        ms = g.members()
+        params = [m.lora_A.weight for m in ms] + [m.lora_B.weight for m in ms]
+        bufs, blocks, scaling, _ = g.bufs
+        y = LoraGroupFn.apply(x, None, bufs, blocks, scaling, *params)
+        w = torch.randn_like(y)
+        got = torch.autograd.grad((y * w).sum(), [x, *params])
+        ref = torch.cat([m(x) for m in ms], -1)  # fp32 LoraFn, no casts
+        want = torch.autograd.grad((ref * w).sum(), [x, *params])
+        assert (y - ref).abs().max() < 1e-5
+        for a, b in zip(got, want, strict=True):
+            assert a.shape == b.shape and (a - b).abs().max() < 1e-5 * (1 + b.abs().max())
 
 
 def test_cached_casts_follow_loads_and_base_edits():

@@ -68,10 +68,14 @@ class Attention(nn.Module):
         explain: list | None = None,
     ) -> torch.Tensor:
         b, t, _ = x.shape
-        fused = getattr(self, "qkv_fused", None)
-        if fused is not None:  # inference-only: one matmul for q, k and v (see model/quant.py)
+        # q, k and v in one matmul: fused weights for inference (model/quant.py), or LoRA
+        # layers grouped for eager mixed-precision training (peft/lora.py; None: not now).
+        fused, group = getattr(self, "qkv_fused", None), getattr(self, "qkv_group", None)
+        qkv = fused(x) if fused is not None else (
+            group(x) if group is not None and not self.cross else None)
+        if qkv is not None:
             nq, nkv = self.n_head * self.head_dim, self.n_kv_head * self.head_dim
-            qx, kx, vx = fused(x).split([nq, nkv, nkv], dim=-1)
+            qx, kx, vx = qkv.split([nq, nkv, nkv], dim=-1)
             q = self._heads(qx, self.n_head)
         else:
             q = self._heads(self.q_proj(x), self.n_head)
@@ -87,7 +91,7 @@ class Attention(nn.Module):
                     cache.set_cross_kv(self.layer_idx, *kv)
             k, v = kv
         else:
-            if fused is not None:
+            if qkv is not None:
                 k, v = self._heads(kx, self.n_kv_head), self._heads(vx, self.n_kv_head)
             else:
                 k = self._heads(self.k_proj(x), self.n_kv_head)
@@ -147,9 +151,10 @@ class MLP(nn.Module):
         self.dropout = nn.Dropout(cfg.dropout)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        fused = getattr(self, "gate_up_fused", None)
-        if fused is not None:
-            g, u = fused(x).chunk(2, dim=-1)
+        fused, group = getattr(self, "gate_up_fused", None), getattr(self, "gate_up_group", None)
+        gu = fused(x) if fused is not None else (group(x) if group is not None else None)
+        if gu is not None:  # gate and up in one matmul (see Attention.forward)
+            g, u = gu.chunk(2, dim=-1)
             h = F.silu(g) * u
         elif self.kind == "swiglu":
             h = F.silu(self.gate_proj(x)) * self.up_proj(x)

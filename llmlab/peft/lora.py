@@ -26,9 +26,9 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.optim.optimizer import register_optimizer_step_post_hook
 
-from llmlab.peft.nf4 import NF4Linear, compute_dtype, frozen_weight, frozen_weight_again
+from llmlab.peft.lora_fast import _OPT_STEPS, CastStore, LoraFn, LoraGroupFn, shared_cast
+from llmlab.peft.nf4 import NF4Linear, compute_dtype
 
 LINEAR_NAMES = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 
@@ -63,89 +63,6 @@ def _weight(base: nn.Module, dtype: torch.dtype | None = None) -> torch.Tensor:
 
 def _stored_dtype(base: nn.Module) -> torch.dtype:
     return base.dtype if isinstance(base, NF4Linear) else base.weight.dtype
-
-
-def _mm_f32(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """a @ b with an fp32 result. On CUDA, cuBLAS writes fp32 from bf16/fp16 inputs in the one
-    kernel (an adapter's gradient needs no separate cast); elsewhere the product is cast."""
-    if a.is_cuda and a.dtype != torch.float32 and _MM_OUT_DTYPE:
-        return torch.mm(a, b, out_dtype=torch.float32)
-    return (a @ b).to(torch.float32)
-
-
-_MM_OUT_DTYPE = hasattr(torch.ops.aten.mm, "dtype")  # torch.mm(..., out_dtype=) (CUDA only)
-
-# Optimizer steps taken in this process (every torch.optim optimizer, fused ones included):
-# LoRA's cached casts (refresh_casts) are stale after any of them.
-_OPT_STEPS = [0]
-
-
-def _count_step(*_: object) -> None:
-    _OPT_STEPS[0] += 1
-
-
-register_optimizer_step_post_hook(_count_step)
-
-
-class LoraFn(torch.autograd.Function):
-    """y = x W^T + bias + s (xd A^T) B^T for a frozen W (xd: x after dropout; None: x).
-
-    Saved for backward: xd, xa = xd A^T (N x r), A and sB (the scale folded into B's cast:
-    one fused kernel when compiled, and no (N, r) scale pass in backward); not W. Backward:
-      g_xa = g sB,  dB = s g^T xa,  dA = g_xa^T xd,  dx = g W (+ g_xa A, added in place).
-
-    `casts` (eager training, `refresh_casts`): A, sB and W already in `dtype`, refreshed once
-    per optimizer step for every layer together, so the step launches no per-layer cast."""
-
-    @staticmethod
-    def forward(ctx: torch.autograd.function.FunctionCtx, x: torch.Tensor,
-                xd: torch.Tensor | None, a: torch.Tensor, b: torch.Tensor, base: nn.Module,
-                scaling: float, dtype: torch.dtype,
-                casts: tuple[torch.Tensor, torch.Tensor, torch.Tensor | None] | None = None
-                ) -> torch.Tensor:
-        x2 = x.reshape(-1, x.shape[-1]).to(dtype)
-        xd2 = x2 if xd is None else xd.reshape(-1, xd.shape[-1]).to(dtype)
-        if casts is None:
-            ad, bs, w16 = a.to(dtype), (b * scaling).to(dtype), None
-        else:
-            ad, bs, w16 = casts
-        xa = xd2 @ ad.t()
-        w, bias = (frozen_weight(base, dtype) if w16 is None else w16), base.bias
-        y = torch.addmm(bias.to(dtype), x2, w.t()) if bias is not None else x2 @ w.t()
-        y.addmm_(xa, bs.t())
-        # A cached W costs nothing to keep; saving it also checks it is unchanged in backward.
-        ctx.save_for_backward(xd2, xa, ad, bs, *(() if w16 is None else (w16,)))
-        ctx.base, ctx.scaling, ctx.dtype = base, scaling, dtype  # type: ignore[attr-defined]
-        ctx.same = xd is None  # type: ignore[attr-defined]
-        xd_dt = x.dtype if xd is None else xd.dtype
-        ctx.meta = (x.shape, x.dtype, xd_dt, a.dtype, b.dtype)  # type: ignore[attr-defined]
-        return y.view(*x.shape[:-1], y.shape[-1])
-
-    @staticmethod
-    def backward(ctx: torch.autograd.function.FunctionCtx, g: torch.Tensor) -> tuple:
-        xd2, xa, ad, bs, *w16 = ctx.saved_tensors  # type: ignore[attr-defined]
-        shape, x_dt, xd_dt, a_dt, b_dt = ctx.meta  # type: ignore[attr-defined]
-        need_x, need_xd, need_a, need_b = ctx.needs_input_grad[:4]  # type: ignore[attr-defined]
-        s, dt = ctx.scaling, ctx.dtype  # type: ignore[attr-defined]
-        gx = gxd = ga = gb = None
-        with torch.autocast(g.device.type, enabled=False):
-            g2 = g.reshape(-1, g.shape[-1]).to(dt)
-            gxa = g2 @ bs
-            if need_b:
-                gb = (_mm_f32(g2.t(), xa) if b_dt == torch.float32
-                      else g2.t() @ xa).mul_(s).to(b_dt)
-            if need_a:
-                ga = (_mm_f32(gxa.t(), xd2) if a_dt == torch.float32
-                      else gxa.t() @ xd2).to(a_dt)
-            if need_x:
-                w = w16[0] if w16 else frozen_weight_again(ctx.base, dt)  # type: ignore[attr-defined]
-                gx = g2 @ w
-                if ctx.same:  # type: ignore[attr-defined]
-                    gx.addmm_(gxa, ad)
-                gx = gx.view(shape).to(x_dt)
-            if need_xd and not ctx.same:  # type: ignore[attr-defined]
-                gxd = (gxa @ ad).view(shape).to(xd_dt)
-        return gx, gxd, ga, gb, None, None, None, None
 
 
 class LoraLinear(nn.Module):
@@ -211,8 +128,10 @@ class LoraLinear(nn.Module):
                 drop = self.training and not isinstance(self.lora_dropout, nn.Identity)
                 xd = self.lora_dropout(x) if drop else None
                 casts = None if torch.compiler.is_compiling() else self._current_casts(dt)
+                x16 = None if casts is None else shared_cast(x, dt)
                 with torch.autocast(x.device.type, enabled=False):
-                    return LoraFn.apply(x, xd, a, b, self.base_layer, self.scaling, dt, casts)
+                    return LoraFn.apply(x, xd, a, b, self.base_layer, self.scaling, dt, casts,
+                                        x16)
         result = self.base_layer(x)
         if self.merged or self.disabled:  # merged: the update is in the base weight already
             return result
@@ -262,40 +181,98 @@ class LoraLinear(nn.Module):
         self.merged = False
 
 
-@torch.no_grad()
-def refresh_casts(model: nn.Module, dtype: torch.dtype) -> None:
-    """Keep every LoRA layer's A, s*B and frozen W cast to `dtype` for eager mixed-precision
-    training, refreshing the stale ones together.
+GROUPS = {"qkv_group": ("q_proj", "k_proj", "v_proj"), "gate_up_group": ("gate_proj", "up_proj")}
 
-    A small model's eager LoRA step is bound by kernel launches, not by the GPU's work (13k
-    launches per step measured for SmolLM2-135M on an H100), and casting A, s*B and W in
-    every layer's forward and W again in its backward is 4 of a layer's 16. Here the
-    adapters are re-cast with three foreach ops per optimizer step for all layers, and W
-    once (frozen: its version only moves on a merge or a load). The values are the ones the
-    per-layer casts give, so training is unchanged. The price is a `dtype` copy of each
-    frozen Linear weight (NF4 bases are not copied: they are dequantised as before)."""
-    stale = [m for m in model.modules() if isinstance(m, LoraLinear)
-             and not (m.merged or m.disabled or m.use_dora) and m._current_casts(dtype) is None]
-    groups: dict[tuple, list[LoraLinear]] = {}
-    for m in stale:
-        groups.setdefault((m.lora_A.weight.device, m.scaling), []).append(m)
-    for (_, scaling), mods in groups.items():
-        old = [m._casts for m in mods]
-        for m, c in zip(mods, old, strict=True):
-            a, b = m.lora_A.weight, m.lora_B.weight
-            if c is None or c[1].dtype != dtype or c[1].device != a.device:
-                c = ((), torch.empty_like(a, dtype=dtype), torch.empty_like(b, dtype=dtype), None)
-            w16, base = c[3], m.base_layer
-            if isinstance(base, NF4Linear) or base.weight.dtype == dtype:
-                w16 = None  # dequantised per use / already in dtype: nothing to keep
-            elif w16 is None or w16.dtype != dtype or c[0][-1:] != m._cast_key(dtype)[-1:]:
-                w16 = base.weight.to(dtype)
-            m._casts = (m._cast_key(dtype), c[1], c[2], w16)
-        # Copies into the buffers in place: a tensor saved by an unfinished backward would
-        # fail autograd's version check rather than be silently changed.
-        torch._foreach_copy_([m._casts[1] for m in mods], [m.lora_A.weight for m in mods])
-        torch._foreach_copy_([m._casts[2] for m in mods],
-                             torch._foreach_mul([m.lora_B.weight for m in mods], scaling))
+
+class LoraGroup:
+    """The LoRA layers of one module that read the same input (q, k, v; gate, up), run as
+    one `LoraGroupFn` in eager mixed-precision training. The model calls it in place of the
+    separate projections (`Attention.qkv_group`, `MLP.gate_up_group`); None means "not now"
+    (compiling, no autocast, dropout, a merged or disabled layer, casts not yet made) and the
+    model calls the layers one by one. Not a module: it adds no parameters or state."""
+
+    def __init__(self, parent: nn.Module, names: tuple[str, ...]) -> None:
+        self.parent, self.names = parent, names
+        self.bufs: tuple | None = None  # set by CastStore
+
+    def members(self) -> list[LoraLinear]:
+        return [getattr(self.parent, n) for n in self.names]
+
+    def eligible(self) -> bool:
+        """Layers that can be stacked: plain (not NF4) bases of one input size, all with a
+        bias or none, one scale, no DoRA."""
+        ms = [getattr(self.parent, n, None) for n in self.names]
+        if not all(isinstance(m, LoraLinear) for m in ms):
+            return False
+        bases = [m.base_layer for m in ms]  # type: ignore[union-attr]
+        return (all(isinstance(b, nn.Linear) for b in bases)
+                and len({b.in_features for b in bases}) == 1
+                and len({b.bias is None for b in bases}) == 1
+                and len({m.scaling for m in ms}) == 1  # type: ignore[union-attr]
+                and not any(m.use_dora for m in ms))  # type: ignore[union-attr]
+
+    def __deepcopy__(self, memo: dict) -> LoraGroup:
+        import copy
+
+        return LoraGroup(copy.deepcopy(self.parent, memo), self.names)
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor | None:
+        dev = x.device.type
+        if self.bufs is None or torch.compiler.is_compiling() \
+                or not torch.is_autocast_enabled(dev):
+            return None
+        dt = torch.get_autocast_dtype(dev)
+        ms = [getattr(self.parent, n, None) for n in self.names]
+        for m in ms:
+            if not isinstance(m, LoraLinear) or m.merged or m.disabled or m.use_dora or (
+                    m.training and not isinstance(m.lora_dropout, nn.Identity)) \
+                    or m._current_casts(dt) is None:
+                return None
+        bufs, blocks, scaling, ids = self.bufs
+        if bufs[0].dtype != dt or ids != tuple(id(m) for m in ms):
+            return None
+        ab = [m.lora_A.weight for m in ms] + [m.lora_B.weight for m in ms]  # type: ignore[union-attr]
+        x16 = shared_cast(x, dt)
+        with torch.autocast(dev, enabled=False):
+            return LoraGroupFn.apply(x, x16, bufs, blocks, scaling, *ab)
+
+
+def install_groups(model: nn.Module) -> None:
+    """Give each module whose q, k, v (or gate, up) are all LoRA layers a LoraGroup."""
+    for mod in model.modules():
+        if getattr(mod, "cross", False):  # cross-attention: k, v read the encoder output
+            continue
+        for attr, names in GROUPS.items():
+            if all(isinstance(getattr(mod, n, None), LoraLinear) for n in names):
+                setattr(mod, attr, LoraGroup(mod, names))
+
+
+def remove_groups(model: nn.Module) -> None:
+    for mod in model.modules():
+        for attr in GROUPS:
+            if isinstance(getattr(mod, attr, None), LoraGroup):
+                delattr(mod, attr)
+
+
+def refresh_casts(model: nn.Module, dtype: torch.dtype) -> None:
+    """Make every LoRA layer's compute-dtype casts current (`CastStore`): called before an
+    eager mixed-precision forward. Costs a few kernels after an optimizer step (or the first
+    time), and none otherwise. The price is a `dtype` copy of each frozen Linear weight
+    (NF4 bases are not copied: they are dequantised as before)."""
+    layers = [m for m in model.modules() if isinstance(m, LoraLinear)
+              and not (m.merged or m.disabled or m.use_dora)]
+    if not layers:
+        return
+    groups = [g for mod in model.modules() for g in (getattr(mod, a, None) for a in GROUPS)
+              if isinstance(g, LoraGroup) and g.eligible()
+              and all(not (m.merged or m.disabled) for m in g.members())]
+    store = model.__dict__.get("_lora_cast_store")
+    if store is None or store.key != CastStore.structure(layers, groups, dtype):
+        for g in groups:
+            g.bufs = None
+        store = CastStore(layers, groups, dtype)
+        model.__dict__["_lora_cast_store"] = store
+    store.refresh()
 
 
 def target_names(model: nn.Module, targets: list[str] | str) -> list[str]:
@@ -332,12 +309,15 @@ def inject_lora(model: nn.Module, cfg: LoraConfig) -> list[str]:
         p.requires_grad_(False)
     for name in names:
         _set(model, name, LoraLinear(model.get_submodule(name), cfg))
+    install_groups(model)
     return names
 
 
 @torch.no_grad()
 def merge_and_unload(model: nn.Module) -> nn.Module:
     """Replace every LoraLinear with a plain Linear holding W + s B A (DoRA: m-rescaled)."""
+    remove_groups(model)
+    model.__dict__.pop("_lora_cast_store", None)
     for name, mod in list(model.named_modules()):
         if isinstance(mod, LoraLinear):
             base = mod.base_layer

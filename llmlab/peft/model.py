@@ -27,6 +27,7 @@ from llmlab.peft.lora import (
     refresh_casts,
     target_names,
 )
+from llmlab.peft.lora_fast import clear_shared_cast
 from llmlab.peft.nf4 import NF4Linear, quantize_model
 
 PEFT_PREFIX = "base_model.model."
@@ -60,8 +61,13 @@ class PeftModel(nn.Module):
     def forward(self, *args: Any, **kw: Any) -> Any:
         dev = self.device.type
         if (self.method in ("lora", "qlora") and torch.is_autocast_enabled(dev)
-                and not torch.compiler.is_compiling()):
+                and not torch.compiler.is_compiling()
+                and not self.__dict__.get("_blocks_compiled")):
             refresh_casts(self.base_model, torch.get_autocast_dtype(dev))
+            try:
+                return self.base_model(*args, **kw)
+            finally:
+                clear_shared_cast()  # drop the last layer input it holds
         return self.base_model(*args, **kw)
 
     # ------------------------------------------------------------------ state: adapter only

@@ -42,4 +42,7 @@ def compile_model(model: nn.Module, scope: Scope = "whole", mode: str = "default
         raise ValueError(f"regional compile: the model has no {names} module to compile")
     for m in found:
         m.compile(mode=mode)
+    # Eager-only work between the blocks can check this (LoRA's cast cache: compiled
+    # blocks cast in their graphs, so copies made for eager layers would go unused).
+    model.__dict__["_blocks_compiled"] = True
     return model

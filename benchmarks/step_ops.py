@@ -1,0 +1,155 @@
+"""Operations per training step, llmlab vs transformers + PEFT: the count that bounds a small
+model's eager step on a GPU.
+
+On an H100 the eager SmolLM2-135M LoRA step is launch-bound: the host issues its ~13k small
+kernels more slowly than the GPU runs them (BENCHMARKS.md, "SFT / PEFT"). So the number of
+operations a step dispatches predicts its eager GPU time better than a CPU clock does.
+
+    PYTHONPATH=. python benchmarks/step_ops.py                 # CPU: ATen ops dispatched
+    PYTHONPATH=. python benchmarks/step_ops.py --device cuda   # GPU: CUDA kernels run
+
+Same models, configs, loss and optimizer as benchmarks/sft_peft.py (bf16 autocast, fused
+AdamW, the SmolLM2-135M shape with random weights); one warm-up step, then one counted step.
+On the CPU the count is every ATen operation that reaches the dispatcher below autograd,
+less views and bare allocations (no kernel on a GPU). Two caveats: on CUDA llmlab's fp32
+adapter gradients come straight out of cuBLAS (`torch.mm(..., out_dtype=)`, which has no CPU
+kernel), so the CPU count has one cast per adapter gradient that CUDA does not run, and the
+table takes those off ("casts CUDA folds"); and a foreach op is one dispatch here but may be
+several launches there. On CUDA the count is the kernels the profiler saw run on the device.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import json
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch.utils._python_dispatch import TorchDispatchMode
+
+sys.path.insert(0, str(Path(__file__).parent))
+import sft_peft as S  # noqa: E402
+
+NO_KERNEL = {"aten.empty", "aten.empty_strided", "aten.new_empty_strided", "aten.new_empty",
+             "aten._unsafe_view",
+             "aten.detach", "profiler._record_function_enter_new",
+             "profiler._record_function_exit"}
+
+
+class _Ops(TorchDispatchMode):
+    def __init__(self) -> None:
+        super().__init__()
+        self.ops: collections.Counter[str] = collections.Counter()
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # noqa: ANN001, ANN204
+        name = str(func.overloadpacket)
+        if not func.is_view and name not in NO_KERNEL:
+            self.ops[name] += 1
+        return func(*args, **(kwargs or {}))
+
+
+def count(impl: str, name: str, hf_dir: str, device: str, b: int, t: int) -> dict[str, Any]:
+    model, _ = S._ours(name) if impl == "llmlab" else S._theirs(name, hf_dir, True, device)
+    model.to(device).train()
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4,
+                            fused=True)
+    ids = torch.randint(0, S._cfg().vocab_size, (b, t + 1),
+                        generator=torch.Generator().manual_seed(1)).to(device)
+    x, y = ids[:, :-1], ids[:, 1:]
+
+    def step() -> None:
+        with torch.autocast(device, dtype=torch.bfloat16):
+            logits = model(input_ids=x).logits
+            loss = F.cross_entropy(logits.float().flatten(0, 1), y.flatten())
+        loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+
+    step()  # warm-up: first-use allocations and caches are not a step's cost
+    if device == "cuda":
+        from torch.profiler import ProfilerActivity, profile
+
+        torch.cuda.synchronize()
+        with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+            step()
+            torch.cuda.synchronize()
+        kinds = collections.Counter(e.name for e in prof.events()
+                                    if e.device_type == torch.autograd.DeviceType.CUDA)
+        return {"impl": impl, "config": name, "ops": sum(kinds.values()),
+                "top": kinds.most_common(8)}
+    import llmlab.peft.lora_fast as fast
+
+    folded = [0]
+    mm_f32 = fast._mm_f32
+
+    def counted(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        folded[0] += a.dtype != torch.float32  # CUDA: fp32 out of cuBLAS, no cast
+        return mm_f32(a, b)
+
+    fast._mm_f32 = counted
+    mode = _Ops()
+    try:
+        with mode:
+            step()
+    finally:
+        fast._mm_f32 = mm_f32
+    return {"impl": impl, "config": name, "ops": sum(mode.ops.values()),
+            "cuda_folded_casts": folded[0], "top": mode.ops.most_common(8)}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    ap.add_argument("--batch", type=int, default=1)
+    ap.add_argument("--seq", type=int, default=32)
+    ap.add_argument("--configs", default="full,lora-r8-qv,lora-r16-all,qlora-r16-all")
+    ap.add_argument("--out", default=None, help="write the rows as JSON here")
+    a = ap.parse_args()
+    names = a.configs.split(",")
+    bad = [n for n in names if n not in S.CONFIGS]
+    if bad:
+        raise SystemExit(f"--configs: unknown {bad}; valid: {', '.join(S.CONFIGS)}")
+    import importlib.util
+
+    from llmlab.model import Transformer
+    from llmlab.weights.hf import save_hf
+
+    has_bnb = importlib.util.find_spec("bitsandbytes") is not None
+    unit = "CUDA kernels run" if a.device == "cuda" else "ATen ops dispatched"
+    print(f"# {unit} per training step, B x T = {a.batch} x {a.seq}, bf16 autocast, "
+          f"fused AdamW; torch {torch.__version__}", flush=True)
+    rows = []
+    with tempfile.TemporaryDirectory() as hf_dir:
+        torch.manual_seed(0)
+        save_hf(Transformer(S._cfg()), hf_dir)
+        for name in names:
+            for impl in S.IMPLS:
+                if impl != "llmlab" and S.CONFIGS[name].get("nf4") and not has_bnb:
+                    print(f"{name} {impl}: skipped (needs bitsandbytes)")
+                    continue
+                r = count(impl, name, hf_dir, a.device, a.batch, a.seq)
+                rows.append(r)
+                folded = r.get("cuda_folded_casts", 0)
+                print(f"{name:14s} {impl:18s} {r['ops']:6d} ({folded} casts CUDA folds)  "
+                      f"top {r['top'][:5]}", flush=True)
+    # On the CPU, the casts CUDA folds into cuBLAS are taken off (see the module docstring).
+    ops = {(r["config"], r["impl"]): r["ops"] - r.get("cuda_folded_casts", 0) for r in rows}
+    full = ops.get(("full", "llmlab"))
+    print("\n| config | llmlab | PEFT | PEFT / llmlab | llmlab / llmlab full |\n"
+          "|---|---|---|---|---|")
+    for name in names:
+        ours, theirs = ops.get((name, "llmlab")), ops.get((name, "transformers+peft"))
+        ratio = f"{theirs / ours:.2f}x" if ours and theirs else "-"
+        rel = f"{ours / full:.2f}" if ours and full else "-"
+        print(f"| {name} | {ours or '-'} | {theirs or '-'} | {ratio} | {rel} |")
+    if a.out:
+        Path(a.out).write_text(json.dumps(rows, indent=1))
+
+
+if __name__ == "__main__":
+    main()
