@@ -397,9 +397,11 @@ def _summarise(raw: list[dict[str, Any]], labels: list[str], key: str) -> list[d
         print(f"{row['label']}: AdamW state {row['opt_state_bytes']:,} B (accounting "
               f"{acc['opt_state_bytes']:,} B) -> {'match' if ok else 'MISMATCH'}")
         if row["nf4_bytes"]:
+            theirs_nf4 = "not run" if row["peft_nf4_bytes"] is None else \
+                f"{row['peft_nf4_bytes']:,} B"
             print(f"{row['label']}: NF4 base linears {row['nf4_bytes']:,} B = "
                   f"{100 * row['nf4_bytes'] / acc['bf16_bytes']:.1f}% of bf16 "
-                  f"({acc['bf16_bytes']:,} B); bitsandbytes {row['peft_nf4_bytes']:,} B")
+                  f"({acc['bf16_bytes']:,} B); bitsandbytes {theirs_nf4}")
     return rows
 
 

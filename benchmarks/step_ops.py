@@ -82,22 +82,26 @@ def count(impl: str, name: str, hf_dir: str, device: str, b: int, t: int) -> dic
                                     if e.device_type == torch.autograd.DeviceType.CUDA)
         return {"impl": impl, "config": name, "ops": sum(kinds.values()),
                 "top": kinds.most_common(8)}
-    import llmlab.peft.lora_fast as fast
-
     folded = [0]
-    mm_f32 = fast._mm_f32
+    try:
+        import llmlab.peft.lora_fast as fast
+    except ImportError:  # an llmlab from before the eager fast path: nothing to fold
+        fast = None
+    mm_f32 = fast._mm_f32 if fast is not None else None
 
     def counted(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
         folded[0] += a.dtype != torch.float32  # CUDA: fp32 out of cuBLAS, no cast
         return mm_f32(a, b)
 
-    fast._mm_f32 = counted
+    if fast is not None:
+        fast._mm_f32 = counted
     mode = _Ops()
     try:
         with mode:
             step()
     finally:
-        fast._mm_f32 = mm_f32
+        if fast is not None:
+            fast._mm_f32 = mm_f32
     return {"impl": impl, "config": name, "ops": sum(mode.ops.values()),
             "cuda_folded_casts": folded[0], "top": mode.ops.most_common(8)}
 

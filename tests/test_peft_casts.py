@@ -178,3 +178,33 @@ def test_first_bf16_step_matches_peft(tmp_path):
     for k, gr in got.items():
         rel = (gr - want[k]).norm() / want[k].norm()
         assert rel < 0.05, (k, rel.item())
+
+
+def test_groups_follow_disable_and_merge(monkeypatch):
+    """The reference forward of DPO/PPO/GRPO (adapters disabled) and a merged model skip the
+    grouped path and give the base's and the merged model's outputs; the adapted forward
+    around them is unchanged."""
+    calls = _spy(monkeypatch)
+    pm = _lora()
+    base = copy.deepcopy(pm.base_model)
+    remove_groups(base)
+    for m in base.modules():
+        if isinstance(m, LoraLinear):
+            m.disabled = True
+    with torch.no_grad():
+        adapted = _loss(pm)
+        assert len(calls["group"]) == 4
+        with pm.disable_adapters():
+            assert torch.equal(_loss(pm), _loss(base))
+        assert len(calls["group"]) == 4  # none while disabled
+        assert torch.equal(_loss(pm), adapted)
+        for m in pm.modules():
+            if isinstance(m, LoraLinear):
+                m.merge()
+        merged = _loss(pm)
+        assert len(calls["group"]) == 8 and abs(merged - adapted) < 1e-2 * adapted
+        for m in pm.modules():
+            if isinstance(m, LoraLinear):
+                m.unmerge()
+        assert abs(_loss(pm) - adapted) < 1e-3 * adapted
+        assert len(calls["group"]) == 12

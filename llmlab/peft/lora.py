@@ -9,9 +9,11 @@ feature (over each row of the (d_out, d_in) weight, PEFT's `torch.linalg.norm(w,
 m initialised to ||W|| so again training starts at the base. As in the paper (sec. 4.3) and
 PEFT, the norm is detached: it is treated as a constant in the backward pass.
 
-Training runs `LoraFn`, written for speed and memory: the scale is folded into an in-place
-addmm (no (N, d_out) temporaries), the frozen weight is not saved for backward (for NF4 it is
-dequantised again there), and dropout makes a copy of x only when p > 0.
+Training runs `LoraFn` (peft/lora_fast.py), written for speed and memory: the scale is folded
+into an in-place addmm (no (N, d_out) temporaries), the frozen weight is not saved for
+backward (for NF4 it is dequantised again there), and dropout makes a copy of x only when
+p > 0. Eager mixed-precision training through `PeftModel` adds the launch-saving path there:
+casts kept per optimizer step (`refresh_casts`) and q/k/v and gate/up grouped (`LoraGroup`).
 
 Module and parameter names are PEFT's (`q_proj.base_layer`, `q_proj.lora_A.weight`,
 `q_proj.lora_magnitude_vector`) so adapter keys map to PEFT's files by a fixed prefix.
@@ -263,12 +265,13 @@ def refresh_casts(model: nn.Module, dtype: torch.dtype) -> None:
               and not (m.merged or m.disabled or m.use_dora)]
     if not layers:
         return
-    groups = [g for mod in model.modules() for g in (getattr(mod, a, None) for a in GROUPS)
-              if isinstance(g, LoraGroup) and g.eligible()
+    every = [g for mod in model.modules() for g in (getattr(mod, a, None) for a in GROUPS)
+             if isinstance(g, LoraGroup)]
+    groups = [g for g in every if g.eligible()
               and all(not (m.merged or m.disabled) for m in g.members())]
     store = model.__dict__.get("_lora_cast_store")
     if store is None or store.key != CastStore.structure(layers, groups, dtype):
-        for g in groups:
+        for g in every:  # a group's buffers only ever come from the current store
             g.bufs = None
         store = CastStore(layers, groups, dtype)
         model.__dict__["_lora_cast_store"] = store
