@@ -208,3 +208,15 @@ def test_groups_follow_disable_and_merge(monkeypatch):
                 m.unmerge()
         assert abs(_loss(pm) - adapted) < 1e-3 * adapted
         assert len(calls["group"]) == 12
+
+
+def test_inference_mode_first_then_training():
+    """A rollout or sample generation (inference mode) before the first training forward,
+    as in GRPO, must not leave cast buffers that a backward cannot save."""
+    pm = _lora()
+    with torch.inference_mode():
+        _loss(pm)
+    _train(pm, pm, steps=2)
+    with torch.inference_mode():  # and between steps, with the casts stale
+        _loss(pm)
+    _train(pm, pm, steps=1)

@@ -62,7 +62,9 @@ class PeftModel(nn.Module):
         dev = self.device.type
         if (self.method in ("lora", "qlora") and torch.is_autocast_enabled(dev)
                 and not torch.compiler.is_compiling()
-                and not self.__dict__.get("_blocks_compiled")):
+                and not self.__dict__.get("_blocks_compiled")
+                # buffers made in inference mode could never be saved for a backward
+                and not torch.is_inference_mode_enabled()):
             refresh_casts(self.base_model, torch.get_autocast_dtype(dev))
             try:
                 return self.base_model(*args, **kw)
