@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 from collections.abc import Iterator
 from dataclasses import asdict
 from pathlib import Path
@@ -64,7 +65,8 @@ class PeftModel(nn.Module):
                 and not torch.compiler.is_compiling()
                 and not self.__dict__.get("_blocks_compiled")
                 # buffers made in inference mode could never be saved for a backward
-                and not torch.is_inference_mode_enabled()):
+                and not torch.is_inference_mode_enabled()
+                and os.environ.get("LLMLAB_LORA_FAST", "1") != "0"):  # opt-out, to compare
             refresh_casts(self.base_model, torch.get_autocast_dtype(dev))
             try:
                 return self.base_model(*args, **kw)
