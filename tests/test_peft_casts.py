@@ -220,3 +220,11 @@ def test_inference_mode_first_then_training():
     with torch.inference_mode():  # and between steps, with the casts stale
         _loss(pm)
     _train(pm, pm, steps=1)
+
+
+def test_env_switch_turns_the_fast_path_off(monkeypatch):
+    calls = _spy(monkeypatch)
+    monkeypatch.setenv("LLMLAB_LORA_FAST", "0")
+    pm = _lora()
+    _loss(pm).backward()
+    assert not calls["group"] and len(calls["layer"]) == 14 and not any(calls["layer"])
