@@ -1,7 +1,7 @@
 """The training step's kernels against torch's own: the oneDNN Linear (llmlab/model/linear.py)
 against F.linear + autograd, the fused output-projection + cross-entropy (llmlab/model/loss.py)
-against F.cross_entropy + autograd, and the whole model's loss and gradients against
-transformers."""
+against F.cross_entropy + autograd, RMSNorm's written-out backward against transformers'
+LlamaRMSNorm + autograd, and the whole model's loss and gradients against transformers."""
 
 from __future__ import annotations
 
@@ -183,3 +183,56 @@ def test_token_logprobs_match_log_softmax_of_the_logits_with_gradients(temperatu
     torch.testing.assert_close(got.double(), want, rtol=1e-6, atol=1e-6)
     for a, b in zip(got_g, want_g, strict=True):
         torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-8)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("frozen", [False, True])
+def test_rmsnorm_backward_matches_transformers(dtype, frozen):
+    from transformers.models.llama.modeling_llama import LlamaRMSNorm
+
+    from llmlab.model.layers import RMSNorm
+
+    g = torch.Generator().manual_seed(3)
+    ours, ref = RMSNorm(64, 1e-5), LlamaRMSNorm(64, 1e-5)
+    with torch.no_grad():
+        ours.weight.copy_(torch.randn(64, generator=g))
+        ref.weight.copy_(ours.weight)
+    ours.weight.requires_grad_(not frozen)
+    x = (torch.randn(3, 7, 64, generator=g) * 3).to(dtype)
+    x1, x2 = x.clone().requires_grad_(), x.clone().requires_grad_()
+    y1, y2 = ours(x1), ref(x2)
+    assert torch.equal(y1, y2)  # the same forward, bit for bit
+    up = torch.randn(y1.shape, generator=g)
+    (y1 * up).sum().backward()
+    (y2 * up).sum().backward()
+    # bf16: transformers rounds the gradient to bf16 once more inside its chain
+    tol = 1e-6 if dtype == torch.float32 else 2 ** -7
+    assert (x1.grad.float() - x2.grad.float()).abs().max() <= tol * x2.grad.abs().max()
+    if frozen:
+        assert ours.weight.grad is None
+    else:
+        assert torch.allclose(ours.weight.grad, ref.weight.grad, rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_rope_backward_matches_transformers(dtype):
+    from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
+
+    from llmlab.model.positions import apply_rope, rope_cos_sin
+
+    g = torch.Generator().manual_seed(4)
+    cos, sin = rope_cos_sin(torch.arange(9)[None], 16, 10000.0, torch.float32)
+    q, k = (torch.randn(2, 3, 9, 16, generator=g).to(dtype) for _ in range(2))
+    q1, k1, q2, k2 = (t.clone().requires_grad_() for t in (q, k, q, k))
+    ours = apply_rope(q1, cos, sin), apply_rope(k1, cos, sin)
+    theirs = apply_rotary_pos_emb(q2, k2, cos, sin)
+    up = torch.randn(ours[0].shape, generator=g)
+    for a, b in zip(ours, theirs, strict=True):
+        assert torch.equal(a, b)
+    ((ours[0] + 2 * ours[1]) * up).sum().backward()
+    ((theirs[0] + 2 * theirs[1]) * up).sum().backward()
+    # bf16: transformers adds the two paths' gradients in bf16, we add them in fp32
+    tol = 1e-6 if dtype == torch.float32 else 2 ** -7
+    for a, b in ((q1, q2), (k1, k2)):
+        assert a.grad.dtype == dtype
+        assert (a.grad.float() - b.grad.float()).abs().max() <= tol * b.grad.abs().max()
