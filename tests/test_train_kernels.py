@@ -225,12 +225,14 @@ def test_rope_backward_matches_transformers(dtype):
     q, k = (torch.randn(2, 3, 9, 16, generator=g).to(dtype) for _ in range(2))
     q1, k1, q2, k2 = (t.clone().requires_grad_() for t in (q, k, q, k))
     ours = apply_rope(q1, cos, sin), apply_rope(k1, cos, sin)
-    theirs = apply_rotary_pos_emb(q2, k2, cos, sin)
+    # What attention gets: under autocast SDPA casts transformers' fp32 product to bf16;
+    # ours comes out in q's dtype already.
+    theirs = tuple(t.to(dtype) for t in apply_rotary_pos_emb(q2, k2, cos, sin))
     up = torch.randn(ours[0].shape, generator=g)
     for a, b in zip(ours, theirs, strict=True):
-        assert torch.equal(a, b)
-    ((ours[0] + 2 * ours[1]) * up).sum().backward()
-    ((theirs[0] + 2 * theirs[1]) * up).sum().backward()
+        assert a.dtype == dtype and torch.equal(a, b)
+    ((ours[0] + 2 * ours[1]).float() * up).sum().backward()
+    ((theirs[0] + 2 * theirs[1]).float() * up).sum().backward()
     # bf16: transformers adds the two paths' gradients in bf16, we add them in fp32
     tol = 1e-6 if dtype == torch.float32 else 2 ** -7
     for a, b in ((q1, q2), (k1, k2)):

@@ -44,14 +44,17 @@ class _RopeFn(torch.autograd.Function):
     """RoPE with its backward written out: the rotation's transpose, g cos + R^T(g sin) with
     R^T(y1, y2) = (y2, -y1). About 6 kernels, where autograd's chain through the two muls,
     the neg and the cat (and the slices it reassembles) takes about 10: it matters where a
-    small model's eager step is bound by launches."""
+    small model's eager step is bound by launches.
+
+    The result is in x's dtype. Under autocast, bf16 q and k meet fp32 tables, and attention
+    would cast the fp32 product back to bf16 anyway: the same values, two kernels fewer."""
 
     @staticmethod
     def forward(ctx: torch.autograd.function.FunctionCtx, x: torch.Tensor, cos: torch.Tensor,
                 sin: torch.Tensor) -> torch.Tensor:
         ctx.save_for_backward(cos, sin)
         ctx.x_dtype = x.dtype  # type: ignore[attr-defined]
-        return x * cos + rotate_half(x) * sin
+        return (x * cos + rotate_half(x) * sin).to(x.dtype)
 
     @staticmethod
     def backward(ctx: torch.autograd.function.FunctionCtx, g: torch.Tensor
