@@ -13,6 +13,7 @@ import torch.nn.functional as F
 import transformers
 from peft_common import export_hf, randomize, tiny_model
 
+from llmlab.model import ModelConfig, Transformer
 from llmlab.peft.lora import GROUPS, LoraLinear, remove_groups
 from llmlab.peft.lora_fast import CastStore, LoraFn, LoraGroupFn
 from llmlab.peft.model import get_peft_model
@@ -99,6 +100,18 @@ def test_grouped_layers_train_like_separate_ones(monkeypatch):
         assert abs(a - b) < 2e-3 * abs(b)
 
 
+def test_gpt2_grouped_bf16_step_matches_separate_layers(monkeypatch):
+    calls = _spy(monkeypatch)
+    pm = _gpt2_lora()
+    twin = copy.deepcopy(pm)
+    _loss(pm).backward()
+    _loss(twin.base_model).backward()
+    assert len(calls["group"]) == 2  # q/k/v of each layer; o, up, down alone
+    for (k, p), (_, q) in zip(pm.named_parameters(), twin.named_parameters(), strict=True):
+        if p.requires_grad:
+            assert (p.grad - q.grad).norm() < 0.03 * q.grad.norm(), k
+
+
 def test_qlora_layers_are_not_grouped(monkeypatch):
     calls = _spy(monkeypatch)
     pm = _lora("qlora")
@@ -106,14 +119,28 @@ def test_qlora_layers_are_not_grouped(monkeypatch):
     assert not calls["group"] and len(calls["layer"]) == 14 and all(calls["layer"])
 
 
-def test_group_function_equals_separate_layers_in_fp32():
+def _gpt2_lora() -> torch.nn.Module:
+    """GPT-2 style: biases on q, k, v (stacked into the group's bias), a GELU MLP (no
+    gate/up group)."""
+    torch.manual_seed(0)
+    cfg = ModelConfig(vocab_size=96, d_model=64, n_layer=2, n_head=4, max_seq_len=64,
+                      pos="learned", norm="layernorm", mlp="gelu", d_ff=128, bias=True,
+                      tie_embeddings=True)
+    pm = get_peft_model(Transformer(cfg), "lora", r=4, lora_alpha=8,
+                        target_modules="all-linear")
+    randomize(pm)
+    return pm.train()
+
+
+@pytest.mark.parametrize("arch", ["llama", "gpt2"])
+def test_group_function_equals_separate_layers_in_fp32(arch):
     """LoraGroupFn's maths exactly (fp32, no autocast): output and every gradient against
     the three q/k/v layers (and gate/up) run one by one through LoraFn."""
-    pm = _lora()
+    pm = _lora() if arch == "llama" else _gpt2_lora()
     layers = [m for m in pm.modules() if isinstance(m, LoraLinear)]
     groups = [g for mod in pm.modules() for g in (getattr(mod, a, None) for a in GROUPS)
               if g is not None]
-    assert len(groups) == 4 and all(g.eligible() for g in groups)
+    assert len(groups) == (4 if arch == "llama" else 2) and all(g.eligible() for g in groups)
     store = CastStore(layers, groups, torch.float32)
     store.refresh()
     x = torch.randn(2, 5, 64, requires_grad=True)
@@ -121,6 +148,7 @@ def test_group_function_equals_separate_layers_in_fp32():
         ms = g.members()
         params = [m.lora_A.weight for m in ms] + [m.lora_B.weight for m in ms]
         bufs, blocks, scaling, _ = g.bufs
+        assert (bufs[3] is not None) == (arch == "gpt2")  # the stacked q/k/v biases
         y = LoraGroupFn.apply(x, None, bufs, blocks, scaling, *params)
         w = torch.randn_like(y)
         got = torch.autograd.grad((y * w).sum(), [x, *params])
