@@ -18,6 +18,13 @@ from llmlab.model.linear import Linear
 from llmlab.model.positions import apply_rope
 
 
+def _rms_normed(x: torch.Tensor, eps: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """x / rms(x) and 1 / rms(x), in fp32 so bf16 activations don't lose the mean-square."""
+    xf = x.float()
+    r = torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + eps)
+    return xf * r, r
+
+
 class _RMSNormFn(torch.autograd.Function):
     """RMSNorm with its backward written out. Autograd's chain through pow, mean, add, rsqrt
     and two muls is about 16 small kernels per norm; this is 8 (6 when the weight is frozen,
@@ -28,9 +35,7 @@ class _RMSNormFn(torch.autograd.Function):
     @staticmethod
     def forward(ctx: torch.autograd.function.FunctionCtx, x: torch.Tensor,
                 weight: torch.Tensor, eps: float) -> torch.Tensor:
-        xf = x.float()
-        r = torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + eps)
-        xn = xf * r
+        xn, r = _rms_normed(x, eps)
         ctx.save_for_backward(xn, r, weight)
         ctx.x_dtype = x.dtype  # type: ignore[attr-defined]
         return weight * xn.to(x.dtype)
@@ -57,12 +62,9 @@ class RMSNorm(nn.Module):
         self.weight = nn.Parameter(torch.ones(dim))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        # Normalise in fp32 so bf16 activations don't lose the mean-square.
         if torch.is_grad_enabled() and (x.requires_grad or self.weight.requires_grad):
             return _RMSNormFn.apply(x, self.weight, self.eps)
-        xf = x.float()
-        xf = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)
-        return self.weight * xf.to(x.dtype)
+        return self.weight * _rms_normed(x, self.eps)[0].to(x.dtype)
 
 
 def make_norm(cfg: ModelConfig) -> nn.Module:
@@ -105,8 +107,7 @@ class Attention(nn.Module):
         # q, k and v in one matmul: fused weights for inference (model/quant.py), or LoRA
         # layers grouped for eager mixed-precision training (peft/lora.py; None: not now).
         fused, group = getattr(self, "qkv_fused", None), getattr(self, "qkv_group", None)
-        qkv = fused(x) if fused is not None else (
-            group(x) if group is not None and not self.cross else None)
+        qkv = fused(x) if fused is not None else (group(x) if group is not None else None)
         if qkv is not None:
             nq, nkv = self.n_head * self.head_dim, self.n_kv_head * self.head_dim
             qx, kx, vx = qkv.split([nq, nkv, nkv], dim=-1)

@@ -24,6 +24,7 @@ from __future__ import annotations
 import math
 import re
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -197,13 +198,14 @@ class LoraGroup:
         self.parent, self.names = parent, names
         self.bufs: tuple | None = None  # set by CastStore
 
-    def members(self) -> list[LoraLinear]:
-        return [getattr(self.parent, n) for n in self.names]
+    def members(self) -> list[Any]:
+        """The parent's layers by name now (None where one is gone, e.g. after a merge)."""
+        return [getattr(self.parent, n, None) for n in self.names]
 
     def eligible(self) -> bool:
         """Layers that can be stacked: plain (not NF4) bases of one input size, all with a
         bias or none, one scale, no DoRA."""
-        ms = [getattr(self.parent, n, None) for n in self.names]
+        ms = self.members()
         if not all(isinstance(m, LoraLinear) for m in ms):
             return False
         bases = [m.base_layer for m in ms]  # type: ignore[union-attr]
@@ -224,14 +226,14 @@ class LoraGroup:
                 or not torch.is_autocast_enabled(dev):
             return None
         dt = torch.get_autocast_dtype(dev)
-        ms = [getattr(self.parent, n, None) for n in self.names]
+        ms = self.members()
         for m in ms:
             if not isinstance(m, LoraLinear) or m.merged or m.disabled or m.use_dora or (
                     m.training and not isinstance(m.lora_dropout, nn.Identity)) \
                     or m._current_casts(dt) is None:
                 return None
-        bufs, blocks, scaling, ids = self.bufs
-        if bufs[0].dtype != dt or ids != tuple(id(m) for m in ms):
+        bufs, blocks, scaling, ids = self.bufs  # the current casts' store (in `dt`) set them
+        if ids != tuple(id(m) for m in ms):
             return None
         ab = [m.lora_A.weight for m in ms] + [m.lora_B.weight for m in ms]  # type: ignore[union-attr]
         x16 = shared_cast(x, dt)
@@ -261,12 +263,16 @@ def refresh_casts(model: nn.Module, dtype: torch.dtype) -> None:
     eager mixed-precision forward. Costs a few kernels after an optimizer step (or the first
     time), and none otherwise. The price is a `dtype` copy of each frozen Linear weight
     (NF4 bases are not copied: they are dequantised as before)."""
-    layers = [m for m in model.modules() if isinstance(m, LoraLinear)
-              and not (m.merged or m.disabled or m.use_dora)]
+    layers, every = [], []
+    for mod in model.modules():
+        if isinstance(mod, LoraLinear):
+            if not (mod.merged or mod.disabled or mod.use_dora):
+                layers.append(mod)
+        else:
+            every += [g for g in (getattr(mod, a, None) for a in GROUPS)
+                      if isinstance(g, LoraGroup)]
     if not layers:
         return
-    every = [g for mod in model.modules() for g in (getattr(mod, a, None) for a in GROUPS)
-             if isinstance(g, LoraGroup)]
     groups = [g for g in every if g.eligible()
               and all(not (m.merged or m.disabled) for m in g.members())]
     store = model.__dict__.get("_lora_cast_store")

@@ -204,7 +204,7 @@ class CastStore:
     weights are stacked into one W_cat once."""
 
     def __init__(self, layers: list[Any], groups: list[Any], dtype: torch.dtype) -> None:
-        self.dtype, self.layers, self.groups = dtype, layers, groups
+        self.dtype, self.groups = dtype, groups
         dev = layers[0].lora_A.weight.device
         self.key = self.structure(layers, groups, dtype)
         in_group = {id(m) for g in groups for m in g.members()}
@@ -218,17 +218,19 @@ class CastStore:
             a_view[id(m)] = self.flat_a[off:off + n].view(m.lora_A.weight.shape)
             off += n
         # B: a zero block per group (its B's on the diagonal), then each other layer's B.
+        # blocks: each member's (row 0, rows, column 0, columns) in its group's B_bd.
         idx, b_view, g_bd, off = [], {}, [], 0
         for g in groups:
             ms = g.members()
             d_all, r_all = sum(m.out_features for m in ms), sum(m.r for m in ms)
-            g_bd.append((off, d_all, r_all))
-            d0 = r0 = 0
+            blocks, d0, r0 = [], 0, 0
             for m in ms:
                 rows = torch.arange(d0, d0 + m.out_features)[:, None] * r_all
                 idx.append((off + rows + torch.arange(r0, r0 + m.r)[None, :]).reshape(-1))
-                b_view[id(m)] = (len(g_bd) - 1, d0, m.out_features, r0, m.r)
+                b_view[id(m)] = (len(g_bd), d0, m.out_features, r0, m.r)
+                blocks.append((d0, m.out_features, r0, m.r))
                 d0, r0 = d0 + m.out_features, r0 + m.r
+            g_bd.append((off, d_all, r_all, tuple(blocks)))
             off += d_all * r_all
         for m in order[len(b_view):]:
             n = m.lora_B.weight.numel()
@@ -240,7 +242,7 @@ class CastStore:
         scales = {m.scaling for m in order}
         self.scale: float | torch.Tensor = scales.pop() if len(scales) == 1 else torch.cat(
             [torch.full((m.lora_B.weight.numel(),), m.scaling) for m in order]).to(dev)
-        bd = [self.flat_b[o:o + d * r].view(d, r) for o, d, r in g_bd]
+        bd = [self.flat_b[o:o + d * r].view(d, r) for o, d, r, _ in g_bd]
         self.views = {}
         for m in order:
             v = b_view[id(m)]
@@ -252,15 +254,10 @@ class CastStore:
                                      .view(m.lora_B.weight.shape))
         self.g_views = []
         a0 = 0
-        for g, b in zip(groups, bd, strict=True):
+        for g, b, (_, _, _, blocks) in zip(groups, bd, g_bd, strict=True):
             ms = g.members()
             n = sum(m.lora_A.weight.numel() for m in ms)
-            a_cat = self.flat_a[a0:a0 + n].view(-1, ms[0].in_features)
-            blocks, d0, r0 = [], 0, 0
-            for m in ms:
-                blocks.append((d0, m.out_features, r0, m.r))
-                d0, r0 = d0 + m.out_features, r0 + m.r
-            self.g_views.append((a_cat, b, tuple(blocks)))
+            self.g_views.append((self.flat_a[a0:a0 + n].view(-1, ms[0].in_features), b, blocks))
             a0 += n
         self.w_key: tuple = ()
         self.w16: dict[int, torch.Tensor | None] = {}
