@@ -7,6 +7,13 @@ operations a step dispatches predicts its eager GPU time better than a CPU clock
 
     PYTHONPATH=. python benchmarks/step_ops.py                 # CPU: ATen ops dispatched
     PYTHONPATH=. python benchmarks/step_ops.py --device cuda   # GPU: CUDA kernels run
+    PYTHONPATH=. python benchmarks/step_ops.py --host-time 40  # CPU: host cost per step
+
+`--host-time N` times N eager steps per side on a *narrow* model: the SmolLM2-135M layout
+(30 layers, 9 query and 3 KV heads, SwiGLU, tied embeddings) with every width cut to a few
+dozen, so the arithmetic is negligible and what remains is what a launch-bound GPU step pays
+on the host: Python, autograd and the dispatcher per operation. It counts the cost of our
+autograd.Functions' Python, which an op count does not.
 
 Same models, configs, loss and optimizer as benchmarks/sft_peft.py (bf16 autocast, fused
 AdamW, the SmolLM2-135M shape with random weights); one warm-up step, then one counted step.
@@ -51,6 +58,39 @@ class _Ops(TorchDispatchMode):
         if not func.is_view and name not in NO_KERNEL:
             self.ops[name] += 1
         return func(*args, **(kwargs or {}))
+
+
+def narrow_cfg() -> Any:
+    """SmolLM2-135M's layout with widths small enough that kernels cost ~nothing."""
+    from llmlab.model.config import preset
+
+    return preset("smollm2-135m", d_model=72, head_dim=8, d_ff=128, vocab_size=512,
+                  max_seq_len=2048)
+
+
+def host_time(impl: str, name: str, hf_dir: str, b: int, t: int, steps: int) -> list[float]:
+    """Wall ms of each of `steps` eager CPU steps (after two warm-ups) on the narrow model."""
+    import time
+
+    model, _ = S._ours(name) if impl == "llmlab" else S._theirs(name, hf_dir, True, "cpu")
+    model.train()
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4,
+                            fused=True)
+    ids = torch.randint(0, S._cfg().vocab_size, (b, t + 1),
+                        generator=torch.Generator().manual_seed(1))
+    x, y = ids[:, :-1], ids[:, 1:]
+    out = []
+    for i in range(steps + 2):
+        t0 = time.perf_counter()
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            logits = model(input_ids=x).logits
+            loss = F.cross_entropy(logits.float().flatten(0, 1), y.flatten())
+        loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        if i >= 2:
+            out.append((time.perf_counter() - t0) * 1e3)
+    return out
 
 
 def count(impl: str, name: str, hf_dir: str, device: str, b: int, t: int) -> dict[str, Any]:
@@ -113,6 +153,9 @@ def main() -> None:
     ap.add_argument("--seq", type=int, default=32)
     ap.add_argument("--configs", default="full,lora-r8-qv,lora-r16-all,qlora-r16-all")
     ap.add_argument("--out", default=None, help="write the rows as JSON here")
+    ap.add_argument("--host-time", type=int, default=0, metavar="N",
+                    help="time N steps per side on the narrow model instead of counting ops")
+    ap.add_argument("--rounds", type=int, default=3, help="with --host-time: rounds, in turn")
     a = ap.parse_args()
     names = a.configs.split(",")
     bad = [n for n in names if n not in S.CONFIGS]
@@ -124,6 +167,8 @@ def main() -> None:
     from llmlab.weights.hf import save_hf
 
     has_bnb = importlib.util.find_spec("bitsandbytes") is not None
+    if a.host_time:
+        return _host_table(a, names, has_bnb)
     unit = "CUDA kernels run" if a.device == "cuda" else "ATen ops dispatched"
     print(f"# {unit} per training step, B x T = {a.batch} x {a.seq}, bf16 autocast, "
           f"fused AdamW; torch {torch.__version__}", flush=True)
@@ -153,6 +198,45 @@ def main() -> None:
         print(f"| {name} | {ours or '-'} | {theirs or '-'} | {ratio} | {rel} |")
     if a.out:
         Path(a.out).write_text(json.dumps(rows, indent=1))
+
+
+def _host_table(a: argparse.Namespace, names: list[str], has_bnb: bool) -> None:
+    import statistics
+
+    from llmlab.model import Transformer
+    from llmlab.weights.hf import save_hf
+
+    torch.set_num_threads(1)
+    S._cfg = narrow_cfg  # both sides build from S._cfg: ours directly, theirs via hf_dir
+    print(f"# host ms per eager step, narrow SmolLM2 layout {narrow_cfg().n_layer} layers, "
+          f"B x T = {a.batch} x {a.seq}, bf16 autocast, fused AdamW, 1 thread; "
+          f"torch {torch.__version__}; median of {a.host_time} steps, {a.rounds} rounds",
+          flush=True)
+    ms: dict[tuple[str, str], list[float]] = collections.defaultdict(list)
+    with tempfile.TemporaryDirectory() as hf_dir:
+        torch.manual_seed(0)
+        save_hf(Transformer(narrow_cfg()), hf_dir)
+        for rnd in range(a.rounds):
+            for name in names:
+                for impl in S.IMPLS:
+                    if impl != "llmlab" and S.CONFIGS[name].get("nf4") and not has_bnb:
+                        continue
+                    m = statistics.median(host_time(impl, name, hf_dir, a.batch, a.seq,
+                                                    a.host_time))
+                    ms[(name, impl)].append(m)
+                    print(f"round {rnd} {name:14s} {impl:18s} {m:7.2f} ms", flush=True)
+    med = {k: statistics.median(v) for k, v in ms.items()}
+    full = med.get(("full", "llmlab"))
+    print("\n| config | llmlab ms | PEFT ms | PEFT / llmlab | llmlab / llmlab full |\n"
+          "|---|---|---|---|---|")
+    for name in names:
+        ours, theirs = med.get((name, "llmlab")), med.get((name, "transformers+peft"))
+        ratio = f"{theirs / ours:.2f}x" if ours and theirs else "-"
+        rel = f"{ours / full:.2f}" if ours and full else "-"
+        print(f"| {name} | {ours:.1f} | {f'{theirs:.1f}' if theirs else '-'} | {ratio} | {rel} |"
+              if ours else f"| {name} | - | - | - | - |")
+    if a.out:
+        Path(a.out).write_text(json.dumps({f"{k[0]}/{k[1]}": v for k, v in ms.items()}))
 
 
 if __name__ == "__main__":

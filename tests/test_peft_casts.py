@@ -256,3 +256,30 @@ def test_env_switch_turns_the_fast_path_off(monkeypatch):
     pm = _lora()
     _loss(pm).backward()
     assert not calls["group"] and len(calls["layer"]) == 14 and not any(calls["layer"])
+
+
+def test_store_walks_the_model_again_only_after_its_tree_changes(monkeypatch):
+    """Steady state: no walk of the model per forward (milliseconds of host time on a real
+    model), whatever the adapters' flags do; a layer put into the tree joins the store."""
+    from llmlab.peft.lora import LoraConfig, LoraGroup
+
+    calls = _spy(monkeypatch)
+    walks = []
+    eligible = LoraGroup.eligible
+    monkeypatch.setattr(LoraGroup, "eligible", lambda g: walks.append(1) or eligible(g))
+    pm = _lora()
+    attn = pm.base_model.get_submodule("model.layers.1.self_attn")
+    new = LoraLinear(attn.o_proj.base_layer, LoraConfig(r=2, lora_alpha=4))  # put in below
+    _train(pm, pm, steps=2)
+    first = len(walks)
+    assert first == 4  # two layers, each a q/k/v and a gate/up group
+    with torch.no_grad(), pm.disable_adapters():  # the DPO/GRPO reference forward
+        _loss(pm)
+    _train(pm, pm, steps=1)
+    assert len(walks) == first and len(calls["group"]) == 3 * 4  # 3 steps; none while disabled
+    # Another LoRA layer put in place: the next forward walks again and gives it casts.
+    attn.o_proj = new
+    n = len(calls["layer"])
+    _train(pm, pm, steps=1)
+    assert len(walks) == first + 4 and new._casts is not None
+    assert all(calls["layer"][n:])  # every single layer (o, down) ran with cached casts

@@ -7,6 +7,7 @@ weights and PEFT adapter keys map across without a renaming table.
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -88,6 +89,11 @@ class Attention(nn.Module):
         self.k_proj = Linear(d, self.n_kv_head * hd, bias=cfg.bias)
         self.v_proj = Linear(d, self.n_kv_head * hd, bias=cfg.bias)
         self.o_proj = Linear(self.n_head * hd, d, bias=cfg.bias)
+        # Plain attributes until set: a missing one would make every forward's lookup raise
+        # and catch an AttributeError inside nn.Module (microseconds each, per layer, per
+        # step). Assigning a module later moves it into _modules as usual.
+        self.qkv_fused: nn.Module | None = None
+        self.qkv_group: Any = None
 
     def _heads(self, x: torch.Tensor, n: int) -> torch.Tensor:
         b, t, _ = x.shape
@@ -106,7 +112,7 @@ class Attention(nn.Module):
         b, t, _ = x.shape
         # q, k and v in one matmul: fused weights for inference (model/quant.py), or LoRA
         # layers grouped for eager mixed-precision training (peft/lora.py; None: not now).
-        fused, group = getattr(self, "qkv_fused", None), getattr(self, "qkv_group", None)
+        fused, group = self.qkv_fused, self.qkv_group
         qkv = fused(x) if fused is not None else (group(x) if group is not None else None)
         if qkv is not None:
             nq, nkv = self.n_head * self.head_dim, self.n_kv_head * self.head_dim
@@ -184,9 +190,11 @@ class MLP(nn.Module):
         self.up_proj = Linear(cfg.d_model, cfg.d_ff, bias=cfg.bias)
         self.down_proj = Linear(cfg.d_ff, cfg.d_model, bias=cfg.bias)
         self.dropout = nn.Dropout(cfg.dropout)
+        self.gate_up_fused: nn.Module | None = None  # plain attributes: see Attention
+        self.gate_up_group: Any = None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        fused, group = getattr(self, "gate_up_fused", None), getattr(self, "gate_up_group", None)
+        fused, group = self.gate_up_fused, self.gate_up_group
         gu = fused(x) if fused is not None else (group(x) if group is not None else None)
         if gu is not None:  # gate and up in one matmul (see Attention.forward)
             g, u = gu.chunk(2, dim=-1)

@@ -30,7 +30,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from llmlab.peft.lora_fast import _OPT_STEPS, CastStore, LoraFn, LoraGroupFn, shared_cast
+from llmlab.peft.lora_fast import (
+    _OPT_STEPS,
+    _TREE_GEN,
+    CastStore,
+    LoraFn,
+    LoraGroupFn,
+    bump_tree_gen,
+    shared_cast,
+)
 from llmlab.peft.nf4 import NF4Linear, compute_dtype
 
 LINEAR_NAMES = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
@@ -98,8 +106,12 @@ class LoraLinear(nn.Module):
         """What the cached casts depend on. An in-place change (a merge, a loaded state, a
         plain optimizer) bumps a tensor's version, but a fused optimizer's step does not, so
         the count of optimizer steps taken in this process is part of the key too."""
-        a, b = self.lora_A.weight, self.lora_B.weight
-        w = None if isinstance(self.base_layer, NF4Linear) else self.base_layer.weight
+        # Read through the module dicts: nn.Module.__getattr__ costs ~1 us a name, and this
+        # runs for every layer several times a step.
+        mods = self._modules
+        a, b = mods["lora_A"]._parameters["weight"], mods["lora_B"]._parameters["weight"]
+        base = mods["base_layer"]
+        w = None if isinstance(base, NF4Linear) else base._parameters["weight"]
         return (dtype, a.device, a._version, b._version, _OPT_STEPS[0], self.scaling,
                 None if w is None else (w._version, w.data_ptr()))
 
@@ -229,7 +241,7 @@ class LoraGroup:
         ms = self.members()
         for m in ms:
             if not isinstance(m, LoraLinear) or m.merged or m.disabled or m.use_dora or (
-                    m.training and not isinstance(m.lora_dropout, nn.Identity)) \
+                    m.training and not isinstance(m._modules["lora_dropout"], nn.Identity)) \
                     or m._current_casts(dt) is None:
                 return None
         bufs, blocks, scaling, ids = self.bufs  # the current casts' store (in `dt`) set them
@@ -243,6 +255,7 @@ class LoraGroup:
 
 def install_groups(model: nn.Module) -> None:
     """Give each module whose q, k, v (or gate, up) are all LoRA layers a LoraGroup."""
+    bump_tree_gen()
     for mod in model.modules():
         if getattr(mod, "cross", False):  # cross-attention: k, v read the encoder output
             continue
@@ -252,36 +265,45 @@ def install_groups(model: nn.Module) -> None:
 
 
 def remove_groups(model: nn.Module) -> None:
+    bump_tree_gen()
     for mod in model.modules():
         for attr in GROUPS:
-            if isinstance(getattr(mod, attr, None), LoraGroup):
-                delattr(mod, attr)
+            if isinstance(mod.__dict__.get(attr), LoraGroup):
+                setattr(mod, attr, None)  # the model's "no group" (a plain attribute)
 
 
 def refresh_casts(model: nn.Module, dtype: torch.dtype) -> None:
     """Make every LoRA layer's compute-dtype casts current (`CastStore`): called before an
     eager mixed-precision forward. Costs a few kernels after an optimizer step (or the first
     time), and none otherwise. The price is a `dtype` copy of each frozen Linear weight
-    (NF4 bases are not copied: they are dequantised as before)."""
+    (NF4 bases are not copied: they are dequantised as before).
+
+    The store holds every non-DoRA LoRA layer, merged, disabled or not: those flags are
+    checked where the casts are used, so toggling them (a DPO reference forward) costs no
+    rebuild. The model is walked again only when its module tree may have changed."""
+    store = model.__dict__.get("_lora_cast_store")
+    if store is not None and store.gen == _TREE_GEN[0] and store.dtype == dtype \
+            and store.refresh():
+        return
+    gen = _TREE_GEN[0]
     layers, every = [], []
     for mod in model.modules():
         if isinstance(mod, LoraLinear):
-            if not (mod.merged or mod.disabled or mod.use_dora):
+            if not mod.use_dora:
                 layers.append(mod)
-        else:
-            every += [g for g in (getattr(mod, a, None) for a in GROUPS)
-                      if isinstance(g, LoraGroup)]
+        else:  # groups are plain attributes: read __dict__, no AttributeError per module
+            every += [g for g in map(mod.__dict__.get, GROUPS) if isinstance(g, LoraGroup)]
     if not layers:
         return
-    groups = [g for g in every if g.eligible()
-              and all(not (m.merged or m.disabled) for m in g.members())]
-    store = model.__dict__.get("_lora_cast_store")
+    groups = [g for g in every if g.eligible()]
     if store is None or store.key != CastStore.structure(layers, groups, dtype):
         for g in every:  # a group's buffers only ever come from the current store
             g.bufs = None
         store = CastStore(layers, groups, dtype)
         model.__dict__["_lora_cast_store"] = store
-    store.refresh()
+    store.gen = gen
+    if not store.refresh():  # moved between the walk and now? the next call rebuilds
+        store.gen = -1
 
 
 def target_names(model: nn.Module, targets: list[str] | str) -> list[str]:

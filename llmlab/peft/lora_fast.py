@@ -77,6 +77,22 @@ def _count_step(*_: object) -> None:
 
 register_optimizer_step_post_hook(_count_step)
 
+# Module-tree changes in this process: bumped whenever any module, parameter or buffer is
+# registered (torch's global registration hooks) and when LoRA groups are installed or
+# removed. `refresh_casts` walks a model for its LoRA layers again only after a bump; a
+# walk costs milliseconds of host time per step, a launch-bound GPU step's real cost.
+# (Correctness never rests on it: each layer and group checks its own casts before use.)
+_TREE_GEN = [0]
+
+
+def bump_tree_gen(*_: object) -> None:
+    _TREE_GEN[0] += 1
+
+
+nn.modules.module.register_module_module_registration_hook(bump_tree_gen)
+nn.modules.module.register_module_parameter_registration_hook(bump_tree_gen)
+nn.modules.module.register_module_buffer_registration_hook(bump_tree_gen)
+
 
 class LoraFn(torch.autograd.Function):
     """y = x W^T + bias + s (xd A^T) B^T for a frozen W (xd: x after dropout; None: x).
@@ -206,6 +222,7 @@ class CastStore:
     def __init__(self, layers: list[Any], groups: list[Any], dtype: torch.dtype) -> None:
         self.dtype, self.groups = dtype, groups
         dev = layers[0].lora_A.weight.device
+        self.device, self.gen = dev, -1  # gen: the tree generation it was checked at
         self.key = self.structure(layers, groups, dtype)
         in_group = {id(m) for g in groups for m in g.members()}
         order = [m for g in groups for m in g.members()]
@@ -291,12 +308,16 @@ class CastStore:
                     base.weight.dtype == dt else base.weight.to(dt)
 
     @torch.no_grad()
-    def refresh(self) -> None:
+    def refresh(self) -> bool:
+        """Make the casts current; False (nothing done) if a layer moved to another device,
+        which needs a new store."""
         dt = self.dtype
         keys = [m._cast_key(dt) for m in self.order]
+        if any(k[1] != self.device for k in keys):
+            return False
         if all(m._casts is not None and m._casts[0] == k
                for m, k in zip(self.order, keys, strict=True)):
-            return
+            return True
         w_key = tuple(k[-1] for k in keys)
         if w_key != self.w_key:
             self._frozen()
@@ -309,4 +330,5 @@ class CastStore:
         for m, k in zip(self.order, keys, strict=True):
             a16, bs16 = self.views[id(m)]
             m._casts = (k, a16, bs16, self.w16[id(m)])
+        return True
 
