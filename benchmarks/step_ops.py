@@ -11,18 +11,11 @@ operations a step dispatches predicts its eager GPU time better than a CPU clock
 
 `--host-time N` times N eager steps per side on a *narrow* model: the SmolLM2-135M layout
 (30 layers, 9 query and 3 KV heads, SwiGLU, tied embeddings) with every width cut to a few
-dozen, so the arithmetic is negligible and what remains is what a launch-bound GPU step pays
-on the host: Python, autograd and the dispatcher per operation. It counts the cost of our
-autograd.Functions' Python, which an op count does not.
-
-Same models, configs, loss and optimizer as benchmarks/sft_peft.py (bf16 autocast, fused
-AdamW, the SmolLM2-135M shape with random weights); one warm-up step, then one counted step.
-On the CPU the count is every ATen operation that reaches the dispatcher below autograd,
-less views and bare allocations (no kernel on a GPU). Two caveats: on CUDA llmlab's fp32
-adapter gradients come straight out of cuBLAS (`torch.mm(..., out_dtype=)`, which has no CPU
-kernel), so the CPU count has one cast per adapter gradient that CUDA does not run, and the
-table takes those off ("casts CUDA folds"); and a foreach op is one dispatch here but may be
-several launches there. On CUDA the count is the kernels the profiler saw run on the device.
+dozen. What remains of a step is per-operation cost: Python, autograd and the dispatcher, the
+part a launch-bound GPU step pays on the host, which an op count does not see (our
+autograd.Functions run Python). It is not a GPU forecast: a tiny bf16 matmul costs ~15 us on
+this CPU, far more than a launch, so a path with more matmuls (LoRA's) is overcharged. Use
+it to find host overhead in one implementation, before and after a change.
 """
 
 from __future__ import annotations

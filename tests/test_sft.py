@@ -145,3 +145,22 @@ def test_loss_on_selected_logits_equals_full_logits_loss_and_grads(method):
     for k, p in pm.named_parameters():
         if p.requires_grad:
             assert torch.allclose(ours[k], p.grad, atol=1e-6), k
+
+
+def test_a_leading_bom_is_read_as_utf8(tmp_path):
+    """Files saved by Windows editors start with a UTF-8 BOM: every reader of user text drops
+    it, where json.loads alone fails and a plain read would keep U+FEFF in the text."""
+    from llmlab.rag.ingest import read_file
+    from llmlab.train.data import iter_documents
+
+    bom = "\ufeff"
+    good = {"messages": [{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"}]}
+    f = tmp_path / "d.jsonl"
+    f.write_text(bom + json.dumps(good) + "\n", encoding="utf-8")
+    assert load_file(f, "chat")[0] == good["messages"]
+    t = tmp_path / "t.txt"
+    t.write_text(bom + "In the beginning", encoding="utf-8")
+    j = tmp_path / "t.jsonl"
+    j.write_text(bom + json.dumps({"text": "In the beginning"}) + "\n", encoding="utf-8")
+    assert list(iter_documents([str(t), str(j)])) == ["In the beginning"] * 2
+    assert read_file(t, "t.txt")[0].text == "In the beginning"

@@ -183,7 +183,7 @@ def load_prompts(path: str | None, limit: int | None) -> list[str]:
         if not p.is_file():
             raise FileNotFoundError(f"{p}: no such prompt file")
         prompts = []
-        for n, line in enumerate(p.read_text(encoding="utf-8").splitlines(), 1):
+        for n, line in enumerate(p.read_text(encoding="utf-8-sig").splitlines(), 1):
             if not line.strip():
                 continue
             if p.suffix == ".jsonl":

@@ -67,7 +67,7 @@ def _perplexity_text(source: str) -> str:
     if not path.is_file():
         raise ValueError(f"perplexity source {source!r} is neither a corpus ({', '.join(CORPORA)}) "
                          "nor a file")
-    return path.read_text(encoding="utf-8")
+    return path.read_text(encoding="utf-8-sig")
 
 
 def run_perplexity(lm: Any, args: list[str], cfg: EvalConfig) -> dict[str, Any]:
@@ -140,7 +140,7 @@ def _gen_items(source: str) -> list[tuple[str, str]]:
     if not path.is_file():
         raise ValueError(f"gen source {source!r} is neither a bundled set (pydocs) nor a file")
     items = []
-    for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+    for n, line in enumerate(path.read_text(encoding="utf-8-sig").splitlines(), 1):
         if not line.strip():
             continue
         try:

@@ -30,7 +30,7 @@ def load_qrels(path: str | Path) -> list[Qrel]:
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no such qrels file")
     out = []
-    for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+    for n, line in enumerate(path.read_text(encoding="utf-8-sig").splitlines(), 1):
         if not line.strip():
             continue
         try:

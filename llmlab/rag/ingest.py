@@ -116,7 +116,7 @@ def read_file(path: Path, source: str) -> list[Document]:
     try:
         if ext == ".pdf":
             return [_read_pdf(path, source)]
-        raw = path.read_bytes().decode("utf-8")
+        raw = path.read_bytes().decode("utf-8-sig")  # -sig: a leading BOM is dropped
     except UnicodeDecodeError as e:
         raise IngestError(f"{source}: not UTF-8 text ({e.reason} at byte {e.start})") from e
     except OSError as e:

@@ -75,7 +75,7 @@ def iter_documents(inputs: Sequence[str]) -> Iterator[str]:
 def _read_file(f: Path) -> Iterator[str]:
     suffix = f.suffix.lower()
     if suffix == ".jsonl":
-        with f.open(encoding="utf-8") as fh:
+        with f.open(encoding="utf-8-sig") as fh:  # -sig: drop a leading BOM
             for n, line in enumerate(fh, 1):
                 if not line.strip():
                     continue
@@ -97,7 +97,7 @@ def _read_file(f: Path) -> Iterator[str]:
             yield from (t for t in batch.column(0).to_pylist() if t)
     else:
         try:
-            yield f.read_text(encoding="utf-8")
+            yield f.read_text(encoding="utf-8-sig")
         except UnicodeDecodeError as e:
             raise ValueError(f"{f}: not UTF-8 text at byte {e.start}; give .txt, .jsonl or "
                              ".parquet") from None

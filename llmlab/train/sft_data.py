@@ -32,7 +32,7 @@ PYDOCS_DIR = Path("/usr/share/doc/python3.11/html/_sources")
 
 def _rows(path: Path) -> list[tuple[int, Any]]:
     """(line number, object) per JSONL line, or per element of a JSON array."""
-    text = path.read_text(encoding="utf-8")
+    text = path.read_text(encoding="utf-8-sig")  # -sig: a leading BOM (Windows editors) is dropped
     if path.suffix == ".json":
         try:
             data = json.loads(text)
