@@ -35,6 +35,11 @@ def test_unknown_preset_flag_and_config_field_list_valid_ones(tmp_path, run):
     e = _err("pretrain", "--out", str(tmp_path / "x"), "--max-step", "3")
     assert "--max-step" in e and "did you mean: --max-step -> --max-steps" in e
     assert "--grad-accum" in e  # the list of valid options
+    e = _err("pretrain", "--out", str(tmp_path / "x"), "--nosuchfield", "3")
+    assert "--nosuchfield" in e and "did you mean" not in e  # no far-fetched guess
+    e = _err("data", "prepare", "--input", "kjv", str(tmp_path / "none"), "--tokenizer", "gpt2",
+             "--out", str(tmp_path / "d"))
+    assert "none': no such file" in e and "tokenizing" not in e  # refused before any work
     (tmp_path / "c.json").write_text(json.dumps({"train": {"learning_rate": 1}}))
     e = _err("pretrain", "--out", str(tmp_path / "x"), "--config", str(tmp_path / "c.json"))
     assert "unknown field(s) ['learning_rate']" in e and "valid:" in e and "lr" in e

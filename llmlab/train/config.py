@@ -124,7 +124,7 @@ def build(cls: type, values: dict[str, Any], where: str) -> Any:
     valid = [f.name for f in dataclasses.fields(cls)]
     unknown = [k for k in values if k not in valid]
     if unknown:
-        hints = {k: difflib.get_close_matches(k, valid, n=1) for k in unknown}
+        hints = {k: difflib.get_close_matches(k, valid, n=1, cutoff=0.75) for k in unknown}
         did = "; ".join(f"{k!r}: did you mean {h[0]!r}?" for k, h in hints.items() if h)
         raise ValueError(f"{where}: unknown field(s) {unknown}" + (f" ({did})" if did else "")
                          + f"; valid: {', '.join(valid)}")
@@ -134,7 +134,7 @@ def build(cls: type, values: dict[str, Any], where: str) -> Any:
 def unknown_flags_error(extra: list[str], valid: list[str]) -> str:
     flags = [a.split("=")[0] for a in extra if a.startswith("--")]
     msg = f"unknown option(s) {flags or extra}"
-    close = [difflib.get_close_matches(f, valid, n=1) for f in flags]
+    close = [difflib.get_close_matches(f, valid, n=1, cutoff=0.75) for f in flags]
     sugg = [f"{f} -> {c[0]}" for f, c in zip(flags, close, strict=True) if c]
     if sugg:
         msg += f" (did you mean: {', '.join(sugg)})"

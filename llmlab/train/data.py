@@ -48,6 +48,12 @@ def _kjv_chapters() -> Iterator[str]:
         yield "\n".join(lines) + "\n"
 
 
+def _check_input(spec: str) -> None:
+    if spec not in BUNDLED and not Path(spec).exists():
+        raise FileNotFoundError(f"input {spec!r}: no such file or directory (and not a bundled "
+                                f"corpus: {', '.join(BUNDLED)})")
+
+
 def iter_documents(inputs: Sequence[str]) -> Iterator[str]:
     """Documents from bundled corpus names, .txt (one document per file), .jsonl (`text` field
     per line) and .parquet (`text` column per row) files, or directories of those."""
@@ -62,11 +68,7 @@ def iter_documents(inputs: Sequence[str]) -> Iterator[str]:
                 yield p.read_text(encoding="utf-8")
             continue
         path = Path(spec)
-        if not path.exists():
-            raise FileNotFoundError(
-                f"input {spec!r}: no such file or directory (and not a bundled corpus: "
-                f"{', '.join(BUNDLED)})"
-            )
+        _check_input(spec)
         files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
         for f in files:
             yield from _read_file(f)
@@ -215,6 +217,8 @@ def prepare(
     if not inputs:
         raise ValueError("no inputs: give files, directories or a bundled corpus "
                          f"({', '.join(BUNDLED)})")
+    for spec in inputs:  # before any work or progress bar
+        _check_input(spec)
     tok = resolve_tokenizer(tokenizer, (t for sp, t, _, _ in _units(inputs, val_fraction)
                                         if sp == "train"))
     bos, eos = tok.bos_id, tok.eos_id
