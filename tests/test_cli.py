@@ -121,3 +121,22 @@ def test_export_hf_cli_roundtrip(tmp_path):
     ids = torch.randint(0, 64, (1, 10))
     with torch.no_grad():
         assert (ref(ids).logits - m(ids).logits).abs().max().item() <= 1e-4
+
+
+def test_output_path_that_is_not_ours_is_refused_not_replaced(tmp_path):
+    """Outputs are swapped in atomically, replacing an earlier output; a file or a directory
+    of something else in the way is an error, and is left as it was."""
+    cfg = ModelConfig(vocab_size=64, d_model=16, n_layer=1, n_head=2, max_seq_len=32)
+    save_checkpoint(Transformer(cfg).eval(), tmp_path / "ck")
+    (tmp_path / "notes").mkdir()
+    (tmp_path / "notes" / "todo.txt").write_text("keep me")
+    (tmp_path / "file").write_text("keep me too")
+    for out, what in (("notes", "is not an llmlab output (it holds todo.txt"),
+                      ("file", "is not a directory")):
+        r = run("export-hf", str(tmp_path / "ck"), str(tmp_path / out))
+        assert r.returncode != 0 and f"{out}: exists and {what}" in r.stderr, r.stderr
+    assert (tmp_path / "notes" / "todo.txt").read_text() == "keep me"
+    assert (tmp_path / "file").read_text() == "keep me too"
+    for _ in range(2):  # an earlier export (or an empty dir) is replaced
+        r = run("export-hf", str(tmp_path / "ck"), str(tmp_path / "hf"))
+        assert r.returncode == 0 and (tmp_path / "hf" / "config.json").exists(), r.stderr

@@ -20,8 +20,12 @@ class CorruptFileError(ValueError):
 
 @contextlib.contextmanager
 def atomic_dir(out: str | Path) -> Iterator[Path]:
-    """Yield a temp dir beside `out`; on success swap it in, so readers never see half a write."""
+    """Yield a temp dir beside `out`; on success swap it in, so readers never see half a write.
+
+    An existing `out` is replaced only if it is empty or one of our outputs (it holds one of
+    OUTPUT_MARKERS): `llmlab export-hf model ~/Documents` must not delete Documents."""
     out = Path(out)
+    _check_replaceable(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
     try:
@@ -36,6 +40,25 @@ def atomic_dir(out: str | Path) -> Iterator[Path]:
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+# A file that every directory written through atomic_dir holds: HF and llmlab model dirs,
+# token shards, checkpoints, PEFT adapters.
+OUTPUT_MARKERS = ("config.json", "llmlab.json", "manifest.json", "meta.json",
+                  "adapter_config.json")
+
+
+def _check_replaceable(out: Path) -> None:
+    if not out.exists() and not out.is_symlink():
+        return
+    if not out.is_dir() or out.is_symlink():
+        raise FileExistsError(f"{out}: exists and is not a directory; give a new output path")
+    names = sorted(p.name for p in out.iterdir())
+    if names and not any(m in names for m in OUTPUT_MARKERS):
+        shown = ", ".join(names[:5]) + (", ..." if len(names) > 5 else "")
+        raise FileExistsError(
+            f"{out}: exists and is not an llmlab output (it holds {shown}; none of "
+            f"{', '.join(OUTPUT_MARKERS)}); give a new output path or remove it first")
 
 
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:
