@@ -215,7 +215,7 @@ class Block(nn.Module):
 
     def __init__(self, cfg: ModelConfig, layer_idx: int, causal: bool, cross: bool) -> None:
         super().__init__()
-        self.prenorm, self.causal = cfg.prenorm, causal
+        self.prenorm, self.causal, self.has_cross = cfg.prenorm, causal, cross
         self.input_layernorm = make_norm(cfg)
         self.self_attn = Attention(cfg, layer_idx)
         if cross:
@@ -247,7 +247,7 @@ class Block(nn.Module):
             self.input_layernorm,
             lambda h: self.self_attn(h, mask, is_causal, rope, cache, explain=ex_self),
         )
-        if hasattr(self, "cross_attn"):
+        if self.has_cross:  # a flag, not hasattr: a miss raises inside nn.Module every call
             ex_cross = explain["cross"] if explain is not None else None
             x = self._sub(
                 x,
