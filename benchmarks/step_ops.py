@@ -83,7 +83,18 @@ def host_time(impl: str, name: str, hf_dir: str, b: int, t: int, steps: int) -> 
         opt.zero_grad(set_to_none=True)
         if i >= 2:
             out.append((time.perf_counter() - t0) * 1e3)
+    if impl == "llmlab" and getattr(model, "method", None) in ("lora", "qlora"):
+        # The per-forward refresh of LoRA's cached casts alone, in its steady state.
+        from llmlab.peft.lora import refresh_casts
+
+        t0 = time.perf_counter()
+        for _ in range(50):
+            refresh_casts(model.base_model, torch.bfloat16)
+        REFRESH_MS[name].append((time.perf_counter() - t0) / 50 * 1e3)
     return out
+
+
+REFRESH_MS: dict[str, list[float]] = collections.defaultdict(list)
 
 
 def count(impl: str, name: str, hf_dir: str, device: str, b: int, t: int) -> dict[str, Any]:
@@ -149,6 +160,7 @@ def main() -> None:
     ap.add_argument("--host-time", type=int, default=0, metavar="N",
                     help="time N steps per side on the narrow model instead of counting ops")
     ap.add_argument("--rounds", type=int, default=3, help="with --host-time: rounds, in turn")
+    ap.add_argument("--impls", default=",".join(S.IMPLS), help="sides to run, comma-separated")
     a = ap.parse_args()
     names = a.configs.split(",")
     bad = [n for n in names if n not in S.CONFIGS]
@@ -211,7 +223,7 @@ def _host_table(a: argparse.Namespace, names: list[str], has_bnb: bool) -> None:
         save_hf(Transformer(narrow_cfg()), hf_dir)
         for rnd in range(a.rounds):
             for name in names:
-                for impl in S.IMPLS:
+                for impl in a.impls.split(","):
                     if impl != "llmlab" and S.CONFIGS[name].get("nf4") and not has_bnb:
                         continue
                     m = statistics.median(host_time(impl, name, hf_dir, a.batch, a.seq,
@@ -228,6 +240,8 @@ def _host_table(a: argparse.Namespace, names: list[str], has_bnb: bool) -> None:
         rel = f"{ours / full:.2f}" if ours and full else "-"
         print(f"| {name} | {ours:.1f} | {f'{theirs:.1f}' if theirs else '-'} | {ratio} | {rel} |"
               if ours else f"| {name} | - | - | - | - |")
+    for name, v in REFRESH_MS.items():
+        print(f"{name}: llmlab refresh_casts, steady state: {statistics.median(v):.3f} ms")
     if a.out:
         Path(a.out).write_text(json.dumps({f"{k[0]}/{k[1]}": v for k, v in ms.items()}))
 

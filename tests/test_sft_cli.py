@@ -142,3 +142,34 @@ def test_bad_rows_exit_nonzero_naming_line_and_field(setup, tmp_path, rows, fmt,
             check=False)
     assert r.returncode != 0 and re.search(expect, r.stderr), r.stderr[-2000:]
     assert "Traceback" not in r.stderr
+
+
+def test_chat_template_flag_travels_with_the_adapter_into_merged_hf_exports(setup, tmp_path):
+    """--chat-template llama3: the adapter dir carries it, `lora merge --hf` writes it where
+    transformers' tokenizer applies it (rendering as ours), and the merged model chats in it;
+    a bad template file is refused before any training."""
+    import llmlab
+    from llmlab.generate.chat import TEMPLATES, template_for
+
+    model, data = setup
+    run = tmp_path / "run"
+    args = ["--model", str(model), "--data", str(data), "--peft", "lora", "--lora-r", "4",
+            "--max-steps", "2", *COMMON]
+    sft("--out", str(run), "--chat-template", "llama3", *args)
+    t = TEMPLATES["llama3"]
+    assert (run / "final" / "chat_template.jinja").read_text() == t.to_jinja()
+    r = subprocess.run([sys.executable, "-m", "llmlab.cli", "lora", "merge", "--model",
+                        str(model), "--adapter", str(run / "final"), "--out",
+                        str(tmp_path / "merged"), "--hf"], env=env(), capture_output=True,
+                       text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    msgs = [{"role": "user", "content": "What is 2 plus 3?"}]
+    hf = transformers.AutoTokenizer.from_pretrained(tmp_path / "merged")
+    assert hf.apply_chat_template(msgs, tokenize=False, add_generation_prompt=True) \
+        == t.render(msgs) and "<|start_header_id|>user<|end_header_id|>" in t.render(msgs)
+    assert template_for(llmlab.load(str(tmp_path / "merged"))) == t
+    (tmp_path / "bad.json").write_text(json.dumps({"turn_start": "<{who}>"}))
+    r = sft("--out", str(tmp_path / "bad"), "--chat-template", str(tmp_path / "bad.json"),
+            *args, check=False)
+    assert r.returncode == 2 and "bad.json: field 'turn_start' must contain {role}" in r.stderr
+    assert not (tmp_path / "bad").exists()

@@ -36,10 +36,11 @@ def cmd_sft(a: argparse.Namespace) -> int:
 
 def cmd_lora_merge(a: argparse.Namespace) -> int:
     import llmlab
-    from llmlab.peft.model import load_adapter
+    from llmlab.peft.model import adopt_template, load_adapter
 
     lm = llmlab.load(a.model)
     pm = load_adapter(lm.model, a.adapter)
+    adopt_template(lm, a.adapter)  # the merged model chats as the adapter was trained
     merged = pm.merge_and_unload()
     if a.hf:
         from llmlab.weights.hf import save_hf

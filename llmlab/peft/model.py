@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import warnings
 from collections.abc import Iterator
 from dataclasses import asdict
 from pathlib import Path
@@ -34,6 +35,7 @@ from llmlab.peft.nf4 import NF4Linear, quantize_model
 PEFT_PREFIX = "base_model.model."
 CONFIG_FILE = "adapter_config.json"
 WEIGHTS_FILE = "adapter_model.safetensors"
+TEMPLATE_FILE = "chat_template.jinja"
 METHODS = ("lora", "dora", "qlora", "prompt", "prefix", "adapter")
 PEFT_TYPES = {"lora": "LORA", "dora": "LORA", "qlora": "LORA", "prompt": "PROMPT_TUNING",
               "prefix": "PREFIX_TUNING", "adapter": "BOTTLENECK_ADAPTER"}
@@ -127,8 +129,10 @@ class PeftModel(nn.Module):
 
     # ------------------------------------------------------------------ files
 
-    def save_adapter(self, out: str | Path) -> Path:
-        """PEFT's files (atomically), plus model.safetensors with our names for resume."""
+    def save_adapter(self, out: str | Path, chat_template: str | None = None) -> Path:
+        """PEFT's files (atomically), plus model.safetensors with our names for resume, and
+        the chat template the adapter was trained with, if not the base model's (as
+        transformers names it: chat_template.jinja)."""
         from llmlab.weights.io import atomic_dir, save_safetensors
 
         sd = {k: v.contiguous().cpu() for k, v in self.adapter_state().items()}
@@ -137,6 +141,8 @@ class PeftModel(nn.Module):
                              tmp / WEIGHTS_FILE)
             (tmp / CONFIG_FILE).write_text(json.dumps(self.peft_config, indent=2) + "\n")
             save_safetensors(sd, tmp / "model.safetensors")
+            if chat_template is not None:
+                (tmp / TEMPLATE_FILE).write_text(chat_template, encoding="utf-8")
         return Path(out)
 
     def disable_adapters(self) -> contextlib.AbstractContextManager[None]:
@@ -287,6 +293,7 @@ def apply_adapter(lm: Any, adapter_dir: str | Path, merge: bool = True) -> Any:
     LoRA and DoRA are merged into the weights (no inference cost); other adapters wrap the
     model. Returns `lm`, modified in place."""
     pm = load_adapter(lm.model, adapter_dir)
+    adopt_template(lm, adapter_dir)
     pm.eval()
     if merge and pm.method in ("lora", "dora"):
         lm.model = pm.merge_and_unload()
@@ -295,6 +302,22 @@ def apply_adapter(lm: Any, adapter_dir: str | Path, merge: bool = True) -> Any:
     for p in lm.model.parameters():
         p.requires_grad_(False)
     return lm
+
+
+def adopt_template(lm: Any, adapter_dir: str | Path) -> None:
+    """The chat template an adapter was trained with (SFT --chat-template), if it has one."""
+    f = Path(adapter_dir) / TEMPLATE_FILE
+    if not f.is_file():
+        return
+    from llmlab.generate.chat import parse_template
+
+    src = f.read_text(encoding="utf-8")
+    if parse_template(src) is None:
+        warnings.warn(f"{f}: not a chat template llmlab reads (ChatML or its own); chat "
+                      "uses the base model's", stacklevel=2)
+        return
+    lm.tokenizer.chat_template = src
+    lm.cfg.extra["chat_template"] = src
 
 
 def lora_modules(model: nn.Module) -> list[LoraLinear]:

@@ -156,6 +156,9 @@ class SFTConfig:
     bottleneck: int = 64  # bottleneck adapters
     packing: bool = True  # (prompt/prefix tuning never pack: the prefix is per sequence)
     system: str | None = None  # system prompt; None: the template's default
+    # A preset (chatml | llama3 | zephyr) or a JSON file of ChatTemplate's fields; None: the
+    # model's own. The trained model or adapter carries it (generate/chat then use it).
+    chat_template: str | None = None
     max_examples: int = 0  # 0: all
     val_examples: int = 64  # held out from the training file for val loss (bundled: test split)
 

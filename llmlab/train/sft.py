@@ -43,7 +43,7 @@ def encode_chat(tok: Any, template: ChatTemplate, messages: list[dict[str, str]]
     for m in msgs:
         if m["role"] != "assistant":
             continue
-        head = template.turn_start.format(role="assistant")
+        head = template.start("assistant")
         body = m["content"] + (stop if template.turn_end.startswith(stop) else "")
         start = full.index(head + m["content"], pos) + len(head)
         pieces += [(full[pos:start], False), (body, True)]
@@ -154,19 +154,22 @@ def sft_loss(model: nn.Module, batch: dict[str, torch.Tensor]
 
 def run_sft(scfg: SFTConfig, tcfg: TrainConfig, run_dir: str | Path) -> dict[str, Any]:
     import llmlab
-    from llmlab.generate.chat import template_for
+    from llmlab.generate.chat import load_template, set_template, template_for
     from llmlab.train.distributed import init_distributed, shutdown
     from llmlab.train.loop import Trainer
     from llmlab.train.sft_data import load_examples
     from llmlab.weights.registry import save_checkpoint
 
     tcfg.validate()
+    custom = load_template(scfg.chat_template) if scfg.chat_template else None  # fail fast
     run_dir = Path(run_dir)
     d = init_distributed(tcfg.device, tcfg.fsdp)
     try:
         if tcfg.threads:
             torch.set_num_threads(tcfg.threads)
         lm = llmlab.load(scfg.model)
+        if custom is not None:  # the model's own from now on: checkpoints and exports carry it
+            set_template(lm, custom)
         tok, template = lm.tokenizer, template_for(lm)
         train_ex = load_examples(scfg.data, scfg.format, "train")
         val_ex = load_examples(scfg.data, scfg.format, "test")
@@ -195,7 +198,8 @@ def run_sft(scfg: SFTConfig, tcfg: TrainConfig, run_dir: str | Path) -> dict[str
             torch.manual_seed(tcfg.seed)  # the adapter's random init (LoRA A) is part of the run
             model = get_peft_model(lm.model, scfg.peft, base_name=scfg.model,
                                    **scfg.peft_options())
-            export = lambda m, out: m.save_adapter(out)  # noqa: E731
+            tpl = tok.chat_template if custom is not None else None
+            export = lambda m, out: m.save_adapter(out, chat_template=tpl)  # noqa: E731
             if d.is_main:
                 print(model.trainable_summary())
         resolved = {"sft": dataclasses.asdict(scfg), "train": dataclasses.asdict(tcfg),
