@@ -193,16 +193,22 @@ def main() -> None:
                       f"top {r['top'][:5]}", flush=True)
     # On the CPU, the casts CUDA folds into cuBLAS are taken off (see the module docstring).
     ops = {(r["config"], r["impl"]): r["ops"] - r.get("cuda_folded_casts", 0) for r in rows}
-    full = ops.get(("full", "llmlab"))
-    print("\n| config | llmlab | PEFT | PEFT / llmlab | llmlab / llmlab full |\n"
-          "|---|---|---|---|---|")
-    for name in names:
-        ours, theirs = ops.get((name, "llmlab")), ops.get((name, "transformers+peft"))
-        ratio = f"{theirs / ours:.2f}x" if ours and theirs else "-"
-        rel = f"{ours / full:.2f}" if ours and full else "-"
-        print(f"| {name} | {ours or '-'} | {theirs or '-'} | {ratio} | {rel} |")
+    _table(names, ops, "", "{:d}")
     if a.out:
         Path(a.out).write_text(json.dumps(rows, indent=1))
+
+
+def _table(names: list[str], val: dict[tuple[str, str], Any], unit: str, fmt: str) -> None:
+    """The markdown table: each config, both sides, their ratio and ours against our full."""
+    full = val.get(("full", "llmlab"))
+    print(f"\n| config | llmlab{unit} | PEFT{unit} | PEFT / llmlab | llmlab / llmlab full |\n"
+          "|---|---|---|---|---|")
+    for name in names:
+        ours, theirs = val.get((name, "llmlab")), val.get((name, "transformers+peft"))
+        ratio = f"{theirs / ours:.2f}x" if ours and theirs else "-"
+        rel = f"{ours / full:.2f}" if ours and full else "-"
+        show = [fmt.format(v) if v else "-" for v in (ours, theirs)]
+        print(f"| {name} | {show[0]} | {show[1]} | {ratio} | {rel} |")
 
 
 def _host_table(a: argparse.Namespace, names: list[str], has_bnb: bool) -> None:
@@ -230,16 +236,7 @@ def _host_table(a: argparse.Namespace, names: list[str], has_bnb: bool) -> None:
                                                     a.host_time))
                     ms[(name, impl)].append(m)
                     print(f"round {rnd} {name:14s} {impl:18s} {m:7.2f} ms", flush=True)
-    med = {k: statistics.median(v) for k, v in ms.items()}
-    full = med.get(("full", "llmlab"))
-    print("\n| config | llmlab ms | PEFT ms | PEFT / llmlab | llmlab / llmlab full |\n"
-          "|---|---|---|---|---|")
-    for name in names:
-        ours, theirs = med.get((name, "llmlab")), med.get((name, "transformers+peft"))
-        ratio = f"{theirs / ours:.2f}x" if ours and theirs else "-"
-        rel = f"{ours / full:.2f}" if ours and full else "-"
-        print(f"| {name} | {ours:.1f} | {f'{theirs:.1f}' if theirs else '-'} | {ratio} | {rel} |"
-              if ours else f"| {name} | - | - | - | - |")
+    _table(names, {k: statistics.median(v) for k, v in ms.items()}, " ms", "{:.1f}")
     for name, v in REFRESH_MS.items():
         print(f"{name}: llmlab refresh_casts, steady state: {statistics.median(v):.3f} ms")
     if a.out:
