@@ -285,3 +285,22 @@ def test_bundled_pref_tasks_rank_pairs_by_their_verifier(task: str, n: int, pair
     for r, c, w in zip(rows, got[:len(rows)], got[len(rows):], strict=True):
         assert r["chosen"].strip() and r["rejected"].strip()
         assert (c, w) == (r["chosen_reward"], r["rejected_reward"]) and c > w
+
+
+def test_alignment_from_an_adapter_keeps_its_chat_template(tiny: Path, tmp_path: Path) -> None:
+    """An SFT adapter trained with --chat-template: DPO/PPO/GRPO from it render prompts in
+    that template and save it with the adapter they write."""
+    import llmlab
+    from llmlab.align.cli import AlignConfig, _model
+    from llmlab.generate.chat import TEMPLATES, template_for
+    from llmlab.peft.model import get_peft_model
+
+    zephyr = TEMPLATES["zephyr"]
+    pm = get_peft_model(llmlab.load(str(tiny)).model, "lora", r=2, target_modules=["q_proj"])
+    pm.save_adapter(tmp_path / "sft", chat_template=zephyr.to_jinja())
+    lm, model, export = _model(AlignConfig(model=str(tiny), adapter=str(tmp_path / "sft")))
+    assert template_for(lm) == zephyr
+    export(model, tmp_path / "out")
+    assert (tmp_path / "out" / "chat_template.jinja").read_text() == zephyr.to_jinja()
+    lm, model, _ = _model(AlignConfig(model=str(tiny)))  # no adapter: the base's ChatML
+    assert template_for(lm).turn_start == TEMPLATES["chatml"].turn_start

@@ -50,7 +50,7 @@ def _model(acfg: AlignConfig) -> tuple[Any, Any, Any]:
 
     lm = llmlab.load(acfg.model)
     if acfg.adapter:
-        from llmlab.peft.model import load_adapter
+        from llmlab.peft.model import adopt_template, load_adapter
 
         pm = load_adapter(lm.model, acfg.adapter)
         if pm.method not in ("lora", "dora"):
@@ -58,7 +58,9 @@ def _model(acfg: AlignConfig) -> tuple[Any, Any, Any]:
                              f"{pm.method}")
         for n, p in pm.named_parameters():
             p.requires_grad_("lora_" in n)
-        return lm, pm, lambda m, out: m.save_adapter(out)
+        # Prompts in the format the adapter learnt (SFT --chat-template), kept for the next.
+        tpl = adopt_template(lm, acfg.adapter)
+        return lm, pm, lambda m, out: m.save_adapter(out, chat_template=tpl)
     if acfg.peft == "none":
         return lm, lm.model, lambda m, out: save_checkpoint(m, out, lm.tokenizer)
     from llmlab.peft.model import get_peft_model

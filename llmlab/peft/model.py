@@ -304,20 +304,22 @@ def apply_adapter(lm: Any, adapter_dir: str | Path, merge: bool = True) -> Any:
     return lm
 
 
-def adopt_template(lm: Any, adapter_dir: str | Path) -> None:
-    """The chat template an adapter was trained with (SFT --chat-template), if it has one."""
+def adopt_template(lm: Any, adapter_dir: str | Path) -> str | None:
+    """Make the chat template an adapter was trained with (SFT --chat-template) the model's;
+    returns it (Jinja), or None if the adapter has none of its own."""
     f = Path(adapter_dir) / TEMPLATE_FILE
     if not f.is_file():
-        return
+        return None
     from llmlab.generate.chat import parse_template
 
     src = f.read_text(encoding="utf-8")
     if parse_template(src) is None:
         warnings.warn(f"{f}: not a chat template llmlab reads (ChatML or its own); chat "
                       "uses the base model's", stacklevel=2)
-        return
+        return None
     lm.tokenizer.chat_template = src
     lm.cfg.extra["chat_template"] = src
+    return src
 
 
 def lora_modules(model: nn.Module) -> list[LoraLinear]:
