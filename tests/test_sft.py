@@ -89,6 +89,19 @@ def test_no_trainable_token_is_an_error(smol):
         tokenize_examples(lm.tokenizer, template_for(lm), [{"messages": long}], 64)
 
 
+def test_cut_examples_are_counted_in_a_warning(smol):
+    from llmlab.generate.chat import template_for
+
+    lm, _ = smol
+    short = [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "ok"}]
+    long = [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "word " * 80}]
+    exs = [{"messages": m} for m in (short, long, short, long)]
+    n = len(encode_chat(lm.tokenizer, template_for(lm), long)[0]) - 1
+    with pytest.warns(UserWarning, match=rf"2 of 4 examples .* seq_len=64 .*longest: {n}\)"):
+        rows = tokenize_examples(lm.tokenizer, template_for(lm), exs, 64)
+    assert [len(x) for x, _ in rows][1::2] == [64, 64]
+
+
 def test_bad_rows_name_file_line_and_field(tmp_path):
     f = tmp_path / "d.jsonl"
     good = {"messages": [{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"}]}

@@ -17,6 +17,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import random
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -62,10 +63,13 @@ def encode_chat(tok: Any, template: ChatTemplate, messages: list[dict[str, str]]
 
 def tokenize_examples(tok: Any, template: ChatTemplate, examples: list[dict[str, Any]],
                       seq_len: int, system: str | None = None) -> list[tuple[list[int], list[int]]]:
-    """Encode and shift: input ids[:-1], labels[1:] (predict token t+1 at t); truncate."""
-    out = []
+    """Encode and shift: input ids[:-1], labels[1:] (predict token t+1 at t); truncate, with
+    a warning that counts the examples cut (their replies lose their ends)."""
+    out, cut, longest = [], 0, 0
     for i, ex in enumerate(examples):
         ids, labels = encode_chat(tok, template, ex["messages"], system)
+        if len(ids) > seq_len + 1:
+            cut, longest = cut + 1, max(longest, len(ids) - 1)
         ids, labels = ids[: seq_len + 1], labels[: seq_len + 1]
         x, y = ids[:-1], labels[1:]
         if not any(t != IGNORE for t in y):
@@ -73,6 +77,10 @@ def tokenize_examples(tok: Any, template: ChatTemplate, examples: list[dict[str,
             raise ValueError(f"{where}: no trainable (assistant) token within seq_len={seq_len}"
                              " tokens; raise --seq-len or shorten the prompt")
         out.append((x, y))
+    if cut:
+        warnings.warn(f"{cut} of {len(examples)} examples are longer than seq_len={seq_len} "
+                      f"tokens (the longest: {longest}) and were cut at the end; raise "
+                      "--seq-len to train on them whole", stacklevel=2)
     return out
 
 
