@@ -1,7 +1,13 @@
 """SmolLM2-135M decode and prefill speed on CPU: llmlab vs transformers' `generate`, same weights,
-same run, same thread count.
+same run, same thread count; and vs llama.cpp on the same Q4_1 GGUF file when llama-cpp-python
+is installed (it is not a dependency; it builds from source in a few minutes):
 
+    CMAKE_ARGS="-DGGML_NATIVE=ON" .venv/bin/pip install llama-cpp-python==0.3.36
     .venv/bin/python benchmarks/generate_cpu.py [--threads 2] [--new-tokens 128]
+
+llama.cpp is timed as the issue measured it: through llama-cpp-python's `generate` loop (one
+Python call per token, like ours), greedy, the same prompt ids, exactly `--new-tokens` tokens,
+with flash attention off and on; prefill is one `eval` of the same 512 ids.
 """
 
 from __future__ import annotations
@@ -12,6 +18,7 @@ import json
 import os
 import platform
 import time
+from typing import Any
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
@@ -73,6 +80,48 @@ def theirs(model, ids: list[int], n_new: int, repeat: int) -> float:
     return n_new / best_of(go, repeat)
 
 
+def greedy(model, ids: list[int], n: int) -> list[int]:
+    params = SamplingParams(max_new_tokens=n, temperature=0)
+    return [int(s.tokens[0]) for s in iter_decode(model, [ids], params)]
+
+
+def agree(a: list[int], b: list[int]) -> int:
+    """How many leading tokens two greedy continuations share."""
+    n = min(len(a), len(b))
+    return next((i for i in range(n) if a[i] != b[i]), n)
+
+
+def llama_cpp(path: str, ids: list[int], n_new: int, n_prefill: int, threads: int,
+              repeat: int, flash: bool) -> dict[str, Any] | None:
+    try:
+        from llama_cpp import Llama
+    except ImportError:
+        return None
+    llm = Llama(model_path=path, n_ctx=1024, n_batch=512, n_threads=threads,
+                n_threads_batch=threads, flash_attn=flash, verbose=False)
+
+    toks: list[int] = []
+
+    def decode() -> None:
+        llm.reset()
+        toks.clear()
+        for i, t in enumerate(llm.generate(ids, temp=0.0, top_k=1, reset=True), 1):
+            toks.append(int(t))
+            if i == n_new:  # no stop token: exactly n_new, as on the other sides
+                break
+
+    pre = torch.randint(100, 40000, (n_prefill,), generator=torch.Generator().manual_seed(0))
+
+    def prefill_() -> None:
+        llm.reset()
+        llm.eval(pre.tolist())
+
+    out = {"decode": n_new / best_of(decode, repeat),
+           "prefill": n_prefill / best_of(prefill_, repeat), "tokens": list(toks)}
+    llm.close()
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--threads", type=int, default=2)
@@ -129,6 +178,23 @@ def main() -> None:
             f"{r['llmlab_decode'] / r['hf_decode']:.2f}x | {r['llmlab_prefill']:.0f} | "
             f"{r['hf_prefill']:.0f} | {r['llmlab_prefill'] / r['hf_prefill']:.2f}x |"
         )
+    ref = greedy(lm.model, ids, a.new_tokens)  # fp32: the GGUF's weights, dequantised exactly
+    for flash in (False, True):
+        r = llama_cpp(str(p), ids, a.new_tokens, a.prefill, a.threads, a.repeat, flash)
+        if r is None:
+            print("llama.cpp: skipped (pip install llama-cpp-python; see the docstring)")
+            break
+        same = agree(r.pop("tokens"), ref)
+        rows.append({"weights": f"llama.cpp Q4_1, flash_attn={'on' if flash else 'off'}",
+                     "decode": r["decode"], "prefill": r["prefill"], "greedy_agree": same})
+        print(f"llama.cpp (flash-attn {'on' if flash else 'off'}): its greedy tokens equal "
+              f"llmlab fp32's for the first {same} of {a.new_tokens}")
+        q8 = rows[2]
+        print(f"| llama.cpp Q4_1 (flash-attn {'on' if flash else 'off'}) | decode "
+              f"{r['decode']:.1f} tok/s: llmlab int8 {q8['llmlab_decode'] / r['decode']:.2f}x"
+              f" | prefill {r['prefill']:.0f} tok/s: llmlab int8 "
+              f"{q8['llmlab_prefill'] / r['prefill']:.2f}x, llmlab bf16 "
+              f"{rows[1]['llmlab_prefill'] / r['prefill']:.2f}x |")
     print(json.dumps(rows))
 
 
