@@ -10,7 +10,7 @@ from collections.abc import Callable
 from typing import Any
 
 DEFAULT_MODEL = "smollm2-135m-instruct"
-DTYPES = ("fp32", "bf16", "int8")
+DTYPES = ("fp32", "bf16", "int8", "int4")
 
 
 def _load(name: str, dtype: str, adapter: str | None = None) -> Any:
@@ -31,6 +31,10 @@ def _load(name: str, dtype: str, adapter: str | None = None) -> Any:
         from llmlab.model.quant import quantize_int8_
 
         quantize_int8_(lm.model)
+    if dtype == "int4":
+        from llmlab.model.quant import quantize_int4_
+
+        quantize_int4_(lm.model)
     return lm
 
 
@@ -43,7 +47,8 @@ def _sampling_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--repetition-penalty", type=float, default=1.0)
     p.add_argument("--stop", action="append", default=[], help="stop string (repeatable)")
     p.add_argument("--seed", type=int, default=None)
-    p.add_argument("--dtype", default=None, help="fp32 | bf16 | int8 (weight-only, fastest on CPU)")
+    p.add_argument("--dtype", default=None,
+                   help="fp32 | bf16 | int8 | int4 (weight-only; int4 decodes fastest on CPU)")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     p.add_argument("--adapter", default=None, help="a PEFT-format adapter dir to apply")
 

@@ -81,7 +81,8 @@ def test_prompt_longer_than_context_is_an_error():
     assert "context" in r.stderr and "--truncate" in r.stderr
 
 
-def test_generate_greedy_prints_only_the_completion():
+@pytest.mark.parametrize("dtype", ["fp32", "int4"])
+def test_generate_greedy_prints_only_the_completion(dtype):
     r = run(
         "generate",
         "--prompt",
@@ -91,6 +92,8 @@ def test_generate_greedy_prints_only_the_completion():
         "0",
         "--max-new-tokens",
         "24",
+        "--dtype",
+        dtype,
     )
     assert r.returncode == 0, r.stderr
     assert "Paris" in r.stdout

@@ -17,6 +17,7 @@ from typing import Any
 
 import torch
 
+from llmlab.generate.cpu_decode import LeanDecoder
 from llmlab.generate.sampling import SamplingParams, sample
 from llmlab.model.cache import KVCache
 from llmlab.model.transformer import Transformer
@@ -98,10 +99,19 @@ def iter_decode(
     stops = torch.tensor(params.stop_token_ids or [-1], device=dev)
     done = torch.zeros(b, dtype=torch.bool, device=dev)
 
+    # Quantized Llama-style models on the CPU decode batch 1 through a lean step
+    # (generate/cpu_decode.py); the model itself runs the prefill.
+    lean = None if torch.is_autocast_enabled(dev.type) else \
+        LeanDecoder.for_model(model, b, padded, total)
     x = ids
     for step in range(params.max_new_tokens):
-        am = mask[:, : cache.length + x.shape[1]] if mask is not None else None
-        logits = model(x, attention_mask=am, cache=cache, last_only=True).logits[:, -1]
+        if lean is not None and step > 0:
+            logits = lean.step(int(x[0, 0]))
+        else:
+            am = mask[:, : cache.length + x.shape[1]] if mask is not None else None
+            logits = model(x, attention_mask=am, cache=cache, last_only=True).logits[:, -1]
+            if lean is not None:
+                lean.take_cache(cache)
         nxt = sample(logits, params, gen, seen)
         newly = torch.isin(nxt, stops) | (step == params.max_new_tokens - 1)
         done_before = done.clone()

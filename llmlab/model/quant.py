@@ -1,9 +1,15 @@
-"""Weight-only int8 for fast CPU decoding.
+"""Weight-only int8 and int4 for fast CPU decoding.
 
 At batch 1 a decode step reads every weight once and does little arithmetic with it, so
 its speed is set by bytes moved. Storing weights as int8 with one bf16 scale per output
 row halves the bytes of bf16 (quarters fp32); activations stay bf16, and torch's
 `_weight_int8pack_mm` kernel dequantises on the fly.
+
+int4 halves them again: groups of 32 weights along the input, each with a scale and a
+minimum, w = scale * q + min with q in 0..15. That is llama.cpp's Q4_1, which is what
+SmolLM2's GGUF holds, so quantising its (exactly dequantised) weights again gives back the
+file's own values, up to bf16 rounding of the scales. torch's `_weight_int4pack_mm_for_cpu`
+runs decode; prefill dequantises and runs one dense matmul.
 """
 
 from __future__ import annotations
@@ -28,17 +34,17 @@ class Int8Linear(nn.Module):
         self.in_features, self.out_features = linear.in_features, linear.out_features
         self.register_buffer("weight_int8", q)
         self.register_buffer("scale", scale.to(act_dtype))
-        self.bias = None
-        if linear.bias is not None:
-            self.register_buffer("bias", linear.bias.detach().to(act_dtype))
+        # (a buffer either way: `self.bias = None` first would block registering it)
+        self.register_buffer("bias", None if linear.bias is None
+                             else linear.bias.detach().to(act_dtype))
         self.act_dtype = act_dtype
         self.use_kernel = q.device.type == "cpu" and hasattr(torch.ops.aten, "_weight_int8pack_mm")
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         shape = x.shape
         x2 = x.reshape(-1, shape[-1]).to(self.act_dtype)
-        if self.use_kernel and x2.shape[0] <= 16:
-            y = torch.ops.aten._weight_int8pack_mm(x2, self.weight_int8, self.scale)
+        if self.use_kernel and _decode_rows(x2):
+            y = self.decode(x2)
         else:  # prefill (compute-bound) and non-CPU devices: dequantise, then one dense matmul
             w = self.weight_int8.to(self.act_dtype) * self.scale[:, None]
             y = F.linear(x2, w)
@@ -46,8 +52,80 @@ class Int8Linear(nn.Module):
             y = y + self.bias
         return y.reshape(*shape[:-1], self.out_features)
 
+    def decode(self, x2: torch.Tensor) -> torch.Tensor:
+        """(rows, K) activations in act_dtype, the weight-only kernel (CPU)."""
+        return torch.ops.aten._weight_int8pack_mm(x2, self.weight_int8, self.scale)
+
     def extra_repr(self) -> str:
         return f"in={self.in_features}, out={self.out_features}, int8 per-row"
+
+
+def _decode_rows(x2: torch.Tensor) -> bool:
+    return x2.shape[0] <= 16  # the weight-only kernels are GEMV-like; prefill is compute-bound
+
+
+def quantize_groups_int4(w: torch.Tensor, group: int = 32
+                         ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Asymmetric 4-bit per group of `group` inputs (llama.cpp's Q4_1): w ~= scale q + lo,
+    q (N, K) uint8 in 0..15, scale and lo (N, K / group)."""
+    n, k = w.shape
+    g = w.float().reshape(n, k // group, group)
+    lo, hi = g.amin(-1), g.amax(-1)
+    scale = ((hi - lo) / 15).clamp(min=1e-12)
+    q = torch.round((g - lo[..., None]) / scale[..., None]).clamp(0, 15).to(torch.uint8)
+    return q.reshape(n, k), scale, lo
+
+
+class Int4Linear(nn.Module):
+    """Weight-only int4 (groups of `group` along the input) with bf16 activations."""
+
+    def __init__(self, linear: nn.Linear, group: int = 32,
+                 act_dtype: torch.dtype = torch.bfloat16) -> None:
+        super().__init__()
+        n, k = linear.weight.shape
+        if k % group or k % 2:
+            raise ValueError(f"int4 needs in_features divisible by {group}, got {k}")
+        q, scale, lo = quantize_groups_int4(linear.weight.detach(), group)
+        self.in_features, self.out_features, self.group = k, n, group
+        self.act_dtype = act_dtype
+        # The kernel computes (q - 8) * scale + zero: zero = lo + 8 scale.
+        sz = torch.stack([scale, lo + 8 * scale], -1).transpose(0, 1).contiguous()
+        self.register_buffer("scales_zeros", sz.to(act_dtype))  # (K / group, N, 2)
+        # Two copies of q, the same bytes as int8: torch's packed layout (opaque, for the
+        # decode kernel) and plain nibbles (low = even input), to dequantise for prefill.
+        self.use_kernel = hasattr(torch.ops.aten, "_weight_int4pack_mm_for_cpu") \
+            and q.device.type == "cpu"
+        if self.use_kernel:
+            self.register_buffer("weight_int4pack", torch.ops.aten
+                                 ._convert_weight_to_int4pack_for_cpu(q.to(torch.int32), 2))
+        self.register_buffer("weight_nibbles", q[:, 0::2] | (q[:, 1::2] << 4))
+        # (a buffer either way: `self.bias = None` first would block registering it)
+        self.register_buffer("bias", None if linear.bias is None
+                             else linear.bias.detach().to(act_dtype))
+
+    def dequantize(self) -> torch.Tensor:
+        """The (N, K) weight in the activation dtype."""
+        b = self.weight_nibbles
+        q = torch.stack([b & 15, b >> 4], -1).reshape(self.out_features, -1)
+        q = q.reshape(self.out_features, -1, self.group).to(self.scales_zeros.dtype)
+        scale, zero = self.scales_zeros.transpose(0, 1).unbind(-1)  # (N, K / group)
+        return ((q - 8) * scale[..., None] + zero[..., None]).reshape(self.out_features, -1)
+
+    def decode(self, x2: torch.Tensor) -> torch.Tensor:
+        return torch.ops.aten._weight_int4pack_mm_for_cpu(x2, self.weight_int4pack,
+                                                          self.group, self.scales_zeros)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        shape = x.shape
+        x2 = x.reshape(-1, shape[-1]).to(self.act_dtype)
+        y = self.decode(x2) if self.use_kernel and _decode_rows(x2) \
+            else F.linear(x2, self.dequantize())
+        if self.bias is not None:
+            y = y + self.bias
+        return y.reshape(*shape[:-1], self.out_features)
+
+    def extra_repr(self) -> str:
+        return f"in={self.in_features}, out={self.out_features}, int4 groups of {self.group}"
 
 
 def _fuse(linears: list[nn.Linear]) -> nn.Linear:
@@ -72,6 +150,24 @@ def fuse_projections_(model: nn.Module) -> nn.Module:
         elif isinstance(mod, MLP) and mod.kind == "swiglu":
             mod.gate_up_fused = _fuse([mod.gate_proj, mod.up_proj])
             del mod.gate_proj, mod.up_proj
+    return model
+
+
+def quantize_int4_(model: nn.Module, group: int = 32,
+                   act_dtype: torch.dtype = torch.bfloat16) -> nn.Module:
+    """As `quantize_int8_`, with int4 groups for the blocks' projections. The LM head stays
+    int8: SmolLM2's GGUF keeps its (tied) embedding in 8 bits (Q8_0), so 4 bits there would
+    lose more than the file does. A layer whose input size isn't a multiple of `group`
+    stays int8 too."""
+    fuse_projections_(model)
+    model.to(act_dtype)
+    for name, mod in list(model.named_modules()):
+        for child_name, child in list(mod.named_children()):
+            if isinstance(child, nn.Linear):
+                head = child_name == "lm_head" and not name
+                ok = not head and child.in_features % group == 0
+                setattr(mod, child_name, Int4Linear(child, group, act_dtype) if ok
+                        else Int8Linear(child, act_dtype))
     return model
 
 

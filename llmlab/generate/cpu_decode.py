@@ -1,0 +1,117 @@
+"""A lean decode step for weight-quantized Llama-style models on the CPU, at batch 1.
+
+With int8/int4 weights a CPU decode step spends as much time around the matmuls as in them:
+small bf16 ops (norms, RoPE, casts), a flash-attention kernel built for long queries doing
+one, and Python module calls (BENCHMARKS.md, "Core: generation speed"). This step is the
+same model, written out for one token:
+- the residual stream stays fp32, and only the matmul inputs are cast to bf16, so the small
+  ops run in fp32, where the CPU kernels are fastest, and skip most casts;
+- attention for the one query is two small fp32 batched matmuls over the filled cache,
+  the query heads of each KV head side by side (GQA without repeating keys);
+- it calls the quantized layers' kernels directly (`Int8Linear.decode`, `Int4Linear.decode`).
+
+It follows the model's maths (tests check it against the model's own forward and against
+transformers), and the engine uses it for unpadded batch-1 decoding of such models on the CPU;
+prefill still runs the model (compute-bound, batched), whose cache it then takes over.
+`LLMLAB_LEAN_DECODE=0` turns it off.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from llmlab.model.cache import KVCache
+from llmlab.model.positions import rope_angles
+from llmlab.model.quant import Int4Linear, Int8Linear
+
+QUANT = (Int8Linear, Int4Linear)
+
+
+def _supported(model: Any) -> bool:
+    cfg = model.cfg
+    if not (cfg.pos == "rope" and cfg.norm == "rmsnorm" and cfg.mlp == "swiglu"
+            and cfg.prenorm and cfg.causal and not cfg.bias and cfg.lm_head
+            and cfg.final_norm and not cfg.embed_scale and not cfg.embed_norm
+            and not cfg.is_encoder_decoder and not cfg.type_vocab_size):
+        return False
+    st = model.model
+    return isinstance(model.lm_head, QUANT) and all(
+        isinstance(b.self_attn.qkv_fused, QUANT) and isinstance(b.self_attn.o_proj, QUANT)
+        and isinstance(b.mlp.gate_up_fused, QUANT) and isinstance(b.mlp.down_proj, QUANT)
+        and b.self_attn.qkv_fused.use_kernel for b in st.layers)
+
+
+class LeanDecoder:
+    """One token at a time, batch 1, after a prefill by the model (`take_cache`)."""
+
+    def __init__(self, model: Any, max_len: int) -> None:
+        cfg = model.cfg
+        self.cfg, self.max_len = cfg, max_len
+        self.h, self.kv, self.hd = cfg.n_head, cfg.n_kv_head, cfg.head_dim
+        self.eps = cfg.norm_eps
+        st = model.model
+        self.emb = st.embed_tokens.weight
+        f32 = torch.float32
+        self.layers = [(b.input_layernorm.weight.to(f32), b.self_attn.qkv_fused.decode,
+                        b.self_attn.o_proj.decode, b.post_attention_layernorm.weight.to(f32),
+                        b.mlp.gate_up_fused.decode, b.mlp.down_proj.decode)
+                       for b in st.layers]
+        self.norm_w, self.head = st.norm.weight.to(f32), model.lm_head.decode
+        self.act = model.lm_head.act_dtype
+        ang = rope_angles(torch.arange(max_len), self.hd, cfg.rope_theta).float()
+        # rotate_half(x) * sin == swap_halves(x) * [-sin, sin]: the sign folded into the table
+        self.cos = torch.cat([ang.cos(), ang.cos()], -1)
+        self.sin = torch.cat([-ang.sin(), ang.sin()], -1)
+        shape = (self.kv, max_len, self.hd)
+        self.k = [torch.empty(shape) for _ in self.layers]
+        self.v = [torch.empty(shape) for _ in self.layers]
+        self.pos = 0
+
+    @staticmethod
+    def for_model(model: Any, batch: int, padded: bool, max_len: int) -> LeanDecoder | None:
+        if batch != 1 or padded or model.device.type != "cpu" or not _supported(model) \
+                or os.environ.get("LLMLAB_LEAN_DECODE", "1") == "0":
+            return None
+        return LeanDecoder(model, max_len)
+
+    def take_cache(self, cache: KVCache) -> None:
+        """Continue after the model's prefill: its keys/values, in fp32."""
+        n = cache.length
+        for i in range(len(self.layers)):
+            self.k[i][:, :n] = cache.k[i][0, :, :n]
+            self.v[i][:, :n] = cache.v[i][0, :, :n]
+        self.pos = n
+
+    def _norm(self, x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+        return (x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.eps) * w).to(self.act)
+
+    def _rope(self, x: torch.Tensor, c: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
+        half = self.hd // 2
+        return x * c + torch.cat([x[:, half:], x[:, :half]], -1) * s
+
+    @torch.inference_mode()
+    def step(self, token: int) -> torch.Tensor:
+        """Logits (1, vocab), fp32, for the token after `token` (written at `pos`)."""
+        pos, n = self.pos, self.pos + 1
+        if n > self.max_len:
+            raise ValueError(f"KV cache is full: {n} positions needed, {self.max_len} allocated")
+        h, kv, hd = self.h, self.kv, self.hd
+        c, s = self.cos[pos], self.sin[pos]
+        x = self.emb[token].float()[None]  # the residual stream, fp32
+        for (w1, qkv_mm, o_mm, w2, gu_mm, down_mm), k, v in zip(self.layers, self.k, self.v,
+                                                                strict=True):
+            q, kk, vv = qkv_mm(self._norm(x, w1))[0].float().split([h * hd, kv * hd, kv * hd])
+            k[:, pos] = self._rope(kk.view(kv, hd), c, s)
+            v[:, pos] = vv.view(kv, hd)
+            q = self._rope(q.view(h, hd), c, s).view(kv, h // kv, hd)
+            att = torch.bmm(q, k[:, :n].transpose(1, 2)).mul_(hd ** -0.5).softmax(-1)
+            out = torch.bmm(att, v[:, :n]).view(1, h * hd).to(self.act)
+            x = x + o_mm(out)
+            g, u = gu_mm(self._norm(x, w2)).chunk(2, -1)
+            x = x + down_mm(F.silu(g) * u)
+        self.pos = n
+        return self.head(self._norm(x, self.norm_w)).float()
