@@ -7,7 +7,9 @@ is installed (it is not a dependency; it builds from source in a few minutes):
 
 llama.cpp is timed as the issue measured it: through llama-cpp-python's `generate` loop (one
 Python call per token, like ours), greedy, the same prompt ids, exactly `--new-tokens` tokens,
-with flash attention off and on; prefill is one `eval` of the same 512 ids.
+with flash attention off and on; prefill is one `eval` of the same 512 ids. Fidelity: on
+KJV text, teacher-forced, how often each quantized decoder predicts the same next token as
+our fp32 model, which holds the GGUF's weights dequantised exactly.
 """
 
 from __future__ import annotations
@@ -25,9 +27,11 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import torch  # noqa: E402
 
 import llmlab  # noqa: E402
+from llmlab.data.corpora import corpus_text  # noqa: E402
+from llmlab.generate.cpu_decode import LeanDecoder  # noqa: E402
 from llmlab.generate.engine import iter_decode  # noqa: E402
 from llmlab.generate.sampling import SamplingParams  # noqa: E402
-from llmlab.model.quant import quantize_int8_  # noqa: E402
+from llmlab.model.quant import quantize_int4_, quantize_int8_  # noqa: E402
 
 PROMPT = "Once upon a time, in a small village by the sea,"
 
@@ -80,19 +84,8 @@ def theirs(model, ids: list[int], n_new: int, repeat: int) -> float:
     return n_new / best_of(go, repeat)
 
 
-def greedy(model, ids: list[int], n: int) -> list[int]:
-    params = SamplingParams(max_new_tokens=n, temperature=0)
-    return [int(s.tokens[0]) for s in iter_decode(model, [ids], params)]
-
-
-def agree(a: list[int], b: list[int]) -> int:
-    """How many leading tokens two greedy continuations share."""
-    n = min(len(a), len(b))
-    return next((i for i in range(n) if a[i] != b[i]), n)
-
-
 def llama_cpp(path: str, ids: list[int], n_new: int, n_prefill: int, threads: int,
-              repeat: int, flash: bool) -> dict[str, Any] | None:
+              repeat: int, flash: bool, text: list[int]) -> dict[str, Any] | None:
     try:
         from llama_cpp import Llama
     except ImportError:
@@ -100,13 +93,9 @@ def llama_cpp(path: str, ids: list[int], n_new: int, n_prefill: int, threads: in
     llm = Llama(model_path=path, n_ctx=1024, n_batch=512, n_threads=threads,
                 n_threads_batch=threads, flash_attn=flash, verbose=False)
 
-    toks: list[int] = []
-
     def decode() -> None:
         llm.reset()
-        toks.clear()
-        for i, t in enumerate(llm.generate(ids, temp=0.0, top_k=1, reset=True), 1):
-            toks.append(int(t))
+        for i, _ in enumerate(llm.generate(ids, temp=0.0, top_k=1, reset=True), 1):
             if i == n_new:  # no stop token: exactly n_new, as on the other sides
                 break
 
@@ -117,7 +106,13 @@ def llama_cpp(path: str, ids: list[int], n_new: int, n_prefill: int, threads: in
         llm.eval(pre.tolist())
 
     out = {"decode": n_new / best_of(decode, repeat),
-           "prefill": n_prefill / best_of(prefill_, repeat), "tokens": list(toks)}
+           "prefill": n_prefill / best_of(prefill_, repeat)}
+    llm.close()
+    # Its logits for every position of `text`, for the fidelity check.
+    llm = Llama(model_path=path, n_ctx=1024, n_batch=512, n_threads=threads, flash_attn=flash,
+                logits_all=True, verbose=False)
+    llm.eval(text)
+    out["scores"] = llm.scores[: len(text)].copy()
     llm.close()
     return out
 
@@ -128,6 +123,7 @@ def main() -> None:
     ap.add_argument("--new-tokens", type=int, default=128)
     ap.add_argument("--prefill", type=int, default=512)
     ap.add_argument("--repeat", type=int, default=3)
+    ap.add_argument("--fidelity-tokens", type=int, default=256)
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
     from transformers import AutoModelForCausalLM
@@ -153,16 +149,19 @@ def main() -> None:
             }
         )
         del m, h
-    q = quantize_int8_(copy.deepcopy(lm.model))
-    rows.append(
-        {
-            "weights": "int8 (llmlab) vs fp32 (hf)",
+    quant = {"int8": quantize_int8_(copy.deepcopy(lm.model)),
+             "int4": quantize_int4_(copy.deepcopy(lm.model))}
+    for name, q in quant.items():
+        rows.append({
+            "weights": f"{name} (llmlab) vs fp32 (hf)",
             "llmlab_decode": ours(q, ids, a.new_tokens, a.repeat),
             "hf_decode": rows[0]["hf_decode"],
             "llmlab_prefill": prefill(q, a.prefill, a.repeat),
             "hf_prefill": rows[0]["hf_prefill"],
-        }
-    )
+        })
+        os.environ["LLMLAB_LEAN_DECODE"] = "0"  # the same weights through the model's forward
+        rows[-1]["llmlab_decode_model_path"] = ours(q, ids, a.new_tokens, a.repeat)
+        del os.environ["LLMLAB_LEAN_DECODE"]
     print(
         f"# {platform.processor() or platform.machine()}, {a.threads} threads, torch "
         f"{torch.__version__}, {a.new_tokens} new tokens, prefill {a.prefill}"
@@ -178,23 +177,38 @@ def main() -> None:
             f"{r['llmlab_decode'] / r['hf_decode']:.2f}x | {r['llmlab_prefill']:.0f} | "
             f"{r['hf_prefill']:.0f} | {r['llmlab_prefill'] / r['hf_prefill']:.2f}x |"
         )
-    ref = greedy(lm.model, ids, a.new_tokens)  # fp32: the GGUF's weights, dequantised exactly
+    for r in rows[2:]:
+        print(f"{r['weights'].split()[0]} without the lean decode step (LLMLAB_LEAN_DECODE=0): "
+              f"{r['llmlab_decode_model_path']:.1f} tok/s")
+    # Fidelity, teacher-forced on real text: how often each predicts the fp32 model's next
+    # token (fp32 = the GGUF's weights dequantised exactly). Quantized: the decode kernels.
+    text = lm.tokenizer.encode(corpus_text("kjv")[:1200])[:a.fidelity_tokens]
+    with torch.inference_mode():
+        ref = lm.model(torch.tensor([text])).logits[0].argmax(-1)
+    fid = {}
+    for name, q in quant.items():
+        lean = LeanDecoder(q, len(text))
+        fid[name] = float((torch.cat([lean.step(t) for t in text]).argmax(-1) == ref)
+                          .float().mean())
     for flash in (False, True):
-        r = llama_cpp(str(p), ids, a.new_tokens, a.prefill, a.threads, a.repeat, flash)
+        r = llama_cpp(str(p), ids, a.new_tokens, a.prefill, a.threads, a.repeat, flash, text)
         if r is None:
             print("llama.cpp: skipped (pip install llama-cpp-python; see the docstring)")
             break
-        same = agree(r.pop("tokens"), ref)
+        fid[f"llama.cpp (flash-attn {'on' if flash else 'off'})"] = float(
+            (torch.from_numpy(r.pop("scores")).argmax(-1) == ref).float().mean())
         rows.append({"weights": f"llama.cpp Q4_1, flash_attn={'on' if flash else 'off'}",
-                     "decode": r["decode"], "prefill": r["prefill"], "greedy_agree": same})
-        print(f"llama.cpp (flash-attn {'on' if flash else 'off'}): its greedy tokens equal "
-              f"llmlab fp32's for the first {same} of {a.new_tokens}")
-        q8 = rows[2]
+                     "decode": r["decode"], "prefill": r["prefill"]})
+        q8, q4 = rows[2], rows[3]
         print(f"| llama.cpp Q4_1 (flash-attn {'on' if flash else 'off'}) | decode "
-              f"{r['decode']:.1f} tok/s: llmlab int8 {q8['llmlab_decode'] / r['decode']:.2f}x"
-              f" | prefill {r['prefill']:.0f} tok/s: llmlab int8 "
-              f"{q8['llmlab_prefill'] / r['prefill']:.2f}x, llmlab bf16 "
+              f"{r['decode']:.1f} tok/s: llmlab int4 {q4['llmlab_decode'] / r['decode']:.2f}x, "
+              f"int8 {q8['llmlab_decode'] / r['decode']:.2f}x | prefill {r['prefill']:.0f} "
+              f"tok/s: llmlab int8 {q8['llmlab_prefill'] / r['prefill']:.2f}x, int4 "
+              f"{q4['llmlab_prefill'] / r['prefill']:.2f}x, bf16 "
               f"{rows[1]['llmlab_prefill'] / r['prefill']:.2f}x |")
+    print(f"next-token agreement with the fp32 model, teacher-forced over {len(text)} KJV "
+          "tokens: " + ", ".join(f"{k} {v:.3f}" for k, v in fid.items()))
+    rows.append({"fidelity": fid, "fidelity_tokens": len(text)})
     print(json.dumps(rows))
 
 

@@ -68,6 +68,7 @@ class LeanDecoder:
         self.sin = torch.cat([-ang.sin(), ang.sin()], -1)
         shape = (self.kv, max_len, self.hd)
         self.k = [torch.empty(shape) for _ in self.layers]
+        self.scores = torch.empty(self.kv, self.h // self.kv, max_len)  # baddbmm's (unread) C
         self.v = [torch.empty(shape) for _ in self.layers]
         self.pos = 0
 
@@ -101,17 +102,18 @@ class LeanDecoder:
             raise ValueError(f"KV cache is full: {n} positions needed, {self.max_len} allocated")
         h, kv, hd = self.h, self.kv, self.hd
         c, s = self.cos[pos], self.sin[pos]
-        x = self.emb[token].float()[None]  # the residual stream, fp32
+        x = self.emb[token].to(torch.float32, copy=True)[None]  # the residual stream, fp32
         for (w1, qkv_mm, o_mm, w2, gu_mm, down_mm), k, v in zip(self.layers, self.k, self.v,
                                                                 strict=True):
-            q, kk, vv = qkv_mm(self._norm(x, w1))[0].float().split([h * hd, kv * hd, kv * hd])
-            k[:, pos] = self._rope(kk.view(kv, hd), c, s)
-            v[:, pos] = vv.view(kv, hd)
-            q = self._rope(q.view(h, hd), c, s).view(kv, h // kv, hd)
-            att = torch.bmm(q, k[:, :n].transpose(1, 2)).mul_(hd ** -0.5).softmax(-1)
-            out = torch.bmm(att, v[:, :n]).view(1, h * hd).to(self.act)
-            x = x + o_mm(out)
+            qkv = qkv_mm(self._norm(x, w1))[0].float()
+            qk = self._rope(qkv[: (h + kv) * hd].view(h + kv, hd), c, s)  # q and k at once
+            k[:, pos] = qk[h:]
+            v[:, pos] = qkv[(h + kv) * hd:].view(kv, hd)
+            att = torch.baddbmm(self.scores[:, :, :n], qk[:h].view(kv, h // kv, hd),
+                                k[:, :n].transpose(1, 2), beta=0, alpha=hd ** -0.5)
+            out = torch.bmm(att.softmax(-1), v[:, :n]).view(1, h * hd).to(self.act)
+            x.add_(o_mm(out))
             g, u = gu_mm(self._norm(x, w2)).chunk(2, -1)
-            x = x + down_mm(F.silu(g) * u)
+            x.add_(down_mm(F.silu(g).mul_(u)))
         self.pos = n
         return self.head(self._norm(x, self.norm_w)).float()
