@@ -38,11 +38,9 @@ def _supported(model: Any) -> bool:
             and cfg.final_norm and not cfg.embed_scale and not cfg.embed_norm
             and not cfg.is_encoder_decoder and not cfg.type_vocab_size):
         return False
-    st = model.model
-    return isinstance(model.lm_head, QUANT) and all(
-        isinstance(b.self_attn.qkv_fused, QUANT) and isinstance(b.self_attn.o_proj, QUANT)
-        and isinstance(b.mlp.gate_up_fused, QUANT) and isinstance(b.mlp.down_proj, QUANT)
-        and b.self_attn.qkv_fused.use_kernel for b in st.layers)
+    mods = [model.lm_head] + [m for b in model.model.layers for m in (
+        b.self_attn.qkv_fused, b.self_attn.o_proj, b.mlp.gate_up_fused, b.mlp.down_proj)]
+    return all(isinstance(m, QUANT) and m.use_kernel for m in mods)
 
 
 class LeanDecoder:
@@ -68,8 +66,8 @@ class LeanDecoder:
         self.sin = torch.cat([-ang.sin(), ang.sin()], -1)
         shape = (self.kv, max_len, self.hd)
         self.k = [torch.empty(shape) for _ in self.layers]
-        self.scores = torch.empty(self.kv, self.h // self.kv, max_len)  # baddbmm's (unread) C
         self.v = [torch.empty(shape) for _ in self.layers]
+        self.scores = torch.empty(self.kv, self.h // self.kv, max_len)  # baddbmm's (unread) C
         self.pos = 0
 
     @staticmethod
