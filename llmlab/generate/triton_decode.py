@@ -65,7 +65,7 @@ def supports(model: Transformer) -> str | None:
     if missing:
         return "the Triton decoder needs " + ", ".join(missing)
     for m in model.modules():  # adapters and quantised layers change the maths
-        if hasattr(m, "merged") or type(m).__name__ in ("Int8Linear", "Linear4bit"):
+        if hasattr(m, "merged") or type(m).__name__ in ("Int8Linear", "Int4Linear", "Linear4bit"):
             return f"the Triton decoder needs plain linear layers, found {type(m).__name__}"
     return None
 
