@@ -27,11 +27,14 @@ import torch.nn.functional as F
 from llmlab.model.cache import KVCache
 from llmlab.model.positions import rope_angles
 from llmlab.model.quant import Int4Linear, Int8Linear
+from llmlab.model.transformer import Transformer
 
 QUANT = (Int8Linear, Int4Linear)
 
 
 def _supported(model: Any) -> bool:
+    if not isinstance(model, Transformer):  # wrapped (prompt/prefix tuning): the model's own
+        return False
     cfg = model.cfg
     if not (cfg.pos == "rope" and cfg.norm == "rmsnorm" and cfg.mlp == "swiglu"
             and cfg.prenorm and cfg.causal and not cfg.bias and cfg.lm_head
