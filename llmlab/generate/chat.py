@@ -161,10 +161,10 @@ def load_template(spec: str) -> ChatTemplate:
     return ChatTemplate(**obj).validate(str(path))
 
 
-def set_template(lm: Any, template: ChatTemplate) -> None:
-    """Make `template` the model's own: its tokenizer (so checkpoints and HF exports carry
-    it) and its config, where `template_for` reads it."""
-    src = template.to_jinja()
+def set_template(lm: Any, template: ChatTemplate | str) -> None:
+    """Make `template` (or its Jinja source) the model's own: its tokenizer (so checkpoints
+    and HF exports carry it) and its config, where `template_for` reads it."""
+    src = template.to_jinja() if isinstance(template, ChatTemplate) else template
     lm.tokenizer.chat_template = src
     lm.cfg.extra["chat_template"] = src
 

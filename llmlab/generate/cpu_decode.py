@@ -26,10 +26,8 @@ import torch.nn.functional as F
 
 from llmlab.model.cache import KVCache
 from llmlab.model.positions import rope_angles
-from llmlab.model.quant import Int4Linear, Int8Linear
+from llmlab.model.quant import WeightOnlyLinear
 from llmlab.model.transformer import Transformer
-
-QUANT = (Int8Linear, Int4Linear)
 
 
 def _supported(model: Any) -> bool:
@@ -43,7 +41,7 @@ def _supported(model: Any) -> bool:
         return False
     mods = [model.lm_head] + [m for b in model.model.layers for m in (
         b.self_attn.qkv_fused, b.self_attn.o_proj, b.mlp.gate_up_fused, b.mlp.down_proj)]
-    return all(isinstance(m, QUANT) and m.use_kernel for m in mods)
+    return all(isinstance(m, WeightOnlyLinear) and m.use_kernel for m in mods)
 
 
 class LeanDecoder:
@@ -51,7 +49,7 @@ class LeanDecoder:
 
     def __init__(self, model: Any, max_len: int) -> None:
         cfg = model.cfg
-        self.cfg, self.max_len = cfg, max_len
+        self.max_len = max_len
         self.h, self.kv, self.hd = cfg.n_head, cfg.n_kv_head, cfg.head_dim
         self.eps = cfg.norm_eps
         st = model.model
@@ -75,7 +73,9 @@ class LeanDecoder:
 
     @staticmethod
     def for_model(model: Any, batch: int, padded: bool, max_len: int) -> LeanDecoder | None:
+        """A decoder for this generation, or None where the model's own forward must run."""
         if batch != 1 or padded or model.device.type != "cpu" or not _supported(model) \
+                or torch.is_autocast_enabled("cpu") \
                 or os.environ.get("LLMLAB_LEAN_DECODE", "1") == "0":
             return None
         return LeanDecoder(model, max_len)

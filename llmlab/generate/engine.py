@@ -101,8 +101,7 @@ def iter_decode(
 
     # Quantized Llama-style models on the CPU decode batch 1 through a lean step
     # (generate/cpu_decode.py); the model itself runs the prefill.
-    lean = None if torch.is_autocast_enabled(dev.type) else \
-        LeanDecoder.for_model(model, b, padded, total)
+    lean = LeanDecoder.for_model(model, b, padded, total)
     x = ids
     for step in range(params.max_new_tokens):
         if lean is not None and step > 0:

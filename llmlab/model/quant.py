@@ -14,6 +14,8 @@ runs decode; prefill dequantises and runs one dense matmul.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -27,30 +29,50 @@ def quantize_rows_int8(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return q, scale
 
 
-class Int8Linear(nn.Module):
-    def __init__(self, linear: nn.Linear, act_dtype: torch.dtype = torch.bfloat16) -> None:
-        super().__init__()
-        q, scale = quantize_rows_int8(linear.weight.detach())
-        self.in_features, self.out_features = linear.in_features, linear.out_features
-        self.register_buffer("weight_int8", q)
-        self.register_buffer("scale", scale.to(act_dtype))
+class WeightOnlyLinear(nn.Module):
+    """A Linear whose weight is stored quantized: decode rows go to a CPU weight-only kernel
+    (`decode`), prefill rows to one dense matmul with the dequantised weight."""
+
+    act_dtype: torch.dtype
+    out_features: int
+    use_kernel: bool
+
+    def _bias(self, linear: nn.Linear) -> None:
         # (a buffer either way: `self.bias = None` first would block registering it)
         self.register_buffer("bias", None if linear.bias is None
-                             else linear.bias.detach().to(act_dtype))
-        self.act_dtype = act_dtype
-        self.use_kernel = q.device.type == "cpu" and hasattr(torch.ops.aten, "_weight_int8pack_mm")
+                             else linear.bias.detach().to(self.act_dtype))
+
+    def decode(self, x2: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def dequantize(self) -> torch.Tensor:
+        raise NotImplementedError
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         shape = x.shape
         x2 = x.reshape(-1, shape[-1]).to(self.act_dtype)
-        if self.use_kernel and _decode_rows(x2):
-            y = self.decode(x2)
-        else:  # prefill (compute-bound) and non-CPU devices: dequantise, then one dense matmul
-            w = self.weight_int8.to(self.act_dtype) * self.scale[:, None]
-            y = F.linear(x2, w)
+        # The weight-only kernels are GEMV-like; prefill is compute-bound (and non-CPU
+        # devices have no kernel): dequantise, then one dense matmul.
+        y = self.decode(x2) if self.use_kernel and x2.shape[0] <= 16 \
+            else F.linear(x2, self.dequantize())
         if self.bias is not None:
             y = y + self.bias
         return y.reshape(*shape[:-1], self.out_features)
+
+
+class Int8Linear(WeightOnlyLinear):
+    def __init__(self, linear: nn.Linear, act_dtype: torch.dtype = torch.bfloat16) -> None:
+        super().__init__()
+        q, scale = quantize_rows_int8(linear.weight.detach())
+        self.in_features, self.out_features = linear.in_features, linear.out_features
+        self.act_dtype = act_dtype
+        self.register_buffer("weight_int8", q)
+        self.register_buffer("scale", scale.to(act_dtype))
+        self._bias(linear)
+        self.use_kernel = q.device.type == "cpu" and hasattr(torch.ops.aten, "_weight_int8pack_mm")
+
+    def dequantize(self) -> torch.Tensor:
+        return self.weight_int8.to(self.act_dtype) * self.scale[:, None]
 
     def decode(self, x2: torch.Tensor) -> torch.Tensor:
         """(rows, K) activations in act_dtype, the weight-only kernel (CPU)."""
@@ -58,10 +80,6 @@ class Int8Linear(nn.Module):
 
     def extra_repr(self) -> str:
         return f"in={self.in_features}, out={self.out_features}, int8 per-row"
-
-
-def _decode_rows(x2: torch.Tensor) -> bool:
-    return x2.shape[0] <= 16  # the weight-only kernels are GEMV-like; prefill is compute-bound
 
 
 def quantize_groups_int4(w: torch.Tensor, group: int = 32
@@ -76,7 +94,7 @@ def quantize_groups_int4(w: torch.Tensor, group: int = 32
     return q.reshape(n, k), scale, lo
 
 
-class Int4Linear(nn.Module):
+class Int4Linear(WeightOnlyLinear):
     """Weight-only int4 (groups of `group` along the input) with bf16 activations."""
 
     def __init__(self, linear: nn.Linear, group: int = 32,
@@ -99,9 +117,7 @@ class Int4Linear(nn.Module):
             self.register_buffer("weight_int4pack", torch.ops.aten
                                  ._convert_weight_to_int4pack_for_cpu(q.to(torch.int32), 2))
         self.register_buffer("weight_nibbles", q[:, 0::2] | (q[:, 1::2] << 4))
-        # (a buffer either way: `self.bias = None` first would block registering it)
-        self.register_buffer("bias", None if linear.bias is None
-                             else linear.bias.detach().to(act_dtype))
+        self._bias(linear)
 
     def dequantize(self) -> torch.Tensor:
         """The (N, K) weight in the activation dtype."""
@@ -114,15 +130,6 @@ class Int4Linear(nn.Module):
     def decode(self, x2: torch.Tensor) -> torch.Tensor:
         return torch.ops.aten._weight_int4pack_mm_for_cpu(x2, self.weight_int4pack,
                                                           self.group, self.scales_zeros)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        shape = x.shape
-        x2 = x.reshape(-1, shape[-1]).to(self.act_dtype)
-        y = self.decode(x2) if self.use_kernel and _decode_rows(x2) \
-            else F.linear(x2, self.dequantize())
-        if self.bias is not None:
-            y = y + self.bias
-        return y.reshape(*shape[:-1], self.out_features)
 
     def extra_repr(self) -> str:
         return f"in={self.in_features}, out={self.out_features}, int4 groups of {self.group}"
@@ -153,22 +160,28 @@ def fuse_projections_(model: nn.Module) -> nn.Module:
     return model
 
 
+def _quantize_(model: nn.Module, act_dtype: torch.dtype,
+               make: Callable[[nn.Linear, bool], nn.Module]) -> nn.Module:
+    """Fuse Q/K/V and gate/up, cast the rest to `act_dtype`, and swap every nn.Linear for
+    `make(linear, is_lm_head)`, in place."""
+    fuse_projections_(model)
+    model.to(act_dtype)
+    for name, mod in list(model.named_modules()):
+        for child_name, child in list(mod.named_children()):
+            if isinstance(child, nn.Linear):
+                setattr(mod, child_name, make(child, not name and child_name == "lm_head"))
+    return model
+
+
 def quantize_int4_(model: nn.Module, group: int = 32,
                    act_dtype: torch.dtype = torch.bfloat16) -> nn.Module:
     """As `quantize_int8_`, with int4 groups for the blocks' projections. The LM head stays
     int8: SmolLM2's GGUF keeps its (tied) embedding in 8 bits (Q8_0), so 4 bits there would
     lose more than the file does. A layer whose input size isn't a multiple of `group`
     stays int8 too."""
-    fuse_projections_(model)
-    model.to(act_dtype)
-    for name, mod in list(model.named_modules()):
-        for child_name, child in list(mod.named_children()):
-            if isinstance(child, nn.Linear):
-                head = child_name == "lm_head" and not name
-                ok = not head and child.in_features % group == 0
-                setattr(mod, child_name, Int4Linear(child, group, act_dtype) if ok
-                        else Int8Linear(child, act_dtype))
-    return model
+    return _quantize_(model, act_dtype, lambda lin, head: Int4Linear(lin, group, act_dtype)
+                      if not head and lin.in_features % group == 0
+                      else Int8Linear(lin, act_dtype))
 
 
 def quantize_int8_(model: nn.Module, act_dtype: torch.dtype = torch.bfloat16) -> nn.Module:
@@ -177,10 +190,4 @@ def quantize_int8_(model: nn.Module, act_dtype: torch.dtype = torch.bfloat16) ->
 
     This is for inference only: the separate projections are removed. Embeddings and norms
     are cast to `act_dtype`; the embedding table stays a full-precision lookup."""
-    fuse_projections_(model)
-    model.to(act_dtype)
-    for mod in list(model.modules()):
-        for child_name, child in list(mod.named_children()):
-            if isinstance(child, nn.Linear):
-                setattr(mod, child_name, Int8Linear(child, act_dtype))
-    return model
+    return _quantize_(model, act_dtype, lambda lin, head: Int8Linear(lin, act_dtype))

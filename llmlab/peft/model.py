@@ -310,15 +310,14 @@ def adopt_template(lm: Any, adapter_dir: str | Path) -> str | None:
     f = Path(adapter_dir) / TEMPLATE_FILE
     if not f.is_file():
         return None
-    from llmlab.generate.chat import parse_template
+    from llmlab.generate.chat import parse_template, set_template
 
     src = f.read_text(encoding="utf-8")
     if parse_template(src) is None:
         warnings.warn(f"{f}: not a chat template llmlab reads (ChatML or its own); chat "
                       "uses the base model's", stacklevel=2)
         return None
-    lm.tokenizer.chat_template = src
-    lm.cfg.extra["chat_template"] = src
+    set_template(lm, src)
     return src
 
 
