@@ -108,7 +108,8 @@ def llama_cpp(path: str, ids: list[int], n_new: int, n_prefill: int, threads: in
     out = {"decode": n_new / best_of(decode, repeat),
            "prefill": n_prefill / best_of(prefill_, repeat)}
     llm.close()
-    # Its logits for every position of `text`, for the fidelity check.
+    # Its logits for every position of `text`, for the fidelity check: a second instance,
+    # since logits_all would slow the timed prefill above.
     llm = Llama(model_path=path, n_ctx=1024, n_batch=512, n_threads=threads, flash_attn=flash,
                 logits_all=True, verbose=False)
     llm.eval(text)

@@ -61,26 +61,38 @@ def narrow_cfg() -> Any:
                   max_seq_len=2048)
 
 
-def host_time(impl: str, name: str, hf_dir: str, b: int, t: int, steps: int) -> list[float]:
-    """Wall ms of each of `steps` eager CPU steps (after two warm-ups) on the narrow model."""
-    import time
-
-    model, _ = S._ours(name) if impl == "llmlab" else S._theirs(name, hf_dir, True, "cpu")
-    model.train()
+def train_step(impl: str, name: str, hf_dir: str, device: str, b: int, t: int
+               ) -> tuple[Any, Any]:
+    """(model, step): one side's model and a closure running one bf16-autocast training step
+    (forward, loss, backward, fused AdamW), as in sft_peft.py."""
+    model, _ = S._ours(name) if impl == "llmlab" else S._theirs(name, hf_dir, True, device)
+    model.to(device).train()
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4,
                             fused=True)
     ids = torch.randint(0, S._cfg().vocab_size, (b, t + 1),
-                        generator=torch.Generator().manual_seed(1))
+                        generator=torch.Generator().manual_seed(1)).to(device)
     x, y = ids[:, :-1], ids[:, 1:]
-    out = []
-    for i in range(steps + 2):
-        t0 = time.perf_counter()
-        with torch.autocast("cpu", dtype=torch.bfloat16):
+
+    def step() -> None:
+        with torch.autocast(device, dtype=torch.bfloat16):
             logits = model(input_ids=x).logits
             loss = F.cross_entropy(logits.float().flatten(0, 1), y.flatten())
         loss.backward()
         opt.step()
         opt.zero_grad(set_to_none=True)
+
+    return model, step
+
+
+def host_time(impl: str, name: str, hf_dir: str, b: int, t: int, steps: int) -> list[float]:
+    """Wall ms of each of `steps` eager CPU steps (after two warm-ups) on the narrow model."""
+    import time
+
+    model, step = train_step(impl, name, hf_dir, "cpu", b, t)
+    out = []
+    for i in range(steps + 2):
+        t0 = time.perf_counter()
+        step()
         if i >= 2:
             out.append((time.perf_counter() - t0) * 1e3)
     if impl == "llmlab" and getattr(model, "method", None) in ("lora", "qlora"):
@@ -98,22 +110,7 @@ REFRESH_MS: dict[str, list[float]] = collections.defaultdict(list)
 
 
 def count(impl: str, name: str, hf_dir: str, device: str, b: int, t: int) -> dict[str, Any]:
-    model, _ = S._ours(name) if impl == "llmlab" else S._theirs(name, hf_dir, True, device)
-    model.to(device).train()
-    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4,
-                            fused=True)
-    ids = torch.randint(0, S._cfg().vocab_size, (b, t + 1),
-                        generator=torch.Generator().manual_seed(1)).to(device)
-    x, y = ids[:, :-1], ids[:, 1:]
-
-    def step() -> None:
-        with torch.autocast(device, dtype=torch.bfloat16):
-            logits = model(input_ids=x).logits
-            loss = F.cross_entropy(logits.float().flatten(0, 1), y.flatten())
-        loss.backward()
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-
+    _, step = train_step(impl, name, hf_dir, device, b, t)
     step()  # warm-up: first-use allocations and caches are not a step's cost
     if device == "cuda":
         from torch.profiler import ProfilerActivity, profile
