@@ -70,7 +70,7 @@ if ep.exists() and "[pytest11]" in ep.read_text():
 PY
 
 # System packages from Debian: the Python docs are the playground's default knowledge base
-# and the RAG eval set; the tests also drive Debian's Chromium and a real PostgreSQL+pgvector.
+# and the RAG eval set; bubblewrap contains the code sandbox; the tests also drive Debian's Chromium and a real PostgreSQL+pgvector.
 apt_install() {
   local missing=()
   for p in "$@"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
@@ -82,10 +82,10 @@ apt_install() {
   fi
 }
 if [ -n "$MODE" ]; then
-  apt_install python3.11-doc chromium
+  apt_install python3.11-doc bubblewrap chromium
   bash scripts/services.sh install
 else
-  apt_install python3.11-doc
+  apt_install python3.11-doc bubblewrap
 fi
 
 if [ -z "$UNLOCKED" ]; then
