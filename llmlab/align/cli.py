@@ -12,10 +12,10 @@ import dataclasses
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from llmlab.train.cli import _guard, _StrictParser
-from llmlab.train.config import TrainConfig, add_dataclass_args, build, overrides
+from llmlab.train.config import TrainConfig, add_dataclass_args, from_flags
 
 ALIGN_TRAIN = dict(max_steps=100, batch_size=4, seq_len=256, lr=5e-6, warmup_steps=5,
                    weight_decay=0.0, eval_every=0, eval_batches=4, ckpt_every=0, log_every=1,
@@ -24,23 +24,24 @@ ALIGN_TRAIN = dict(max_steps=100, batch_size=4, seq_len=256, lr=5e-6, warmup_ste
 
 @dataclass
 class AlignConfig:
-    model: str = "smollm2-135m-instruct"
+    model: str = "smollm2-135m-instruct"  # policy model name or directory
     adapter: str = ""  # start from this LoRA adapter (trained further; reference: disabled)
     data: str = ""  # preference JSONL (reward, dpo) or RL prompt JSONL (grpo, ppo)
     task: str = ""  # bundled: arithmetic[-easy]|trivia|humaneval (grpo, ppo); *-prefs (reward, dpo)
-    peft: str = "lora"  # none | lora
-    lora_r: int = 8
-    lora_alpha: float = 16.0
-    beta: float = 0.1  # DPO β
-    loss_type_dpo: str = "sigmoid"  # sigmoid | ipo | hinge
-    label_smoothing: float = 0.0
-    center_rewards_coefficient: float = 0.0
-    max_examples: int = 256
-    val_examples: int = 16
+    peft: Literal["none", "lora"] = "lora"  # none: train all weights (reference: a frozen copy)
+    lora_r: int = 8  # LoRA rank (q_proj, v_proj)
+    lora_alpha: float = 16.0  # LoRA scale numerator: updates are scaled by alpha / r
+    beta: float = 0.1  # DPO β: strength of the implicit KL to the reference
+    loss_type_dpo: Literal["sigmoid", "ipo", "hinge"] = "sigmoid"  # DPO loss (align/dpo.py)
+    label_smoothing: float = 0.0  # DPO sigmoid: assumed probability a label is flipped
+    center_rewards_coefficient: float = 0.0  # reward: weight of a mean-reward² penalty
+    max_examples: int = 256  # pairs or prompts used
+    val_examples: int = 16  # pairs held out for evaluation (at most a quarter)
     pref_samples: int = 4  # *-prefs tasks: SmolLM2 samples per prompt (best vs worst)
-    pref_temperature: float = 1.0
+    pref_temperature: float = 1.0  # *-prefs tasks: sampling temperature
     pref_hint: bool = False  # *-prefs: half the samples see the answer as a hint
-    pref_pairing: str = "extremes"  # *-prefs: extremes|length-matched|perturbed (align/data.py)
+    # *-prefs: how a prompt's best and worst samples are paired (align/data.py)
+    pref_pairing: Literal["extremes", "length-matched", "perturbed"] = "extremes"
 
 
 def _model(acfg: AlignConfig) -> tuple[Any, Any, Any]:
@@ -194,14 +195,14 @@ def run(algo: str, acfg: AlignConfig, tcfg: TrainConfig, run_dir: Path,
 
 def _cmd(algo: str):  # noqa: ANN202
     def cmd(a: argparse.Namespace) -> int:
-        acfg = build(AlignConfig, overrides(a, a._align_fields), "align config")
-        gcfg = (build(ALGO_CONFIGS[algo](), overrides(a, a._algo_fields), f"{algo} config")
+        acfg = from_flags(AlignConfig, a, a._align_fields, "align config")
+        gcfg = (from_flags(ALGO_CONFIGS[algo](), a, a._algo_fields, f"{algo} config")
                 if algo in ALGO_CONFIGS else None)
         lr = {"reward": 1e-5, "dpo": 5e-6, "ppo": 3e-6, "grpo": 1e-6}[algo]
         if acfg.peft != "none":
             lr *= 20  # LoRA wants a larger step than full fine-tuning
         base = {**ALIGN_TRAIN, "lr": lr, **({"batch_size": 8} if algo == "ppo" else {})}
-        tcfg = build(TrainConfig, {**base, **overrides(a, a._train_fields)}, "train config")
+        tcfg = from_flags(TrainConfig, a, a._train_fields, "train config", base)
         out = run(algo, acfg, tcfg, Path(a.out), gcfg)
         print(f"done: {out.get('step')} steps; metrics in {Path(a.out) / 'metrics.jsonl'}"
               + (f"; held-out pairwise accuracy {out['val_accuracy']:.3f}"

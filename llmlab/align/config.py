@@ -9,14 +9,14 @@ from typing import Literal
 @dataclass
 class GRPOConfig:
     num_generations: int = 4  # G, completions per prompt
-    prompts_per_step: int = 2
-    max_new_tokens: int = 64
-    temperature: float = 1.0
-    scale_rewards: str = "group"  # group | batch | none
-    loss_type: str = "dapo"  # grpo | bnpo | dr_grpo | dapo
-    epsilon: float = 0.2  # ε_low
-    epsilon_high: float = 0.0  # 0: same as epsilon; DAPO uses 0.28
-    beta: float = 0.0  # β·k3 KL to the reference
+    prompts_per_step: int = 2  # prompts per rollout (each gets G completions)
+    max_new_tokens: int = 64  # completion length cap
+    temperature: float = 1.0  # rollout sampling temperature
+    scale_rewards: Literal["group", "batch", "none"] = "group"  # divide advantages by this std
+    loss_type: Literal["grpo", "bnpo", "dr_grpo", "dapo"] = "dapo"  # token aggregation
+    epsilon: float = 0.2  # ε_low: ratio clip below 1 - ε
+    epsilon_high: float = 0.0  # ε_high: ratio clip above 1 + ε_high; 0: same as epsilon
+    beta: float = 0.0  # β·k3 KL to the reference; 0: no reference model
     iterations: int = 1  # μ: optimisation passes per rollout
     zero_std_warn: float = 0.5  # warn when this fraction of groups has no reward spread
 
@@ -37,17 +37,17 @@ class PPOConfig:
     (num_mini_batches=1), so --max-steps N makes N / ppo_epochs rollouts."""
 
     reward_model: str = ""  # a `llmlab reward` run; empty: the task's verifier scores
-    max_new_tokens: int = 64
-    temperature: float = 0.7
-    kl_coef: float = 0.05
-    kl_estimator: Literal["k1", "k3"] = "k1"
-    gamma: float = 1.0
-    lam: float = 0.95
-    cliprange: float = 0.2
-    cliprange_value: float = 0.2
-    vf_coef: float = 0.1
-    ppo_epochs: int = 4
-    whiten_rewards: bool = False
+    max_new_tokens: int = 64  # completion length cap
+    temperature: float = 0.7  # rollout sampling temperature
+    kl_coef: float = 0.05  # per-token KL penalty to the reference, in the reward
+    kl_estimator: Literal["k1", "k3"] = "k1"  # k1: log ratio; k3: (r - 1) - log r
+    gamma: float = 1.0  # γ, reward discount per token
+    lam: float = 0.95  # λ of GAE
+    cliprange: float = 0.2  # policy ratio clip ε
+    cliprange_value: float = 0.2  # value prediction clip around the rollout's values
+    vf_coef: float = 0.1  # weight of the value loss
+    ppo_epochs: int = 4  # optimisation passes (one optimizer step each) per rollout
+    whiten_rewards: bool = False  # scale rewards to unit std over the rollout before GAE
     missing_eos_penalty: float = 0.0  # subtracted from a score when no EOS was generated
 
     def validate(self) -> None:

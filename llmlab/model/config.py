@@ -19,33 +19,33 @@ MlpKind = Literal["gelu", "gelu_tanh", "relu", "swiglu"]
 
 @dataclass
 class ModelConfig:
-    vocab_size: int = 50257
-    d_model: int = 768
-    n_layer: int = 12
-    n_head: int = 12
+    vocab_size: int = 50257  # token ids the embedding and LM head cover
+    d_model: int = 768  # width of the residual stream
+    n_layer: int = 12  # transformer blocks (the decoder's, in an encoder-decoder)
+    n_head: int = 12  # attention (query) heads
     n_kv_head: int | None = None  # None means MHA (= n_head); fewer gives GQA
     head_dim: int | None = None  # None means d_model // n_head
     d_ff: int | None = None  # None means 4 * d_model
-    max_seq_len: int = 1024
-    pos: PosKind = "learned"
-    rope_theta: float = 10000.0
-    norm: NormKind = "layernorm"
-    norm_eps: float = 1e-5
+    max_seq_len: int = 1024  # longest sequence (learned positions, RoPE tables, KV cache)
+    pos: PosKind = "learned"  # position encoding
+    rope_theta: float = 10000.0  # RoPE base frequency
+    norm: NormKind = "layernorm"  # normalisation layer
+    norm_eps: float = 1e-5  # epsilon inside the norm's square root
     prenorm: bool = True  # False: the original paper's post-norm "Add & Norm"
-    mlp: MlpKind = "gelu_tanh"
+    mlp: MlpKind = "gelu_tanh"  # MLP activation (swiglu: gated, three matrices)
     bias: bool = True  # biases in the attention and MLP projections
-    tie_embeddings: bool = True
+    tie_embeddings: bool = True  # the LM head reuses the token embedding matrix
     causal: bool = True  # False: bidirectional encoder (BERT)
     type_vocab_size: int = 0  # BERT's token-type (segment) embeddings
     embed_norm: bool = False  # BERT normalises the summed embeddings
     final_norm: bool = True  # pre-norm stacks need a last norm; post-norm BERT has none
     lm_head: bool = True  # encoders used for embeddings carry no LM head
     embed_scale: bool = False  # the original paper multiplies embeddings by sqrt(d_model)
-    dropout: float = 0.0
+    dropout: float = 0.0  # dropout probability (embeddings, attention, residual)
     encoder_layers: int = 0  # > 0 makes an encoder-decoder with cross-attention
-    pad_token_id: int | None = None
-    bos_token_id: int | None = None
-    eos_token_id: int | list[int] | None = None
+    pad_token_id: int | None = None  # padding token id
+    bos_token_id: int | None = None  # beginning-of-sequence id, from the tokenizer
+    eos_token_id: int | list[int] | None = None  # end-of-sequence id(s), from the tokenizer
     extra: dict[str, Any] = field(default_factory=dict)  # tokenizer/chat metadata
 
     def __post_init__(self) -> None:

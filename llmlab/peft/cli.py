@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 
 from llmlab.train.cli import _guard, _StrictParser
-from llmlab.train.config import TrainConfig, add_dataclass_args, build, overrides
+from llmlab.train.config import TrainConfig, add_dataclass_args, from_flags
 
 # SFT defaults that differ from pretraining's (small data, a pretrained model).
 SFT_TRAIN = dict(max_steps=200, batch_size=8, seq_len=256, lr=2e-4, warmup_steps=10,
@@ -23,9 +23,9 @@ def cmd_sft(a: argparse.Namespace) -> int:
     from llmlab.train.config import SFTConfig
     from llmlab.train.sft import run_sft
 
-    scfg = build(SFTConfig, overrides(a, a._sft_fields), "sft config")
+    scfg = from_flags(SFTConfig, a, a._sft_fields, "sft config")
     train = {**SFT_TRAIN, **({"lr": FULL_FT_LR} if scfg.peft == "none" else {})}
-    tcfg = build(TrainConfig, {**train, **overrides(a, a._train_fields)}, "train config")
+    tcfg = from_flags(TrainConfig, a, a._train_fields, "train config", train)
     out = run_sft(scfg, tcfg, a.out)
     vl = out["val_loss"]
     print(f"done: {out['step']} steps, {out['tokens']:,} trained tokens"

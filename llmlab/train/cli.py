@@ -14,9 +14,12 @@ from typing import Any
 from llmlab.cliutil import guard
 from llmlab.model import ModelConfig
 from llmlab.train.config import (
+    Derived,
     TrainConfig,
     add_dataclass_args,
     build,
+    check_fields,
+    flag_name,
     overrides,
     unknown_flags_error,
 )
@@ -54,31 +57,83 @@ def cmd_prepare(a: argparse.Namespace) -> int:
     return 0
 
 
+SECTIONS = ("model", "train", "data")
+
+
+def read_config(path: str) -> dict[str, dict[str, Any]]:
+    """The --config file's sections, every field's type and range checked against the config
+    dataclasses; errors name the file and the field (`cfg.json: model.n_head: ...`)."""
+    from llmlab.train.presets import DataConfig
+
+    try:
+        text = Path(path).read_text(encoding="utf-8-sig")
+    except UnicodeDecodeError as e:
+        raise ValueError(f"{path}: not UTF-8 text (byte {e.start})") from None
+    except OSError as e:
+        raise ValueError(f"{path}: cannot read ({e.strerror})") from None
+    try:
+        cfg = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{path}:{e.lineno}:{e.colno}: invalid JSON ({e.msg})") from None
+    except RecursionError:
+        raise ValueError(f"{path}: JSON nested too deeply") from None
+    if not isinstance(cfg, dict):
+        raise ValueError(f"{path}: expected a JSON object with model/train/data sections, "
+                         f"got {_json_kind(cfg)}")
+    bad = sorted(set(cfg) - {*SECTIONS, "preset"})
+    if bad:
+        raise ValueError(f"{path}: unknown section(s) {bad}; valid: {', '.join(SECTIONS)}")
+    classes = {"model": ModelConfig, "train": TrainConfig, "data": DataConfig}
+    out = {}
+    for k in SECTIONS:
+        sec = cfg.get(k, {})
+        if not isinstance(sec, dict):
+            raise ValueError(f"{path}: {k}: expected an object of fields, got {_json_kind(sec)}")
+        # Set from the tokenizer: a copy of a run's saved config may carry them; ignored.
+        sec = {n: v for n, v in sec.items() if k != "model" or n not in _MODEL_SKIP}
+        check_fields(classes[k], sec, lambda name, k=k: f"{path}: {k}.{name}")
+        out[k] = sec
+    return out
+
+
+def _json_kind(v: Any) -> str:
+    return {dict: "an object", list: "a list", str: "a string", bool: "a boolean",
+            type(None): "null"}.get(type(v), "a number")
+
+
 def resolve(a: argparse.Namespace) -> tuple[dict[str, Any], TrainConfig, Any, str | None]:
-    """Preset (or the run's saved config when resuming), then --config, then flags."""
+    """Preset (or the run's saved config when resuming), then --config, then flags; every
+    value is checked before any work starts, errors naming where it came from."""
     from llmlab.train.presets import DataConfig, get_preset
 
     saved = Path(a.out) / "config.json"
     if a.resume and saved.exists() and not a.preset:
         base = json.loads(saved.read_text())
         preset = base.get("preset")
+        sources = [str(saved)]
     else:
         preset = a.preset or "tiny-cpu"
         base = get_preset(preset)
+        sources = [f"preset {preset}"]
     if a.config:
-        extra = json.loads(Path(a.config).read_text())
-        bad = sorted(set(extra) - {"model", "train", "data", "preset"})
-        if bad:
-            raise ValueError(f"{a.config}: unknown section(s) {bad}; valid: model, train, data")
-        for k in ("model", "train", "data"):
-            base[k] = {**base.get(k, {}), **extra.get(k, {})}
+        extra = read_config(a.config)
+        for k in SECTIONS:
+            base[k] = {**base.get(k, {}), **extra[k]}
+        sources.append(a.config)
+    flags = {k: overrides(a, getattr(a, f"_{k}_fields")) for k in SECTIONS}
+    classes = {"model": ModelConfig, "train": TrainConfig, "data": DataConfig}
+    for k in SECTIONS:  # argparse checked their types; ranges here, named as flags
+        check_fields(classes[k], flags[k], flag_name)
+    if any(flags.values()):
+        sources.append("flags")
+    where = " + ".join(sources)
     model = {k: v for k, v in base.get("model", {}).items() if k not in _MODEL_SKIP}
-    model.update(overrides(a, a._model_fields))
-    tcfg = build(TrainConfig, {**base.get("train", {}), **overrides(a, a._train_fields)},
-                 "train config")
-    dcfg = build(DataConfig, {**base.get("data", {}), **overrides(a, a._data_fields)},
-                 "data config")
-    build(ModelConfig, {k: v for k, v in model.items()}, "model config")  # name check now
+    model.update(flags["model"])
+    tcfg = build(TrainConfig, {**base.get("train", {}), **flags["train"]},
+                 f"train config ({where})")
+    dcfg = build(DataConfig, {**base.get("data", {}), **flags["data"]},
+                 f"data config ({where})")
+    build(ModelConfig, model, f"model config ({where})")  # cross-field checks now
     return model, tcfg, dcfg, preset
 
 
@@ -129,13 +184,23 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
                     "`--resume` continues the run in --out from its latest checkpoint.")
     p.__class__ = _StrictParser  # add_parser builds the parent's class; we want strict flags
     p.allow_abbrev = False  # "--max-step" must not silently mean --max-steps
-    p.add_argument("--preset", default=None, help=f"one of {', '.join(PRESETS)} "
-                   "(default tiny-cpu; on --resume the run's saved config)")
-    p.add_argument("--out", required=True, help="run directory")
-    p.add_argument("--config", default=None, help="JSON with model/train/data sections")
-    tf = add_dataclass_args(p, TrainConfig, "training")
-    mf = add_dataclass_args(p, ModelConfig, "model", skip=_MODEL_SKIP)
-    df = add_dataclass_args(p, DataConfig, "data")
+    p.add_argument("--preset", default=None, help=f"named model/train/data settings, one of: "
+                   f"{', '.join(PRESETS)} (default: tiny-cpu; on --resume the run's saved "
+                   "config)")
+    p.add_argument("--out", required=True, help="run directory (required)")
+    p.add_argument("--config", default=None,
+                   help="JSON file with model/train/data sections of the fields below; "
+                        "applied over the preset, flags over it (default: none)")
+    # Defaults shown are the default preset's (tiny-cpu): what a run without --preset gets.
+    preset = PRESETS["tiny-cpu"]
+    note = "defaults shown: the tiny-cpu preset's; --preset and --config change them"
+    tf = add_dataclass_args(p, TrainConfig, "training", defaults=preset["train"],
+                            description=note)
+    model_defaults = {"vocab_size": Derived("the tokenizer's vocabulary size"),
+                      "max_seq_len": Derived("--seq-len"), **preset["model"]}
+    mf = add_dataclass_args(p, ModelConfig, "model", skip=_MODEL_SKIP,
+                            defaults=model_defaults, description=note)
+    df = add_dataclass_args(p, DataConfig, "data", defaults=preset["data"], description=note)
     clash = set(tf) & set(mf) | set(tf) & set(df) | set(mf) & set(df)
     assert not clash, f"config fields share a flag: {clash}"
     p.set_defaults(fn=_guard(cmd_pretrain), func=_guard(cmd_pretrain), _train_fields=tf,

@@ -6,10 +6,18 @@ can't drift from the code; the resolved configs are saved as JSON in the run dir
 from __future__ import annotations
 
 import argparse
+import ast
 import dataclasses
 import difflib
+import functools
+import inspect
+import io
+import math
+import textwrap
+import tokenize
 import types
 import typing
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -20,50 +28,118 @@ class TrainConfig:
 
     max_steps: int = 1000  # optimizer steps
     batch_size: int = 8  # sequences per micro-batch per process
-    seq_len: int = 256
+    seq_len: int = 256  # tokens per training sequence
     grad_accum: int = 1  # micro-batches per optimizer step (per process)
     lr: float = 3e-4  # peak learning rate
     min_lr_ratio: float = 0.1  # final lr = lr * min_lr_ratio
-    warmup_steps: int = 100
-    schedule: Literal["cosine", "linear", "constant"] = "cosine"
-    weight_decay: float = 0.1
-    beta1: float = 0.9
-    beta2: float = 0.95
-    eps: float = 1e-8
+    warmup_steps: int = 100  # steps of linear warmup from 0 to lr
+    schedule: Literal["cosine", "linear", "constant"] = "cosine"  # lr decay after warmup
+    weight_decay: float = 0.1  # AdamW decoupled weight decay (matrices only)
+    beta1: float = 0.9  # AdamW first-moment decay
+    beta2: float = 0.95  # AdamW second-moment decay
+    eps: float = 1e-8  # AdamW denominator epsilon
     grad_clip: float = 1.0  # max global grad norm; 0 disables
     precision: Literal["auto", "fp32", "bf16"] = "auto"  # auto: bf16 autocast on GPU, fp32 CPU
     compile: bool = False  # torch.compile the model
     # whole: one graph of the model (and its fused loss); regional: each transformer block on
     # its own, one compile reused by every layer (shorter compile; the rest runs eagerly)
     compile_scope: Literal["whole", "regional"] = "whole"
-    seed: int = 0
-    device: str = "auto"  # auto | cpu | cuda
+    seed: int = 0  # seeds init, data order and sampling
+    device: str = "auto"  # auto | cpu | cuda (or cuda:N)
     threads: int = 0  # torch CPU threads; 0 leaves torch's default
-    log_every: int = 10
+    log_every: int = 10  # steps between metrics.jsonl rows
     eval_every: int = 200  # validation loss + samples; 0 disables
-    eval_batches: int = 20
+    eval_batches: int = 20  # validation batches per evaluation
     sample_tokens: int = 64  # tokens per sample generation at eval; 0 disables
-    sample_prompt: str = ""
-    ckpt_every: int = 200  # 0: only at the end
+    sample_prompt: str = ""  # text the eval samples continue (after BOS)
+    ckpt_every: int = 200  # steps between checkpoints; 0: only at the end
     keep_last: int = 2  # step checkpoints kept, plus the best by val loss
-    resume: bool = False
+    resume: bool = False  # continue the run in --out from its latest checkpoint
     fsdp: bool = False  # shard parameters with FSDP2 under torchrun (models too big for DDP)
     tensorboard: bool = True  # also write TensorBoard events when tensorboard is installed
     progress: bool = True  # tqdm bar on rank 0
 
     def validate(self) -> None:
-        for name in ("max_steps", "batch_size", "seq_len", "grad_accum"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-        for name in ("warmup_steps", "eval_every", "ckpt_every", "log_every", "keep_last"):
-            if getattr(self, name) < 0:
-                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
-        if self.lr <= 0:
-            raise ValueError(f"lr must be > 0, got {self.lr}")
+        """Types and ranges (RANGES below), for configs built in code rather than by `build`."""
+        check_fields(TrainConfig, dataclasses.asdict(self), lambda name: name)
 
 
-def _flag(name: str) -> str:
+def flag_name(name: str) -> str:
+    """The flag of a config field: `grad_accum` -> `--grad-accum`."""
     return "--" + name.replace("_", "-")
+
+
+# ----------------------------------------------------------------------------- field docs
+
+
+@functools.cache
+def field_docs(cls: type) -> dict[str, str]:
+    """Each field's documentation: `field(metadata={"help": ...})`, else its comments in the
+    class source (the comment lines right above the field, then the one on its line).
+
+    Comments keep the dataclasses readable; parsing them once here makes them the single
+    source of the CLI's help too. Without source (a frozen build) help just has no meaning."""
+    docs: dict[str, str] = {}
+    for klass in reversed(cls.__mro__):  # a subclass's comment wins over its base's
+        if not dataclasses.is_dataclass(klass):
+            continue
+        try:
+            src = textwrap.dedent(inspect.getsource(klass))
+        except (OSError, TypeError):
+            continue
+        lines = src.splitlines()
+        comments = {tok.start[0]: tok.string.lstrip("#").strip()
+                    for tok in tokenize.generate_tokens(io.StringIO(src).readline)
+                    if tok.type == tokenize.COMMENT}
+        node = ast.parse(src).body[0]
+        assert isinstance(node, ast.ClassDef)
+        own_line = {n for n in comments if lines[n - 1].lstrip().startswith("#")}
+        for stmt in node.body:
+            if not (isinstance(stmt, ast.AnnAssign) and isinstance(stmt.target, ast.Name)):
+                continue
+            above: list[str] = []
+            n = stmt.lineno - 1
+            while n in own_line:
+                above.insert(0, comments[n])
+                n -= 1
+            end = stmt.end_lineno or stmt.lineno
+            after = [comments[n] for n in range(stmt.lineno, end + 1)
+                     if n in comments and n not in own_line]
+            text = " ".join(c for c in above + after if c)
+            if text:
+                docs[stmt.target.id] = text
+    for f in dataclasses.fields(cls):
+        if f.metadata.get("help"):
+            docs[f.name] = f.metadata["help"]
+    return docs
+
+
+class Derived(str):
+    """A default that is worked out at run time, shown as this text in --help."""
+
+
+def show_default(v: Any) -> str:
+    """How --help shows a default (the tests read it back the same way)."""
+    if isinstance(v, Derived):
+        return str(v)
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if v is None:
+        return "none"
+    if isinstance(v, str):
+        return v if v else "''"
+    return str(v)
+
+
+def field_default(f: dataclasses.Field) -> Any:
+    if f.default is not dataclasses.MISSING:
+        return f.default
+    if f.default_factory is not dataclasses.MISSING:
+        return f.default_factory()
+    return dataclasses.MISSING
+
+
+# ----------------------------------------------------------------------------- flags
 
 
 def _base_type(tp: Any) -> tuple[Any, bool]:
@@ -91,10 +167,18 @@ def _parser_for(tp: Any, optional: bool) -> Any:
 
 
 def add_dataclass_args(p: argparse.ArgumentParser, cls: type, title: str,
-                       skip: tuple[str, ...] = ()) -> list[str]:
-    """One flag per field, default None (= not given), so presets can fill the rest."""
-    g = p.add_argument_group(title)
+                       skip: tuple[str, ...] = (), defaults: Mapping[str, Any] | None = None,
+                       notes: Mapping[str, str] | None = None,
+                       description: str | None = None) -> list[str]:
+    """One flag per field, default None (= not given), so presets can fill the rest.
+
+    Each flag's help is the field's documentation (`field_docs`), its allowed values and the
+    default this command uses: `defaults` where the command overrides the dataclass's (SFT's
+    training settings, a preset's), with `notes` saying when that default changes."""
+    g = p.add_argument_group(title, description)
     hints = typing.get_type_hints(cls)
+    docs = field_docs(cls)
+    defaults, notes = defaults or {}, notes or {}
     names = []
     for f in dataclasses.fields(cls):
         if f.name in skip:
@@ -103,14 +187,23 @@ def add_dataclass_args(p: argparse.ArgumentParser, cls: type, title: str,
         if typing.get_origin(tp) in (dict, list) or tp in (dict, list):
             continue
         kw: dict[str, Any] = {"dest": f.name, "default": None}
+        doc = docs.get(f.name, "").rstrip(".")
         if typing.get_origin(tp) is Literal:
             kw["choices"] = list(typing.get_args(tp))
+            doc += ("; " if doc else "") + "one of: " + ", ".join(map(str, kw["choices"]))
         elif tp is bool:
             kw["action"] = argparse.BooleanOptionalAction
         else:
             kw["type"] = _parser_for(tp, optional)
             kw["metavar"] = getattr(tp, "__name__", "VALUE").upper()
-        g.add_argument(_flag(f.name), **kw)
+            if optional:
+                doc += ("; " if doc else "") + "none to unset"
+        default = defaults.get(f.name, field_default(f))
+        shown = "required" if default is dataclasses.MISSING else show_default(default)
+        note = f"; {notes[f.name]}" if f.name in notes else ""
+        # argparse %-formats help strings: a literal % in a comment must not break --help.
+        kw["help"] = f"{doc} (default: {shown}{note})".replace("%", "%%")
+        g.add_argument(flag_name(f.name), **kw)
         names.append(f.name)
     return names
 
@@ -119,16 +212,154 @@ def overrides(ns: argparse.Namespace, names: list[str]) -> dict[str, Any]:
     return {n: getattr(ns, n) for n in names if getattr(ns, n, None) is not None}
 
 
-def build(cls: type, values: dict[str, Any], where: str) -> Any:
-    """`cls(**values)`, with unknown names reported along with the valid ones."""
+def from_flags(cls: type, ns: argparse.Namespace, names: list[str], where: str,
+               base: Mapping[str, Any] | None = None) -> Any:
+    """`cls` from a command's `base` settings and the flags given, each flag's range checked
+    under its own name (argparse has checked its type)."""
+    given = overrides(ns, names)
+    check_fields(cls, given, flag_name)
+    return build(cls, {**(base or {}), **given}, where)
+
+
+# ----------------------------------------------------------------------------- validation
+
+
+@dataclass(frozen=True)
+class Range:
+    """Allowed values of a number: [lo, hi] with either end open or absent."""
+
+    lo: float | None = None
+    hi: float | None = None
+    lo_open: bool = False
+    hi_open: bool = False
+
+    def ok(self, v: float) -> bool:
+        return ((self.lo is None or (v > self.lo if self.lo_open else v >= self.lo))
+                and (self.hi is None or (v < self.hi if self.hi_open else v <= self.hi)))
+
+    def describe(self, kind: str) -> str:
+        if self.hi is None and self.lo == 0:
+            return f"{'positive' if self.lo_open else 'non-negative'} {kind}"
+        if self.hi is None:
+            return f"{kind} {'>' if self.lo_open else '>='} {self.lo:g}"
+        return (f"{kind} in {'(' if self.lo_open else '['}{self.lo:g}, {self.hi:g}"
+                f"{')' if self.hi_open else ']'}")
+
+
+POSITIVE = Range(0, lo_open=True)
+NON_NEGATIVE = Range(0)
+FRACTION = Range(0, 1)  # [0, 1]
+BELOW_ONE = Range(0, 1, hi_open=True)  # [0, 1): probabilities that can't be certain
+SIZES = dict.fromkeys(  # counts and sizes: at least one
+    ("max_steps", "batch_size", "seq_len", "grad_accum", "eval_batches", "vocab_size",
+     "d_model", "n_layer", "n_head", "n_kv_head", "head_dim", "d_ff", "max_seq_len", "lora_r",
+     "num_virtual_tokens", "bottleneck", "num_generations", "prompts_per_step",
+     "max_new_tokens", "iterations", "ppo_epochs"), POSITIVE)
+
+# Each config class's numeric ranges, by class name (config.py stays free of the model and
+# align imports). The types come from the annotations; these are what a type can't say.
+RANGES: dict[str, dict[str, Range]] = {
+    "TrainConfig": {**SIZES, "lr": POSITIVE, "min_lr_ratio": FRACTION,
+                    "warmup_steps": NON_NEGATIVE, "weight_decay": NON_NEGATIVE,
+                    "beta1": BELOW_ONE, "beta2": BELOW_ONE, "eps": POSITIVE,
+                    "grad_clip": NON_NEGATIVE, "threads": NON_NEGATIVE,
+                    "log_every": NON_NEGATIVE, "eval_every": NON_NEGATIVE,
+                    "sample_tokens": NON_NEGATIVE, "ckpt_every": NON_NEGATIVE,
+                    "keep_last": NON_NEGATIVE, "seed": NON_NEGATIVE},
+    "ModelConfig": {**SIZES, "rope_theta": POSITIVE, "norm_eps": POSITIVE,
+                    "type_vocab_size": NON_NEGATIVE, "dropout": BELOW_ONE,
+                    "encoder_layers": NON_NEGATIVE, "pad_token_id": NON_NEGATIVE,
+                    "bos_token_id": NON_NEGATIVE},
+    "DataConfig": {"val_fraction": BELOW_ONE},
+    "SFTConfig": {**SIZES, "lora_alpha": POSITIVE, "lora_dropout": BELOW_ONE,
+                  "max_examples": NON_NEGATIVE, "val_examples": NON_NEGATIVE},
+    "AlignConfig": {**SIZES, "lora_alpha": POSITIVE, "beta": POSITIVE,
+                    "label_smoothing": Range(0, 0.5), "center_rewards_coefficient":
+                    NON_NEGATIVE, "max_examples": POSITIVE, "val_examples": NON_NEGATIVE,
+                    "pref_samples": Range(2), "pref_temperature": POSITIVE},
+    "GRPOConfig": {**SIZES, "temperature": POSITIVE, "epsilon": NON_NEGATIVE,
+                   "epsilon_high": NON_NEGATIVE, "beta": NON_NEGATIVE,
+                   "zero_std_warn": FRACTION},
+    "PPOConfig": {**SIZES, "temperature": POSITIVE, "kl_coef": NON_NEGATIVE,
+                  "gamma": FRACTION, "lam": FRACTION, "cliprange": POSITIVE,
+                  "cliprange_value": POSITIVE, "vf_coef": NON_NEGATIVE,
+                  "missing_eos_penalty": NON_NEGATIVE},
+}
+
+
+def _expected(tp: Any) -> str:
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        return " or ".join(_expected(a) for a in typing.get_args(tp))
+    if origin is Literal:
+        return "one of " + ", ".join(map(str, typing.get_args(tp)))
+    if origin is list:
+        (arg,) = typing.get_args(tp) or (Any,)
+        return f"a list of {_expected(arg)}"
+    return {bool: "true or false", int: "an int", float: "a number", str: "a string",
+            type(None): "null", dict: "an object", list: "a list"}.get(tp, str(tp))
+
+
+def _fits(tp: Any, v: Any) -> bool:
+    """Whether a JSON value `v` is of annotation `tp` (strictly: no "3" for 3, no 1 for True)."""
+    origin = typing.get_origin(tp)
+    if tp is Any:
+        return True
+    if origin in (typing.Union, types.UnionType):
+        return any(_fits(a, v) for a in typing.get_args(tp))
+    if origin is Literal:
+        return any(v == a and type(v) is type(a) for a in typing.get_args(tp))
+    if tp is type(None):
+        return v is None
+    if tp is bool:
+        return isinstance(v, bool)
+    if tp is int:
+        return isinstance(v, int) and not isinstance(v, bool)
+    if tp is float:
+        return (isinstance(v, (int, float)) and not isinstance(v, bool)
+                and math.isfinite(v))
+    if tp is list or origin is list:
+        (arg,) = typing.get_args(tp) or (Any,)
+        return isinstance(v, list) and all(_fits(arg, x) for x in v)
+    if tp is dict or origin is dict:
+        return isinstance(v, dict)
+    return isinstance(v, tp) if isinstance(tp, type) else True
+
+
+def check_fields(cls: type, values: Mapping[str, Any], label: Callable[[str], str]) -> None:
+    """Raise ValueError naming the first unknown field, wrong type or out-of-range value.
+
+    `label(name)` says where a field came from: "cfg.json: model.n_head", "--n-head"."""
     valid = [f.name for f in dataclasses.fields(cls)]
     unknown = [k for k in values if k not in valid]
     if unknown:
+        where = label("").rstrip(".: ")
         hints = {k: difflib.get_close_matches(k, valid, n=1, cutoff=0.75) for k in unknown}
         did = "; ".join(f"{k!r}: did you mean {h[0]!r}?" for k, h in hints.items() if h)
         raise ValueError(f"{where}: unknown field(s) {unknown}" + (f" ({did})" if did else "")
                          + f"; valid: {', '.join(valid)}")
-    return cls(**values)
+    hints = typing.get_type_hints(cls)
+    ranges = RANGES.get(cls.__name__, {})
+    for name, v in values.items():
+        tp = hints[name]
+        if not _fits(tp, v):
+            raise ValueError(f"{label(name)}: expected {_expected(tp)}, got {v!r}")
+        r = ranges.get(name)
+        if r is not None and v is not None and not isinstance(v, list) and not r.ok(v):
+            base, optional = _base_type(tp)
+            kind = "int" if base is int else "number"
+            raise ValueError(f"{label(name)}: expected a {r.describe(kind)}"
+                             + (" or null" if optional else "") + f", got {v!r}")
+
+
+def build(cls: type, values: dict[str, Any], where: str) -> Any:
+    """`cls(**values)` once every value is checked (`check_fields`); unknown names are
+    reported along with the valid ones, a cross-field error with `where`."""
+    check_fields(cls, values, lambda name: f"{where}: {name}")
+    try:
+        return cls(**values)
+    except ValueError as e:  # cross-field checks in __post_init__ (d_model % n_head, ...)
+        raise ValueError(f"{where}: {e}") from None
 
 
 def unknown_flags_error(extra: list[str], valid: list[str]) -> str:
@@ -143,23 +374,24 @@ def unknown_flags_error(extra: list[str], valid: list[str]) -> str:
 
 @dataclass
 class SFTConfig:
-    model: str = "smollm2-135m-instruct"
+    model: str = "smollm2-135m-instruct"  # model name or directory to fine-tune
     data: str = "trivia"  # a .jsonl/.json file, or a bundled task: trivia | pydocs
-    format: str = "auto"  # auto | chat | alpaca
-    peft: str = "lora"  # none | lora | dora | qlora | prompt | prefix | adapter
-    lora_r: int = 8
-    lora_alpha: float = 16.0
-    lora_dropout: float = 0.0
+    format: Literal["auto", "chat", "alpaca"] = "auto"  # auto: chat if rows have `messages`
+    # none: full fine-tuning; else the llmlab.peft method that adds the trainable weights
+    peft: Literal["none", "lora", "dora", "qlora", "prompt", "prefix", "adapter"] = "lora"
+    lora_r: int = 8  # LoRA rank (lora, dora, qlora)
+    lora_alpha: float = 16.0  # LoRA scale numerator: updates are scaled by alpha / r
+    lora_dropout: float = 0.0  # dropout on the LoRA branch's input
     target_modules: str = "q_proj,v_proj"  # comma-separated names, or all-linear
-    use_rslora: bool = False
-    num_virtual_tokens: int = 20  # prompt / prefix tuning
-    bottleneck: int = 64  # bottleneck adapters
-    packing: bool = True  # (prompt/prefix tuning never pack: the prefix is per sequence)
+    use_rslora: bool = False  # rank-stabilised scale alpha / sqrt(r)
+    num_virtual_tokens: int = 20  # prompt / prefix tuning: learnt tokens
+    bottleneck: int = 64  # bottleneck adapters: hidden width
+    packing: bool = True  # pack examples into full sequences (never for prompt/prefix tuning)
     system: str | None = None  # system prompt; None: the template's default
     # A preset (chatml | llama3 | zephyr) or a JSON file of ChatTemplate's fields; None: the
     # model's own. The trained model or adapter carries it (generate/chat then use it).
     chat_template: str | None = None
-    max_examples: int = 0  # 0: all
+    max_examples: int = 0  # training examples used; 0: all
     val_examples: int = 64  # held out from the training file for val loss (bundled: test split)
 
     def peft_options(self) -> dict[str, Any]:

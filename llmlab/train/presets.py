@@ -14,7 +14,7 @@ class DataConfig:
     data: str | None = None  # a prepared dir; None: prepare `inputs` into RUN_DIR/data
     inputs: str = "kjv"  # comma-separated files/dirs or bundled corpora (kjv, pydocs)
     tokenizer: str = "bpe:4096"  # gpt2 | cl100k | smollm2 | DIR | bpe:N (trained on the input)
-    val_fraction: float = 0.05
+    val_fraction: float = 0.05  # share of the documents held out for validation
 
 
 # Each preset: model shape, training settings, data. CLI flags override any field.

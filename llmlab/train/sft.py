@@ -170,6 +170,9 @@ def run_sft(scfg: SFTConfig, tcfg: TrainConfig, run_dir: str | Path) -> dict[str
 
     tcfg.validate()
     custom = load_template(scfg.chat_template) if scfg.chat_template else None  # fail fast
+    # Bad data fails before the model loads (seconds to minutes).
+    train_ex = load_examples(scfg.data, scfg.format, "train")
+    val_ex = load_examples(scfg.data, scfg.format, "test")
     run_dir = Path(run_dir)
     d = init_distributed(tcfg.device, tcfg.fsdp)
     try:
@@ -179,8 +182,6 @@ def run_sft(scfg: SFTConfig, tcfg: TrainConfig, run_dir: str | Path) -> dict[str
         if custom is not None:  # the model's own from now on: checkpoints and exports carry it
             set_template(lm, custom)
         tok, template = lm.tokenizer, template_for(lm)
-        train_ex = load_examples(scfg.data, scfg.format, "train")
-        val_ex = load_examples(scfg.data, scfg.format, "test")
         if not val_ex and scfg.val_examples and len(train_ex) > 2 * scfg.val_examples:
             val_ex, train_ex = train_ex[-scfg.val_examples:], train_ex[:-scfg.val_examples]
         if scfg.max_examples:

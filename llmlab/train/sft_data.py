@@ -31,25 +31,46 @@ PYDOCS_DIR = Path("/usr/share/doc/python3.11/html/_sources")
 
 
 def _rows(path: Path) -> list[tuple[int, Any]]:
-    """(line number, object) per JSONL line, or per element of a JSON array."""
-    text = path.read_text(encoding="utf-8-sig")  # -sig: a leading BOM (Windows editors) is dropped
+    """(line number, object) per JSONL line, or per element of a JSON array.
+
+    Shared by the SFT, preference and RL-prompt readers; every way a file can fail to parse
+    (not text, not JSON, nested past the parser's recursion limit) names the file and line."""
+    raw = path.read_bytes()
+    try:
+        text = raw.decode("utf-8-sig")  # -sig: a leading BOM (Windows editors) is dropped
+    except UnicodeDecodeError as e:
+        line = raw.count(b"\n", 0, e.start) + 1
+        raise ValueError(f"{path}:{line}: not UTF-8 text (byte {e.start}); give a .jsonl or "
+                         ".json file") from None
     if path.suffix == ".json":
-        try:
-            data = json.loads(text)
-        except json.JSONDecodeError as e:
-            raise ValueError(f"{path}:{e.lineno}: invalid JSON ({e.msg})") from None
-        if not isinstance(data, list):
-            raise ValueError(f"{path}: expected a JSON array of examples")
-        return [(i + 1, d) for i, d in enumerate(data)]  # element number stands in for a line
+        return [(i + 1, d) for i, d in enumerate(_json_array(text, path))]
     out = []
     for n, line in enumerate(text.splitlines(), 1):
         if not line.strip():
             continue
-        try:
-            out.append((n, json.loads(line)))
-        except json.JSONDecodeError as e:
-            raise ValueError(f"{path}:{n}: invalid JSON ({e.msg})") from None
+        out.append((n, _loads(line, f"{path}:{n}")))
     return out
+
+
+def _loads(text: str, where: str) -> Any:
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{where}: invalid JSON ({e.msg})") from None
+    except RecursionError:  # json's parser recurses per level: '[' * 10**5 exhausts it
+        raise ValueError(f"{where}: JSON nested too deeply") from None
+
+
+def _json_array(text: str, path: Path) -> list[Any]:
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{path}:{e.lineno}: invalid JSON ({e.msg})") from None
+    except RecursionError:
+        raise ValueError(f"{path}:1: JSON nested too deeply") from None
+    if not isinstance(data, list):
+        raise ValueError(f"{path}: expected a JSON array of examples")
+    return data  # element number stands in for a line
 
 
 def _str_field(row: Any, key: str, where: str, required: bool = True) -> str:
