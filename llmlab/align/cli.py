@@ -198,11 +198,8 @@ def _cmd(algo: str):  # noqa: ANN202
         acfg = from_flags(AlignConfig, a, a._align_fields, "align config")
         gcfg = (from_flags(ALGO_CONFIGS[algo](), a, a._algo_fields, f"{algo} config")
                 if algo in ALGO_CONFIGS else None)
-        lr = {"reward": 1e-5, "dpo": 5e-6, "ppo": 3e-6, "grpo": 1e-6}[algo]
-        if acfg.peft != "none":
-            lr *= 20  # LoRA wants a larger step than full fine-tuning
-        base = {**ALIGN_TRAIN, "lr": lr, **({"batch_size": 8} if algo == "ppo" else {})}
-        tcfg = from_flags(TrainConfig, a, a._train_fields, "train config", base)
+        tcfg = from_flags(TrainConfig, a, a._train_fields, "train config",
+                          train_defaults(algo, acfg.peft))
         out = run(algo, acfg, tcfg, Path(a.out), gcfg)
         print(f"done: {out.get('step')} steps; metrics in {Path(a.out) / 'metrics.jsonl'}"
               + (f"; held-out pairwise accuracy {out['val_accuracy']:.3f}"
@@ -212,6 +209,16 @@ def _cmd(algo: str):  # noqa: ANN202
                  if algo == "dpo" and "eval" in out else ""))
         return 0
     return cmd
+
+
+FULL_LR = {"reward": 1e-5, "dpo": 5e-6, "ppo": 3e-6, "grpo": 1e-6}
+LORA_LR_SCALE = 20  # LoRA wants a larger step than full fine-tuning
+
+
+def train_defaults(algo: str, peft: str) -> dict[str, Any]:
+    """The TrainConfig values `llmlab ALGO` uses unless a flag says otherwise."""
+    lr = FULL_LR[algo] * (1 if peft == "none" else LORA_LR_SCALE)
+    return {**ALIGN_TRAIN, "lr": lr, **({"batch_size": 8} if algo == "ppo" else {})}
 
 
 def _grpo_config() -> type:
@@ -246,10 +253,12 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
         p = subparsers.add_parser(algo, help=HELP[algo], description=HELP[algo])
         p.__class__ = _StrictParser
         p.allow_abbrev = False
-        p.add_argument("--out", required=True, help="run directory")
+        p.add_argument("--out", required=True, help="run directory (required)")
         af = add_dataclass_args(p, AlignConfig, "align", skip=NOT_FOR[algo])
         gf = (add_dataclass_args(p, ALGO_CONFIGS[algo](), algo) if algo in ALGO_CONFIGS
               else [])
-        tf = add_dataclass_args(p, TrainConfig, "training")
+        tf = add_dataclass_args(p, TrainConfig, "training",
+                                defaults=train_defaults(algo, AlignConfig.peft),
+                                notes={"lr": f"{FULL_LR[algo]:g} with --peft none"})
         fn = _guard(_cmd(algo))
         p.set_defaults(fn=fn, func=fn, _align_fields=af, _algo_fields=gf, _train_fields=tf)

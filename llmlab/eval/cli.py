@@ -84,28 +84,40 @@ def cmd_compare(a: argparse.Namespace) -> int:
 
 
 def _add_eval_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", default=DEFAULT_MODEL, help="model name or directory")
+    p.add_argument("--model", default=DEFAULT_MODEL,
+                   help=f"model name or directory (default: {DEFAULT_MODEL})")
     p.add_argument("--adapter", default=None, help="PEFT adapter directory (llmlab.peft)")
     p.add_argument("--task", action="append", default=[],
                    help="perplexity:<corpus|file> | arithmetic | trivia | "
                         "humaneval[:chat|completion] | gen:<pydocs|file.jsonl> | "
-                        "rag:<store>:<qrels> (repeatable)")
+                        "rag:<store>:<qrels> (repeatable; at least one)")
     p.add_argument("--limit", type=int, default=None,
-                   help="items per task (tokens for perplexity)")
+                   help="items per task (tokens for perplexity) (default: all)")
     p.add_argument("--out", default=None, help="JSON report path")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--batch-size", type=int, default=16, help="prompts per generation batch")
-    p.add_argument("--max-new-tokens", type=int, default=None, help="default: per task")
-    p.add_argument("--samples", type=int, default=1, help="humaneval completions per problem")
+    p.add_argument("--seed", type=int, default=0,
+                   help="seeds sampling and item selection (default: 0)")
+    p.add_argument("--batch-size", type=int, default=16,
+                   help="prompts per generation batch (default: 16)")
+    p.add_argument("--max-new-tokens", type=int, default=None,
+                   help="generation length cap (default: per task)")
+    p.add_argument("--samples", type=int, default=1,
+                   help="humaneval completions per problem (default: 1)")
     p.add_argument("--temperature", type=float, default=None,
                    help="default 0 (greedy), 0.8 with --samples > 1")
-    p.add_argument("--window", type=int, default=1024, help="perplexity window (tokens)")
-    p.add_argument("--stride", type=int, default=512, help="perplexity stride (tokens)")
-    p.add_argument("--timeout", type=float, default=5.0, help="sandbox seconds per program")
-    p.add_argument("--workers", type=int, default=2, help="sandbox programs at once")
-    p.add_argument("--dtype", default="fp32", help="fp32 | bf16 | int8 (fastest on CPU)")
-    p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
-    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--window", type=int, default=1024,
+                   help="perplexity window in tokens (default: 1024)")
+    p.add_argument("--stride", type=int, default=512,
+                   help="perplexity stride in tokens (default: 512)")
+    p.add_argument("--timeout", type=float, default=5.0,
+                   help="sandbox seconds per program (default: 5.0)")
+    p.add_argument("--workers", type=int, default=2,
+                   help="sandbox programs at once (default: 2)")
+    p.add_argument("--dtype", default="fp32", choices=("fp32", "bf16", "int8", "int4"),
+                   help="weights: fp32, bf16, or weight-only int8/int4 (int8 fastest on CPU) "
+                        "(default: fp32)")
+    p.add_argument("--threads", type=int, default=None,
+                   help="torch CPU threads (default: torch's)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.add_argument("--debug", action="store_true", help="tracebacks on errors")
 
 

@@ -64,9 +64,10 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
                     "pydocs). Every SFT and training field is a flag.")
     p.__class__ = _StrictParser
     p.allow_abbrev = False
-    p.add_argument("--out", required=True, help="run directory")
+    p.add_argument("--out", required=True, help="run directory (required)")
     sf = add_dataclass_args(p, SFTConfig, "sft")
-    tf = add_dataclass_args(p, TrainConfig, "training")
+    tf = add_dataclass_args(p, TrainConfig, "training", defaults=SFT_TRAIN,
+                            notes={"lr": f"{FULL_FT_LR:g} with --peft none"})
     assert not set(sf) & set(tf), f"config fields share a flag: {set(sf) & set(tf)}"
     p.set_defaults(fn=_guard(cmd_sft), func=_guard(cmd_sft), _sft_fields=sf, _train_fields=tf)
 
@@ -75,8 +76,10 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
     m = lsub.add_parser("merge", help="fold a LoRA/DoRA adapter into the base weights")
     m.add_argument("--model", required=True, help="base model name or directory")
     m.add_argument("--adapter", required=True, help="adapter dir (llmlab's or PEFT's)")
-    m.add_argument("--out", required=True)
-    m.add_argument("--hf", action="store_true", help="write an HF directory (config.json)")
+    m.add_argument("--out", required=True, help="directory for the merged model (required)")
+    m.add_argument("--hf", action="store_true",
+                   help="write a transformers directory (config.json) instead of an llmlab "
+                        "checkpoint")
     m.set_defaults(fn=_guard(cmd_lora_merge), func=_guard(cmd_lora_merge))
 
 

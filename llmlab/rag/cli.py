@@ -19,36 +19,42 @@ def add_commands(subparsers: Any) -> None:
     p.add_argument("paths", nargs="+", help="files or directories (.txt .md .rst .html .pdf "
                    ".jsonl)")
     p.add_argument("--store", required=True, help="index directory")
-    p.add_argument("--chunk-size", type=int, default=256, help="tokens per chunk")
-    p.add_argument("--overlap", type=int, default=32, help="tokens shared by neighbours")
+    p.add_argument("--chunk-size", type=int, default=256,
+                   help="tokens per chunk (default: 256)")
+    p.add_argument("--overlap", type=int, default=32,
+                   help="tokens shared by neighbouring chunks (default: 32)")
     p.add_argument("--embedder", choices=("onnx", "torch"), default=None,
                    help="MiniLM backend for a new index (default: onnx, the faster one)")
     p.set_defaults(func=cmd_index)
 
     q = sub.add_parser("query", help="retrieve chunks for a question, optionally answer it")
-    q.add_argument("question")
-    _common(q)
-    q.add_argument("--top-k", type=int, default=5)
+    q.add_argument("question", help="the question to retrieve for")
+    _common(q, "hybrid")
+    q.add_argument("--top-k", type=int, default=5, help="chunks to return (default: 5)")
     q.add_argument("--rerank", action="store_true", help="rerank with SmolLM2 (slow)")
     q.add_argument("--answer", action="store_true", help="generate a cited answer")
     q.add_argument("--min-score", type=float, default=None,
                    help="refuse to answer below this query-chunk cosine")
-    q.add_argument("--json", action="store_true")
+    q.add_argument("--json", action="store_true", help="print results (and answer) as JSON")
     q.set_defaults(func=cmd_query)
 
     e = sub.add_parser("eval", help="recall@k, MRR, nDCG@10 over labeled queries")
-    _common(e)
+    _common(e, "bm25, dense and hybrid; repeat to pick several")
     e.add_argument("--qrels", required=True, help='JSONL: {"query", "relevant": [...]}')
-    e.add_argument("--top-k", type=int, default=10)
-    e.add_argument("--rerank", action="store_true", help="also report hybrid+rerank")
-    e.add_argument("--json", action="store_true")
+    e.add_argument("--top-k", type=int, default=10,
+                   help="k of recall@k (default: 10; MRR and nDCG use at least 10)")
+    e.add_argument("--rerank", action="store_true",
+                   help="also report hybrid+rerank (needs hybrid among the methods)")
+    e.add_argument("--json", action="store_true", help="print the metrics as JSON")
     e.set_defaults(func=cmd_eval, method=None)
 
 
-def _common(p: argparse.ArgumentParser) -> None:
+def _common(p: argparse.ArgumentParser, default: str) -> None:
     p.add_argument("--store", required=True, help="index directory")
-    # Free text, checked by the handler, so a typo gets the list of valid methods.
-    p.add_argument("--method", default=None, help=f"one of {', '.join(METHODS)}")
+    # Free text, checked by the handler, so a typo gets the list of valid methods. Appended,
+    # so a repeat is seen (eval runs each; query refuses) instead of the last one winning.
+    p.add_argument("--method", action="append", default=None,
+                   help=f"retrieval method, one of: {', '.join(METHODS)} (default: {default})")
 
 
 def _err(msg: str) -> int:
@@ -82,7 +88,10 @@ def cmd_index(args: argparse.Namespace) -> int:
 def cmd_query(args: argparse.Namespace) -> int:
     from llmlab.rag.pipeline import check_method
 
-    method = args.method or "hybrid"
+    if args.method and len(args.method) > 1:
+        return _err(f"--method given {len(args.method)} times ({', '.join(args.method)}); "
+                    "a query retrieves with one (`llmlab rag eval` compares several)")
+    method = args.method[0] if args.method else "hybrid"
     try:
         check_method(method)
         if args.top_k < 1:
@@ -136,10 +145,13 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from llmlab.rag.evaluate import evaluate, format_table, load_qrels
     from llmlab.rag.pipeline import check_method
 
-    methods = [args.method] if args.method else ["bm25", "dense", "hybrid"]
+    # Each method once, in the order given.
+    methods = list(dict.fromkeys(args.method or ["bm25", "dense", "hybrid"]))
     try:
         for m in methods:
             check_method(m)
+        if args.rerank and "hybrid" not in methods:
+            raise ValueError("--rerank reranks the hybrid results: add --method hybrid")
         qrels = load_qrels(args.qrels)
         idx = _open(args.store)
         reranker = None

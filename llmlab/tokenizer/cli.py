@@ -142,25 +142,32 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
 
     p = tsub.add_parser("train", help="train a byte-level BPE tokenizer")
     p.add_argument("--input", nargs="+", required=True, help="UTF-8 text files or directories")
-    p.add_argument("--vocab-size", type=int, required=True)
+    p.add_argument("--vocab-size", type=int, required=True,
+                   help="ids in the trained vocabulary: 256 bytes + merges + specials")
     p.add_argument("--out", required=True, help="output directory")
-    p.add_argument("--pattern", default="gpt4", choices=["gpt2", "gpt4"])
-    p.add_argument("--special", nargs="*", default=[], metavar="TOKEN")
-    p.add_argument("--name", default=None)
-    p.add_argument("--processes", type=int, default=2, help="processes for counting")
+    p.add_argument("--pattern", default="gpt4", choices=["gpt2", "gpt4"],
+                   help="pre-tokenization regex: GPT-2's or cl100k's (default: gpt4)")
+    p.add_argument("--special", nargs="*", default=[], metavar="TOKEN",
+                   help="special tokens to add, e.g. <|endoftext|> (default: none)")
+    p.add_argument("--name", default=None, help="tokenizer name (default: the --out dir's)")
+    p.add_argument("--processes", type=int, default=2,
+                   help="processes for counting (default: 2)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_train)
 
     p = tsub.add_parser("encode", help="show the ids and pieces of a text")
-    p.add_argument("--tokenizer", default="gpt2", help="gpt2|cl100k|smollm2|DIR")
-    p.add_argument("--text", required=True)
-    p.add_argument("--allow-special", action="store_true", help="read special-token text")
-    p.add_argument("--json", action="store_true")
+    p.add_argument("--tokenizer", default="gpt2",
+                   help="gpt2 | cl100k | smollm2 | DIR (default: gpt2)")
+    p.add_argument("--text", required=True, help="the text to encode")
+    p.add_argument("--allow-special", action="store_true",
+                   help="encode special-token text (e.g. <|endoftext|>) as its special id")
+    p.add_argument("--json", action="store_true", help="print ids and pieces as JSON")
     p.set_defaults(func=cmd_encode)
 
     p = tsub.add_parser("compare", help="chars/token of a file under several tokenizers")
     p.add_argument("--input", required=True, help="UTF-8 text file or - for stdin")
-    p.add_argument("--tokenizer", nargs="+", default=None, help=f"default {COMPARE_DEFAULT}")
+    p.add_argument("--tokenizer", nargs="+", default=None,
+                   help=f"tokenizers to compare (default: {' '.join(COMPARE_DEFAULT)})")
     p.set_defaults(func=cmd_compare)
 
     cp = subparsers.add_parser("tokens", help="count tokens and estimate API cost")
@@ -171,7 +178,8 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--price-model", default=None, help=f"a model in {PRICES.name}")
     p.add_argument("--price-in", type=float, default=None, help="USD per 1M input tokens")
     p.add_argument("--price-out", type=float, default=None, help="USD per 1M output tokens")
-    p.add_argument("--expected-output", type=int, default=0, help="output tokens to expect")
+    p.add_argument("--expected-output", type=int, default=0,
+                   help="output tokens to expect, for the cost (default: 0)")
     p.set_defaults(func=cmd_count)
 
 

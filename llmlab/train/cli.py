@@ -172,10 +172,12 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--input", nargs="+", required=True,
                    help="files/dirs (.txt, .jsonl with 'text', .parquet) or kjv, pydocs")
     p.add_argument("--tokenizer", required=True, help="gpt2|cl100k|smollm2|DIR|bpe:N")
-    p.add_argument("--out", required=True)
-    p.add_argument("--val-fraction", type=float, default=0.05)
-    p.add_argument("--shard-tokens", type=int, default=100_000_000)
-    p.add_argument("--quiet", action="store_true")
+    p.add_argument("--out", required=True, help="output directory for the token shards")
+    p.add_argument("--val-fraction", type=float, default=0.05,
+                   help="share of the documents held out for validation (default: 0.05)")
+    p.add_argument("--shard-tokens", type=int, default=100_000_000,
+                   help="tokens per shard file (default: 100000000)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(fn=_guard(cmd_prepare), func=_guard(cmd_prepare))
 
     p = subparsers.add_parser(
@@ -207,11 +209,11 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
                    _model_fields=mf, _data_fields=df)
 
     p = subparsers.add_parser("report", help="loss curves (PNG) and summary of a run")
-    p.add_argument("run_dir")
-    p.add_argument("--out", default=None, help="PNG path (default RUN_DIR/loss.png)")
+    p.add_argument("run_dir", help="a `llmlab pretrain|sft|dpo|...` run directory")
+    p.add_argument("--out", default=None, help="PNG path (default: RUN_DIR/loss.png)")
     p.add_argument("--peak-flops", type=float, default=None,
                    help="peak FLOP/s for MFU (default: from the device name, see report.py)")
-    p.add_argument("--json", action="store_true")
+    p.add_argument("--json", action="store_true", help="print the summary as JSON")
     p.set_defaults(fn=_guard(cmd_report), func=_guard(cmd_report))
 
 
