@@ -84,6 +84,35 @@ def test_config_that_is_not_a_json_object_names_the_file(
     assert str(missing) in _pretrain_err(tmp_path, capsys, "--config", str(missing))
 
 
+def test_preset_in_the_config_file_is_used_or_refused(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str],
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A run's saved config.json names its preset; given as --config it must not be ignored."""
+    from llmlab.train.presets import PRESETS
+
+    path = tmp_path / "cfg.json"
+    path.write_text(json.dumps({"preset": "nope"}))
+    err = _pretrain_err(tmp_path, capsys, "--config", str(path))
+    assert f"{path}: unknown preset 'nope'" in err and "tiny-cpu" in err
+    path.write_text(json.dumps({"preset": 3}))
+    assert f"{path}: preset: expected a string" in _pretrain_err(tmp_path, capsys, "--config",
+                                                                 str(path))
+    got: dict[str, Any] = {}
+    monkeypatch.setattr("llmlab.train.pretrain.run_pretrain",
+                        lambda model, tcfg, dcfg, out, preset: got.update(
+                            tcfg=tcfg, preset=preset) or {"step": 0, "tokens": 0,
+                                                          "val_loss": None})
+    path.write_text(json.dumps({"preset": "gpt2-124m", "train": {"lr": 1e-3}}))
+    assert main(["pretrain", "--out", str(tmp_path / "run"), "--config", str(path),
+                 "--no-progress"]) == 0
+    assert got["preset"] == "gpt2-124m" and got["tcfg"].lr == 1e-3
+    assert got["tcfg"].max_steps == PRESETS["gpt2-124m"]["train"]["max_steps"]
+    assert main(["pretrain", "--out", str(tmp_path / "run"), "--config", str(path),
+                 "--preset", "tiny-cpu", "--no-progress"]) == 0  # the flag wins
+    assert got["preset"] == "tiny-cpu"
+    assert got["tcfg"].max_steps == PRESETS["tiny-cpu"]["train"]["max_steps"]
+
+
 @pytest.mark.parametrize("flag,value,expect", [
     ("--n-head", "0", "--n-head: expected a positive int, got 0"),
     ("--lr", "-1", "--lr: expected a positive number, got -1.0"),

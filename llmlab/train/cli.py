@@ -60,10 +60,11 @@ def cmd_prepare(a: argparse.Namespace) -> int:
 SECTIONS = ("model", "train", "data")
 
 
-def read_config(path: str) -> dict[str, dict[str, Any]]:
-    """The --config file's sections, every field's type and range checked against the config
-    dataclasses; errors name the file and the field (`cfg.json: model.n_head: ...`)."""
-    from llmlab.train.presets import DataConfig
+def read_config(path: str) -> dict[str, Any]:
+    """The --config file's sections (and its preset, if any), every field's type and range
+    checked against the config dataclasses; errors name the file and the field
+    (`cfg.json: model.n_head: ...`)."""
+    from llmlab.train.presets import PRESETS, DataConfig
 
     try:
         text = Path(path).read_text(encoding="utf-8-sig")
@@ -83,8 +84,13 @@ def read_config(path: str) -> dict[str, dict[str, Any]]:
     bad = sorted(set(cfg) - {*SECTIONS, "preset"})
     if bad:
         raise ValueError(f"{path}: unknown section(s) {bad}; valid: {', '.join(SECTIONS)}")
+    preset = cfg.get("preset")  # a run's saved config.json names its preset
+    if preset is not None and not isinstance(preset, str):
+        raise ValueError(f"{path}: preset: expected a string, got {preset!r}")
+    if preset is not None and preset not in PRESETS:
+        raise ValueError(f"{path}: unknown preset {preset!r}; valid: {', '.join(PRESETS)}")
     classes = {"model": ModelConfig, "train": TrainConfig, "data": DataConfig}
-    out = {}
+    out: dict[str, Any] = {"preset": preset}
     for k in SECTIONS:
         sec = cfg.get(k, {})
         if not isinstance(sec, dict):
@@ -107,16 +113,17 @@ def resolve(a: argparse.Namespace) -> tuple[dict[str, Any], TrainConfig, Any, st
     from llmlab.train.presets import DataConfig, get_preset
 
     saved = Path(a.out) / "config.json"
+    extra = read_config(a.config) if a.config else None
     if a.resume and saved.exists() and not a.preset:
         base = json.loads(saved.read_text())
         preset = base.get("preset")
         sources = [str(saved)]
     else:
-        preset = a.preset or "tiny-cpu"
+        # --preset, else the config file's, else the default
+        preset = a.preset or (extra or {}).get("preset") or "tiny-cpu"
         base = get_preset(preset)
         sources = [f"preset {preset}"]
-    if a.config:
-        extra = read_config(a.config)
+    if extra is not None:
         for k in SECTIONS:
             base[k] = {**base.get(k, {}), **extra[k]}
         sources.append(a.config)

@@ -265,7 +265,7 @@ RANGES: dict[str, dict[str, Range]] = {
                     "grad_clip": NON_NEGATIVE, "threads": NON_NEGATIVE,
                     "log_every": NON_NEGATIVE, "eval_every": NON_NEGATIVE,
                     "sample_tokens": NON_NEGATIVE, "ckpt_every": NON_NEGATIVE,
-                    "keep_last": NON_NEGATIVE, "seed": NON_NEGATIVE},
+                    "keep_last": NON_NEGATIVE},
     "ModelConfig": {**SIZES, "rope_theta": POSITIVE, "norm_eps": POSITIVE,
                     "type_vocab_size": NON_NEGATIVE, "dropout": BELOW_ONE,
                     "encoder_layers": NON_NEGATIVE, "pad_token_id": NON_NEGATIVE,
