@@ -42,7 +42,8 @@ def add_commands(subparsers: Any) -> None:
     _common(e, "bm25, dense and hybrid; repeat to pick several")
     e.add_argument("--qrels", required=True, help='JSONL: {"query", "relevant": [...]}')
     e.add_argument("--top-k", type=int, default=10,
-                   help="k of recall@k (default: 10; MRR and nDCG use at least 10)")
+                   help="k of recall@k (default: 10; nDCG is @10, MRR over the top "
+                        "max(k, 10))")
     e.add_argument("--rerank", action="store_true",
                    help="also report hybrid+rerank (needs hybrid among the methods)")
     e.add_argument("--json", action="store_true", help="print the metrics as JSON")
