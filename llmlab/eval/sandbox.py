@@ -1,12 +1,26 @@
 """Run untrusted Python (model-written code) with CPU, memory, process, file and network limits.
 
-Layers, each independent so one failing open does not free the code:
-- a fresh subprocess in its own process group (killed as a group on timeout), isolated Python
-  (``-I``: no PYTHONPATH, no user site), an empty environment (no proxies), a fresh temp cwd;
-- ``setrlimit``: RLIMIT_CPU, RLIMIT_AS (memory), RLIMIT_NPROC (fork bombs), RLIMIT_FSIZE;
-- as root: a new network namespace (no interfaces, so no network) and a drop to ``nobody`` so the
-  OS refuses writes outside the temp dir (which is chowned to it);
-- inside the child, before the code runs: socket creation and writes outside the cwd raise.
+Two mechanisms; ``sandbox_mechanism()`` says which one this machine uses.
+
+``bwrap`` (bubblewrap), the strong one. Every run gets fresh user, mount, PID, network, IPC, UTS
+and cgroup namespaces:
+- the filesystem is a read-only view of ``/usr`` (and the Python install) only: no home, no
+  project, no host ``/tmp``; the writable places are a private ``/tmp`` (the work dir lives in it)
+  and ``/dev/shm``, tmpfs mounts with a *total* size cap (``Limits.max_disk_mb``);
+- the program is PID 1 of its own PID namespace: when it exits or is killed, the kernel kills
+  everything it started (double forks and ``setsid`` included) before the run reports, and
+  ``kill(-1)`` reaches only its own processes, never another run's;
+- the network namespace has only its own loopback: nothing on the host is reachable;
+- as root, bwrap itself runs as ``nobody``, so the sandbox holds no privilege anywhere.
+
+``rlimits``, the fallback when bwrap is missing or cannot create namespaces (announced once, loudly,
+on stderr): a subprocess in its own process group, as root a network namespace and a drop to
+``nobody``; a process that escapes the group can outlive the run, and the write guards below are
+Python-level, so they can be bypassed (``posix.open``, ``os.system``).
+
+Both: an isolated interpreter (``-I -S``) with an empty environment, ``setrlimit`` (CPU, address
+space, processes, file size), and in-process guards that refuse sockets and writes outside the work
+dir (a clear error for honest code; a layer, not the wall).
 
 Used by ``humaneval`` and by code rewards in alignment: ``run_code(src).passed``.
 """
@@ -14,14 +28,17 @@ Used by ``humaneval`` and by code rewards in alignment: ``run_code(src).passed``
 from __future__ import annotations
 
 import ctypes
+import json
 import os
 import resource
+import select
 import shutil
 import signal
 import stat
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -30,10 +47,17 @@ from pathlib import Path
 
 CLONE_NEWNET = 0x40000000
 NOBODY = 65534
+# Inside the bwrap sandbox: the private tmpfs, and the work dir in it (fixed, so output is stable).
+_TMP = "/tmp"
+_WORK = "/tmp/sandbox"
+_SHM_MB = 1  # /dev/shm: enough for a few semaphores, not a second disk
 
-# Runs in the child before the untrusted file: blocks sockets and writes outside the cwd.
+# Runs in the child before the untrusted file: limits that must be set inside the sandbox, then
+# guards that block sockets and writes outside the cwd. argv: program path, RLIMIT_NPROC (0: keep).
 _BOOT = r"""
-import builtins, io, os, socket, sys
+import builtins, io, os, resource, socket, sys
+if int(sys.argv[2]):
+    resource.setrlimit(resource.RLIMIT_NPROC, (int(sys.argv[2]), int(sys.argv[2])))
 _root = os.path.realpath(os.getcwd())
 def _inside(p):
     try:
@@ -105,11 +129,20 @@ class Limits:
     max_procs: int = 8
     max_file_mb: int = 16
     max_output_chars: int = 10_000
+    max_disk_mb: int = 64  # all files together (bwrap: the private tmpfs holding /tmp and cwd)
 
     def validate(self) -> None:
-        for name in ("timeout", "cpu_seconds", "memory_mb", "max_procs", "max_file_mb"):
+        for name in ("timeout", "cpu_seconds", "memory_mb", "max_procs", "max_file_mb",
+                     "max_disk_mb"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"sandbox limit {name} must be > 0, got {getattr(self, name)}")
+
+
+@dataclass(frozen=True)
+class _Mechanism:
+    name: str  # "bwrap" | "rlimits"
+    bwrap: str | None  # the bwrap binary, when name == "bwrap"
+    why_not: str = ""  # when "rlimits": what is missing for bwrap
 
 
 def _world_executable(path: str) -> bool:
@@ -138,21 +171,94 @@ def _can_drop() -> bool:
     return hasattr(os, "geteuid") and os.geteuid() == 0
 
 
-def _preexec(limits: Limits, drop: bool) -> None:
-    """In the child between fork and exec: limits, no network, no privileges."""
+def _drop_to_nobody() -> None:
+    os.setgroups([])
+    os.setgid(NOBODY)
+    os.setuid(NOBODY)
+
+
+def _set_rlimits(limits: Limits) -> None:
     mb = 1024 * 1024
     resource.setrlimit(resource.RLIMIT_CPU, (limits.cpu_seconds, limits.cpu_seconds + 1))
     resource.setrlimit(resource.RLIMIT_AS, (limits.memory_mb * mb, limits.memory_mb * mb))
     resource.setrlimit(resource.RLIMIT_FSIZE, (limits.max_file_mb * mb, limits.max_file_mb * mb))
     resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+
+
+def _preexec(limits: Limits, drop: bool) -> None:
+    """rlimits mechanism, in the child between fork and exec: limits, no network, no privileges."""
+    _set_rlimits(limits)
     if drop:
         libc = ctypes.CDLL(None, use_errno=True)
         libc.unshare(CLONE_NEWNET)  # best effort; the in-child socket block still applies
-        os.setgroups([])
-        os.setgid(NOBODY)
-        os.setuid(NOBODY)
+        _drop_to_nobody()
     # After the uid change: RLIMIT_NPROC counts the processes of the (new) user.
     resource.setrlimit(resource.RLIMIT_NPROC, (limits.max_procs, limits.max_procs))
+
+
+def _preexec_bwrap(limits: Limits, drop: bool) -> None:
+    """bwrap mechanism, before exec of bwrap: inherited limits; as root, bwrap runs as nobody.
+
+    RLIMIT_NPROC is set later, by the boot code inside the sandbox: there it counts the processes
+    of this run's own user namespace. Set here, it would cap all of nobody's processes together,
+    and a fork bomb in one run would stop the next from starting.
+    """
+    _set_rlimits(limits)
+    if drop:
+        _drop_to_nobody()
+
+
+def _python_binds(python: str) -> list[str]:
+    """Read-only binds that make `python` (a resolved path) and its stdlib work in the sandbox."""
+    prefixes = {str(Path(python).parent.parent)}  # <prefix>/bin/python3.X
+    if os.path.realpath(sys.executable) == python:
+        prefixes.add(os.path.realpath(sys.base_prefix))
+    binds: list[str] = []
+    for pre in sorted(prefixes):
+        if pre != "/usr" and not pre.startswith("/usr/"):  # /usr is bound anyway
+            binds += ["--ro-bind", pre, pre]
+    return binds
+
+
+def _bwrap_argv(bwrap: str, python: str, limits: Limits, prog_fd: int, info_fd: int) -> list[str]:
+    mb = 1024 * 1024
+    argv = [
+        bwrap,
+        "--unshare-user", "--unshare-pid", "--unshare-net", "--unshare-ipc", "--unshare-uts",
+        "--unshare-cgroup-try",
+        "--disable-userns",  # no nested namespaces to rearrange the view from inside
+        "--die-with-parent",  # if this process dies, so does the sandbox
+        "--new-session",  # no TIOCSTI into a terminal
+        # The program is PID 1: when it exits, the kernel kills whatever it left running.
+        "--as-pid-1",
+        "--ro-bind", "/usr", "/usr",
+    ]
+    for top in ("/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32"):
+        if os.path.islink(top):  # merged /usr: keep the symlink, the target is bound
+            argv += ["--symlink", os.readlink(top), top]
+        elif os.path.isdir(top):
+            argv += ["--ro-bind", top, top]
+    for f in ("/etc/ld.so.cache", "/etc/localtime"):
+        argv += ["--ro-bind-try", f, f]
+    argv += _python_binds(python)
+    argv += [
+        "--proc", "/proc",
+        "--dev", "/dev",
+        "--size", str(_SHM_MB * mb), "--tmpfs", "/dev/shm",
+        "--remount-ro", "/dev",  # the /dev tmpfs itself would be an uncapped disk
+        "--size", str(limits.max_disk_mb * mb), "--perms", "1777", "--tmpfs", _TMP,
+        "--dir", _WORK,
+        "--file", str(prog_fd), f"{_WORK}/main.py",
+        "--remount-ro", "/",
+        "--chdir", _WORK,
+        "--clearenv",
+        "--setenv", "PATH", "/usr/bin:/bin",
+        "--setenv", "LANG", "C.UTF-8",
+        "--setenv", "PYTHONHASHSEED", "0",
+        "--info-fd", str(info_fd),
+        python, "-I", "-S", "-c", _BOOT, f"{_WORK}/main.py", str(limits.max_procs),
+    ]
+    return argv
 
 
 def _tail(path: Path, n: int) -> str:
@@ -175,55 +281,172 @@ def _kill_group(pid: int) -> None:
         time.sleep(0.01)
 
 
+def _sandbox_pid(info_r: int) -> int | None:
+    """The host PID of the sandbox's PID 1, from bwrap's --info-fd (written right after clone)."""
+    data = b""
+    while select.select([info_r], [], [], 0)[0]:
+        chunk = os.read(info_r, 4096)
+        if not chunk:
+            break
+        data += chunk
+    try:
+        return int(json.loads(data)["child-pid"])
+    except (ValueError, KeyError, TypeError):
+        return None
+
+
+def _kill_sandbox(proc: subprocess.Popen[bytes], info_r: int) -> None:
+    """SIGKILL the sandbox's PID 1 (the kernel then kills the whole namespace), wait until gone."""
+    pid = _sandbox_pid(info_r)
+    pidfd = None
+    if pid is not None:
+        try:
+            pidfd = os.pidfd_open(pid)
+            signal.pidfd_send_signal(pidfd, signal.SIGKILL)
+        except OSError:  # already gone
+            pidfd = None
+    proc.kill()  # bwrap too; --die-with-parent would kill PID 1 if the above could not
+    proc.wait()
+    if pidfd is not None:
+        # PID 1 exits only after every process of its namespace is gone: wait for that.
+        select.select([pidfd], [], [], 5.0)
+        os.close(pidfd)
+
+
+def _run(source: str, limits: Limits, mech: _Mechanism) -> SandboxResult:
+    drop = _can_drop()
+    python = _interpreter(drop)
+    with tempfile.TemporaryDirectory(prefix="llmlab-sandbox-") as tmp:
+        out_p, err_p = Path(tmp) / "stdout", Path(tmp) / "stderr"
+        prog = Path(tmp) / "main.py"
+        prog.write_text(source, encoding="utf-8")
+        if mech.bwrap:
+            python = os.path.realpath(python)  # no venv indirection: the real install is bound
+            work = _WORK
+        else:
+            wdir = Path(tmp) / "work"
+            wdir.mkdir()
+            prog = prog.rename(wdir / "main.py")
+            work = str(wdir)
+            if drop:
+                os.chmod(tmp, 0o711)  # nobody may enter, not list or write
+                os.chown(wdir, NOBODY, NOBODY)
+                os.chown(prog, NOBODY, NOBODY)
+        t0 = time.monotonic()
+        # stdout/stderr go to files (capped by RLIMIT_FSIZE), not pipes: a child spewing output
+        # cannot fill our memory, and orphaned grandchildren cannot keep a pipe open.
+        with out_p.open("wb") as out, err_p.open("wb") as err:
+            common = dict(stdin=subprocess.DEVNULL, stdout=out, stderr=err)
+            if mech.bwrap:
+                rc = _wait_bwrap(mech.bwrap, python, prog, limits, drop, common)
+            else:
+                proc = subprocess.Popen(
+                    [python, "-I", "-S", "-c", _BOOT, str(prog), "0"],
+                    cwd=work,
+                    env={"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8", "PYTHONHASHSEED": "0"},
+                    start_new_session=True,  # own process group: killpg reaches forked children
+                    preexec_fn=lambda: _preexec(limits, drop),
+                    **common,  # type: ignore[arg-type]
+                )
+                try:
+                    rc = proc.wait(timeout=limits.timeout)
+                except subprocess.TimeoutExpired:
+                    rc = None
+                    proc.kill()
+                    proc.wait()  # reap the leader first, or killpg keeps finding its zombie
+                _kill_group(proc.pid)  # and anything the code left running
+        secs = time.monotonic() - t0
+        status = "timeout" if rc is None else "passed" if rc == 0 else "failed"
+        if rc is not None and -rc in (signal.SIGXCPU, signal.SIGKILL):
+            status = "timeout"  # CPU limit reached
+        n = limits.max_output_chars
+        # The random temp dir would make identical runs report different tracebacks.
+        out_s, err_s = (_tail(p, n).replace(work, "<sandbox>") for p in (out_p, err_p))
+        return SandboxResult(status, rc, out_s, err_s, secs)
+
+
+def _wait_bwrap(
+    bwrap: str, python: str, prog: Path, limits: Limits, drop: bool, common: dict[str, object]
+) -> int | None:
+    """Run the program under bwrap; its return code (-N: killed by signal N), None on timeout."""
+    info_r, info_w = os.pipe()
+    prog_fd = os.open(prog, os.O_RDONLY)
+    try:
+        proc = subprocess.Popen(
+            _bwrap_argv(bwrap, python, limits, prog_fd, info_w),
+            cwd="/",
+            env={"PATH": "/usr/bin:/bin"},
+            pass_fds=(prog_fd, info_w),
+            start_new_session=True,
+            preexec_fn=lambda: _preexec_bwrap(limits, drop),
+            **common,  # type: ignore[arg-type]
+        )
+        os.close(info_w)
+        info_w = -1
+        try:
+            rc: int | None = proc.wait(timeout=limits.timeout)
+        except subprocess.TimeoutExpired:
+            _kill_sandbox(proc, info_r)
+            return None
+    finally:
+        for fd in (info_r, info_w, prog_fd):
+            if fd >= 0:
+                os.close(fd)
+    # bwrap reports a child killed by signal N as exit status 128 + N.
+    if rc is not None and rc > 128 and rc - 128 in (signal.SIGXCPU, signal.SIGKILL):
+        rc = -(rc - 128)
+    return rc
+
+
+_MECH: _Mechanism | None = None
+_MECH_LOCK = threading.Lock()
+
+
+def _probe(bwrap: str | None) -> _Mechanism:
+    """bwrap when it is installed and can build a sandbox here; else rlimits, announced loudly."""
+    if bwrap is None:
+        why = "bubblewrap (bwrap) is not installed: apt-get install bubblewrap"
+    else:
+        mech = _Mechanism("bwrap", bwrap)
+        try:
+            r = _run("print('ok')", Limits(timeout=20.0), mech)
+        except (OSError, RuntimeError) as e:
+            why = f"bwrap could not start: {e}"
+        else:
+            if r.passed and r.stdout.strip() == "ok":
+                return mech
+            why = (f"bwrap is installed ({bwrap}) but could not build a sandbox "
+                   f"(user/PID/mount namespaces disallowed?): {r.stderr.strip()[-300:]}")
+    print(
+        f"llmlab sandbox: WARNING: {why}. Falling back to the weak 'rlimits' sandbox: untrusted "
+        "code can write to /tmp and /dev/shm, read files, signal other processes of this user "
+        "and outlive its run.",
+        file=sys.stderr,
+        flush=True,
+    )
+    return _Mechanism("rlimits", None, why)
+
+
+def _mechanism() -> _Mechanism:
+    global _MECH
+    with _MECH_LOCK:  # run_many's threads: one probe, one warning
+        if _MECH is None:
+            _MECH = _probe(shutil.which("bwrap", path="/usr/bin:/bin:/usr/local/bin"))
+        return _MECH
+
+
+def sandbox_mechanism() -> str:
+    """Which mechanism runs code here: "bwrap" (namespaces) or "rlimits" (weak fallback)."""
+    return _mechanism().name
+
+
 def run_code(source: str, limits: Limits | None = None) -> SandboxResult:
     """Run `source` as a script; "passed" iff it exits 0 within the limits."""
     if not isinstance(source, str):
         raise TypeError(f"sandbox: source must be str, got {type(source).__name__}")
     limits = limits or Limits()
     limits.validate()
-    drop = _can_drop()
-    python = _interpreter(drop)
-    with tempfile.TemporaryDirectory(prefix="llmlab-sandbox-") as tmp:
-        work = Path(tmp) / "work"
-        work.mkdir()
-        prog = work / "main.py"
-        prog.write_text(source, encoding="utf-8")
-        out_p, err_p = Path(tmp) / "stdout", Path(tmp) / "stderr"
-        if drop:
-            os.chmod(tmp, 0o711)  # nobody may enter, not list or write
-            os.chown(work, NOBODY, NOBODY)
-            os.chown(prog, NOBODY, NOBODY)
-        t0 = time.monotonic()
-        # stdout/stderr go to files (capped by RLIMIT_FSIZE), not pipes: a child spewing output
-        # cannot fill our memory, and orphaned grandchildren cannot keep a pipe open.
-        with out_p.open("wb") as out, err_p.open("wb") as err:
-            proc = subprocess.Popen(
-                [python, "-I", "-S", "-c", _BOOT, str(prog)],
-                cwd=work,
-                env={"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8", "PYTHONHASHSEED": "0"},
-                stdin=subprocess.DEVNULL,
-                stdout=out,
-                stderr=err,
-                start_new_session=True,  # own process group: killpg reaches forked children
-                preexec_fn=lambda: _preexec(limits, drop),
-            )
-            status = "failed"
-            try:
-                rc: int | None = proc.wait(timeout=limits.timeout)
-            except subprocess.TimeoutExpired:
-                rc, status = None, "timeout"
-                proc.kill()
-                proc.wait()  # reap the leader first, or killpg keeps finding its zombie
-            _kill_group(proc.pid)  # and anything the code left running
-        secs = time.monotonic() - t0
-        if rc == 0:
-            status = "passed"
-        elif rc is not None and -rc in (signal.SIGXCPU, signal.SIGKILL):
-            status = "timeout"  # CPU limit reached
-        n = limits.max_output_chars
-        # The random temp dir would make identical runs report different tracebacks.
-        out_s, err_s = (_tail(p, n).replace(str(work), "<sandbox>") for p in (out_p, err_p))
-        return SandboxResult(status, rc, out_s, err_s, secs)
+    return _run(source, limits, _mechanism())
 
 
 def run_many(
