@@ -16,6 +16,16 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    # Under pytest-xdist each worker would start one torch thread per core: on 2 cores, two
+    # workers would run four threads that spin against each other. Share the cores instead.
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    if workers > 1:
+        import torch
+
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // workers))
+
+
 @pytest.fixture(scope="session", autouse=True)
 def pgvector_server() -> Iterator[None]:
     if os.environ.get("LLMLAB_PG_DSN") or os.environ.get("LLMLAB_NO_PG"):

@@ -111,10 +111,15 @@ def test_overfit_degree_ridge_and_dropout(page, server) -> None:  # noqa: ANN001
     shot(pg, "overfit-ridge-dropout")
 
 
-def test_word_vectors_neighbours_analogy_projection(page, server) -> None:  # noqa: ANN001
+def test_word_vectors_neighbours_analogy_projection(page, server, monkeypatch) -> None:  # noqa: ANN001
+    from llmlab.foundations.word2vec import W2VConfig
+    from llmlab.server import routes_foundations
+
+    # Half the default's width, two epochs instead of five: about 10 s to train on a fresh
+    # machine instead of two minutes, and still gold -> silver, king - man + woman -> queen.
+    monkeypatch.setattr(routes_foundations, "W2V_CONFIG", W2VConfig(dim=50, epochs=2))
     pg = page
     pg.goto(f"{server.url}/#/word2vec")
-    # First run on a machine trains the default vectors (about 2 minutes on 2 busy cores).
     pg.wait_for_function("document.querySelector('[data-stat=state]')?.textContent"
                          ".startsWith('trained')", timeout=600_000)
     pg.wait_for_selector("[data-testid=w2v-analogy] li")
