@@ -7,9 +7,9 @@ and cgroup namespaces:
 - the filesystem is a read-only view of ``/usr`` (and the Python install) only: no home, no
   project, no host ``/tmp``; the writable places are a private ``/tmp`` (the work dir lives in it)
   and ``/dev/shm``, tmpfs mounts with a *total* size cap (``Limits.max_disk_mb``);
-- the program is PID 1 of its own PID namespace: when it exits or is killed, the kernel kills
-  everything it started (double forks and ``setsid`` included) before the run reports, and
-  ``kill(-1)`` reaches only its own processes, never another run's;
+- its own PID namespace: when the program exits or is killed, the namespace's PID 1 dies and
+  the kernel kills everything the program started (double forks and ``setsid`` included) before
+  the run reports; ``kill(-1)`` reaches only its own processes, never another run's;
 - the network namespace has only its own loopback: nothing on the host is reachable;
 - as root, bwrap itself runs as ``nobody``, so the sandbox holds no privilege anywhere.
 
@@ -227,10 +227,10 @@ def _bwrap_argv(bwrap: str, python: str, limits: Limits, prog_fd: int, info_fd: 
         "--unshare-user", "--unshare-pid", "--unshare-net", "--unshare-ipc", "--unshare-uts",
         "--unshare-cgroup-try",
         "--disable-userns",  # no nested namespaces to rearrange the view from inside
-        "--die-with-parent",  # if this process dies, so does the sandbox
+        # bwrap exits as soon as the program does; then its PID 1 dies with it, and the kernel
+        # kills whatever the program left running in the namespace.
+        "--die-with-parent",
         "--new-session",  # no TIOCSTI into a terminal
-        # The program is PID 1: when it exits, the kernel kills whatever it left running.
-        "--as-pid-1",
         "--ro-bind", "/usr", "/usr",
     ]
     for top in ("/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32"):
@@ -281,36 +281,29 @@ def _kill_group(pid: int) -> None:
         time.sleep(0.01)
 
 
-def _sandbox_pid(info_r: int) -> int | None:
-    """The host PID of the sandbox's PID 1, from bwrap's --info-fd (written right after clone)."""
+def _sandbox_init(info_r: int, bwrap_pid: int, deadline: float) -> int | None:
+    """A pidfd for the sandbox's PID 1, from bwrap's --info-fd (written right after clone)."""
     data = b""
-    while select.select([info_r], [], [], 0)[0]:
+    poll = select.poll()
+    poll.register(info_r, select.POLLIN)
+    while b"}" not in data and poll.poll(max(0, int((deadline - time.monotonic()) * 1000))):
         chunk = os.read(info_r, 4096)
         if not chunk:
-            break
+            break  # bwrap failed before the clone
         data += chunk
     try:
-        return int(json.loads(data)["child-pid"])
-    except (ValueError, KeyError, TypeError):
+        pid = int(json.loads(data)["child-pid"])
+        pidfd = os.pidfd_open(pid)
+        # Only bwrap writes that pipe, but we will SIGKILL this PID: be sure it is bwrap's child,
+        # checked after pidfd_open so that the PID cannot be reused in between.
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            ppid = int(f.read().rsplit(b")", 1)[1].split()[1])
+    except (OSError, ValueError, KeyError, TypeError, IndexError):
         return None
-
-
-def _kill_sandbox(proc: subprocess.Popen[bytes], info_r: int) -> None:
-    """SIGKILL the sandbox's PID 1 (the kernel then kills the whole namespace), wait until gone."""
-    pid = _sandbox_pid(info_r)
-    pidfd = None
-    if pid is not None:
-        try:
-            pidfd = os.pidfd_open(pid)
-            signal.pidfd_send_signal(pidfd, signal.SIGKILL)
-        except OSError:  # already gone
-            pidfd = None
-    proc.kill()  # bwrap too; --die-with-parent would kill PID 1 if the above could not
-    proc.wait()
-    if pidfd is not None:
-        # PID 1 exits only after every process of its namespace is gone: wait for that.
-        select.select([pidfd], [], [], 5.0)
+    if ppid != bwrap_pid:
         os.close(pidfd)
+        return None
+    return pidfd
 
 
 def _run(source: str, limits: Limits, mech: _Mechanism) -> SandboxResult:
@@ -368,9 +361,14 @@ def _run(source: str, limits: Limits, mech: _Mechanism) -> SandboxResult:
 def _wait_bwrap(
     bwrap: str, python: str, prog: Path, limits: Limits, drop: bool, common: dict[str, object]
 ) -> int | None:
-    """Run the program under bwrap; its return code (-N: killed by signal N), None on timeout."""
+    """Run the program under bwrap; its return code (-N: killed by signal N), None on timeout.
+
+    Returns only once every process of the run is gone.
+    """
+    deadline = time.monotonic() + limits.timeout
     info_r, info_w = os.pipe()
     prog_fd = os.open(prog, os.O_RDONLY)
+    init = None
     try:
         proc = subprocess.Popen(
             _bwrap_argv(bwrap, python, limits, prog_fd, info_w),
@@ -383,18 +381,27 @@ def _wait_bwrap(
         )
         os.close(info_w)
         info_w = -1
+        init = _sandbox_init(info_r, proc.pid, deadline)
         try:
-            rc: int | None = proc.wait(timeout=limits.timeout)
+            rc: int | None = proc.wait(timeout=max(0.0, deadline - time.monotonic()))
         except subprocess.TimeoutExpired:
-            _kill_sandbox(proc, info_r)
-            return None
+            rc = None
+            if init is not None:  # PID 1 first: the kernel then kills the whole namespace
+                signal.pidfd_send_signal(init, signal.SIGKILL)
+            proc.kill()  # and bwrap, whose death kills PID 1 too (--die-with-parent)
+            proc.wait()
+        if init is not None:
+            # PID 1 dies with bwrap, and exits only once every process of its namespace is gone.
+            poll = select.poll()
+            poll.register(init, select.POLLIN)
+            poll.poll(5000)
     finally:
-        for fd in (info_r, info_w, prog_fd):
+        for fd in (info_r, info_w, prog_fd, -1 if init is None else init):
             if fd >= 0:
                 os.close(fd)
-    # bwrap reports a child killed by signal N as exit status 128 + N.
-    if rc is not None and rc > 128 and rc - 128 in (signal.SIGXCPU, signal.SIGKILL):
-        rc = -(rc - 128)
+    # bwrap reports a child killed by signal N as exit status 128 + N; report it as Popen does.
+    if rc is not None and 128 < rc < 128 + signal.NSIG:
+        rc = 128 - rc
     return rc
 
 

@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from llmlab.eval.sandbox import Limits, run_code, run_many
+from llmlab.eval import sandbox
+from llmlab.eval.sandbox import Limits, run_code, run_many, sandbox_mechanism
 
 FAST = Limits(timeout=3.0, cpu_seconds=2, memory_mb=256, max_procs=8)
 
@@ -82,3 +83,31 @@ def test_run_many_keeps_order() -> None:
 def test_bad_limits_are_named() -> None:
     with pytest.raises(ValueError, match="memory_mb"):
         run_code("pass", Limits(memory_mb=0))
+
+
+def test_a_program_killed_by_a_signal_fails_with_that_signal() -> None:
+    # The program is not its namespace's init, which would ignore signals it has no handler for.
+    r = run_code("import os, signal\nos.kill(os.getpid(), signal.SIGTERM)\nprint('survived')", FAST)
+    assert r.status == "failed" and r.returncode == -15 and "survived" not in r.stdout
+
+
+def test_the_mechanism_is_named() -> None:
+    assert sandbox_mechanism() in ("bwrap", "rlimits")
+
+
+@pytest.mark.parametrize("bwrap", [None, "/nonexistent/bwrap"], ids=["missing", "broken"])
+def test_falling_back_to_the_weak_sandbox_is_loud(
+    bwrap: str | None, capfd: pytest.CaptureFixture[str]
+) -> None:
+    mech = sandbox._probe(bwrap)
+    err = capfd.readouterr().err
+    assert mech.name == "rlimits" and "bwrap" in mech.why_not
+    assert "WARNING" in err and mech.why_not in err and "weak" in err
+
+
+def test_the_fallback_still_judges_code(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(sandbox, "_MECH", sandbox._Mechanism("rlimits", None, "test"))
+    quick = Limits(timeout=1.0, cpu_seconds=1, memory_mb=256)
+    rs = run_many(["print('ok')", "assert False", "import time\ntime.sleep(9)"], quick)
+    assert [r.status for r in rs] == ["passed", "failed", "timeout"]
+    assert rs[0].stdout == "ok\n" and "AssertionError" in rs[1].stderr

@@ -85,6 +85,21 @@ time.sleep(0.3)  # the daemon has renamed itself by now
     assert [x.status for x in run_many(["print(1)"] * 4, LIM, workers=2)] == ["passed"] * 4
 
 
+def test_timeout_kills_every_process_of_the_run() -> None:
+    name = "llsbx" + secrets.token_hex(4)
+    src = f"""
+import ctypes, os, time
+if os.fork() == 0:
+    os.setsid()  # out of the process group that a group kill would reach
+    ctypes.CDLL(None).prctl(15, {name.encode()!r}, 0, 0, 0)
+    time.sleep(60)
+time.sleep(60)
+"""
+    r = run_code(src, Limits(timeout=1.0, cpu_seconds=2, memory_mb=256))
+    assert r.status == "timeout"
+    assert not _alive(name), "a process of the run outlived its timeout"
+
+
 def test_kill_everything_cannot_touch_other_runs() -> None:
     victim = "import time\ntime.sleep(1.0)\nprint('alive')"
     attacker = """
@@ -165,6 +180,7 @@ def test_home_project_and_host_files_are_invisible(shared: Path) -> None:
     secret.chmod(0o644)  # readable by anyone on the host
     paths = [str(secret), str(Path.home()), str(PROJECT)]
     src = f"""
+import os
 for p in {paths!r}:
     try:
         print('LISTED', os.listdir(p)) if os.path.isdir(p) else print('READ', open(p).read())
@@ -172,7 +188,7 @@ for p in {paths!r}:
         print('refused', p, type(e).__name__)
 """
     r = run_code(src, LIM)
-    assert r.passed and "LISTED" not in r.stdout and "READ" not in r.stdout, r.stdout
+    assert r.passed and "LISTED" not in r.stdout and "READ" not in r.stdout, r.stdout + r.stderr
 
 
 def test_well_behaved_stdlib_code_still_passes() -> None:
