@@ -129,7 +129,7 @@ class Limits:
     max_procs: int = 8
     max_file_mb: int = 16
     max_output_chars: int = 10_000
-    max_disk_mb: int = 64  # all files together (bwrap: the private tmpfs holding /tmp and cwd)
+    max_disk_mb: int = 64  # all files together; bwrap only (its private /tmp, which holds cwd)
 
     def validate(self) -> None:
         for name in ("timeout", "cpu_seconds", "memory_mb", "max_procs", "max_file_mb",

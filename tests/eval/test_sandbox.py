@@ -95,7 +95,9 @@ def test_the_mechanism_is_named() -> None:
     assert sandbox_mechanism() in ("bwrap", "rlimits")
 
 
-@pytest.mark.parametrize("bwrap", [None, "/nonexistent/bwrap"], ids=["missing", "broken"])
+@pytest.mark.parametrize(
+    "bwrap", [None, "/nonexistent/bwrap", "/bin/false"], ids=["missing", "unrunnable", "failing"]
+)
 def test_falling_back_to_the_weak_sandbox_is_loud(
     bwrap: str | None, capfd: pytest.CaptureFixture[str]
 ) -> None:
