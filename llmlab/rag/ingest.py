@@ -19,6 +19,9 @@ from typing import Any
 
 TEXT_EXTS = {".txt", ".md", ".markdown", ".rst"}
 SUPPORTED = TEXT_EXTS | {".html", ".htm", ".pdf", ".jsonl"}
+# Every chunk carries its document's title, so an uncapped title is multiplied by the chunk
+# count in memory, on disk and in every response that lists chunks.
+MAX_TITLE_CHARS = 200
 
 
 @dataclass
@@ -31,8 +34,15 @@ class Document:
     meta: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
+        self.title = cap_title(self.title)
         if not self.sha256:
             self.sha256 = content_hash(self.text)
+
+
+def cap_title(title: str, limit: int = MAX_TITLE_CHARS) -> str:
+    """`title` cut to `limit` characters (an ellipsis marks the cut)."""
+    title = title.strip()
+    return title if len(title) <= limit else title[: limit - 1].rstrip() + "\u2026"
 
 
 def content_hash(text: str) -> str:
@@ -56,12 +66,15 @@ class _HTMLText(HTMLParser):
         self.title = ""
         self._skip = 0
         self._in_title = False
+        # Title text also goes to `parts` (at these indexes) until </title> takes it out: an
+        # unclosed <title> then leaves the document as body text instead of swallowing it.
+        self._title_at: list[int] = []
 
     def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
         if tag in self.SKIP:
             self._skip += 1
         elif tag == "title":
-            self._in_title = True
+            self._in_title, self._title_at = True, []
         elif tag in self.HEAD:
             # Render headings markdown-style so the chunker's heading rule applies to HTML too.
             self.parts.append("\n\n" + "#" * int(tag[1]) + " ")
@@ -71,14 +84,19 @@ class _HTMLText(HTMLParser):
     def handle_endtag(self, tag: str) -> None:
         if tag in self.SKIP:
             self._skip = max(0, self._skip - 1)
-        elif tag == "title":
+        elif tag == "title" and self._in_title:
             self._in_title = False
+            self.title += "".join(self.parts[i] for i in self._title_at)
+            for i in self._title_at:
+                self.parts[i] = ""
+            self._title_at = []
         elif tag in self.HEAD or tag in self.BLOCK:
             self.parts.append("\n\n")
 
     def handle_data(self, data: str) -> None:
         if self._in_title:
-            self.title += data
+            self._title_at.append(len(self.parts))
+            self.parts.append(data)
         elif not self._skip:
             self.parts.append(data)
 

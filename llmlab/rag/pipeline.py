@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from llmlab.rag.chunk import Chunk, chunk_document
+from llmlab.rag.chunk import Chunk, chunk_document, chunk_text
 from llmlab.rag.embed import DEFAULT_BACKEND, Embedder, get_embedder
 from llmlab.rag.fuse import FUSIONS, METHODS, rrf, weighted
 from llmlab.rag.ingest import content_hash, load_documents
@@ -56,6 +56,10 @@ def check_method(method: str) -> None:
         raise ValueError(f"unknown method {method!r}; valid: {', '.join(METHODS)}")
 
 
+class IndexLimitError(ValueError):
+    """Indexing would make more chunks than the caller allowed (nothing was embedded)."""
+
+
 class RagIndex:
     def __init__(self, store: ChunkStore, embedder: Embedder | None = None) -> None:
         self.store = store
@@ -93,15 +97,20 @@ class RagIndex:
         overlap: int = 32,
         progress: bool = True,
         batch_size: int = 64,
+        max_chunks: int | None = None,
     ) -> IndexStats:
         """Add new documents, re-chunk changed ones, drop vanished ones, then save atomically.
 
         Documents are compared by content hash (and chunking settings); documents indexed
         from other roots are left alone. A bad file goes to `stats.errors`, the rest go on.
+        With `max_chunks`, documents that chunk into more than that raise IndexLimitError
+        before any embedding and before the store changes: a server bounds a build's cost.
         """
         stats = IndexStats()
         roots = [str(Path(p).resolve()) for p in paths]
         docs = load_documents(paths, stats.errors)
+        if max_chunks is not None:
+            self._check_chunk_count(docs, chunk_size, overlap, max_chunks)
         info = getattr(self.store, "info", {})
         known: dict[str, dict[str, Any]] = info.setdefault("docs", {})
         info.setdefault("embedder", f"all-MiniLM-L6-v2/{self.embedder.name}")
@@ -155,6 +164,19 @@ class RagIndex:
                                "root": root_of[d.doc_id], "source": d.source}
         self.save(progress)
         return stats
+
+    @staticmethod
+    def _check_chunk_count(docs: list[Any], chunk_size: int, overlap: int, limit: int) -> None:
+        # Counted before the store is touched, stopping at the first document over the
+        # limit; re-chunking later costs far less than the embedding this avoids.
+        n = 0
+        for d in docs:
+            n += len(chunk_text(d.text, chunk_size, overlap))
+            if n > limit:
+                raise IndexLimitError(
+                    f"chunk_size: {chunk_size} cuts these documents into more than {limit} "
+                    "chunks, the limit per index; use a larger chunk_size or fewer documents"
+                )
 
     @staticmethod
     def _root_for(source: str, roots: list[str]) -> str:
