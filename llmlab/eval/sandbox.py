@@ -143,6 +143,7 @@ class _Mechanism:
     name: str  # "bwrap" | "rlimits"
     bwrap: str | None  # the bwrap binary, when name == "bwrap"
     why_not: str = ""  # when "rlimits": what is missing for bwrap
+    disable_userns: bool = True  # bwrap >= 0.8; older ones lack --disable-userns
 
 
 def _world_executable(path: str) -> bool:
@@ -220,13 +221,18 @@ def _python_binds(python: str) -> list[str]:
     return binds
 
 
-def _bwrap_argv(bwrap: str, python: str, limits: Limits, prog_fd: int, info_fd: int) -> list[str]:
+def _bwrap_argv(
+    mech: _Mechanism, python: str, limits: Limits, prog_fd: int, info_fd: int
+) -> list[str]:
     mb = 1024 * 1024
     argv = [
-        bwrap,
+        str(mech.bwrap),
         "--unshare-user", "--unshare-pid", "--unshare-net", "--unshare-ipc", "--unshare-uts",
         "--unshare-cgroup-try",
-        "--disable-userns",  # no nested namespaces to rearrange the view from inside
+    ]
+    if mech.disable_userns:  # no nested user namespace, in which the code could mount a tmpfs
+        argv.append("--disable-userns")  # of its own, past the disk cap
+    argv += [
         # bwrap exits as soon as the program does; then its PID 1 dies with it, and the kernel
         # kills whatever the program left running in the namespace.
         "--die-with-parent",
@@ -331,7 +337,7 @@ def _run(source: str, limits: Limits, mech: _Mechanism) -> SandboxResult:
         with out_p.open("wb") as out, err_p.open("wb") as err:
             common = dict(stdin=subprocess.DEVNULL, stdout=out, stderr=err)
             if mech.bwrap:
-                rc = _wait_bwrap(mech.bwrap, python, prog, limits, drop, common)
+                rc = _wait_bwrap(mech, python, prog, limits, drop, common)
             else:
                 proc = subprocess.Popen(
                     [python, "-I", "-S", "-c", _BOOT, str(prog), "0"],
@@ -359,7 +365,7 @@ def _run(source: str, limits: Limits, mech: _Mechanism) -> SandboxResult:
 
 
 def _wait_bwrap(
-    bwrap: str, python: str, prog: Path, limits: Limits, drop: bool, common: dict[str, object]
+    mech: _Mechanism, python: str, prog: Path, limits: Limits, drop: bool, common: dict[str, object]
 ) -> int | None:
     """Run the program under bwrap; its return code (-N: killed by signal N), None on timeout.
 
@@ -371,7 +377,7 @@ def _wait_bwrap(
     init = None
     try:
         proc = subprocess.Popen(
-            _bwrap_argv(bwrap, python, limits, prog_fd, info_w),
+            _bwrap_argv(mech, python, limits, prog_fd, info_w),
             cwd="/",
             env={"PATH": "/usr/bin:/bin"},
             pass_fds=(prog_fd, info_w),
@@ -409,28 +415,39 @@ _MECH: _Mechanism | None = None
 _MECH_LOCK = threading.Lock()
 
 
+def _try_bwrap(mech: _Mechanism) -> str:
+    """Empty when `mech` runs a program here, else why not."""
+    try:
+        r = _run("print('ok')", Limits(timeout=20.0), mech)
+    except (OSError, RuntimeError) as e:
+        return f"bwrap could not start: {e}"
+    if r.passed and r.stdout.strip() == "ok":
+        return ""
+    return (f"bwrap is installed ({mech.bwrap}) but could not build a sandbox "
+            f"(user/PID/mount namespaces disallowed?): {r.stderr.strip()[-300:]}")
+
+
+def _warn(msg: str) -> None:
+    print(f"llmlab sandbox: WARNING: {msg}", file=sys.stderr, flush=True)
+
+
 def _probe(bwrap: str | None) -> _Mechanism:
     """bwrap when it is installed and can build a sandbox here; else rlimits, announced loudly."""
     if bwrap is None:
         why = "bubblewrap (bwrap) is not installed: apt-get install bubblewrap"
     else:
         mech = _Mechanism("bwrap", bwrap)
-        try:
-            r = _run("print('ok')", Limits(timeout=20.0), mech)
-        except (OSError, RuntimeError) as e:
-            why = f"bwrap could not start: {e}"
-        else:
-            if r.passed and r.stdout.strip() == "ok":
-                return mech
-            why = (f"bwrap is installed ({bwrap}) but could not build a sandbox "
-                   f"(user/PID/mount namespaces disallowed?): {r.stderr.strip()[-300:]}")
-    print(
-        f"llmlab sandbox: WARNING: {why}. Falling back to the weak 'rlimits' sandbox: untrusted "
-        "code can write to /tmp and /dev/shm, read files, signal other processes of this user "
-        "and outlive its run.",
-        file=sys.stderr,
-        flush=True,
-    )
+        why = _try_bwrap(mech)
+        if not why:
+            return mech
+        if "disable-userns" in why:  # bwrap < 0.8: still far stronger than the fallback
+            old = _Mechanism("bwrap", bwrap, disable_userns=False)
+            if not _try_bwrap(old):
+                _warn("this bwrap predates --disable-userns (0.8): sandboxed code may create "
+                      "nested namespaces and mount a tmpfs past the disk cap.")
+                return old
+    _warn(f"{why}. Falling back to the weak 'rlimits' sandbox: untrusted code can write to /tmp "
+          "and /dev/shm, read files, signal other processes of this user and outlive its run.")
     return _Mechanism("rlimits", None, why)
 
 

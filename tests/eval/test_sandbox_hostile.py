@@ -218,3 +218,28 @@ print('ok')
 """
     r = run_code(src, LIM)
     assert r.passed and r.stdout.strip() == "ok", r.stderr
+
+
+def test_no_nested_user_namespace() -> None:
+    # In one, the code would hold capabilities: enough to mount a tmpfs of its own, uncapped.
+    src = """
+import ctypes
+libc = ctypes.CDLL(None, use_errno=True)
+assert libc.unshare(0x10000000 | 0x00020000) != 0, 'made a user and mount namespace'
+"""
+    r = run_code(src, LIM)
+    assert r.passed, r.stderr
+
+
+def test_a_bwrap_without_disable_userns_is_used_with_a_warning(
+    shared: Path, capfd: pytest.CaptureFixture[str]
+) -> None:
+    fake = shared / "bwrap"  # what bwrap 0.5-0.7 says to an option it does not know
+    fake.write_text("#!/bin/sh\nfor a in \"$@\"; do [ \"$a\" = --disable-userns ] && "
+                    "{ echo 'bwrap: Unknown option --disable-userns' >&2; exit 1; }; done\n"
+                    f"exec {shutil.which('bwrap', path='/usr/bin:/bin:/usr/local/bin')} \"$@\"\n")
+    fake.chmod(0o755)
+    shared.chmod(0o755)
+    mech = sandbox._probe(str(fake))
+    assert mech.name == "bwrap" and not mech.disable_userns
+    assert "predates --disable-userns" in capfd.readouterr().err
