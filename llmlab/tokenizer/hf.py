@@ -48,9 +48,15 @@ def from_gguf(path: Path, name: str | None = None) -> Tokenizer:
     """Byte-level BPE tokenizer from a GGUF file's ``tokenizer.*`` metadata."""
     import gguf
 
+    from llmlab.weights.gguf import check_gguf
+
+    try:
+        check_gguf(path)  # bounded: the reader allocates whatever the header claims
+    except OSError as e:
+        raise ValueError(f"{path}: not a readable GGUF file ({e})") from None
     try:
         reader = gguf.GGUFReader(path)
-    except (OSError, ValueError) as e:
+    except Exception as e:  # ValueError, IndexError, KeyError...
         raise ValueError(f"{path}: not a readable GGUF file ({e})") from None
     model = _field(reader, "tokenizer.ggml.model", path)
     if model != "gpt2":
