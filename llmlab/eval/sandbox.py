@@ -214,10 +214,15 @@ def _python_binds(python: str) -> list[str]:
     prefixes = {str(Path(python).parent.parent)}  # <prefix>/bin/python3.X
     if os.path.realpath(sys.executable) == python:
         prefixes.add(os.path.realpath(sys.base_prefix))
+    home = os.path.realpath(Path.home())
     binds: list[str] = []
     for pre in sorted(prefixes):
-        if pre != "/usr" and not pre.startswith("/usr/"):  # /usr is bound anyway
-            binds += ["--ro-bind", pre, pre]
+        if pre == "/usr" or pre.startswith("/usr/"):  # bound anyway
+            continue
+        if pre == "/" or home == pre or home.startswith(pre.rstrip("/") + "/"):
+            # Binding it would show the whole home (or root) to the code: refuse, loudly.
+            raise RuntimeError(f"sandbox: the Python install at {pre} would expose {home}")
+        binds += ["--ro-bind", pre, pre]
     return binds
 
 

@@ -113,3 +113,14 @@ def test_the_fallback_still_judges_code(monkeypatch: pytest.MonkeyPatch) -> None
     rs = run_many(["print('ok')", "assert False", "import time\ntime.sleep(9)"], quick)
     assert [r.status for r in rs] == ["passed", "failed", "timeout"]
     assert rs[0].stdout == "ok\n" and "AssertionError" in rs[1].stderr
+
+
+def test_a_python_install_holding_the_home_is_not_bound(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Binding ~/bin/python3's prefix, or /bin/python3's, would show the code the whole home.
+    monkeypatch.setattr(sandbox.Path, "home", staticmethod(lambda: sandbox.Path("/opt/me")))
+    for python in ("/opt/me/bin/python3", "/opt/bin/python3", "/bin/python3"):
+        with pytest.raises(RuntimeError, match="would expose /opt/me"):
+            sandbox._python_binds(python)
+    ok = "/opt/me/.pyenv/versions/3.11.7"
+    assert sandbox._python_binds(ok + "/bin/python3.11") == ["--ro-bind", ok, ok]
+    assert sandbox._python_binds("/usr/local/bin/python3.11") == []
