@@ -312,8 +312,8 @@ def make_router(hub: Hub) -> APIRouter:
         else:
             b.idx = idx
             with lock:
-                if key[1] is not None and key[1] not in sessions:
-                    tmp.cleanup()  # its session expired meanwhile: serve it once, keep nothing
+                if closing.is_set():  # close() already emptied the cache
+                    tmp.cleanup()
                     return
                 kbs[key] = (idx, tmp)
                 # The default index is never evicted: other visitors' chunk sizes and
