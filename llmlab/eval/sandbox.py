@@ -428,8 +428,8 @@ def _try_bwrap(mech: _Mechanism) -> str:
         return f"bwrap could not start: {e}"
     if r.passed and r.stdout.strip() == "ok":
         return ""
-    return (f"bwrap is installed ({mech.bwrap}) but could not build a sandbox "
-            f"(user/PID/mount namespaces disallowed?): {r.stderr.strip()[-300:]}")
+    return (f"bwrap is installed ({mech.bwrap}) but could not build a sandbox (user/PID/mount "
+            f"namespaces disallowed?): exit {r.returncode} {r.stderr.strip()[-300:]}".rstrip())
 
 
 def _warn(msg: str) -> None:
