@@ -261,3 +261,33 @@ def test_shutdown_removes_index_and_upload_folders() -> None:
         made = set(Path(tempfile.gettempdir()).glob(mine)) - before
         assert len(made) >= 2  # the uploads folder and at least one index
     assert not any(p.exists() for p in made)
+
+
+def test_search_events_are_bounded_by_construction(monkeypatch: pytest.MonkeyPatch) -> None:
+    """However big the index, the events hold at most MAX_POINTS (+ hits) points, one
+    table row per document, and capped labels and texts."""
+    from types import SimpleNamespace
+
+    from llmlab.rag.chunk import Chunk
+    from llmlab.rag.pipeline import Retrieved
+    from llmlab.server import rag_routes
+    from llmlab.server.rag_routes import RagQuery, search_events
+
+    monkeypatch.setattr(rag_routes, "MAX_POINTS", 100)
+    chunks = [Chunk(f"d{i % 3}::c{i}", f"d{i % 3}", f"src{i % 3}.txt", "T" * 5000,
+                    "x" * 20_000, 0, 1, 1) for i in range(1000)]
+    vecs = {c.chunk_id: v for c, v in
+            zip(chunks, FakeEnc().embed([c.chunk_id for c in chunks]).numpy(), strict=True)}
+    store = SimpleNamespace(iter_chunks=lambda: iter(chunks),
+                            get_vectors=lambda ids: np.stack([vecs[i] for i in ids]))
+    hits = [Retrieved(chunks[i], 1.0, 0.5, r) for r, i in enumerate((1, 999), 1)]
+    out = search_events(RagQuery(query="q"), SimpleNamespace(store=store), hits,
+                        vecs[chunks[0].chunk_id])
+    proj = out["search"]["projection"]
+    assert out["search"]["chunks"] == 1000 and proj["sampled"]
+    assert len(proj["points"]) == len(proj["labels"]) == len(proj["doc"]) <= 100 + len(hits)
+    assert len(proj["doc_table"]) == 3 and max(map(len, proj["labels"])) <= 48
+    assert [proj["doc_table"][proj["doc"][i]]["source"] for i in proj["retrieved"]] == [
+        "src1.txt", "src0.txt"]
+    assert all(len(h["text"]) <= rag_routes.MAX_HIT_CHARS for h in out["retrieve"])
+    assert len(json.dumps(out["search"])) < 20_000
