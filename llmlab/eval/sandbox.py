@@ -344,21 +344,7 @@ def _run(source: str, limits: Limits, mech: _Mechanism) -> SandboxResult:
             if mech.bwrap:
                 rc = _wait_bwrap(mech, python, prog, limits, drop, common)
             else:
-                proc = subprocess.Popen(
-                    [python, "-I", "-S", "-c", _BOOT, str(prog), "0"],
-                    cwd=work,
-                    env={"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8", "PYTHONHASHSEED": "0"},
-                    start_new_session=True,  # own process group: killpg reaches forked children
-                    preexec_fn=lambda: _preexec(limits, drop),
-                    **common,  # type: ignore[arg-type]
-                )
-                try:
-                    rc = proc.wait(timeout=limits.timeout)
-                except subprocess.TimeoutExpired:
-                    rc = None
-                    proc.kill()
-                    proc.wait()  # reap the leader first, or killpg keeps finding its zombie
-                _kill_group(proc.pid)  # and anything the code left running
+                rc = _wait_rlimits(python, prog, limits, drop, common)
         secs = time.monotonic() - t0
         status = "timeout" if rc is None else "passed" if rc == 0 else "failed"
         if rc is not None and -rc in (signal.SIGXCPU, signal.SIGKILL):
@@ -367,6 +353,28 @@ def _run(source: str, limits: Limits, mech: _Mechanism) -> SandboxResult:
         # The random temp dir would make identical runs report different tracebacks.
         out_s, err_s = (_tail(p, n).replace(work, "<sandbox>") for p in (out_p, err_p))
         return SandboxResult(status, rc, out_s, err_s, secs)
+
+
+def _wait_rlimits(
+    python: str, prog: Path, limits: Limits, drop: bool, common: dict[str, object]
+) -> int | None:
+    """Run the program as a plain subprocess; its return code, None on timeout."""
+    proc = subprocess.Popen(
+        [python, "-I", "-S", "-c", _BOOT, str(prog), "0"],
+        cwd=prog.parent,
+        env={"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8", "PYTHONHASHSEED": "0"},
+        start_new_session=True,  # own process group: killpg reaches forked children
+        preexec_fn=lambda: _preexec(limits, drop),
+        **common,  # type: ignore[arg-type]
+    )
+    try:
+        rc: int | None = proc.wait(timeout=limits.timeout)
+    except subprocess.TimeoutExpired:
+        rc = None
+        proc.kill()
+        proc.wait()  # reap the leader first, or killpg keeps finding its zombie
+    _kill_group(proc.pid)  # and anything the code left running (if it stayed in the group)
+    return rc
 
 
 def _wait_bwrap(
