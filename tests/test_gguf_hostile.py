@@ -55,6 +55,10 @@ CASES: dict[str, tuple[bytes, list[str]]] = {
         + struct.pack("<QQ", 1 << 31, 1 << 31) + struct.pack("<IQ", F32, 0) + bytes(64),
         ["tensor 'token_embd.weight'", "past the end"],
     ),
+    "many_items": (  # fits in the file, but the reader would make ~2 objects per item
+        _head(0, 1) + _kv("x", ARRAY, struct.pack("<IQ", 0, (1 << 20) + 1)) + bytes((1 << 20) + 1),
+        ["metadata key 'x'", "array of 1048577 items is over this loader's limit"],
+    ),
     "not_gguf": (b"hello world", ["too short for a GGUF header"]),
 }
 TRUNCATED = ["metadata key 'tokenizer.ggml.", "does not fit"]
@@ -64,6 +68,7 @@ import json, resource, sys, time
 from pathlib import Path
 from llmlab.weights.gguf import load_gguf
 from llmlab.tokenizer import load_tokenizer
+import gguf.quants, llmlab.tokenizer.hf  # imported now: the timings are of the checks alone
 
 # A ceiling well above what the bounded checks need, far below what the reader would take.
 soft, hard = resource.getrlimit(resource.RLIMIT_AS)

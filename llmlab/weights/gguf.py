@@ -35,8 +35,8 @@ _LAYER_MAP = {
 # The `gguf` package's reader trusts every declared count: a 96-byte file whose array claims
 # 2^40 items makes it build Python objects until memory runs out. `check_gguf` walks the
 # header first, with every size checked against the bytes left in the file.
-MAX_ARRAY_ITEMS = 1 << 20  # per metadata array: vocabularies are ~50k-260k
-MAX_METADATA_ITEMS = 1 << 22  # all arrays together (the reader makes an object per item)
+MAX_ARRAY_ITEMS = 1 << 20  # per metadata array: vocabularies and merges are ~50k-300k
+MAX_METADATA_ITEMS = 1 << 21  # all arrays together: the reader makes ~2 objects per item
 _MAX_DIMS = 4  # GGML_MAX_DIMS
 _SCALAR = {0: 1, 1: 1, 2: 2, 3: 2, 4: 4, 5: 4, 6: 4, 7: 1, 10: 8, 11: 8, 12: 8}  # type -> bytes
 _STRING, _ARRAY = 8, 9
