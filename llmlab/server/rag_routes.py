@@ -363,6 +363,35 @@ def make_router(hub: Hub) -> APIRouter:
             assert b.error is not None
             raise b.error
 
+    counts: dict[tuple[str, int], int] = {}  # (document sha256, chunk size) -> chunks
+
+    def check_size(chunk_size: int, session: str | None) -> None:
+        """A 413 naming chunk_size, before the stream starts, when the index to build would
+        have more than MAX_BUILD_CHUNKS chunks. Chunking costs far less than embedding, and
+        each document's count is remembered; the build checks again (the files may change)."""
+        from llmlab.rag.chunk import chunk_text
+        from llmlab.rag.ingest import load_documents
+
+        with lock:
+            sdir = sessions.get(session)
+            key = key_of(chunk_size, sdir)
+            if key in kbs or key in builds:
+                return
+        limit, n = _limit(cfg, "MAX_BUILD_CHUNKS"), 0
+        for d in load_documents([*default_kb(), *([sdir] if sdir else [])], errors=[]):
+            if (d.sha256, chunk_size) not in counts:
+                if len(counts) > 4096:  # a bound on the memo itself
+                    counts.clear()
+                counts[d.sha256, chunk_size] = len(chunk_text(d.text, chunk_size, chunk_size // 8))
+            n += counts[d.sha256, chunk_size]
+            if n > limit:
+                raise ApiError(
+                    413,
+                    f"chunk_size: {chunk_size} cuts these documents into more than {limit} "
+                    "chunks, the limit per index; use a larger chunk_size or fewer documents",
+                    "chunk_size",
+                )
+
     if engine() is not None:  # the default knowledge base is built with the preloaded models
         hub.warmups.append(lambda: kb(need(), default_key[0], None))
 
@@ -428,6 +457,7 @@ def make_router(hub: Hub) -> APIRouter:
                     f"{cfg.session_ttl_s:.0f} s idle); upload the documents again",
                     "session",
                 )
+        check_size(req.chunk_size, req.session)
 
         def ev(stage: str, **data: Any) -> str:
             return f"event: {stage}\ndata: {json.dumps(data, ensure_ascii=False)}\n\n"

@@ -179,13 +179,35 @@ def capped() -> Iterator[tuple[Live, FakeEnc]]:
     yield from _serve(max_build_chunks=900)
 
 
-def test_chunk_cap_is_a_clear_error(capped: tuple[Live, FakeEnc]) -> None:
+def test_chunk_cap_is_a_clear_413(capped: tuple[Live, FakeEnc]) -> None:
     live, enc = capped
     sid = upload(live, "big.txt", words(20_000).encode()).json()["session"]
-    ev = query(live, chunk_size=50, session=sid)
-    err = json.loads(ev["error"])["error"]
-    assert err["param"] == "chunk_size" and "900 chunks" in err["message"], err
-    assert enc.calls == 0  # refused before embedding anything
+    t0 = time.monotonic()
+    r = httpx.post(f"{live.url}/api/rag/query",
+                   json={"query": "x", "chunk_size": 50, "session": sid}, timeout=60)
+    assert r.status_code == 413, r.text[:300]
+    err = r.json()["error"]
+    assert err["param"] == "chunk_size" and "more than 900 chunks" in err["message"], err
+    assert enc.calls == 0 and time.monotonic() - t0 < 10  # refused before embedding anything
+    assert query(live, chunk_size=200, session=sid)["search"]  # a larger chunk size fits
+
+
+def test_index_refuses_more_chunks_than_allowed(tmp_path: Path) -> None:
+    """The build's own cap (the files may change after the route's check)."""
+    from llmlab.rag.pipeline import IndexLimitError, RagIndex
+
+    class Emb:
+        name, dim = "fake", 384
+
+        def embed(self, texts: list[str], batch_size: int = 64, progress: bool = False) -> Any:
+            raise AssertionError("nothing may be embedded")
+
+    (tmp_path / "docs").mkdir()
+    (tmp_path / "docs" / "a.txt").write_text(words(3000))
+    idx = RagIndex.create(tmp_path / "idx", embedder=Emb())
+    with pytest.raises(IndexLimitError, match="chunk_size: 50 .* more than 10 chunks"):
+        idx.index([tmp_path / "docs"], chunk_size=50, overlap=6, progress=False, max_chunks=10)
+    assert len(idx.store) == 0
 
 
 # ---- item 7: the cache follows file contents ---------------------------------------------
