@@ -38,6 +38,19 @@ def _load(name: str, dtype: str, adapter: str | None = None) -> Any:
     return lm
 
 
+def _seed(text: str) -> int:
+    """--seed: an integer torch's generator takes, refused by argparse naming the flag."""
+    from llmlab.generate.sampling import SEED_MAX, SEED_MIN
+
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+    if not SEED_MIN <= v <= SEED_MAX:
+        raise argparse.ArgumentTypeError(f"must be in [-2**63, 2**64 - 1], got {v}")
+    return v
+
+
 def _sampling_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-new-tokens", type=int, default=256)
     p.add_argument("--temperature", type=float, default=0.7, help="0 = greedy")
@@ -46,7 +59,7 @@ def _sampling_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--min-p", type=float, default=0.0)
     p.add_argument("--repetition-penalty", type=float, default=1.0)
     p.add_argument("--stop", action="append", default=[], help="stop string (repeatable)")
-    p.add_argument("--seed", type=int, default=None)
+    p.add_argument("--seed", type=_seed, default=None)
     p.add_argument("--dtype", default=None,
                    help="fp32 | bf16 | int8 | int4 (weight-only; int4 decodes fastest on CPU)")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")

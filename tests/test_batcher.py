@@ -194,3 +194,91 @@ def test_admission_is_first_come_first_served(smol) -> None:  # noqa: ANN001
     order = [hb.admitted, *(h.admitted for h in hs)]
     assert h0.admitted == 1 and order == sorted(order) and len(set(order)) == 7, order
     assert hb.result is not None and len(hb.result.token_ids) > 0
+
+
+def _within(fn, seconds: float):  # noqa: ANN001, ANN202
+    """fn() in a daemon thread; its result, or its exception raised here; a hang fails the
+    test (a daemon thread, unlike an executor's, is not waited for at exit)."""
+    import threading
+
+    out: dict = {}
+
+    def run() -> None:
+        try:
+            out["value"] = fn()
+        except BaseException as e:  # noqa: BLE001 - re-raised in the test's thread
+            out["error"] = e
+
+    t = threading.Thread(target=run, daemon=True)
+    t.start()
+    t.join(seconds)
+    if t.is_alive():
+        raise TimeoutError(f"no answer within {seconds} s")
+    if "error" in out:
+        raise out["error"]
+    return out.get("value")
+
+
+def test_a_request_that_fails_to_start_fails_alone(smol) -> None:  # noqa: ANN001
+    """A request whose start raises (a seed torch can't take, validation bypassed) gets that
+    error; the request decoding beside it finishes untouched; neither hangs."""
+    prompts = _prompts(smol)
+    good = make_params(smol.tokenizer, max_new_tokens=12, temperature=0)
+    bad = make_params(smol.tokenizer, max_new_tokens=4, temperature=0.8, seed=0)
+    bad.seed = 2**64  # past validation: what a caller skipping SamplingParams.validate sends
+    bad.validate = lambda: None  # type: ignore[method-assign]
+    b = Batcher(smol.model, smol.tokenizer)
+    try:
+        h0 = b.submit(prompts[0], good)
+        it = iter(h0)
+        _within(lambda: next(it), 60)  # decoding
+        hb = b.submit(prompts[1], bad)
+        with pytest.raises(Exception, match="[Oo]verflow"):
+            _within(hb.text, 60)
+        _within(lambda: [None for _ in it], 60)
+        after = _within(lambda: b.submit(prompts[2], good).text(), 60)  # still serving
+    finally:
+        b.close()
+    assert h0.result is not None and h0.result.token_ids == _alone(smol, prompts[0], good).token_ids
+    assert after.finish_reason in ("length", "stop")
+
+
+def test_a_row_that_fails_mid_decode_fails_alone(smol) -> None:  # noqa: ANN001
+    """An error on one row mid-decode (here its stop-token check raises at its third token)
+    ends that row with the error; the other row of the same batch decodes to its end."""
+    prompts = _prompts(smol)
+    good = make_params(smol.tokenizer, max_new_tokens=10, temperature=0)
+    bad = make_params(smol.tokenizer, max_new_tokens=10, temperature=0)
+
+    class Boom(list):
+        calls = 0
+
+        def __contains__(self, _: object) -> bool:
+            self.calls += 1
+            if self.calls >= 3:
+                raise RuntimeError("boom")
+            return False
+
+    b = Batcher(smol.model, smol.tokenizer)
+    try:
+        h0 = b.submit(prompts[0], good)
+        it = iter(h0)
+        _within(lambda: next(it), 60)
+        bad.stop_token_ids = Boom()
+        hb = b.submit(prompts[1], bad)
+        with pytest.raises(RuntimeError, match="boom"):
+            _within(hb.text, 60)
+        _within(lambda: [None for _ in it], 60)
+    finally:
+        b.close()
+    assert h0.result is not None and h0.result.token_ids == _alone(smol, prompts[0], good).token_ids
+
+
+def test_out_of_range_seed_is_refused_naming_the_field() -> None:
+    from llmlab.generate.sampling import SamplingParams
+
+    for s in (2**64, -(2**63) - 1):
+        with pytest.raises(ValueError, match="^seed must be in"):
+            SamplingParams(seed=s).validate()
+    SamplingParams(seed=2**64 - 1).validate()
+    SamplingParams(seed=-(2**63)).validate()

@@ -153,6 +153,7 @@ class Batcher:
         self._mask: torch.Tensor | None = None  # (B, capacity), 0 over left padding
         self._padded = False  # rows differ in length, so the mask is needed
         self._pending: tuple[Handle, KVCache] | None = None  # a prompt being prefilled
+        self._joining: list[tuple[_Row, KVCache]] = []  # admitted this step, not yet in _rows
         self._thread = threading.Thread(target=self._run, daemon=True, name="llmlab-batcher")
         self._thread.start()
 
@@ -190,28 +191,43 @@ class Batcher:
     # -- the worker ------------------------------------------------------------------------
 
     def _run(self) -> None:
+        err: BaseException = RuntimeError("the batcher was closed")
+        try:
+            self._loop()
+        except BaseException as e:  # never leave a request unanswered, whatever killed us
+            log.exception("the batching worker died")
+            err = RuntimeError(f"the batching worker stopped ({type(e).__name__}: {e})")
+        finally:
+            with self._cv:
+                self._closed = True  # later submits fail at once instead of waiting forever
+                pending = [*self._waiting, *(r.handle for r in self._rows if not r.done)]
+                pending += [r.handle for r, _ in self._joining]
+                if self._pending is not None:
+                    pending.append(self._pending[0])
+                self._waiting.clear()
+            self._rows, self._joining, self._pending = [], [], None
+            for h in pending:
+                self._fail(h, err)
+
+    def _loop(self) -> None:
         while True:
             with self._cv:
                 while not (self._waiting or self._rows or self._pending or self._closed):
                     self._cv.wait()
                 if self._closed:
-                    pending = [*self._waiting, *(r.handle for r in self._rows)]
-                    if self._pending is not None:
-                        pending.append(self._pending[0])
-                    self._waiting.clear()
-                    break
+                    return
             try:
                 self._step()
-            except Exception as e:  # fail this batch's requests, keep serving new ones
+            except Exception as e:  # a batch-wide failure (a forward pass, the relayout)
                 log.exception("batched decoding failed")
-                for r in self._rows:
-                    self._fail(r.handle, e)
-                self._rows, self._cache, self._mask = [], None, None
+                failed = [r.handle for r in self._rows if not r.done]
+                failed += [r.handle for r, _ in self._joining if not r.done]
                 if self._pending is not None:
-                    self._fail(self._pending[0], e)
-                    self._pending = None
-        for h in pending:
-            self._fail(h, RuntimeError("the batcher was closed"))
+                    failed.append(self._pending[0])
+                self._rows, self._joining, self._pending = [], [], None
+                self._cache, self._mask = None, None
+                for h in failed:
+                    self._fail(h, e)
 
     def _step(self) -> None:
         if self._rows:
@@ -219,6 +235,7 @@ class Batcher:
         new = self._admit()
         if new or any(r.done for r in self._rows):
             self._relayout(new)
+        self._joining = []
 
     @torch.inference_mode()
     def _decode(self) -> None:
@@ -239,7 +256,12 @@ class Batcher:
         for i, r in enumerate(rows):
             if not r.done:
                 r.length += 1
-                self._emit(r, logits[i : i + 1])
+                try:
+                    self._emit(r, logits[i : i + 1])
+                except Exception as e:  # this row's own sampling or text: it fails alone
+                    log.exception("decoding a request failed")
+                    r.done = True
+                    self._fail(r.handle, e)
 
     def _admit(self) -> list[tuple[_Row, KVCache]]:
         """Prefill waiting requests, oldest first, while they fit the batch's limits.
@@ -249,6 +271,7 @@ class Batcher:
         A prompt of at most one chunk is prefilled whole, exactly as the one-request engine
         does; longer ones always split at the same points, so results don't depend on load."""
         new: list[tuple[_Row, KVCache]] = []
+        self._joining = new  # rows started but not yet in _rows: a failure must answer them
         live = [r for r in self._rows if not r.done]
         budget = self.prefill_chunk
         while budget > 0:
@@ -274,7 +297,12 @@ class Batcher:
                 continue
             if cache.length == len(h.prompt):
                 self._pending = None
-                row = self._start(h, logits)
+                try:
+                    row = self._start(h, logits)
+                except Exception as e:  # its generator, penalty mask or first token
+                    log.exception("starting a request failed")
+                    self._fail(h, e)
+                    continue
                 if not row.done:
                     new.append((row, cache))
         return new

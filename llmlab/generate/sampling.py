@@ -10,6 +10,10 @@ from dataclasses import dataclass, field
 
 import torch
 
+# What torch.Generator.manual_seed accepts (int64 or uint64); anything else would fail later,
+# deep inside decoding, with torch's unhelpful "Overflow when unpacking long long".
+SEED_MIN, SEED_MAX = -(2**63), 2**64 - 1
+
 
 @dataclass
 class SamplingParams:
@@ -36,6 +40,8 @@ class SamplingParams:
             raise ValueError(f"repetition_penalty must be > 0, got {self.repetition_penalty}")
         if self.max_new_tokens < 0:
             raise ValueError(f"max_new_tokens must be >= 0, got {self.max_new_tokens}")
+        if self.seed is not None and not SEED_MIN <= self.seed <= SEED_MAX:
+            raise ValueError(f"seed must be in [-2**63, 2**64 - 1], got {self.seed}")
 
     @property
     def greedy(self) -> bool:

@@ -17,6 +17,7 @@ from starlette.concurrency import run_in_threadpool
 
 from llmlab.generate.chat import template_for
 from llmlab.generate.engine import fit_context, make_params
+from llmlab.generate.sampling import SEED_MAX, SEED_MIN
 from llmlab.server.errors import ApiError, sse_error
 from llmlab.server.hub import Hub
 from llmlab.server.jsonmode import JSON_SYSTEM, ensure_json_object
@@ -54,7 +55,7 @@ class ChatRequest(BaseModel):
     stop: str | list[str] | None = None
     stream: bool = False
     response_format: ResponseFormat | None = None
-    seed: int | None = None
+    seed: int | None = Field(None, ge=SEED_MIN, le=SEED_MAX)  # what torch's generator takes
     n: int = Field(1, ge=1, le=1)
 
 

@@ -12,7 +12,7 @@ from pydantic import BaseModel, Field
 
 from llmlab.explain import decoding, embeddings, spectrum
 from llmlab.generate.chat import encode_prompts
-from llmlab.generate.sampling import SamplingParams
+from llmlab.generate.sampling import SEED_MAX, SamplingParams
 from llmlab.peft import accounting
 from llmlab.server.errors import ApiError
 from llmlab.server.hub import Hub
@@ -38,7 +38,7 @@ class NextRequest(BaseModel):
     top_k: int = Field(0, ge=0, le=49152)
     top_p: float = Field(1.0, gt=0, le=1)
     min_p: float = Field(0.0, ge=0, le=1)
-    seed: int | None = Field(None, ge=0)
+    seed: int | None = Field(None, ge=0, le=SEED_MAX)
     k: int = Field(20, ge=1, le=100)
 
 
