@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
 import time
@@ -10,8 +11,8 @@ from collections.abc import AsyncIterator, Iterator
 from typing import Any, Literal
 
 import numpy as np
-from fastapi import APIRouter
-from fastapi.responses import StreamingResponse
+from fastapi import APIRouter, Request
+from fastapi.responses import Response, StreamingResponse
 from pydantic import BaseModel, Field
 from starlette.concurrency import run_in_threadpool
 
@@ -63,6 +64,27 @@ class EmbeddingRequest(BaseModel):
     model: str = "minilm-l6-v2"
     input: str | list[str]
     encoding_format: Literal["float", "base64"] = "float"
+
+
+async def _gone(request: Request) -> None:
+    """Return once the client hangs up (the body is read, so the next message is that)."""
+    while (await request.receive())["type"] != "http.disconnect":
+        pass
+
+
+async def _unless_gone(request: Request, handle: Any) -> Any:
+    """The handle's Completion, or None when the client left first: then the request is
+    cancelled, so an abandoned non-streamed chat frees its batch slot at the next step."""
+    done = asyncio.ensure_future(handle.atext())
+    gone = asyncio.ensure_future(_gone(request))
+    try:
+        await asyncio.wait({done, gone}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        gone.cancel()
+        if not done.done():
+            handle.cancel()
+            done.cancel()
+    return done.result() if done.done() and not done.cancelled() else None
 
 
 def _sse(obj: Any) -> str:
@@ -122,7 +144,7 @@ def make_router(hub: Hub) -> APIRouter:
         return lm, ids, params, json_mode
 
     @router.post("/chat/completions", response_model=None)
-    async def chat_completions(req: ChatRequest) -> Any:
+    async def chat_completions(req: ChatRequest, request: Request) -> Any:
         # Validation and tokenising may load the model: off the event loop.
         lm, ids, params, json_mode = await run_in_threadpool(prepare, req)
         batcher = await run_in_threadpool(hub.batcher)
@@ -134,7 +156,9 @@ def make_router(hub: Hub) -> APIRouter:
                 media_type="text/event-stream",
                 headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
             )
-        out = await batcher.submit(ids, params).atext()
+        out = await _unless_gone(request, batcher.submit(ids, params))
+        if out is None:  # nobody is listening; 499 is nginx's "client closed request"
+            return Response(status_code=499)
         text = ensure_json_object("{" + out.text) if json_mode else out.text
         finish = "stop" if json_mode else out.finish_reason
         usage = {

@@ -3,8 +3,16 @@ field, never a 5xx or a hang; abandoned work stops; one request can't starve the
 
 from __future__ import annotations
 
+import json
+import socket
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
 import httpx
 import pytest
+
+from .conftest import Live, live_server
 
 SEED_OVER = 2**64  # one past what torch.Generator.manual_seed takes
 
@@ -44,3 +52,48 @@ def test_generate_cli_names_the_seed_flag(capsys: pytest.CaptureFixture[str]) ->
     with pytest.raises(SystemExit) as e:
         main(["generate", "--prompt", "hi", "--seed", str(SEED_OVER)])
     assert e.value.code == 2 and "--seed" in capsys.readouterr().err
+
+
+@pytest.fixture(scope="module")
+def one_row(lm: Any, enc: Any) -> Iterator[Live]:
+    """A second server on the session's models that decodes one request at a time, so a
+    request left running would visibly hold up the next one."""
+    from llmlab.server.hub import ServerConfig
+
+    cfg = ServerConfig(fast_decode=False, max_new_tokens=1500, max_batch=1)
+    with live_server(cfg, lm, enc) as live:
+        yield live
+
+
+def _wait(cond: Callable[[], bool], seconds: float) -> bool:
+    deadline = time.time() + seconds
+    while not cond():
+        if time.time() > deadline:
+            return False
+        time.sleep(0.05)
+    return True
+
+
+def test_abandoned_non_streamed_chat_is_cancelled(one_row: Live) -> None:
+    body = json.dumps({
+        "messages": [{"role": "user", "content": "Tell me a very long story."}],
+        "max_tokens": 1500, "temperature": 2.0, "seed": 0,  # noise: no early end-of-turn
+    }).encode()
+    host, port = one_row.url.removeprefix("http://").split(":")
+    sock = socket.create_connection((host, int(port)), timeout=10)
+    sock.sendall(
+        b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        + f"Content-Length: {len(body)}\r\n\r\n".encode() + body
+    )
+    stats = one_row.hub.generation_stats
+    assert _wait(lambda: stats() is not None and stats()["steps"] >= 3, 60), "never decoded"
+    sock.close()  # the client leaves without reading a reply
+    assert _wait(lambda: stats()["rows"] == 0, 10), f"still decoding after it left: {stats()}"
+    assert stats()["cancelled"] == 1
+    t0 = time.time()
+    r = httpx.post(
+        f"{one_row.url}/v1/chat/completions",
+        json={"messages": [{"role": "user", "content": "hi"}], "max_tokens": 4},
+        timeout=60,
+    )
+    assert r.status_code == 200 and time.time() - t0 < 30
