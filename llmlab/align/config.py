@@ -18,7 +18,7 @@ class GRPOConfig:
     epsilon_high: float = 0.0  # ε_high: ratio clip above 1 + ε_high; 0: same as epsilon
     beta: float = 0.0  # β·k3 KL to the reference; 0: no reference model
     iterations: int = 1  # μ: optimisation passes per rollout
-    zero_std_warn: float = 0.5  # warn when this fraction of groups has no reward spread
+    zero_std_warn: float = 0.5  # warn at this fraction of groups with no reward spread (> 1: never)
 
     def validate(self) -> None:
         for name in ("num_generations", "prompts_per_step", "max_new_tokens", "iterations"):

@@ -279,7 +279,7 @@ RANGES: dict[str, dict[str, Range]] = {
                     "pref_samples": Range(2), "pref_temperature": POSITIVE},
     "GRPOConfig": {**SIZES, "temperature": POSITIVE, "epsilon": NON_NEGATIVE,
                    "epsilon_high": NON_NEGATIVE, "beta": NON_NEGATIVE,
-                   "zero_std_warn": FRACTION},
+                   "zero_std_warn": NON_NEGATIVE},
     "PPOConfig": {**SIZES, "temperature": POSITIVE, "kl_coef": NON_NEGATIVE,
                   "gamma": FRACTION, "lam": FRACTION, "cliprange": POSITIVE,
                   "cliprange_value": POSITIVE, "vf_coef": NON_NEGATIVE,
