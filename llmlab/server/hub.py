@@ -62,14 +62,23 @@ class ServerConfig:
                 raise ValueError(f"{name}: must be >= 1, got {getattr(self, name)}")
 
 
+def is_model_dir(path: Path) -> bool:
+    """Whether `path` (or its final/, as `llmlab pretrain` writes) holds a model's config:
+    checked before loading, so a folder that is no model (/, /etc, ~) is a clear 400."""
+    model = path / "final" if (path / "final").is_dir() else path
+    try:
+        return any((model / f).is_file() for f in ("llmlab.json", "config.json"))
+    except OSError:  # unreadable: no model we could load either
+        return False
+
+
 def local_model_dirs(dirs: list[str]) -> dict[str, Path]:
     """Name each --model-dir by its folder (a run dir's own name, not "final"), unique;
     a folder that holds no model is an error naming it, before the server starts."""
     out: dict[str, Path] = {}
     for d in dirs:
         path = Path(d).expanduser()
-        model = path / "final" if (path / "final").is_dir() else path
-        if not any((model / f).is_file() for f in ("llmlab.json", "config.json")):
+        if not is_model_dir(path):
             raise ValueError(
                 f"model_dirs: {d!r} is not a model directory (expected llmlab.json or "
                 "config.json in it, or in its final/ as `llmlab pretrain` writes)"
@@ -201,7 +210,12 @@ class Hub:
         path = Path(name).expanduser()
         if not path.is_dir():
             raise ValueError(f"model: {name!r} is not 'smollm2', 'minilm' or a checkpoint dir")
-        return self._local_model(path, path.resolve().name)
+        if not is_model_dir(path):
+            raise ValueError(
+                f"model: {name!r} is not a model directory (expected llmlab.json or "
+                "config.json in it, or in its final/)"
+            )
+        return self._local_model(path, path.resolve().name or name)
 
     def _local_model(self, path: Path, label: str) -> Any:
         key = str(path.resolve())
@@ -209,7 +223,12 @@ class Hub:
             if key not in self._local:
                 import llmlab
 
-                lm = llmlab.load(key)
+                try:
+                    lm = llmlab.load(key)
+                except Exception as e:  # a config that parses, but no model we can build
+                    raise ValueError(
+                        f"model: {label!r} could not be loaded ({type(e).__name__}: {e})"
+                    ) from e
                 if lm.tokenizer is None:
                     raise ValueError(f"model: {label!r} has no tokenizer files")
                 lm.name = label  # a run dir loads from final/: show the run's name

@@ -73,7 +73,7 @@ def make_router(hub: Hub) -> APIRouter:
                     raise PermissionError("tokenizer: local tokenizer dirs are disabled")
                 try:
                     tokenizers[name] = load_tokenizer(name)
-                except (FileNotFoundError, OSError) as e:
+                except (OSError, ValueError) as e:  # no such dir, or no tokenizer in it
                     raise ApiError(400, f"tokenizer: {e}", "tokenizer") from e
                 if len(tokenizers) > hub.cfg.tokenizer_cache:
                     tokenizers.pop(next(iter(tokenizers)))

@@ -7,6 +7,7 @@ import json
 import socket
 import time
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -97,3 +98,20 @@ def test_abandoned_non_streamed_chat_is_cancelled(one_row: Live) -> None:
         timeout=60,
     )
     assert r.status_code == 200 and time.time() - t0 < 30
+
+
+def test_a_folder_that_is_no_model_is_a_4xx_naming_model(server, tmp_path: Path) -> None:  # noqa: ANN001
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    (broken / "config.json").write_text('{"model_type": "nonsense"}')
+    for model in ("/etc", "/", "~", str(empty), str(broken)):
+        r = httpx.post(f"{server.url}/api/attention", json={"text": "hi", "model": model},
+                       timeout=60)
+        assert _param(r) == "model", model
+        r = httpx.get(f"{server.url}/api/positions", params={"model": model}, timeout=60)
+        assert _param(r) == "model", model
+    for tok in ("/etc", "/", str(empty)):
+        r = httpx.post(f"{server.url}/api/tokenize", json={"text": "hi", "tokenizer": tok})
+        assert _param(r) == "tokenizer", tok
