@@ -92,6 +92,7 @@ if [ -z "$UNLOCKED" ]; then
   "$VPY" scripts/lock.py --installed "$layers"
 else
   echo "setup: unlocked; how $VENV differs from the lock:"
-  "$VPY" scripts/lock.py --installed "$layers" 2>&1 | grep -v 'run scripts/setup.sh' || true
+  "$VPY" scripts/lock.py --installed "$layers" 2>&1 | grep -v 'run scripts/setup.sh' \
+    | sed 's/^lock: installed packages differ from the lock: /  /' || true
 fi
 echo "setup done: $("$VPY" -c 'import llmlab; print("llmlab", llmlab.__version__)') in $VENV"
