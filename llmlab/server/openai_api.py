@@ -24,6 +24,8 @@ from llmlab.server.hub import Hub
 from llmlab.server.jsonmode import JSON_SYSTEM, ensure_json_object
 
 CHAT_IDS = ("smollm2-135m-instruct", "smollm2")
+EMBED_CHUNK = 8  # texts embedded per hold of the model lock
+EMBED_TOTAL = 16  # an embeddings request's characters, in all, in units of max_text_chars
 EMBED_IDS = ("minilm-l6-v2", "minilm", "all-MiniLM-L6-v2")
 
 
@@ -245,8 +247,18 @@ def make_router(hub: Hub) -> APIRouter:
             raise ApiError(400, "input: 1 to 128 strings", "input")
         if any(len(t) > hub.cfg.max_text_chars * 4 for t in texts):
             raise ApiError(400, f"input: each at most {hub.cfg.max_text_chars * 4} chars", "input")
+        total, cap = sum(map(len, texts)), hub.cfg.max_text_chars * EMBED_TOTAL
+        if total > cap:
+            raise ApiError(400, f"input: {total} characters in all; at most {cap}", "input")
         enc = hub.enc()
-        vecs = hub.run(enc.embed, texts)
+        # A few texts per turn of the model lock, shortest first (little padding): decoding
+        # steps run between the chunks instead of waiting for the whole request.
+        order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
+        vecs: list[Any] = [None] * len(texts)
+        for s in range(0, len(order), EMBED_CHUNK):
+            idx = order[s : s + EMBED_CHUNK]
+            for i, v in zip(idx, hub.run(enc.embed, [texts[i] for i in idx]), strict=True):
+                vecs[i] = v
         n_tok = sum(len(enc.tokenizer.encode(t)) for t in texts)
         data = []
         for i, v in enumerate(vecs):

@@ -115,3 +115,33 @@ def test_a_folder_that_is_no_model_is_a_4xx_naming_model(server, tmp_path: Path)
     for tok in ("/etc", "/", str(empty)):
         r = httpx.post(f"{server.url}/api/tokenize", json={"text": "hi", "tokenizer": tok})
         assert _param(r) == "tokenizer", tok
+
+
+def test_embeddings_total_input_is_capped(server) -> None:  # noqa: ANN001
+    each = server.hub.cfg.max_text_chars * 4  # the per-string limit
+    n = server.hub.cfg.max_text_chars * 16 // each + 1  # one string too many in all
+    r = httpx.post(f"{server.url}/v1/embeddings", json={"input": ["a " * (each // 2)] * n})
+    assert _param(r) == "input" and "in all" in r.json()["error"]["message"]
+
+
+def test_embeddings_take_the_model_lock_a_chunk_at_a_time(server, enc) -> None:  # noqa: ANN001
+    """Between chunks the lock is free, so decoding steps interleave with a big request."""
+    import numpy as np
+
+    hub, calls = server.hub, []
+    run = hub.run
+
+    def counting(fn: Any, *a: Any, **kw: Any) -> Any:
+        calls.append(len(a[0]) if a else 0)
+        return run(fn, *a, **kw)
+
+    texts = [f"sentence number {i} " * (1 + i % 5) for i in range(20)]
+    hub.run = counting
+    try:
+        r = httpx.post(f"{server.url}/v1/embeddings", json={"input": texts}, timeout=60)
+    finally:
+        del hub.run  # back to the class's method
+    assert r.status_code == 200, r.text
+    assert len(calls) >= 3 and max(calls) <= 8 and sum(calls) == 20, calls
+    got = np.array([d["embedding"] for d in r.json()["data"]])
+    assert np.allclose(got, enc.embed(texts).numpy(), atol=1e-6)
