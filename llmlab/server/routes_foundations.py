@@ -5,6 +5,7 @@ work needs no model, so it runs outside the hub's model lock."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import math
 import threading
@@ -14,9 +15,10 @@ from dataclasses import asdict
 from typing import Annotated, Any, Literal
 
 import numpy as np
-from fastapi import APIRouter
-from fastapi.responses import StreamingResponse
+from fastapi import APIRouter, Request
+from fastapi.responses import Response, StreamingResponse
 from pydantic import BaseModel, Field
+from starlette.concurrency import run_in_threadpool
 
 from llmlab.server.errors import ApiError
 from llmlab.server.hub import Hub
@@ -113,6 +115,36 @@ def _clean(x: Any, nd: int = 5) -> Any:
             return None
         return float(f"{x:.{nd}g}")
     return x
+
+
+# Multiply-adds one request may cost (a training step ~ 3 per weight per point: forward,
+# backward, update; a grid point 1 per weight): a few seconds on a busy laptop core. The
+# pages' own settings fit (the dropout page's 2000 steps on 50 points: 2.7e9), the ranges'
+# corners would take minutes.
+MAX_WORK = 3e9
+
+
+def _bound_work(train: float, grid: float, train_field: str, grid_field: str) -> None:
+    """A 400 naming the field behind most of the work when a request would cost too much."""
+    if train + grid > MAX_WORK:
+        field = train_field if train >= grid else grid_field
+        raise ApiError(400, f"{field}: this request would take {train + grid:.2g} "
+                       f"multiply-adds, at most {MAX_WORK:.0e}; use fewer steps, points, "
+                       "hidden units or grid cells", field)
+
+
+def _n_weights(sizes: list[int]) -> int:
+    return sum((a + 1) * b for a, b in zip(sizes, sizes[1:], strict=False))
+
+
+class _Gone(Exception):
+    """The client hung up: stop the work it asked for."""
+
+
+async def _watch(request: Request, stop: threading.Event) -> None:
+    while (await request.receive())["type"] != "http.disconnect":
+        pass
+    stop.set()
 
 
 def _ev(event: str, data: dict[str, Any]) -> str:
@@ -238,8 +270,13 @@ def make_router(hub: Hub) -> APIRouter:
         if req.batch_size > len(d.x_train):
             raise ApiError(400, f"batch_size: at most the {len(d.x_train)} training points "
                            "(0 = full batch)", "batch_size")
-        net = MLP([2, *req.hidden, 2], req.activation, req.dropout, req.seed)
         every = max(1, req.steps // 60)
+        w = _n_weights([2, *req.hidden, 2])
+        # The 2-D grid is drawn at every snapshot; test accuracy runs then too.
+        _bound_work(3.0 * req.steps * (req.batch_size or len(d.x_train)) * w,
+                    (req.steps // every + 2) * (req.grid**2 + len(d.x_test)) * w,
+                    "steps", "grid")
+        net = MLP([2, *req.hidden, 2], req.activation, req.dropout, req.seed)
 
         def events() -> Iterator[str]:
             yield _ev("data", {**points(d), "params": sum(p.size for p in net.params),
@@ -257,18 +294,36 @@ def make_router(hub: Hub) -> APIRouter:
 
         return StreamingResponse(events(), media_type="text/event-stream")
 
-    @router.post("/nn/dropout")
-    def nn_dropout(req: DropoutRequest) -> dict[str, Any]:
+    @router.post("/nn/dropout", response_model=None)
+    async def nn_dropout(req: DropoutRequest, request: Request) -> Any:
         from llmlab.foundations import decision_grid, dropout_comparison
 
         d = toy(req.dataset, req.n, req.noise, req.seed)
-        runs = dropout_comparison(d.x_train, d.y_train, d.x_test, d.y_test, req.p,
-                                  steps=req.steps, seed=req.seed)
-        return {**points(d), "runs": [
-            {"dropout": p, "train_acc": s.train_acc, "test_acc": s.test_acc,
-             "loss": _clean(s.loss), "grid": _clean(decision_grid(net.predict_proba, 40), 3)}
-            for p, (net, s) in runs.items()
-        ], "sources": ["foundations.dropout", "foundations.forward"]}
+        w = _n_weights([2, 64, 64, 2])  # dropout_comparison's network
+        _bound_work(2 * 3.0 * req.steps * len(d.x_train) * w, 2 * 40**2 * w, "steps", "steps")
+        # Off the event loop, stopped within 100 steps if the client leaves.
+        stop = threading.Event()
+
+        def check() -> None:
+            if stop.is_set():
+                raise _Gone
+
+        def work() -> dict[str, Any]:
+            runs = dropout_comparison(d.x_train, d.y_train, d.x_test, d.y_test, req.p,
+                                      steps=req.steps, seed=req.seed, check=check)
+            return {**points(d), "runs": [
+                {"dropout": p, "train_acc": s.train_acc, "test_acc": s.test_acc,
+                 "loss": _clean(s.loss), "grid": _clean(decision_grid(net.predict_proba, 40), 3)}
+                for p, (net, s) in runs.items()
+            ], "sources": ["foundations.dropout", "foundations.forward"]}
+
+        watcher = asyncio.ensure_future(_watch(request, stop))
+        try:
+            return await run_in_threadpool(work)
+        except _Gone:
+            return Response(status_code=499)  # nginx's "client closed request": no one reads it
+        finally:
+            watcher.cancel()
 
     @router.post("/overfit")
     def overfit(req: OverfitRequest) -> dict[str, Any]:

@@ -145,3 +145,53 @@ def test_embeddings_take_the_model_lock_a_chunk_at_a_time(server, enc) -> None: 
     assert len(calls) >= 3 and max(calls) <= 8 and sum(calls) == 20, calls
     got = np.array([d["embedding"] for d in r.json()["data"]])
     assert np.allclose(got, enc.embed(texts).numpy(), atol=1e-6)
+
+
+@pytest.mark.parametrize("path,body,param", [
+    ("nn/train", {"hidden": [64, 64], "n": 1000, "steps": 5000}, "steps"),
+    ("nn/train", {"hidden": [64] * 6, "n": 40, "steps": 100, "grid": 80}, "grid"),
+    ("nn/dropout", {"n": 400, "steps": 4000}, "steps"),
+])
+def test_foundations_work_per_request_is_bounded(server, path: str, body: dict,  # noqa: ANN001
+                                                 param: str) -> None:
+    r = httpx.post(f"{server.url}/api/foundations/{path}", json=body, timeout=30)
+    assert _param(r) == param and "multiply-adds" in r.json()["error"]["message"]
+
+
+def test_dropout_comparison_stops_when_its_client_leaves(server, monkeypatch) -> None:  # noqa: ANN001
+    import threading
+
+    import llmlab.foundations as f
+
+    ended: list[BaseException | None] = []
+    started, done = threading.Event(), threading.Event()
+    real = f.dropout_comparison
+
+    def spy(*a: Any, **kw: Any) -> Any:
+        started.set()
+        try:
+            out = real(*a, **kw)
+        except BaseException as e:
+            ended.append(e)
+            raise
+        else:
+            ended.append(None)
+            return out
+        finally:
+            done.set()
+
+    monkeypatch.setattr(f, "dropout_comparison", spy)
+    body = json.dumps({"n": 100, "steps": 2000}).encode()  # the page's own request
+    host, port = server.url.removeprefix("http://").split(":")
+    sock = socket.create_connection((host, int(port)), timeout=10)
+    sock.sendall(
+        b"POST /api/foundations/nn/dropout HTTP/1.1\r\nHost: x\r\n"
+        b"Content-Type: application/json\r\n"
+        + f"Content-Length: {len(body)}\r\n\r\n".encode() + body
+    )
+    assert started.wait(30)
+    t0 = time.time()
+    sock.close()
+    assert done.wait(30)
+    assert ended and ended[0] is not None and type(ended[0]).__name__ == "_Gone", ended
+    assert time.time() - t0 < 10
