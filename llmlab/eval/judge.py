@@ -204,25 +204,30 @@ def load_prompts(path: str | None, limit: int | None) -> list[str]:
 def add_judge_command(sub: argparse._SubParsersAction, guard: Callable, load_model: Callable
                       ) -> None:
     j = sub.add_parser("judge", help="pairwise LLM-as-judge of two models' answers")
-    j.add_argument("--model-a", required=True)
-    j.add_argument("--model-b", required=True)
-    j.add_argument("--adapter-a", default=None)
-    j.add_argument("--adapter-b", default=None)
-    j.add_argument("--prompts", default=None, help="JSONL ({'prompt': ...}) or text file")
+    j.add_argument("--model-a", required=True, help="first model: a name, directory or .gguf")
+    j.add_argument("--model-b", required=True, help="second model, compared with --model-a")
+    j.add_argument("--adapter-a", default=None, help="PEFT adapter directory for --model-a")
+    j.add_argument("--adapter-b", default=None, help="PEFT adapter directory for --model-b")
+    j.add_argument("--prompts", default=None,
+                   help="JSONL ({'prompt': ...}) or text file, one prompt a line (default: the "
+                        "bundled prompts)")
     g = j.add_mutually_exclusive_group(required=True)
     g.add_argument("--judge", default=None, help="local llmlab judge model")
     g.add_argument("--judge-base-url", default=None, help="OpenAI-compatible endpoint")
     j.add_argument("--judge-model", default=None,
                    help="model name sent to the endpoint (default: the first it lists at "
                         "/v1/models; an error if it lists none or can't be reached)")
-    j.add_argument("--judge-timeout", type=float, default=60.0)
-    j.add_argument("--limit", type=int, default=None)
-    j.add_argument("--max-new-tokens", type=int, default=128)
-    j.add_argument("--batch-size", type=int, default=16)
-    j.add_argument("--seed", type=int, default=0)
-    j.add_argument("--dtype", default="fp32")
+    j.add_argument("--judge-timeout", type=float, default=60.0,
+                   help="seconds to wait for each endpoint reply (default: %(default)s)")
+    j.add_argument("--limit", type=int, default=None, help="judge only the first N prompts (default: all)")
+    j.add_argument("--max-new-tokens", type=int, default=128,
+                   help="answer length cap for both models (default: %(default)s)")
+    j.add_argument("--batch-size", type=int, default=16, help="prompts per generation batch (default: %(default)s)")
+    j.add_argument("--seed", type=int, default=0, help="seeds both models' sampling (default: %(default)s)")
+    j.add_argument("--dtype", default="fp32", choices=("fp32", "bf16", "int8", "int4"),
+                   help="weights of the local models (default: %(default)s)")
     j.add_argument("--out", default=None, help="JSON report path")
-    j.add_argument("--no-progress", action="store_true")
+    j.add_argument("--no-progress", action="store_true", help="no progress bars")
 
     def cmd_judge(a: argparse.Namespace) -> int:
         from llmlab.eval.generation import generate
