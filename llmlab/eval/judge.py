@@ -218,14 +218,17 @@ def add_judge_command(sub: argparse._SubParsersAction, guard: Callable, load_mod
                    help="model name sent to the endpoint (default: the first it lists at "
                         "/v1/models; an error if it lists none or can't be reached)")
     j.add_argument("--judge-timeout", type=float, default=60.0,
-                   help="seconds to wait for each endpoint reply (default: %(default)s)")
-    j.add_argument("--limit", type=int, default=None, help="judge only the first N prompts (default: all)")
+                   help="seconds to wait for each endpoint reply (default: 60)")
+    j.add_argument("--limit", type=int, default=None,
+                   help="judge only the first N prompts (default: all)")
     j.add_argument("--max-new-tokens", type=int, default=128,
-                   help="answer length cap for both models (default: %(default)s)")
-    j.add_argument("--batch-size", type=int, default=16, help="prompts per generation batch (default: %(default)s)")
-    j.add_argument("--seed", type=int, default=0, help="seeds both models' sampling (default: %(default)s)")
+                   help="answer length cap for both models (default: 128)")
+    j.add_argument("--batch-size", type=int, default=16,
+                   help="prompts per generation batch (default: 16)")
+    j.add_argument("--seed", type=int, default=0,
+                   help="seeds both models' sampling (default: 0)")
     j.add_argument("--dtype", default="fp32", choices=("fp32", "bf16", "int8", "int4"),
-                   help="weights of the local models (default: %(default)s)")
+                   help="weights of the local models (default: fp32)")
     j.add_argument("--out", default=None, help="JSON report path")
     j.add_argument("--no-progress", action="store_true", help="no progress bars")
 
