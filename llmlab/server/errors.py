@@ -5,10 +5,12 @@ from __future__ import annotations
 
 import logging
 import re
+from typing import Annotated
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from pydantic import AfterValidator
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -20,6 +22,21 @@ class ApiError(Exception):
         super().__init__(message)
         self.status, self.message, self.param = status, message, param
         self.kind = kind or ("invalid_request_error" if status < 500 else "server_error")
+
+
+def no_lone_surrogates(text: str) -> str:
+    """A pydantic validator: JSON's "\\ud800" escape parses to a lone UTF-16 surrogate, which
+    is no character and can't be encoded as UTF-8, so nothing downstream could use it."""
+    try:
+        text.encode("utf-8")  # at C speed; fails exactly on surrogates
+    except UnicodeEncodeError as e:
+        ch = ord(text[e.start])
+        raise ValueError(f"a lone UTF-16 surrogate (U+{ch:04X}) at character {e.start}") from None
+    return text
+
+
+# A request's free text: any string but one holding a lone surrogate.
+Text = Annotated[str, AfterValidator(no_lone_surrogates)]
 
 
 def error_body(message: str, kind: str, param: str | None, code: str | None = None) -> dict:

@@ -13,13 +13,13 @@ from typing import Any, Literal
 import numpy as np
 from fastapi import APIRouter, Request
 from fastapi.responses import Response, StreamingResponse
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, field_validator
 from starlette.concurrency import run_in_threadpool
 
 from llmlab.generate.chat import template_for
 from llmlab.generate.engine import fit_context, make_params
 from llmlab.generate.sampling import SEED_MAX, SEED_MIN
-from llmlab.server.errors import ApiError, sse_error
+from llmlab.server.errors import ApiError, no_lone_surrogates, sse_error
 from llmlab.server.hub import Hub
 from llmlab.server.jsonmode import JSON_SYSTEM, ensure_json_object
 
@@ -27,6 +27,17 @@ CHAT_IDS = ("smollm2-135m-instruct", "smollm2")
 EMBED_CHUNK = 8  # texts embedded per hold of the model lock
 EMBED_TOTAL = 16  # an embeddings request's characters, in all, in units of max_text_chars
 EMBED_IDS = ("minilm-l6-v2", "minilm", "all-MiniLM-L6-v2")
+
+
+def _clean_texts(v: Any) -> Any:
+    """A union field's strings checked after validation, not on the union's str branch, so
+    an error names the field (`messages.0.content`), not the branch (`....content.str`)."""
+    if isinstance(v, str):
+        no_lone_surrogates(v)
+    elif isinstance(v, list):
+        for x in v:
+            no_lone_surrogates(x.text if isinstance(x, TextPart) else x)
+    return v
 
 
 class TextPart(BaseModel):
@@ -37,6 +48,8 @@ class TextPart(BaseModel):
 class Message(BaseModel):
     role: Literal["system", "user", "assistant"]
     content: str | list[TextPart]
+
+    _content = field_validator("content")(classmethod(lambda cls, v: _clean_texts(v)))
 
     def text(self) -> str:
         if isinstance(self.content, str):
@@ -61,11 +74,15 @@ class ChatRequest(BaseModel):
     seed: int | None = Field(None, ge=SEED_MIN, le=SEED_MAX)  # what torch's generator takes
     n: int = Field(1, ge=1, le=1)
 
+    _stop = field_validator("stop")(classmethod(lambda cls, v: _clean_texts(v)))
+
 
 class EmbeddingRequest(BaseModel):
     model: str = "minilm-l6-v2"
     input: str | list[str]
     encoding_format: Literal["float", "base64"] = "float"
+
+    _input = field_validator("input")(classmethod(lambda cls, v: _clean_texts(v)))
 
 
 async def _gone(request: Request) -> None:

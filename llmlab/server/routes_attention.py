@@ -20,12 +20,12 @@ from llmlab.explain.attention import (
     top_keys,
 )
 from llmlab.explain.positions import rope_panel, sinusoidal_panel
-from llmlab.server.errors import ApiError
+from llmlab.server.errors import ApiError, Text
 from llmlab.server.hub import Hub
 
 
 class AttentionRequest(BaseModel):
-    text: str = Field(min_length=1)
+    text: Text = Field(min_length=1)
     model: str = "smollm2"
     mode: Literal["causal", "bidirectional", "native"] = "native"
     layer: int = Field(0, ge=0)

@@ -14,7 +14,7 @@ from llmlab.explain import decoding, embeddings, spectrum
 from llmlab.generate.chat import encode_prompts
 from llmlab.generate.sampling import SEED_MAX, SamplingParams
 from llmlab.peft import accounting
-from llmlab.server.errors import ApiError
+from llmlab.server.errors import ApiError, Text
 from llmlab.server.hub import Hub
 
 BASES = {
@@ -26,12 +26,12 @@ PROJ = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_pr
 
 
 class TokenizeRequest(BaseModel):
-    text: str = Field(max_length=20000)
+    text: Text = Field(max_length=20000)
     tokenizer: str = "smollm2"
 
 
 class NextRequest(BaseModel):
-    text: str = Field(min_length=1, max_length=4000)
+    text: Text = Field(min_length=1, max_length=4000)
     chat: bool = False
     append_ids: list[int] = Field(default_factory=list, max_length=256)
     temperature: float = Field(1.0, ge=0, le=10)
@@ -188,14 +188,20 @@ def make_router(hub: Hub) -> APIRouter:
             raise ApiError(400, f"r: must be in [1, {min(d, 4096)}]", "r")
         if not 0 < alpha <= 4096:
             raise ApiError(400, "alpha: must be in (0, 4096]", "alpha")
+        if d_out is not None and not 1 <= d_out <= 65536:
+            raise ApiError(400, "d_out: must be in [1, 65536] (or left out: d)", "d_out")
+        d_out = d_out or d
         if base not in BASES:
             raise ApiError(400, f"base: one of {sorted(BASES)}", "base")
         tl = [t for t in targets.split(",") if t]
-        m = accounting.lora_matrix_params(d, d_out or d, r)
+        if any(t not in PROJ for t in tl):
+            raise ApiError(400, f"targets: comma-separated, each one of {', '.join(PROJ)}",
+                           "targets")
+        m = accounting.lora_matrix_params(d, d_out, r)
         shape = BASES[base]
         return {
             "d": d,
-            "d_out": d_out or d,
+            "d_out": d_out,
             "r": r,
             "alpha": alpha,
             "scale": alpha / r,

@@ -195,3 +195,36 @@ def test_dropout_comparison_stops_when_its_client_leaves(server, monkeypatch) ->
     assert done.wait(30)
     assert ended and ended[0] is not None and type(ended[0]).__name__ == "_Gone", ended
     assert time.time() - t0 < 10
+
+
+@pytest.mark.parametrize("params,param", [
+    ({"d_out": -5}, "d_out"), ({"d_out": 0}, "d_out"), ({"d_out": 10**30}, "d_out"),
+    ({"targets": "q_proj,nope"}, "targets"),
+])
+def test_lora_counts_ranges(server, params: dict, param: str) -> None:  # noqa: ANN001
+    r = httpx.get(f"{server.url}/api/lora/counts", params=params)
+    assert _param(r) == param
+    ok = httpx.get(f"{server.url}/api/lora/counts", params={"d_out": 1024}).json()
+    assert ok["d_out"] == 1024 and 0 < ok["matrix_pct"] < 100
+
+
+@pytest.mark.parametrize("path,body,param", [
+    ("/v1/chat/completions",
+     '{"max_tokens": 2, "messages": [{"role": "user", "content": "a\\ud800b"}]}',
+     "messages.0.content"),
+    ("/v1/chat/completions", '{"max_tokens": 2, "messages": [{"role": "user", "content": '
+     '[{"type": "text", "text": "\\udfff"}]}]}', "messages.0.content"),
+    ("/v1/chat/completions",
+     '{"max_tokens": 2, "messages": [{"role": "user", "content": "hi"}], "stop": ["\\ud800"]}',
+     "stop"),
+    ("/v1/embeddings", '{"input": ["fine", "\\ud800"]}', "input"),
+    ("/api/attention", '{"text": "\\ud800"}', "text"),
+    ("/api/tokenize", '{"text": "x\\udbff"}', "text"),
+    ("/api/decode/next", '{"text": "\\ud800"}', "text"),
+])
+def test_lone_surrogates_are_refused_naming_the_field(server, path: str, body: str,  # noqa: ANN001
+                                                      param: str) -> None:
+    r = httpx.post(f"{server.url}{path}", content=body.encode(),
+                   headers={"content-type": "application/json"}, timeout=30)
+    msg = r.json()["error"]["message"]  # ours, or pydantic's for a length-checked str
+    assert _param(r) == param and ("surrogate" in msg or "unicode" in msg), msg
