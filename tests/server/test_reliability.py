@@ -228,3 +228,36 @@ def test_lone_surrogates_are_refused_naming_the_field(server, path: str, body: s
                    headers={"content-type": "application/json"}, timeout=30)
     msg = r.json()["error"]["message"]  # ours, or pydantic's for a length-checked str
     assert _param(r) == param and ("surrogate" in msg or "unicode" in msg), msg
+
+
+def test_nn_training_stream_stops_when_its_client_leaves(server, monkeypatch) -> None:  # noqa: ANN001
+    import llmlab.foundations as f
+
+    grids: list[float] = []  # one per snapshot the server computes
+    real = f.decision_grid
+
+    def spy(*a: Any, **kw: Any) -> Any:
+        grids.append(time.time())
+        return real(*a, **kw)
+
+    monkeypatch.setattr(f, "decision_grid", spy)
+    # Within the work bound, but seconds of work: 62 snapshots.
+    body = json.dumps({"n": 400, "hidden": [32, 32], "steps": 3800, "grid": 40}).encode()
+    host, port = server.url.removeprefix("http://").split(":")
+    sock = socket.create_connection((host, int(port)), timeout=30)
+    sock.sendall(
+        b"POST /api/foundations/nn/train HTTP/1.1\r\nHost: x\r\n"
+        b"Content-Type: application/json\r\n"
+        + f"Content-Length: {len(body)}\r\n\r\n".encode() + body
+    )
+    seen = b""
+    while seen.count(b"event: step") < 2:
+        chunk = sock.recv(65536)
+        assert chunk, "the stream ended early"
+        seen += chunk
+    sock.close()
+    left = time.time()
+    time.sleep(2)
+    n = len(grids)
+    time.sleep(1)
+    assert len(grids) == n < 40, (len(grids), [round(t - left, 2) for t in grids])
