@@ -49,7 +49,10 @@ class Message(BaseModel):
     role: Literal["system", "user", "assistant"]
     content: str | list[TextPart]
 
-    _content = field_validator("content")(classmethod(lambda cls, v: _clean_texts(v)))
+    @field_validator("content")
+    @classmethod
+    def _content(cls, v: str | list[TextPart]) -> str | list[TextPart]:
+        return _clean_texts(v)
 
     def text(self) -> str:
         if isinstance(self.content, str):
@@ -74,7 +77,10 @@ class ChatRequest(BaseModel):
     seed: int | None = Field(None, ge=SEED_MIN, le=SEED_MAX)  # what torch's generator takes
     n: int = Field(1, ge=1, le=1)
 
-    _stop = field_validator("stop")(classmethod(lambda cls, v: _clean_texts(v)))
+    @field_validator("stop")
+    @classmethod
+    def _stop(cls, v: str | list[str] | None) -> str | list[str] | None:
+        return _clean_texts(v)
 
 
 class EmbeddingRequest(BaseModel):
@@ -82,7 +88,10 @@ class EmbeddingRequest(BaseModel):
     input: str | list[str]
     encoding_format: Literal["float", "base64"] = "float"
 
-    _input = field_validator("input")(classmethod(lambda cls, v: _clean_texts(v)))
+    @field_validator("input")
+    @classmethod
+    def _input(cls, v: str | list[str]) -> str | list[str]:
+        return _clean_texts(v)
 
 
 async def _gone(request: Request) -> None:
