@@ -24,7 +24,7 @@ from llmlab.server.hub import Hub
 from llmlab.server.jsonmode import JSON_SYSTEM, ensure_json_object
 
 CHAT_IDS = ("smollm2-135m-instruct", "smollm2")
-EMBED_CHUNK = 8  # texts embedded per hold of the model lock
+EMBED_TOKENS = 512  # tokens embedded per hold of the model lock
 EMBED_TOTAL = 16  # an embeddings request's characters, in all, in units of max_text_chars
 EMBED_IDS = ("minilm-l6-v2", "minilm", "all-MiniLM-L6-v2")
 
@@ -277,15 +277,23 @@ def make_router(hub: Hub) -> APIRouter:
         if total > cap:
             raise ApiError(400, f"input: {total} characters in all; at most {cap}", "input")
         enc = hub.enc()
-        # A few texts per turn of the model lock, shortest first (little padding): decoding
-        # steps run between the chunks instead of waiting for the whole request.
-        order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
+        lens = [len(enc.tokenizer.encode(t)) for t in texts]  # outside the model lock
+        # At most EMBED_TOKENS tokens per hold of the model lock (tenths of a second on a
+        # busy CPU), shortest texts first (little padding): decoding steps run between the
+        # chunks instead of waiting for the whole request.
+        chunks: list[list[int]] = [[]]
+        used = 0
+        for i in sorted(range(len(texts)), key=lambda i: lens[i]):
+            if chunks[-1] and used + lens[i] > EMBED_TOKENS:
+                chunks.append([])
+                used = 0
+            chunks[-1].append(i)
+            used += lens[i]
         vecs: list[Any] = [None] * len(texts)
-        for s in range(0, len(order), EMBED_CHUNK):
-            idx = order[s : s + EMBED_CHUNK]
+        for idx in chunks:
             for i, v in zip(idx, hub.run(enc.embed, [texts[i] for i in idx]), strict=True):
                 vecs[i] = v
-        n_tok = sum(len(enc.tokenizer.encode(t)) for t in texts)
+        n_tok = sum(lens)
         data = []
         for i, v in enumerate(vecs):
             if req.encoding_format == "base64":  # what the official client asks for

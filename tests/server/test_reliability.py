@@ -128,21 +128,24 @@ def test_embeddings_take_the_model_lock_a_chunk_at_a_time(server, enc) -> None: 
     """Between chunks the lock is free, so decoding steps interleave with a big request."""
     import numpy as np
 
+    from llmlab.server.openai_api import EMBED_TOKENS
+
     hub, calls = server.hub, []
     run = hub.run
 
     def counting(fn: Any, *a: Any, **kw: Any) -> Any:
-        calls.append(len(a[0]) if a else 0)
+        calls.append(sum(len(enc.tokenizer.encode(t)) for t in a[0]) if a else 0)
         return run(fn, *a, **kw)
 
-    texts = [f"sentence number {i} " * (1 + i % 5) for i in range(20)]
+    texts = [f"sentence number {i} " * (1 + 12 * (i % 5)) for i in range(20)]
     hub.run = counting
     try:
         r = httpx.post(f"{server.url}/v1/embeddings", json={"input": texts}, timeout=60)
     finally:
         del hub.run  # back to the class's method
     assert r.status_code == 200, r.text
-    assert len(calls) >= 3 and max(calls) <= 8 and sum(calls) == 20, calls
+    n_tok = sum(len(enc.tokenizer.encode(t)) for t in texts)
+    assert len(calls) >= 3 and max(calls) <= EMBED_TOKENS and sum(calls) == n_tok, calls
     got = np.array([d["embedding"] for d in r.json()["data"]])
     assert np.allclose(got, enc.embed(texts).numpy(), atol=1e-6)
 
