@@ -23,8 +23,7 @@ def cmd_serve(a: argparse.Namespace) -> int:
         chat_model=a.model,
         embed_model=a.embed_model,
         fast_decode=not a.no_int8,
-        # A checkpoint path in a request reads the server's disk: loopback only by default.
-        allow_local_models=a.allow_local_models or a.host in ("127.0.0.1", "localhost", "::1"),
+        allow_local_models=a.allow_local_models,
         preload=not a.lazy,
         model_dirs=a.model_dir or [],
         **overrides(a, a.limit_names),
@@ -63,7 +62,8 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--allow-local-models",
         action="store_true",
-        help="accept checkpoint paths on a non-loopback host",
+        help="accept any checkpoint or tokenizer directory on this machine in requests "
+        "(default: only the registered models and --model-dir runs)",
     )
     p.add_argument(
         "--narrate-all",

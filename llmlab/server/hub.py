@@ -25,7 +25,9 @@ class ServerConfig:
     chat_model: str = "smollm2-135m-instruct"
     embed_model: str = "minilm-l6-v2"
     fast_decode: bool = True  # generate with a weight-only int8 copy (~2.5x faster on CPU)
-    allow_local_models: bool = True  # accept checkpoint directories on the attention page
+    # Accept any directory on the server's disk as a model or tokenizer in a request. Off, a
+    # request names a registered model or a --model-dir run: paths read the server's disk.
+    allow_local_models: bool = False
     max_text_chars: int = 2000
     max_attention_tokens: int = 64
     max_new_tokens: int = 512

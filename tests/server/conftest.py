@@ -54,8 +54,10 @@ def live_server(cfg: Any, lm: Any, enc: Any) -> Iterator[Live]:
 def server(lm: Any, enc: Any) -> Iterator[Live]:
     from llmlab.server.hub import ServerConfig
 
-    # fp32 generation: skips building the int8 copy, keeps the session short.
-    with live_server(ServerConfig(fast_decode=False, max_new_tokens=64), lm, enc) as live:
+    # fp32 generation: skips building the int8 copy, keeps the session short. Free paths on:
+    # the tests send checkpoint and tokenizer directories.
+    with live_server(ServerConfig(fast_decode=False, max_new_tokens=64, allow_local_models=True),
+                     lm, enc) as live:
         yield live
 
 

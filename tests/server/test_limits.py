@@ -85,6 +85,22 @@ def test_model_menu_and_unknown_local_model(server) -> None:  # noqa: ANN001
     assert r.status_code == 400 and r.json()["error"]["param"] == "model"
 
 
+def test_free_paths_are_opt_in(lm, enc, tmp_path) -> None:  # noqa: ANN001
+    """By default a request can name only registered models and --model-dir runs: a path
+    would read the server's disk (`llmlab serve --allow-local-models` turns them on)."""
+    from llmlab.server.hub import ServerConfig
+
+    from .conftest import live_server
+
+    with live_server(ServerConfig(fast_decode=False), lm, enc) as s:
+        assert httpx.get(f"{s.url}/api/models").json()["paths"] is False
+        for path in ("/etc", str(tmp_path)):
+            r = httpx.post(f"{s.url}/api/attention", json={"text": "hi", "model": path})
+            assert r.status_code == 403 and r.json()["error"]["param"] == "model", r.text
+            r = httpx.post(f"{s.url}/api/tokenize", json={"text": "hi", "tokenizer": path})
+            assert 400 <= r.status_code < 500 and r.json()["error"]["param"] == "tokenizer"
+
+
 def test_model_lock_is_granted_in_arrival_order() -> None:
     """The server's model lock: a call that arrives while the decoder holds it goes next,
     before the decoder's next step and before later arrivals (a plain Lock gives no order)."""
