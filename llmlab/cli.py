@@ -52,18 +52,32 @@ def _seed(text: str) -> int:
 
 
 def _sampling_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--max-new-tokens", type=int, default=256)
-    p.add_argument("--temperature", type=float, default=0.7, help="0 = greedy")
-    p.add_argument("--top-k", type=int, default=0, help="0 disables")
-    p.add_argument("--top-p", type=float, default=1.0)
-    p.add_argument("--min-p", type=float, default=0.0)
-    p.add_argument("--repetition-penalty", type=float, default=1.0)
-    p.add_argument("--stop", action="append", default=[], help="stop string (repeatable)")
-    p.add_argument("--seed", type=_seed, default=None)
-    p.add_argument("--dtype", default=None,
-                   help="fp32 | bf16 | int8 | int4 (weight-only; int4 decodes fastest on CPU)")
-    p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
-    p.add_argument("--adapter", default=None, help="a PEFT-format adapter dir to apply")
+    p.add_argument("--max-new-tokens", type=int, default=256,
+                   help="most tokens to generate (default: 256)")
+    p.add_argument("--temperature", type=float, default=0.7,
+                   help="softmax temperature; 0 = greedy (default: 0.7)")
+    p.add_argument("--top-k", type=int, default=0,
+                   help="sample from the k likeliest tokens; 0 disables (default: 0)")
+    p.add_argument("--top-p", type=float, default=1.0,
+                   help="nucleus sampling: the smallest set with this much probability; "
+                        "1 disables (default: 1.0)")
+    p.add_argument("--min-p", type=float, default=0.0,
+                   help="drop tokens below this fraction of the top token's probability; "
+                        "0 disables (default: 0.0)")
+    p.add_argument("--repetition-penalty", type=float, default=1.0,
+                   help="divide the logits of tokens already seen (CTRL's rule); 1 disables "
+                        "(default: 1.0)")
+    p.add_argument("--stop", action="append", default=[],
+                   help="stop string, not printed (repeatable; default: none)")
+    p.add_argument("--seed", type=_seed, default=None,
+                   help="seeds sampling, in [-2**63, 2**64 - 1] (default: unseeded)")
+    p.add_argument("--dtype", default=None, choices=DTYPES,
+                   help="weights: fp32, bf16, or weight-only int8/int4 (int4 decodes fastest "
+                        "on CPU) (default: fp32 for generate, bf16 for chat)")
+    p.add_argument("--threads", type=int, default=None,
+                   help="torch CPU threads (default: torch's)")
+    p.add_argument("--adapter", default=None,
+                   help="a PEFT-format adapter dir to apply (default: none)")
 
 
 def _sampling(a: argparse.Namespace) -> dict[str, Any]:
@@ -192,10 +206,12 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
 
     g = sub.add_parser("generate", help="complete a prompt (prints only the completion)")
-    g.add_argument("--model", default=DEFAULT_MODEL)
-    g.add_argument("--prompt", required=True)
+    g.add_argument("--model", default=DEFAULT_MODEL,
+                   help=f"model name, directory or .gguf (default: {DEFAULT_MODEL})")
+    g.add_argument("--prompt", required=True, help="the text to complete")
     g.add_argument("--chat", action="store_true", help="wrap the prompt in the chat template")
-    g.add_argument("--system", default=None)
+    g.add_argument("--system", default=None,
+                   help="system message, with --chat (default: the template's own)")
     g.add_argument(
         "--truncate",
         action="store_true",
@@ -205,18 +221,20 @@ def build_parser() -> argparse.ArgumentParser:
     g.set_defaults(fn=cmd_generate)
 
     c = sub.add_parser("chat", help="interactive streaming chat")
-    c.add_argument("--model", default=DEFAULT_MODEL)
-    c.add_argument("--system", default=None)
+    c.add_argument("--model", default=DEFAULT_MODEL,
+                   help=f"model name, directory or .gguf (default: {DEFAULT_MODEL})")
+    c.add_argument("--system", default=None,
+                   help="system message (default: the template's own)")
     _sampling_args(c)
     c.set_defaults(fn=cmd_chat)
 
     e = sub.add_parser("export-hf", help="write a transformers-loadable directory")
-    e.add_argument("model")
-    e.add_argument("out_dir")
+    e.add_argument("model", help="model name, directory or .gguf to export")
+    e.add_argument("out_dir", help="the directory to write (replaced only if it is one of ours)")
     e.set_defaults(fn=cmd_export_hf)
 
     m = sub.add_parser("models", help="list loadable models")
-    m.add_argument("--json", action="store_true")
+    m.add_argument("--json", action="store_true", help="print the list as JSON")
     m.set_defaults(fn=cmd_models)
 
     # Each subsystem registers its own subcommands.

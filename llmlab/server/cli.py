@@ -46,10 +46,13 @@ def cmd_serve(a: argparse.Namespace) -> int:
 
 def add_commands(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser("serve", help="the playground web app and an OpenAI-compatible API")
-    p.add_argument("--host", default="127.0.0.1")
-    p.add_argument("--port", type=int, default=8000)
-    p.add_argument("--model", default="smollm2-135m-instruct", help="chat model")
-    p.add_argument("--embed-model", default="minilm-l6-v2")
+    p.add_argument("--host", default="127.0.0.1",
+                   help="address to listen on (default: 127.0.0.1, this machine only)")
+    p.add_argument("--port", type=int, default=8000, help="port to listen on (default: 8000)")
+    p.add_argument("--model", default="smollm2-135m-instruct",
+                   help="chat model (default: smollm2-135m-instruct)")
+    p.add_argument("--embed-model", default="minilm-l6-v2",
+                   help="embedding model for RAG and /v1/embeddings (default: minilm-l6-v2)")
     p.add_argument("--lazy", action="store_true", help="load models on first use")
     p.add_argument("--no-int8", action="store_true", help="generate with the fp32 model")
     p.add_argument(

@@ -28,12 +28,12 @@ class ServerConfig:
     # Accept any directory on the server's disk as a model or tokenizer in a request. Off, a
     # request names a registered model or a --model-dir run: paths read the server's disk.
     allow_local_models: bool = False
-    max_text_chars: int = 2000
-    max_attention_tokens: int = 64
-    max_new_tokens: int = 512
-    max_upload_bytes: int = 512 * 1024
+    max_text_chars: int = 2000  # characters of text a playground request may send
+    max_attention_tokens: int = 64  # tokens the attention page explains (maps grow as n^2)
+    max_new_tokens: int = 512  # generation cap for chat, RAG answers and /v1
+    max_upload_bytes: int = 512 * 1024  # one uploaded RAG document
     max_body_bytes: int = 2 * 1024 * 1024  # any request body (an upload plus its form)
-    max_session_docs: int = 20
+    max_session_docs: int = 20  # documents in one RAG upload session
     # Local checkpoints for the attention page: `llmlab pretrain` run dirs or saved models.
     model_dirs: list[str] = field(default_factory=list)
     max_batch: int = 16  # generation requests decoded together (int8 kernel: up to 16 rows)
