@@ -29,8 +29,8 @@ def _commands(p: argparse.ArgumentParser, path: tuple[str, ...] = ()
 
 PARSER = build_parser()
 COMMANDS = dict(_commands(PARSER))
-# Flags defined outside the files this test's fixes own (llmlab/cli.py's generate/chat,
-# llmlab/server/, llmlab/eval/judge.py): reported, not yet documented.
+
+
 def _options(p: argparse.ArgumentParser) -> list[argparse.Action]:
     return [a for a in p._actions if not isinstance(a, (argparse._HelpAction,
                                                         argparse._SubParsersAction))
