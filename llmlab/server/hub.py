@@ -34,6 +34,9 @@ class ServerConfig:
     max_upload_bytes: int = 512 * 1024  # one uploaded RAG document
     max_body_bytes: int = 2 * 1024 * 1024  # any request body (an upload plus its form)
     max_session_docs: int = 20  # documents in one RAG upload session
+    max_client_sessions: int = 8  # RAG upload sessions one client address may hold at once
+    max_build_chunks: int = 4000  # chunks in one RAG index (the default KB: 766 at size 50)
+    max_build_s: float = 300.0  # a RAG index build that takes longer is stopped
     # Local checkpoints for the attention page: `llmlab pretrain` run dirs or saved models.
     model_dirs: list[str] = field(default_factory=list)
     max_batch: int = 16  # generation requests decoded together (int8 kernel: up to 16 rows)

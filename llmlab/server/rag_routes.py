@@ -90,22 +90,15 @@ class _HubEmbedder:
 
 _SAFE = re.compile(r"[^A-Za-z0-9._-]+")
 ALLOWED_EXT = (".txt", ".md", ".rst", ".html")
-# Bounds on what one request may cost, so every response and every build is bounded by
-# construction (ServerConfig may override each with a field of the same name, lowercased).
-MAX_BUILD_CHUNKS = 4000  # chunks per index: the default KB is 766 at chunk_size 50
-MAX_BUILD_S = 300.0  # an index build that takes longer is stopped
-MAX_CLIENT_SESSIONS = 8  # upload sessions one client address may hold at once
+# Bounds on what one response may hold, so every response is bounded by construction (the
+# bounds on builds and sessions are ServerConfig fields, so `llmlab serve` flags).
 MAX_LABEL_CHARS = 48  # a projection point's label (its document's title)
 MAX_HIT_CHARS = 8000  # a retrieved chunk's text (1000 tokens are ~4-5k characters)
-MAX_POINTS = MAX_BUILD_CHUNKS  # projection points sent
+MAX_POINTS = 4000  # projection points sent
 # Temp folders carry our pid, so a start-up sweep can tell a dead server's folders from
 # a live one's.
 KB_PREFIX, UPLOADS_PREFIX = "llmlab-kb-", "llmlab-uploads-"
 _OURS = re.compile(rf"(?:{KB_PREFIX}|{UPLOADS_PREFIX})(\d+)-")
-
-
-def _limit(cfg: Any, name: str) -> Any:
-    return getattr(cfg, name.lower(), globals()[name])
 
 
 def _short(text: str, limit: int) -> str:
@@ -241,7 +234,7 @@ def make_router(hub: Hub) -> APIRouter:
     sweep_stale()  # what a killed server left behind
     updir = Path(tempfile.mkdtemp(prefix=f"{UPLOADS_PREFIX}{os.getpid()}-"))
     sessions = UploadSessions(
-        updir, cfg.max_sessions, cfg.session_ttl_s, _limit(cfg, "MAX_CLIENT_SESSIONS")
+        updir, cfg.max_sessions, cfg.session_ttl_s, cfg.max_client_sessions
     )
     # (chunk_size, session, content hash) -> (index, its temp dir); least recently used first
     kbs: OrderedDict[tuple, Any] = OrderedDict()
@@ -285,14 +278,14 @@ def make_router(hub: Hub) -> APIRouter:
 
     def build(eng: dict[str, Any], b: _Build, key: tuple, sdir: Path | None) -> None:
         """Build the index for `key` into `b`; only one thread builds a given key."""
-        deadline = time.monotonic() + _limit(cfg, "MAX_BUILD_S")
+        deadline = time.monotonic() + cfg.max_build_s
 
         def check() -> None:
             if closing.is_set() or b.abandoned():
                 raise BuildCancelled("the index build was cancelled: its clients left")
             if time.monotonic() > deadline:
                 raise ValueError(
-                    f"chunk_size: building the index took over {_limit(cfg, 'MAX_BUILD_S'):.0f}"
+                    f"chunk_size: building the index took over {cfg.max_build_s:.0f}"
                     " s; use a larger chunk_size or fewer documents"
                 )
 
@@ -303,7 +296,7 @@ def make_router(hub: Hub) -> APIRouter:
             paths: list[Any] = [*default_kb(), *([sdir] if sdir else [])]
             chunk_size = key[0]
             idx.index(paths, chunk_size=chunk_size, overlap=chunk_size // 8, progress=False,
-                      max_chunks=_limit(cfg, "MAX_BUILD_CHUNKS"))
+                      max_chunks=cfg.max_build_chunks)
             check()
             emb.check = None  # built: its queries embed whoever asks
         except BaseException as e:
@@ -367,7 +360,7 @@ def make_router(hub: Hub) -> APIRouter:
 
     def check_size(chunk_size: int, session: str | None) -> None:
         """A 413 naming chunk_size, before the stream starts, when the index to build would
-        have more than MAX_BUILD_CHUNKS chunks. Chunking costs far less than embedding, and
+        have more than max_build_chunks chunks. Chunking costs far less than embedding, and
         each document's count is remembered; the build checks again (the files may change)."""
         from llmlab.rag.chunk import chunk_text
         from llmlab.rag.ingest import load_documents
@@ -377,7 +370,7 @@ def make_router(hub: Hub) -> APIRouter:
             key = key_of(chunk_size, sdir)
             if key in kbs or key in builds:
                 return
-        limit, n = _limit(cfg, "MAX_BUILD_CHUNKS"), 0
+        limit, n = cfg.max_build_chunks, 0
         for d in load_documents([*default_kb(), *([sdir] if sdir else [])], errors=[]):
             if (d.sha256, chunk_size) not in counts:
                 if len(counts) > 4096:  # a bound on the memo itself

@@ -56,9 +56,7 @@ def rag() -> Iterator[tuple[Live, FakeEnc]]:
 
 
 def _serve(**limits: Any) -> Iterator[tuple[Live, FakeEnc]]:
-    cfg = ServerConfig(fast_decode=False)
-    for k, v in limits.items():  # the route module's caps, overridable per server
-        setattr(cfg, k, v)
+    cfg = ServerConfig(fast_decode=False, **limits)
     enc = FakeEnc()
     # The fake vectors are unrelated to the query, so every answer is the fixed refusal:
     # the chat model is never called.
