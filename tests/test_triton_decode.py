@@ -96,11 +96,11 @@ SCRIPT = textwrap.dedent(
 )
 
 
-# id -> (dtype, embeddings, projections, kv_splits, fuse)
+# id -> (dtype, embeddings, projections, kv_splits, fuse). Between them: every fuse level
+# (0, 1, 3), one and two KV splits, both dtypes, tied and untied heads, fused projections.
 CONFIGS = {
     "fp32-five-kernels": ("float32", "untied", "separate", 2, 0),
     "fp32-three": ("float32", "untied", "separate", 1, 3),
-    "bf16-five-kernels": ("bfloat16", "tied", "fused", 1, 0),
     "bf16-fused-mlp": ("bfloat16", "tied", "fused", 2, 1),
 }
 
@@ -126,9 +126,8 @@ def test_triton_decode_matches_transformers_fp32(runs: dict[str, dict], name: st
     assert out["sampled"] == out["static_sampled"]
 
 
-@pytest.mark.parametrize("name", ["bf16-five-kernels", "bf16-fused-mlp"])
-def test_triton_decode_bf16_is_as_close_as_the_model(runs: dict[str, dict], name: str):
-    out = runs[name]
+def test_triton_decode_bf16_is_as_close_as_the_model(runs: dict[str, dict]):
+    out = runs["bf16-fused-mlp"]
     # In bf16 both the kernels and the PyTorch model differ from fp32 transformers by
     # rounding, at the same points, so their errors are of one size; a wrong formula would
     # be off by O(scale). The interpreter casts fp32 -> bf16 by truncation, not the GPU's
