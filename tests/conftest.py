@@ -16,12 +16,6 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def pytest_xdist_auto_num_workers(config: pytest.Config) -> int:
-    # One worker more than cores: while one waits (a browser, a subprocess, a server's
-    # sleep, a single-threaded interpreter), the others keep every core busy.
-    return min(4, (os.cpu_count() or 1) + 1)
-
-
 def pytest_configure(config: pytest.Config) -> None:
     # Under pytest-xdist each worker would start one torch thread per core: on 2 cores, two
     # workers would run four threads that spin against each other. Share the cores instead.

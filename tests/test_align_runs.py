@@ -7,12 +7,12 @@ from __future__ import annotations
 import json
 import math
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
-from train_common import env, metrics
+from inproc import llmlab
+from train_common import metrics
 
 from llmlab.align.ppo_run import LOSS_METRICS, ROLLOUT_METRICS
 
@@ -20,8 +20,7 @@ FAST = ["--no-progress", "--no-tensorboard", "--threads", "1"]
 
 
 def align(*args: str, check: bool = True) -> subprocess.CompletedProcess:
-    r = subprocess.run([sys.executable, "-m", "llmlab.cli", *args], env=env(),
-                       capture_output=True, text=True, timeout=300)
+    r = llmlab(*args)
     if check and r.returncode:
         raise AssertionError(r.stderr[-3000:])
     return r

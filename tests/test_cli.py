@@ -2,28 +2,19 @@
 
 from __future__ import annotations
 
-import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
+from inproc import llmlab
 
 from llmlab.model import ModelConfig, Transformer
 from llmlab.weights.registry import _smollm2_file, save_checkpoint
 
 
-def run(*args: str, stdin: str | None = None, timeout: int = 300) -> subprocess.CompletedProcess:
-    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
-    return subprocess.run(
-        [sys.executable, "-m", "llmlab.cli", *args],
-        input=stdin,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        env=env,
-    )
+def run(*args: str, stdin: str | None = None) -> subprocess.CompletedProcess:
+    return llmlab(*args, stdin=stdin)
 
 
 def test_models_lists_the_bundled_models():

@@ -5,8 +5,9 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import sys
 from pathlib import Path
+
+from inproc import llmlab
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ["--d-model", "32", "--n-layer", "2", "--n-head", "2", "--seq-len", "32",
@@ -19,8 +20,7 @@ def env() -> dict[str, str]:
 
 
 def cli(*args: str, check: bool = True) -> subprocess.CompletedProcess:
-    r = subprocess.run([sys.executable, "-m", "llmlab.train.cli", *args], env=env(),
-                       capture_output=True, text=True, timeout=300)
+    r = llmlab(*args)
     if check and r.returncode:
         raise AssertionError(r.stderr[-3000:])
     return r

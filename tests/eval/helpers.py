@@ -2,19 +2,17 @@
 
 from __future__ import annotations
 
-import os
 import subprocess
-import sys
 from pathlib import Path
+
+from inproc import llmlab
 
 ROOT = Path(__file__).resolve().parents[2]
 PYDOCS = Path("/usr/share/doc/python3.11/html/_sources/tutorial")
 
 
-def cli(*args: str, timeout: float = 600) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    return subprocess.run([sys.executable, "-m", "llmlab.cli", *args], env=env,
-                          capture_output=True, text=True, timeout=timeout)
+def cli(*args: str) -> subprocess.CompletedProcess:
+    return llmlab(*args)
 
 
 def docs_text(name: str = "controlflow") -> str:

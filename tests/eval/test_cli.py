@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+from inproc import llmlab
 
 from llmlab.eval.datasets import arithmetic_problems
 from llmlab.eval.report import make_report, write_report
@@ -18,9 +17,7 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 def cli(*args: str) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    return subprocess.run([sys.executable, "-m", "llmlab.eval.cli", *args], env=env,
-                          capture_output=True, text=True, timeout=120)
+    return llmlab(*args)
 
 
 def test_unknown_task_lists_valid_ones() -> None:
