@@ -114,7 +114,7 @@ def test_ingest_formats_duplicates_and_bad_files(tmp_path: Path) -> None:
     assert "Dolphins swim fast" in docs["d.pdf"].text
     assert docs["e1"].meta == {"lang": "en"} and docs["e1"].source == "e.jsonl#L1"
     assert len(errors) == 3
-    assert any(e.startswith("bad.txt: not UTF-8") for e in errors)
+    assert any(e.startswith("bad.txt:1: not UTF-8") for e in errors)
     assert any(e.startswith("broken.pdf: not a readable PDF") for e in errors)
     assert any(e.startswith("bad.jsonl:2:") and '"text"' in e for e in errors)
     with pytest.raises(IngestError, match="bad.txt"):

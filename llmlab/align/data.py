@@ -21,8 +21,8 @@ from typing import Any
 import torch
 
 from llmlab.align.rewards import check_verifier, score_many
+from llmlab.data.jsonl import read_rows
 from llmlab.train.sft import SFTBatches
-from llmlab.train.sft_data import _rows
 
 RL_TASKS = ("arithmetic", "arithmetic-easy", "trivia", "humaneval")
 PREF_TASKS = ("arithmetic-prefs", "arithmetic-easy-prefs", "trivia-prefs")
@@ -50,7 +50,7 @@ def _str_field(obj: dict[str, Any], f: str, where: str) -> str:
 def load_prefs(path: str | Path) -> list[dict[str, Any]]:
     path = Path(path)
     out = []
-    for n, obj in _rows(path):
+    for n, obj in read_rows(path):
         where = f"{path}:{n}"
         if not isinstance(obj, dict):
             raise ValueError(f"{where}: expected an object with prompt, chosen, rejected")
@@ -72,7 +72,7 @@ def load_prompts(path: str | Path, need_verifier: bool = True) -> list[dict[str,
     """RL prompt rows; `verifier` may be left out only when a reward model scores (PPO)."""
     path = Path(path)
     out = []
-    for n, obj in _rows(path):
+    for n, obj in read_rows(path):
         where = f"{path}:{n}"
         if not isinstance(obj, dict):
             raise ValueError(f"{where}: expected an object with prompt and verifier")

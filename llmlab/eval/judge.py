@@ -11,13 +11,13 @@ is an error. Failed requests and unparseable verdicts are skipped and counted, n
 from __future__ import annotations
 
 import argparse
-import json
 import re
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from llmlab.data.jsonl import read_jsonl, read_text
 from llmlab.eval.metrics import wilson_interval
 
 JUDGE_PROMPT = """You are judging two answers to the same question.
@@ -183,19 +183,13 @@ def load_prompts(path: str | None, limit: int | None) -> list[str]:
         if not p.is_file():
             raise FileNotFoundError(f"{p}: no such prompt file")
         prompts = []
-        for n, line in enumerate(p.read_text(encoding="utf-8-sig").splitlines(), 1):
-            if not line.strip():
-                continue
-            if p.suffix == ".jsonl":
-                try:
-                    obj = json.loads(line)
-                except json.JSONDecodeError as e:
-                    raise ValueError(f"{p}:{n}: invalid JSON ({e.msg})") from None
+        if p.suffix == ".jsonl":
+            for n, obj in read_jsonl(p):
                 if not isinstance(obj, dict) or not isinstance(obj.get("prompt"), str):
                     raise ValueError(f'{p}:{n}: expected an object with a string "prompt"')
                 prompts.append(obj["prompt"])
-            else:
-                prompts.append(line.strip())
+        else:
+            prompts = [line.strip() for line in read_text(p).splitlines() if line.strip()]
     if not prompts:
         raise ValueError(f"{path}: no prompts")
     return prompts[:limit] if limit else prompts

@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from llmlab.data.jsonl import read_jsonl
 from llmlab.eval import datasets as ds
 from llmlab.eval import humaneval as he
 from llmlab.eval.generation import generate, perplexity_report, sliding_nll
@@ -130,7 +131,6 @@ def run_trivia(lm: Any, args: list[str], cfg: EvalConfig) -> dict[str, Any]:
 def _gen_items(source: str) -> list[tuple[str, str]]:
     """(prompt, reference) pairs: the bundled `pydocs` set (the held-out side of the SFT
     pydocs split, so SFT never trained on it) or a JSONL file of {"prompt", "reference"}."""
-    import json
 
     if source == "pydocs":
         from llmlab.train.sft_data import pydocs_examples
@@ -140,13 +140,7 @@ def _gen_items(source: str) -> list[tuple[str, str]]:
     if not path.is_file():
         raise ValueError(f"gen source {source!r} is neither a bundled set (pydocs) nor a file")
     items = []
-    for n, line in enumerate(path.read_text(encoding="utf-8-sig").splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise ValueError(f"{path}:{n}: invalid JSON ({e.msg})") from None
+    for n, row in read_jsonl(path):
         for key in ("prompt", "reference"):
             if not isinstance(row, dict) or not isinstance(row.get(key), str) or \
                     not row[key].strip():

@@ -16,6 +16,8 @@ from typing import Any
 
 from tqdm import tqdm
 
+from llmlab.data.jsonl import read_jsonl
+
 PYDOCS = Path("/usr/share/doc/python3.11/html/_sources")  # apt-get install python3.11-doc
 
 
@@ -30,13 +32,7 @@ def load_qrels(path: str | Path) -> list[Qrel]:
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no such qrels file")
     out = []
-    for n, line in enumerate(path.read_text(encoding="utf-8-sig").splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            obj = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise ValueError(f"{path}:{n}: invalid JSON ({e.msg})") from e
+    for n, obj in read_jsonl(path):
         q, rel = (obj.get("query"), obj.get("relevant")) if isinstance(obj, dict) else (0, 0)
         if not isinstance(q, str) or not q.strip():
             raise ValueError(f'{path}:{n}: expected a non-empty string "query"')

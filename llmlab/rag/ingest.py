@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import hashlib
 import html
-import json
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from html.parser import HTMLParser
 from pathlib import Path
 from typing import Any
+
+from llmlab.data import jsonl
 
 TEXT_EXTS = {".txt", ".md", ".markdown", ".rst"}
 SUPPORTED = TEXT_EXTS | {".html", ".htm", ".pdf", ".jsonl"}
@@ -136,7 +137,9 @@ def read_file(path: Path, source: str) -> list[Document]:
             return [_read_pdf(path, source)]
         raw = path.read_bytes().decode("utf-8-sig")  # -sig: a leading BOM is dropped
     except UnicodeDecodeError as e:
-        raise IngestError(f"{source}: not UTF-8 text ({e.reason} at byte {e.start})") from e
+        line = e.object[: e.start].count(b"\n") + 1
+        raise IngestError(f"{source}:{line}: not UTF-8 text ({e.reason} at byte {e.start})"
+                          ) from e
     except OSError as e:
         raise IngestError(f"{source}: cannot read ({e.strerror})") from e
     if ext == ".jsonl":
@@ -170,14 +173,12 @@ def _read_pdf(path: Path, source: str) -> Document:
 
 def _read_jsonl(raw: str, source: str) -> list[Document]:
     docs = []
-    for n, line in enumerate(raw.splitlines(), 1):
-        if not line.strip():
-            continue
+    try:
+        rows = list(jsonl.lines(raw, source))
+    except ValueError as e:
+        raise IngestError(str(e)) from None
+    for n, obj in rows:
         where = f"{source}:{n}"
-        try:
-            obj = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise IngestError(f"{where}: invalid JSON ({e.msg})") from e
         if not isinstance(obj, dict) or not isinstance(obj.get("text"), str):
             raise IngestError(f'{where}: expected an object with a string "text" field')
         did = str(obj.get("id", f"{source}#L{n}"))

@@ -16,11 +16,11 @@ The split into train/held-out is by a hash of the question, so it is stable acro
 
 from __future__ import annotations
 
-import json
 import re
 from pathlib import Path
 from typing import Any
 
+from llmlab.data.jsonl import read_rows
 from llmlab.data.splits import in_split
 from llmlab.data.trivia import trivia_items
 
@@ -28,49 +28,6 @@ Message = dict[str, str]
 ROLES = ("system", "user", "assistant")
 TRIVIA_PROMPT = "Answer the trivia question with just the answer.\nQuestion: "
 PYDOCS_DIR = Path("/usr/share/doc/python3.11/html/_sources")
-
-
-def _rows(path: Path) -> list[tuple[int, Any]]:
-    """(line number, object) per JSONL line, or per element of a JSON array.
-
-    Shared by the SFT, preference and RL-prompt readers; every way a file can fail to parse
-    (not text, not JSON, nested past the parser's recursion limit) names the file and line."""
-    raw = path.read_bytes()
-    try:
-        text = raw.decode("utf-8-sig")  # -sig: a leading BOM (Windows editors) is dropped
-    except UnicodeDecodeError as e:
-        line = raw.count(b"\n", 0, e.start) + 1
-        raise ValueError(f"{path}:{line}: not UTF-8 text (byte {e.start}); give a .jsonl or "
-                         ".json file") from None
-    if path.suffix == ".json":
-        return [(i + 1, d) for i, d in enumerate(_json_array(text, path))]
-    out = []
-    for n, line in enumerate(text.splitlines(), 1):
-        if not line.strip():
-            continue
-        out.append((n, _loads(line, f"{path}:{n}")))
-    return out
-
-
-def _loads(text: str, where: str) -> Any:
-    try:
-        return json.loads(text)
-    except json.JSONDecodeError as e:
-        raise ValueError(f"{where}: invalid JSON ({e.msg})") from None
-    except RecursionError:  # json's parser recurses per level: '[' * 10**5 exhausts it
-        raise ValueError(f"{where}: JSON nested too deeply") from None
-
-
-def _json_array(text: str, path: Path) -> list[Any]:
-    try:
-        data = json.loads(text)
-    except json.JSONDecodeError as e:
-        raise ValueError(f"{path}:{e.lineno}: invalid JSON ({e.msg})") from None
-    except RecursionError:
-        raise ValueError(f"{path}:1: JSON nested too deeply") from None
-    if not isinstance(data, list):
-        raise ValueError(f"{path}: expected a JSON array of examples")
-    return data  # element number stands in for a line
 
 
 def _str_field(row: Any, key: str, where: str, required: bool = True) -> str:
@@ -112,7 +69,7 @@ def load_file(path: str | Path, fmt: str = "auto") -> list[list[Message]]:
     path = Path(path)
     if not path.exists():
         raise ValueError(f"{path}: no such file")
-    rows = _rows(path)
+    rows = read_rows(path)
     if fmt == "auto":
         first = rows[0][1] if rows else {}
         fmt = "chat" if isinstance(first, dict) and "messages" in first else "alpaca"
