@@ -246,10 +246,17 @@ def make_router(hub: Hub) -> APIRouter:
     def close() -> None:
         closing.set()  # running builds stop at their next batch and delete their folders
         with lock:
+            running = list(builds.values())
+        for b in running:  # a batch takes well under a second; a stuck one can't hold exit
+            b.done.wait(timeout=10)
+        with lock:
             for _, tmp in kbs.values():
                 tmp.cleanup()
             kbs.clear()
         shutil.rmtree(updir, ignore_errors=True)
+        # A build thread that outlived the wait dies with the process: its folder goes now.
+        for p in Path(tempfile.gettempdir()).glob(f"{KB_PREFIX}{os.getpid()}-*"):
+            shutil.rmtree(p, ignore_errors=True)
 
     hub.cleanups.append(close)
 
