@@ -186,7 +186,6 @@ def test_deeply_nested_line_names_the_file_and_line(tmp_path: Path) -> None:
 
 
 def test_preference_and_prompt_readers_share_the_checked_reader(tmp_path: Path) -> None:
-    pytest.importorskip("torch")
     from llmlab.align.data import load_prefs, load_prompts
 
     path = tmp_path / "prefs.jsonl"

@@ -27,9 +27,10 @@ PROJECT = Path(__file__).resolve().parents[2]
 
 @pytest.fixture(autouse=True, scope="module")
 def _strong_sandbox() -> None:
-    # Without bwrap there is nothing to test here; with it, falling back would be a broken setup.
-    if shutil.which("bwrap", path="/usr/bin:/bin:/usr/local/bin") is None:
-        pytest.skip("bubblewrap (bwrap) is not installed: the weak sandbox cannot contain these")
+    # scripts/setup.sh installs bubblewrap: without it these must fail, not skip, as must a
+    # fallback to the weak sandbox, which cannot contain them.
+    assert shutil.which("bwrap", path="/usr/bin:/bin:/usr/local/bin"), (
+        "bubblewrap not installed (apt-get install bubblewrap; scripts/setup.sh does)")
     mech = sandbox._mechanism()
     assert mech.name == "bwrap", f"bwrap is installed but unusable: {mech.why_not}"
 
