@@ -39,6 +39,13 @@ def no_lone_surrogates(text: str) -> str:
 Text = Annotated[str, AfterValidator(no_lone_surrogates)]
 
 
+async def client_gone(request: Request) -> None:
+    """Return once the client hangs up. For a route that has read its body, the next
+    message is the disconnect; the work it started can then be cancelled."""
+    while (await request.receive())["type"] != "http.disconnect":
+        pass
+
+
 def error_body(message: str, kind: str, param: str | None, code: str | None = None) -> dict:
     return {"error": {"message": message, "type": kind, "param": param, "code": code}}
 

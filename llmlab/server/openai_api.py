@@ -19,7 +19,7 @@ from starlette.concurrency import run_in_threadpool
 from llmlab.generate.chat import template_for
 from llmlab.generate.engine import fit_context, make_params
 from llmlab.generate.sampling import SEED_MAX, SEED_MIN
-from llmlab.server.errors import ApiError, no_lone_surrogates, sse_error
+from llmlab.server.errors import ApiError, client_gone, no_lone_surrogates, sse_error
 from llmlab.server.hub import Hub
 from llmlab.server.jsonmode import JSON_SYSTEM, ensure_json_object
 
@@ -94,17 +94,11 @@ class EmbeddingRequest(BaseModel):
         return _clean_texts(v)
 
 
-async def _gone(request: Request) -> None:
-    """Return once the client hangs up (the body is read, so the next message is that)."""
-    while (await request.receive())["type"] != "http.disconnect":
-        pass
-
-
 async def _unless_gone(request: Request, handle: Any) -> Any:
     """The handle's Completion, or None when the client left first: then the request is
     cancelled, so an abandoned non-streamed chat frees its batch slot at the next step."""
     done = asyncio.ensure_future(handle.atext())
-    gone = asyncio.ensure_future(_gone(request))
+    gone = asyncio.ensure_future(client_gone(request))
     try:
         await asyncio.wait({done, gone}, return_when=asyncio.FIRST_COMPLETED)
     finally:

@@ -20,7 +20,7 @@ from fastapi.responses import Response, StreamingResponse
 from pydantic import BaseModel, Field
 from starlette.concurrency import run_in_threadpool
 
-from llmlab.server.errors import ApiError
+from llmlab.server.errors import ApiError, client_gone
 from llmlab.server.hub import Hub
 
 Surface = Literal["quadratic", "bowl", "rosenbrock", "himmelblau"]
@@ -142,8 +142,7 @@ class _Gone(Exception):
 
 
 async def _watch(request: Request, stop: threading.Event) -> None:
-    while (await request.receive())["type"] != "http.disconnect":
-        pass
+    await client_gone(request)
     stop.set()
 
 
