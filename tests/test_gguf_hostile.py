@@ -133,6 +133,6 @@ def test_cli_reports_a_hostile_gguf_in_one_line(tmp_path: Path) -> None:
 
 
 def test_check_accepts_the_real_model() -> None:
-    from llmlab.weights.gguf import check_gguf
+    from llmlab.fileformat import check_gguf
 
     check_gguf(smollm2_gguf_path())  # a valid file passes (and the loaders' tests load it)

@@ -48,7 +48,7 @@ def from_gguf(path: Path, name: str | None = None) -> Tokenizer:
     """Byte-level BPE tokenizer from a GGUF file's ``tokenizer.*`` metadata."""
     import gguf
 
-    from llmlab.weights.gguf import check_gguf
+    from llmlab.fileformat import check_gguf
 
     try:
         check_gguf(path)  # bounded: the reader allocates whatever the header claims

@@ -13,9 +13,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-
-class CorruptFileError(ValueError):
-    """A weights file that can't be parsed: truncated, corrupt, or not the format it claims."""
+from llmlab.fileformat import CorruptFileError
 
 
 @contextlib.contextmanager
