@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import difflib
 import functools
 import sys
 import traceback
 from collections.abc import Callable
+from typing import Any
 
 Handler = Callable[[argparse.Namespace], int]
 
@@ -28,3 +30,32 @@ def guard(fn: Handler) -> Handler:
             return 2
 
     return run
+
+
+def unknown_flags_error(extra: list[str], valid: list[str]) -> str:
+    flags = [a.split("=")[0] for a in extra if a.startswith("--")]
+    msg = f"unknown option(s) {flags or extra}"
+    close = [difflib.get_close_matches(f, valid, n=1, cutoff=0.75) for f in flags]
+    sugg = [f"{f} -> {c[0]}" for f, c in zip(flags, close, strict=True) if c]
+    if sugg:
+        msg += f" (did you mean: {', '.join(sugg)})"
+    return msg + f"; valid options: {' '.join(sorted(valid))}"
+
+
+class StrictParser(argparse.ArgumentParser):
+    """Reports an unknown option with the closest valid one and the full list, instead of
+    argparse's bare 'unrecognized arguments'."""
+
+    def parse_known_args(self, args: Any = None, namespace: Any = None) -> Any:
+        ns, extra = super().parse_known_args(args, namespace)
+        if extra:
+            valid = [s for a in self._actions for s in a.option_strings if s.startswith("--")]
+            self.error(unknown_flags_error(extra, valid))
+        return ns, extra
+
+
+def strict(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """Make a subparser strict: `add_parser` builds the parent's class, so switch it after."""
+    p.__class__ = StrictParser
+    p.allow_abbrev = False  # "--max-step" must not silently mean --max-steps
+    return p

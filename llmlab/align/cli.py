@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from llmlab.train.cli import _guard, _StrictParser
+from llmlab.cliutil import guard, strict
 from llmlab.train.config import TrainConfig, add_dataclass_args, from_flags
 
 ALIGN_TRAIN = dict(max_steps=100, batch_size=4, seq_len=256, lr=5e-6, warmup_steps=5,
@@ -251,8 +251,7 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
     """Register `reward`, `dpo`, `ppo` and `grpo`."""
     for algo in ("reward", "dpo", "ppo", "grpo"):
         p = subparsers.add_parser(algo, help=HELP[algo], description=HELP[algo])
-        p.__class__ = _StrictParser
-        p.allow_abbrev = False
+        strict(p)
         p.add_argument("--out", required=True, help="run directory (required)")
         af = add_dataclass_args(p, AlignConfig, "align", skip=NOT_FOR[algo])
         gf = (add_dataclass_args(p, ALGO_CONFIGS[algo](), algo) if algo in ALGO_CONFIGS
@@ -260,5 +259,5 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
         tf = add_dataclass_args(p, TrainConfig, "training",
                                 defaults=train_defaults(algo, AlignConfig.peft),
                                 notes={"lr": f"{FULL_LR[algo]:g} with --peft none"})
-        fn = _guard(_cmd(algo))
+        fn = guard(_cmd(algo))
         p.set_defaults(fn=fn, func=fn, _align_fields=af, _algo_fields=gf, _train_fields=tf)

@@ -16,7 +16,6 @@ from llmlab.cliutil import guard
 DEFAULT_MODEL = "smollm2-135m-instruct"
 
 
-_guard = guard  # see llmlab/cliutil.py
 
 
 def load_model(name: str, adapter: str | None, dtype: str = "fp32", threads: int | None = None
@@ -124,17 +123,17 @@ def _add_eval_args(p: argparse.ArgumentParser) -> None:
 def add_commands(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser("eval", help="evaluate a model on benchmark tasks")
     _add_eval_args(p)
-    p.set_defaults(fn=_guard(cmd_eval), func=_guard(cmd_eval))
+    p.set_defaults(fn=guard(cmd_eval), func=guard(cmd_eval))
     sub = p.add_subparsers(dest="eval_action", metavar="{compare,judge}")
     c = sub.add_parser("compare", help="table and bar chart (PNG) of eval reports")
     c.add_argument("reports", nargs="+", help="JSON reports from llmlab eval --out")
     c.add_argument("--plot", default=None, help="PNG path (default: compare.png beside the first)")
-    c.set_defaults(fn=_guard(cmd_compare), func=_guard(cmd_compare))
+    c.set_defaults(fn=guard(cmd_compare), func=guard(cmd_compare))
     try:
         from llmlab.eval.judge import add_judge_command
     except ImportError:
         return
-    add_judge_command(sub, _guard, load_model)
+    add_judge_command(sub, guard, load_model)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -9,7 +9,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from llmlab.train.cli import _guard, _StrictParser
+from llmlab.cliutil import guard, strict
 from llmlab.train.config import TrainConfig, add_dataclass_args, from_flags
 
 # SFT defaults that differ from pretraining's (small data, a pretrained model).
@@ -62,14 +62,13 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
         "sft", help="supervised fine-tuning (full or LoRA/DoRA/QLoRA/prompt/prefix/adapter)",
         description="Fine-tune on chat JSONL, Alpaca JSON(L) or a bundled task (trivia, "
                     "pydocs). Every SFT and training field is a flag.")
-    p.__class__ = _StrictParser
-    p.allow_abbrev = False
+    strict(p)
     p.add_argument("--out", required=True, help="run directory (required)")
     sf = add_dataclass_args(p, SFTConfig, "sft")
     tf = add_dataclass_args(p, TrainConfig, "training", defaults=SFT_TRAIN,
                             notes={"lr": f"{FULL_FT_LR:g} with --peft none"})
     assert not set(sf) & set(tf), f"config fields share a flag: {set(sf) & set(tf)}"
-    p.set_defaults(fn=_guard(cmd_sft), func=_guard(cmd_sft), _sft_fields=sf, _train_fields=tf)
+    p.set_defaults(fn=guard(cmd_sft), func=guard(cmd_sft), _sft_fields=sf, _train_fields=tf)
 
     lp = subparsers.add_parser("lora", help="LoRA adapters")
     lsub = lp.add_subparsers(dest="lora_command", required=True)
@@ -80,7 +79,7 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
     m.add_argument("--hf", action="store_true",
                    help="write a transformers directory (config.json) instead of an llmlab "
                         "checkpoint")
-    m.set_defaults(fn=_guard(cmd_lora_merge), func=_guard(cmd_lora_merge))
+    m.set_defaults(fn=guard(cmd_lora_merge), func=guard(cmd_lora_merge))
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -19,7 +19,6 @@ PRICES = Path(__file__).parent / "prices.json"
 COMPARE_DEFAULT = ["gpt2", "cl100k", "smollm2"]
 
 
-_guard = guard  # see llmlab/cliutil.py
 
 
 def _read_input(path: str) -> str:
@@ -33,7 +32,7 @@ def _read_input(path: str) -> str:
         raise ValueError(f"{path}: cannot read ({e.strerror})") from None
 
 
-@_guard
+@guard
 def cmd_train(args: argparse.Namespace) -> int:
     """Train a BPE tokenizer and write our format + tokenizer.json into --out."""
     from llmlab.tokenizer.bpe import train_bpe
@@ -50,7 +49,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
-@_guard
+@guard
 def cmd_encode(args: argparse.Namespace) -> int:
     """Encode --text; print ids and pieces (or JSON)."""
     from llmlab.tokenizer import load_tokenizer
@@ -80,7 +79,7 @@ def load_prices(path: Path = PRICES) -> dict[str, dict[str, Any]]:
     return models
 
 
-@_guard
+@guard
 def cmd_count(args: argparse.Namespace) -> int:
     """Count the tokens of a file (or stdin) and estimate the API cost."""
     from llmlab.tokenizer import load_tokenizer
@@ -117,7 +116,7 @@ def cmd_count(args: argparse.Namespace) -> int:
     return 0
 
 
-@_guard
+@guard
 def cmd_compare(args: argparse.Namespace) -> int:
     """Chars (and bytes) per token of --input under several tokenizers."""
     from llmlab.tokenizer import load_tokenizer

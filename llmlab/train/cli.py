@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from llmlab.cliutil import guard
+from llmlab.cliutil import guard, strict
 from llmlab.model import ModelConfig
 from llmlab.train.config import (
     Derived,
@@ -21,26 +21,12 @@ from llmlab.train.config import (
     check_fields,
     flag_name,
     overrides,
-    unknown_flags_error,
 )
 
 # Set from the tokenizer (or not per-field settable), so they get no flag.
 _MODEL_SKIP = ("extra", "bos_token_id", "eos_token_id", "pad_token_id")
 
 
-class _StrictParser(argparse.ArgumentParser):
-    """Reports an unknown option with the closest valid one and the full list, instead of
-    argparse's bare 'unrecognized arguments'."""
-
-    def parse_known_args(self, args: Any = None, namespace: Any = None) -> Any:
-        ns, extra = super().parse_known_args(args, namespace)
-        if extra:
-            valid = [s for a in self._actions for s in a.option_strings if s.startswith("--")]
-            self.error(unknown_flags_error(extra, valid))
-        return ns, extra
-
-
-_guard = guard  # see llmlab/cliutil.py
 
 
 def cmd_prepare(a: argparse.Namespace) -> int:
@@ -185,14 +171,13 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--shard-tokens", type=int, default=100_000_000,
                    help="tokens per shard file (default: 100000000)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
-    p.set_defaults(fn=_guard(cmd_prepare), func=_guard(cmd_prepare))
+    p.set_defaults(fn=guard(cmd_prepare), func=guard(cmd_prepare))
 
     p = subparsers.add_parser(
         "pretrain", help="train a GPT on text (next-token prediction)",
         description="Every field of the model, training and data configs is a flag; "
                     "`--resume` continues the run in --out from its latest checkpoint.")
-    p.__class__ = _StrictParser  # add_parser builds the parent's class; we want strict flags
-    p.allow_abbrev = False  # "--max-step" must not silently mean --max-steps
+    strict(p)
     p.add_argument("--preset", default=None, help=f"named model/train/data settings, one of: "
                    f"{', '.join(PRESETS)} (default: tiny-cpu; on --resume the run's saved "
                    "config)")
@@ -212,7 +197,7 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
     df = add_dataclass_args(p, DataConfig, "data", defaults=preset["data"], description=note)
     clash = set(tf) & set(mf) | set(tf) & set(df) | set(mf) & set(df)
     assert not clash, f"config fields share a flag: {clash}"
-    p.set_defaults(fn=_guard(cmd_pretrain), func=_guard(cmd_pretrain), _train_fields=tf,
+    p.set_defaults(fn=guard(cmd_pretrain), func=guard(cmd_pretrain), _train_fields=tf,
                    _model_fields=mf, _data_fields=df)
 
     p = subparsers.add_parser("report", help="loss curves (PNG) and summary of a run")
@@ -221,7 +206,7 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--peak-flops", type=float, default=None,
                    help="peak FLOP/s for MFU (default: from the device name, see report.py)")
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
-    p.set_defaults(fn=_guard(cmd_report), func=_guard(cmd_report))
+    p.set_defaults(fn=guard(cmd_report), func=guard(cmd_report))
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -362,16 +362,6 @@ def build(cls: type, values: dict[str, Any], where: str) -> Any:
         raise ValueError(f"{where}: {e}") from None
 
 
-def unknown_flags_error(extra: list[str], valid: list[str]) -> str:
-    flags = [a.split("=")[0] for a in extra if a.startswith("--")]
-    msg = f"unknown option(s) {flags or extra}"
-    close = [difflib.get_close_matches(f, valid, n=1, cutoff=0.75) for f in flags]
-    sugg = [f"{f} -> {c[0]}" for f, c in zip(flags, close, strict=True) if c]
-    if sugg:
-        msg += f" (did you mean: {', '.join(sugg)})"
-    return msg + f"; valid options: {' '.join(sorted(valid))}"
-
-
 @dataclass
 class SFTConfig:
     model: str = "smollm2-135m-instruct"  # model name or directory to fine-tune
