@@ -150,7 +150,7 @@ def run_ours(a: argparse.Namespace, model: Any, tok: Any, rows: list[dict[str, A
              dev: torch.device, deadline: float) -> dict[str, Any]:
     from llmlab.align import grpo_run
     from llmlab.align.config import GRPOConfig
-    from llmlab.generate.chat import ChatTemplate
+    from llmlab.tokenizer.chat_template import ChatTemplate
     from llmlab.train.config import TrainConfig
     from llmlab.train.distributed import init_distributed
     from llmlab.train.loop import Trainer
@@ -325,8 +325,8 @@ def main() -> None:
         print(f"tokenizer saved to {a.save_tokenizer}")
         return
 
-    from llmlab.generate.chat import ChatTemplate
     from llmlab.model import Transformer
+    from llmlab.tokenizer.chat_template import ChatTemplate
     from llmlab.weights.hf import save_hf
 
     torch.manual_seed(0)

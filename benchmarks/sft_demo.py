@@ -48,11 +48,10 @@ def evaluate(model_dir: str | None, adapter: str | None, n: int, threads: int,
              batch: int = 50) -> dict:
     import torch
 
-    import llmlab
     from llmlab.eval.metrics import answer_match
     from llmlab.generate.chat import render_chat
     from llmlab.generate.engine import complete, make_params
-    from llmlab.model.quant import quantize_int8_
+    from llmlab.lm import load_lm
     from llmlab.train.sft_data import exact_match, trivia_examples
 
     torch.set_num_threads(threads)
@@ -60,12 +59,7 @@ def evaluate(model_dir: str | None, adapter: str | None, n: int, threads: int,
     items = trivia_examples("test")
     random.Random(0).shuffle(items)  # a fixed sample drawn from every list
     items = items[:n]
-    lm = llmlab.load(model_dir or "smollm2-135m-instruct")
-    if adapter:
-        from llmlab.peft.model import apply_adapter
-
-        apply_adapter(lm, adapter)  # merges LoRA into the weights
-    quantize_int8_(lm.model)
+    lm = load_lm(model_dir or "smollm2-135m-instruct", "int8", adapter)  # LoRA merged, then int8
     tok = lm.tokenizer
     params = make_params(tok, max_new_tokens=24, temperature=0.0, seed=0)
     t0 = time.perf_counter()

@@ -19,10 +19,10 @@ import time
 import torch
 import torch.nn.functional as F
 
-from llmlab.generate.chat import SMOLLM2_SYSTEM, ChatTemplate
 from llmlab.model import Transformer
 from llmlab.model.config import preset
 from llmlab.peft.model import get_peft_model
+from llmlab.tokenizer.chat_template import SMOLLM2_SYSTEM, ChatTemplate
 from llmlab.tokenizer.loaders import load_tokenizer
 from llmlab.train.sft import IGNORE, pack, sft_loss, tokenize_examples
 from llmlab.train.sft_data import load_examples

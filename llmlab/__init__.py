@@ -7,6 +7,6 @@ __version__ = "0.1.0"
 
 def load(name_or_path: str, **kw: Any) -> Any:
     """Load a named model (`llmlab models`), a checkpoint/HF directory or a .gguf file."""
-    from llmlab.weights.registry import load as _load
+    from llmlab.lm import load as _load  # torch: `import llmlab` (and `llmlab --help`) stays fast
 
     return _load(name_or_path, **kw)

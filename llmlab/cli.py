@@ -1,41 +1,24 @@
-"""`llmlab` command line: a thin layer over the library."""
+"""`llmlab` command line: a thin layer over the library.
+
+Handlers import the library inside: torch and the model code load only when a command runs,
+so `llmlab --help` stays fast.
+"""
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import importlib
 import json
 import sys
 from collections.abc import Callable
 from typing import Any
 
+from llmlab import __version__
+from llmlab.cliutil import DTYPES
+from llmlab.settings import Speed, speed
+
 DEFAULT_MODEL = "smollm2-135m-instruct"
-DTYPES = ("fp32", "bf16", "int8", "int4")
-
-
-def _load(name: str, dtype: str, adapter: str | None = None) -> Any:
-    import torch
-
-    from llmlab.weights.registry import load
-
-    if dtype not in DTYPES:
-        raise ValueError(f"--dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
-    lm = load(name, dtype=torch.float32)
-    if adapter:
-        from llmlab.peft.model import apply_adapter
-
-        apply_adapter(lm, adapter)  # LoRA/DoRA merge into fp32 weights before any cast
-    if dtype == "bf16":
-        lm.model.to(torch.bfloat16)
-    if dtype == "int8":
-        from llmlab.model.quant import quantize_int8_
-
-        quantize_int8_(lm.model)
-    if dtype == "int4":
-        from llmlab.model.quant import quantize_int4_
-
-        quantize_int4_(lm.model)
-    return lm
 
 
 def _seed(text: str) -> int:
@@ -103,12 +86,12 @@ def _threads(a: argparse.Namespace) -> None:
 def cmd_generate(a: argparse.Namespace) -> int:
     from llmlab.generate.chat import stream_chat
     from llmlab.generate.engine import complete, make_params
+    from llmlab.generate.sampling import SamplingParams
+    from llmlab.lm import load_lm
 
     _threads(a)
-    from llmlab.generate.sampling import SamplingParams
-
     SamplingParams(**_sampling(a)).validate()  # fail before the model loads
-    lm = _load(a.model, a.dtype or "fp32", a.adapter)
+    lm = load_lm(a.model, a.dtype or "fp32", a.adapter)
     if lm.kind != "causal-lm":
         raise ValueError(f"model {a.model!r} is a {lm.kind}, not a causal LM: it can't generate")
     if a.chat:
@@ -128,10 +111,11 @@ def cmd_generate(a: argparse.Namespace) -> int:
 def cmd_chat(a: argparse.Namespace) -> int:
     from llmlab.generate.chat import ChatSession
     from llmlab.generate.sampling import SamplingParams
+    from llmlab.lm import load_lm
 
     _threads(a)
     SamplingParams(**_sampling(a)).validate()
-    lm = _load(a.model, a.dtype or "bf16", a.adapter)
+    lm = load_lm(a.model, a.dtype or "bf16", a.adapter)
     session = ChatSession(lm, system=a.system, **_sampling(a))
     tty = sys.stdin.isatty()
     if tty:
@@ -175,9 +159,10 @@ def cmd_chat(a: argparse.Namespace) -> int:
 
 
 def cmd_export_hf(a: argparse.Namespace) -> int:
+    from llmlab.lm import load_lm
     from llmlab.weights.hf import save_hf
 
-    lm = _load(a.model, "fp32")
+    lm = load_lm(a.model)
     out = save_hf(lm.model, a.out_dir, lm.tokenizer)
     print(f"wrote {out} (config.json, model.safetensors, tokenizer files)", file=sys.stderr)
     return 0
@@ -199,10 +184,14 @@ def cmd_models(a: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from llmlab import __version__
-
     p = argparse.ArgumentParser(prog="llmlab", description="A hackable, end-to-end LLM lab.")
     p.add_argument("--version", action="version", version=f"llmlab {__version__}")
+    fields = ", ".join(f.name for f in dataclasses.fields(Speed))
+    p.add_argument("--fast", action="append", default=[], metavar="NAME=VALUE",
+                   help=f"allow (1) or forbid (0) a fast path before the command runs, e.g. "
+                        f"--fast lean_decode=0; NAME is one of {fields} (triton_tiles takes "
+                        "tile settings, e.g. fuse=3); the environment's LLMLAB_* switches set "
+                        "the defaults, see llmlab/settings.py (repeatable; default: all allowed)")
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
 
     g = sub.add_parser("generate", help="complete a prompt (prints only the completion)")
@@ -261,6 +250,8 @@ def main(argv: list[str] | None = None) -> int:
         p.print_help()
         return 2
     try:
+        for spec in a.fast:
+            speed.set(spec)
         return fn(a)
     except KeyboardInterrupt:
         return 130

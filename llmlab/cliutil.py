@@ -12,6 +12,8 @@ from typing import Any
 
 Handler = Callable[[argparse.Namespace], int]
 
+DTYPES = ("fp32", "bf16", "int8", "int4")  # --dtype: what llmlab.lm.to_dtype accepts
+
 # Bad input surfaces as these; anything else is a bug and keeps its traceback.
 EXPECTED = (ValueError, RuntimeError, OSError, ImportError, MemoryError, TypeError)
 

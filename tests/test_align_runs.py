@@ -291,8 +291,9 @@ def test_alignment_from_an_adapter_keeps_its_chat_template(tiny: Path, tmp_path:
     that template and save it with the adapter they write."""
     import llmlab
     from llmlab.align.cli import AlignConfig, _model
-    from llmlab.generate.chat import TEMPLATES, template_for
+    from llmlab.generate.chat import template_for
     from llmlab.peft.model import get_peft_model
+    from llmlab.tokenizer.chat_template import TEMPLATES
 
     zephyr = TEMPLATES["zephyr"]
     pm = get_peft_model(llmlab.load(str(tiny)).model, "lora", r=2, target_modules=["q_proj"])

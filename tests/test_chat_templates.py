@@ -11,7 +11,8 @@ import pytest
 import tokenizers
 import transformers
 
-from llmlab.generate.chat import TEMPLATES, ChatTemplate, load_template, template_for
+from llmlab.generate.chat import template_for
+from llmlab.tokenizer.chat_template import TEMPLATES, ChatTemplate, load_template
 from llmlab.train.sft import IGNORE, encode_chat
 
 MSGS = [{"role": "user", "content": 'Hi {there} #} "x" \\'},

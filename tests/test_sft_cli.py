@@ -153,7 +153,8 @@ def test_chat_template_flag_travels_with_the_adapter_into_merged_hf_exports(setu
     transformers' tokenizer applies it (rendering as ours), and the merged model chats in it;
     a bad template file is refused before any training."""
     import llmlab
-    from llmlab.generate.chat import TEMPLATES, template_for
+    from llmlab.generate.chat import template_for
+    from llmlab.tokenizer.chat_template import TEMPLATES
 
     model, data = setup
     run = tmp_path / "run"

@@ -7,7 +7,8 @@ import json
 import pytest
 import tiktoken
 
-from llmlab.tokenizer.cli import load_prices, main
+from llmlab.cli import main
+from llmlab.tokenizer.cli import load_prices
 
 
 def run(capsys, *argv: str) -> tuple[int, str, str]:

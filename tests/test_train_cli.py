@@ -137,7 +137,7 @@ def test_prune_keeps_the_last_n_and_the_best(tmp_path):
 
 def test_run_without_final_loads_its_best_checkpoint(tmp_path, run):
     import llmlab
-    from llmlab.train.checkpoint import best_checkpoint, list_checkpoints, read_meta
+    from llmlab.weights.rundir import best_checkpoint, list_checkpoints, read_meta
 
     part = tmp_path / "stopped"
     shutil.copytree(run, part)

@@ -1,7 +1,7 @@
 """`llmlab eval`: benchmark a model; `llmlab eval compare`: table + chart of reports;
 `llmlab eval judge`: pairwise LLM-as-judge.
 
-The lead wires `add_commands` into llmlab/cli.py; until then `python -m llmlab.eval.cli ...`.
+Handlers import the library inside, so `llmlab --help` does not load torch.
 """
 
 from __future__ import annotations
@@ -11,11 +11,18 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from llmlab.cliutil import guard
+from llmlab.cliutil import DTYPES, guard
+from llmlab.eval.judge import add_judge_command
+from llmlab.eval.report import (
+    compare_table,
+    label,
+    load_report,
+    make_report,
+    plot_compare,
+    write_report,
+)
 
 DEFAULT_MODEL = "smollm2-135m-instruct"
-
-
 
 
 def load_model(name: str, adapter: str | None, dtype: str = "fp32", threads: int | None = None
@@ -24,11 +31,11 @@ def load_model(name: str, adapter: str | None, dtype: str = "fp32", threads: int
     merged, in fp32 before any cast to bf16/int8)."""
     import torch
 
-    from llmlab.cli import _load
+    from llmlab.lm import load_lm
 
     if threads:
         torch.set_num_threads(threads)
-    lm = _load(name, dtype, adapter)
+    lm = load_lm(name, dtype, adapter)
     if getattr(lm, "kind", "causal-lm") != "causal-lm":
         raise ValueError(f"model {name!r} is a {lm.kind}, not a causal LM: it can't be evaluated")
     lm.model.eval()
@@ -36,7 +43,6 @@ def load_model(name: str, adapter: str | None, dtype: str = "fp32", threads: int
 
 
 def cmd_eval(a: argparse.Namespace) -> int:
-    from llmlab.eval.report import make_report, write_report
     from llmlab.eval.tasks import NEEDS_MODEL, TASK_FORMS, EvalConfig, parse_task, run_task
 
     if not a.task:
@@ -66,8 +72,6 @@ def cmd_eval(a: argparse.Namespace) -> int:
 
 
 def cmd_compare(a: argparse.Namespace) -> int:
-    from llmlab.eval.report import compare_table, label, load_report, plot_compare
-
     if len(a.reports) < 1:
         raise ValueError("compare needs at least one report")
     reps = [(label(r, p), r) for p, r in ((p, load_report(p)) for p in a.reports)]
@@ -111,7 +115,7 @@ def _add_eval_args(p: argparse.ArgumentParser) -> None:
                    help="sandbox seconds per program (default: 5.0)")
     p.add_argument("--workers", type=int, default=2,
                    help="sandbox programs at once (default: 2)")
-    p.add_argument("--dtype", default="fp32", choices=("fp32", "bf16", "int8", "int4"),
+    p.add_argument("--dtype", default="fp32", choices=DTYPES,
                    help="weights: fp32, bf16, or weight-only int8/int4 (int8 fastest on CPU) "
                         "(default: fp32)")
     p.add_argument("--threads", type=int, default=None,
@@ -129,19 +133,4 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
     c.add_argument("reports", nargs="+", help="JSON reports from llmlab eval --out")
     c.add_argument("--plot", default=None, help="PNG path (default: compare.png beside the first)")
     c.set_defaults(fn=guard(cmd_compare), func=guard(cmd_compare))
-    try:
-        from llmlab.eval.judge import add_judge_command
-    except ImportError:
-        return
     add_judge_command(sub, guard, load_model)
-
-
-def main(argv: list[str] | None = None) -> int:
-    """`python -m llmlab.eval.cli ...` is the same as `llmlab ...`."""
-    from llmlab.cli import main as llmlab_main
-
-    return llmlab_main(argv)
-
-
-if __name__ == "__main__":
-    sys.exit(main())

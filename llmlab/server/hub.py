@@ -175,11 +175,9 @@ class Hub:
             return self.lm()
 
         def make() -> Any:
-            from llmlab.model.quant import quantize_int8_
+            from llmlab.lm import to_dtype
 
-            lm = copy.deepcopy(self.lm())
-            quantize_int8_(lm.model)
-            return lm
+            return to_dtype(copy.deepcopy(self.lm()), "int8")
 
         return self._get("gen_lm", make)
 

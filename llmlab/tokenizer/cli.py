@@ -2,7 +2,6 @@
 
 ``add_commands`` registers them on the top-level parser's subparsers; every handler is set as
 ``func`` and returns an exit code (errors print ``error: ...`` to stderr and return 1).
-Run standalone with ``python -m llmlab.tokenizer.cli ...``.
 """
 
 from __future__ import annotations
@@ -14,11 +13,10 @@ from pathlib import Path
 from typing import Any
 
 from llmlab.cliutil import guard
+from llmlab.tokenizer import load_tokenizer, train_bpe
 
 PRICES = Path(__file__).parent / "prices.json"
 COMPARE_DEFAULT = ["gpt2", "cl100k", "smollm2"]
-
-
 
 
 def _read_input(path: str) -> str:
@@ -35,8 +33,6 @@ def _read_input(path: str) -> str:
 @guard
 def cmd_train(args: argparse.Namespace) -> int:
     """Train a BPE tokenizer and write our format + tokenizer.json into --out."""
-    from llmlab.tokenizer.bpe import train_bpe
-
     out = Path(args.out)
     if out.exists() and not out.is_dir():
         raise ValueError(f"--out {out}: exists and is not a directory")
@@ -52,8 +48,6 @@ def cmd_train(args: argparse.Namespace) -> int:
 @guard
 def cmd_encode(args: argparse.Namespace) -> int:
     """Encode --text; print ids and pieces (or JSON)."""
-    from llmlab.tokenizer import load_tokenizer
-
     tok = load_tokenizer(args.tokenizer)
     ids = tok.encode(args.text, allowed_special="all" if args.allow_special else "none")
     pieces = tok.pieces(ids)
@@ -82,8 +76,6 @@ def load_prices(path: Path = PRICES) -> dict[str, dict[str, Any]]:
 @guard
 def cmd_count(args: argparse.Namespace) -> int:
     """Count the tokens of a file (or stdin) and estimate the API cost."""
-    from llmlab.tokenizer import load_tokenizer
-
     if (args.price_in is None) != (args.price_out is None):
         raise ValueError("--price-in and --price-out go together")
     if args.price_model and args.price_in is not None:
@@ -119,8 +111,6 @@ def cmd_count(args: argparse.Namespace) -> int:
 @guard
 def cmd_compare(args: argparse.Namespace) -> int:
     """Chars (and bytes) per token of --input under several tokenizers."""
-    from llmlab.tokenizer import load_tokenizer
-
     text = _read_input(args.input)
     if not text:
         raise ValueError(f"{args.input}: empty input")
@@ -181,13 +171,3 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
                    help="output tokens to expect, for the cost (default: 0)")
     p.set_defaults(func=cmd_count)
 
-
-def main(argv: list[str] | None = None) -> int:
-    """`python -m llmlab.tokenizer.cli ...` is the same as `llmlab ...`."""
-    from llmlab.cli import main as llmlab_main
-
-    return llmlab_main(argv)
-
-
-if __name__ == "__main__":
-    sys.exit(main())

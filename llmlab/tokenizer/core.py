@@ -1,4 +1,4 @@
-"""The Tokenizer: byte-level BPE on tiktoken, with our own save format.
+"""The Tokenizer: byte-level BPE on tiktoken, saved in our own format or as HF's tokenizer.json.
 
 Encoding always runs through ``tiktoken.Encoding`` built from mergeable ranks (fast, Rust).
 Vocabularies whose ids are not in merge order (GGUF / HF files) carry a rank -> id table.
@@ -10,12 +10,13 @@ import base64
 import json
 from collections.abc import Iterable, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import regex
 import tiktoken
 
-from llmlab.tokenizer.bytelevel import merges_from_ranks
+from llmlab.tokenizer.bytelevel import bytes_to_token_str, merges_from_ranks, regex_to_onig
 
 META_FILE = "llmlab_tokenizer.json"
 RANKS_FILE = "tokenizer.tiktoken"
@@ -258,16 +259,60 @@ class Tokenizer:
                    chat_template=meta.get("chat_template"))
 
     def save_hf(self, directory: str | Path) -> Path:
-        """Write tokenizer.json + tokenizer_config.json + special_tokens_map.json."""
-        from llmlab.tokenizer.hf import save_hf
-
-        return save_hf(self, Path(directory))
-
-    @classmethod
-    def from_gguf(cls, path: str | Path) -> Tokenizer:
-        from llmlab.tokenizer.hf import from_gguf
-
-        return from_gguf(Path(path))
+        """Write tokenizer.json (BPE + Split(regex) + ByteLevel) + tokenizer_config.json +
+        special_tokens_map.json, which transformers loads."""
+        out = Path(directory)
+        out.mkdir(parents=True, exist_ok=True)
+        vocab = {bytes_to_token_str(b): i for i, b in self.vocab().items()
+                 if i not in self.special_tokens.values()}
+        vocab.update(self.special_tokens)
+        added = [{"id": i, "content": s, "single_word": False, "lstrip": False, "rstrip": False,
+                  "normalized": False, "special": True}
+                 for s, i in sorted(self.special_tokens.items(), key=lambda kv: kv[1])]
+        byte_level = {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": True,
+                      "use_regex": False}
+        data = {
+            "version": "1.0",
+            "truncation": None,
+            "padding": None,
+            "added_tokens": added,
+            "normalizer": None,
+            "pre_tokenizer": {"type": "Sequence", "pretokenizers": [
+                {"type": "Split", "pattern": {"Regex": regex_to_onig(self.pattern)},
+                 "behavior": "Isolated", "invert": False},
+                byte_level,
+            ]},
+            "post_processor": None,
+            "decoder": {**byte_level, "use_regex": True},
+            "model": {
+                "type": "BPE", "dropout": None, "unk_token": None,
+                "continuing_subword_prefix": None, "end_of_word_suffix": None, "fuse_unk": False,
+                "byte_fallback": False,
+                # tiktoken looks a whole pre-token up before merging; HF does so only with this on.
+                "ignore_merges": True,
+                "vocab": vocab,
+                "merges": [[bytes_to_token_str(a), bytes_to_token_str(b)] for a, b in self.merges],
+            },
+        }
+        (out / "tokenizer.json").write_text(json.dumps(data, ensure_ascii=False), encoding="utf-8")
+        id_to_special = {i: s for s, i in self.special_tokens.items()}
+        named = {k: id_to_special[v]
+                 for k, v in [("bos_token", self.bos_id), ("eos_token", self.eos_id)]
+                 if v is not None and v in id_to_special}
+        config: dict[str, Any] = {
+            "tokenizer_class": "PreTrainedTokenizerFast",
+            "add_bos_token": False,
+            "add_eos_token": False,
+            "clean_up_tokenization_spaces": False,
+            "model_max_length": 1_000_000_000,
+            **named,
+        }
+        if self.chat_template is not None:
+            config["chat_template"] = self.chat_template
+        (out / "tokenizer_config.json").write_text(json.dumps(config, indent=1, ensure_ascii=False),
+                                                   encoding="utf-8")
+        (out / "special_tokens_map.json").write_text(json.dumps(named, indent=1), encoding="utf-8")
+        return out
 
 
 def _read_ranks(path: Path) -> dict[bytes, int]:

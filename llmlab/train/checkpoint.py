@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import random
-import re
 import shutil
 from pathlib import Path
 from typing import Any
@@ -21,11 +20,11 @@ from typing import Any
 import numpy as np
 import torch
 
-CKPT_DIR = "checkpoints"
+from llmlab.weights.rundir import CKPT_DIR, list_checkpoints, read_meta
+
 # A scalar head (reward model, PPO value head) is saved beside the model's own files, since
 # neither llmlab.json checkpoints nor PEFT adapters have a place for it; resume merges it in.
 HEAD_WEIGHTS = "score_head.safetensors"
-_STEP = re.compile(r"^step_(\d+)$")
 
 
 def rng_state() -> dict[str, Any]:
@@ -49,23 +48,6 @@ def set_rng_state(s: dict[str, Any]) -> None:
 
 def step_dir(run_dir: Path, step: int) -> Path:
     return run_dir / CKPT_DIR / f"step_{step:07d}"
-
-
-def list_checkpoints(run_dir: Path) -> list[tuple[int, Path]]:
-    """Complete checkpoints, oldest first (temp dirs of interrupted writes have other names)."""
-    root = run_dir / CKPT_DIR
-    if not root.is_dir():
-        return []
-    out = []
-    for p in root.iterdir():
-        m = _STEP.match(p.name)
-        if m and (p / "meta.json").exists() and (p / "trainer.pt").exists():
-            out.append((int(m.group(1)), p))
-    return sorted(out)
-
-
-def read_meta(path: Path) -> dict[str, Any]:
-    return json.loads((path / "meta.json").read_text())
 
 
 def save(path: Path, trainer_state: dict[str, Any], meta: dict[str, Any],
@@ -97,12 +79,6 @@ def prune(run_dir: Path, keep_last: int) -> None:
     for _, p in ckpts:
         if p not in keep and p != best:
             shutil.rmtree(p, ignore_errors=True)
-
-
-def best_checkpoint(run_dir: Path) -> Path | None:
-    scored = [(read_meta(p).get("val_loss"), p) for _, p in list_checkpoints(run_dir)]
-    scored = [(v, p) for v, p in scored if v is not None]
-    return min(scored, key=lambda vp: vp[0])[1] if scored else None
 
 
 def check_compatible(saved: dict[str, Any], current: dict[str, Any], where: Path) -> None:

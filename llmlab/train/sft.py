@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from llmlab.generate.chat import ChatTemplate
+from llmlab.tokenizer.chat_template import ChatTemplate
 from llmlab.train.config import SFTConfig, TrainConfig
 
 IGNORE = -100
@@ -162,7 +162,8 @@ def sft_loss(model: nn.Module, batch: dict[str, torch.Tensor]
 
 def run_sft(scfg: SFTConfig, tcfg: TrainConfig, run_dir: str | Path) -> dict[str, Any]:
     import llmlab
-    from llmlab.generate.chat import load_template, set_template, template_for
+    from llmlab.generate.chat import set_template, template_for
+    from llmlab.tokenizer.chat_template import load_template
     from llmlab.train.distributed import init_distributed, shutdown
     from llmlab.train.loop import Trainer
     from llmlab.train.sft_data import load_examples

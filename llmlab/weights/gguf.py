@@ -12,6 +12,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from tqdm import tqdm
 
 from llmlab.fileformat import CorruptFileError, check_gguf
 from llmlab.model.config import ModelConfig
@@ -31,7 +32,7 @@ _LAYER_MAP = {
 
 
 def open_gguf(path: str | Path) -> Any:
-    from gguf import GGUFReader
+    from gguf import GGUFReader  # its import takes most of a second: only when a GGUF is read
 
     path = Path(path)
     if not path.exists():
@@ -93,7 +94,7 @@ def _round_eps(eps: float) -> float:
 def load_gguf(
     path: str | Path, progress: bool = False
 ) -> tuple[ModelConfig, dict[str, torch.Tensor]]:
-    from gguf.quants import dequantize
+    from gguf.quants import dequantize  # as open_gguf
 
     reader = open_gguf(path)
     cfg = gguf_config(reader, path)
@@ -101,8 +102,6 @@ def load_gguf(
     sd: dict[str, torch.Tensor] = {}
     tensors = reader.tensors
     if progress:
-        from tqdm import tqdm
-
         tensors = tqdm(tensors, desc=f"dequantising {Path(path).name}", unit="tensor", leave=False)
     try:
         for t in tensors:

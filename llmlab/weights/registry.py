@@ -1,4 +1,5 @@
-"""Named models that ship offline inside Python packages, and `load()` for names or directories."""
+"""Named models that ship offline inside Python packages, and `load_weights()` for names,
+directories or .gguf files."""
 
 from __future__ import annotations
 
@@ -7,52 +8,33 @@ import hashlib
 import importlib.util
 import json
 import os
-import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 
 from llmlab.model.config import ModelConfig
 from llmlab.model.transformer import Transformer
-from llmlab.weights.io import load_safetensors, save_safetensors
+from llmlab.tokenizer import Tokenizer, load_tokenizer
+from llmlab.tokenizer.core import META_FILE
+from llmlab.tokenizer.hf import from_gguf
+from llmlab.weights.gguf import load_gguf
+from llmlab.weights.hf import load_hf_dir
+from llmlab.weights.io import atomic_dir, load_safetensors, save_safetensors
+from llmlab.weights.rundir import LLMLAB_CONFIG, run_model_dir
+from llmlab.weights.wordpiece import WordPieceTokenizer
 
-LLMLAB_CONFIG = "llmlab.json"  # our own checkpoints: ModelConfig + our key names
 
-
-@dataclass
-class LoadedModel:
-    """A model with its tokenizer: what `llmlab.load` returns."""
+class Weights(NamedTuple):
+    """A model with its tokenizer, as a loader finds them; llmlab.lm wraps it as LoadedModel."""
 
     name: str
     model: Transformer
     tokenizer: Any
     kind: str  # "causal-lm" | "encoder" | "seq2seq"
     source: str
-
-    @property
-    def cfg(self) -> ModelConfig:
-        return self.model.cfg
-
-    def generate(self, prompt: str | list[str], **kw: Any) -> Any:
-        from llmlab.generate.engine import generate_text
-
-        return generate_text(self, prompt, **kw)
-
-    def chat(self, messages: list[dict[str, str]], **kw: Any) -> str:
-        from llmlab.generate.chat import chat
-
-        return chat(self, messages, **kw)
-
-    def embed(self, texts: list[str], batch_size: int = 64, normalize: bool = True) -> torch.Tensor:
-        from llmlab.model.pooling import embed
-
-        return embed(self, texts, batch_size=batch_size, normalize=normalize)
-
-    def save(self, out_dir: str | Path) -> Path:
-        return save_checkpoint(self.model, out_dir, self.tokenizer)
 
 
 @dataclass
@@ -153,15 +135,11 @@ def build(cfg: ModelConfig, sd: dict[str, torch.Tensor], where: str) -> Transfor
     return model.eval()
 
 
-def _load_smollm2(dtype: torch.dtype) -> LoadedModel:
-    lm = _load_gguf_file(_smollm2_file(), dtype)
-    lm.name = "smollm2-135m-instruct"
-    return lm
+def _load_smollm2(dtype: torch.dtype) -> Weights:
+    return _load_gguf_file(_smollm2_file(), dtype)._replace(name="smollm2-135m-instruct")
 
 
-def _load_gguf_file(path: Path, dtype: torch.dtype) -> LoadedModel:
-    from llmlab.weights.gguf import load_gguf
-
+def _load_gguf_file(path: Path, dtype: torch.dtype) -> Weights:
     st = path.stat()
     key = hashlib.sha1(f"{path}:{st.st_size}:{st.st_mtime_ns}".encode()).hexdigest()[:12]
     cached = cache_dir() / f"{path.stem}-{key}"
@@ -177,29 +155,23 @@ def _load_gguf_file(path: Path, dtype: torch.dtype) -> LoadedModel:
             cfg.save(cached / LLMLAB_CONFIG)
         except OSError:
             pass
-    from llmlab.tokenizer import Tokenizer
-    from llmlab.tokenizer.core import META_FILE
-
     # Parsing 49k tokens and merges out of GGUF metadata takes seconds; our format loads fast.
     # The metadata file is written last, so its presence means the cached copy is whole.
     if (cached / META_FILE).exists():
         try:
             tok = Tokenizer.load(cached)
         except (ValueError, OSError):
-            tok = Tokenizer.from_gguf(path)
+            tok = from_gguf(path)
     else:
-        tok = Tokenizer.from_gguf(path)
+        tok = from_gguf(path)
         with contextlib.suppress(OSError):
             tok.save(cached)
     cfg.extra["chat_template"] = tok.chat_template
     model = build(cfg, sd, str(path)).to(dtype)
-    return LoadedModel(path.stem, model, tok, "causal-lm", str(path))
+    return Weights(path.stem, model, tok, "causal-lm", str(path))
 
 
-def _load_minilm(dtype: torch.dtype) -> LoadedModel:
-    from llmlab.weights.hf import load_hf_dir
-    from llmlab.weights.wordpiece import WordPieceTokenizer
-
+def _load_minilm(dtype: torch.dtype) -> Weights:
     path = _minilm_dir()
     cfg, sd = load_hf_dir(path)
     cfg.extra["pooling"] = "mean"
@@ -207,7 +179,7 @@ def _load_minilm(dtype: torch.dtype) -> LoadedModel:
     st_cfg = path / "sentence_bert_config.json"
     max_len = json.loads(st_cfg.read_text()).get("max_seq_length", 256) if st_cfg.exists() else 256
     model = build(cfg, sd, str(path)).to(dtype)
-    return LoadedModel(
+    return Weights(
         "minilm-l6-v2", model, WordPieceTokenizer(path, max_len), "encoder", str(path)
     )
 
@@ -218,15 +190,13 @@ def _kind(cfg: ModelConfig) -> str:
     return "causal-lm" if cfg.causal and cfg.lm_head else "encoder"
 
 
-def _load_dir(path: Path, dtype: torch.dtype) -> LoadedModel:
+def _load_dir(path: Path, dtype: torch.dtype) -> Weights:
     if not (path / LLMLAB_CONFIG).exists():
-        path = _run_model_dir(path)
+        path = run_model_dir(path)
     if (path / LLMLAB_CONFIG).exists():
         cfg = ModelConfig.load(path / LLMLAB_CONFIG)
         sd = load_safetensors(path / "model.safetensors")
     elif (path / "config.json").exists():
-        from llmlab.weights.hf import load_hf_dir
-
         cfg, sd = load_hf_dir(path)
     else:
         raise FileNotFoundError(f"{path}: no {LLMLAB_CONFIG} or config.json; not a model directory")
@@ -234,25 +204,7 @@ def _load_dir(path: Path, dtype: torch.dtype) -> LoadedModel:
     if tok is not None and getattr(tok, "chat_template", None):
         cfg.extra.setdefault("chat_template", tok.chat_template)
     model = build(cfg, sd, str(path)).to(dtype)
-    return LoadedModel(path.name, model, tok, _kind(cfg), str(path))
-
-
-def _run_model_dir(path: Path) -> Path:
-    """A training run dir resolves to its finished model, or (stopped early) to its best
-    checkpoint by val loss, else its latest; any other dir is returned unchanged."""
-    if (path / "final" / LLMLAB_CONFIG).exists():
-        return path / "final"
-    if not ((path / "checkpoints").is_dir() or (path / "run.json").exists()):
-        return path  # not a training run
-    from llmlab.train.checkpoint import best_checkpoint, list_checkpoints
-
-    found = list_checkpoints(path)
-    ckpt = best_checkpoint(path) or (found[-1][1] if found else None)
-    if ckpt is None:
-        raise FileNotFoundError(f"{path}: a training run with no final/ model and no complete "
-                                "checkpoint yet")
-    print(f"{path}: no final/ model yet; loading {ckpt.name}", file=sys.stderr)
-    return ckpt / "model"
+    return Weights(path.name, model, tok, _kind(cfg), str(path))
 
 
 def load_dir_tokenizer(path: Path) -> Any:
@@ -260,18 +212,14 @@ def load_dir_tokenizer(path: Path) -> Any:
         return None
     tj = path / "tokenizer.json"
     if tj.exists() and json.loads(tj.read_text()).get("model", {}).get("type") == "WordPiece":
-        from llmlab.weights.wordpiece import WordPieceTokenizer
-
         return WordPieceTokenizer(path)
-    from llmlab.tokenizer import load_tokenizer
-
     try:
         return load_tokenizer(str(path))
     except (FileNotFoundError, ValueError):
         return None
 
 
-_LOADERS: dict[str, Callable[[torch.dtype], LoadedModel]] = {
+_LOADERS: dict[str, Callable[[torch.dtype], Weights]] = {
     "smollm2-135m-instruct": _load_smollm2,
     "minilm-l6-v2": _load_minilm,
 }
@@ -281,10 +229,10 @@ class UnknownModelError(ValueError):
     pass
 
 
-def load(
+def load_weights(
     name_or_path: str | Path, dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu"
-) -> LoadedModel:
-    """`load("smollm2-135m-instruct")`, `load("minilm-l6-v2")` or `load("<checkpoint dir>")`."""
+) -> Weights:
+    """A registered name (`llmlab models`), a checkpoint, run or HF directory, or a .gguf file."""
     key = ALIASES.get(str(name_or_path), str(name_or_path))
     if key in _LOADERS:
         spec = REGISTRY[key]
@@ -292,28 +240,25 @@ def load(
             spec.find()
         except (ModuleNotFoundError, ImportError) as e:
             raise UnknownModelError(f"model {key!r} needs a package: {spec.install}") from e
-        lm = _LOADERS[key](dtype)
+        w = _LOADERS[key](dtype)
     else:
         path = Path(name_or_path)
         if path.is_file() and path.suffix == ".gguf":
-            lm = _load_gguf_file(path, dtype)
-            lm.model.to(device)
-            return lm
-        if not path.is_dir():
+            w = _load_gguf_file(path, dtype)
+        elif not path.is_dir():
             known = ", ".join(sorted(REGISTRY))
             raise UnknownModelError(
                 f"unknown model {str(name_or_path)!r}: not a registered name ({known}), "
                 "a checkpoint directory or a .gguf file"
             )
-        lm = _load_dir(path, dtype)
-    lm.model.to(device)
-    return lm
+        else:
+            w = _load_dir(path, dtype)
+    w.model.to(device)
+    return w
 
 
 def save_checkpoint(model: Transformer, out_dir: str | Path, tokenizer: Any = None) -> Path:
     """Our own format: llmlab.json + model.safetensors (our key names), written atomically."""
-    from llmlab.weights.io import atomic_dir
-
     cfg = model.cfg
     sd = {k: v for k, v in model.state_dict().items()}
     if cfg.lm_head and cfg.tie_embeddings:

@@ -10,12 +10,11 @@ import shutil
 from pathlib import Path
 
 import torch
+from tokenizers import Tokenizer as HFTok
 
 
 class WordPieceTokenizer:
     def __init__(self, path: str | Path, max_length: int = 512) -> None:
-        from tokenizers import Tokenizer as HFTok
-
         self.path = Path(path)
         self._tok = HFTok.from_file(str(self.path / "tokenizer.json"))
         self._tok.no_padding()
