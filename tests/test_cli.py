@@ -134,3 +134,17 @@ def test_output_path_that_is_not_ours_is_refused_not_replaced(tmp_path):
     for _ in range(2):  # an earlier export (or an empty dir) is replaced
         r = run("export-hf", str(tmp_path / "ck"), str(tmp_path / "hf"))
         assert r.returncode == 0 and (tmp_path / "hf" / "config.json").exists(), r.stderr
+
+
+def test_fast_flag_sets_a_speed_switch_and_names_the_fields_when_wrong():
+    from llmlab.settings import speed, speed_override
+
+    with speed_override(lean_decode=True):  # restores every field after the in-process runs
+        r = run("--fast", "lean_decode=0", "models")
+        assert r.returncode == 0, r.stderr
+        assert speed.lean_decode is False
+        r = run("--fast", "bogus=1", "models")
+        assert r.returncode == 2
+        assert r.stderr.startswith("error: --fast 'bogus=1'"), r.stderr
+        assert "lean_decode" in r.stderr and "triton_tiles" in r.stderr and "lora_fast" in r.stderr
+    assert "--fast NAME=VALUE" in run("--help").stdout
