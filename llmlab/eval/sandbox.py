@@ -22,16 +22,15 @@ Both: an isolated interpreter (``-I -S``) with an empty environment, ``setrlimit
 space, processes, file size), and in-process guards that refuse sockets and writes outside the work
 dir (a clear error for honest code; a layer, not the wall).
 
-Used by ``humaneval`` and by code rewards in alignment: ``run_code(src).passed``.
+Used by ``humaneval`` and by code rewards in alignment: ``run_code(src).passed``. The bwrap
+command line lives in sandbox_bwrap.py, the in-sandbox guards in sandbox_guard.py.
 """
 
 from __future__ import annotations
 
 import ctypes
-import json
 import os
 import resource
-import select
 import shutil
 import signal
 import stat
@@ -45,67 +44,10 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
+from llmlab.eval.sandbox_bwrap import BOOT, WORK, wait_bwrap
+
 CLONE_NEWNET = 0x40000000
 NOBODY = 65534
-# Inside the bwrap sandbox: the private tmpfs, and the work dir in it (fixed, so output is stable).
-_TMP = "/tmp"
-_WORK = "/tmp/sandbox"
-_SHM_MB = 1  # /dev/shm: enough for a few semaphores, not a second disk
-
-# Runs in the child before the untrusted file: limits that must be set inside the sandbox, then
-# guards that block sockets and writes outside the cwd. argv: program path, RLIMIT_NPROC (0: keep).
-_BOOT = r"""
-import builtins, io, os, resource, socket, sys
-if int(sys.argv[2]):
-    resource.setrlimit(resource.RLIMIT_NPROC, (int(sys.argv[2]), int(sys.argv[2])))
-_root = os.path.realpath(os.getcwd())
-def _inside(p):
-    try:
-        p = os.fspath(p)
-    except TypeError:
-        return True  # file descriptors: already opened under these rules
-    if isinstance(p, bytes):
-        p = os.fsdecode(p)
-    p = os.path.realpath(p)
-    return p == _root or p.startswith(_root + os.sep)
-def _deny(*a, **k):
-    raise PermissionError("sandbox: network access is disabled")
-class _NoSocket(socket.socket):
-    def __init__(self, *a, **k):
-        _deny()
-socket.socket = _NoSocket
-socket.create_connection = _deny
-socket.socketpair = _deny
-_open = builtins.open
-def _guarded_open(file, mode="r", *a, **k):
-    if any(c in mode for c in "wax+") and not _inside(file):
-        raise PermissionError(f"sandbox: writing outside the sandbox directory: {file!r}")
-    return _open(file, mode, *a, **k)
-builtins.open = io.open = _guarded_open
-_os_open = os.open
-_W = os.O_WRONLY | os.O_RDWR | os.O_CREAT | os.O_APPEND | os.O_TRUNC
-def _guarded_os_open(path, flags, *a, **k):
-    if flags & _W and not _inside(path):
-        raise PermissionError(f"sandbox: writing outside the sandbox directory: {path!r}")
-    return _os_open(path, flags, *a, **k)
-os.open = _guarded_os_open
-def _guard_path(fn, n=1):
-    def g(*a, **k):
-        if not all(_inside(x) for x in a[:n]):
-            raise PermissionError(f"sandbox: {fn.__name__} outside the sandbox directory")
-        return fn(*a, **k)
-    return g
-for _n, _k in (("remove", 1), ("unlink", 1), ("rmdir", 1), ("mkdir", 1), ("makedirs", 1),
-               ("rename", 2), ("replace", 2), ("chmod", 1), ("truncate", 1), ("symlink", 2),
-               ("link", 2)):
-    if hasattr(os, _n):
-        setattr(os, _n, _guard_path(getattr(os, _n), _k))
-del _n, _k
-sys.argv = [sys.argv[1]]
-_src = _open(sys.argv[0], encoding="utf-8").read()
-_g = {"__name__": "__main__", "__file__": sys.argv[0], "__builtins__": builtins}
-exec(compile(_src, sys.argv[0], "exec"), _g)
-"""
 
 
 @dataclass
@@ -209,69 +151,6 @@ def _preexec_bwrap(limits: Limits, drop: bool) -> None:
         _drop_to_nobody()
 
 
-def _python_binds(python: str) -> list[str]:
-    """Read-only binds that make `python` (a resolved path) and its stdlib work in the sandbox."""
-    prefixes = {str(Path(python).parent.parent)}  # <prefix>/bin/python3.X
-    if os.path.realpath(sys.executable) == python:
-        prefixes.add(os.path.realpath(sys.base_prefix))
-    home = os.path.realpath(Path.home())
-    binds: list[str] = []
-    for pre in sorted(prefixes):
-        if pre == "/usr" or pre.startswith("/usr/"):  # bound anyway
-            continue
-        if pre == "/" or home == pre or home.startswith(pre.rstrip("/") + "/"):
-            # Binding it would show the whole home (or root) to the code: refuse, loudly.
-            raise RuntimeError(f"sandbox: the Python install at {pre} would expose {home}")
-        binds += ["--ro-bind", pre, pre]
-    return binds
-
-
-def _bwrap_argv(
-    mech: _Mechanism, python: str, limits: Limits, prog_fd: int, info_fd: int
-) -> list[str]:
-    mb = 1024 * 1024
-    argv = [
-        str(mech.bwrap),
-        "--unshare-user", "--unshare-pid", "--unshare-net", "--unshare-ipc", "--unshare-uts",
-        "--unshare-cgroup-try",
-    ]
-    if mech.disable_userns:  # no nested user namespace, in which the code could mount a tmpfs
-        argv.append("--disable-userns")  # of its own, past the disk cap
-    argv += [
-        # bwrap exits as soon as the program does; then its PID 1 dies with it, and the kernel
-        # kills whatever the program left running in the namespace.
-        "--die-with-parent",
-        "--new-session",  # no TIOCSTI into a terminal
-        "--ro-bind", "/usr", "/usr",
-    ]
-    for top in ("/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32"):
-        if os.path.islink(top):  # merged /usr: keep the symlink, the target is bound
-            argv += ["--symlink", os.readlink(top), top]
-        elif os.path.isdir(top):
-            argv += ["--ro-bind", top, top]
-    for f in ("/etc/ld.so.cache", "/etc/localtime"):
-        argv += ["--ro-bind-try", f, f]
-    argv += _python_binds(python)
-    argv += [
-        "--proc", "/proc",
-        "--dev", "/dev",
-        "--size", str(_SHM_MB * mb), "--tmpfs", "/dev/shm",
-        "--remount-ro", "/dev",  # the /dev tmpfs itself would be an uncapped disk
-        "--size", str(limits.max_disk_mb * mb), "--perms", "1777", "--tmpfs", _TMP,
-        "--dir", _WORK,
-        "--file", str(prog_fd), f"{_WORK}/main.py",
-        "--remount-ro", "/",
-        "--chdir", _WORK,
-        "--clearenv",
-        "--setenv", "PATH", "/usr/bin:/bin",
-        "--setenv", "LANG", "C.UTF-8",
-        "--setenv", "PYTHONHASHSEED", "0",
-        "--info-fd", str(info_fd),
-        python, "-I", "-S", "-c", _BOOT, f"{_WORK}/main.py", str(limits.max_procs),
-    ]
-    return argv
-
-
 def _tail(path: Path, n: int) -> str:
     try:
         with path.open("rb") as f:
@@ -292,31 +171,6 @@ def _kill_group(pid: int) -> None:
         time.sleep(0.01)
 
 
-def _sandbox_init(info_r: int, bwrap_pid: int, deadline: float) -> int | None:
-    """A pidfd for the sandbox's PID 1, from bwrap's --info-fd (written right after clone)."""
-    data = b""
-    poll = select.poll()
-    poll.register(info_r, select.POLLIN)
-    while b"}" not in data and poll.poll(max(0, int((deadline - time.monotonic()) * 1000))):
-        chunk = os.read(info_r, 4096)
-        if not chunk:
-            break  # bwrap failed before the clone
-        data += chunk
-    try:
-        pid = int(json.loads(data)["child-pid"])
-        pidfd = os.pidfd_open(pid)
-        # Only bwrap writes that pipe, but we will SIGKILL this PID: be sure it is bwrap's child,
-        # checked after pidfd_open so that the PID cannot be reused in between.
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            ppid = int(f.read().rsplit(b")", 1)[1].split()[1])
-    except (OSError, ValueError, KeyError, TypeError, IndexError):
-        return None
-    if ppid != bwrap_pid:
-        os.close(pidfd)
-        return None
-    return pidfd
-
-
 def _run(source: str, limits: Limits, mech: _Mechanism) -> SandboxResult:
     drop = _can_drop()
     python = _interpreter(drop)
@@ -326,7 +180,7 @@ def _run(source: str, limits: Limits, mech: _Mechanism) -> SandboxResult:
         prog.write_text(source, encoding="utf-8")
         if mech.bwrap:
             python = os.path.realpath(python)  # no venv indirection: the real install is bound
-            work = _WORK
+            work = WORK
         else:
             wdir = Path(tmp) / "work"
             wdir.mkdir()
@@ -342,7 +196,9 @@ def _run(source: str, limits: Limits, mech: _Mechanism) -> SandboxResult:
         with out_p.open("wb") as out, err_p.open("wb") as err:
             common = dict(stdin=subprocess.DEVNULL, stdout=out, stderr=err)
             if mech.bwrap:
-                rc = _wait_bwrap(mech, python, prog, limits, drop, common)
+                rc = wait_bwrap(str(mech.bwrap), mech.disable_userns, python, prog,
+                                limits.timeout, limits.max_disk_mb, limits.max_procs,
+                                lambda: _preexec_bwrap(limits, drop), common)
             else:
                 rc = _wait_rlimits(python, prog, limits, drop, common)
         secs = time.monotonic() - t0
@@ -360,7 +216,7 @@ def _wait_rlimits(
 ) -> int | None:
     """Run the program as a plain subprocess; its return code, None on timeout."""
     proc = subprocess.Popen(
-        [python, "-I", "-S", "-c", _BOOT, str(prog), "0"],
+        [python, "-I", "-S", "-c", BOOT, str(prog), "0"],
         cwd=prog.parent,
         env={"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8", "PYTHONHASHSEED": "0"},
         start_new_session=True,  # own process group: killpg reaches forked children
@@ -374,53 +230,6 @@ def _wait_rlimits(
         proc.kill()
         proc.wait()  # reap the leader first, or killpg keeps finding its zombie
     _kill_group(proc.pid)  # and anything the code left running (if it stayed in the group)
-    return rc
-
-
-def _wait_bwrap(
-    mech: _Mechanism, python: str, prog: Path, limits: Limits, drop: bool, common: dict[str, object]
-) -> int | None:
-    """Run the program under bwrap; its return code (-N: killed by signal N), None on timeout.
-
-    Returns only once every process of the run is gone.
-    """
-    deadline = time.monotonic() + limits.timeout
-    info_r, info_w = os.pipe()
-    prog_fd = os.open(prog, os.O_RDONLY)
-    init = None
-    try:
-        proc = subprocess.Popen(
-            _bwrap_argv(mech, python, limits, prog_fd, info_w),
-            cwd="/",
-            env={"PATH": "/usr/bin:/bin"},
-            pass_fds=(prog_fd, info_w),
-            start_new_session=True,
-            preexec_fn=lambda: _preexec_bwrap(limits, drop),
-            **common,  # type: ignore[arg-type]
-        )
-        os.close(info_w)
-        info_w = -1
-        init = _sandbox_init(info_r, proc.pid, deadline)
-        try:
-            rc: int | None = proc.wait(timeout=max(0.0, deadline - time.monotonic()))
-        except subprocess.TimeoutExpired:
-            rc = None
-            if init is not None:  # PID 1 first: the kernel then kills the whole namespace
-                signal.pidfd_send_signal(init, signal.SIGKILL)
-            proc.kill()  # and bwrap, whose death kills PID 1 too (--die-with-parent)
-            proc.wait()
-        if init is not None:
-            # PID 1 dies with bwrap, and exits only once every process of its namespace is gone.
-            poll = select.poll()
-            poll.register(init, select.POLLIN)
-            poll.poll(5000)
-    finally:
-        for fd in (info_r, info_w, prog_fd, -1 if init is None else init):
-            if fd >= 0:
-                os.close(fd)
-    # bwrap reports a child killed by signal N as exit status 128 + N; report it as Popen does.
-    if rc is not None and 128 < rc < 128 + signal.NSIG:
-        rc = 128 - rc
     return rc
 
 

@@ -9,6 +9,7 @@ import pytest
 
 from llmlab.eval import sandbox
 from llmlab.eval.sandbox import Limits, run_code, run_many, sandbox_mechanism
+from llmlab.eval.sandbox_bwrap import python_binds
 
 FAST = Limits(timeout=3.0, cpu_seconds=2, memory_mb=256, max_procs=8)
 
@@ -120,7 +121,7 @@ def test_a_python_install_holding_the_home_is_not_bound(monkeypatch: pytest.Monk
     monkeypatch.setattr(sandbox.Path, "home", staticmethod(lambda: sandbox.Path("/opt/me")))
     for python in ("/opt/me/bin/python3", "/opt/bin/python3", "/bin/python3"):
         with pytest.raises(RuntimeError, match="would expose /opt/me"):
-            sandbox._python_binds(python)
+            python_binds(python)
     ok = "/opt/me/.pyenv/versions/3.11.7"
-    assert sandbox._python_binds(ok + "/bin/python3.11") == ["--ro-bind", ok, ok]
-    assert sandbox._python_binds("/usr/local/bin/python3.11") == []
+    assert python_binds(ok + "/bin/python3.11") == ["--ro-bind", ok, ok]
+    assert python_binds("/usr/local/bin/python3.11") == []
