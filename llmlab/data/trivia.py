@@ -9,6 +9,7 @@ that training used.
 
 from __future__ import annotations
 
+import importlib.util
 from pathlib import Path
 from typing import Any
 
@@ -22,8 +23,6 @@ GENERAL_LISTS = ("general", "geography", "uscapitals", "elements", "artandlitera
 
 
 def trivia_dir() -> Path:
-    import importlib.util
-
     spec = importlib.util.find_spec("redbot")
     if spec is None or not spec.submodule_search_locations:
         raise RuntimeError("trivia data needs the trivia lists: "
@@ -35,7 +34,7 @@ def trivia_items(split: str | None = None, lists: tuple[str, ...] | None = None
                  ) -> list[dict[str, Any]]:
     """[{question, answers, list}] in list-name then file order; `split` "train"/"test" keeps
     one side of the hash split (None: all); `lists` limits to those list names."""
-    import yaml
+    import yaml  # a fifth of a second, for the trivia lists only
 
     root = trivia_dir()
     if lists is None:

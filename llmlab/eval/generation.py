@@ -10,6 +10,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from llmlab.generate.chat import encode_prompts
+from llmlab.generate.engine import complete, make_params
 
 
 def generate(
@@ -33,8 +34,6 @@ def generate(
     Prompts are sorted by length before batching so a batch pads little; every batch gets its
     own seed derived from `seed` and its index, so results don't depend on what ran before.
     """
-    from llmlab.generate.engine import complete, make_params
-
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     ids = encode_prompts(lm, prompts, chat, system, prefill)

@@ -19,6 +19,7 @@ from typing import Any
 
 from llmlab.data.jsonl import read_jsonl, read_text
 from llmlab.eval.metrics import wilson_interval
+from llmlab.eval.report import make_report, write_report
 
 JUDGE_PROMPT = """You are judging two answers to the same question.
 
@@ -107,7 +108,7 @@ def listed_model(base_url: str, timeout: float = 30.0, api_key: str | None = Non
     The judge's default model name: guessing one instead would only make every request fail
     later, after the answers were generated, so an endpoint that can't be reached or lists no
     model is an error here, naming the endpoint."""
-    import httpx
+    import httpx  # a second to import: only for a remote judge
 
     url = f"{_v1(base_url)}/models"
     hint = "pass --judge-model to name the model"
@@ -137,7 +138,7 @@ def endpoint_judge(base_url: str, model: str | None = None, timeout: float = 60.
     """Judge through an OpenAI-compatible server; a failed request yields None for that item.
     `model` defaults to the first one the server lists at /v1/models, looked up now, so that
     a dead or empty endpoint fails before any answer is generated (`listed_model`)."""
-    import httpx
+    import httpx  # as in listed_model
 
     url = _v1(base_url)
     headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
@@ -165,7 +166,7 @@ def endpoint_judge(base_url: str, model: str | None = None, timeout: float = 60.
 
 
 def local_judge(lm: Any, batch_size: int = 16, progress: bool = True) -> JudgeFn:
-    from llmlab.eval.generation import generate
+    from llmlab.eval.generation import generate  # torch: `llmlab --help` imports this module
 
     def run(texts: list[str]) -> list[str | None]:
         return list(generate(lm, texts, max_new_tokens=8, batch_size=batch_size,
@@ -227,8 +228,7 @@ def add_judge_command(sub: argparse._SubParsersAction, guard: Callable, load_mod
     j.add_argument("--no-progress", action="store_true", help="no progress bars")
 
     def cmd_judge(a: argparse.Namespace) -> int:
-        from llmlab.eval.generation import generate
-        from llmlab.eval.report import make_report, write_report
+        from llmlab.eval.generation import generate  # torch, as in local_judge
 
         prompts = load_prompts(a.prompts, a.limit)
         fn: JudgeFn | None = None

@@ -7,6 +7,10 @@ import json
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
+from llmlab import __version__
+
 # The metric a task is judged by, for the comparison chart.
 PRIMARY = {"perplexity": "bits_per_byte", "arithmetic": "accuracy", "trivia": "accuracy",
            "humaneval": "pass@1", "gen": "rougeL", "rag": "hybrid/ndcg@10", "judge": "win_rate"}
@@ -14,10 +18,8 @@ PRIMARY = {"perplexity": "bits_per_byte", "arithmetic": "accuracy", "trivia": "a
 
 def make_report(model: str, adapter: str | None, seed: int, results: list[dict[str, Any]],
                 config: dict[str, Any]) -> dict[str, Any]:
-    import llmlab
-
     return {
-        "llmlab_version": llmlab.__version__,
+        "llmlab_version": __version__,
         "date": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
         "model": model,
         "adapter": adapter,
@@ -82,11 +84,10 @@ def compare_table(reports: list[tuple[str, dict[str, Any]]]) -> tuple[str, list[
 
 def plot_compare(names: list[str], rows: list[tuple], out: str | Path) -> Path:
     """Grouped bars: each task's primary metric, one bar per report."""
-    import matplotlib
+    import matplotlib  # seconds to import: only when a chart is drawn
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    import numpy as np
 
     shown = [(t, m, v) for t, m, v in rows if m == primary(t)]
     if not shown:

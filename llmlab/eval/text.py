@@ -23,7 +23,7 @@ def bleu(preds: Sequence[str], refs: Sequence[str] | Sequence[Sequence[str]]) ->
     `refs` is one reference per prediction, or several reference streams (lists of the same
     length as `preds`) in sacrebleu's layout.
     """
-    import sacrebleu
+    import sacrebleu  # half a second to import: only when BLEU is asked for
 
     streams = [list(refs)] if refs and isinstance(refs[0], str) else [list(r) for r in refs]
     for s in streams:
@@ -33,7 +33,7 @@ def bleu(preds: Sequence[str], refs: Sequence[str] | Sequence[Sequence[str]]) ->
 
 def rouge(preds: Sequence[str], refs: Sequence[str], stemmer: bool = True) -> dict[str, float]:
     """Mean ROUGE-1/2/L F-measures (0-1) with Porter stemming, as rouge-score computes them."""
-    from rouge_score import rouge_scorer
+    from rouge_score import rouge_scorer  # seconds to import (nltk): only for ROUGE
 
     _check(preds, refs)
     sc = rouge_scorer.RougeScorer(["rouge1", "rouge2", "rougeL"], use_stemmer=stemmer)

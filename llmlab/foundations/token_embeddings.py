@@ -14,6 +14,7 @@ from typing import Any
 import torch
 
 from llmlab.foundations.vectors import VectorSpace
+from llmlab.lm import load
 from llmlab.tokenizer.bytelevel import bytes_to_token_str
 
 WHOLE_WORD = re.compile(rb"^ [A-Za-z]{2,}$")
@@ -33,9 +34,7 @@ class TokenSpace(VectorSpace):
 
     @classmethod
     def load(cls, name: str = "smollm2-135m-instruct") -> TokenSpace:
-        import llmlab
-
-        return cls(llmlab.load(name))
+        return cls(load(name))
 
     def token_id(self, word: str) -> int:
         ids = self.tokenizer.encode(" " + word.strip())

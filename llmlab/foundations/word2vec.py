@@ -28,7 +28,10 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
+from llmlab.data.corpora import corpus_text
 from llmlab.foundations.vectors import VectorSpace
+from llmlab.weights.io import atomic_write_bytes
+from llmlab.weights.registry import cache_dir
 
 WORD = re.compile(r"[a-z]+")
 CITATION = re.compile(r"^.*?\d+:\d+\s+")  # "1 Samuel 3:4 " before each KJV verse
@@ -53,8 +56,6 @@ class W2VConfig:
 
 def corpus_sentences(name: str = "kjv") -> list[list[str]]:
     """The bundled corpus as lowercase word lists, one per line (a verse for the KJV)."""
-    from llmlab.data.corpora import corpus_text
-
     return [WORD.findall(CITATION.sub("", line).lower()) for line in corpus_text(name).splitlines()]
 
 
@@ -254,9 +255,6 @@ def load_or_train(
     on_progress: Callable[[float, float], None] | None = None,
 ) -> WordVectors:
     """Vectors for `cfg` from the cache, else trained and cached (written atomically)."""
-    from llmlab.weights.io import atomic_write_bytes
-    from llmlab.weights.registry import cache_dir
-
     path = cache_dir() / "word2vec" / f"{cfg.corpus}-{cfg.key()}.npz"
     if path.exists():
         return WordVectors.from_bytes(path.read_bytes())
@@ -267,6 +265,4 @@ def load_or_train(
 
 
 def cached(cfg: W2VConfig = W2VConfig()) -> bool:
-    from llmlab.weights.registry import cache_dir
-
     return (cache_dir() / "word2vec" / f"{cfg.corpus}-{cfg.key()}.npz").exists()

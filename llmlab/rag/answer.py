@@ -21,8 +21,10 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
+from llmlab.generate.engine import make_params, stream_batch
 from llmlab.rag.llm import chatml_ids, get_lm
 from llmlab.rag.pipeline import Retrieved
+from llmlab.rag.sparse import query_terms
 
 REFUSAL = "The documents don't contain the answer to this question."
 MIN_COSINE = 0.3  # MiniLM cosine; see BENCHMARKS.md (RAG) for how it was picked
@@ -120,8 +122,6 @@ def attribute(text: str, sources: list[str], add_missing: int = 0
     they share at least m content words.
 
     Returns (text, [(old n or 0 for an added citation, new n), ...])."""
-    from llmlab.rag.sparse import query_terms
-
     vocab = [set(query_terms(t)) for t in sources]
     changes: list[tuple[int, int]] = []
 
@@ -187,8 +187,6 @@ class AnswerStream:
     def prompt(self) -> tuple[Any, list[int], Any]:
         """(lm, prompt ids ending in the prefill, sampling params): what to generate from.
         A server hands these to its batched generation worker."""
-        from llmlab.generate.engine import make_params
-
         lm = self.lm or get_lm()
         msgs = build_messages(self.query, self.sources, lm.tokenizer)
         ids = chatml_ids(lm.tokenizer, msgs, prefill=self.prefill)
@@ -223,8 +221,6 @@ class AnswerStream:
             self.result = refused
             yield REFUSAL
             return
-        from llmlab.generate.engine import stream_batch
-
         lm, ids, params = self.prompt()
         raw = [self.prefill]
         if self.prefill:

@@ -16,6 +16,7 @@ from functools import lru_cache
 from typing import Any, Protocol
 
 from llmlab.rag.ingest import Document
+from llmlab.tokenizer import load_tokenizer
 
 
 class _Tok(Protocol):
@@ -44,8 +45,6 @@ class Chunk:
 
 @lru_cache(maxsize=1)
 def default_tokenizer() -> _Tok:
-    from llmlab.tokenizer import load_tokenizer
-
     return load_tokenizer("smollm2")
 
 

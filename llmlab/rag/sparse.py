@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from tqdm import tqdm
 
 K1, B = 1.5, 0.75
 
@@ -39,13 +40,13 @@ def _stemmer() -> Any:
 def tokenize(texts: list[str], progress: bool = False) -> Any:
     """bm25s tokens (lower-cased words, English stopwords out, Snowball-stemmed): `.ids`
     (a list of token-id lists) and `.vocab` (token -> id)."""
-    import bm25s
+    import bm25s  # seconds to import (it pulls scipy): only when text is tokenized
 
     return bm25s.tokenize(texts, stopwords="en", stemmer=_stemmer(), show_progress=progress)
 
 
 def query_terms(query: str) -> list[str]:
-    import bm25s
+    import bm25s  # as in tokenize
 
     return bm25s.tokenize([query], stopwords="en", stemmer=_stemmer(), return_ids=False,
                           show_progress=False)[0]
@@ -82,8 +83,6 @@ class Postings:
         lengths = np.zeros(len(texts), dtype=np.int32)
         steps = range(0, len(texts), batch)
         if progress and len(texts) > batch:
-            from tqdm import tqdm
-
             steps = tqdm(steps, desc="bm25 tokenize", unit=f"{batch // 1000}k chunks")
         for s in steps:
             tok = tokenize(list(texts[s : s + batch]))
@@ -109,7 +108,7 @@ class Postings:
         return cls(list(vocab), indptr, row[order], tf[order], lengths)
 
     def matrix(self) -> Any:
-        from scipy import sparse
+        from scipy import sparse  # seconds to import: only for the sparse matrix
 
         return sparse.csc_matrix((self.tf, self.rows, self.indptr),
                                  shape=(self.n_rows, len(self.terms)))
@@ -118,7 +117,7 @@ class Postings:
     def concat(cls, parts: Sequence[tuple[Postings, np.ndarray | None]]) -> Postings:
         """The postings of several segments' kept rows (a bool mask each, None = all), in
         order: what a merge or a compaction writes."""
-        from scipy import sparse
+        from scipy import sparse  # as in matrix
 
         terms: list[str] = []
         index: dict[str, int] = {}

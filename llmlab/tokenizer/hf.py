@@ -27,7 +27,7 @@ _CONTROL, _USER_DEFINED = 3, 4  # llama.cpp token types that are matched whole, 
 
 def _field(reader: Any, key: str, path: Path, required: bool = True) -> Any:
     """Decode one GGUF metadata value (strings, ints, bools, and arrays of them)."""
-    from gguf import GGUFValueType
+    from gguf import GGUFValueType  # as in from_gguf
 
     f = reader.fields.get(key)
     if f is None:

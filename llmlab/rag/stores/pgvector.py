@@ -18,12 +18,14 @@ from __future__ import annotations
 import contextlib
 import json
 import re
+from collections import Counter
 from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
 
 from llmlab.rag.chunk import Chunk
+from llmlab.rag.sparse import K1, B, query_terms, tokenize
 from llmlab.rag.stores.base import COLUMNS, ChunkStore, Hit, Where, check_vectors
 
 _FIELDS = ("chunk_id", "doc_id", "source", "title", "text", "start_c", "end_c", "n_tokens", "meta")
@@ -32,7 +34,7 @@ _FIELDS = ("chunk_id", "doc_id", "source", "title", "text", "start_c", "end_c", 
 class PgVectorStore(ChunkStore):
     def __init__(self, dsn: str, table: str = "rag_chunks", dim: int = 384) -> None:
         try:
-            import psycopg
+            import psycopg  # optional, and most of a second to import: only for this store
             from pgvector.psycopg import register_vector
         except ImportError as e:
             raise RuntimeError("the pgvector store needs `pip install 'psycopg[binary]' pgvector`")\
@@ -116,10 +118,6 @@ class PgVectorStore(ChunkStore):
         return Chunk(cid, did, src, title, text, s, e, n, meta or None)
 
     def add(self, chunks: list[Chunk], vectors: np.ndarray) -> None:
-        from collections import Counter
-
-        from llmlab.rag.sparse import tokenize
-
         v = check_vectors(chunks, vectors, self.dim)
         tok = tokenize([c.text for c in chunks])
         terms = {i: t for t, i in tok.vocab.items()}
@@ -188,10 +186,6 @@ class PgVectorStore(ChunkStore):
 
     def sparse_search(self, query: str, k: int, where: Where | None = None) -> list[Hit]:
         """Lucene BM25 (k1, b of llmlab.rag.sparse) over the chunks matching `where`."""
-        from collections import Counter
-
-        from llmlab.rag.sparse import K1, B, query_terms
-
         counts = Counter(query_terms(query))
         if not counts or k <= 0:
             return []

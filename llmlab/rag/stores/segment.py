@@ -24,10 +24,13 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from tqdm import tqdm
 
 from llmlab.rag.chunk import Chunk
 from llmlab.rag.sparse import Postings
 from llmlab.rag.stores.base import COLUMNS, Where
+
+# faiss takes about a second to import: each function that needs it imports it then.
 
 HNSW_M, HNSW_EF_BUILD = 32, 80
 MAX_FILTERED_EF = 4096
@@ -79,8 +82,6 @@ def build_hnsw(vectors: np.ndarray, progress: bool = False, base: Any = None) ->
         index.hnsw.efConstruction = HNSW_EF_BUILD
     steps = range(0, len(vectors), ADD_BATCH)
     if progress and len(vectors) > ADD_BATCH:
-        from tqdm import tqdm
-
         steps = tqdm(steps, desc="hnsw", unit=f"{ADD_BATCH // 1000}k vectors")
     for s in steps:
         index.add(np.ascontiguousarray(vectors[s : s + ADD_BATCH], dtype=np.float32))
