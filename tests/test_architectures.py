@@ -8,10 +8,10 @@ import pytest
 import torch
 from torch import nn
 
+from llmlab.lm import load
 from llmlab.model import ModelConfig, Transformer
 from llmlab.model.positions import sinusoidal_table
 from llmlab.weights.hf import save_hf
-from llmlab.weights.registry import load
 
 V = 320
 
