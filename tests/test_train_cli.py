@@ -123,6 +123,7 @@ def llmlab_load(run: Path):
 
 def test_prune_keeps_the_last_n_and_the_best(tmp_path):
     from llmlab.train import checkpoint as ckpt
+    from llmlab.weights.rundir import best_checkpoint
 
     vals = {1: 3.0, 2: 2.0, 3: 2.5, 4: None, 5: 2.7}  # step 4 saved without an evaluation
     for step, v in vals.items():
@@ -132,7 +133,7 @@ def test_prune_keeps_the_last_n_and_the_best(tmp_path):
     assert [s for s, _ in ckpt.list_checkpoints(tmp_path)] == [2, 4, 5]
     ckpt.prune(tmp_path, keep_last=1)
     assert [s for s, _ in ckpt.list_checkpoints(tmp_path)] == [2, 5]
-    assert ckpt.best_checkpoint(tmp_path) == ckpt.step_dir(tmp_path, 2)
+    assert best_checkpoint(tmp_path) == ckpt.step_dir(tmp_path, 2)
 
 
 def test_run_without_final_loads_its_best_checkpoint(tmp_path, run):
