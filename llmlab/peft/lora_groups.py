@@ -53,9 +53,9 @@ class LoraGroup:
                 and not any(m.use_dora for m in ms))  # type: ignore[union-attr]
 
     def __deepcopy__(self, memo: dict) -> LoraGroup:
-        new = LoraGroup.__new__(LoraGroup)
+        new = copy.copy(self)
         memo[id(self)] = new  # before the parent: its members hold this group too
-        new.__init__(copy.deepcopy(self.parent, memo), self.names)  # type: ignore[misc]
+        new.parent, new.bufs, new.kept = copy.deepcopy(self.parent, memo), None, None
         return new
 
     def output(self, i: int, x: torch.Tensor) -> torch.Tensor | None:
