@@ -149,6 +149,8 @@ def _fuse(linears: list[nn.Linear]) -> nn.Linear:
 class FusedAttention(Attention):
     """Self-attention whose q, k and v come from one matmul, `qkv_fused` (rows q, k, v)."""
 
+    qkv_fused: nn.Module
+
     def qkv(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         nq, nkv = self.n_head * self.head_dim, self.n_kv_head * self.head_dim
         return self.qkv_fused(x).split([nq, nkv, nkv], dim=-1)
@@ -156,6 +158,8 @@ class FusedAttention(Attention):
 
 class FusedMLP(MLP):
     """A SwiGLU MLP whose gate and up come from one matmul, `gate_up_fused` (rows gate, up)."""
+
+    gate_up_fused: nn.Module
 
     def hidden(self, x: torch.Tensor) -> torch.Tensor:
         g, u = self.gate_up_fused(x).chunk(2, dim=-1)
