@@ -19,7 +19,7 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 
-from llmlab.model.linear import ENABLED, mm_nt, weight_grad
+from llmlab.model.linear import enabled, mm_nt, weight_grad
 
 # (rows, in, out) of the tiny-cpu step (16 x 128 tokens, d=128, d_ff=384) and a loss chunk.
 SHAPES = [(2048, 128, 128), (2048, 128, 384), (2048, 384, 128), (256, 128, 4096)]
@@ -45,7 +45,7 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--reps", type=int, default=31)
     a = ap.parse_args()
-    assert ENABLED, "oneDNN's _linear_pointwise is not available in this torch build"
+    assert enabled(), "oneDNN's _linear_pointwise is not available in this torch build"
     torch.set_num_threads(a.threads)
     print(f"torch {torch.__version__}, {a.threads} thread(s); GFLOP/s, best of {a.reps}")
     print("| rows x in -> out | product | MKL (torch default) | oneDNN | oneDNN / MKL |")

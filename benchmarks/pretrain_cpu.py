@@ -32,8 +32,8 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 
-import llmlab.model.linear as linear
 from llmlab.model import ModelConfig, Transformer
+from llmlab.settings import speed, speed_override
 from llmlab.train.loop import keep_freed_memory
 from llmlab.train.optim import make_adamw, param_groups
 from llmlab.train.presets import PRESETS
@@ -63,13 +63,10 @@ def ours(cfg: ModelConfig, x: torch.Tensor, compile_: bool = False, bf16: bool =
     batch = {"input_ids": x[:, :-1], "labels": x[:, 1:]}
 
     def step() -> None:
-        was, linear.ENABLED = linear.ENABLED, onednn and linear.ENABLED
-        try:
+        with speed_override(onednn=onednn and speed.onednn):
             with _autocast(bf16):
                 loss = next_token_loss(fwd, batch)[0] if fused else _unfused_loss(fwd, batch)
             loss.backward()
-        finally:
-            linear.ENABLED = was
         opt.step()
         opt.zero_grad(set_to_none=True)
 

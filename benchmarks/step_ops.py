@@ -97,7 +97,7 @@ def host_time(impl: str, name: str, hf_dir: str, b: int, t: int, steps: int) -> 
             out.append((time.perf_counter() - t0) * 1e3)
     if impl == "llmlab" and getattr(model, "method", None) in ("lora", "qlora"):
         # The per-forward refresh of LoRA's cached casts alone, in its steady state.
-        from llmlab.peft.lora import refresh_casts
+        from llmlab.peft.lora_groups import refresh_casts
 
         t0 = time.perf_counter()
         for _ in range(50):

@@ -14,9 +14,11 @@ import transformers
 from peft_common import export_hf, randomize, tiny_model
 
 from llmlab.model import ModelConfig, Transformer
-from llmlab.peft.lora import GROUPS, LoraLinear, remove_groups
+from llmlab.peft.lora import LoraLinear
 from llmlab.peft.lora_fast import CastStore, LoraFn, LoraGroupFn
+from llmlab.peft.lora_groups import lora_groups, remove_groups
 from llmlab.peft.model import get_peft_model
+from llmlab.settings import speed
 
 IDS = torch.randint(0, 96, (2, 33), generator=torch.Generator().manual_seed(0))
 BF16 = dict(device_type="cpu", dtype=torch.bfloat16)
@@ -138,8 +140,7 @@ def test_group_function_equals_separate_layers_in_fp32(arch):
     the three q/k/v layers (and gate/up) run one by one through LoraFn."""
     pm = _lora() if arch == "llama" else _gpt2_lora()
     layers = [m for m in pm.modules() if isinstance(m, LoraLinear)]
-    groups = [g for mod in pm.modules() for g in (getattr(mod, a, None) for a in GROUPS)
-              if g is not None]
+    groups = lora_groups(pm.modules())
     assert len(groups) == (4 if arch == "llama" else 2) and all(g.eligible() for g in groups)
     store = CastStore(layers, groups, torch.float32)
     store.refresh()
@@ -252,7 +253,7 @@ def test_inference_mode_first_then_training():
 
 def test_env_switch_turns_the_fast_path_off(monkeypatch):
     calls = _spy(monkeypatch)
-    monkeypatch.setenv("LLMLAB_LORA_FAST", "0")
+    monkeypatch.setattr(speed, "lora_fast", False)
     pm = _lora()
     _loss(pm).backward()
     assert not calls["group"] and len(calls["layer"]) == 14 and not any(calls["layer"])
@@ -261,7 +262,8 @@ def test_env_switch_turns_the_fast_path_off(monkeypatch):
 def test_store_walks_the_model_again_only_after_its_tree_changes(monkeypatch):
     """Steady state: no walk of the model per forward (milliseconds of host time on a real
     model), whatever the adapters' flags do; a layer put into the tree joins the store."""
-    from llmlab.peft.lora import LoraConfig, LoraGroup
+    from llmlab.peft.lora import LoraConfig
+    from llmlab.peft.lora_groups import LoraGroup
 
     calls = _spy(monkeypatch)
     walks = []

@@ -40,7 +40,8 @@ def _supported(model: Any) -> bool:
             and not cfg.is_encoder_decoder and not cfg.type_vocab_size):
         return False
     mods = [model.lm_head] + [m for b in model.model.layers for m in (
-        b.self_attn.qkv_fused, b.self_attn.o_proj, b.mlp.gate_up_fused, b.mlp.down_proj)]
+        getattr(b.self_attn, "qkv_fused", None), b.self_attn.o_proj,
+        getattr(b.mlp, "gate_up_fused", None), b.mlp.down_proj)]  # None: not fused
     return all(isinstance(m, WeightOnlyLinear) and m.use_kernel for m in mods)
 
 

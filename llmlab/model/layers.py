@@ -7,7 +7,6 @@ weights and PEFT adapter keys map across without a renaming table.
 from __future__ import annotations
 
 import math
-from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -89,15 +88,14 @@ class Attention(nn.Module):
         self.k_proj = Linear(d, self.n_kv_head * hd, bias=cfg.bias)
         self.v_proj = Linear(d, self.n_kv_head * hd, bias=cfg.bias)
         self.o_proj = Linear(self.n_head * hd, d, bias=cfg.bias)
-        # Plain attributes until set: a missing one would make every forward's lookup raise
-        # and catch an AttributeError inside nn.Module (microseconds each, per layer, per
-        # step). Assigning a module later moves it into _modules as usual.
-        self.qkv_fused: nn.Module | None = None
-        self.qkv_group: Any = None
 
     def _heads(self, x: torch.Tensor, n: int) -> torch.Tensor:
         b, t, _ = x.shape
         return x.view(b, t, n, self.head_dim).transpose(1, 2)
+
+    def qkv(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The projections of self-attention (`model/quant.py`'s FusedAttention: one matmul)."""
+        return self.q_proj(x), self.k_proj(x), self.v_proj(x)
 
     def forward(
         self,
@@ -110,17 +108,8 @@ class Attention(nn.Module):
         explain: list | None = None,
     ) -> torch.Tensor:
         b, t, _ = x.shape
-        # q, k and v in one matmul: fused weights for inference (model/quant.py), or LoRA
-        # layers grouped for eager mixed-precision training (peft/lora.py; None: not now).
-        fused, group = self.qkv_fused, self.qkv_group
-        qkv = fused(x) if fused is not None else (group(x) if group is not None else None)
-        if qkv is not None:
-            nq, nkv = self.n_head * self.head_dim, self.n_kv_head * self.head_dim
-            qx, kx, vx = qkv.split([nq, nkv, nkv], dim=-1)
-            q = self._heads(qx, self.n_head)
-        else:
-            q = self._heads(self.q_proj(x), self.n_head)
         if self.cross:
+            q = self._heads(self.q_proj(x), self.n_head)
             kv = cache.cross_kv(self.layer_idx) if cache is not None else None
             if kv is None:
                 assert memory is not None, "cross-attention needs the encoder output"
@@ -132,11 +121,9 @@ class Attention(nn.Module):
                     cache.set_cross_kv(self.layer_idx, *kv)
             k, v = kv
         else:
-            if qkv is not None:
-                k, v = self._heads(kx, self.n_kv_head), self._heads(vx, self.n_kv_head)
-            else:
-                k = self._heads(self.k_proj(x), self.n_kv_head)
-                v = self._heads(self.v_proj(x), self.n_kv_head)
+            qx, kx, vx = self.qkv(x)
+            q = self._heads(qx, self.n_head)
+            k, v = self._heads(kx, self.n_kv_head), self._heads(vx, self.n_kv_head)
             if self.use_rope:
                 assert rope is not None
                 q, k = apply_rope(q, *rope), apply_rope(k, *rope)
@@ -190,24 +177,20 @@ class MLP(nn.Module):
         self.up_proj = Linear(cfg.d_model, cfg.d_ff, bias=cfg.bias)
         self.down_proj = Linear(cfg.d_ff, cfg.d_model, bias=cfg.bias)
         self.dropout = nn.Dropout(cfg.dropout)
-        self.gate_up_fused: nn.Module | None = None  # plain attributes: see Attention
-        self.gate_up_group: Any = None
+
+    def hidden(self, x: torch.Tensor) -> torch.Tensor:
+        """The activations before down_proj (`model/quant.py`'s FusedMLP: gate and up in one
+        matmul)."""
+        if self.kind == "swiglu":
+            return F.silu(self.gate_proj(x)) * self.up_proj(x)
+        if self.kind == "gelu_tanh":
+            return F.gelu(self.up_proj(x), approximate="tanh")
+        if self.kind == "gelu":
+            return F.gelu(self.up_proj(x))
+        return F.relu(self.up_proj(x))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        fused, group = self.gate_up_fused, self.gate_up_group
-        gu = fused(x) if fused is not None else (group(x) if group is not None else None)
-        if gu is not None:  # gate and up in one matmul (see Attention.forward)
-            g, u = gu.chunk(2, dim=-1)
-            h = F.silu(g) * u
-        elif self.kind == "swiglu":
-            h = F.silu(self.gate_proj(x)) * self.up_proj(x)
-        elif self.kind == "gelu_tanh":
-            h = F.gelu(self.up_proj(x), approximate="tanh")
-        elif self.kind == "gelu":
-            h = F.gelu(self.up_proj(x))
-        else:
-            h = F.relu(self.up_proj(x))
-        return self.down_proj(self.dropout(h))
+        return self.down_proj(self.dropout(self.hidden(x)))
 
 
 class Block(nn.Module):

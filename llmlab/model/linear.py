@@ -12,17 +12,18 @@ oneDNN is reached through `torch.ops.mkldnn._linear_pointwise(a, b)` = a @ b.T (
 torch.compile's CPU backend uses). It has no autograd formula, so `_OneDNNLinear` supplies
 the backward; under torch.compile the product is an opaque custom op (`llmlab::mm_nt`) that
 inductor calls while fusing everything around it. Small row counts (decoding) keep
-`F.linear`, and so do other devices and dtypes, and autocast. `LLMLAB_ONEDNN=0` turns it off.
+`F.linear`, and so do other devices and dtypes, and autocast. `speed.onednn` (llmlab/settings.py;
+`LLMLAB_ONEDNN=0`) turns it off.
 """
 
 from __future__ import annotations
-
-import os
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.autograd.function import once_differentiable
+
+from llmlab.settings import speed
 
 
 def _find_op():  # noqa: ANN202
@@ -35,7 +36,6 @@ def _find_op():  # noqa: ANN202
 
 
 _OP = _find_op()
-ENABLED = _OP is not None and os.environ.get("LLMLAB_ONEDNN", "1") != "0"
 MIN_ROWS = 64  # below this (decoding) the product is memory-bound: F.linear is as fast
 
 
@@ -87,8 +87,13 @@ class _OneDNNLinear(torch.autograd.Function):
         return dx, dw, db
 
 
+def enabled() -> bool:
+    """Whether the oneDNN path may run: this torch build has the op, and speed allows it."""
+    return _OP is not None and speed.onednn
+
+
 def use_onednn(x: torch.Tensor, w: torch.Tensor) -> bool:
-    return (ENABLED and x.device.type == "cpu" and x.dtype == w.dtype == torch.float32
+    return (enabled() and x.device.type == "cpu" and x.dtype == w.dtype == torch.float32
             and x.numel() >= MIN_ROWS * x.shape[-1] and not torch.is_autocast_enabled("cpu"))
 
 

@@ -20,6 +20,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from llmlab.model.layers import MLP, Attention
+
 
 def quantize_rows_int8(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Symmetric per-output-row int8: w ~= q * scale[:, None]."""
@@ -144,19 +146,41 @@ def _fuse(linears: list[nn.Linear]) -> nn.Linear:
     return out
 
 
+class FusedAttention(Attention):
+    """Self-attention whose q, k and v come from one matmul, `qkv_fused` (rows q, k, v)."""
+
+    qkv_fused: nn.Module
+
+    def qkv(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        nq, nkv = self.n_head * self.head_dim, self.n_kv_head * self.head_dim
+        return self.qkv_fused(x).split([nq, nkv, nkv], dim=-1)
+
+
+class FusedMLP(MLP):
+    """A SwiGLU MLP whose gate and up come from one matmul, `gate_up_fused` (rows gate, up)."""
+
+    gate_up_fused: nn.Module
+
+    def hidden(self, x: torch.Tensor) -> torch.Tensor:
+        g, u = self.gate_up_fused(x).chunk(2, dim=-1)
+        return F.silu(g) * u
+
+
 def fuse_projections_(model: nn.Module) -> nn.Module:
     """Fuse Q/K/V and gate/up into one matmul each, in place: decoding a small model is bound
     by kernel launches, so three GEMVs cost about three times one. Inference only: the
     separate projections are removed (adapters and training need them)."""
-    from llmlab.model.layers import MLP, Attention
-
     for mod in list(model.modules()):
-        if isinstance(mod, Attention) and not mod.cross:
+        # The module becomes its fused kind in place (as torch's parametrize does): its
+        # other children, attributes and hooks stay as they are.
+        if type(mod) is Attention and not mod.cross:
             mod.qkv_fused = _fuse([mod.q_proj, mod.k_proj, mod.v_proj])
             del mod.q_proj, mod.k_proj, mod.v_proj
-        elif isinstance(mod, MLP) and mod.kind == "swiglu":
+            mod.__class__ = FusedAttention
+        elif type(mod) is MLP and mod.kind == "swiglu":
             mod.gate_up_fused = _fuse([mod.gate_proj, mod.up_proj])
             del mod.gate_proj, mod.up_proj
+            mod.__class__ = FusedMLP
     return model
 
 

@@ -13,7 +13,7 @@ Training runs `LoraFn` (peft/lora_fast.py), written for speed and memory: the sc
 into an in-place addmm (no (N, d_out) temporaries), the frozen weight is not saved for
 backward (for NF4 it is dequantised again there), and dropout makes a copy of x only when
 p > 0. Eager mixed-precision training through `PeftModel` adds the launch-saving path there:
-casts kept per optimizer step (`refresh_casts`) and q/k/v and gate/up grouped (`LoraGroup`).
+casts kept per optimizer step and q/k/v and gate/up grouped (peft/lora_groups.py).
 
 Module and parameter names are PEFT's (`q_proj.base_layer`, `q_proj.lora_A.weight`,
 `q_proj.lora_magnitude_vector`) so adapter keys map to PEFT's files by a fixed prefix.
@@ -30,15 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from llmlab.peft.lora_fast import (
-    _OPT_STEPS,
-    _TREE_GEN,
-    CastStore,
-    LoraFn,
-    LoraGroupFn,
-    bump_tree_gen,
-    shared_cast,
-)
+from llmlab.peft.lora_fast import _OPT_STEPS, LoraFn, shared_cast
 from llmlab.peft.nf4 import NF4Linear, compute_dtype
 
 LINEAR_NAMES = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
@@ -96,7 +88,9 @@ class LoraLinear(nn.Module):
                 norm = torch.linalg.norm(w.float(), dim=1)
             self.lora_magnitude_vector = nn.Parameter(norm)
         self.merged = False
-        self.disabled = False  # set by peft.model.disable_adapters: the base layer alone
+        self.disabled = False  # set by disable_adapters (peft/base.py): the base layer alone
+        self.group: Any = None  # its LoraGroup (peft/lora_groups.py), if it has siblings
+        self.group_index = 0
         # (key, A, sB, W) in the compute dtype, kept by refresh_casts: see there.
         self._casts: tuple[tuple, torch.Tensor, torch.Tensor, torch.Tensor | None] | None = None
         for p in base.parameters():
@@ -132,6 +126,11 @@ class LoraLinear(nn.Module):
         return self.lora_magnitude_vector / norm
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        group = self.group
+        if group is not None and not torch.compiler.is_compiling():
+            y = group.output(self.group_index, x)
+            if y is not None:
+                return y
         if not (self.merged or self.disabled or self.use_dora):
             a, b = self.lora_A.weight, self.lora_B.weight
             dt = compute_dtype(x, _stored_dtype(self.base_layer))
@@ -196,116 +195,6 @@ class LoraLinear(nn.Module):
         self.merged = False
 
 
-GROUPS = {"qkv_group": ("q_proj", "k_proj", "v_proj"), "gate_up_group": ("gate_proj", "up_proj")}
-
-
-class LoraGroup:
-    """The LoRA layers of one module that read the same input (q, k, v; gate, up), run as
-    one `LoraGroupFn` in eager mixed-precision training. The model calls it in place of the
-    separate projections (`Attention.qkv_group`, `MLP.gate_up_group`); None means "not now"
-    (compiling, no autocast, dropout, a merged or disabled layer, casts not yet made) and the
-    model calls the layers one by one. Not a module: it adds no parameters or state."""
-
-    def __init__(self, parent: nn.Module, names: tuple[str, ...]) -> None:
-        self.parent, self.names = parent, names
-        self.bufs: tuple | None = None  # set by CastStore
-
-    def members(self) -> list[Any]:
-        """The parent's layers by name now (None where one is gone, e.g. after a merge)."""
-        return [getattr(self.parent, n, None) for n in self.names]
-
-    def eligible(self) -> bool:
-        """Layers that can be stacked: plain (not NF4) bases of one input size, all with a
-        bias or none, one scale, no DoRA."""
-        ms = self.members()
-        if not all(isinstance(m, LoraLinear) for m in ms):
-            return False
-        bases = [m.base_layer for m in ms]  # type: ignore[union-attr]
-        return (all(isinstance(b, nn.Linear) for b in bases)
-                and len({b.in_features for b in bases}) == 1
-                and len({b.bias is None for b in bases}) == 1
-                and len({m.scaling for m in ms}) == 1  # type: ignore[union-attr]
-                and not any(m.use_dora for m in ms))  # type: ignore[union-attr]
-
-    def __deepcopy__(self, memo: dict) -> LoraGroup:
-        import copy
-
-        return LoraGroup(copy.deepcopy(self.parent, memo), self.names)
-
-    def __call__(self, x: torch.Tensor) -> torch.Tensor | None:
-        dev = x.device.type
-        if self.bufs is None or torch.compiler.is_compiling() \
-                or not torch.is_autocast_enabled(dev):
-            return None
-        dt = torch.get_autocast_dtype(dev)
-        ms = self.members()
-        for m in ms:
-            if not isinstance(m, LoraLinear) or m.merged or m.disabled or m.use_dora or (
-                    m.training and not isinstance(m._modules["lora_dropout"], nn.Identity)) \
-                    or m._current_casts(dt) is None:
-                return None
-        bufs, blocks, scaling, ids = self.bufs  # the current casts' store (in `dt`) set them
-        if ids != tuple(id(m) for m in ms):
-            return None
-        ab = [m.lora_A.weight for m in ms] + [m.lora_B.weight for m in ms]  # type: ignore[union-attr]
-        x16 = shared_cast(x, dt)
-        with torch.autocast(dev, enabled=False):
-            return LoraGroupFn.apply(x, x16, bufs, blocks, scaling, *ab)
-
-
-def install_groups(model: nn.Module) -> None:
-    """Give each module whose q, k, v (or gate, up) are all LoRA layers a LoraGroup."""
-    bump_tree_gen()
-    for mod in model.modules():
-        if getattr(mod, "cross", False):  # cross-attention: k, v read the encoder output
-            continue
-        for attr, names in GROUPS.items():
-            if all(isinstance(getattr(mod, n, None), LoraLinear) for n in names):
-                setattr(mod, attr, LoraGroup(mod, names))
-
-
-def remove_groups(model: nn.Module) -> None:
-    bump_tree_gen()
-    for mod in model.modules():
-        for attr in GROUPS:
-            if isinstance(mod.__dict__.get(attr), LoraGroup):
-                setattr(mod, attr, None)  # the model's "no group" (a plain attribute)
-
-
-def refresh_casts(model: nn.Module, dtype: torch.dtype) -> None:
-    """Make every LoRA layer's compute-dtype casts current (`CastStore`): called before an
-    eager mixed-precision forward. Costs a few kernels after an optimizer step (or the first
-    time), and none otherwise. The price is a `dtype` copy of each frozen Linear weight
-    (NF4 bases are not copied: they are dequantised as before).
-
-    The store holds every non-DoRA LoRA layer, merged, disabled or not: those flags are
-    checked where the casts are used, so toggling them (a DPO reference forward) costs no
-    rebuild. The model is walked again only when its module tree may have changed."""
-    store = model.__dict__.get("_lora_cast_store")
-    if store is not None and store.gen == _TREE_GEN[0] and store.dtype == dtype \
-            and store.refresh():
-        return
-    gen = _TREE_GEN[0]
-    layers, every = [], []
-    for mod in model.modules():
-        if isinstance(mod, LoraLinear):
-            if not mod.use_dora:
-                layers.append(mod)
-        else:  # groups are plain attributes: read __dict__, no AttributeError per module
-            every += [g for g in map(mod.__dict__.get, GROUPS) if isinstance(g, LoraGroup)]
-    if not layers:
-        return
-    groups = [g for g in every if g.eligible()]
-    if store is None or store.key != CastStore.structure(layers, groups, dtype):
-        for g in every:  # a group's buffers only ever come from the current store
-            g.bufs = None
-        store = CastStore(layers, groups, dtype)
-        model.__dict__["_lora_cast_store"] = store
-    store.gen = gen
-    if not store.refresh():  # moved between the walk and now? the next call rebuilds
-        store.gen = -1
-
-
 def target_names(model: nn.Module, targets: list[str] | str) -> list[str]:
     """Names of the Linear modules LoRA wraps, by PEFT's matching rules."""
     names = []
@@ -340,14 +229,12 @@ def inject_lora(model: nn.Module, cfg: LoraConfig) -> list[str]:
         p.requires_grad_(False)
     for name in names:
         _set(model, name, LoraLinear(model.get_submodule(name), cfg))
-    install_groups(model)
     return names
 
 
 @torch.no_grad()
 def merge_and_unload(model: nn.Module) -> nn.Module:
     """Replace every LoraLinear with a plain Linear holding W + s B A (DoRA: m-rescaled)."""
-    remove_groups(model)
     model.__dict__.pop("_lora_cast_store", None)
     for name, mod in list(model.named_modules()):
         if isinstance(mod, LoraLinear):

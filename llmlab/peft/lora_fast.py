@@ -66,8 +66,8 @@ def clear_shared_cast() -> None:
     _X16[0] = None
 
 
-# Optimizer steps taken in this process (every torch.optim optimizer, fused ones included):
-# LoRA's cached casts (refresh_casts) are stale after any of them.
+# Optimizer steps taken (every torch.optim optimizer, fused ones included) since the first
+# CastStore: LoRA's cached casts (refresh_casts) are stale after any of them.
 _OPT_STEPS = [0]
 
 
@@ -75,13 +75,11 @@ def _count_step(*_: object) -> None:
     _OPT_STEPS[0] += 1
 
 
-register_optimizer_step_post_hook(_count_step)
-
-# Module-tree changes in this process: bumped whenever any module, parameter or buffer is
-# registered (torch's global registration hooks) and when LoRA groups are installed or
-# removed. `refresh_casts` walks a model for its LoRA layers again only after a bump; a
-# walk costs milliseconds of host time per step, a launch-bound GPU step's real cost.
-# (Correctness never rests on it: each layer and group checks its own casts before use.)
+# Module-tree changes since the first CastStore: bumped whenever any module, parameter or
+# buffer is registered (torch's global registration hooks) and when LoRA groups are
+# installed or removed. `refresh_casts` walks a model for its LoRA layers again only after a
+# bump; a walk costs milliseconds of host time per step, a launch-bound GPU step's real
+# cost. (Correctness never rests on it: each layer and group checks its casts before use.)
 _TREE_GEN = [0]
 
 
@@ -89,9 +87,19 @@ def bump_tree_gen(*_: object) -> None:
     _TREE_GEN[0] += 1
 
 
-nn.modules.module.register_module_module_registration_hook(bump_tree_gen)
-nn.modules.module.register_module_parameter_registration_hook(bump_tree_gen)
-nn.modules.module.register_module_buffer_registration_hook(bump_tree_gen)
+_HOOKED = [False]
+
+
+def _install_hooks() -> None:
+    """torch's global hooks that keep the two counts above, installed once, when the first
+    store of cached casts is made (nothing is cached before, so nothing can go stale)."""
+    if _HOOKED[0]:
+        return
+    _HOOKED[0] = True
+    register_optimizer_step_post_hook(_count_step)
+    nn.modules.module.register_module_module_registration_hook(bump_tree_gen)
+    nn.modules.module.register_module_parameter_registration_hook(bump_tree_gen)
+    nn.modules.module.register_module_buffer_registration_hook(bump_tree_gen)
 
 
 class LoraFn(torch.autograd.Function):
@@ -220,6 +228,7 @@ class CastStore:
     weights are stacked into one W_cat once."""
 
     def __init__(self, layers: list[Any], groups: list[Any], dtype: torch.dtype) -> None:
+        _install_hooks()
         self.dtype, self.groups = dtype, groups
         dev = layers[0].lora_A.weight.device
         self.device, self.gen = dev, -1  # gen: the tree generation it was checked at

@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from llmlab.model.cache import KVCache
-from llmlab.peft.model import PeftModel
+from llmlab.peft.base import PeftModel
 
 
 def _freeze(model: nn.Module) -> None:
@@ -39,7 +39,7 @@ class _VirtualTokens(PeftModel):
         _freeze(model)
         super().__init__(model, method, config)
         self.n = n
-        self.disabled = False  # set by peft.model.disable_adapters: the base model alone
+        self.disabled = False  # set by disable_adapters (peft/base.py): the base model alone
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
                 cache: KVCache | None = None, **kw: Any) -> Any:
@@ -179,7 +179,7 @@ class WithAdapter(nn.Module):
     def __init__(self, base: nn.Module, hidden: int, m: int) -> None:
         super().__init__()
         self.base_layer, self.adapter = base, Bottleneck(hidden, m)
-        self.disabled = False  # set by peft.model.disable_adapters: the base layer alone
+        self.disabled = False  # set by disable_adapters (peft/base.py): the base layer alone
 
     def forward(self, *a: Any, **kw: Any) -> torch.Tensor:
         out = self.base_layer(*a, **kw)
