@@ -147,9 +147,6 @@ class UploadSessions:
     def __len__(self) -> int:
         return len(self._last)
 
-    def __contains__(self, sid: object) -> bool:  # without marking it used
-        return sid in self._last
-
 
 class BuildCancelled(Exception):
     """Every client waiting for an index build left, or the server is shutting down."""
