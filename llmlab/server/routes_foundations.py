@@ -19,20 +19,7 @@ from fastapi.responses import Response, StreamingResponse
 from pydantic import BaseModel, Field
 from starlette.concurrency import run_in_threadpool
 
-from llmlab.foundations import (
-    MLP,
-    SURFACES,
-    decision_grid,
-    degree_sweep,
-    dropout_comparison,
-    make_toy,
-    poly_fit,
-    ridge_sweep,
-    run_descent,
-    sine_data,
-    surface_grid,
-    train_mlp,
-)
+from llmlab import foundations
 from llmlab.server.errors import ApiError, client_gone
 from llmlab.server.hub import Hub
 
@@ -144,16 +131,16 @@ def make_router(hub: Hub) -> APIRouter:
 
     @router.get("/surface/{name}")
     def surface(name: str) -> dict[str, Any]:
-        if name not in SURFACES:
-            raise ApiError(404, f"surface: one of {sorted(SURFACES)}", "surface")
-        s = SURFACES[name]
+        if name not in foundations.SURFACES:
+            raise ApiError(404, f"surface: one of {sorted(foundations.SURFACES)}", "surface")
+        s = foundations.SURFACES[name]
         return {"name": name, "formula": s.formula, "dim": s.dim, "bounds": s.bounds,
                 "start": s.start, "minimum": s.minimum,
-                "grid": clean(surface_grid(s, 60 if s.dim == 2 else 200))}
+                "grid": clean(foundations.surface_grid(s, 60 if s.dim == 2 else 200))}
 
     @router.post("/descent")
     def descent(req: DescentRequest) -> dict[str, Any]:
-        s = SURFACES[req.surface]
+        s = foundations.SURFACES[req.surface]
         start = list(s.start)
         for i, (field, v) in enumerate((("x0", req.x0), ("y0", req.y0))[: s.dim]):
             if v is not None:
@@ -161,8 +148,8 @@ def make_router(hub: Hub) -> APIRouter:
                 if not lo <= v <= hi:
                     raise ApiError(400, f"{field}: must be in [{lo}, {hi}] for {s.name}", field)
                 start[i] = v
-        run = run_descent(s, req.optimizer, req.lr, req.steps, req.momentum, req.beta1,
-                          req.beta2, tuple(start))
+        run = foundations.run_descent(s, req.optimizer, req.lr, req.steps, req.momentum,
+                                      req.beta1, req.beta2, tuple(start))
         return {
             "surface": s.name, "optimizer": req.optimizer, "lr": req.lr,
             "path": clean(run.path), "losses": clean(run.losses),
@@ -178,7 +165,7 @@ def make_router(hub: Hub) -> APIRouter:
 
     @router.post("/nn/train")
     def nn_train(req: TrainRequest) -> StreamingResponse:
-        d = make_toy(req.dataset, req.n, req.noise, req.seed)
+        d = foundations.make_toy(req.dataset, req.n, req.noise, req.seed)
         if req.batch_size > len(d.x_train):
             raise ApiError(400, f"batch_size: at most the {len(d.x_train)} training points "
                            "(0 = full batch)", "batch_size")
@@ -188,28 +175,29 @@ def make_router(hub: Hub) -> APIRouter:
         _bound_work(3.0 * req.steps * (req.batch_size or len(d.x_train)) * w,
                     (req.steps // every + 2) * (req.grid**2 + len(d.x_test)) * w,
                     "steps", "grid")
-        net = MLP([2, *req.hidden, 2], req.activation, req.dropout, req.seed)
+        net = foundations.MLP([2, *req.hidden, 2], req.activation, req.dropout, req.seed)
 
         def events() -> Iterator[str]:
             yield sse_event("data", {**points(d), "params": sum(p.size for p in net.params),
-                               "sources": ["foundations.backward", "foundations.forward",
-                                           "foundations.softmax_ce", "foundations.dropout",
-                                           "foundations.train"]})
+                                     "sources": ["foundations.backward", "foundations.forward",
+                                                 "foundations.softmax_ce", "foundations.dropout",
+                                                 "foundations.train"]})
             t0 = time.perf_counter()
-            for s in train_mlp(net, d.x_train, d.y_train, req.steps, req.lr, req.optimizer,
-                               req.batch_size, every, req.seed, d.x_test, d.y_test):
-                grid = decision_grid(net.predict_proba, req.grid)
+            for s in foundations.train_mlp(net, d.x_train, d.y_train, req.steps, req.lr,
+                                           req.optimizer, req.batch_size, every, req.seed,
+                                           d.x_test, d.y_test):
+                grid = foundations.decision_grid(net.predict_proba, req.grid)
                 yield sse_event("step", {"step": s.step, "loss": clean(s.loss),
-                                   "train_acc": s.train_acc, "test_acc": s.test_acc,
-                                   "grid": clean(grid, 3)})
+                                         "train_acc": s.train_acc, "test_acc": s.test_acc,
+                                         "grid": clean(grid, 3)})
             yield sse_event("done", {"seconds": round(time.perf_counter() - t0, 3)})
 
         return StreamingResponse(events(), media_type="text/event-stream")
 
     @router.post("/nn/dropout", response_model=None)
     async def nn_dropout(req: DropoutRequest, request: Request) -> Any:
-        d = make_toy(req.dataset, req.n, req.noise, req.seed)
-        w = _n_weights([2, 64, 64, 2])  # dropout_comparison's network
+        d = foundations.make_toy(req.dataset, req.n, req.noise, req.seed)
+        w = _n_weights([2, 64, 64, 2])  # foundations.dropout_comparison's network
         _bound_work(2 * 3.0 * req.steps * len(d.x_train) * w, 2 * 40**2 * w, "steps", "steps")
         # Off the event loop, stopped within 100 steps if the client leaves.
         stop = threading.Event()
@@ -219,11 +207,13 @@ def make_router(hub: Hub) -> APIRouter:
                 raise _Gone
 
         def work() -> dict[str, Any]:
-            runs = dropout_comparison(d.x_train, d.y_train, d.x_test, d.y_test, req.p,
-                                      steps=req.steps, seed=req.seed, check=check)
+            runs = foundations.dropout_comparison(d.x_train, d.y_train, d.x_test, d.y_test,
+                                                  req.p, steps=req.steps, seed=req.seed,
+                                                  check=check)
             return {**points(d), "runs": [
                 {"dropout": p, "train_acc": s.train_acc, "test_acc": s.test_acc,
-                 "loss": clean(s.loss), "grid": clean(decision_grid(net.predict_proba, 40), 3)}
+                 "loss": clean(s.loss),
+                 "grid": clean(foundations.decision_grid(net.predict_proba, 40), 3)}
                 for p, (net, s) in runs.items()
             ], "sources": ["foundations.dropout", "foundations.forward"]}
 
@@ -237,9 +227,9 @@ def make_router(hub: Hub) -> APIRouter:
 
     @router.post("/overfit")
     def overfit(req: OverfitRequest) -> dict[str, Any]:
-        xt, yt = sine_data(req.n_train, req.noise, req.seed)
-        xv, yv = sine_data(200, req.noise, req.seed + 1)
-        f = poly_fit(xt, yt, xv, yv, req.degree, req.lam)
+        xt, yt = foundations.sine_data(req.n_train, req.noise, req.seed)
+        xv, yv = foundations.sine_data(200, req.noise, req.seed + 1)
+        f = foundations.poly_fit(xt, yt, xv, yv, req.degree, req.lam)
         lams = np.concatenate([[0.0], np.logspace(-8, 3, 23)])
         return {
             "degree": req.degree, "lam": req.lam,
@@ -249,8 +239,8 @@ def make_router(hub: Hub) -> APIRouter:
             "truth": clean(np.column_stack([f.curve_x, np.sin(2 * np.pi * f.curve_x)]), 4),
             "train_mse": clean(f.train_mse), "val_mse": clean(f.val_mse),
             "weight_norm": clean(f.weight_norm), "coef": clean(f.coef),
-            "by_degree": clean(degree_sweep(xt, yt, xv, yv, 20, req.lam)),
-            "by_lam": clean(ridge_sweep(xt, yt, xv, yv, req.degree, lams)),
+            "by_degree": clean(foundations.degree_sweep(xt, yt, xv, yv, 20, req.lam)),
+            "by_lam": clean(foundations.ridge_sweep(xt, yt, xv, yv, req.degree, lams)),
             "sources": ["foundations.ridge", "foundations.legendre"],
         }
 
