@@ -7,6 +7,8 @@ curve comes from one SVD: err(r) = sqrt(sum_{i>r} s_i^2) / ||W||_F.
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 
 
@@ -36,3 +38,16 @@ def low_rank(w: torch.Tensor, r: int) -> torch.Tensor:
     """The best rank-r approximation U_r diag(s_r) V_r^T."""
     u, s, vh = torch.linalg.svd(w.detach().double(), full_matrices=False)
     return (u[:, :r] * s[:r]) @ vh[:r]
+
+
+def projection_spectrum(
+    model: Any, layer: int, proj: str
+) -> tuple[torch.Tensor, torch.Tensor, list[int]]:
+    """Singular values and rank-r errors of one projection of a Llama-style decoder layer
+    (q_proj, k_proj, v_proj, o_proj in attention; gate_proj, up_proj, down_proj in the MLP),
+    and the weight's shape."""
+    block = model.model.layers[layer]
+    mod = block.self_attn if proj in ("q_proj", "k_proj", "v_proj", "o_proj") else block.mlp
+    w = getattr(mod, proj).weight
+    s = singular_values(w)
+    return s, rank_r_errors(s), list(w.shape)

@@ -9,5 +9,6 @@
 Modules: ingest (files -> documents), chunk (token chunks with char offsets), embed
 (MiniLM: onnx int8 | torch), sparse (bm25s tokens, Lucene BM25 over segments), stores
 (local dir of immutable segments + faiss HNSW | pgvector with BM25 in SQL), fuse (RRF,
-weighted), rerank (SmolLM2 query likelihood or yes/no), answer, evaluate, cli.
+weighted), rerank (SmolLM2 query likelihood or yes/no), answer, evaluate, cli, sessions
+(a server's upload sessions and the bounded indexes built on them).
 """

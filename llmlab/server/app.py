@@ -14,10 +14,18 @@ from fastapi.responses import FileResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
 
 from llmlab import __version__
-from llmlab.server import errors, narration, openai_api, rag_routes, routes_attention, routes_labs
+from llmlab.server import (
+    errors,
+    narration,
+    openai_api,
+    rag_routes,
+    routes_attention,
+    routes_foundations,
+    routes_labs,
+    routes_vectors,
+)
 from llmlab.server.errors import ApiError
 from llmlab.server.hub import Hub, ServerConfig
-from llmlab.server.routes_foundations import make_router as foundations_router
 from llmlab.server.sources import source_keys, source_of
 
 STATIC = Path(__file__).parent / "static"
@@ -91,7 +99,8 @@ def create_app(cfg: ServerConfig | None = None) -> FastAPI:
     app.include_router(routes_labs.make_router(hub))
     app.include_router(rag_routes.make_router(hub))
     app.include_router(openai_api.make_router(hub))
-    app.include_router(foundations_router(hub))
+    app.include_router(routes_foundations.make_router(hub))
+    app.include_router(routes_vectors.make_router(hub))
 
     if (STATIC / "index.html").exists():
         app.mount("/assets", StaticFiles(directory=STATIC / "assets"), name="assets")

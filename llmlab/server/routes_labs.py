@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import functools
-import threading
 from typing import Any, Literal
 
 import torch
@@ -16,6 +15,7 @@ from llmlab.generate.sampling import SEED_MAX, SamplingParams
 from llmlab.peft import accounting
 from llmlab.server.errors import ApiError, Text
 from llmlab.server.hub import Hub
+from llmlab.tokenizer import load_tokenizer
 
 BASES = {
     "llama-3.1-8b": accounting.LLAMA_31_8B,
@@ -58,26 +58,20 @@ class AnalogyRequest(BaseModel):
 
 def make_router(hub: Hub) -> APIRouter:
     router = APIRouter(prefix="/api")
-    tok_lock = threading.Lock()
-    tokenizers: dict[str, Any] = {}
-    tables: dict[str, tuple[torch.Tensor, list[str]]] = {}
+
+    @functools.lru_cache(maxsize=hub.cfg.tokenizer_cache)
+    def cached_tokenizer(name: str) -> Any:
+        try:
+            return load_tokenizer(name)
+        except (OSError, ValueError) as e:  # no such dir, or no tokenizer in it
+            raise ApiError(400, f"tokenizer: {e}", "tokenizer") from e
 
     def get_tokenizer(name: str) -> Any:
-        from llmlab.tokenizer import load_tokenizer
-
         if name.startswith("local:"):  # a --model-dir checkpoint's own trained tokenizer
             return hub.attention_model(name).tokenizer
-        with tok_lock:
-            if name not in tokenizers:
-                if name not in ("gpt2", "cl100k", "smollm2") and not hub.cfg.allow_local_models:
-                    raise PermissionError("tokenizer: local tokenizer dirs are disabled")
-                try:
-                    tokenizers[name] = load_tokenizer(name)
-                except (OSError, ValueError) as e:  # no such dir, or no tokenizer in it
-                    raise ApiError(400, f"tokenizer: {e}", "tokenizer") from e
-                if len(tokenizers) > hub.cfg.tokenizer_cache:
-                    tokenizers.pop(next(iter(tokenizers)))
-            return tokenizers[name]
+        if name not in ("gpt2", "cl100k", "smollm2") and not hub.cfg.allow_local_models:
+            raise PermissionError("tokenizer: local tokenizer dirs are disabled")
+        return cached_tokenizer(name)
 
     @router.post("/tokenize")
     def tokenize(req: TokenizeRequest) -> dict[str, Any]:
@@ -121,34 +115,31 @@ def make_router(hub: Hub) -> APIRouter:
             "sources": ["decoding.next", "decoding.process", "decoding.top_p"],
         }
 
-    def space(name: str) -> tuple[torch.Tensor, list[str], Any]:
-        if name not in tables:
-            words = embeddings.word_list()
-            if name == "minilm":
-                enc = hub.enc()
-                tables[name] = (hub.run(enc.embed, words), words)
-            else:
-                tables[name] = embeddings.token_table(hub.lm(), words)
-        return (*tables[name], None)
+    @functools.cache  # one table per space ("minilm" or "smollm2")
+    def space(name: str) -> tuple[torch.Tensor, list[str]]:
+        words = embeddings.word_list()
+        if name == "minilm":
+            return hub.run(hub.enc().embed, words), words
+        return embeddings.token_table(hub.lm(), words)
 
     def vec(name: str, word: str, field: str) -> torch.Tensor:
-        table, labels, _ = space(name)
         w = word.strip().lower()
         if name == "minilm":
             return hub.run(hub.enc().embed, [w])[0]
-        ids = hub.lm().tokenizer.encode(" " + w)
-        if len(ids) != 1:
+        row, kept = embeddings.token_table(hub.lm(), [w])
+        if not kept:
+            n = len(hub.lm().tokenizer.encode(" " + w))
             raise ApiError(
                 400,
-                f"{field}: {word!r} is {len(ids)} SmolLM2 tokens; the embedding "
+                f"{field}: {word!r} is {n} SmolLM2 tokens; the embedding "
                 "table has rows for single tokens only",
                 field,
             )
-        return hub.lm().model.model.embed_tokens.weight[ids[0]].detach().float()
+        return row[0]
 
     @router.post("/embeddings/neighbours")
     def neighbours(req: WordRequest) -> dict[str, Any]:
-        table, labels, _ = space(req.space)
+        table, labels = space(req.space)
         q = vec(req.space, req.word, "word")
         nn = embeddings.cosine_neighbours(q, table, labels, req.k, {req.word.strip().lower()})
         return {
@@ -161,7 +152,7 @@ def make_router(hub: Hub) -> APIRouter:
 
     @router.post("/embeddings/analogy")
     def analogy(req: AnalogyRequest) -> dict[str, Any]:
-        table, labels, _ = space(req.space)
+        table, labels = space(req.space)
         a, b, c = (vec(req.space, getattr(req, f), f) for f in ("a", "b", "c"))
         target = embeddings.analogy_vector(a, b, c)
         skip = {w.strip().lower() for w in (req.a, req.b, req.c)}
@@ -218,12 +209,8 @@ def make_router(hub: Hub) -> APIRouter:
 
     @functools.lru_cache(maxsize=32)
     def spectrum_of(layer: int, proj: str) -> tuple[list[float], list[float], list[int]]:
-        lm = hub.lm()
-        blk = lm.model.model.layers[layer]
-        mod = blk.self_attn if proj in PROJ[:4] else blk.mlp
-        w = getattr(mod, proj).weight
-        s = spectrum.singular_values(w)
-        return s.float().tolist(), spectrum.rank_r_errors(s).float().tolist(), list(w.shape)
+        s, err, shape = spectrum.projection_spectrum(hub.lm().model, layer, proj)
+        return s.float().tolist(), err.float().tolist(), shape
 
     @router.get("/lora/spectrum")
     def lora_spectrum(layer: int = 0, proj: str = "q_proj") -> dict[str, Any]:

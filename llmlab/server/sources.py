@@ -8,75 +8,64 @@ from pathlib import Path
 from typing import Any
 
 import llmlab
+from llmlab.explain import attention, decoding, embeddings, projection, spectrum
+from llmlab.foundations import descent, numpy_nn, overfit, token_embeddings, vectors, word2vec
+from llmlab.generate import batcher, chat, sampling
+from llmlab.model import layers
+from llmlab.model import positions as mpos
+from llmlab.peft import accounting
+from llmlab.rag import answer, chunk, fuse, pipeline, rerank
+from llmlab.tokenizer import core
 
-
-def _registry() -> dict[str, Callable[..., Any]]:
-    from llmlab.explain import attention, decoding, embeddings, projection, spectrum
-    from llmlab.foundations import descent, numpy_nn, overfit, token_embeddings, vectors, word2vec
-    from llmlab.generate import batcher, chat, sampling
-    from llmlab.model import layers
-    from llmlab.model import positions as mpos
-    from llmlab.peft import accounting
-    from llmlab.tokenizer import core
-
-    reg: dict[str, Callable[..., Any]] = {
-        "attention.run": attention.run_attention,
-        "attention.explicit": layers.Attention._explicit,
-        "attention.mode": attention.attention_mode,
-        "attention.temperature": attention.softmax_with_temperature,
-        "positions.sinusoidal": mpos.sinusoidal_table,
-        "positions.rope": mpos.rope_angles,
-        "lora.params": accounting.lora_params,
-        "lora.compare": accounting.compare_methods,
-        "lora.errors": spectrum.rank_r_errors,
-        "rag.projection": projection.fit_pca,
-        "tokenizer.encode": core.Tokenizer.encode,
-        "decoding.next": decoding.next_token,
-        "decoding.process": sampling.process_logits,
-        "decoding.top_p": sampling.top_p_filter,
-        "embeddings.analogy": embeddings.analogy_vector,
-        "embeddings.neighbours": embeddings.cosine_neighbours,
-        "chat.stream": chat.stream_chat,
-        "foundations.descent": descent.run_descent,
-        "foundations.sgd": descent.SGD.step,
-        "foundations.adam": descent.Adam.step,
-        "foundations.forward": numpy_nn.MLP.forward,
-        "foundations.backward": numpy_nn.MLP.backward,
-        "foundations.softmax_ce": numpy_nn.softmax_cross_entropy,
-        "foundations.dropout": numpy_nn.dropout_mask,
-        "foundations.train": numpy_nn.train_mlp,
-        "foundations.ridge": overfit.fit_ridge,
-        "foundations.legendre": overfit.legendre_features,
-        "foundations.sgns": word2vec.sgns_grads,
-        "foundations.sgns_step": word2vec.sgns_step,
-        "foundations.neighbours": vectors.VectorSpace.neighbours,
-        "foundations.analogy": vectors.VectorSpace.analogy,
-        "foundations.project": vectors.VectorSpace.project,
-        "foundations.token": token_embeddings.TokenSpace.token_id,
-        "chat.template": chat.ChatTemplate.encode,
-        "batch.decode": batcher.Batcher._decode,
-        "batch.emit": batcher.Batcher._emit,
-    }
-    try:  # the RAG engine is its own module; without it the RAG page is a 503 anyway
-        from llmlab.rag import answer, chunk, fuse, pipeline, rerank
-    except ImportError:
-        return reg
-    reg.update({
-        "rag.chunk": chunk.chunk_text,
-        "rag.retrieve": pipeline.RagIndex.retrieve,
-        "rag.fuse": fuse.rrf,
-        "rag.rerank": rerank.LLMReranker.rerank,
-        "rag.answer": answer.AnswerStream.prompt,
-        "rag.citations": answer.check_citations,
-    })
-    return reg
+# A page's source key -> the library function behind it.
+SOURCES: dict[str, Callable[..., Any]] = {
+    "attention.run": attention.run_attention,
+    "attention.explicit": layers.Attention._explicit,
+    "attention.mode": attention.attention_mode,
+    "attention.temperature": attention.softmax_with_temperature,
+    "positions.sinusoidal": mpos.sinusoidal_table,
+    "positions.rope": mpos.rope_angles,
+    "lora.params": accounting.lora_params,
+    "lora.compare": accounting.compare_methods,
+    "lora.errors": spectrum.rank_r_errors,
+    "rag.projection": projection.fit_pca,
+    "tokenizer.encode": core.Tokenizer.encode,
+    "decoding.next": decoding.next_token,
+    "decoding.process": sampling.process_logits,
+    "decoding.top_p": sampling.top_p_filter,
+    "embeddings.analogy": embeddings.analogy_vector,
+    "embeddings.neighbours": embeddings.cosine_neighbours,
+    "chat.stream": chat.stream_chat,
+    "foundations.descent": descent.run_descent,
+    "foundations.sgd": descent.SGD.step,
+    "foundations.adam": descent.Adam.step,
+    "foundations.forward": numpy_nn.MLP.forward,
+    "foundations.backward": numpy_nn.MLP.backward,
+    "foundations.softmax_ce": numpy_nn.softmax_cross_entropy,
+    "foundations.dropout": numpy_nn.dropout_mask,
+    "foundations.train": numpy_nn.train_mlp,
+    "foundations.ridge": overfit.fit_ridge,
+    "foundations.legendre": overfit.legendre_features,
+    "foundations.sgns": word2vec.sgns_grads,
+    "foundations.sgns_step": word2vec.sgns_step,
+    "foundations.neighbours": vectors.VectorSpace.neighbours,
+    "foundations.analogy": vectors.VectorSpace.analogy,
+    "foundations.project": vectors.VectorSpace.project,
+    "foundations.token": token_embeddings.TokenSpace.token_id,
+    "chat.template": chat.ChatTemplate.encode,
+    "batch.decode": batcher.Batcher._decode,
+    "batch.emit": batcher.Batcher._emit,
+    "rag.chunk": chunk.chunk_text,
+    "rag.retrieve": pipeline.RagIndex.retrieve,
+    "rag.fuse": fuse.rrf,
+    "rag.rerank": rerank.LLMReranker.rerank,
+    "rag.answer": answer.AnswerStream.prompt,
+    "rag.citations": answer.check_citations,
+}
 
 
 def source_of(key: str) -> dict[str, Any]:
-    reg = _registry()
-    if key not in reg:
-        raise KeyError(key)
-    fn = inspect.unwrap(reg[key])  # past decorators such as torch.inference_mode
+    fn = inspect.unwrap(SOURCES[key])  # past decorators such as torch.inference_mode
     src = inspect.getsource(fn)
     file = Path(inspect.getsourcefile(fn) or "")
     root = Path(llmlab.__file__).parent.parent
@@ -89,4 +78,4 @@ def source_of(key: str) -> dict[str, Any]:
 
 
 def source_keys() -> list[str]:
-    return sorted(_registry())
+    return sorted(SOURCES)

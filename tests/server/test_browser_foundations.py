@@ -113,11 +113,11 @@ def test_overfit_degree_ridge_and_dropout(page, server) -> None:  # noqa: ANN001
 
 def test_word_vectors_neighbours_analogy_projection(page, server, monkeypatch) -> None:  # noqa: ANN001
     from llmlab.foundations.word2vec import W2VConfig
-    from llmlab.server import routes_foundations
+    from llmlab.server import routes_vectors
 
     # Half the default's width, two epochs instead of five: about 10 s to train on a fresh
     # machine instead of two minutes, and still gold -> silver, king - man + woman -> queen.
-    monkeypatch.setattr(routes_foundations, "W2V_CONFIG", W2VConfig(dim=50, epochs=2))
+    monkeypatch.setattr(routes_vectors, "W2V_CONFIG", W2VConfig(dim=50, epochs=2))
     pg = page
     pg.goto(f"{server.url}/#/word2vec")
     pg.wait_for_function("document.querySelector('[data-stat=state]')?.textContent"

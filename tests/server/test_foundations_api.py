@@ -12,7 +12,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from llmlab.foundations import SURFACES, W2VConfig
-from llmlab.server import routes_foundations
+from llmlab.server import routes_vectors
 from llmlab.weights.registry import cache_dir
 
 SMALL_W2V = W2VConfig(dim=30, epochs=1, min_count=10)
@@ -24,7 +24,7 @@ def http() -> Iterator[TestClient]:
     from llmlab.server.hub import ServerConfig
 
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(routes_foundations, "W2V_CONFIG", SMALL_W2V)
+        mp.setattr(routes_vectors, "W2V_CONFIG", SMALL_W2V)
         with TestClient(create_app(ServerConfig(preload=False))) as c:
             yield c
 

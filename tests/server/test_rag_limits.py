@@ -26,8 +26,9 @@ import pytest
 import torch
 
 from llmlab.rag.ingest import MAX_TITLE_CHARS, Document, html_to_text
+from llmlab.rag.sessions import sweep_stale
 from llmlab.server.hub import ServerConfig
-from llmlab.server.rag_routes import UploadSessions, sweep_stale
+from llmlab.server.rag_routes import UploadSessions
 
 from .conftest import Live, live_server
 
