@@ -90,15 +90,20 @@ class Start:
         return frozen_copy(self.lm.model).to(self.dist.device) if full else None
 
 
+Scorer = Callable[[nn.Module, list[dict[str, Any]]], dict[str, Any]]
+
+
 @dataclass
 class Setup:
-    """What the Trainer runs: the model it updates, a batch source and a loss."""
+    """What the Trainer runs: the model it updates, a batch source and a loss; and for
+    held-out pairs, how `evaluate` scores them after training."""
 
     model: nn.Module
     export: Export
     batches: BatchSource
     loss_fn: LossFn
     evals: list[dict[str, Any]] = dataclasses.field(default_factory=list)  # held-out batches
+    score: Scorer | None = None
 
 
 def _one_source(acfg: AlignConfig) -> None:
@@ -133,18 +138,24 @@ def _prompts(s: Start, need_verifier: bool = True) -> list[dict[str, Any]]:
     return task_prompts(a.task, a.max_examples, seed=s.tcfg.seed)
 
 
+def _reward_score(rm: nn.Module, evals: list[dict[str, Any]]) -> dict[str, Any]:
+    return {"pairs": sum(len(b["chosen_ids"]) for b in evals),
+            "pairwise_accuracy": pairwise_accuracy(rm, evals)}
+
+
 def reward(s: Start) -> Setup:
     """A Bradley-Terry reward model: a scalar head on the policy, trained on pairs."""
     batches, evals = _pairs(s)
     loss = functools.partial(reward_batch_loss, center_coef=s.acfg.center_rewards_coefficient)
-    return Setup(ScalarHead(s.model), head_export(s.export), batches, loss, evals)
+    return Setup(ScalarHead(s.model), head_export(s.export), batches, loss, evals,
+                 _reward_score)
 
 
 def dpo(s: Start) -> Setup:
     batches, evals = _pairs(s)
     a = s.acfg
     loss = DPOLoss(s.reference(), a.beta, a.loss_type_dpo, a.label_smoothing)
-    return Setup(s.model, s.export, batches, loss, evals)
+    return Setup(s.model, s.export, batches, loss, evals, loss.evaluate)
 
 
 def ppo(s: Start) -> Setup:
@@ -181,17 +192,13 @@ ALGORITHMS: dict[str, Callable[[Start], Setup]] = {
 
 
 @torch.no_grad()
-def evaluate(algo: str, setup: Setup, device: torch.device) -> dict[str, Any] | None:
+def evaluate(setup: Setup, device: torch.device) -> dict[str, Any] | None:
     """Held-out pairs after training: the reward model's pairwise accuracy, or DPO's
     implicit-reward and log-prob metrics (`DPOLoss.evaluate`). None: nothing to score."""
-    if not setup.evals or algo not in ("reward", "dpo"):
+    if setup.score is None or not setup.evals:
         return None
-    evals = [to_device(b, device) for b in setup.evals]
     setup.model.eval()
-    if algo == "reward":
-        return {"pairs": sum(len(b["chosen_ids"]) for b in evals),
-                "pairwise_accuracy": pairwise_accuracy(setup.model, evals)}
-    return setup.loss_fn.evaluate(setup.model, evals)  # type: ignore[attr-defined]
+    return setup.score(setup.model, [to_device(b, device) for b in setup.evals])
 
 
 def run(algo: str, acfg: AlignConfig, tcfg: TrainConfig, run_dir: Path,
@@ -215,10 +222,10 @@ def run(algo: str, acfg: AlignConfig, tcfg: TrainConfig, run_dir: Path,
                           export=setup.export, eval_data=setup.evals, run_info={"algo": algo},
                           compat={"algo": algo, "model": acfg.model})
         out = trainer.fit()
-        ev = evaluate(algo, setup, d.device) if d.is_main else None
+        ev = evaluate(setup, d.device) if d.is_main else None
         if ev is not None:
             out["eval"] = ev
-            if algo == "reward":
+            if "pairwise_accuracy" in ev:  # the reward model's, printed by the CLI
                 out["val_accuracy"] = ev["pairwise_accuracy"]
             (run_dir / "eval.json").write_text(json.dumps(ev, indent=1) + "\n")
         return out
