@@ -148,7 +148,7 @@ def summarise(name: str, steps: list[float], rollouts: list[float], decodes: lis
 
 def run_ours(a: argparse.Namespace, model: Any, tok: Any, rows: list[dict[str, Any]],
              dev: torch.device, deadline: float) -> dict[str, Any]:
-    from llmlab.align import grpo_run
+    from llmlab.align import grpo as grpo_run
     from llmlab.align.config import GRPOConfig
     from llmlab.tokenizer.chat_template import ChatTemplate
     from llmlab.train.config import TrainConfig

@@ -132,7 +132,7 @@ def test_grpo_rollouts_with_accumulation_are_reserved_after_each_update() -> Non
     rollouts come back in order on the following steps (each pass after an update), never
     twice within one step."""
     from llmlab.align.config import GRPOConfig
-    from llmlab.align.grpo_run import RolloutBatches
+    from llmlab.align.grpo import RolloutBatches
 
     made = iter(range(100))
     b = RolloutBatches(None, None, None, [], GRPOConfig(iterations=2), grad_accum=2)  # type: ignore[arg-type]

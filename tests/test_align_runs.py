@@ -14,7 +14,7 @@ import torch
 from inproc import llmlab
 from train_common import metrics
 
-from llmlab.align.ppo_run import LOSS_METRICS, ROLLOUT_METRICS
+from llmlab.align.ppo import LOSS_METRICS, ROLLOUT_METRICS
 
 FAST = ["--no-progress", "--no-tensorboard", "--threads", "1"]
 
@@ -214,7 +214,7 @@ def test_grpo_rollout_old_logprobs_use_the_sampling_temperature(tiny: Path) -> N
     from llmlab.align.common import token_logprobs
     from llmlab.align.config import GRPOConfig
     from llmlab.align.data import task_prompts
-    from llmlab.align.grpo_run import RolloutBatches
+    from llmlab.align.grpo import RolloutBatches
     from llmlab.generate.chat import template_for
 
     lm = llmlab.load(str(tiny))
@@ -233,7 +233,7 @@ def test_grpo_rollout_old_logprobs_use_the_sampling_temperature(tiny: Path) -> N
 
     # One pass: no extra forward; the loss takes the current log-probs, detached, as old
     # (TRL's shortcut), which gives the same loss and gradient as the taken old log-probs.
-    from llmlab.align.grpo_run import grpo_loss_fn
+    from llmlab.align.grpo import grpo_loss_fn
 
     one = RolloutBatches(lm.model, lm.tokenizer, template_for(lm),
                          task_prompts("arithmetic", 8),
@@ -290,7 +290,8 @@ def test_alignment_from_an_adapter_keeps_its_chat_template(tiny: Path, tmp_path:
     """An SFT adapter trained with --chat-template: DPO/PPO/GRPO from it render prompts in
     that template and save it with the adapter they write."""
     import llmlab
-    from llmlab.align.cli import AlignConfig, _model
+    from llmlab.align.config import AlignConfig
+    from llmlab.align.run import load_policy
     from llmlab.generate.chat import template_for
     from llmlab.peft.model import get_peft_model
     from llmlab.tokenizer.chat_template import TEMPLATES
@@ -298,9 +299,9 @@ def test_alignment_from_an_adapter_keeps_its_chat_template(tiny: Path, tmp_path:
     zephyr = TEMPLATES["zephyr"]
     pm = get_peft_model(llmlab.load(str(tiny)).model, "lora", r=2, target_modules=["q_proj"])
     pm.save_adapter(tmp_path / "sft", chat_template=zephyr.to_jinja())
-    lm, model, export = _model(AlignConfig(model=str(tiny), adapter=str(tmp_path / "sft")))
+    lm, model, export = load_policy(AlignConfig(model=str(tiny), adapter=str(tmp_path / "sft")))
     assert template_for(lm) == zephyr
     export(model, tmp_path / "out")
     assert (tmp_path / "out" / "chat_template.jinja").read_text() == zephyr.to_jinja()
-    lm, model, _ = _model(AlignConfig(model=str(tiny)))  # no adapter: the base's ChatML
+    lm, model, _ = load_policy(AlignConfig(model=str(tiny)))  # no adapter: the base's ChatML
     assert template_for(lm).turn_start == TEMPLATES["chatml"].turn_start

@@ -25,7 +25,7 @@ from trl.trainer.utils import add_fused_lm_head
 
 from llmlab.align.config import GRPOConfig
 from llmlab.align.dpo import DPOLoss
-from llmlab.align.grpo_run import grpo_loss_fn
+from llmlab.align.grpo import grpo_loss_fn
 from llmlab.align.reward import ScalarHead, reward_batch_loss
 
 FUSED = ("log_probs", "entropy", "mean_logits", "is_top1")

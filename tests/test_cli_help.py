@@ -65,7 +65,7 @@ def _dataclass_flags(cmd: str) -> list[tuple[type, str, argparse.Action]]:
         "training": (TrainConfig, "train"), "model": (ModelConfig, "model"),
         "data": (DataConfig, "data"), "sft": (SFTConfig, "sft"),
         "align": (AlignConfig, "align"),
-        **{a: (ALGO_CONFIGS[a](), "algo") for a in ALGO_CONFIGS}}
+        **{a: (ALGO_CONFIGS[a], "algo") for a in ALGO_CONFIGS}}
     out = []
     for g in COMMANDS[(cmd,)]._action_groups:  # a flag's group says whose field it is
         if g.title in groups:

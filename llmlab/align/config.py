@@ -1,9 +1,32 @@
-"""GRPO's and PPO's switches, torch-free so the CLI can build its flags without torch."""
+"""The alignment commands' switches (shared, GRPO's and PPO's), torch-free so the CLI can
+build its flags without torch."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import Literal
+
+
+@dataclass
+class AlignConfig:
+    model: str = "smollm2-135m-instruct"  # policy model name or directory
+    adapter: str = ""  # start from this LoRA adapter (trained further; reference: disabled)
+    data: str = ""  # preference JSONL (reward, dpo) or RL prompt JSONL (grpo, ppo)
+    task: str = ""  # bundled: arithmetic[-easy]|trivia|humaneval (grpo, ppo); *-prefs (reward, dpo)
+    peft: Literal["none", "lora"] = "lora"  # none: train all weights (reference: a frozen copy)
+    lora_r: int = 8  # LoRA rank (q_proj, v_proj)
+    lora_alpha: float = 16.0  # LoRA scale numerator: updates are scaled by alpha / r
+    beta: float = 0.1  # DPO β: strength of the implicit KL to the reference
+    loss_type_dpo: Literal["sigmoid", "ipo", "hinge"] = "sigmoid"  # DPO loss (align/dpo.py)
+    label_smoothing: float = 0.0  # DPO sigmoid: assumed probability a label is flipped
+    center_rewards_coefficient: float = 0.0  # reward: weight of a mean-reward² penalty
+    max_examples: int = 256  # pairs or prompts used
+    val_examples: int = 16  # pairs held out for evaluation (at most a quarter)
+    pref_samples: int = 4  # *-prefs tasks: SmolLM2 samples per prompt (best vs worst)
+    pref_temperature: float = 1.0  # *-prefs tasks: sampling temperature
+    pref_hint: bool = False  # *-prefs: half the samples see the answer as a hint
+    # *-prefs: how a prompt's best and worst samples are paired (align/data.py)
+    pref_pairing: Literal["extremes", "length-matched", "perturbed"] = "extremes"
 
 
 @dataclass

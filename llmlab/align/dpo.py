@@ -11,15 +11,13 @@ Implicit rewards β·(log π - log π_ref) are logged as rewards/chosen, rewards
 
 from __future__ import annotations
 
-import contextlib
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from llmlab.align.common import token_logprobs
-from llmlab.peft.model import disable_adapters
+from llmlab.align.common import Reference, token_logprobs
 
 LOSS_TYPES = ("sigmoid", "ipo", "hinge")
 
@@ -50,11 +48,16 @@ def dpo_loss(pol_c: torch.Tensor, pol_r: torch.Tensor, ref_c: torch.Tensor, ref_
                            "rewards/accuracy": float((rc > rr).float().mean())}
 
 
+def completion_sum(lp: torch.Tensor, completion_mask: torch.Tensor) -> torch.Tensor:
+    """Sum of per-token log-probs (B, T-1) over completion tokens only; completion_mask is
+    (B, T) over the ids."""
+    return (lp * completion_mask[:, 1:].to(lp.dtype)).sum(1)
+
+
 def sequence_logprob(model: nn.Module, ids: torch.Tensor, attn: torch.Tensor,
                      completion_mask: torch.Tensor) -> torch.Tensor:
     """Sum of log p over completion tokens only; completion_mask is (B, T) over ids."""
-    lp = token_logprobs(model, ids, attn)
-    return (lp * completion_mask[:, 1:].to(lp.dtype)).sum(1)
+    return completion_sum(token_logprobs(model, ids, attn), completion_mask)
 
 
 class DPOLoss:
@@ -67,22 +70,21 @@ class DPOLoss:
             raise ValueError(f"loss_type must be one of {LOSS_TYPES}, got {loss_type!r}")
         if beta <= 0:
             raise ValueError(f"beta must be > 0, got {beta}")
-        self.ref, self.beta, self.loss_type, self.ls = ref, beta, loss_type, label_smoothing
+        self.ref = Reference(ref)
+        self.beta, self.loss_type, self.ls = beta, loss_type, label_smoothing
 
-    def _logps(self, model: nn.Module, b: dict[str, torch.Tensor]) -> torch.Tensor:
-        ids = torch.cat([b["chosen_ids"], b["rejected_ids"]])
-        attn = torch.cat([b["chosen_mask"], b["rejected_mask"]])
-        cm = torch.cat([b["chosen_cmask"], b["rejected_cmask"]])
-        return sequence_logprob(model, ids, attn, cm)
+    def _logps(self, model: nn.Module, b: dict[str, torch.Tensor]
+               ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Summed completion log-probs of [chosen; rejected] under the policy and π_ref."""
+        ids, attn, cm = (torch.cat([b[f"chosen_{k}"], b[f"rejected_{k}"]])
+                         for k in ("ids", "mask", "cmask"))
+        pol = sequence_logprob(model, ids, attn, cm)
+        return pol, completion_sum(self.ref.logprobs(ids, attn, policy=model), cm)
 
     def __call__(self, model: nn.Module, batch: dict[str, torch.Tensor]
                  ) -> tuple[torch.Tensor, dict[str, Any]]:
         n = batch["chosen_ids"].shape[0]
-        pol = self._logps(model, batch)
-        with torch.no_grad():
-            ctx = disable_adapters(model) if self.ref is None else contextlib.nullcontext()
-            with ctx:
-                ref = self._logps(self.ref if self.ref is not None else model, batch)
+        pol, ref = self._logps(model, batch)
         lens = (batch["chosen_cmask"].sum(1), batch["rejected_cmask"].sum(1))
         loss, m = dpo_loss(pol[:n], pol[n:], ref[:n], ref[n:], self.beta, self.loss_type,
                            self.ls, *lens)
@@ -98,10 +100,7 @@ class DPOLoss:
         pol, ref, lc, lr = [], [], [], []
         for b in batches:
             n = b["chosen_ids"].shape[0]
-            p = self._logps(model, b)
-            ctx = disable_adapters(model) if self.ref is None else contextlib.nullcontext()
-            with ctx:
-                r = self._logps(self.ref if self.ref is not None else model, b)
+            p, r = self._logps(model, b)
             pol += [p[:n], p[n:]]
             ref += [r[:n], r[n:]]
             lc.append(b["chosen_cmask"].sum(1))

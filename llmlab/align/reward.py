@@ -17,7 +17,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+import llmlab
+from llmlab.align.common import token_logprobs
+from llmlab.peft.model import load_adapter, read_adapter_config
 from llmlab.train.checkpoint import HEAD_WEIGHTS as HEAD_FILE
+from llmlab.weights.io import atomic_dir, load_safetensors, save_safetensors
 
 
 def last_index(attention_mask: torch.Tensor) -> torch.Tensor:
@@ -29,7 +33,8 @@ def last_index(attention_mask: torch.Tensor) -> torch.Tensor:
 class ScalarHead(nn.Module):
     """A transformer with a linear head on its final hidden state: (B, T) -> (B, T) scores.
     Used for reward models (score at the last token) and as PPO's value head (every token;
-    `with_logits=True` also returns the LM logits of the same forward pass).
+    `with_logprobs=True` also returns the next-token log-probs of the same forward pass, as
+    `token_logprobs` at `temperature`).
 
     Its state is the wrapped model's (adapter-only for a PeftModel) plus `head.*`, so the
     shared loop's checkpoints and resume carry the head; `export` writes the model in its
@@ -48,10 +53,13 @@ class ScalarHead(nn.Module):
         return self.model.cfg
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
-                with_logits: bool = False) -> Any:
+                with_logprobs: bool = False, temperature: float = 1.0) -> Any:
+        if with_logprobs:  # (log-probs (B, T-1), values (B, T))
+            logp, hidden = token_logprobs(self.model, input_ids, attention_mask, temperature,
+                                          with_hidden=True)
+            return logp, self.head(hidden.float()).squeeze(-1)
         out = self.model(input_ids, attention_mask=attention_mask)
-        values = self.head(out.hidden.float()).squeeze(-1)
-        return (out.logits, values) if with_logits else values
+        return self.head(out.hidden.float()).squeeze(-1)
 
     def score(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         values = self(input_ids, attention_mask)
@@ -69,15 +77,11 @@ class ScalarHead(nn.Module):
                                            if not k.startswith("head.")}, strict=strict)
 
     def save_head(self, out: str | Path) -> None:
-        from llmlab.weights.io import save_safetensors
-
         Path(out).mkdir(parents=True, exist_ok=True)
         save_safetensors({"head." + k: v.detach().cpu() for k, v in
                           self.head.state_dict().items()}, Path(out) / HEAD_FILE)
 
     def load_head(self, src: str | Path) -> None:
-        from llmlab.weights.io import load_safetensors
-
         sd = load_safetensors(Path(src) / HEAD_FILE)
         try:
             self.head.load_state_dict({k[5:]: v for k, v in sd.items()})
@@ -87,8 +91,6 @@ class ScalarHead(nn.Module):
 
 def head_export(inner: Callable[[nn.Module, Path], Any]) -> Callable[[nn.Module, Path], None]:
     """Export a ScalarHead: the wrapped model by `inner`, then HEAD_FILE, as one atomic dir."""
-    from llmlab.weights.io import atomic_dir
-
     def export(m: nn.Module, out: Path) -> None:
         with atomic_dir(out) as tmp:
             inner(m.model, tmp)
@@ -99,8 +101,6 @@ def head_export(inner: Callable[[nn.Module, Path], Any]) -> Callable[[nn.Module,
 def load_reward_model(path: str | Path) -> ScalarHead:
     """A reward model saved by `llmlab reward` (a run dir or its final/ dir): the full
     model or the base plus its LoRA adapter, and HEAD_FILE. Frozen, in eval mode."""
-    import llmlab
-
     path = Path(path)
     if not (path / HEAD_FILE).exists() and (path / "final" / HEAD_FILE).exists():
         path = path / "final"
@@ -108,8 +108,6 @@ def load_reward_model(path: str | Path) -> ScalarHead:
         raise ValueError(f"{path}: not a reward model (no {HEAD_FILE}); train one with "
                          "`llmlab reward --out DIR`")
     if (path / "adapter_config.json").exists():
-        from llmlab.peft.model import load_adapter, read_adapter_config
-
         base = read_adapter_config(path).get("base_model_name_or_path")
         if not base:
             raise ValueError(f"{path / 'adapter_config.json'}: field "
