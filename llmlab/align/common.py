@@ -42,9 +42,10 @@ def token_logprobs(model: nn.Module, input_ids: torch.Tensor,
                    temperature: float = 1.0) -> torch.Tensor:
     """log p(input_ids[:, t+1] | input_ids[:, :t+1]) for t < T-1: shape (B, T-1).
 
-    The model forms them in chunks (`Transformer(logprobs_of=...)`): an RL batch's (B, T,
-    vocab) logits and log-softmax, GBs for a 49k vocabulary, are never held."""
+    The model forms them in chunks (`model(ids, targets=..., reduction="none")`, the per-token
+    cross-entropy): an RL batch's (B, T, vocab) logits and log-softmax, GBs for a 49k
+    vocabulary, are never held."""
     targets = torch.cat([input_ids[:, 1:], input_ids[:, -1:]], 1)  # the last one is unused
-    out = model(input_ids, attention_mask=attention_mask, logprobs_of=targets,
+    out = model(input_ids, targets=targets, reduction="none", attention_mask=attention_mask,
                 temperature=temperature)
-    return out.logprobs[:, :-1]
+    return -out.loss[:, :-1]
