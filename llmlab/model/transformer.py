@@ -14,7 +14,12 @@ from llmlab.model.cache import KVCache
 from llmlab.model.config import ModelConfig
 from llmlab.model.layers import Block, make_norm
 from llmlab.model.linear import Linear
-from llmlab.model.loss import IGNORE_INDEX, linear_cross_entropy, linear_token_logprobs
+from llmlab.model.loss import (
+    IGNORE_INDEX,
+    kept_rows,
+    linear_cross_entropy,
+    linear_token_logprobs,
+)
 from llmlab.model.positions import RopeTable, sinusoidal_table
 
 
@@ -258,10 +263,11 @@ class Transformer(nn.Module):
                        temperature: float) -> torch.Tensor:
         """-log softmax(lm_head(h) / temperature)[targets], fp32: the mean over the kept
         targets, or per token (0 where ignored)."""
-        head, keep = self.lm_head, targets != IGNORE_INDEX
+        head = self.lm_head
         # A wrapped head (LoRA, quantised) computes its own logits; a plain one runs fused.
         fused = type(head) in (Linear, nn.Linear) and head.bias is None
         if reduction == "none":
+            keep = targets != IGNORE_INDEX
             y = targets.masked_fill(~keep, 0)
             if fused:
                 logp = linear_token_logprobs(h, head.weight, y, temperature)
@@ -273,11 +279,7 @@ class Transformer(nn.Module):
             raise ValueError(f"reduction must be 'mean' or 'none', got {reduction!r}")
         if temperature != 1.0:
             raise ValueError("temperature scales per-token scores: use reduction='none'")
-        if not torch.compiler.is_compiling() and not bool(keep.all()):
-            # The LM head, the largest matmul of a small model, runs only where a target is
-            # kept: SFT trains a few per cent of a row's tokens (the assistant's). (Compiled,
-            # a data-dependent shape would split the graph: the head runs on every row.)
-            h, targets = h[keep], targets[keep]
+        h, targets = kept_rows(h, targets)  # the LM head skips ignored positions
         if fused:
             return linear_cross_entropy(h, head.weight, targets)
         logits = head(h).float()
