@@ -10,6 +10,7 @@ from torch import nn
 
 from llmlab.lm import load
 from llmlab.model import ModelConfig, Transformer
+from llmlab.model.config import PRESETS, preset
 from llmlab.model.positions import sinusoidal_table
 from llmlab.weights.hf import save_hf
 
@@ -216,3 +217,15 @@ def test_encoder_decoder_kv_cache_matches_full_forward():
         for t in range(3, 8):
             steps.append(m(tgt[:, t : t + 1], cache=cache).logits)
     assert (torch.cat(steps, 1) - full).abs().max().item() <= 1e-5
+
+
+@pytest.mark.parametrize("name", sorted(PRESETS))
+@pytest.mark.parametrize("variant", [{}, {"bias": False, "tie_embeddings": False},
+                                     {"encoder_layers": 2, "type_vocab_size": 2}])
+def test_config_counts_the_parameters_the_model_has(name, variant):
+    """`ModelConfig.num_params` is arithmetic on the shapes; the model built on the meta
+    device (no memory) has exactly that many parameters, shared matrices counted once."""
+    cfg = preset(name, **variant)
+    with torch.device("meta"):
+        built = sum(p.numel() for p in Transformer(cfg).parameters())
+    assert cfg.num_params() == built

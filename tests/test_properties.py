@@ -8,6 +8,7 @@ from llmlab.generate.engine import iter_decode
 from llmlab.generate.sampling import SamplingParams
 from llmlab.model import KVCache, ModelConfig, Transformer
 from llmlab.model.positions import apply_rope, rope_cos_sin
+from llmlab.model.record import record_attention
 
 V = 256
 LLAMA = dict(
@@ -96,10 +97,11 @@ def test_explain_mode_returns_the_attention_sdpa_computed():
     ids = torch.randint(0, V, (1, 9))
     with torch.no_grad():
         plain = m(ids)
-        ex = m(ids, explain=True)
+        with record_attention(m) as rec:
+            ex = m(ids)
     assert (plain.logits - ex.logits).abs().max().item() <= 1e-5
-    assert len(ex.attentions) == 2
-    w, s = ex.attentions[0]["weights"], ex.attentions[0]["scores"]
+    assert len(rec.attentions) == 2
+    w, s = rec.attentions[0]["weights"], rec.attentions[0]["scores"]
     assert w.shape == (1, 4, 9, 9)
     assert torch.allclose(w.sum(-1), torch.ones(1, 4, 9), atol=1e-5)
     assert torch.all(w.triu(1) == 0)  # causal: nothing attends to the future
@@ -108,9 +110,9 @@ def test_explain_mode_returns_the_attention_sdpa_computed():
 
 def test_explain_bidirectional_mode_sees_both_ways():
     m = _model(**{**LLAMA, "causal": False, "lm_head": False})
-    with torch.no_grad():
-        ex = m(torch.randint(0, V, (1, 6)), explain=True)
-    assert ex.attentions[0]["weights"].triu(1).abs().sum() > 0
+    with torch.no_grad(), record_attention(m) as rec:
+        m(torch.randint(0, V, (1, 6)))
+    assert rec.attentions[0]["weights"].triu(1).abs().sum() > 0
 
 
 def test_batched_left_padded_generation_equals_one_by_one():

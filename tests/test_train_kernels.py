@@ -108,7 +108,7 @@ def test_bf16_autocast_matches_autocast_linear_then_fp32_cross_entropy():
 
 @pytest.mark.parametrize("arch", ["gpt2", "llama"])
 def test_model_loss_and_grads_match_transformers(tmp_path, arch):
-    """labels= gives transformers' loss, and backward gives its parameter gradients (the tied
+    """targets= gives transformers' loss, and backward gives its parameter gradients (the tied
     embedding/LM-head weight collects both of its gradients)."""
     from transformers import AutoModelForCausalLM
 
@@ -120,7 +120,7 @@ def test_model_loss_and_grads_match_transformers(tmp_path, arch):
     save_hf(ours, tmp_path / "hf")
     ref = AutoModelForCausalLM.from_pretrained(tmp_path / "hf", attn_implementation="eager")
     x = torch.randint(0, 300, (3, 33))
-    loss = ours(x[:, :-1], labels=x[:, 1:]).loss
+    loss = ours(x[:, :-1], targets=x[:, 1:]).loss
     theirs = ref(x, labels=x).loss  # transformers shifts the labels itself
     assert loss.item() == pytest.approx(theirs.item(), abs=1e-5)
     loss.backward()
@@ -141,11 +141,11 @@ def test_compiled_training_step_matches_eager():
     m = Transformer(ModelConfig(vocab_size=512, d_model=64, n_layer=2, n_head=4,
                                 max_seq_len=64))
     x = torch.randint(0, 512, (4, 65))
-    want = m(x[:, :-1], labels=x[:, 1:]).loss
+    want = m(x[:, :-1], targets=x[:, 1:]).loss
     want.backward()
     grads = [p.grad.clone() for p in m.parameters()]
     m.zero_grad()
-    got = torch.compile(m, fullgraph=True)(x[:, :-1], labels=x[:, 1:]).loss
+    got = torch.compile(m, fullgraph=True)(x[:, :-1], targets=x[:, 1:]).loss
     got.backward()
     assert got.item() == pytest.approx(want.item(), abs=1e-6)
     for p, g in zip(m.parameters(), grads, strict=True):
@@ -155,8 +155,8 @@ def test_compiled_training_step_matches_eager():
 @pytest.mark.parametrize("temperature", [1.0, 0.7])
 def test_token_logprobs_match_log_softmax_of_the_logits_with_gradients(temperature: float
                                                                        ) -> None:
-    """`Transformer(logprobs_of=...)` (chunked, logits never stored) equals log_softmax of
-    the plain logits / T gathered at the ids, and so do the gradients of every weight."""
+    """`Transformer(targets=..., reduction="none")` (chunked, logits never stored) is minus
+    log_softmax of the plain logits / T gathered at the ids, and so are the gradients."""
     import torch.nn.functional as F
 
     from llmlab.model import ModelConfig, Transformer
@@ -178,8 +178,8 @@ def test_token_logprobs_match_log_softmax_of_the_logits_with_gradients(temperatu
 
     ref = F.log_softmax(m(ids, attention_mask=mask).logits / temperature, -1)
     want, want_g = grads(ref.gather(-1, ids[..., None]).squeeze(-1))
-    got, got_g = grads(m(ids, attention_mask=mask, logprobs_of=ids,
-                         temperature=temperature).logprobs)
+    got, got_g = grads(-m(ids, attention_mask=mask, targets=ids, reduction="none",
+                          temperature=temperature).loss)
     torch.testing.assert_close(got.double(), want, rtol=1e-6, atol=1e-6)
     for a, b in zip(got_g, want_g, strict=True):
         torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-8)

@@ -52,12 +52,14 @@ def token_logprobs(model: nn.Module, input_ids: torch.Tensor,
     `with_hidden`, also the final hidden states (B, T, d) of the same forward (PPO's value
     head reads them).
 
-    The model forms them in chunks (`Transformer(logprobs_of=...)`): an RL batch's (B, T,
-    vocab) logits and log-softmax, GBs for a 49k vocabulary, are never held."""
+    The model forms them in chunks (`model(ids, targets=..., reduction="none")`, the per-token
+    cross-entropy): an RL batch's (B, T, vocab) logits and log-softmax, GBs for a 49k
+    vocabulary, are never held."""
     targets = torch.cat([input_ids[:, 1:], input_ids[:, -1:]], 1)  # the last one is unused
-    out = model(input_ids, attention_mask=attention_mask, logprobs_of=targets,
+    out = model(input_ids, targets=targets, reduction="none", attention_mask=attention_mask,
                 temperature=temperature)
-    return (out.logprobs[:, :-1], out.hidden) if with_hidden else out.logprobs[:, :-1]
+    logp = -out.loss[:, :-1]
+    return (logp, out.hidden) if with_hidden else logp
 
 
 def frozen_copy(model: nn.Module) -> nn.Module:

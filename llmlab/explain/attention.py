@@ -1,7 +1,7 @@
-"""Real attention maps: one explain-mode forward pass, then views of its scores.
+"""Real attention maps: one recorded forward pass, then views of its scores.
 
-`explain=True` makes every attention layer use the written-out softmax(QK^T/sqrt(d))
-path and return its pre-softmax scores (masked with -inf) and weights.
+`record_attention` (model/record.py) makes every attention layer use the written-out
+softmax(QK^T/sqrt(d)) path and keep its pre-softmax scores (masked with -inf) and weights.
 """
 
 from __future__ import annotations
@@ -13,6 +13,8 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
+
+from llmlab.model.record import record_attention
 
 # The shared model's `causal` flags are flipped for a bidirectional run; this lock makes
 # the flip-run-restore sequence atomic with respect to other explain calls.
@@ -58,7 +60,7 @@ def attention_mode(model: Any, causal: bool) -> Iterator[None]:
 
 @torch.inference_mode()
 def run_attention(lm: Any, text: str, causal: bool | None = None) -> AttentionRun:
-    """Tokenize `text`, run the model once in explain mode, keep every layer's attention.
+    """Tokenize `text`, run the model once recording it, keep every layer's attention.
 
     `causal=None` uses the model's own mask (causal for SmolLM2, bidirectional for BERT)."""
     tok = lm.tokenizer
@@ -68,13 +70,12 @@ def run_attention(lm: Any, text: str, causal: bool | None = None) -> AttentionRu
     x = torch.tensor([ids], dtype=torch.long, device=lm.model.device)
     model = lm.model
     mode = model.cfg.causal if causal is None else causal
-    with attention_mode(model, mode):
+    with attention_mode(model, mode), record_attention(model) as rec:
         if model.cfg.lm_head:
-            maps = model(x, explain=True).attentions
-        else:  # encoder-only: Transformer.encode fills the explain list per layer
-            ex: list = []
-            model.encode(x, torch.ones_like(x), explain=ex)
-            maps = [e["self"][0] for e in ex]
+            model(x)
+        else:  # encoder-only
+            model.encode(x, torch.ones_like(x))
+    maps = rec.attentions
     scores = torch.stack([m["scores"][0].float() for m in maps])
     weights = torch.stack([m["weights"][0].float() for m in maps])
     return AttentionRun(ids, list(tok.pieces(ids)), bool(mode), scores, weights)

@@ -10,6 +10,8 @@ _NAMES = {
     "preset": "llmlab.model.config",
     "ModelOutput": "llmlab.model.transformer",
     "Transformer": "llmlab.model.transformer",
+    "AttentionRecord": "llmlab.model.record",
+    "record_attention": "llmlab.model.record",
 }
 __all__ = sorted(_NAMES)
 

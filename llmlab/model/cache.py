@@ -24,7 +24,7 @@ class KVCache:
         self.v = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(cfg.n_layer)]
         self.max_len = max_len
         self.batch_size = batch_size
-        self.length = 0  # positions filled in every row
+        self.length = 0  # positions filled in every row (a static cache keeps 0: see slots)
         self._pending = 0
         self._cross: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
         # Static mode: attention always spans the whole buffer (masked), and writes go to
@@ -52,8 +52,21 @@ class KVCache:
         self._pending = t
         return self.k[layer][:, :, :end], self.v[layer][:, :, :end]
 
+    def static_mask(self, key_valid: torch.Tensor | None) -> torch.Tensor:
+        """(B, 1, T, max_len) for a static cache: a query in slot s sees the filled, non-padding
+        slots up to s (`key_valid` (B, max_len): 0 over padding)."""
+        assert self.slots is not None, "static cache: set cache.slots before the forward"
+        keys = torch.arange(self.max_len, device=self.slots.device)
+        mask = (keys[None, :] <= self.slots[:, None])[None, None]
+        if key_valid is not None:
+            # Each query also sees its own slot, so a padding row never has an empty softmax.
+            own = (keys[None, :] == self.slots[:, None])[None, None]
+            mask = (mask & key_valid[:, None, None, :].bool()) | own
+        return mask
+
     def advance(self) -> None:
-        """Called once per forward, after every layer wrote its slice."""
+        """Called once per forward, after every layer wrote its slice (a no-op when static:
+        writes go to `slots`, and nothing is pending)."""
         self.length += self._pending
         self._pending = 0
 

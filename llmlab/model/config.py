@@ -87,14 +87,29 @@ class ModelConfig:
         return cls.from_dict(json.loads(Path(path).read_text()))
 
     def num_params(self) -> int:
-        """Parameter count computed from the shapes, without building the model."""
-        import torch
+        """Parameters of the `Transformer` this config builds (shared matrices once), from the
+        shapes alone: a 7B config is counted without allocating it."""
+        assert self.head_dim is not None and self.n_kv_head is not None and self.d_ff is not None
+        d, hd, ff, b = self.d_model, self.head_dim, self.d_ff, int(self.bias)
+        norm = d if self.norm == "rmsnorm" else 2 * d  # LayerNorm has a bias too
+        q, kv = self.n_head * hd, self.n_kv_head * hd
+        attn = d * q + 2 * d * kv + q * d + b * (q + 2 * kv + d)  # q, k, v, o projections
+        n_up = 2 if self.mlp == "swiglu" else 1  # swiglu has a gate beside the up projection
+        mlp = n_up * (d * ff + b * ff) + ff * d + b * d
+        block = 2 * norm + attn + mlp
 
-        from llmlab.model.transformer import Transformer  # local: avoid a cycle
+        def stack(n_layer: int, cross: bool) -> int:  # without the token embedding
+            n = n_layer * (block + cross * (norm + attn))
+            n += self.max_seq_len * d if self.pos == "learned" else 0
+            n += self.type_vocab_size * d
+            return n + norm * (int(self.embed_norm) + int(self.final_norm))
 
-        with torch.device("meta"):
-            m = Transformer(self)
-        return sum(p.numel() for p in m.parameters())
+        n = self.vocab_size * d + stack(self.n_layer, self.is_encoder_decoder)
+        if self.is_encoder_decoder:  # the encoder shares the token embedding
+            n += stack(self.encoder_layers, False)
+        if self.lm_head and not self.tie_embeddings:
+            n += self.vocab_size * d
+        return n
 
 
 # Named shapes. Fields not given keep the defaults above (GPT-2 style).

@@ -81,6 +81,8 @@ class Attention(nn.Module):
         assert cfg.head_dim is not None and cfg.n_kv_head is not None
         self.n_head, self.n_kv_head, self.head_dim = cfg.n_head, cfg.n_kv_head, cfg.head_dim
         self.layer_idx, self.cross = layer_idx, cross
+        # A list while `record_attention` (model/record.py) runs: the maps go there.
+        self.record: list[dict[str, torch.Tensor]] | None = None
         self.use_rope = cfg.pos == "rope" and not cross
         self.dropout = cfg.dropout
         d, hd = cfg.d_model, cfg.head_dim
@@ -105,7 +107,6 @@ class Attention(nn.Module):
         rope: tuple[torch.Tensor, torch.Tensor] | None = None,
         cache: KVCache | None = None,
         memory: torch.Tensor | None = None,
-        explain: list | None = None,
     ) -> torch.Tensor:
         b, t, _ = x.shape
         if self.cross:
@@ -130,8 +131,8 @@ class Attention(nn.Module):
             if cache is not None:
                 k, v = cache.update(self.layer_idx, k, v)
 
-        if explain is not None:
-            y = self._explicit(q, k, v, mask, is_causal, explain)
+        if self.record is not None:
+            y = self._explicit(q, k, v, mask, is_causal, self.record)
         else:
             y = F.scaled_dot_product_attention(
                 q,
@@ -151,9 +152,9 @@ class Attention(nn.Module):
         v: torch.Tensor,
         mask: torch.Tensor | None,
         is_causal: bool,
-        explain: list,
+        record: list[dict[str, torch.Tensor]],
     ) -> torch.Tensor:
-        """The same maths as SDPA, written out so the scores and weights can be returned."""
+        """The same maths as SDPA, written out so the scores and weights can be recorded."""
         rep = self.n_head // self.n_kv_head
         k, v = k.repeat_interleave(rep, dim=1), v.repeat_interleave(rep, dim=1)
         scores = (q @ k.transpose(-2, -1)) / math.sqrt(self.head_dim)
@@ -163,7 +164,7 @@ class Attention(nn.Module):
         if mask is not None:
             scores = scores.masked_fill(~mask, float("-inf"))
         weights = scores.float().softmax(-1).to(q.dtype)
-        explain.append({"scores": scores.detach(), "weights": weights.detach()})
+        record.append({"scores": scores.detach(), "weights": weights.detach()})
         return weights @ v
 
 
@@ -222,21 +223,14 @@ class Block(nn.Module):
         cache: KVCache | None,
         memory: torch.Tensor | None = None,
         memory_mask: torch.Tensor | None = None,
-        explain: dict | None = None,
     ) -> torch.Tensor:
-        ex_self = explain["self"] if explain is not None else None
         x = self._sub(
-            x,
-            self.input_layernorm,
-            lambda h: self.self_attn(h, mask, is_causal, rope, cache, explain=ex_self),
+            x, self.input_layernorm, lambda h: self.self_attn(h, mask, is_causal, rope, cache)
         )
         if self.has_cross:  # a flag, not hasattr: a miss raises inside nn.Module every call
-            ex_cross = explain["cross"] if explain is not None else None
             x = self._sub(
                 x,
                 self.cross_attn_layernorm,
-                lambda h: self.cross_attn(
-                    h, memory_mask, False, cache=cache, memory=memory, explain=ex_cross
-                ),
+                lambda h: self.cross_attn(h, memory_mask, False, cache=cache, memory=memory),
             )
         return self._sub(x, self.post_attention_layernorm, self.mlp)

@@ -120,6 +120,20 @@ class _LinearCrossEntropy(torch.autograd.Function):
         return (gh * scale.to(gh.dtype)).to(dh), (gw * scale).to(dw), None, None, None
 
 
+def kept_rows(h: torch.Tensor, labels: torch.Tensor, ignore_index: int = IGNORE_INDEX
+              ) -> tuple[torch.Tensor, torch.Tensor]:
+    """The rows of h (..., d) and labels (...) whose label is kept, so that the output
+    projection, the largest matmul of a small model, skips the others: SFT trains a few per
+    cent of a row's tokens (the assistant's). The mean loss over them is the same number.
+    Compiled, every row stays: a data-dependent shape would split the graph."""
+    if torch.compiler.is_compiling():
+        return h, labels
+    keep = labels != ignore_index
+    if bool(keep.all()):
+        return h, labels
+    return h[keep], labels[keep]
+
+
 def linear_cross_entropy(h: torch.Tensor, weight: torch.Tensor, labels: torch.Tensor,
                          ignore_index: int = IGNORE_INDEX) -> torch.Tensor:
     """Mean of `F.cross_entropy(h @ weight.T, labels, ignore_index=...)` over kept labels,

@@ -35,6 +35,33 @@ def rope_cos_sin(
     return ang.cos().to(dtype), ang.sin().to(dtype)
 
 
+class RopeTable:
+    """cos and sin of every position up to `max_len`, built on first use for a device and
+    dtype: a step then only indexes the table."""
+
+    def __init__(self, head_dim: int, theta: float, max_len: int) -> None:
+        self.head_dim, self.theta, self.max_len = head_dim, theta, max_len
+        self._key: tuple[torch.device, torch.dtype] | None = None
+        self._table: tuple[torch.Tensor, torch.Tensor] | None = None
+
+    def __call__(self, positions: torch.Tensor, dtype: torch.dtype
+                 ) -> tuple[torch.Tensor, torch.Tensor]:
+        """cos, sin: (B or 1, T, head_dim) for `positions` (B or 1, T)."""
+        if torch.compiler.is_compiling():
+            # From the positions, in the graph (one fused kernel): building the cached table
+            # here would be a side effect that dynamo guards on, so the second call would
+            # recompile the whole model.
+            return rope_cos_sin(positions, self.head_dim, self.theta, dtype)
+        if self._key != (positions.device, dtype) or self._table is None:
+            pos = torch.arange(self.max_len, device=positions.device)
+            self._table = rope_cos_sin(pos, self.head_dim, self.theta, dtype)
+            self._key = (positions.device, dtype)
+        cos, sin = self._table
+        if positions.shape[0] == 1:
+            return cos[positions[0]][None], sin[positions[0]][None]
+        return cos[positions], sin[positions]
+
+
 def rotate_half(x: torch.Tensor) -> torch.Tensor:
     x1, x2 = x.chunk(2, dim=-1)
     return torch.cat([-x2, x1], dim=-1)

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
@@ -13,20 +14,22 @@ from llmlab.model.cache import KVCache
 from llmlab.model.config import ModelConfig
 from llmlab.model.layers import Block, make_norm
 from llmlab.model.linear import Linear
-from llmlab.model.loss import IGNORE_INDEX, linear_cross_entropy, linear_token_logprobs
-from llmlab.model.positions import rope_cos_sin, sinusoidal_table
+from llmlab.model.loss import (
+    IGNORE_INDEX,
+    kept_rows,
+    linear_cross_entropy,
+    linear_token_logprobs,
+)
+from llmlab.model.positions import RopeTable, sinusoidal_table
 
 
 @dataclass
 class ModelOutput:
-    logits: torch.Tensor | None  # (B, T, vocab), None when the model has no LM head
+    logits: torch.Tensor | None  # (B, T, vocab); None with targets, or without an LM head
     hidden: torch.Tensor  # (B, T, d_model) after the final norm
-    # explain mode only: per layer {"scores", "weights"}: (B, H, Tq, Tk) each
-    attentions: list[dict] = field(default_factory=list)
-    cross_attentions: list[dict] = field(default_factory=list)
-    encoder_attentions: list[dict] = field(default_factory=list)
-    loss: torch.Tensor | None = None  # mean next-token cross-entropy, when labels were given
-    logprobs: torch.Tensor | None = None  # (B, T) fp32 log p(logprobs_of), when it was given
+    # With targets: the cross-entropy, -log p(target), fp32. reduction="mean": a scalar over
+    # the kept targets; "none": (B, T) per token, 0 where the target is ignored (-100).
+    loss: torch.Tensor | None = None
 
 
 def build_mask(
@@ -82,6 +85,9 @@ class Stack(nn.Module):
         elif cfg.pos == "sinusoidal":
             table = sinusoidal_table(cfg.max_seq_len, cfg.d_model)
             self.register_buffer("pos_table", table, persistent=False)
+        if cfg.pos == "rope":
+            assert cfg.head_dim is not None
+            self.rope = RopeTable(cfg.head_dim, cfg.rope_theta, cfg.max_seq_len)
         if cfg.type_vocab_size:
             self.embed_types = nn.Embedding(cfg.type_vocab_size, cfg.d_model)
         if cfg.embed_norm:
@@ -90,37 +96,6 @@ class Stack(nn.Module):
         self.layers = nn.ModuleList(Block(cfg, i, causal, cross) for i in range(n_layer))
         if cfg.final_norm:
             self.norm = make_norm(cfg)
-
-    def _rope(
-        self, positions: torch.Tensor, dtype: torch.dtype
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        assert self.cfg.head_dim is not None
-        if torch.compiler.is_compiling():
-            # From the positions, in the graph (one fused kernel): building the cached table
-            # here would be a side effect that dynamo guards on, so the second call would
-            # recompile the whole model.
-            return rope_cos_sin(positions, self.cfg.head_dim, self.cfg.rope_theta, dtype)
-        # One table for the whole context, built on first use; steps then only index it.
-        key = (positions.device, dtype)
-        if getattr(self, "_rope_key", None) != key:
-            pos = torch.arange(self.cfg.max_seq_len, device=positions.device)
-            self._rope_table = rope_cos_sin(pos, self.cfg.head_dim, self.cfg.rope_theta, dtype)
-            self._rope_key = key
-        cos, sin = self._rope_table
-        if positions.shape[0] == 1:
-            return cos[positions[0]][None], sin[positions[0]][None]
-        return cos[positions], sin[positions]
-
-    def _static_mask(self, cache: KVCache, key_valid: torch.Tensor | None) -> torch.Tensor:
-        """(B, 1, T, max_len): a query in slot s sees filled, non-padding slots up to s."""
-        assert cache.slots is not None
-        keys = torch.arange(cache.max_len, device=cache.slots.device)
-        mask = (keys[None, :] <= cache.slots[:, None])[None, None]
-        if key_valid is not None:
-            # Each query also sees its own slot, so a padding row never has an empty softmax.
-            own = (keys[None, :] == cache.slots[:, None])[None, None]
-            mask = (mask & key_valid[:, None, None, :].bool()) | own
-        return mask
 
     def embed(
         self, ids: torch.Tensor, positions: torch.Tensor, token_types: torch.Tensor | None
@@ -149,18 +124,17 @@ class Stack(nn.Module):
         cache: KVCache | None = None,
         memory: torch.Tensor | None = None,
         memory_mask: torch.Tensor | None = None,
-        explain: list | None = None,
         doc_ids: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        b, t = ids.shape
-        cfg = self.cfg
+        t = ids.shape[1]
         static = cache is not None and cache.static
         if static and positions is None:
             raise ValueError("a static cache needs explicit positions (and cache.slots)")
-        past = cache.length if cache is not None and not static else 0
-        if past + t > cfg.max_seq_len:
+        past = cache.length if cache is not None else 0  # a static cache keeps length 0
+        if past + t > self.cfg.max_seq_len:
             raise ValueError(
-                f"sequence of {past + t} tokens exceeds the model's context of {cfg.max_seq_len}"
+                f"sequence of {past + t} tokens exceeds the model's context of "
+                f"{self.cfg.max_seq_len}"
             )
         if positions is None:
             if attention_mask is not None:
@@ -169,29 +143,22 @@ class Stack(nn.Module):
             else:
                 positions = torch.arange(past, past + t, device=ids.device)[None]
         x = self.embed(ids, positions, token_types)
-        rope = None
-        if cfg.pos == "rope":
-            rope = self._rope(positions, x.dtype)
+        rope = self.rope(positions, x.dtype) if self.cfg.pos == "rope" else None
         if doc_ids is not None:
             mask, is_causal = doc_mask(doc_ids, self.causal, past, attention_mask), False
-        elif cache is not None and cache.static:
-            mask, is_causal = self._static_mask(cache, attention_mask), False
+        elif static:
+            assert cache is not None
+            mask, is_causal = cache.static_mask(attention_mask), False
         else:
             mask, is_causal = build_mask(t, past, self.causal, attention_mask, ids.device)
         mem_mask = None
         if memory_mask is not None:
             mem_mask = memory_mask[:, None, None, :].bool()
         for layer in self.layers:
-            ex = None
-            if explain is not None:
-                ex = {"self": [], "cross": []}
-                explain.append(ex)
-            x = layer(x, mask, is_causal, rope, cache, memory, mem_mask, ex)
-        if cache is not None and not cache.static:
+            x = layer(x, mask, is_causal, rope, cache, memory, mem_mask)
+        if cache is not None:
             cache.advance()
-        if cfg.final_norm:
-            x = self.norm(x)
-        return x
+        return self.norm(x) if self.cfg.final_norm else x
 
 
 class Transformer(nn.Module):
@@ -246,100 +213,78 @@ class Transformer(nn.Module):
         ids: torch.Tensor,
         attention_mask: torch.Tensor | None = None,
         token_types: torch.Tensor | None = None,
-        explain: list | None = None,
     ) -> torch.Tensor:
         """Hidden states of the encoder (the only stack, for BERT-style models)."""
         stack = self.encoder if self.cfg.is_encoder_decoder else self.model
-        return stack(ids, attention_mask, token_types=token_types, explain=explain)
+        return stack(ids, attention_mask, token_types=token_types)
 
     def forward(
         self,
         input_ids: torch.Tensor,
+        targets: torch.Tensor | None = None,
+        reduction: Literal["mean", "none"] = "mean",
+        cache: KVCache | None = None,
+        *,
         attention_mask: torch.Tensor | None = None,
         positions: torch.Tensor | None = None,
-        token_types: torch.Tensor | None = None,
-        cache: KVCache | None = None,
+        doc_ids: torch.Tensor | None = None,
         encoder_input_ids: torch.Tensor | None = None,
         encoder_attention_mask: torch.Tensor | None = None,
-        encoder_hidden: torch.Tensor | None = None,
-        explain: bool = False,
-        last_only: bool = False,
-        doc_ids: torch.Tensor | None = None,
-        labels: torch.Tensor | None = None,
-        logits_mask: torch.Tensor | None = None,
-        logprobs_of: torch.Tensor | None = None,
         temperature: float = 1.0,
+        last_only: bool = False,
     ) -> ModelOutput:
-        """`attention_mask` (B, past + T) marks real tokens (1) and padding (0).
+        """Hidden states, and either the logits or, given `targets`, the cross-entropy.
 
-        `doc_ids` (B, T) packs several documents in a row: attention stays within a document
-        (pass `positions` restarting at 0 for each, as if it were alone).
+        `targets` (B, T) are the tokens each position should predict (the inputs shifted
+        left; -100 = ignored). The LM head and the loss then run fused in chunks
+        (model/loss.py): the (B, T, vocab) logits are never stored. `reduction="mean"`
+        gives the mean over kept targets (the training loss); `"none"` gives each token's
+        -log softmax(logits / temperature)[target] (RL's log-probabilities, negated).
 
-        `last_only` computes logits for the final position only (generation); `logits_mask`
-        (B, T) bool for the selected positions only, as (n_selected, vocab) (a loss that
-        ignores most positions, such as SFT's assistant-only one, skips the LM head there).
+        `attention_mask` (B, past + T) marks real tokens (1) and padding (0). `doc_ids`
+        (B, T) packs several documents in a row: attention stays within a document (pass
+        `positions` restarting at 0 for each, as if it were alone). `last_only` computes
+        the logits of the final position only (generation)."""
+        memory = None
+        if self.cfg.is_encoder_decoder and (cache is None or cache.cross_kv(0) is None):
+            if encoder_input_ids is None:
+                raise ValueError("an encoder-decoder model needs encoder_input_ids")
+            memory = self.encode(encoder_input_ids, encoder_attention_mask)
+        h = self.model(input_ids, attention_mask, positions, cache=cache, memory=memory,
+                       memory_mask=encoder_attention_mask, doc_ids=doc_ids)
+        if targets is not None:
+            return ModelOutput(None, h, self._cross_entropy(h, targets, reduction, temperature))
+        logits = None
+        if self.cfg.lm_head:
+            logits = self.lm_head(h[:, -1:] if last_only else h)
+        return ModelOutput(logits, h)
 
-        `labels` (B, T), aligned with the inputs (already shifted; -100 = ignore), returns the
-        mean cross-entropy as `loss` instead of logits: the output projection and the loss run
-        fused (model/loss.py), so the (B, T, vocab) logits are never stored.
-
-        `logprobs_of` (B, T) token ids returns `logprobs`, log softmax(logits / temperature) at
-        those ids (RL's per-token log-probabilities), also without storing the logits."""
-        ex: list | None = [] if explain else None
-        enc_ex: list | None = [] if explain else None
-        if self.cfg.is_encoder_decoder and encoder_hidden is None:
-            need = cache is None or cache.cross_kv(0) is None
-            if need:
-                if encoder_input_ids is None:
-                    raise ValueError("an encoder-decoder model needs encoder_input_ids")
-                encoder_hidden = self.encode(
-                    encoder_input_ids, encoder_attention_mask, explain=enc_ex
-                )
-        h = self.model(
-            input_ids,
-            attention_mask,
-            positions,
-            token_types,
-            cache,
-            memory=encoder_hidden,
-            memory_mask=encoder_attention_mask,
-            explain=ex,
-            doc_ids=doc_ids,
-        )
-        logits = loss = logprobs = None
-        if labels is not None:
-            loss = self.loss(h, labels)
-        elif logprobs_of is not None:
-            logprobs = self.token_logprobs(h, logprobs_of, temperature)
-        elif self.cfg.lm_head:
-            logits = self.lm_head(h[:, -1:] if last_only else
-                                  h[logits_mask] if logits_mask is not None else h)
-        out = ModelOutput(logits=logits, hidden=h, loss=loss, logprobs=logprobs)
-        if explain:
-            assert ex is not None and enc_ex is not None
-            out.attentions = [e["self"][0] for e in ex]
-            out.cross_attentions = [e["cross"][0] for e in ex if e["cross"]]
-            out.encoder_attentions = [e["self"][0] for e in enc_ex]
-        return out
-
-    def loss(self, h: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        """Mean cross-entropy of the LM head's logits on `h` against `labels` (-100 ignored)."""
+    def _cross_entropy(self, h: torch.Tensor, targets: torch.Tensor, reduction: str,
+                       temperature: float) -> torch.Tensor:
+        """-log softmax(lm_head(h) / temperature)[targets], fp32: the mean over the kept
+        targets, or per token (0 where ignored)."""
         head = self.lm_head
-        if type(head) in (Linear, nn.Linear) and head.bias is None:
-            return linear_cross_entropy(h, head.weight, labels)
-        # A wrapped head (LoRA, quantised) computes its own logits; the loss stays fp32.
+        # A wrapped head (LoRA, quantised) computes its own logits; a plain one runs fused.
+        fused = type(head) in (Linear, nn.Linear) and head.bias is None
+        if reduction == "none":
+            keep = targets != IGNORE_INDEX
+            y = targets.masked_fill(~keep, 0)
+            if fused:
+                logp = linear_token_logprobs(h, head.weight, y, temperature)
+            else:
+                z = head(h).float() / temperature
+                logp = z.log_softmax(-1).gather(-1, y[..., None]).squeeze(-1)
+            return (-logp).masked_fill(~keep, 0.0)
+        if reduction != "mean":
+            raise ValueError(f"reduction must be 'mean' or 'none', got {reduction!r}")
+        if temperature != 1.0:
+            raise ValueError("temperature scales per-token scores: use reduction='none'")
+        h, targets = kept_rows(h, targets)  # the LM head skips ignored positions
+        if fused:
+            return linear_cross_entropy(h, head.weight, targets)
         logits = head(h).float()
-        return F.cross_entropy(logits.flatten(0, -2), labels.flatten(), ignore_index=IGNORE_INDEX)
-
-    def token_logprobs(self, h: torch.Tensor, ids: torch.Tensor, temperature: float = 1.0
-                       ) -> torch.Tensor:
-        """log softmax(LM head(h) / temperature)[ids], fp32, shape of `ids`."""
-        head = self.lm_head
-        if type(head) in (Linear, nn.Linear) and head.bias is None:
-            return linear_token_logprobs(h, head.weight, ids, temperature)
-        # A wrapped head (LoRA, quantised) computes its own logits.
-        z = head(h).float() / temperature
-        return z.log_softmax(-1).gather(-1, ids[..., None]).squeeze(-1)
+        return F.cross_entropy(logits.flatten(0, -2), targets.flatten(),
+                               ignore_index=IGNORE_INDEX)
 
     def num_params(self, trainable_only: bool = False) -> int:
         seen: set[int] = set()

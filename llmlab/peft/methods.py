@@ -41,10 +41,12 @@ class _VirtualTokens(PeftModel):
         self.n = n
         self.disabled = False  # set by disable_adapters (peft/base.py): the base model alone
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
-                cache: KVCache | None = None, **kw: Any) -> Any:
+    def forward(self, input_ids: torch.Tensor, targets: torch.Tensor | None = None,
+                reduction: str = "mean", cache: KVCache | None = None, *,
+                attention_mask: torch.Tensor | None = None, **kw: Any) -> Any:
+        kw.update(targets=targets, reduction=reduction)
         if self.disabled:
-            return self.base_model(input_ids, attention_mask, cache=cache, **kw)
+            return self.base_model(input_ids, cache=cache, attention_mask=attention_mask, **kw)
         self._check(kw)
         if attention_mask is not None:  # the virtual positions are always attended to
             ones = attention_mask.new_ones(input_ids.shape[0], self.n)
@@ -95,22 +97,24 @@ class PromptTuning(_VirtualTokens):
         b = input_ids.shape[0]
         inner, prefill = self._inner(cache) if cache is not None else (None, True)
         if not prefill:  # decoding: the virtual tokens are in the inner cache already
-            out = self.base_model(input_ids, attention_mask, cache=inner, **kw)
+            out = self.base_model(input_ids, cache=inner, attention_mask=attention_mask, **kw)
             cache.length = inner.length - self.n  # type: ignore[union-attr]
             return out
         ids = torch.cat([input_ids.new_zeros(b, self.n), input_ids], dim=1)
-        sel = kw.get("logits_mask")
-        if sel is not None:  # no logits at the virtual positions
-            kw["logits_mask"] = torch.cat([sel.new_zeros(b, self.n), sel], dim=1)
+        tg = kw["targets"]
+        if tg is not None:  # the virtual positions predict nothing
+            kw["targets"] = torch.cat([tg.new_full((b, self.n), -100), tg], dim=1)
         self._batch = b  # placeholders 0..n-1 become the prompt in the embedding hook
         try:
-            out = self.base_model(ids, attention_mask, cache=inner, **kw)
+            out = self.base_model(ids, cache=inner, attention_mask=attention_mask, **kw)
         finally:
             self._batch = 0
         if cache is not None:
             cache.length = inner.length - self.n  # type: ignore[union-attr]
-        if not kw.get("last_only") and sel is None:
+        if out.logits is not None and not kw.get("last_only"):
             out.logits = out.logits[:, self.n:]
+        if out.loss is not None and out.loss.dim():  # reduction="none": per token
+            out.loss = out.loss[:, self.n:]
         out.hidden = out.hidden[:, self.n:]
         return out
 
@@ -150,8 +154,8 @@ class PrefixTuning(_VirtualTokens):
                  cache: KVCache | None, **kw: Any) -> Any:
         b = input_ids.shape[0]
         if cache is None:
-            return self.base_model(input_ids, attention_mask,
-                                   cache=_PrefixCache(self._kv(b), self.layers), **kw)
+            return self.base_model(input_ids, cache=_PrefixCache(self._kv(b), self.layers),
+                                   attention_mask=attention_mask, **kw)
         inner, prefill = self._inner(cache)
         if prefill:  # the prefix is the first n positions of every layer's cache
             kv = self._kv(b)
@@ -159,7 +163,7 @@ class PrefixTuning(_VirtualTokens):
                 inner.k[layer][:, :, : self.n] = kv[2 * layer]
                 inner.v[layer][:, :, : self.n] = kv[2 * layer + 1]
             inner.length = self.n
-        out = self.base_model(input_ids, attention_mask, cache=inner, **kw)
+        out = self.base_model(input_ids, cache=inner, attention_mask=attention_mask, **kw)
         cache.length = inner.length - self.n
         return out
 

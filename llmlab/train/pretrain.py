@@ -23,7 +23,7 @@ def next_token_loss(model: nn.Module, batch: dict[str, torch.Tensor]
     """
     # The model computes the loss fused with its output projection (llmlab/model/loss.py),
     # in fp32 even under bf16 autocast, where a 50k-way softmax would lose precision.
-    loss = model(batch["input_ids"], labels=batch["labels"]).loss
+    loss = model(batch["input_ids"], targets=batch["labels"]).loss
     return loss, {"tokens": batch["labels"].numel()}
 
 
