@@ -17,8 +17,8 @@ from torch import nn
 from llmlab.align.common import token_logprobs
 from llmlab.align.config import GRPOConfig
 from llmlab.align.grpo import group_advantages, grpo_loss
-from llmlab.align.rewards import score_many
 from llmlab.align.rollout import pick_prompts, sample
+from llmlab.tasks.verifiers import score_many
 
 
 class RolloutBatches:

@@ -20,8 +20,8 @@ from llmlab.align.common import logprobs_from_logits
 from llmlab.align.config import PPOConfig
 from llmlab.align.ppo import advantages_and_returns, ppo_loss
 from llmlab.align.reward import ScalarHead
-from llmlab.align.rewards import score_many
 from llmlab.align.rollout import pick_prompts, sample
+from llmlab.tasks.verifiers import score_many
 
 ROLLOUT_METRICS = ("reward/mean", "reward/std", "kl", "non_score_reward", "rlhf_reward",
                    "completion_length")

@@ -1,4 +1,5 @@
-"""Scoring primitives: answer normalisation and matching, pass@k, confidence intervals."""
+"""Scoring primitives: answer normalisation and matching, pass@k, confidence intervals,
+and a paired test."""
 
 from __future__ import annotations
 
@@ -146,3 +147,18 @@ def wilson_interval(successes: float, n: int, z: float = 1.959963984540054) -> t
     centre = (p + z * z / (2 * n)) / denom
     half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
     return (max(0.0, centre - half), min(1.0, centre + half))
+
+
+def mcnemar(before: Sequence[int], after: Sequence[int]) -> dict[str, float | int | tuple]:
+    """Exact two-sided McNemar test on paired 0/1 outcomes (a binomial test on the
+    discordant pairs), and the accuracy gain with a 95% Wald interval on paired diffs."""
+    b = sum(1 for x, y in zip(before, after, strict=True) if x and not y)  # lost
+    c = sum(1 for x, y in zip(before, after, strict=True) if y and not x)  # gained
+    k, m = min(b, c), b + c
+    p = min(1.0, 2 * sum(math.comb(m, i) for i in range(k + 1)) / 2 ** m) if m else 1.0
+    n = len(before)
+    d = [y - x for x, y in zip(before, after, strict=True)]
+    mean = sum(d) / n
+    se = math.sqrt(sum((x - mean) ** 2 for x in d) / (n - 1) / n)
+    return {"gained": c, "lost": b, "p_value": p, "gain": mean,
+            "gain_ci95": (mean - 1.96 * se, mean + 1.96 * se)}
