@@ -30,9 +30,9 @@ def main() -> None:
     torch.set_num_threads(a.threads)
 
     import llmlab
-    from llmlab.eval.datasets import sample, trivia_questions
     from llmlab.eval.generation import encode_prompts, generate
-    from llmlab.eval.tasks import TRIVIA_PROMPT
+    from llmlab.tasks.base import sample
+    from llmlab.tasks.trivia import TRIVIA_PROMPT, trivia_questions
 
     lm = llmlab.load("smollm2-135m-instruct")
     prompts = [TRIVIA_PROMPT.format(q=q.question) for q in sample(trivia_questions(), a.n, 0)]

@@ -218,7 +218,7 @@ def run_trl(a: argparse.Namespace, hf_dir: str, rows: list[dict[str, Any]], dev:
     from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
     from trl import GRPOConfig, GRPOTrainer
 
-    from llmlab.align.rewards import score_many
+    from llmlab.tasks.verifiers import score_many
 
     def reward(prompts: list[str], completions: list[str], verifier: list[str],
                **kw: Any) -> list[float]:

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from llmlab.align.data import load_prefs, load_prompts, pref_tensors
-from llmlab.align.rewards import check_verifier, score, score_many
+from llmlab.tasks.verifiers import check_verifier, score, score_many
 
 ADD = {"type": "code", "prefix": "def add(a, b):\n", "entry_point": "add",
        "tests": "def check(f):\n    assert f(2, 3) == 5\n    assert f(-1, 1) == 0\n"}

@@ -268,7 +268,7 @@ def test_bundled_pref_tasks_rank_pairs_by_their_verifier(task: str, n: int, pair
     verifier gives chosen > rejected, with the rewards the row records."""
     import llmlab
     from llmlab.align.data import load_prefs, task_prefs, task_prompts
-    from llmlab.align.rewards import score_many
+    from llmlab.tasks.verifiers import score_many
 
     lm = llmlab.load("smollm2-135m-instruct")
     pairs = task_prefs(lm, task, n, tmp_path, samples=2, hint=True, temperature=0.7,

@@ -1,8 +1,8 @@
 """Alignment data: preference pairs, RL prompts with verifiers, bundled tasks, tensors.
 
 Preference JSONL: {"prompt": str, "chosen": str, "rejected": str [, "margin": float]} per line.
-RL prompt JSONL:  {"prompt": str, "verifier": {...}} per line (see rewards.py for specs).
-Bundled RL tasks: arithmetic, trivia, humaneval (llmlab.eval.datasets, offline).
+RL prompt JSONL:  {"prompt": str, "verifier": {...}} per line (specs: llmlab/tasks/verifiers.py).
+Bundled RL tasks: arithmetic, arithmetic-easy, trivia, humaneval (llmlab.tasks, offline).
 Bundled preference tasks: arithmetic-prefs, arithmetic-easy-prefs, trivia-prefs: SmolLM2
 samples for each prompt, ranked by the task's verifier (best vs worst, only where they differ;
 `length-matched` pairing takes the best/worst pair closest in length, `perturbed` a right
@@ -20,8 +20,9 @@ from typing import Any
 
 import torch
 
-from llmlab.align.rewards import check_verifier, score_many
 from llmlab.data.jsonl import read_rows
+from llmlab.tasks import TASKS
+from llmlab.tasks.verifiers import check_verifier, score_many
 from llmlab.train.sft import SFTBatches
 
 RL_TASKS = ("arithmetic", "arithmetic-easy", "trivia", "humaneval")
@@ -32,12 +33,6 @@ PREF_TASKS = ("arithmetic-prefs", "arithmetic-easy-prefs", "trivia-prefs")
 # "perturbed" pairs a right sample with itself, its answer changed (numeric tasks): a pair
 # that differs only in correctness, in the same words, length and style.
 PAIRINGS = ("extremes", "length-matched", "perturbed")
-ARITH_PROMPT = ("Solve this word problem. Think step by step, then finish with "
-                "'The answer is N.'\n\n{q}")
-# arithmetic-easy asks for one line of working: a short completion is cheap to sample on CPU
-# and leaves no room to wander off before the answer.
-ARITH_EASY_PROMPT = "{q}\nWrite the calculation on one line, then 'The answer is N.'"
-TRIVIA_PROMPT = "Answer the trivia question with just the answer, no explanation.\n\n{q}"
 
 
 def _str_field(obj: dict[str, Any], f: str, where: str) -> str:
@@ -91,28 +86,11 @@ def load_prompts(path: str | Path, need_verifier: bool = True) -> list[dict[str,
 
 def task_prompts(name: str, n: int = 256, split: str = "train", seed: int = 0
                  ) -> list[dict[str, Any]]:
-    """Bundled RL prompts with verifiers. humaneval prompts are raw code (chat=False)."""
-    from llmlab.eval import datasets as ds
-    from llmlab.eval.humaneval import humaneval_problems
-
-    if name in ("arithmetic", "arithmetic-easy"):
-        easy = name == "arithmetic-easy"
-        tmpl = ARITH_EASY_PROMPT if easy else ARITH_PROMPT
-        return [{"prompt": tmpl.format(q=p.question), "chat": True,
-                 "verifier": {"type": "numeric", "answer": p.target}}
-                for p in ds.arithmetic_problems(n, split=split, seed=seed,
-                                                level="easy" if easy else "standard")]
-    if name == "trivia":
-        qs = ds.trivia_questions(split)  # the split eval's trivia task holds out
-        random.Random(seed).shuffle(qs)
-        return [{"prompt": TRIVIA_PROMPT.format(q=q.question), "chat": True,
-                 "verifier": {"type": "trivia", "answers": q.answers}} for q in qs[:n]]
-    if name == "humaneval":
-        return [{"prompt": p["prompt"], "chat": False,
-                 "verifier": {"type": "code", "prefix": p["prompt"], "tests": p["test"],
-                              "entry_point": p["entry_point"]}}
-                for p in humaneval_problems()[:n]]
-    raise ValueError(f"unknown RL task {name!r}; bundled: {RL_TASKS}, or a .jsonl file")
+    """Bundled RL prompts with verifiers (Task.rl_prompts). humaneval prompts are raw code
+    (chat=False)."""
+    if name not in RL_TASKS:
+        raise ValueError(f"unknown RL task {name!r}; bundled: {RL_TASKS}, or a .jsonl file")
+    return TASKS[name].rl_prompts(n, split, seed)
 
 
 def prompt_ids(tok: Any, template: Any, prompt: str, chat: bool = True) -> list[int]:

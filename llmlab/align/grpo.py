@@ -29,8 +29,8 @@ from torch import nn
 
 from llmlab.align.common import Reference, token_logprobs
 from llmlab.align.config import GRPOConfig
-from llmlab.align.rewards import score_many
 from llmlab.align.rollout import pick_prompts, sample
+from llmlab.tasks.verifiers import score_many
 
 SCALES = ("group", "batch", "none")
 AGGREGATIONS = ("grpo", "bnpo", "dr_grpo", "dapo")

@@ -27,8 +27,8 @@ from torch import nn
 from llmlab.align.common import Reference, masked_mean, masked_whiten
 from llmlab.align.config import PPOConfig
 from llmlab.align.reward import ScalarHead
-from llmlab.align.rewards import score_many
 from llmlab.align.rollout import pick_prompts, sample
+from llmlab.tasks.verifiers import score_many
 
 ROLLOUT_METRICS = ("reward/mean", "reward/std", "kl", "non_score_reward", "rlhf_reward",
                    "completion_length")

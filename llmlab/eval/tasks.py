@@ -5,36 +5,19 @@ Each returns {"task", "config", "metrics", "samples"}."""
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from llmlab.data.jsonl import read_jsonl
-from llmlab.eval import datasets as ds
-from llmlab.eval import humaneval as he
 from llmlab.eval.generation import generate, perplexity_report, sliding_nll
-from llmlab.eval.metrics import answer_match, exact_match, final_number, mean_pass_at_k, token_f1
-from llmlab.eval.sandbox import Limits, SandboxResult, run_many
-from llmlab.eval.text import text_metrics
+from llmlab.tasks import humaneval as he
+from llmlab.tasks.arithmetic import ARITHMETIC
+from llmlab.tasks.base import EvalConfig, sample
+from llmlab.tasks.pydocs import PYDOCS, evaluate_references
+from llmlab.tasks.trivia import TRIVIA
 
 TASK_FORMS = ("perplexity:<corpus|file>", "arithmetic", "trivia", "humaneval[:chat|completion]",
               "gen:<pydocs|file.jsonl>", "rag:<store>:<qrels>")
-KEEP_SAMPLES = 20  # per-item records stored in a report
-
-
-@dataclass
-class EvalConfig:
-    limit: int | None = None
-    seed: int = 0
-    batch_size: int = 16
-    max_new_tokens: int | None = None  # task default when None
-    samples: int = 1  # humaneval completions per problem (pass@k needs >= k)
-    temperature: float | None = None  # 0 for one sample, 0.8 for several
-    window: int = 1024  # perplexity
-    stride: int = 512
-    workers: int = 2  # sandbox processes at once
-    progress: bool = True
-    extra: dict[str, Any] = field(default_factory=dict)
 
 
 def parse_task(spec: str) -> tuple[str, list[str]]:
@@ -54,8 +37,6 @@ def parse_task(spec: str) -> tuple[str, list[str]]:
     return name, args
 
 
-def _limit(items: list[Any], cfg: EvalConfig) -> list[Any]:
-    return ds.sample(items, cfg.limit, cfg.seed)
 
 
 # ---- perplexity ----------------------------------------------------------------------------
@@ -89,42 +70,13 @@ def run_perplexity(lm: Any, args: list[str], cfg: EvalConfig) -> dict[str, Any]:
                        "limit_tokens": cfg.limit}, "metrics": metrics, "samples": []}
 
 
-# ---- question answering --------------------------------------------------------------------
-ARITH_PROMPT = ("Solve this word problem. Think step by step, then finish with "
-                "'The answer is N.'\n\n{q}")
-TRIVIA_PROMPT = "Answer the trivia question with just the answer, no explanation.\n\n{q}"
-
-
+# ---- question answering: the Tasks' own evaluate ----------------------------------------
 def run_arithmetic(lm: Any, args: list[str], cfg: EvalConfig) -> dict[str, Any]:
-    probs = ds.arithmetic_problems(cfg.limit or 200, split="test", seed=cfg.seed)
-    outs = generate(lm, [ARITH_PROMPT.format(q=p.question) for p in probs],
-                    max_new_tokens=cfg.max_new_tokens or 160, seed=cfg.seed,
-                    batch_size=cfg.batch_size, progress=cfg.progress, desc="arithmetic")
-    got = [final_number(o) for o in outs]
-    ok = [g is not None and abs(g - p.target) < 1e-6 for g, p in zip(got, probs, strict=True)]
-    samples = [{"question": p.question, "target": p.target, "output": o, "parsed": g,
-                "correct": c} for p, o, g, c in zip(probs, outs, got, ok, strict=True)]
-    return {"config": {"split": "test", "n": len(probs)},
-            "metrics": {"accuracy": sum(ok) / len(ok), "n": len(ok),
-                        "unparsed": sum(g is None for g in got)},
-            "samples": samples[:KEEP_SAMPLES]}
+    return ARITHMETIC.evaluate(lm, cfg, generate)
 
 
 def run_trivia(lm: Any, args: list[str], cfg: EvalConfig) -> dict[str, Any]:
-    qs = _limit(ds.trivia_questions(), cfg)
-    outs = generate(lm, [TRIVIA_PROMPT.format(q=q.question) for q in qs],
-                    max_new_tokens=cfg.max_new_tokens or 24, seed=cfg.seed,
-                    batch_size=cfg.batch_size, progress=cfg.progress, desc="trivia")
-    ok = [answer_match(o, q.answers) for o, q in zip(outs, qs, strict=True)]
-    em = [max(exact_match(o, a) for a in q.answers) for o, q in zip(outs, qs, strict=True)]
-    f1 = [max(token_f1(o, a) for a in q.answers) for o, q in zip(outs, qs, strict=True)]
-    n = len(qs)
-    samples = [{"question": q.question, "answers": q.answers, "output": o, "correct": c}
-               for q, o, c in zip(qs, outs, ok, strict=True)]
-    return {"config": {"lists": list(ds.TRIVIA_LISTS), "split": "test", "n": n},
-            "metrics": {"accuracy": sum(ok) / n, "exact_match": sum(em) / n,
-                        "f1": sum(f1) / n, "n": n},
-            "samples": samples[:KEEP_SAMPLES]}
+    return TRIVIA.evaluate(lm, cfg, generate)
 
 
 # ---- reference-based generation ------------------------------------------------------------
@@ -133,9 +85,7 @@ def _gen_items(source: str) -> list[tuple[str, str]]:
     pydocs split, so SFT never trained on it) or a JSONL file of {"prompt", "reference"}."""
 
     if source == "pydocs":
-        from llmlab.train.sft_data import pydocs_examples
-
-        return [(e["question"], e["messages"][1]["content"]) for e in pydocs_examples("test")]
+        return PYDOCS.pairs(PYDOCS.examples("test", seed=None))
     path = Path(source)
     if not path.is_file():
         raise ValueError(f"gen source {source!r} is neither a bundled set (pydocs) nor a file")
@@ -152,72 +102,15 @@ def _gen_items(source: str) -> list[tuple[str, str]]:
 
 
 def run_gen(lm: Any, args: list[str], cfg: EvalConfig) -> dict[str, Any]:
-    items = _limit(_gen_items(args[0]), cfg)
-    outs = generate(lm, [p for p, _ in items], max_new_tokens=cfg.max_new_tokens or 128,
-                    seed=cfg.seed, batch_size=cfg.batch_size, progress=cfg.progress,
-                    desc="gen")
-    metrics: dict[str, Any] = {**text_metrics(outs, [r for _, r in items]), "n": len(items)}
-    samples = [{"prompt": p, "reference": r, "output": o}
-               for (p, r), o in zip(items, outs, strict=True)]
-    return {"config": {"source": args[0], "n": len(items)}, "metrics": metrics,
-            "samples": samples[:KEEP_SAMPLES]}
+    if args[0] == "pydocs":
+        return PYDOCS.evaluate(lm, cfg, generate)
+    items = sample(_gen_items(args[0]), cfg.limit, cfg.seed)
+    return evaluate_references(lm, items, args[0], cfg, generate)
 
 
 # ---- HumanEval -----------------------------------------------------------------------------
-def score_programs(programs: list[str], k: int, limits: Limits, workers: int
-                   ) -> tuple[dict[str, Any], list[SandboxResult]]:
-    """Run `k` programs per problem (consecutive) in the sandbox: pass@1/10/100 (those with
-    k >= j), and how many timed out; a timeout is a failure, counted, never a hang."""
-    results = run_many(programs, limits, workers=workers)
-    n = len(programs) // k
-    counts = [(k, sum(r.passed for r in results[i * k : (i + 1) * k])) for i in range(n)]
-    metrics: dict[str, Any] = {f"pass@{j}": mean_pass_at_k(counts, j) for j in (1, 10, 100)
-                               if j <= k}
-    metrics.update(n=n, samples_per_problem=k,
-                   timeouts=sum(r.status == "timeout" for r in results))
-    return metrics, results
-
-
 def run_humaneval(lm: Any, args: list[str], cfg: EvalConfig) -> dict[str, Any]:
-    probs = he.humaneval_problems()
-    if cfg.limit is not None:
-        probs = probs[: cfg.limit]  # first N: comparable across runs and papers' subsets
-    k = cfg.samples
-    if k < 1:
-        raise ValueError(f"--samples must be >= 1, got {k}")
-    mode = he.mode_for(lm, args[0] if args else None)
-    temp = cfg.temperature if cfg.temperature is not None else (0.0 if k == 1 else 0.8)
-    rows = [p for p in probs for _ in range(k)]
-    common = dict(max_new_tokens=cfg.max_new_tokens or (384 if mode == "chat" else 256),
-                  temperature=temp, seed=cfg.seed, batch_size=cfg.batch_size,
-                  progress=cfg.progress, desc=f"humaneval ({mode})")
-    if mode == "chat":
-        outs = generate(lm, [he.CHAT_PROMPT.format(prompt=p["prompt"]) for p in rows],
-                        prefill=he.CHAT_PREFILL, stop=he.CHAT_STOPS, **common)
-        solved = [he.chat_solution(p, he.CHAT_PREFILL + o) for p, o in zip(rows, outs,
-                                                                             strict=True)]
-    else:
-        outs = generate(lm, [p["prompt"] for p in rows], chat=False, stop=he.COMPLETION_STOPS,
-                        **common)
-        solved = [(he.completion_solution(p, o), "completion") for p, o in zip(rows, outs,
-                                                                                strict=True)]
-    limits = Limits(timeout=cfg.extra.get("timeout", 5.0))
-    metrics, results = score_programs(
-        [he.program(p, s) for p, (s, _) in zip(rows, solved, strict=True)], k, limits,
-        cfg.workers)
-    if mode == "chat":  # how the replies were put together with the stubs
-        metrics.update(whole_function=sum(f == "function" for _, f in solved),
-                       body_only=sum(f == "body" for _, f in solved))
-    samples = [{"task_id": p["task_id"], "output": o, "form": f, "solution": s,
-                "status": r.status, "stderr_tail": r.stderr[-300:]}
-               for p, o, (s, f), r in zip(rows, outs, solved, results, strict=True)]
-    config = {"mode": mode, "samples": k, "temperature": temp, "timeout_s": limits.timeout,
-              "max_new_tokens": common["max_new_tokens"]}
-    if mode == "chat":
-        config.update(prompt=he.CHAT_PROMPT, prefill=he.CHAT_PREFILL, stops=he.CHAT_STOPS)
-    else:
-        config.update(stops=he.COMPLETION_STOPS)
-    return {"config": config, "metrics": metrics, "samples": samples[:KEEP_SAMPLES]}
+    return he.HUMANEVAL.evaluate(lm, cfg, generate, args[0] if args else None)
 
 
 # ---- RAG -----------------------------------------------------------------------------------

@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 from inproc import llmlab
 
-from llmlab.eval.datasets import arithmetic_problems
 from llmlab.eval.report import make_report, write_report
 from llmlab.eval.tasks import parse_task
+from llmlab.tasks.arithmetic import arithmetic_problems
 
 ROOT = Path(__file__).resolve().parents[2]
 

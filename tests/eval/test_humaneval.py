@@ -17,8 +17,8 @@ from pathlib import Path
 
 import pytest
 
-from llmlab.eval import humaneval as he
-from llmlab.eval.sandbox import Limits, run_many
+from llmlab.tasks import humaneval as he
+from llmlab.tasks.sandbox import Limits, run_many
 
 DATA = Path(__file__).resolve().parents[1] / "data" / "humaneval"
 LIMITS = Limits(timeout=10.0)

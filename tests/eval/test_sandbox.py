@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from llmlab.eval import sandbox
-from llmlab.eval.sandbox import Limits, run_code, run_many, sandbox_mechanism
-from llmlab.eval.sandbox_bwrap import python_binds
+from llmlab.tasks import sandbox
+from llmlab.tasks.sandbox import Limits, run_code, run_many, sandbox_mechanism
+from llmlab.tasks.sandbox_bwrap import python_binds
 
 FAST = Limits(timeout=3.0, cpu_seconds=2, memory_mb=256, max_procs=8)
 

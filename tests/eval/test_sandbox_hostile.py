@@ -18,8 +18,8 @@ from pathlib import Path
 
 import pytest
 
-from llmlab.eval import sandbox
-from llmlab.eval.sandbox import Limits, run_code, run_many
+from llmlab.tasks import sandbox
+from llmlab.tasks.sandbox import Limits, run_code, run_many
 
 LIM = Limits(timeout=5.0, cpu_seconds=2, memory_mb=256, max_procs=8, max_disk_mb=32)
 PROJECT = Path(__file__).resolve().parents[2]

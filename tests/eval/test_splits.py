@@ -7,7 +7,9 @@ import hashlib
 from llmlab.align.data import task_prompts
 from llmlab.data.splits import held_out
 from llmlab.data.trivia import TEST_FRACTION, trivia_items
-from llmlab.eval.datasets import TRIVIA_LISTS, arithmetic_problems, sample, trivia_questions
+from llmlab.tasks.arithmetic import arithmetic_problems
+from llmlab.tasks.base import sample
+from llmlab.tasks.trivia import TRIVIA_LISTS, trivia_questions
 from llmlab.train.sft_data import trivia_examples
 
 
@@ -58,7 +60,7 @@ def test_arithmetic_uses_the_same_split_rule() -> None:
 
 def test_gen_pydocs_references_are_held_out_from_sft() -> None:
     from llmlab.eval.tasks import _gen_items
-    from llmlab.train.sft_data import pydocs_examples
+    from llmlab.tasks.pydocs import pydocs_examples
 
     items = _gen_items("pydocs")
     train = {e["question"] for e in pydocs_examples("train")}

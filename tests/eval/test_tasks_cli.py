@@ -148,8 +148,8 @@ def test_sampled_evaluation_is_deterministic_given_a_seed(tiny_dir: Path) -> Non
 def test_sandbox_timeout_is_a_reported_failure() -> None:
     import time
 
-    from llmlab.eval.sandbox import Limits
-    from llmlab.eval.tasks import score_programs
+    from llmlab.tasks.humaneval import score_programs
+    from llmlab.tasks.sandbox import Limits
 
     t0 = time.monotonic()
     metrics, results = score_programs(["assert 1 + 1 == 2", "while True:\n    pass"], 1,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from llmlab.eval.text import bleu, rouge, squad, text_metrics
+from llmlab.tasks.text import bleu, rouge, squad, text_metrics
 
 
 def test_bleu_matches_sacrebleu_readme() -> None:

@@ -1,11 +1,11 @@
 """Reference-based text metrics: BLEU (sacrebleu), ROUGE-1/2/L (rouge-score), and
-SQuAD-style exact match and token F1 (llmlab.eval.metrics)."""
+SQuAD-style exact match and token F1 (llmlab.tasks.metrics)."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 
-from llmlab.eval.metrics import exact_match, token_f1
+from llmlab.tasks.metrics import exact_match, token_f1
 
 
 def _check(preds: Sequence[str], refs: Sequence[str]) -> None:

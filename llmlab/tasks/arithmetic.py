@@ -1,24 +1,24 @@
-"""Offline evaluation data: generated arithmetic word problems and the held-out trivia
-questions (HumanEval lives in llmlab/eval/humaneval.py)."""
+"""Arithmetic word problems, generated offline with known integer answers, in two levels.
+
+"standard" mixes six kinds of problem with two-digit operands (`--task arithmetic`);
+"easy" is one small add or subtract step (`--task arithmetic-easy`, RL and preferences only).
+A hash of the question text holds ARITH_TEST_FRACTION out for evaluation.
+"""
 
 from __future__ import annotations
 
 import random
-from dataclasses import dataclass
 from typing import Any
 
 from llmlab.data.splits import check_split, in_split
-from llmlab.data.trivia import GENERAL_LISTS, trivia_items
+from llmlab.tasks.base import KEEP_SAMPLES, QA, EvalConfig, Generate, Task
+from llmlab.tasks.metrics import final_number
 
-
-@dataclass
-class QA:
-    question: str
-    answers: list[str]  # accepted answers
-    target: float | None = None  # numeric answer, for arithmetic
-
-
-# ---- arithmetic ----------------------------------------------------------------------------
+ARITH_PROMPT = ("Solve this word problem. Think step by step, then finish with "
+                "'The answer is N.'\n\n{q}")
+# arithmetic-easy asks for one line of working: a short completion is cheap to sample on CPU
+# and leaves no room to wander off before the answer.
+ARITH_EASY_PROMPT = "{q}\nWrite the calculation on one line, then 'The answer is N.'"
 ARITH_TEST_FRACTION = 0.2  # share of generated problems held out for evaluation
 _NAMES = ["Ava", "Ben", "Chloe", "Dev", "Emma", "Farid", "Grace", "Hiro", "Isla", "Jon", "Kemi",
           "Liam", "Mia", "Noah", "Omar", "Priya", "Quinn", "Rosa", "Sam", "Tara"]
@@ -98,18 +98,43 @@ def arithmetic_problems(n: int, split: str = "test", seed: int = 0, level: str =
     raise RuntimeError(f"could not generate {n} distinct {split} problems")
 
 
-# ---- trivia --------------------------------------------------------------------------------
-TRIVIA_LISTS = GENERAL_LISTS
+class Arithmetic(Task):
+    chat = True
+
+    def __init__(self, level: str = "standard") -> None:
+        if level not in ARITH_LEVELS:
+            raise ValueError(f"arithmetic level must be one of {ARITH_LEVELS}, got {level!r}")
+        self.level = level
+        self.name = "arithmetic" if level == "standard" else f"arithmetic-{level}"
+        self.prompt = ARITH_PROMPT if level == "standard" else ARITH_EASY_PROMPT
+
+    def examples(self, split: str = "train", n: int | None = None, seed: int | None = 0
+                 ) -> list[QA]:
+        """The first `n` problems of the split; the seed picks the generator's stream, and a
+        larger `n` only appends problems (so offset slices stay comparable)."""
+        if n is None:
+            raise ValueError("arithmetic problems are generated: give n")
+        return arithmetic_problems(n, split=split, seed=seed or 0, level=self.level)
+
+    def verifier(self, example: QA) -> dict[str, Any]:
+        return {"type": "numeric", "answer": example.target}
+
+    def evaluate(self, lm: Any, cfg: EvalConfig, generate: Generate) -> dict[str, Any]:
+        """Greedy accuracy on the first `limit` (200) test problems: the final number stated
+        (final_number) must equal the answer."""
+        probs = self.examples("test", cfg.limit or 200, cfg.seed)
+        outs = generate(lm, [self.format(p) for p in probs],
+                        max_new_tokens=cfg.max_new_tokens or 160, seed=cfg.seed,
+                        batch_size=cfg.batch_size, progress=cfg.progress, desc=self.name)
+        got = [final_number(o) for o in outs]
+        ok = [g is not None and abs(g - p.target) < 1e-6 for g, p in zip(got, probs, strict=True)]
+        samples = [{"question": p.question, "target": p.target, "output": o, "parsed": g,
+                    "correct": c} for p, o, g, c in zip(probs, outs, got, ok, strict=True)]
+        return {"config": {"split": "test", "n": len(probs)},
+                "metrics": {"accuracy": sum(ok) / len(ok), "n": len(ok),
+                            "unparsed": sum(g is None for g in got)},
+                "samples": samples[:KEEP_SAMPLES]}
 
 
-def trivia_questions(split: str = "test", lists: tuple[str, ...] = TRIVIA_LISTS) -> list[QA]:
-    """Questions of one side of the shared trivia split (llmlab/data/trivia.py) that SFT and
-    RL prompts also use: "test" never contains a question those trained on."""
-    return [QA(it["question"], it["answers"]) for it in trivia_items(split, lists)]
-
-
-def sample(items: list[Any], limit: int | None, seed: int) -> list[Any]:
-    """A seeded shuffle then the first `limit`, so --limit draws from every list."""
-    items = list(items)
-    random.Random(seed).shuffle(items)
-    return items if limit is None else items[:limit]
+ARITHMETIC = Arithmetic()
+ARITHMETIC_EASY = Arithmetic("easy")

@@ -1,4 +1,5 @@
-"""HumanEval (Chen et al. 2021) for base and chat models: prompts, code extraction, programs.
+"""HumanEval (Chen et al. 2021) for base and chat models: prompts, code extraction, programs,
+and the task (RL prompts `--task humaneval`, `llmlab eval --task humaneval[:mode]`).
 
 Two modes, as evaluation harnesses run them:
 - completion (base models): the raw function stub is the prompt and the continuation, cut at
@@ -16,6 +17,10 @@ import ast
 import re
 import textwrap
 from typing import Any
+
+from llmlab.tasks.base import KEEP_SAMPLES, EvalConfig, Generate, Task
+from llmlab.tasks.metrics import mean_pass_at_k
+from llmlab.tasks.sandbox import Limits, SandboxResult, run_many
 
 MODES = ("chat", "completion")
 # Completion mode: a new top-level statement means the function is finished.
@@ -138,3 +143,81 @@ def mode_for(lm: Any, requested: str | None) -> str:
                              f"got {requested!r}")
         return requested
     return "chat" if lm.cfg.extra.get("chat_template") else "completion"
+
+
+def score_programs(programs: list[str], k: int, limits: Limits, workers: int
+                   ) -> tuple[dict[str, Any], list[SandboxResult]]:
+    """Run `k` programs per problem (consecutive) in the sandbox: pass@1/10/100 (those with
+    k >= j), and how many timed out; a timeout is a failure, counted, never a hang."""
+    results = run_many(programs, limits, workers=workers)
+    n = len(programs) // k
+    counts = [(k, sum(r.passed for r in results[i * k : (i + 1) * k])) for i in range(n)]
+    metrics: dict[str, Any] = {f"pass@{j}": mean_pass_at_k(counts, j) for j in (1, 10, 100)
+                               if j <= k}
+    metrics.update(n=n, samples_per_problem=k,
+                   timeouts=sum(r.status == "timeout" for r in results))
+    return metrics, results
+
+
+class HumanEval(Task):
+    """The 164 problems are one split ("test"); every split reads them, in task-id order.
+    An RL prompt is the raw stub (chat=False) and its reward runs the problem's tests."""
+
+    name = "humaneval"
+    chat = False
+
+    def examples(self, split: str = "test", n: int | None = None, seed: int | None = 0
+                 ) -> list[dict[str, str]]:
+        """The first `n`: comparable across runs and papers' subsets (no shuffle)."""
+        return humaneval_problems()[:n]
+
+    def format(self, example: dict[str, str]) -> str:
+        return example["prompt"]
+
+    def verifier(self, example: dict[str, str]) -> dict[str, Any]:
+        return {"type": "code", "prefix": example["prompt"], "tests": example["test"],
+                "entry_point": example["entry_point"]}
+
+    def evaluate(self, lm: Any, cfg: EvalConfig, generate: Generate, mode: str | None = None
+                 ) -> dict[str, Any]:
+        """pass@k over `cfg.samples` completions per problem (greedy for one), in chat or
+        completion mode (mode_for)."""
+        probs = self.examples("test", cfg.limit)
+        k = cfg.samples
+        if k < 1:
+            raise ValueError(f"--samples must be >= 1, got {k}")
+        mode = mode_for(lm, mode)
+        temp = cfg.temperature if cfg.temperature is not None else (0.0 if k == 1 else 0.8)
+        rows = [p for p in probs for _ in range(k)]
+        common = dict(max_new_tokens=cfg.max_new_tokens or (384 if mode == "chat" else 256),
+                      temperature=temp, seed=cfg.seed, batch_size=cfg.batch_size,
+                      progress=cfg.progress, desc=f"humaneval ({mode})")
+        if mode == "chat":
+            outs = generate(lm, [CHAT_PROMPT.format(prompt=p["prompt"]) for p in rows],
+                            prefill=CHAT_PREFILL, stop=CHAT_STOPS, **common)
+            solved = [chat_solution(p, CHAT_PREFILL + o) for p, o in zip(rows, outs, strict=True)]
+        else:
+            outs = generate(lm, [p["prompt"] for p in rows], chat=False, stop=COMPLETION_STOPS,
+                            **common)
+            solved = [(completion_solution(p, o), "completion")
+                      for p, o in zip(rows, outs, strict=True)]
+        limits = Limits(timeout=cfg.extra.get("timeout", 5.0))
+        metrics, results = score_programs(
+            [program(p, s) for p, (s, _) in zip(rows, solved, strict=True)], k, limits,
+            cfg.workers)
+        if mode == "chat":  # how the replies were put together with the stubs
+            metrics.update(whole_function=sum(f == "function" for _, f in solved),
+                           body_only=sum(f == "body" for _, f in solved))
+        samples = [{"task_id": p["task_id"], "output": o, "form": f, "solution": s,
+                    "status": r.status, "stderr_tail": r.stderr[-300:]}
+                   for p, o, (s, f), r in zip(rows, outs, solved, results, strict=True)]
+        config = {"mode": mode, "samples": k, "temperature": temp, "timeout_s": limits.timeout,
+                  "max_new_tokens": common["max_new_tokens"]}
+        if mode == "chat":
+            config.update(prompt=CHAT_PROMPT, prefill=CHAT_PREFILL, stops=CHAT_STOPS)
+        else:
+            config.update(stops=COMPLETION_STOPS)
+        return {"config": config, "metrics": metrics, "samples": samples[:KEEP_SAMPLES]}
+
+
+HUMANEVAL = HumanEval()

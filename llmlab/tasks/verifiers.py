@@ -7,8 +7,9 @@ Specs (the "verifier" field of RL prompt JSONL):
         prefix + completion + tests (+ check(entry_point)) runs in the sandbox and exits 0
     {"type": "format", "pattern": "regex"}             the completion matches the regex
     {"type": "sum", "parts": [spec, ...], "weights": [w, ...]}   weighted sum of parts
-Matching reuses llmlab.eval.metrics; code runs only in llmlab.eval.sandbox (no network,
-CPU/memory/wall limits), so hostile completions fail rather than harm.
+Matching reuses llmlab.tasks.metrics; code runs only in llmlab.tasks.sandbox (no network,
+CPU/memory/wall limits), so hostile completions fail rather than harm. A Task's reward() is
+its verifier's score.
 """
 
 from __future__ import annotations
@@ -18,8 +19,8 @@ import secrets
 from collections.abc import Sequence
 from typing import Any
 
-from llmlab.eval.metrics import answer_match, number_match
-from llmlab.eval.sandbox import Limits, run_many
+from llmlab.tasks.metrics import answer_match, number_match
+from llmlab.tasks.sandbox import Limits, run_many
 
 TYPES = ("numeric", "trivia", "code", "format", "sum")
 _REQUIRED = {"numeric": ("answer",), "trivia": ("answers",), "code": ("tests",),

@@ -44,7 +44,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
-from llmlab.eval.sandbox_bwrap import BOOT, WORK, wait_bwrap
+from llmlab.tasks.sandbox_bwrap import BOOT, WORK, wait_bwrap
 
 CLONE_NEWNET = 0x40000000
 NOBODY = 65534
