@@ -13,11 +13,11 @@ Run with MKL_VERBOSE=1 to see which code path MKL takes.
 from __future__ import annotations
 
 import argparse
-import time
 from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
+from _common import print_machine, stopwatch
 
 from llmlab.model.linear import enabled, mm_nt, weight_grad
 
@@ -35,9 +35,9 @@ def _products(x: torch.Tensor, w: torch.Tensor, g: torch.Tensor
 
 
 def _time(fn: Callable[[], torch.Tensor], times: list[float]) -> None:
-    t0 = time.perf_counter()
+    t0 = stopwatch()
     fn()
-    times.append(time.perf_counter() - t0)
+    times.append(t0())
 
 
 def main() -> None:
@@ -45,6 +45,7 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--reps", type=int, default=31)
     a = ap.parse_args()
+    print_machine()
     assert enabled(), "oneDNN's _linear_pointwise is not available in this torch build"
     torch.set_num_threads(a.threads)
     print(f"torch {torch.__version__}, {a.threads} thread(s); GFLOP/s, best of {a.reps}")

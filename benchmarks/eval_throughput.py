@@ -11,12 +11,11 @@ rate is steady, so the subset measures it) - pass --hf-n 200 for the full set.
 from __future__ import annotations
 
 import argparse
-import json
 import tempfile
-import time
 from pathlib import Path
 
 import torch
+from _common import emit, print_machine, stopwatch
 
 
 def main() -> None:
@@ -27,6 +26,7 @@ def main() -> None:
     ap.add_argument("--batch-size", type=int, default=50)
     ap.add_argument("--threads", type=int, default=2)
     a = ap.parse_args()
+    print_machine(threads=a.threads)
     torch.set_num_threads(a.threads)
 
     import llmlab
@@ -37,10 +37,10 @@ def main() -> None:
     lm = llmlab.load("smollm2-135m-instruct")
     prompts = [TRIVIA_PROMPT.format(q=q.question) for q in sample(trivia_questions(), a.n, 0)]
 
-    t0 = time.perf_counter()
+    t0 = stopwatch()
     ours = generate(lm, prompts, max_new_tokens=a.max_new_tokens, batch_size=a.batch_size,
                     progress=False)
-    t_ours = time.perf_counter() - t0
+    t_ours = t0()
 
     from transformers import AutoModelForCausalLM
 
@@ -52,21 +52,21 @@ def main() -> None:
     ids = encode_prompts(lm, prompts[: a.hf_n], chat=True)
     eos = [lm.tokenizer.eos_id, lm.tokenizer.encode("<|im_end|>", allowed_special="all")[0]]
     agree = 0
-    t0 = time.perf_counter()
+    t0 = stopwatch()
     with torch.inference_mode():
         for i, p in enumerate(ids):
             out = hf.generate(torch.tensor([p]), max_new_tokens=a.max_new_tokens,
                               do_sample=False, eos_token_id=eos, pad_token_id=eos[0])
             text = lm.tokenizer.decode([t for t in out[0, len(p):].tolist() if t not in eos])
             agree += text.strip() == ours[i].strip()
-    t_hf = time.perf_counter() - t0
+    t_hf = t0()
 
     res = {"prompts": a.n, "max_new_tokens": a.max_new_tokens, "batch_size": a.batch_size,
            "threads": a.threads, "llmlab_prompts_per_s": a.n / t_ours,
            "hf_loop_prompts": a.hf_n, "hf_loop_prompts_per_s": a.hf_n / t_hf,
            "speedup": (a.n / t_ours) / (a.hf_n / t_hf),
            "greedy_text_agreement": f"{agree}/{a.hf_n}"}
-    print(json.dumps(res, indent=2))
+    emit(res)
 
 
 if __name__ == "__main__":

@@ -19,11 +19,11 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import time
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import torch  # noqa: E402
+from _common import emit, print_machine, stopwatch
 
 import llmlab  # noqa: E402
 from llmlab.generate.sampling import SamplingParams  # noqa: E402
@@ -35,10 +35,10 @@ PROMPT = "Once upon a time, in a small village by the sea,"
 
 def timed(fn) -> float:
     sync()
-    t = time.perf_counter()
+    t = stopwatch()
     fn()
     sync()
-    return time.perf_counter() - t
+    return t()
 
 
 def sync() -> None:
@@ -164,6 +164,7 @@ def main() -> None:
                          "once per tile setting (none given: the defaults)")
     ap.add_argument("--out", help="write the rows here (JSON)")
     a = ap.parse_args()
+    print_machine()
     if a.dry_run:
         device, a.new_tokens, a.batches = "cpu", 8, [1, 2]
     elif not torch.cuda.is_available():
@@ -200,7 +201,7 @@ def main() -> None:
     print(f"# {dev}, torch {torch.__version__}, {a.weights} weights, "
           f"{'fp32' if a.dry_run else 'bf16'}, {a.new_tokens} new tokens, "
           f"prompt {len(ids)} tokens")
-    print(json.dumps(rows))
+    emit(rows)
     if a.out:
         with open(a.out, "w") as f:
             json.dump(rows, f)

@@ -15,9 +15,11 @@ The reward is the same llmlab verifier on both sides (numeric answer + a digit f
 
 Phases, per optimizer step (CUDA-synchronised timers; warm-up steps excluded):
   step     time between consecutive optimizer steps
-  rollout  ours: RolloutBatches._rollout; TRL: _generate_and_score_completions
-           (sampling, rewards, advantages, and the old log-probs where each computes them)
-  decode   the sampling call inside it: ours rollout.sample; TRL _generate_single_turn
+  rollout  ours: the Trainer's time/rollout (getting the batch); TRL:
+           _generate_and_score_completions (sampling, rewards, advantages, and the old
+           log-probs where each computes them)
+  decode   the sampling call inside it: ours time/decode when the rollout reports it, else
+           the rollout; TRL _generate_single_turn
   optim    step - rollout: forward + backward of the GRPO loss, clipping, AdamW
 Tokens generated/s = completion tokens sampled / decode time.
 
@@ -39,6 +41,7 @@ Prepare the tokenizer dir once where gguf is installed: `--save-tokenizer .whl/s
 from __future__ import annotations
 
 import argparse
+import copy
 import gc
 import json
 import os
@@ -47,7 +50,6 @@ import sys
 import tempfile
 import time
 import traceback
-import warnings
 from pathlib import Path
 from typing import Any
 
@@ -55,6 +57,21 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import torch  # noqa: E402
+from _common import emit, print_machine, stopwatch, sync, timed  # noqa: E402
+
+from llmlab.align import grpo as grpo_run  # noqa: E402
+from llmlab.align.config import GRPOConfig as OurGRPOConfig  # noqa: E402
+from llmlab.align.data import task_prompts  # noqa: E402
+from llmlab.model import Transformer  # noqa: E402
+from llmlab.model.config import PRESETS, ModelConfig  # noqa: E402
+from llmlab.tasks.verifiers import score_many  # noqa: E402
+from llmlab.tokenizer import load_tokenizer  # noqa: E402
+from llmlab.tokenizer.chat_template import ChatTemplate  # noqa: E402
+from llmlab.train.config import TrainConfig  # noqa: E402
+from llmlab.train.distributed import init_distributed  # noqa: E402
+from llmlab.train.loop import Trainer  # noqa: E402
+from llmlab.train.report import read_metrics  # noqa: E402
+from llmlab.weights.hf import save_hf  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 TOKENIZER_DIR = ROOT / ".whl" / "smollm2-tokenizer"
@@ -63,26 +80,7 @@ TOKENIZER_DIR = ROOT / ".whl" / "smollm2-tokenizer"
 DIGIT = {"type": "format", "pattern": "[0-9]"}
 
 
-def sync(dev: torch.device) -> None:
-    if dev.type == "cuda":
-        torch.cuda.synchronize(dev)
-
-
-def timed(fn: Any, dev: torch.device, log: list[tuple[float, Any]]) -> Any:
-    """Wrap `fn` so each call appends (seconds, result) to `log`, synchronised on `dev`."""
-    def wrapper(*a: Any, **kw: Any) -> Any:
-        sync(dev)
-        t = time.perf_counter()
-        out = fn(*a, **kw)
-        sync(dev)
-        log.append((time.perf_counter() - t, out))
-        return out
-    return wrapper
-
-
 def load_tok(spec: str) -> Any:
-    from llmlab.tokenizer import load_tokenizer
-
     if spec != "smollm2":
         return load_tokenizer(spec)
     try:
@@ -96,8 +94,6 @@ def load_tok(spec: str) -> Any:
 
 
 def model_config(tiny: bool, vocab: int) -> Any:
-    from llmlab.model.config import PRESETS, ModelConfig
-
     if tiny:
         return ModelConfig(vocab_size=vocab, d_model=64, n_layer=2, n_head=4, n_kv_head=2,
                            d_ff=128, max_seq_len=512, pos="rope", norm="rmsnorm", mlp="swiglu",
@@ -108,8 +104,6 @@ def model_config(tiny: bool, vocab: int) -> Any:
 def prompts(n: int, template: Any) -> list[dict[str, Any]]:
     """Arithmetic prompts rendered in ChatML once, then given to both sides as plain text
     (chat=False), so both tokenize the identical string."""
-    from llmlab.align.data import task_prompts
-
     rows = task_prompts("arithmetic", n, seed=0)
     return [{"prompt": template.render([{"role": "user", "content": r["prompt"]}]),
              "chat": False, "verifier": {"type": "sum", "parts": [r["verifier"], DIGIT]}}
@@ -148,66 +142,59 @@ def summarise(name: str, steps: list[float], rollouts: list[float], decodes: lis
 
 def run_ours(a: argparse.Namespace, model: Any, tok: Any, rows: list[dict[str, Any]],
              dev: torch.device, deadline: float) -> dict[str, Any]:
-    from llmlab.align import grpo as grpo_run
-    from llmlab.align.config import GRPOConfig
-    from llmlab.tokenizer.chat_template import ChatTemplate
-    from llmlab.train.config import TrainConfig
-    from llmlab.train.distributed import init_distributed
-    from llmlab.train.loop import Trainer
-
-    g = GRPOConfig(num_generations=a.generations, prompts_per_step=a.prompts,
-                   max_new_tokens=a.max_new_tokens, temperature=a.temperature,
-                   scale_rewards="group", loss_type=a.loss_type, epsilon=0.2, beta=a.beta,
-                   iterations=1, zero_std_warn=1.01)
-    total = a.warmup + a.steps
-    t = TrainConfig(max_steps=total, batch_size=a.prompts * a.generations,
+    """The real runner; its phase times are the Trainer's own time/* in metrics.jsonl."""
+    g = OurGRPOConfig(num_generations=a.generations, prompts_per_step=a.prompts,
+                      max_new_tokens=a.max_new_tokens, temperature=a.temperature,
+                      scale_rewards="group", loss_type=a.loss_type, epsilon=0.2, beta=a.beta,
+                      iterations=1, zero_std_warn=1.01)
+    t = TrainConfig(max_steps=a.warmup + a.steps, batch_size=a.prompts * a.generations,
                     seq_len=a.max_new_tokens, lr=a.lr, warmup_steps=0, schedule="constant",
                     weight_decay=0.0, beta1=0.9, beta2=0.999, eps=1e-8, grad_clip=1.0,
-                    precision="bf16" if a.bf16 else "fp32", device=dev.type, log_every=10**6,
+                    precision="bf16" if a.bf16 else "fp32", device=dev.type, log_every=1,
                     eval_every=0, ckpt_every=0, sample_tokens=0, tensorboard=False,
                     progress=False)
+    ref = copy.deepcopy(model).eval().requires_grad_(False) if a.beta else None
     # No stop strings or stop tokens: fixed-length completions (see NoStopTokenizer).
-    template = ChatTemplate(stop=[])
-    ref = None
-    if a.beta:
-        import copy
-
-        ref = copy.deepcopy(model).eval().requires_grad_(False)
-    batches = grpo_run.RolloutBatches(model, NoStopTokenizer(tok), template, rows, g, seed=0,
-                                      ref=ref)
-    rollouts: list[tuple[float, Any]] = []
-    decodes: list[tuple[float, Any]] = []
-    stamps: list[float] = []
-    batches._rollout = timed(batches._rollout, dev, rollouts)  # type: ignore[method-assign]
-    real_sample = grpo_run.sample
-    grpo_run.sample = timed(real_sample, dev, decodes)
+    batches = grpo_run.RolloutBatches(model, NoStopTokenizer(tok), ChatTemplate(stop=[]), rows,
+                                      g, seed=0, ref=ref)
     with tempfile.TemporaryDirectory() as run_dir:
-        trainer = Trainer(model, t, run_dir, batches, grpo_run.grpo_loss_fn(g),
-                          dist=init_distributed(dev.type), export=lambda m, d: None)
-        trainer.save_checkpoint = lambda v: None  # type: ignore[method-assign]
-        opt_step = trainer.opt.step
-
-        def step(*x: Any, **kw: Any) -> Any:
-            out = opt_step(*x, **kw)
-            sync(dev)
-            stamps.append(time.perf_counter())
-            if time.perf_counter() > deadline and len(stamps) > a.warmup + 1:
-                trainer.cfg.max_steps = trainer.step + 1  # stop after this step
-            return out
-
-        trainer.opt.step = step  # type: ignore[method-assign]
-        warnings.filterwarnings("ignore", message=".*optimizer.step.*has been overridden")
-        sync(dev)
-        stamps.append(time.perf_counter())
-        try:
-            trainer.fit()
-        finally:
-            grpo_run.sample = real_sample
-    steps = [b - c for b, c in zip(stamps[1:], stamps, strict=False)]
-    out = summarise("llmlab", steps, [r[0] for r in rollouts], [d[0] for d in decodes],
-                    [int(d[1].cmask.sum()) for d in decodes], a.warmup)
-    out["completion_lengths"] = sorted({int(x) for d in decodes for x in d[1].cmask.sum(1)})
+        trainer = Trainer(model, t, run_dir, Deadline(batches, t, deadline, a.warmup + 1),
+                          grpo_run.grpo_loss_fn(g), dist=init_distributed(dev.type),
+                          export=lambda m, d: None, sync_timing=True)
+        trainer.fit()
+        recs = read_metrics(Path(run_dir))
+    tokens = [r["tokens"] - p for r, p in zip(recs, [0] + [r["tokens"] for r in recs],
+                                              strict=False)]
+    rollouts = [r.get("time/rollout", r["time/batch"]) for r in recs]
+    # The sampling call's own time where the rollout reports it; else the whole rollout.
+    decodes = [r.get("time/decode", r.get("time/rollout", r["time/batch"])) for r in recs]
+    out = summarise("llmlab", [r["time/step"] for r in recs], rollouts, decodes, tokens,
+                    a.warmup)
+    # Mean completion length per step: all max_new_tokens when EOS is suppressed.
+    out["completion_lengths"] = sorted({round(r["completion_length"], 2) for r in recs})
     return out
+
+
+class Deadline:
+    """The rollout source, ending the run after the step in which `deadline` passes (once
+    `min_steps` ran): it sets the run's last step, as an interrupted budget would."""
+
+    def __init__(self, src: Any, cfg: Any, deadline: float, min_steps: int) -> None:
+        self.src, self.cfg, self.deadline, self.min_steps = src, cfg, deadline, min_steps
+        self.steps = 0
+        self.time_name = getattr(src, "time_name", "rollout")
+
+    def next_batch(self) -> Any:
+        self.steps += 1
+        if time.perf_counter() > self.deadline and self.steps > self.min_steps:
+            self.cfg.max_steps = self.steps
+        return self.src.next_batch()
+
+    def state_dict(self) -> dict[str, Any]:
+        return self.src.state_dict()
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.src.load_state_dict(state)
 
 
 # ----------------------------------------------------------------------------- TRL
@@ -218,7 +205,6 @@ def run_trl(a: argparse.Namespace, hf_dir: str, rows: list[dict[str, Any]], dev:
     from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
     from trl import GRPOConfig, GRPOTrainer
 
-    from llmlab.tasks.verifiers import score_many
 
     def reward(prompts: list[str], completions: list[str], verifier: list[str],
                **kw: Any) -> list[float]:
@@ -250,9 +236,9 @@ def run_trl(a: argparse.Namespace, hf_dir: str, rows: list[dict[str, Any]], dev:
         decodes: list[tuple[float, Any]] = []
         stamps: list[float] = []
         trainer._generate_and_score_completions = timed(  # type: ignore[method-assign]
-            trainer._generate_and_score_completions, dev, rollouts)
+            trainer._generate_and_score_completions, rollouts, dev)
         trainer._generate_single_turn = timed(  # type: ignore[method-assign]
-            trainer._generate_single_turn, dev, decodes)
+            trainer._generate_single_turn, decodes, dev)
 
         class Clock(TrainerCallback):
             def on_train_begin(self, args: Any, state: Any, control: Any, **kw: Any) -> None:
@@ -311,7 +297,7 @@ def main() -> None:
                     help="write the tokenizer in our format to DIR (for boxes without gguf)")
     ap.add_argument("--out", help="write the results as JSON here")
     a = ap.parse_args()
-    t_start = time.perf_counter()
+    clock = stopwatch()
     d = {"prompts": (2, 8), "generations": (4, 8), "max_new_tokens": (16, 256), "steps": (2, 5)}
     for k, (tiny, full) in d.items():
         if getattr(a, k) is None:
@@ -319,15 +305,12 @@ def main() -> None:
     dev = torch.device("cuda" if a.device == "auto" and torch.cuda.is_available()
                        else "cpu" if a.device == "auto" else a.device)
     a.bf16 = a.precision == "bf16" or (a.precision == "auto" and dev.type == "cuda")
+    print_machine(dev)
     tok = load_tok(a.tokenizer)
     if a.save_tokenizer:
         tok.save(a.save_tokenizer)
         print(f"tokenizer saved to {a.save_tokenizer}")
         return
-
-    from llmlab.model import Transformer
-    from llmlab.tokenizer.chat_template import ChatTemplate
-    from llmlab.weights.hf import save_hf
 
     torch.manual_seed(0)
     cfg = model_config(a.tiny, max(tok.vocab()) + 1)
@@ -338,8 +321,7 @@ def main() -> None:
                                            "warmup")}
     settings.update(model=("tiny llama" if a.tiny else "smollm2-135m shape") + ", random (seed 0)",
                     params=sum(p.numel() for p in model.parameters()), device=str(dev),
-                    device_name=(torch.cuda.get_device_name(dev) if dev.type == "cuda"
-                                 else "cpu"),
+                    device_name=torch.cuda.get_device_name(dev) if dev.type == "cuda" else "cpu",
                     precision="fp32 weights + bf16 autocast" if a.bf16 else "fp32",
                     torch=torch.__version__, scale_rewards="group", num_iterations=1,
                     eos="suppressed (fixed-length completions)", optimizer="AdamW",
@@ -360,7 +342,7 @@ def main() -> None:
             model.cpu()
         except Exception as e:  # noqa: BLE001 - report, still measure ours
             settings["transformers_error"] = repr(e)
-        remaining = a.budget_s - (time.perf_counter() - t_start)
+        remaining = a.budget_s - clock()
         share = remaining / (3 if a.only is None else 1)  # TRL gets two shares: it is slower
         if a.only != "trl":
             print(f"llmlab: {a.warmup} + {a.steps} steps ...", flush=True)
@@ -375,16 +357,14 @@ def main() -> None:
                 import trl
 
                 settings["trl"] = trl.__version__
-                left = a.budget_s - (time.perf_counter() - t_start)
+                left = a.budget_s - clock()
                 results["trl"] = run_trl(a, hf_dir, rows, dev, time.perf_counter() + left)
             except Exception as e:  # noqa: BLE001 - e.g. trl not installed: ours still stands
                 traceback.print_exc()
                 results["trl"] = {"name": "trl", "error": repr(e)}
-    results["total_s"] = time.perf_counter() - t_start
+    results["total_s"] = clock()
     report(results)
-    if a.out:
-        Path(a.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(a.out).write_text(json.dumps(results, indent=1) + "\n")
+    emit(results, a.out)
 
 
 def report(results: dict[str, Any]) -> None:

@@ -34,7 +34,7 @@ import torch.nn.functional as F
 
 from llmlab.model import ModelConfig, Transformer
 from llmlab.settings import speed, speed_override
-from llmlab.train.loop import keep_freed_memory
+from llmlab.train.machine import keep_freed_memory
 from llmlab.train.optim import make_adamw, param_groups
 from llmlab.train.presets import PRESETS
 from llmlab.train.pretrain import next_token_loss

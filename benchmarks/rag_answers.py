@@ -16,8 +16,9 @@ from __future__ import annotations
 import argparse
 import json
 import tempfile
-import time
 from pathlib import Path
+
+from _common import emit, print_machine, stopwatch
 
 from llmlab.rag.answer import AnswerStream, attribute, check_citations, source_texts
 from llmlab.rag.embed import get_embedder
@@ -33,6 +34,7 @@ def main() -> None:
     ap.add_argument("--out", default=None)
     ap.add_argument("--threads", type=int, default=2)
     args = ap.parse_args()
+    print_machine()
     import torch
 
     torch.set_num_threads(args.threads)
@@ -52,7 +54,7 @@ def main() -> None:
         labeled = [n for n, h in enumerate(hits, 1) if h.chunk.source in q.relevant]
         row: dict = {"question": question, "labeled_sources": labeled}
         for name, kw in variants.items():
-            t = time.perf_counter()
+            t = stopwatch()
             s = AnswerStream(question, hits, lm=lm, **kw)
             for _ in s:
                 pass
@@ -63,7 +65,7 @@ def main() -> None:
             row[name] = {"answer": a.raw, "cited": [n for n, _ in a.citations],
                          "attributed": check_citations(text, len(hits))[1],
                          "changes": changes, "invalid": a.invalid, "refused": a.refused,
-                         "secs": round(time.perf_counter() - t, 1)}
+                         "secs": round(t(), 1)}
         rows.append(row)
         print(json.dumps(row, ensure_ascii=False), flush=True)
     n = len(rows)
@@ -83,7 +85,7 @@ def main() -> None:
             "invalid_citations": sum(len(r[v]["invalid"]) for r in rows),
             "only_source_1_model": sum(r[v]["cited"] == [1] for r in rows),
             "median_answer_s": sorted(r[v]["secs"] for r in rows)[n // 2]}
-    print(json.dumps(summary, indent=1))
+    emit(summary)
     if args.out:
         Path(args.out).write_text(json.dumps({"summary": summary, "rows": rows}, indent=1,
                                              ensure_ascii=False))

@@ -7,12 +7,11 @@ ONNX-int8 vs torch MiniLM at equal quality, answer citation rate and the refusal
 from __future__ import annotations
 
 import argparse
-import json
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
+from _common import emit, print_machine, stopwatch
 
 from llmlab.rag.answer import MIN_COSINE, answer
 from llmlab.rag.embed import get_embedder
@@ -36,6 +35,7 @@ def main() -> None:
     ap.add_argument("--rerank-queries", type=int, default=40)
     ap.add_argument("--answers", type=int, default=20)
     args = ap.parse_args()
+    print_machine()
     tmp = Path(tempfile.mkdtemp(prefix="rag-eval-"))
     docs, qpath = build_pydocs_set(tmp / "set", subdirs=(args.subdir,))
     qrels = load_qrels(qpath)
@@ -43,10 +43,10 @@ def main() -> None:
     idx = {}
     for backend in ("onnx", "torch"):
         emb = get_embedder(backend)
-        t = time.perf_counter()
+        t = stopwatch()
         idx[backend] = RagIndex.create(tmp / f"idx-{backend}", emb)
         st = idx[backend].index([docs], args.chunk_size, 32, progress=False)
-        report[f"index_s_{backend}"] = round(time.perf_counter() - t, 1)
+        report[f"index_s_{backend}"] = round(t(), 1)
         report["chunks"] = st.chunks_added
         res = evaluate(idx[backend], qrels, ("bm25", "dense", "hybrid"), 10, progress=False)
         report[f"metrics_{backend}"] = res
@@ -55,9 +55,9 @@ def main() -> None:
     # Rerank is ~1 s per candidate batch on 2 cores: a prefix of the queries, peers on the same.
     sub = qrels[: args.rerank_queries]
     rr = LLMReranker()
-    t = time.perf_counter()
+    t = stopwatch()
     res = evaluate(idx["onnx"], sub, ("hybrid",), 10, reranker=rr, progress=False)
-    report["rerank_s_per_query"] = round((time.perf_counter() - t) / len(sub), 2)
+    report["rerank_s_per_query"] = round(t() / len(sub), 2)
     report["metrics_rerank_subset"] = res
     print(f"== first {len(sub)} queries, rerank top 10 by SmolLM2 (UPR, mixed with hybrid)")
     print(format_table(res), flush=True)
@@ -83,7 +83,7 @@ def main() -> None:
         "off_topic_refused_by_gate": int(sum(b < MIN_COSINE for b in best_off)),
         "in_domain_refused_by_gate": int(sum(b < MIN_COSINE for b in best_in)),
     }
-    print(json.dumps(report, indent=1))
+    emit(report)
 
 
 if __name__ == "__main__":

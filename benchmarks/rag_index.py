@@ -9,10 +9,11 @@ from __future__ import annotations
 import argparse
 import os
 import tempfile
-import time
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+from _common import print_machine, stopwatch
 
 from llmlab.rag.embed import get_embedder  # noqa: E402
 from llmlab.rag.evaluate import build_pydocs_set  # noqa: E402
@@ -28,6 +29,7 @@ def main() -> None:
     ap.add_argument("--subdir", default="tutorial")
     ap.add_argument("--chunk-size", type=int, default=256)
     args = ap.parse_args()
+    print_machine()
     tmp = Path(tempfile.mkdtemp(prefix="rag-index-"))
     docs, _ = build_pydocs_set(tmp / "set", subdirs=(args.subdir,))
     st = SentenceTransformer(str(_minilm_dir()), device="cpu")
@@ -37,15 +39,15 @@ def main() -> None:
     rows = []
     for rep in range(2):  # alternate peers so load changes on the shared machine hit both
         for backend in ("onnx", "torch"):
-            t = time.perf_counter()
+            t = stopwatch()
             idx = RagIndex.create(tmp / f"idx-{backend}-{rep}", get_embedder(backend))
             stats = idx.index([docs], args.chunk_size, 32, progress=False)
             rows.append((f"ours RagIndex.index ({backend})", stats.chunks_added,
-                         time.perf_counter() - t))
+                         t()))
         texts = [c.text for c in idx.store.iter_chunks()]
-        t = time.perf_counter()
+        t = stopwatch()
         st.encode(texts, batch_size=64, normalize_embeddings=True)
-        rows.append(("peer sentence-transformers encode", len(texts), time.perf_counter() - t))
+        rows.append(("peer sentence-transformers encode", len(texts), t()))
     best: dict[str, tuple[int, float]] = {}
     for name, n, s in rows:
         if name not in best or s < best[name][1]:

@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+from _common import print_machine, stopwatch
 
 from llmlab.rag.chunk import Chunk
 from llmlab.rag.fuse import rrf
@@ -58,6 +59,7 @@ def main() -> None:
     ap.add_argument("--sizes", type=int, nargs="+", default=[10_000, 100_000])
     ap.add_argument("--queries", type=int, default=200)
     args = ap.parse_args()
+    print_machine()
     rng = np.random.default_rng(0)
     from llmlab.rag.embed import get_embedder
 
@@ -81,9 +83,9 @@ def bench(n: int, rng: np.random.Generator, qs_text: list[str], n_q: int) -> Non
     store = LocalStore(Path(tempfile.mkdtemp()) / "idx", dim=DIM)
     store.add([Chunk(f"c{i}", f"d{i}", f"s{i}", "", t, 0, len(t), 0)
                for i, t in enumerate(texts)], v)
-    t0 = time.perf_counter()
+    t0 = stopwatch()
     store.save()
-    build = time.perf_counter() - t0
+    build = t0()
     pairs = list(zip(qs_text, qv, strict=True))
     ann = "hnsw" if any(seg.hnsw is not None for seg in store.segments) else "exact"
     print(f"\n== {n} chunks ({ann} dense; build+save {build:.1f} s)")

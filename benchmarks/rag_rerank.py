@@ -18,11 +18,11 @@ from __future__ import annotations
 import argparse
 import json
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
 import torch
+from _common import print_machine, stopwatch
 
 from llmlab.rag.embed import get_embedder
 from llmlab.rag.evaluate import build_pydocs_set, doc_ranking, load_qrels, score_runs
@@ -83,9 +83,9 @@ def collect(subdir: str, n_queries: int, rr: LLMReranker, tmp: Path, scorers: li
         builds = {"upr": rr.upr_batch, "yesno": rr.yesno_batch,
                   "pf": lambda qq, pp: judge_pf(rr, qq, pp)}
         for name in scorers:
-            t = time.perf_counter()
+            t = stopwatch()
             span, yn = rr.forward(builds[name](q.query, texts))
-            row["secs"][name] = time.perf_counter() - t
+            row["secs"][name] = t()
             if name == "upr":
                 row["upr"] = span.tolist()
             elif name == "yesno":
@@ -175,10 +175,10 @@ def latency(rr: LLMReranker, subdir: str, n: int, tmp: Path) -> dict:
         for scorer in ("upr", "yesno"):
             for bf16 in (True, False):
                 rr.scorer, rr.bf16 = scorer, bf16
-                t = time.perf_counter()
+                t = stopwatch()
                 rr.rerank(q.query, texts)
                 key = f"{scorer}/{'bf16' if bf16 else 'fp32'}"
-                times.setdefault(key, []).append(time.perf_counter() - t)
+                times.setdefault(key, []).append(t())
     rr.scorer, rr.bf16 = "upr", True
     return {k: {"median_s": round(float(np.median(v)), 2), "max_s": round(max(v), 2)}
             for k, v in times.items()}
@@ -198,6 +198,7 @@ def main() -> None:
     ap.add_argument("--latency", type=int, default=0,
                     help="only time reranking this many queries (bf16 vs fp32)")
     args = ap.parse_args()
+    print_machine()
     torch.set_num_threads(args.threads)
     cache = Path(args.signals) if args.signals else None
     if cache:

@@ -26,6 +26,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+from _common import emit, print_machine, stopwatch
 
 from llmlab.rag.chunk import Chunk
 from llmlab.rag.fuse import rrf
@@ -156,11 +157,11 @@ def search_bench(store: LocalStore, qs: list[str], qv: np.ndarray, report: dict,
     pairs = list(zip(qs, qv, strict=True))
     out: dict = {}
     out["dense"] = pct(timed(lambda p: store.search(p[1], 10), pairs))
-    t0 = time.perf_counter()
+    t0 = stopwatch()
     m = min(100, len(qv))
     exact = np.concatenate([np.asarray(s.vectors) @ qv[:m].T for s in store.segments])
     exact[~live] = -np.inf
-    out["numpy_exact_per_query_ms"] = round((time.perf_counter() - t0) * 1000 / m, 1)
+    out["numpy_exact_per_query_ms"] = round(t0() * 1000 / m, 1)
     rec = []
     for j in range(m):
         want = {ids[i] for i in np.argpartition(-exact[:, j], 10)[:10]}
@@ -174,9 +175,9 @@ def search_bench(store: LocalStore, qs: list[str], qv: np.ndarray, report: dict,
         base = sum(len(s) for s in store.segments[: store.segments.index(big)])
         for ef in (128, 256, 512, 1024):
             p = faiss.SearchParametersHNSW(efSearch=ef)
-            t0 = time.perf_counter()
+            t0 = stopwatch()
             _, got = big.hnsw.search(qv[:m], 10, params=p)
-            ms = (time.perf_counter() - t0) * 1000 / m
+            ms = t0() * 1000 / m
             sub = exact[base : base + len(big)]
             want = np.argpartition(-sub, 10, axis=0)[:10].T
             r = np.mean([len(set(a) & set(b)) / 10 for a, b in zip(got, want, strict=True)])
@@ -256,6 +257,7 @@ def main() -> None:
     ap.add_argument("--open-only", action="store_true",
                     help="only time opening --dir (in a fresh process) and its memory")
     args = ap.parse_args()
+    print_machine()
     import faiss
 
     faiss.omp_set_num_threads(args.threads)
@@ -280,7 +282,7 @@ def main() -> None:
     gc.collect()
     search_bench(LocalStore.open(args.dir), qs, qv, report, "after_updates")
     report["peak_rss_mb"] = round(rss_mb())
-    print(json.dumps(report, indent=1))
+    emit(report)
     if args.out:
         Path(args.out).write_text(json.dumps(report, indent=1))
 

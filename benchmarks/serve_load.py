@@ -23,12 +23,8 @@ import argparse
 import asyncio
 import contextlib
 import json
-import os
 import random
-import signal
-import socket
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -38,25 +34,15 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+from _common import emit, print_machine, stopwatch
+from _server import log_errors, rss_mb, settle, start_server, stop_server, wait_ready
 
-ROOT = Path(__file__).resolve().parents[1]
-HOST = "127.0.0.1"  # only loopback traffic, ever
-
-PROMPTS = [
-    "Say hello.",
-    "What is the capital of France?",
-    "Name three colours.",
-    "Write a haiku about the sea.",
-    "What is 2 + 2?",
-    "A <script>alert(1)</script> token, and an emoji: 🙂",
-]
-SENTENCES = [
-    "The cat sat on the mat.",
-    "Attention is all you need.",
-    "Paris is the capital of France.",
-    "naïve café déjà vu 🙂",
-    "def f(x):\n    return x * 2",
-]
+PROMPTS = ["Say hello.", "What is the capital of France?", "Name three colours.",
+           "Write a haiku about the sea.", "What is 2 + 2?",
+           "A <script>alert(1)</script> token, and an emoji: 🙂"]
+SENTENCES = ["The cat sat on the mat.", "Attention is all you need.",
+             "Paris is the capital of France.", "naïve café déjà vu 🙂",
+             "def f(x):\n    return x * 2"]
 # A prompt that keeps generating well past 1 s, so the disconnect really happens mid-request.
 LONG_PROMPT = "Count from 1 to 300, one number per line."
 
@@ -89,14 +75,9 @@ class Stats:
 
 
 def chat_body(rng: random.Random, model: str, **extra: Any) -> dict[str, Any]:
-    return {
-        "model": model,
-        "messages": [{"role": "user", "content": rng.choice(PROMPTS)}],
-        "max_tokens": rng.randint(8, 16),
-        "temperature": rng.choice([0.0, 0.7, 1.0]),
-        "seed": rng.randrange(2**31),
-        **extra,
-    }
+    return {"model": model, "messages": [{"role": "user", "content": rng.choice(PROMPTS)}],
+            "max_tokens": rng.randint(8, 16), "temperature": rng.choice([0.0, 0.7, 1.0]),
+            "seed": rng.randrange(2**31), **extra}
 
 
 def make_request(kind: str, rng: random.Random, ids: dict[str, str]) -> Req:
@@ -130,9 +111,8 @@ def make_request(kind: str, rng: random.Random, ids: dict[str, str]) -> Req:
         return Req(kind, "POST", chat, body, mode="disconnect")
     # Bad inputs: each must be refused with a 4xx, never a 5xx or a 200.
     if kind == "bad_json":
-        return Req(
-            kind, "POST", chat, raw=b'{"messages": [{"role": "user", "content": "hi"}', expect="4xx"
-        )
+        return Req(kind, "POST", chat, raw=b'{"messages": [{"role": "user", "content": "hi"}',
+                   expect="4xx")
     if kind == "bad_seed":
         return Req(kind, "POST", chat, chat_body(rng, m, seed=2**64), expect="4xx")
     if kind == "bad_model":
@@ -146,31 +126,16 @@ def make_request(kind: str, rng: random.Random, ids: dict[str, str]) -> Req:
     if kind == "bad_embed_model":
         return Req(kind, "POST", emb, {"model": "no-such-model", "input": "x"}, expect="4xx")
     if kind == "bad_tokenizer":
-        return Req(
-            kind, "POST", "/api/tokenize", {"text": "x", "tokenizer": "no-such-tok"}, expect="4xx"
-        )
+        return Req(kind, "POST", "/api/tokenize", {"text": "x", "tokenizer": "no-such-tok"},
+                   expect="4xx")
     raise ValueError(kind)
 
 
 # Weights of the mix; chat dominates, as in a class. Bad inputs are cheap, so a fair share.
-WEIGHTS = {
-    "chat": 22,
-    "chat_stream": 22,
-    "chat_json": 4,
-    "embeddings": 12,
-    "tokenize": 10,
-    "decode_next": 5,
-    "get": 5,
-    "abandon_stream": 4,
-    "disconnect": 3,
-    "bad_json": 2,
-    "bad_seed": 2,
-    "bad_model": 2,
-    "bad_max_tokens": 2,
-    "bad_surrogate": 2,
-    "bad_embed_model": 1,
-    "bad_tokenizer": 1,
-}
+WEIGHTS = {"chat": 22, "chat_stream": 22, "chat_json": 4, "embeddings": 12, "tokenize": 10,
+           "decode_next": 5, "get": 5, "abandon_stream": 4, "disconnect": 3, "bad_json": 2,
+           "bad_seed": 2, "bad_model": 2, "bad_max_tokens": 2, "bad_surrogate": 2,
+           "bad_embed_model": 1, "bad_tokenizer": 1}
 # Abandoned requests are bounded in number (per client, over the run): they test cleanup,
 # and too many would turn the probe into a cancellation test.
 CAPPED = ("abandon_stream", "disconnect")
@@ -198,7 +163,7 @@ async def send(c: httpx.AsyncClient, req: Req, stats: Stats) -> tuple[str, int |
     if req.mode == "plain":
         r = await c.request(req.method, req.path, **kw)
         return f"{r.status_code // 100}xx", r.status_code, r.text[:300]
-    t0 = time.perf_counter()
+    t0 = stopwatch()
     async with c.stream(req.method, req.path, **kw) as r:
         if r.status_code != 200:
             await r.aread()
@@ -217,7 +182,7 @@ async def send(c: httpx.AsyncClient, req: Req, stats: Stats) -> tuple[str, int |
             delta = obj["choices"][0]["delta"]
             if delta.get("content"):
                 if first:
-                    stats.ttft.append(time.perf_counter() - t0)
+                    stats.ttft.append(t0())
                     first = False
                 if req.mode == "abandon":  # leaving the block closes the connection mid-stream
                     return "abandoned", 200, ""
@@ -227,7 +192,7 @@ async def send(c: httpx.AsyncClient, req: Req, stats: Stats) -> tuple[str, int |
 
 
 async def one(c: httpx.AsyncClient, req: Req, stats: Stats, timeout: float) -> None:
-    t0 = time.perf_counter()
+    t0 = stopwatch()
     stats.in_flight += 1
     try:
         # The hang bound: httpx's timeouts are per read, so a slow trickle could outlast them.
@@ -240,34 +205,19 @@ async def one(c: httpx.AsyncClient, req: Req, stats: Stats, timeout: float) -> N
         outcome, status, detail = "stream_error", 200, f"{type(e).__name__}: {e}"
     finally:
         stats.in_flight -= 1
-    dt = time.perf_counter() - t0
+    dt = t0()
     stats.counts[(req.kind, outcome)] += 1
     if outcome in ("2xx", "4xx", "5xx"):
         stats.lat[req.kind].append(dt)
     wrong_class = outcome in ("2xx", "4xx") and outcome != req.expect
     if (outcome not in ("2xx", "4xx", "abandoned") or wrong_class) and len(stats.problems) < 20:
-        stats.problems.append(
-            {
-                "kind": req.kind,
-                "outcome": outcome,
-                "status": status,
-                "seconds": round(dt, 2),
-                "request": req.describe(),
-                "response": detail,
-            }
-        )
+        stats.problems.append({"kind": req.kind, "outcome": outcome, "status": status,
+                               "seconds": round(dt, 2), "request": req.describe(),
+                               "response": detail})
 
 
-async def client(
-    url: str,
-    until: float,
-    stats: Stats,
-    seed: int,
-    ids: dict[str, str],
-    timeout: float,
-    caps: Counter[str],
-    first: list[str],
-) -> None:
+async def client(url: str, until: float, stats: Stats, seed: int, ids: dict[str, str],
+                 timeout: float, caps: Counter[str], first: list[str]) -> None:
     rng = random.Random(seed)
     kinds = list(WEIGHTS)
     async with httpx.AsyncClient(base_url=url, timeout=timeout) as c:
@@ -281,119 +231,7 @@ async def client(
             await one(c, make_request(kind, rng, ids), stats, timeout)
 
 
-# -- the server -----------------------------------------------------------------------------
-
-
-def rss_mb(pid: int) -> float:
-    try:
-        import psutil
-
-        return psutil.Process(pid).memory_info().rss / 2**20
-    except ImportError:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-    except Exception:  # the process is gone
-        pass
-    return float("nan")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind((HOST, 0))
-        return int(s.getsockname()[1])
-
-
-def start_server(model: str, log: Path, extra: list[str]) -> tuple[subprocess.Popen, str]:
-    port = free_port()
-    env = {**os.environ, "PYTHONPATH": f"{ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
-    cmd = [
-        sys.executable,
-        "-m",
-        "llmlab.server.cli",
-        "serve",
-        "--host",
-        HOST,
-        "--port",
-        str(port),
-        "--model",
-        model,
-        *extra,
-    ]
-    with log.open("wb") as f:  # the child keeps its own copy of the descriptor
-        proc = subprocess.Popen(cmd, env=env, stdout=f, stderr=subprocess.STDOUT, cwd=ROOT)
-    return proc, f"http://{HOST}:{port}"
-
-
-def wait_ready(proc: subprocess.Popen, url: str, bound: float) -> str | None:
-    """None once /healthz says ready (models preloaded, RAG index built: it answers 200 with
-    ready=false before that), else why not."""
-    deadline = time.monotonic() + bound
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            return f"server exited with {proc.returncode} before it was ready"
-        try:
-            if httpx.get(f"{url}/healthz", timeout=5).json().get("ready"):
-                return None
-        except (httpx.HTTPError, ValueError):
-            pass  # not listening yet
-        time.sleep(0.5)
-    return f"not ready within {bound:.0f} s"
-
-
-def stop_server(proc: subprocess.Popen, bound: float, log: Path) -> tuple[str, bool]:
-    """SIGTERM (uvicorn's graceful shutdown), SIGKILL after `bound` s; (how it ended, clean)."""
-    if proc.poll() is not None:
-        return f"had already exited with {proc.returncode}", False
-    t0 = time.monotonic()
-    proc.send_signal(signal.SIGTERM)
-    try:
-        rc = proc.wait(timeout=bound)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        rc = proc.wait(timeout=10)
-        return f"ignored SIGTERM for {bound:.0f} s; SIGKILLed (exit {rc})", False
-    # uvicorn re-raises the signal it caught once its shutdown is done, so a clean stop exits
-    # with -SIGTERM; the lifespan's line says the app's shutdown (the batcher's close) ran.
-    done = "Application shutdown complete" in log.read_text(errors="replace")
-    how = f"exited {rc} {time.monotonic() - t0:.1f} s after SIGTERM"
-    how += ", application shutdown complete" if done else ", no 'Application shutdown complete'"
-    return how, rc in (0, -signal.SIGTERM) and done
-
-
-def log_errors(log: Path) -> tuple[int, str]:
-    """Tracebacks in the server log (unhandled errors, errors inside streams) and the first."""
-    lines = log.read_text(errors="replace").splitlines()
-    starts = [i for i, ln in enumerate(lines) if ln.startswith("Traceback")]
-    first = "\n".join(lines[max(0, starts[0] - 2) : starts[0] + 40]) if starts else ""
-    return len(starts), first
-
-
-async def settle(url: str, bound: float) -> dict[str, Any] | None:
-    """The batching worker's counters once no row or waiting request is left (abandoned ones
-    included), or the last ones seen when that takes longer than `bound` s."""
-    gen: dict[str, Any] | None = None
-    deadline = time.monotonic() + bound
-    async with httpx.AsyncClient(base_url=url, timeout=10) as c:
-        while time.monotonic() < deadline:
-            with contextlib.suppress(httpx.HTTPError, ValueError):  # busy or gone: retry
-                gen = (await c.get("/healthz")).json().get("generation")
-            if gen is not None and gen.get("rows") == 0 and gen.get("waiting") == 0:
-                break
-            await asyncio.sleep(0.5)
-    return gen
-
-
 # -- the run --------------------------------------------------------------------------------
-
-
-def no_nan(x: Any) -> Any:
-    """NaN (no samples) as null: strict JSON has no NaN."""
-    if isinstance(x, dict):
-        return {k: no_nan(v) for k, v in x.items()}
-    if isinstance(x, list):
-        return [no_nan(v) for v in x]
-    return None if isinstance(x, float) and x != x else x
 
 
 def pct(xs: list[float], q: float) -> float:
@@ -423,24 +261,16 @@ async def load(a: argparse.Namespace, url: str, pid: int, ids: dict[str, str]) -
                 by: Counter[str] = Counter()
                 for (_, outcome), n in stats.counts.items():
                     by[outcome] += n
-                print(
-                    f"[{now - t0:5.0f} s] {sum(by.values()):5d} done  2xx {by['2xx']}  "
-                    f"4xx {by['4xx']}  5xx {by['5xx']}  err {by['error']}  "
-                    f"timeout {by['timeout']}  in flight {stats.in_flight}  "
-                    f"RSS {trace[-1]:.0f} MB",
-                    file=sys.stderr,
-                    flush=True,
-                )
+                print(f"[{now - t0:5.0f} s] {sum(by.values()):5d} done  2xx {by['2xx']}  "
+                      f"4xx {by['4xx']}  5xx {by['5xx']}  err {by['error']}  "
+                      f"timeout {by['timeout']}  in flight {stats.in_flight}  "
+                      f"RSS {trace[-1]:.0f} MB", file=sys.stderr, flush=True)
             with contextlib.suppress(TimeoutError):  # a sample a second, until stopped
                 await asyncio.wait_for(stop.wait(), 1.0)
 
     watcher = asyncio.create_task(watch())
-    await asyncio.gather(
-        *(
-            client(url, until, stats, a.seed + i, ids, a.timeout, caps, first)
-            for i in range(a.clients)
-        )
-    )
+    await asyncio.gather(*(client(url, until, stats, a.seed + i, ids, a.timeout, caps, first)
+                           for i in range(a.clients)))
     wall = time.monotonic() - t0
     rss_end = rss_mb(pid)
     stop.set()
@@ -450,23 +280,13 @@ async def load(a: argparse.Namespace, url: str, pid: int, ids: dict[str, str]) -
     rss_settled = rss_mb(pid)
     n = len(trace)
     fifths = [trace[min(n - 1, n * k // 5)] for k in range(1, 6)] if trace else []
-    return {
-        "stats": stats,
-        "wall_s": wall,
-        "generation": gen,
-        "rss_mb": {
-            "start": rss_start,
-            "peak": max(trace, default=rss_end),
-            "end_of_load": rss_end,
-            "settled": rss_settled,
-            "fifths": fifths,
-        },
-    }
+    return {"stats": stats, "wall_s": wall, "generation": gen,
+            "rss_mb": {"start": rss_start, "peak": max(trace, default=rss_end),
+                       "end_of_load": rss_end, "settled": rss_settled, "fifths": fifths}}
 
 
-def report(
-    a: argparse.Namespace, res: dict[str, Any], stopped: str, clean: bool, log: Path
-) -> tuple[dict, bool]:
+def report(a: argparse.Namespace, res: dict[str, Any], stopped: str, clean: bool,
+           log: Path) -> tuple[dict, bool]:
     stats: Stats = res["stats"]
     classes = ["2xx", "4xx", "5xx", "abandoned", "stream_error", "error", "timeout"]
     kinds = sorted({k for k, _ in stats.counts}, key=list(WEIGHTS).index)
@@ -481,86 +301,54 @@ def report(
         mx = max(lat, default=float("nan"))
         per_kind[k] = {**row, "p50_s": p50, "p95_s": p95, "max_s": mx}
         expect = "4xx" if k.startswith("bad_") else "2xx"
-        print(
-            f"{k:16s} {expect:>6s} "
-            + " ".join(f"{row[c]:9d}" for c in classes)
-            + "".join(f" {x:7.2f}" if x == x else f" {'-':>7s}" for x in (p50, p95, mx))
-        )
+        print(f"{k:16s} {expect:>6s} " + " ".join(f"{row[c]:9d}" for c in classes)
+              + "".join(f" {x:7.2f}" if x == x else f" {'-':>7s}" for x in (p50, p95, mx)))
     total: Counter[str] = Counter()
     for (_, c), n in stats.counts.items():
         total[c] += n
     print(f"{'total':16s} {'':>6s} " + " ".join(f"{total[c]:9d}" for c in classes))
     chat_lat = [x for k in CHAT_KINDS for x in stats.lat[k]]
-    print(
-        f"\nchat latency (all chat kinds, n={len(chat_lat)}): p50 {pct(chat_lat, 50):.2f} s, "
-        f"p95 {pct(chat_lat, 95):.2f} s; streamed time to first token: "
-        f"p50 {pct(stats.ttft, 50):.2f} s, p95 {pct(stats.ttft, 95):.2f} s"
-    )
+    print(f"\nchat latency (all chat kinds, n={len(chat_lat)}): p50 {pct(chat_lat, 50):.2f} s, "
+          f"p95 {pct(chat_lat, 95):.2f} s; streamed time to first token: "
+          f"p50 {pct(stats.ttft, 50):.2f} s, p95 {pct(stats.ttft, 95):.2f} s")
     rss = res["rss_mb"]
-    print(
-        f"server RSS: start {rss['start']:.0f} MB, peak {rss['peak']:.0f} MB, end of load "
-        f"{rss['end_of_load']:.0f} MB, settled {rss['settled']:.0f} MB; at each fifth: "
-        + " ".join(f"{m:.0f}" for m in rss["fifths"])
-    )
+    print(f"server RSS: start {rss['start']:.0f} MB, peak {rss['peak']:.0f} MB, end of load "
+          f"{rss['end_of_load']:.0f} MB, settled {rss['settled']:.0f} MB; at each fifth: "
+          + " ".join(f"{m:.0f}" for m in rss["fifths"]))
     gen = res["generation"] or {}
     # Every abandoned request should show up as one cancelled row in the worker's counters.
     leaked = bool(gen) and (gen.get("rows", 0) or gen.get("waiting", 0))
-    print(
-        f"batching worker after the load: {gen or 'never started'}"
-        + ("  <- slots not freed within 30 s" if leaked else "")
-        + f"; abandoned by the probe: {total['abandoned']}"
-    )
+    print(f"batching worker after the load: {gen or 'never started'}"
+          + ("  <- slots not freed within 30 s" if leaked else "")
+          + f"; abandoned by the probe: {total['abandoned']}")
     n_tb, first_tb = log_errors(log)
     print(f"server log ({log}): {n_tb} traceback(s)")
     print(f"server stop: {stopped}")
 
-    wrong = sum(
-        n
-        for (k, c), n in stats.counts.items()
-        if c in ("2xx", "4xx") and c != ("4xx" if k.startswith("bad_") else "2xx")
-    )
-    failures = {
-        "5xx": total["5xx"],
-        "timeout": total["timeout"],
-        "error": total["error"],
-        "stream_error": total["stream_error"],
-        "wrong_class": wrong,
-        "leaked_slots": int(bool(leaked)),
-        "unclean_stop": int(not clean),
-        "tracebacks": n_tb,
-    }
+    wrong = sum(n for (k, c), n in stats.counts.items()
+                if c in ("2xx", "4xx") and c != ("4xx" if k.startswith("bad_") else "2xx"))
+    failures = {"5xx": total["5xx"], "timeout": total["timeout"], "error": total["error"],
+                "stream_error": total["stream_error"], "wrong_class": wrong,
+                "leaked_slots": int(bool(leaked)), "unclean_stop": int(not clean),
+                "tracebacks": n_tb}
     failed = any(failures.values())
     if stats.problems:
         print("\nfirst problem requests:")
         for p in stats.problems[:10]:
-            print(
-                f"  {p['kind']}: {p['outcome']} {p['status']} after {p['seconds']} s\n"
-                f"    request:  {p['request'][:300]}\n    response: {p['response']}"
-            )
+            print(f"  {p['kind']}: {p['outcome']} {p['status']} after {p['seconds']} s\n"
+                  f"    request:  {p['request'][:300]}\n    response: {p['response']}")
     if first_tb:
         print("\nfirst traceback in the server log:\n" + first_tb)
     any5 = "yes" if total["5xx"] else "no"
     bad = {k: v for k, v in failures.items() if v}
     print(f"\nany 5xx: {any5}.  {'FAIL: ' + json.dumps(bad) if failed else 'PASS'}")
-    out = {
-        "clients": a.clients,
-        "seconds": a.seconds,
-        "model": a.model,
-        "wall_s": res["wall_s"],
-        "by_kind": per_kind,
-        "total": dict(total),
-        "chat_p50_s": pct(chat_lat, 50),
-        "chat_p95_s": pct(chat_lat, 95),
-        "ttft_p50_s": pct(stats.ttft, 50),
-        "ttft_p95_s": pct(stats.ttft, 95),
-        "rss_mb": rss,
-        "generation": gen,
-        "server_stop": stopped,
-        "any_5xx": bool(total["5xx"]),
-        "failures": failures,
-        "problems": stats.problems,
-        "passed": not failed,
-    }
+    out = {"clients": a.clients, "seconds": a.seconds, "model": a.model,
+           "wall_s": res["wall_s"], "by_kind": per_kind, "total": dict(total),
+           "chat_p50_s": pct(chat_lat, 50), "chat_p95_s": pct(chat_lat, 95),
+           "ttft_p50_s": pct(stats.ttft, 50), "ttft_p95_s": pct(stats.ttft, 95),
+           "rss_mb": rss, "generation": gen, "server_stop": stopped,
+           "any_5xx": bool(total["5xx"]), "failures": failures, "problems": stats.problems,
+           "passed": not failed}
     return out, failed
 
 
@@ -569,39 +357,23 @@ def main() -> int:
     ap.add_argument("--clients", type=int, default=32, help="concurrent clients (default 32)")
     ap.add_argument("--seconds", type=float, default=60, help="load duration (default 60)")
     ap.add_argument("--model", default="smollm2-135m-instruct", help="the server's chat model")
-    ap.add_argument(
-        "--timeout",
-        type=float,
-        default=120,
-        help="a request not answered in full by then counts as hung (default 120)",
-    )
-    ap.add_argument(
-        "--ready-timeout",
-        type=float,
-        default=600,
-        help="bound on the start: models, RAG index (default 600)",
-    )
-    ap.add_argument(
-        "--stop-timeout",
-        type=float,
-        default=40,
-        help="SIGKILL the server if SIGTERM has not stopped it by then (default 40)",
-    )
+    ap.add_argument("--timeout", type=float, default=120,
+                    help="a request not answered in full by then counts as hung (default 120)")
+    ap.add_argument("--ready-timeout", type=float, default=600,
+                    help="bound on the start: models, RAG index (default 600)")
+    ap.add_argument("--stop-timeout", type=float, default=40,
+                    help="SIGKILL the server if SIGTERM has not stopped it by then (default 40)")
     ap.add_argument("--progress", type=float, default=5, help="seconds between progress lines")
     ap.add_argument("--seed", type=int, default=0, help="the request mix's random seed")
-    ap.add_argument(
-        "--server-arg",
-        action="append",
-        default=[],
-        metavar="ARG",
-        help="passed to `llmlab serve` (repeatable: --server-arg=--no-int8)",
-    )
+    ap.add_argument("--server-arg", action="append", default=[], metavar="ARG",
+                    help="passed to `llmlab serve` (repeatable: --server-arg=--no-int8)")
     ap.add_argument("--log", type=Path, help="server log file (default: a temp file)")
     ap.add_argument("--json", action="store_true", help="also print the results as JSON")
     a = ap.parse_args()
 
     log = a.log or Path(tempfile.mkstemp(prefix="serve_load_", suffix=".log")[1])
-    proc, url = start_server(a.model, log, a.server_arg)
+    print_machine()
+    proc, url = start_server(log, ["--model", a.model, *a.server_arg])
     print(f"server pid {proc.pid} on {url}, log {log}", file=sys.stderr, flush=True)
     try:
         t0 = time.monotonic()
@@ -619,7 +391,7 @@ def main() -> int:
         stopped, clean = stop_server(proc, a.stop_timeout, log)
     out, failed = report(a, res, stopped, clean, log)
     if a.json:
-        print(json.dumps(no_nan(out)))
+        emit(out)
     return 1 if failed else 0
 
 

@@ -10,17 +10,17 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
 import random
-import socket
 import statistics
-import subprocess
 import sys
+import tempfile
 import time
 from collections import Counter, defaultdict
 from pathlib import Path
 
 import httpx
+from _common import emit, print_machine, stopwatch
+from _server import rss_mb, start_server, stop_server, wait_ready
 
 SENTENCES = [
     "The cat sat on the mat.",
@@ -28,13 +28,6 @@ SENTENCES = [
     "A <script>alert(1)</script> token.",
     "Paris is the capital of France.",
 ]
-
-
-def rss_mb(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    return float("nan")
 
 
 async def one(c: httpx.AsyncClient, kind: str) -> int:
@@ -73,12 +66,12 @@ async def client(url: str, until: float, stats: dict) -> None:
     async with httpx.AsyncClient(base_url=url, timeout=300) as c:
         while time.time() < until:
             kind = random.choices(["attention", "rag", "chat"], [0.5, 0.2, 0.3])[0]
-            t = time.perf_counter()
+            t = stopwatch()
             try:
                 code = await one(c, kind)
             except httpx.HTTPError as e:
                 code = f"error:{type(e).__name__}"
-            stats["lat"][kind].append(time.perf_counter() - t)
+            stats["lat"][kind].append(t())
             stats["codes"][(kind, code)] += 1
 
 
@@ -115,6 +108,10 @@ async def main_async(url: str, n: int, seconds: float, pid: int | None) -> int:
         if not isinstance(k[1], int) or (k[1] >= 500 and not (k[0] == "rag" and k[1] == 503))
     }
     print("FAIL" if bad else "PASS: no 5xx", bad or "")
+    emit({"clients": n, "seconds": seconds, "passed": not bad,
+          "codes": {f"{k} {c}": v for (k, c), v in stats["codes"].items()},
+          "p50_s": {k: statistics.median(v) for k, v in stats["lat"].items()},
+          "rss_mb": {"start": start_rss, "peak": max(trace, default=end_rss), "end": end_rss}})
     return 1 if bad else 0
 
 
@@ -125,33 +122,23 @@ def main() -> int:
     ap.add_argument("--seconds", type=float, default=60)
     ap.add_argument("--pid", type=int, help="server pid, for RSS (with --url)")
     a = ap.parse_args()
+    print_machine()
     proc = None
     url, pid = a.url, a.pid
+    log = Path(tempfile.mkstemp(prefix="serve_soak_", suffix=".log")[1])
     if not url:
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port = s.getsockname()[1]
-        root = Path(__file__).resolve().parents[1]
-        env = {**os.environ, "PYTHONPATH": f"{root}:{os.environ.get('PYTHONPATH', '')}"}
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "llmlab.server.cli", "serve", "--port", str(port)],
-            env=env,
-            stderr=subprocess.DEVNULL,
-        )
-        url, pid = f"http://127.0.0.1:{port}", proc.pid
-        for _ in range(600):
-            try:
-                if httpx.get(f"{url}/healthz").json()["ready"]:
-                    break
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.5)
+        proc, url = start_server(log, [])
+        pid = proc.pid
+        why = wait_ready(proc, url, 300)
+        if why:
+            print(f"FAIL: {why}; server log: {log}", file=sys.stderr)
+            stop_server(proc, 30, log)
+            return 2
     try:
         return asyncio.run(main_async(url, a.clients, a.seconds, pid))
     finally:
         if proc:
-            proc.terminate()
-            proc.wait(timeout=30)
+            stop_server(proc, 30, log)
 
 
 if __name__ == "__main__":

@@ -28,8 +28,9 @@ import os
 import random
 import subprocess
 import sys
-import time
 from pathlib import Path
+
+from _common import print_machine, stopwatch
 
 ROOT = Path(__file__).resolve().parent.parent
 COMMON = ["--model", "smollm2-135m-instruct", "--data", "trivia", "--seq-len", "256",
@@ -62,7 +63,7 @@ def evaluate(model_dir: str | None, adapter: str | None, n: int, threads: int,
     lm = load_lm(model_dir or "smollm2-135m-instruct", "int8", adapter)  # LoRA merged, then int8
     tok = lm.tokenizer
     params = make_params(tok, max_new_tokens=24, temperature=0.0, seed=0)
-    t0 = time.perf_counter()
+    t0 = stopwatch()
     outs = []
     for i in range(0, len(items), batch):
         chunk = items[i:i + batch]
@@ -73,7 +74,7 @@ def evaluate(model_dir: str | None, adapter: str | None, n: int, threads: int,
     has = [answer_match(o, ex["answers"]) for o, ex in zip(outs, items, strict=True)]
     short = [0 < len(o.split()) <= 5 for o in outs]
     return {"n": len(items), "em": sum(em) / len(items), "contains": sum(has) / len(items),
-            "short": sum(short) / len(items), "eval_s": time.perf_counter() - t0,
+            "short": sum(short) / len(items), "eval_s": t0(),
             "samples": [{"q": ex["question"], "a": ex["answers"][0], "out": o}
                         for ex, o in list(zip(items, outs, strict=True))[:8]]}
 
@@ -82,9 +83,9 @@ def train(method: str, steps: int, threads: int, out: Path) -> tuple[list[str], 
     cmd = [sys.executable, "-m", "llmlab.cli", "sft", *COMMON, *METHODS[method],
            "--max-steps", str(steps), "--threads", str(threads), "--out", str(out)]
     print("$ " + " ".join(["python", *cmd[1:]]), flush=True)
-    t0 = time.perf_counter()
+    t0 = stopwatch()
     r = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
-    wall = time.perf_counter() - t0
+    wall = t0()
     if r.returncode:
         sys.exit(f"{method} failed:\n{r.stdout[-3000:]}\n{r.stderr[-3000:]}")
     tail = [ln for ln in r.stdout.splitlines() if "trainable params" in ln or "done:" in ln]
@@ -108,6 +109,7 @@ def main() -> None:
     ap.add_argument("--out", default="runs/sft_demo")
     ap.add_argument("--skip-base", action="store_true")
     a = ap.parse_args()
+    print_machine()
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
     results_path = out / "results.json"

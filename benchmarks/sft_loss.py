@@ -18,6 +18,7 @@ import time
 
 import torch
 import torch.nn.functional as F
+from _common import print_machine
 
 from llmlab.model import Transformer
 from llmlab.model.config import preset
@@ -42,6 +43,7 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=4)
     ap.add_argument("--threads", type=int, default=1)
     a = ap.parse_args()
+    print_machine()
     torch.set_num_threads(a.threads)
     tok = load_tokenizer("smollm2")
     ex = load_examples("trivia", "auto", "train")[: 40 * a.batch]

@@ -44,7 +44,6 @@ import importlib.util
 import json
 import math
 import os
-import platform
 import re
 import statistics
 import subprocess
@@ -53,6 +52,18 @@ import tempfile
 import time
 from pathlib import Path
 from typing import Any
+
+import torch
+import torch.nn.functional as F
+from _common import emit, print_machine
+
+from llmlab.model import Transformer
+from llmlab.model.config import preset
+from llmlab.peft.accounting import FROZEN_NF4_BYTES, SMOLLM2_135M, lora_params
+from llmlab.peft.lora import LINEAR_NAMES
+from llmlab.peft.model import get_peft_model
+from llmlab.train.compiling import MODES, compile_model
+from llmlab.weights.hf import save_hf
 
 CONFIGS: dict[str, dict[str, Any]] = {
     "full": {},
@@ -74,23 +85,15 @@ def _reset_peak() -> None:
 
 
 def _cfg() -> Any:
-    from llmlab.model.config import preset
-
     return preset("smollm2-135m", max_seq_len=2048)
 
 
 def _ours(name: str) -> tuple[Any, dict[str, Any]]:
-    import torch
-
-    from llmlab.model import Transformer
-
     torch.manual_seed(0)
     model = Transformer(_cfg())
     info: dict[str, Any] = {}
     c = dict(CONFIGS[name])
     if c:
-        from llmlab.peft.model import get_peft_model
-
         nf4 = c.pop("nf4", False)
         model = get_peft_model(model, "qlora" if nf4 else "lora", **c)
         info["trainable"] = model.parameter_counts()[0]
@@ -100,7 +103,6 @@ def _ours(name: str) -> tuple[Any, dict[str, Any]]:
 
 
 def _theirs(name: str, hf_dir: str, bf16: bool, device: str = "cpu") -> tuple[Any, dict[str, Any]]:
-    import torch
     import transformers
 
     c = dict(CONFIGS[name])
@@ -146,8 +148,6 @@ def _compiled(model: Any, impl: str, scope: str | None, mode: str) -> Any:
     place) or the compiled whole model."""
     if scope is None or mode == "eager":
         return model
-    from llmlab.train.compiling import compile_model
-
     blocks = None
     if impl != "llmlab":
         from transformers.models.llama.modeling_llama import LlamaDecoderLayer
@@ -159,9 +159,6 @@ def _compiled(model: Any, impl: str, scope: str | None, mode: str) -> Any:
 def worker(impl: str, name: str, b: int, t: int, steps: int, threads: int,
            hf_dir: str, bf16: bool, device: str = "cpu", compile: str | None = None,
            mode: str = "default") -> dict[str, Any]:
-    import torch
-    import torch.nn.functional as F
-
     if impl != "llmlab":
         import peft  # noqa: F401  (imports count in the baseline, not in the model's memory)
         import transformers  # noqa: F401
@@ -242,9 +239,6 @@ def _run(impl: str, name: str, mode: str, a: argparse.Namespace, hf_dir: str
 def _accounting(name: str) -> dict[str, Any]:
     """What llmlab.peft.accounting predicts: trainable parameters, AdamW state bytes (fp32),
     and for NF4 the stored bytes of the quantised Linears vs the same Linears in bf16."""
-    from llmlab.peft.accounting import FROZEN_NF4_BYTES, SMOLLM2_135M, lora_params
-    from llmlab.peft.lora import LINEAR_NAMES
-
     c = CONFIGS[name]
     s = SMOLLM2_135M
     if not c:
@@ -289,33 +283,23 @@ def main() -> None:
     ap.add_argument("--hf-dir", help=argparse.SUPPRESS)
     a = ap.parse_args()
     if a.worker:
-        print(json.dumps(worker(*a.worker, a.batch, a.seq, a.steps, a.threads, a.hf_dir,
-                                a.bf16, a.device, a.compile, a.compile_mode)))
+        emit(worker(*a.worker, a.batch, a.seq, a.steps, a.threads, a.hf_dir, a.bf16, a.device,
+                    a.compile, a.compile_mode))
         return
     names = a.configs.split(",")
     bad = [n for n in names if n not in CONFIGS]
     if bad:
         raise SystemExit(f"--configs: unknown {bad}; valid: {', '.join(CONFIGS)}")
-    from llmlab.train.compiling import MODES
-
     modes = a.compile_mode.split(",") if a.compile else ["eager"]
     bad = [m for m in modes if m not in MODES + ("eager",)]
     if bad:
         raise SystemExit(f"--compile-mode: unknown {bad}; valid: eager, {', '.join(MODES)}")
-    import torch
-
-    from llmlab.model import Transformer
-    from llmlab.weights.hf import save_hf
-
     if a.device == "cuda":
         a.clock = "wall"  # CPU seconds mean nothing for GPU work
-    where = torch.cuda.get_device_name() if a.device == "cuda" else \
-        f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores"
-    print(f"# {where}, torch "
-          f"{torch.__version__}; B x T = {a.batch} x {a.seq}, "
-          f"{'bf16 autocast' if a.bf16 else 'fp32'}, {a.threads} threads, "
-          f"{f'compiled ({a.compile}; modes {a.compile_mode})' if a.compile else 'eager'}, "
-          f"{a.steps} timed steps x {a.rounds} rounds", flush=True)
+    print_machine(a.device, BxT=f"{a.batch} x {a.seq}", dtype="bf16 autocast" if a.bf16
+                  else "fp32", threads=a.threads, mode=f"compiled ({a.compile}; modes "
+                  f"{a.compile_mode})" if a.compile else "eager",
+                  timed=f"{a.steps} steps x {a.rounds} rounds")
     raw: list[dict[str, Any]] = []
     key = f"{a.clock}_s"
     has_bnb = importlib.util.find_spec("bitsandbytes") is not None
@@ -344,9 +328,7 @@ def main() -> None:
                               f"{r['first_s']:.1f} s, peak {r['peak_mib']} MiB "
                               f"(setup {r['setup_mib']}), losses {r['losses'][:2]}", flush=True)
     labels = list(dict.fromkeys(r["label"] for r in raw))
-    rows = _summarise(raw, labels, key)
-    if a.out:
-        Path(a.out).write_text(json.dumps({"args": vars(a), "raw": raw, "rows": rows}, indent=1))
+    emit({"args": vars(a), "raw": raw, "rows": _summarise(raw, labels, key)}, a.out)
 
 
 def _summarise(raw: list[dict[str, Any]], labels: list[str], key: str) -> list[dict[str, Any]]:

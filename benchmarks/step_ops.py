@@ -34,6 +34,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 sys.path.insert(0, str(Path(__file__).parent))
 import sft_peft as S  # noqa: E402
+from _common import print_machine, stopwatch
 
 NO_KERNEL = {"aten.empty", "aten.empty_strided", "aten.new_empty_strided", "aten.new_empty",
              "aten._unsafe_view",
@@ -86,23 +87,22 @@ def train_step(impl: str, name: str, hf_dir: str, device: str, b: int, t: int
 
 def host_time(impl: str, name: str, hf_dir: str, b: int, t: int, steps: int) -> list[float]:
     """Wall ms of each of `steps` eager CPU steps (after two warm-ups) on the narrow model."""
-    import time
 
     model, step = train_step(impl, name, hf_dir, "cpu", b, t)
     out = []
     for i in range(steps + 2):
-        t0 = time.perf_counter()
+        t0 = stopwatch()
         step()
         if i >= 2:
-            out.append((time.perf_counter() - t0) * 1e3)
+            out.append(t0() * 1e3)
     if impl == "llmlab" and getattr(model, "method", None) in ("lora", "qlora"):
         # The per-forward refresh of LoRA's cached casts alone, in its steady state.
         from llmlab.peft.lora_groups import refresh_casts
 
-        t0 = time.perf_counter()
+        t0 = stopwatch()
         for _ in range(50):
             refresh_casts(model.base_model, torch.bfloat16)
-        REFRESH_MS[name].append((time.perf_counter() - t0) / 50 * 1e3)
+        REFRESH_MS[name].append(t0() / 50 * 1e3)
     return out
 
 
@@ -159,6 +159,7 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=3, help="with --host-time: rounds, in turn")
     ap.add_argument("--impls", default=",".join(S.IMPLS), help="sides to run, comma-separated")
     a = ap.parse_args()
+    print_machine()
     names = a.configs.split(",")
     bad = [n for n in names if n not in S.CONFIGS]
     if bad:

@@ -15,11 +15,10 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import documents, machine, run_worker  # noqa: E402
+from _common import documents, machine, print_machine, run_worker, stopwatch  # noqa: E402
 
 from llmlab.tokenizer import load_tokenizer, train_bpe  # noqa: E402
 
@@ -39,9 +38,9 @@ def worker(which: str, source: str, threads: int) -> None:
     encode()  # warm-up (lazy init, caches)
     best = float("inf")
     for _ in range(2):
-        t = time.perf_counter()
+        t = stopwatch()
         ids = encode()
-        best = min(best, time.perf_counter() - t)
+        best = min(best, t())
     mb = sum(len(d.encode("utf-8")) for d in docs) / 1e6
     print(json.dumps({"mb_per_s": mb / best, "tokens": sum(map(len, ids))}))
 
@@ -51,6 +50,7 @@ def main() -> None:
     ap.add_argument("--threads", type=int, nargs="+", default=[1, 2])
     ap.add_argument("--worker", nargs=3, metavar=("WHICH", "SOURCE", "THREADS"))
     args = ap.parse_args()
+    print_machine()
     if args.worker:
         worker(args.worker[0], args.worker[1], int(args.worker[2]))
         return

@@ -11,11 +11,10 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import documents, machine, run_worker  # noqa: E402
+from _common import documents, machine, print_machine, run_worker, stopwatch  # noqa: E402
 
 from llmlab.tokenizer.bytelevel import GPT4_PATTERN, bytes_to_token_str, regex_to_onig  # noqa: E402
 
@@ -23,10 +22,10 @@ from llmlab.tokenizer.bytelevel import GPT4_PATTERN, bytes_to_token_str, regex_t
 def train_ours(docs: list[str], vocab: int, threads: int) -> tuple[float, set[str]]:
     from llmlab.tokenizer import train_bpe
 
-    t = time.perf_counter()
+    t = stopwatch()
     tok = train_bpe(docs, vocab_size=vocab, pattern="gpt4", special_tokens=["<|endoftext|>"],
                     processes=threads, progress=False)
-    elapsed = time.perf_counter() - t
+    elapsed = t()
     return elapsed, {bytes_to_token_str(b) for b in tok.ranks}
 
 
@@ -41,9 +40,9 @@ def train_hf(docs: list[str], vocab: int) -> tuple[float, set[str]]:
     trainer = trainers.BpeTrainer(vocab_size=vocab, special_tokens=["<|endoftext|>"],
                                   initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
                                   show_progress=False)
-    t = time.perf_counter()
+    t = stopwatch()
     tok.train_from_iterator(docs, trainer=trainer)
-    elapsed = time.perf_counter() - t
+    elapsed = t()
     return elapsed, set(tok.get_vocab()) - {"<|endoftext|>"}
 
 
@@ -62,6 +61,7 @@ def main() -> None:
     ap.add_argument("--threads", type=int, nargs="+", default=[1, 2])
     ap.add_argument("--worker", nargs=3, metavar=("WHICH", "VOCAB", "THREADS"))
     args = ap.parse_args()
+    print_machine()
     if args.worker:
         worker(args.worker[0], int(args.worker[1]), int(args.worker[2]))
         return

@@ -14,14 +14,13 @@ from __future__ import annotations
 
 import argparse
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
 from scipy.stats import spearmanr
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import machine  # noqa: E402
+from _common import machine, print_machine, stopwatch  # noqa: E402
 
 
 def main() -> None:
@@ -29,6 +28,7 @@ def main() -> None:
     ap.add_argument("--epochs", type=int, default=5)
     ap.add_argument("--dim", type=int, default=100)
     args = ap.parse_args()
+    print_machine()
 
     import torch
     from gensim.models import Word2Vec
@@ -40,14 +40,14 @@ def main() -> None:
     sents = corpus_sentences("kjv")
     words_total = sum(len(s) for s in sents)
     cfg = W2VConfig(dim=args.dim, epochs=args.epochs)
-    t = time.perf_counter()
+    t = stopwatch()
     ours = train_word2vec(cfg, sents, progress=False)
-    t_ours = time.perf_counter() - t
+    t_ours = t()
     common = dict(vector_size=args.dim, window=5, min_count=5, sg=1, negative=5, sample=1e-3,
                   epochs=args.epochs)
-    t = time.perf_counter()
+    t = stopwatch()
     ref = Word2Vec(sents, workers=2, seed=0, **common)
-    t_ref = time.perf_counter() - t
+    t_ref = t()
     ref2 = Word2Vec(sents, workers=2, seed=1, **common)
 
     words = ours.words[50:550]

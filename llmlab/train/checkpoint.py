@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from llmlab.weights.io import atomic_dir, atomic_write_bytes, load_safetensors
 from llmlab.weights.rundir import CKPT_DIR, list_checkpoints, read_meta
 
 # A scalar head (reward model, PPO value head) is saved beside the model's own files, since
@@ -53,8 +54,6 @@ def step_dir(run_dir: Path, step: int) -> Path:
 def save(path: Path, trainer_state: dict[str, Any], meta: dict[str, Any],
          write_model: Any) -> None:
     """Write one checkpoint atomically; `write_model(dir)` fills the model/ subdirectory."""
-    from llmlab.weights.io import atomic_dir
-
     with atomic_dir(path) as tmp:
         write_model(tmp / "model")
         torch.save(trainer_state, tmp / "trainer.pt")
@@ -67,6 +66,26 @@ def load_trainer_state(path: Path) -> dict[str, Any]:
         return torch.load(path / "trainer.pt", map_location="cpu", weights_only=False)
     except Exception as e:
         raise ValueError(f"{path / 'trainer.pt'}: unreadable checkpoint ({e})") from None
+
+
+def load_model_weights(path: Path) -> dict[str, torch.Tensor]:
+    """The checkpoint's model weights, its scalar head's included."""
+    model = path / "model"
+    try:
+        msd = load_safetensors(model / "model.safetensors")
+        if (model / HEAD_WEIGHTS).exists():
+            msd.update(load_safetensors(model / HEAD_WEIGHTS))
+    except (OSError, ValueError) as e:
+        raise ValueError(f"cannot resume from {path}: {e}") from None
+    return msd
+
+
+def trim_metrics(metrics: Path, step: int) -> None:
+    """Forget the records an interrupted run wrote after the checkpoint at `step`."""
+    if metrics.exists():
+        kept = [ln for ln in metrics.read_text().splitlines()
+                if ln.strip() and json.loads(ln)["step"] <= step]
+        atomic_write_bytes(metrics, "".join(ln + "\n" for ln in kept).encode())
 
 
 def prune(run_dir: Path, keep_last: int) -> None:

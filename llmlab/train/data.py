@@ -22,6 +22,12 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
+from tqdm import tqdm
+
+from llmlab.data.corpora import kjv_text
+from llmlab.tokenizer import load_tokenizer, train_bpe
+from llmlab.weights.io import atomic_dir
 
 FORMAT = "llmlab-tokens"
 MANIFEST = "manifest.json"
@@ -34,8 +40,6 @@ DEFAULT_SHARD_TOKENS = 100_000_000
 
 def _kjv_chapters() -> Iterator[str]:
     """The KJV as one document per chapter (1189 of them): enough documents for a val split."""
-    from llmlab.data.corpora import kjv_text
-
     chapter, lines = None, []
     for line in kjv_text().splitlines():
         key = line[: line.index(":")]  # "1 John 2:3 text" -> "1 John 2"
@@ -186,8 +190,6 @@ class _ShardWriter:
 
 def resolve_tokenizer(spec: str, train_docs: Iterable[str] = ()) -> Any:
     """A tokenizer by name/dir, or ``bpe:N``: train an N-id byte-level BPE on ``train_docs``."""
-    from llmlab.tokenizer import load_tokenizer, train_bpe
-
     if spec.startswith("bpe:"):
         try:
             n = int(spec[4:])
@@ -199,19 +201,9 @@ def resolve_tokenizer(spec: str, train_docs: Iterable[str] = ()) -> Any:
     return load_tokenizer(spec)
 
 
-def prepare(
-    inputs: Sequence[str],
-    tokenizer: str,
-    out: str | Path,
-    val_fraction: float = 0.05,
-    shard_tokens: int = DEFAULT_SHARD_TOKENS,
-    progress: bool = True,
-) -> dict[str, Any]:
+def prepare(inputs: Sequence[str], tokenizer: str, out: str | Path, val_fraction: float = 0.05,
+            shard_tokens: int = DEFAULT_SHARD_TOKENS, progress: bool = True) -> dict[str, Any]:
     """Tokenize `inputs` into `out` (written atomically); returns the manifest."""
-    from tqdm import tqdm
-
-    from llmlab.weights.io import atomic_dir
-
     if not 0.0 <= val_fraction < 1.0:
         raise ValueError(f"--val-fraction must be in [0, 1), got {val_fraction}")
     if not inputs:
@@ -364,8 +356,6 @@ class PretrainBatches:
         return int(self._perm[i])
 
     def next_batch(self) -> dict[str, Any]:
-        import torch
-
         first = (self.counter * self.world + self.rank) * self.b
         rows = []
         for g in range(first, first + self.b):

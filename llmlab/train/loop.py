@@ -14,16 +14,29 @@ import math
 import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol
 
 import torch
 from torch import nn
+from tqdm import tqdm
 
 from llmlab.train import checkpoint as ckpt
 from llmlab.train.compiling import compile_model
 from llmlab.train.config import TrainConfig
-from llmlab.train.distributed import Dist, full_state, gather_objects, mean, unwrap, wrap
+from llmlab.train.distributed import (
+    Dist,
+    barrier,
+    full_state,
+    gather_objects,
+    load_full_state,
+    mean,
+    unwrap,
+    wrap,
+)
+from llmlab.train.machine import device_name, keep_freed_memory
 from llmlab.train.optim import lr_lambda, make_adamw, param_groups
+from llmlab.train.timing import PhaseTimer
+from llmlab.weights.registry import build
 
 LossFn = Callable[[nn.Module, Any], tuple[torch.Tensor, dict[str, Any]]]
 METRICS = "metrics.jsonl"
@@ -54,6 +67,13 @@ def to_device(batch: Any, device: torch.device) -> Any:
     return batch
 
 
+class _Done(NamedTuple):  # what a training step leaves for its metrics record
+    lr: float
+    loss: torch.Tensor  # this rank's, averaged over the micro-batches
+    gnorm: torch.Tensor
+    extra: dict[str, float]
+
+
 def _scalar(v: Any) -> float:
     return float(v.detach().float().item()) if isinstance(v, torch.Tensor) else float(v)
 
@@ -64,7 +84,10 @@ class Trainer:
     `export(model, dir)` writes a loadable model directory (checkpoints' model/ and final/);
     `eval_data` is a list of batches for validation; `sample_fn(model) -> [text]` makes
     samples at each evaluation; `run_info` is merged into run.json (for `llmlab report`);
-    `compat` holds settings a resumed run must share with its checkpoint."""
+    `compat` holds settings a resumed run must share with its checkpoint. Each metrics
+    record carries `time/<phase>` seconds per step (batch, forward_backward, optim, step;
+    time/eval when it evaluated); a batch source with `time_name = "rollout"` also has its
+    time/batch written as time/rollout. `sync_timing` makes them exact on GPU (benchmarks)."""
 
     def __init__(
         self,
@@ -81,6 +104,7 @@ class Trainer:
         groups: list[dict[str, Any]] | None = None,
         run_info: dict[str, Any] | None = None,
         compat: dict[str, Any] | None = None,
+        sync_timing: bool = False,
     ) -> None:
         cfg.validate()
         self.cfg, self.dist, self.run_dir = cfg, dist, Path(run_dir)
@@ -100,6 +124,7 @@ class Trainer:
             self.model = compile_model(self.model, "whole")
         groups = groups if groups is not None else param_groups(self.raw, cfg.weight_decay)
         self.opt = make_adamw(groups, cfg.lr, (cfg.beta1, cfg.beta2), cfg.eps, self.device)
+        self.params = [p for g in self.opt.param_groups for p in g["params"]]
         # A fused AdamW can skip a non-finite step itself (see the NaN guard in fit).
         self.skip_on_device = bool(self.opt.defaults.get("fused"))
         schedule = lr_lambda(cfg.warmup_steps, cfg.max_steps, cfg.schedule, cfg.min_lr_ratio)
@@ -110,8 +135,8 @@ class Trainer:
         self.step, self.tokens, self.best_val = 0, 0, math.inf
         self.run_info = run_info or {}
         self.writer: Any = None
-
-    # ------------------------------------------------------------------ helpers
+        self.sync_timing = sync_timing  # exact time/* per phase on GPU, at a cost (PhaseTimer)
+        self.unchecked: list[tuple] = []  # (step, lr, loss, grad norm, non-finite), see _check
 
     def _autocast(self) -> contextlib.AbstractContextManager:
         if self.autocast_dtype is None:
@@ -148,8 +173,6 @@ class Trainer:
         self.model.train()
         return float(mean(total / max(1, len(self.eval_data)), self.dist).item())
 
-    # ------------------------------------------------------------------ checkpoints
-
     def save_checkpoint(self, val_loss: float | None) -> None:
         msd, osd = full_state(self.model, self.opt, self.dist)
         rngs = gather_objects(ckpt.rng_state(), self.dist)  # every rank's generators
@@ -164,14 +187,10 @@ class Trainer:
             path = ckpt.step_dir(self.run_dir, self.step)
             ckpt.save(path, state, meta, lambda d: self.export_state(msd, d))
             ckpt.prune(self.run_dir, self.cfg.keep_last)
-        from llmlab.train.distributed import barrier
-
         barrier(self.dist)  # nobody runs ahead of a checkpoint that may be needed
 
     def export_state(self, msd: dict[str, torch.Tensor], out: Path) -> None:
         if self.dist.fsdp and self.dist.enabled:
-            from llmlab.weights.registry import build
-
             model = build(unwrap(self.raw).cfg, msd, str(out))  # a plain CPU copy
         else:
             model = unwrap(self.raw)
@@ -184,34 +203,68 @@ class Trainer:
         step, path = found[-1]
         state = ckpt.load_trainer_state(path)
         ckpt.check_compatible(state.get("compat", {}), self.compat, path)
-        from llmlab.train.distributed import load_full_state
-        from llmlab.weights.io import load_safetensors
-
-        weights = path / "model" / "model.safetensors"
-        try:
-            msd = load_safetensors(weights)
-            if (path / "model" / ckpt.HEAD_WEIGHTS).exists():
-                msd.update(load_safetensors(path / "model" / ckpt.HEAD_WEIGHTS))
-        except (OSError, ValueError) as e:
-            raise ValueError(f"cannot resume from {path}: {e}") from None
+        msd = ckpt.load_model_weights(path)
         load_full_state(self.model, self.opt, msd, state["optimizer"], self.dist)
         self.sched.load_state_dict(state["scheduler"])
         self.train_data.load_state_dict(state["data"])
         ckpt.set_rng_state(state["rng"][self.dist.rank])
         self.step, self.tokens, self.best_val = state["step"], state["tokens"], state["best_val"]
-        if self.dist.is_main:  # forget what the interrupted run logged after this checkpoint
-            mpath = self.run_dir / METRICS
-            if mpath.exists():
-                kept = [ln for ln in mpath.read_text().splitlines()
-                        if ln.strip() and json.loads(ln)["step"] <= self.step]
-                from llmlab.weights.io import atomic_write_bytes
-
-                atomic_write_bytes(mpath, "".join(ln + "\n" for ln in kept).encode())
+        if self.dist.is_main:
+            ckpt.trim_metrics(self.run_dir / METRICS, self.step)
         return True
 
-    # ------------------------------------------------------------------ the loop
-
     def fit(self) -> dict[str, Any]:
+        """Run the optimizer steps; each is: batches, forward/backward, optimizer step; then,
+        when due, evaluation, the metrics record and a checkpoint."""
+        cfg = self.cfg
+        self._start()
+        bar = tqdm(total=cfg.max_steps, initial=self.step, disable=not (cfg.progress
+                   and self.dist.is_main), unit="step", dynamic_ncols=True)
+        times = PhaseTimer(self.device if self.sync_timing else None)
+        t_last, tok_last, steps_since = time.perf_counter(), self.tokens, 0
+        val_loss: float | None = None
+        self.model.train()
+        try:
+            while self.step < cfg.max_steps:
+                with times("step"):
+                    done = self._train_step(times)
+                bar.update(1)
+                steps_since += 1
+                evaluate = cfg.eval_every and (self.step % cfg.eval_every == 0
+                                               or self.step == cfg.max_steps)
+                save = (cfg.ckpt_every and self.step % cfg.ckpt_every == 0) \
+                    or self.step == cfg.max_steps
+                if not (self.step % max(1, cfg.log_every) == 0 or evaluate or save
+                        or self.step == 1):
+                    continue
+                self._check()
+                rec = self._record(done, times.per_step(steps_since))  # waits for the step
+                rec["tok_per_s"] = tps = (self.tokens - tok_last) / max(
+                    time.perf_counter() - t_last, 1e-9)
+                val_loss = None
+                if evaluate and self.eval_data:
+                    with times("eval"):
+                        val_loss = self.evaluate()
+                        self._samples()
+                    self.best_val = min(self.best_val, val_loss)
+                    rec.update(val_loss=val_loss, val_ppl=math.exp(min(val_loss, 50.0)))
+                    rec["time/eval"] = times.take("eval")
+                self._log(rec)
+                bar.set_postfix(loss=f"{rec['loss']:.3f}", tok_s=f"{tps:,.0f}", refresh=False)
+                if save:
+                    self.save_checkpoint(val_loss)
+                steps_since = 0
+                t_last, tok_last = time.perf_counter(), self.tokens  # exclude eval/save time
+        finally:
+            bar.close()
+            if self.writer is not None:
+                self.writer.close()
+        self._finish()
+        return {"step": self.step, "tokens": self.tokens, "val_loss": val_loss,
+                "best_val": self.best_val}
+
+    def _start(self) -> None:
+        """Resume or start fresh, and write run.json."""
         cfg, d = self.cfg, self.dist
         if d.is_main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
@@ -230,100 +283,89 @@ class Trainer:
                     "threads": torch.get_num_threads()}
             (self.run_dir / "run.json").write_text(json.dumps(info, indent=1) + "\n")
         self._open_tensorboard()
-        from tqdm import tqdm
 
-        bar = tqdm(total=cfg.max_steps, initial=self.step, disable=not (cfg.progress
-                   and d.is_main), unit="step", dynamic_ncols=True)
-        params = [p for g in self.opt.param_groups for p in g["params"]]
-        t_last, tok_last = time.perf_counter(), self.tokens
-        val_loss: float | None = None
-        unchecked: list[tuple] = []  # (step, lr, loss, grad norm, non-finite) not yet checked
-        self.model.train()
-        try:
-            while self.step < cfg.max_steps:
-                lr = self.opt.param_groups[0]["lr"]
-                loss_sum = torch.zeros((), device=self.device)
-                step_tokens = 0
-                extra: dict[str, float] = {}
-                for micro in range(cfg.grad_accum):
-                    # Under the loss's autocast: an RL rollout then samples in bf16 on GPU
-                    # and its old log-probs match the precision the loss recomputes them in.
-                    with self._autocast():
-                        batch = to_device(self.train_data.next_batch(), self.device)
-                    last = micro == cfg.grad_accum - 1
-                    sync = contextlib.nullcontext()
-                    if d.enabled and not last and hasattr(self.model, "no_sync"):
-                        sync = self.model.no_sync()  # all-reduce once, on the last micro-batch
-                    with sync:
-                        with self._autocast():
-                            loss, metrics = self.loss_fn(self.model, batch)
-                        (loss / cfg.grad_accum).backward()
-                    loss_sum += loss.detach().float()
-                    step_tokens += int(metrics.pop("tokens", 0))
-                    for k, v in metrics.items():
-                        extra[k] = extra.get(k, 0.0) + _scalar(v) / cfg.grad_accum
-                local_loss = loss_sum / cfg.grad_accum
-                clip = cfg.grad_clip if cfg.grad_clip > 0 else math.inf
-                gnorm_t = torch.nn.utils.clip_grad_norm_(params, clip)
-                if hasattr(gnorm_t, "full_tensor"):  # FSDP2: a DTensor over the ranks
-                    gnorm_t = gnorm_t.full_tensor()
-                # The NaN guard. A fused AdamW skips a non-finite step on the device
-                # (`found_inf`, as under GradScaler), so the host does not wait for the GPU
-                # every step; the check runs at the next log/eval/checkpoint, before anything
-                # is written. Otherwise it waits here.
-                bad = ~(torch.isfinite(gnorm_t) & torch.isfinite(local_loss))
-                unchecked.append((self.step + 1, lr, local_loss, gnorm_t, bad))
-                if self.skip_on_device:
-                    self.opt.found_inf = bad.float()  # type: ignore[attr-defined]
-                else:
-                    self._check(unchecked)
-                self.opt.step()
-                self.opt.zero_grad(set_to_none=True)
-                self.sched.step()
-                self.step += 1
-                self.tokens += step_tokens * d.world
-                bar.update(1)
-                evaluate = cfg.eval_every and (self.step % cfg.eval_every == 0
-                                               or self.step == cfg.max_steps)
-                save = (cfg.ckpt_every and self.step % cfg.ckpt_every == 0) \
-                    or self.step == cfg.max_steps
-                if not (self.step % max(1, cfg.log_every) == 0 or evaluate or save
-                        or self.step == 1):
-                    continue
-                self._check(unchecked)
-                step_loss = float(mean(local_loss, d).item())
-                gnorm = float(gnorm_t)
-                now = time.perf_counter()
-                tps = (self.tokens - tok_last) / max(now - t_last, 1e-9)
-                rec: dict[str, Any] = {"step": self.step, "loss": step_loss, "lr": lr,
-                                       "tokens": self.tokens, "tok_per_s": tps,
-                                       "grad_norm": gnorm, **extra}
-                val_loss = None
-                if evaluate and self.eval_data:
-                    val_loss = self.evaluate()
-                    rec["val_loss"], rec["val_ppl"] = val_loss, math.exp(min(val_loss, 50.0))
-                    self.best_val = min(self.best_val, val_loss)
-                    self._samples()
-                self._log(rec)
-                bar.set_postfix(loss=f"{step_loss:.3f}", tok_s=f"{tps:,.0f}", refresh=False)
-                if save:
-                    self.save_checkpoint(val_loss)
-                t_last, tok_last = time.perf_counter(), self.tokens  # exclude eval/save time
-        finally:
-            bar.close()
-            if self.writer is not None:
-                self.writer.close()
-        if d.is_main:
-            msd, _ = full_state(self.model, None, d)
+    def _train_step(self, times: PhaseTimer) -> _Done:
+        """One optimizer step over `grad_accum` micro-batches."""
+        cfg = self.cfg
+        lr = self.opt.param_groups[0]["lr"]
+        loss_sum = torch.zeros((), device=self.device)
+        step_tokens = 0
+        extra: dict[str, float] = {}
+        for micro in range(cfg.grad_accum):
+            with times("batch"):
+                batch = self._next_batch()
+            with times("forward_backward"):
+                loss, metrics = self._forward_backward(batch, micro == cfg.grad_accum - 1)
+            loss_sum += loss
+            step_tokens += int(metrics.pop("tokens", 0))
+            for k, v in metrics.items():
+                extra[k] = extra.get(k, 0.0) + _scalar(v) / cfg.grad_accum
+        local_loss = loss_sum / cfg.grad_accum
+        with times("optim"):
+            gnorm = self._optimizer_step(local_loss, lr)
+        self.step += 1
+        self.tokens += step_tokens * self.dist.world
+        return _Done(lr, local_loss, gnorm, extra)
+
+    def _next_batch(self) -> Any:
+        # Under the loss's autocast: an RL rollout then samples in bf16 on GPU and its old
+        # log-probs match the precision the loss recomputes them in.
+        with self._autocast():
+            return to_device(self.train_data.next_batch(), self.device)
+
+    def _forward_backward(self, batch: Any, last: bool) -> tuple[torch.Tensor, dict[str, Any]]:
+        """The micro-batch's loss (detached) and metrics; its gradient is accumulated."""
+        sync = contextlib.nullcontext()
+        if self.dist.enabled and not last and hasattr(self.model, "no_sync"):
+            sync = self.model.no_sync()  # all-reduce once, on the last micro-batch
+        with sync:
+            with self._autocast():
+                loss, metrics = self.loss_fn(self.model, batch)
+            (loss / self.cfg.grad_accum).backward()
+        return loss.detach().float(), metrics
+
+    def _optimizer_step(self, loss: torch.Tensor, lr: float) -> torch.Tensor:
+        """Clip, guard against NaN, step the optimizer and the schedule; the grad norm."""
+        clip = self.cfg.grad_clip if self.cfg.grad_clip > 0 else math.inf
+        gnorm = torch.nn.utils.clip_grad_norm_(self.params, clip)
+        if hasattr(gnorm, "full_tensor"):  # FSDP2: a DTensor over the ranks
+            gnorm = gnorm.full_tensor()
+        # The NaN guard. A fused AdamW skips a non-finite step on the device (`found_inf`,
+        # as under GradScaler), so the host does not wait for the GPU every step; the check
+        # runs at the next log/eval/checkpoint, before anything is written. Otherwise it
+        # waits here.
+        bad = ~(torch.isfinite(gnorm) & torch.isfinite(loss))
+        self.unchecked.append((self.step + 1, lr, loss, gnorm, bad))
+        if self.skip_on_device:
+            self.opt.found_inf = bad.float()  # type: ignore[attr-defined]
+        else:
+            self._check()
+        self.opt.step()
+        self.opt.zero_grad(set_to_none=True)
+        self.sched.step()
+        return gnorm
+
+    def _record(self, done: _Done, times: dict[str, float]) -> dict[str, Any]:
+        """The metrics.jsonl row of the step just done (the loss averaged over ranks)."""
+        rec: dict[str, Any] = {"step": self.step, "loss": float(mean(done.loss, self.dist)),
+                               "lr": done.lr, "tokens": self.tokens,
+                               "grad_norm": float(done.gnorm), **done.extra, **times}
+        name = getattr(self.train_data, "time_name", None)  # e.g. "rollout"
+        if name and "time/batch" in times:
+            rec[f"time/{name}"] = times["time/batch"]
+        return rec
+
+    def _finish(self) -> None:  # the final model; under FSDP every rank joins the gather
+        if self.dist.is_main:
+            msd, _ = full_state(self.model, None, self.dist)
             self.export_state(msd, self.run_dir / "final")
-        elif d.fsdp:
-            full_state(self.model, None, d)  # the gather is collective
-        return {"step": self.step, "tokens": self.tokens, "val_loss": val_loss,
-                "best_val": self.best_val}
+        elif self.dist.fsdp:
+            full_state(self.model, None, self.dist)
 
-    def _check(self, unchecked: list[tuple]) -> None:
+    def _check(self) -> None:
         """Raise TrainingDiverged for the first step in `unchecked` whose loss or grad norm was
         not finite (its update was not applied); then forget them. One host sync."""
+        unchecked = self.unchecked
         if not unchecked:
             return
         # Averaged over ranks, so that every rank stops at the same step.
@@ -350,43 +392,8 @@ class Trainer:
             texts = self.sample_fn(model)
         model.train()
         if self.dist.is_main:
-            from tqdm import tqdm
-
             with (self.run_dir / "samples.jsonl").open("a") as f:
                 for t in texts:
                     f.write(json.dumps({"step": self.step, "text": t}) + "\n")
                     if self.cfg.progress:
                         tqdm.write(f"[step {self.step}] {t!r}")
-
-
-def keep_freed_memory() -> bool:
-    """Let glibc keep freed memory for reuse instead of handing it back to the kernel.
-
-    A CPU training step allocates and frees the same large activations every step; by
-    default glibc serves them with mmap/munmap (or trims the heap), so each step page-faults
-    fresh zeroed pages: on the tiny-cpu step that was 10-20k faults and ~10% of the step in
-    the kernel. The settings are glibc's own knobs (mallopt); elsewhere this does nothing."""
-    import ctypes
-    import ctypes.util
-    import platform
-
-    if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
-        return False
-    libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-    m_trim_threshold, m_mmap_threshold = -1, -3  # from <malloc.h>
-    return bool(libc.mallopt(m_trim_threshold, 1 << 30)
-                and libc.mallopt(m_mmap_threshold, 1 << 25))  # 32 MiB: glibc's maximum
-
-
-def device_name(device: torch.device) -> str:
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    import platform
-
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "cpu"
