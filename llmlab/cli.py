@@ -227,8 +227,9 @@ def build_parser() -> argparse.ArgumentParser:
     m.set_defaults(fn=cmd_models)
 
     # Each subsystem registers its own subcommands.
-    subsystems = ("tokenizer", "server", "train", "rag", "peft", "eval", "align")
-    for mod in (f"llmlab.{name}.cli" for name in subsystems):
+    subsystems = ("tokenizer.cli", "server.cli", "train.cli", "rag.cli", "train.sft_cli",
+                  "eval.cli", "align.cli")
+    for mod in (f"llmlab.{name}" for name in subsystems):
         try:
             add_commands = importlib.import_module(mod).add_commands
         except ImportError as e:

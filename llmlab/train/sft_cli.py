@@ -1,12 +1,9 @@
-"""CLI: `llmlab sft` and `llmlab lora merge` (wired in by `add_commands`).
-
-Until llmlab/cli.py registers this module: `python -m llmlab.peft.cli sft ...`.
-"""
+"""CLI: `llmlab sft` and `llmlab lora merge` (wired in by `add_commands`). It sits in train/,
+above peft/: SFT is a training run that may add adapters."""
 
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
 from llmlab.cliutil import guard, strict
@@ -81,13 +78,3 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
                         "checkpoint")
     m.set_defaults(fn=guard(cmd_lora_merge), func=guard(cmd_lora_merge))
 
-
-def main(argv: list[str] | None = None) -> int:
-    """`python -m llmlab.peft.cli ...` is the same as `llmlab ...`."""
-    from llmlab.cli import main as llmlab_main
-
-    return llmlab_main(argv)
-
-
-if __name__ == "__main__":
-    sys.exit(main())
