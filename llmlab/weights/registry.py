@@ -37,7 +37,7 @@ class LoadedModel:
         return self.model.cfg
 
     def generate(self, prompt: str | list[str], **kw: Any) -> Any:
-        from llmlab.generate.engine import generate_text
+        from llmlab.generate.chat import generate_text
 
         return generate_text(self, prompt, **kw)
 
