@@ -28,10 +28,11 @@ import torch  # noqa: E402
 
 import llmlab  # noqa: E402
 from llmlab.data.corpora import corpus_text  # noqa: E402
-from llmlab.generate.cpu_decode import LeanDecoder  # noqa: E402
 from llmlab.generate.engine import iter_decode  # noqa: E402
+from llmlab.generate.fast.cpu import LeanDecoder  # noqa: E402
 from llmlab.generate.sampling import SamplingParams  # noqa: E402
 from llmlab.model.quant import quantize_int4_, quantize_int8_  # noqa: E402
+from llmlab.settings import speed_override  # noqa: E402
 
 PROMPT = "Once upon a time, in a small village by the sea,"
 
@@ -160,9 +161,8 @@ def main() -> None:
             "llmlab_prefill": prefill(q, a.prefill, a.repeat),
             "hf_prefill": rows[0]["hf_prefill"],
         })
-        os.environ["LLMLAB_LEAN_DECODE"] = "0"  # the same weights through the model's forward
-        rows[-1]["llmlab_decode_model_path"] = ours(q, ids, a.new_tokens, a.repeat)
-        del os.environ["LLMLAB_LEAN_DECODE"]
+        with speed_override(lean_decode=False):  # the same weights through the model's forward
+            rows[-1]["llmlab_decode_model_path"] = ours(q, ids, a.new_tokens, a.repeat)
     print(
         f"# {platform.processor() or platform.machine()}, {a.threads} threads, torch "
         f"{torch.__version__}, {a.new_tokens} new tokens, prefill {a.prefill}"

@@ -26,8 +26,8 @@ import torch  # noqa: E402
 from _common import emit, print_machine, stopwatch
 
 import llmlab  # noqa: E402
+from llmlab.generate.fast.static import StaticDecoder  # noqa: E402
 from llmlab.generate.sampling import SamplingParams  # noqa: E402
-from llmlab.generate.static import StaticDecoder  # noqa: E402
 from llmlab.model.quant import fuse_projections_  # noqa: E402
 
 PROMPT = "Once upon a time, in a small village by the sea,"
@@ -54,7 +54,7 @@ def ours(model, ids: list[int], batch: int, n_new: int, compile: bool,
     if not any(hasattr(m, "qkv_fused") for m in model.modules()):
         fuse_projections_(model)
     if tiles is not None:
-        from llmlab.generate.triton_decode import Tiles, TritonDecoder
+        from llmlab.generate.fast.triton_decode import Tiles, TritonDecoder
 
         dec = TritonDecoder(model, len(ids) + n_new + 1, cuda_graph=graph,
                             tiles=Tiles.parse(tiles))
@@ -91,7 +91,7 @@ def profile_triton(model, ids: list[int], tiles: str = "", steps: int = 32) -> N
     """Kernel time per decode step, by kernel, for the Triton decoder without the graph."""
     from torch.profiler import ProfilerActivity, profile
 
-    from llmlab.generate.triton_decode import Tiles, TritonDecoder
+    from llmlab.generate.fast.triton_decode import Tiles, TritonDecoder
 
     dec = TritonDecoder(model, len(ids) + steps + 8, cuda_graph=False, tiles=Tiles.parse(tiles))
     print(f"# kernel profile, tiles [{tiles or 'defaults'}], {steps} steps")

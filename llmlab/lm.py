@@ -11,8 +11,7 @@ from typing import Any
 
 import torch
 
-from llmlab.generate.chat import chat
-from llmlab.generate.engine import generate_text
+from llmlab.generate.chat import chat, generate_text
 from llmlab.model.config import ModelConfig
 from llmlab.model.pooling import embed
 from llmlab.model.quant import quantize_int4_, quantize_int8_

@@ -11,11 +11,12 @@ import pytest
 import torch
 from test_real_models import PASSAGE, hf_gguf, smol  # noqa: F401  (fixtures)
 
-from llmlab.generate.cpu_decode import LeanDecoder
 from llmlab.generate.engine import iter_decode
+from llmlab.generate.fast.cpu import LeanDecoder
 from llmlab.generate.sampling import SamplingParams
 from llmlab.model import ModelConfig, Transformer
 from llmlab.model.quant import Int4Linear, quantize_groups_int4, quantize_int4_, quantize_int8_
+from llmlab.settings import speed_override
 
 
 def test_int4_gives_back_the_gguf_q4_1_weights(smol):  # noqa: F811
@@ -89,9 +90,8 @@ def test_engine_takes_the_lean_step_only_for_quantized_batch_one(monkeypatch):
     p = SamplingParams(max_new_tokens=6, temperature=0)
     with_lean = [int(s.tokens[0]) for s in iter_decode(m, [[5, 6, 7]], p)]
     assert len(calls) == 5  # every token after the one the prefill gives
-    monkeypatch.setenv("LLMLAB_LEAN_DECODE", "0")
-    assert [int(s.tokens[0]) for s in iter_decode(m, [[5, 6, 7]], p)] == with_lean
-    monkeypatch.delenv("LLMLAB_LEAN_DECODE")
+    with speed_override(lean_decode=False):
+        assert [int(s.tokens[0]) for s in iter_decode(m, [[5, 6, 7]], p)] == with_lean
     list(iter_decode(m, [[5, 6, 7], [8, 9]], p))  # batch 2, padded: the model
     list(iter_decode(_tiny(), [[5, 6, 7]], p))  # not quantized: the model
     assert len(calls) == 5

@@ -178,7 +178,7 @@ def test_chat_session_drops_oldest_turns_to_fit_the_context():
 
 
 def test_static_cache_decoder_equals_dynamic_engine():
-    from llmlab.generate.static import StaticDecoder
+    from llmlab.generate.fast.static import StaticDecoder
 
     m = _model(**LLAMA)
     prompts = [[5, 6, 7, 8, 9, 10, 11], [42], [1, 2, 3]]
@@ -213,7 +213,7 @@ def test_fused_projections_give_the_same_logits_and_tokens():
 def test_static_decoder_under_autocast_matches_dynamic_engine():
     """An RL rollout decodes inside the training step's autocast: the static decoder stores
     keys/values in the autocast dtype and gives the dynamic engine's greedy tokens."""
-    from llmlab.generate.static import StaticDecoder
+    from llmlab.generate.fast.static import StaticDecoder
 
     m = _model(**LLAMA)
     prompts = [[5, 6, 7, 8, 9, 10, 11], [42], [1, 2, 3]]

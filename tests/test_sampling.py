@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from llmlab.generate.engine import TextStream
+from llmlab.generate.reply import TextStream
 from llmlab.generate.sampling import SamplingParams, process_logits
 
 

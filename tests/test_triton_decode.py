@@ -25,8 +25,8 @@ SCRIPT = textwrap.dedent(
     import torch
     from transformers import AutoModelForCausalLM
     from llmlab.generate.sampling import SamplingParams
-    from llmlab.generate.static import StaticDecoder
-    from llmlab.generate.triton_decode import Tiles, TritonDecoder
+    from llmlab.generate.fast.static import StaticDecoder
+    from llmlab.generate.fast.triton_decode import Tiles, TritonDecoder
     from llmlab.model import ModelConfig, Transformer
     from llmlab.model.quant import fuse_projections_
     from llmlab.weights.hf import save_hf
@@ -138,20 +138,21 @@ def test_triton_decode_bf16_is_as_close_as_the_model(runs: dict[str, dict]):
 
 
 def test_engine_takes_tiles_from_the_environment(monkeypatch: pytest.MonkeyPatch):
-    from llmlab.generate.engine import _triton_decoder
+    from llmlab.generate.fast import triton_decoder as _triton_decoder
     from llmlab.model import ModelConfig, Transformer
+    from llmlab.settings import speed
 
     cfg = ModelConfig(vocab_size=64, d_model=64, n_layer=1, n_head=4, n_kv_head=2, d_ff=128,
                       max_seq_len=32, pos="rope", norm="rmsnorm", mlp="swiglu", bias=False)
     m = Transformer(cfg).eval()
-    monkeypatch.setenv("LLMLAB_TRITON_DECODE", "fuse=3,rows_o=32")
+    monkeypatch.setattr(speed, "triton_tiles", "fuse=3,rows_o=32")
     dec = _triton_decoder(m, 1, 32, amp=False)
     assert dec is not None and (dec.t.fuse, dec.t.rows_o) == (3, 32)
-    monkeypatch.setenv("LLMLAB_TRITON_DECODE", "fuse=3,kv_splits=2")
+    monkeypatch.setattr(speed, "triton_tiles", "fuse=3,kv_splits=2")
     with pytest.raises(ValueError, match="needs kv_splits=1"):
         _triton_decoder(m, 1, 32, amp=False)
-    monkeypatch.setenv("LLMLAB_TRITON_DECODE", "rowz=8")
+    monkeypatch.setattr(speed, "triton_tiles", "rowz=8")
     with pytest.raises(ValueError, match="LLMLAB_TRITON_DECODE='rowz=8'.*NAME=INT"):
         _triton_decoder(m, 1, 32, amp=False)
-    monkeypatch.setenv("LLMLAB_TRITON_DECODE", "0")
+    monkeypatch.setattr(speed, "triton_decode", False)
     assert _triton_decoder(m, 1, 32, amp=False) is None

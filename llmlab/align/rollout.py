@@ -59,16 +59,17 @@ def sample(model: nn.Module, tok: Any, template: Any, picks: list[dict[str, Any]
     """`per_prompt` completions for each prompt in `picks` (consecutive rows per prompt)."""
     from llmlab.generate.engine import complete, make_params
 
-    rows = [p for p in picks for _ in range(per_prompt)]
-    pids = [prompt_ids(tok, template, p["prompt"], p.get("chat", True)) for p in rows]
+    once = [prompt_ids(tok, template, p["prompt"], p.get("chat", True)) for p in picks]
     params = make_params(tok, max_new_tokens=max_new_tokens, temperature=temperature,
                          seed=seed, stop=list(template.stop))
     was = model.training
     model.eval()
-    try:
-        outs = complete(generator(model), tok, pids, params)
+    try:  # each prompt prefilled once, its cache copied for the per_prompt samples
+        outs = complete(generator(model), tok, once, params, n=per_prompt)
     finally:
         model.train(was)
+    rows = [p for p in picks for _ in range(per_prompt)]
+    pids = [p for p in once for _ in range(per_prompt)]
     comps = [o.token_ids + ([o.stop_token] if o.stop_token is not None else []) for o in outs]
     ids, attn = pad_right([p + c for p, c in zip(pids, comps, strict=True)])
     cmask = torch.zeros_like(ids)

@@ -16,19 +16,18 @@ and repetition mask, so a greedy or seeded request gets the tokens it would get 
 
 from __future__ import annotations
 
-import asyncio
 import logging
-import queue
 import threading
 from collections import Counter, deque
-from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import AbstractContextManager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 
-from llmlab.generate.engine import Completion, TextStream, fit_context
+from llmlab.generate.engine import fit_context
+from llmlab.generate.handle import Handle
+from llmlab.generate.reply import Completion, Reply
 from llmlab.generate.sampling import SamplingParams, sample
 from llmlab.model.cache import KVCache
 from llmlab.model.transformer import Transformer
@@ -36,89 +35,14 @@ from llmlab.model.transformer import Transformer
 log = logging.getLogger("llmlab.generate")
 
 
-class Handle:
-    """One submitted request. Iterate it (or `async for`) for text pieces as they arrive;
-    `.result` is the finished Completion. Leaving the loop early cancels the request."""
-
-    def __init__(self, prompt: list[int], params: SamplingParams) -> None:
-        self.prompt, self.params = prompt, params
-        self.result: Completion | None = None
-        self.error: BaseException | None = None
-        self._q: queue.SimpleQueue[str | None] = queue.SimpleQueue()  # None = finished
-        self._cancel = threading.Event()
-        self._notify: Callable[[], None] | None = None
-        self.admitted: int | None = None  # 1 for the first request to start decoding, ...
-
-    @property
-    def cancelled(self) -> bool:
-        return self._cancel.is_set()
-
-    def cancel(self) -> None:
-        """Free the request's batch slot at the next step (a no-op once it has finished)."""
-        self._cancel.set()
-
-    def _put(self, item: str | None) -> None:
-        self._q.put(item)
-        notify = self._notify
-        if notify is not None:
-            try:
-                notify()
-            except RuntimeError:  # the consumer's event loop is gone
-                self.cancel()
-
-    def __iter__(self) -> Iterator[str]:
-        try:
-            while (item := self._q.get()) is not None:
-                yield item
-        finally:
-            self.cancel()
-        if self.error is not None:
-            raise self.error
-
-    async def __aiter__(self) -> AsyncIterator[str]:
-        loop = asyncio.get_running_loop()
-        wake = asyncio.Event()
-        self._notify = lambda: loop.call_soon_threadsafe(wake.set)
-        try:
-            while True:
-                try:
-                    item = self._q.get_nowait()
-                except queue.Empty:
-                    await wake.wait()  # a client disconnect cancels us here
-                    wake.clear()
-                    continue
-                if item is None:
-                    break
-                yield item
-        finally:
-            self._notify = None
-            self.cancel()
-        if self.error is not None:
-            raise self.error
-
-    def text(self) -> Completion:
-        """Block until finished; return the Completion."""
-        for _ in self:
-            pass
-        assert self.result is not None
-        return self.result
-
-    async def atext(self) -> Completion:
-        async for _ in self:
-            pass
-        assert self.result is not None
-        return self.result
-
-
 @dataclass
 class _Row:
     handle: Handle
-    stream: TextStream
+    reply: Reply  # its tokens and text so far, and the stop rules
     gen: torch.Generator | None
     seen: torch.Tensor | None  # (1, V) tokens already in the context (repetition penalty)
     length: int  # tokens of this row held in the cache
     last: int = 0  # the token sampled last, written to the cache at the next step
-    tokens: list[int] = field(default_factory=list)
     done: bool = False
 
 
@@ -330,7 +254,7 @@ class Batcher:
     @staticmethod
     def _left(r: _Row) -> int:
         """Forward passes this row may still need (each writes one cache position)."""
-        return r.handle.params.max_new_tokens - len(r.tokens)
+        return r.handle.params.max_new_tokens - len(r.reply.out.token_ids)
 
     @torch.inference_mode()
     def _forward(self, piece: list[int], cache: KVCache) -> torch.Tensor:
@@ -346,7 +270,7 @@ class Batcher:
         if p.repetition_penalty != 1.0:
             seen = torch.zeros(1, self.model.cfg.vocab_size, dtype=torch.bool, device=dev)
             seen[0, torch.tensor(h.prompt, device=dev)] = True
-        row = _Row(h, TextStream(self.tok, p.stop), gen, seen, length=len(h.prompt))
+        row = _Row(h, Reply(self.tok, p, len(h.prompt)), gen, seen, length=len(h.prompt))
         with self._cv:
             self.stats["admitted"] += 1
             h.admitted = self.stats["admitted"]
@@ -360,31 +284,23 @@ class Batcher:
         h._put(None)
 
     def _emit(self, r: _Row, logits: torch.Tensor) -> None:
-        """Sample this row's next token and stream its text; the same rules as `complete`."""
-        p = r.handle.params
-        tok = int(sample(logits, p, r.gen, r.seen)[0])
+        """Sample this row's next token and stream its text, by `Reply`'s stop rules."""
+        tok = int(sample(logits, r.handle.params, r.gen, r.seen)[0])
         if r.seen is not None:
             r.seen[0, tok] = True
-        if tok in p.stop_token_ids:
-            return self._finish(r, "stop")
-        r.tokens.append(tok)
-        piece = r.stream.feed(tok)
+        piece = r.reply.add(tok)
         if piece:
             r.handle._put(piece)
-        if r.stream.stopped:
-            self._finish(r, "stop")
-        elif len(r.tokens) >= p.max_new_tokens:
-            self._finish(r, "length")
+        if r.reply.done:
+            self._finish(r)
         else:
             r.last = tok
 
-    def _finish(self, r: _Row, reason: str) -> None:
+    def _finish(self, r: _Row, reason: str | None = None) -> None:
         r.done = True
-        if reason != "cancelled":
-            rest = r.stream.flush()
-            if rest:
-                r.handle._put(rest)
-        r.handle.result = Completion(r.stream.text, r.tokens, reason, len(r.handle.prompt))
+        r.handle.result, rest = r.reply.finish(reason)
+        if rest:
+            r.handle._put(rest)
         with self._cv:
             self.stats["cancelled" if reason == "cancelled" else "finished"] += 1
         r.handle._put(None)

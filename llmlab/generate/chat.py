@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Any
 
-from llmlab.generate.engine import fit_context, make_params, stream_batch
+from llmlab.generate.engine import complete, fit_context, make_params, stream_batch
 from llmlab.tokenizer.chat_template import ChatTemplate, parse_template
 
 
@@ -53,6 +53,22 @@ def encode_prompts(
     if prefill:
         raise ValueError("prefill starts an assistant turn: it needs chat=True")
     return [lm.tokenizer.encode(p, allowed_special="none") for p in prompts]
+
+
+def generate_text(
+    lm: Any,
+    prompt: str | list[str],
+    chat: bool = False,
+    system: str | None = None,
+    truncate: bool = False,
+    **kw: Any,
+) -> str | list[str]:
+    """`lm.generate("Once upon a time", max_new_tokens=20, temperature=0)`."""
+    prompts = [prompt] if isinstance(prompt, str) else list(prompt)
+    ids = encode_prompts(lm, prompts, chat, system)
+    params = make_params(lm.tokenizer, **kw)
+    outs = complete(lm.model, lm.tokenizer, ids, params, truncate=truncate)
+    return outs[0].text if isinstance(prompt, str) else [o.text for o in outs]
 
 
 def chat(lm: Any, messages: list[dict[str, str]], system: str | None = None, **kw: Any) -> str:

@@ -1,4 +1,5 @@
-"""Turning logits into the next token: penalties, temperature, top-k, top-p, min-p.
+"""Turning logits into the next token: penalties, temperature, top-k, top-p, min-p; and
+when a row is done (a stop token, or its token budget).
 
 The order follows transformers' `generate` (repetition penalty, then temperature, top-k,
 top-p, min-p), so the same settings give the same distribution in both.
@@ -117,3 +118,39 @@ def sample(
         return logits.argmax(-1)
     probs = logits.softmax(-1)
     return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
+
+
+def seen_tokens(prompts: list[list[int]], vocab_size: int,
+                device: torch.device | str) -> torch.Tensor:
+    """(B, V) bool: the tokens of each prompt, for the repetition penalty."""
+    seen = torch.zeros(len(prompts), vocab_size, dtype=torch.bool, device=device)
+    for i, p in enumerate(prompts):
+        seen[i, torch.tensor(p, device=device)] = True
+    return seen
+
+
+@dataclass
+class Step:
+    """One decoding step for the whole batch."""
+
+    tokens: torch.Tensor  # (B,) the sampled ids (pad_id for rows already done)
+    done: torch.Tensor  # (B,) bool, True once a row hit a stop token or its budget
+    logits: torch.Tensor | None = None  # (B, V) raw logits, when asked for
+
+
+class Stopper:
+    """The token-level stop rule every decoder shares: a row is done after a stop token or
+    its `max_new_tokens`-th token; later tokens of a done row read as `pad_id`."""
+
+    def __init__(self, params: SamplingParams, batch: int, device: torch.device | str,
+                 pad_id: int = 0) -> None:
+        self.stops = torch.tensor(params.stop_token_ids or [-1], device=device)
+        self.last = params.max_new_tokens - 1
+        self.done = torch.zeros(batch, dtype=torch.bool, device=device)
+        self.pad_id = pad_id
+
+    def step(self, i: int, tokens: torch.Tensor, logits: torch.Tensor | None = None) -> Step:
+        """The Step for the `i`-th new tokens (counting from 0)."""
+        before = self.done.clone()
+        self.done |= torch.isin(tokens, self.stops) | (i == self.last)
+        return Step(tokens.masked_fill(before, self.pad_id), self.done.clone(), logits)

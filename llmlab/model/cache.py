@@ -70,6 +70,14 @@ class KVCache:
         self.length += self._pending
         self._pending = 0
 
+    def repeat_rows(self, n: int) -> None:
+        """Row i becomes rows i*n .. i*n+n-1: one prefill of a prompt serves n samples of it."""
+        self.k = [k.repeat_interleave(n, 0) for k in self.k]
+        self.v = [v.repeat_interleave(n, 0) for v in self.v]
+        self._cross = {i: (k.repeat_interleave(n, 0), v.repeat_interleave(n, 0))
+                       for i, (k, v) in self._cross.items()}
+        self.batch_size *= n
+
     def cross_kv(self, layer: int) -> tuple[torch.Tensor, torch.Tensor] | None:
         return self._cross.get(layer)
 

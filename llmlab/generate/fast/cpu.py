@@ -11,26 +11,27 @@ same model, written out for one token:
 - it calls the quantized layers' kernels directly (`Int8Linear.decode`, `Int4Linear.decode`).
 
 It follows the model's maths (tests check it against the model's own forward and against
-transformers), and the engine uses it for unpadded batch-1 decoding of such models on the CPU;
+transformers), and `pick_decoder` chooses it for batch-1 decoding of such models on the CPU;
 prefill still runs the model (compute-bound, batched), whose cache it then takes over.
-`LLMLAB_LEAN_DECODE=0` turns it off.
+`speed.lean_decode = False` (LLMLAB_LEAN_DECODE=0) turns it off.
 """
 
 from __future__ import annotations
 
-import os
+from collections.abc import Iterator
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 
+from llmlab.generate.sampling import SamplingParams, Step, Stopper, sample, seen_tokens
 from llmlab.model.cache import KVCache
 from llmlab.model.positions import rope_angles
 from llmlab.model.quant import WeightOnlyLinear
 from llmlab.model.transformer import Transformer
 
 
-def _supported(model: Any) -> bool:
+def lean_supported(model: Any) -> bool:
     if not isinstance(model, Transformer):  # wrapped (prompt/prefix tuning): the model's own
         return False
     cfg = model.cfg
@@ -48,8 +49,9 @@ def _supported(model: Any) -> bool:
 class LeanDecoder:
     """One token at a time, batch 1, after a prefill by the model (`take_cache`)."""
 
-    def __init__(self, model: Any, max_len: int) -> None:
+    def __init__(self, model: Any, max_len: int, return_logits: bool = False) -> None:
         cfg = model.cfg
+        self.model, self.return_logits = model, return_logits
         self.max_len = max_len
         self.h, self.kv, self.hd = cfg.n_head, cfg.n_kv_head, cfg.head_dim
         self.eps = cfg.norm_eps
@@ -72,14 +74,30 @@ class LeanDecoder:
         self.scores = torch.empty(self.kv, self.h // self.kv, max_len)  # baddbmm's (unread) C
         self.pos = 0
 
-    @staticmethod
-    def for_model(model: Any, batch: int, padded: bool, max_len: int) -> LeanDecoder | None:
-        """A decoder for this generation, or None where the model's own forward must run."""
-        if batch != 1 or padded or model.device.type != "cpu" or not _supported(model) \
-                or torch.is_autocast_enabled("cpu") \
-                or os.environ.get("LLMLAB_LEAN_DECODE", "1") == "0":
-            return None
-        return LeanDecoder(model, max_len)
+    @torch.inference_mode()
+    def generate(self, prompts: list[list[int]], params: SamplingParams,
+                 pad_id: int = 0) -> Iterator[Step]:
+        """`iter_decode`'s loop for one unpadded prompt: the model prefills, this steps."""
+        params.validate()
+        if params.max_new_tokens == 0:
+            return
+        m, (prompt,) = self.model, prompts
+        gen = torch.Generator().manual_seed(params.seed) if params.seed is not None else None
+        seen = (seen_tokens(prompts, m.cfg.vocab_size, "cpu")
+                if params.repetition_penalty != 1.0 else None)
+        stopper = Stopper(params, 1, "cpu", pad_id)
+        cache = KVCache(m.cfg, 1, len(prompt) + params.max_new_tokens, "cpu", m.dtype)
+        logits = m(torch.tensor([prompt]), cache=cache, last_only=True).logits[:, -1]
+        self.take_cache(cache)
+        for i in range(params.max_new_tokens):
+            nxt = sample(logits, params, gen, seen)
+            if seen is not None:
+                seen[0, nxt] = True
+            step = stopper.step(i, nxt, logits if self.return_logits else None)
+            yield step
+            if bool(step.done.all()):
+                return
+            logits = self.step(int(nxt[0]))
 
     def take_cache(self, cache: KVCache) -> None:
         """Continue after the model's prefill: its keys/values, in fp32."""

@@ -14,8 +14,7 @@ from collections.abc import Callable, Iterator
 
 import torch
 
-from llmlab.generate.engine import Step
-from llmlab.generate.sampling import SamplingParams, sample
+from llmlab.generate.sampling import SamplingParams, Step, Stopper, sample
 from llmlab.model.cache import KVCache
 from llmlab.model.transformer import Transformer
 
@@ -122,16 +121,14 @@ class StaticDecoder:
         dev = self.model.device
         gen = torch.Generator(device=dev).manual_seed(params.seed) if params.seed is not None \
             else None
-        stops = torch.tensor(params.stop_token_ids or [-1], device=dev)
-        done = torch.zeros(self.b, dtype=torch.bool, device=dev)
-        for step in range(params.max_new_tokens):
+        stopper = Stopper(params, self.b, dev, pad_id)
+        for i in range(params.max_new_tokens):
             nxt = sample(logits, params, gen)
-            before = done.clone()
-            done |= torch.isin(nxt, stops) | (step == params.max_new_tokens - 1)
-            yield Step(nxt.masked_fill(before, pad_id), done.clone())
+            step = stopper.step(i, nxt)
+            yield step
             # Without stop tokens only the budget ends a row, and the host knows when: no
             # device sync per step, so the CPU queues the next replay while the GPU works.
-            if step == params.max_new_tokens - 1 or (params.stop_token_ids and bool(done.all())):
+            if i == stopper.last or (params.stop_token_ids and bool(step.done.all())):
                 return
             logits = self.decode_step(nxt, slot)
             slot += 1
