@@ -21,6 +21,7 @@ reference and current) are taken at the sampling temperature, as TRL's GRPOTrain
 
 from __future__ import annotations
 
+import time
 import warnings
 from typing import Any
 
@@ -101,6 +102,8 @@ def grpo_loss(logp: torch.Tensor, old_logp: torch.Tensor, advantages: torch.Tens
 class RolloutBatches:
     """next_batch() -> a rollout dict (tensors + the rollout's metrics)."""
 
+    time_name = "rollout"  # the Trainer writes its batch time as time/rollout
+
     def __init__(self, model: nn.Module, tok: Any, template: Any, prompts: list[dict[str, Any]],
                  cfg: GRPOConfig, seed: int = 0, ref: nn.Module | None = None,
                  rank: int = 0, grad_accum: int = 1) -> None:
@@ -118,8 +121,10 @@ class RolloutBatches:
     def _rollout(self) -> dict[str, Any]:
         c, G = self.cfg, self.cfg.num_generations
         picks = pick_prompts(self.prompts, c.prompts_per_step, self.seed, self.k, self.rank)
+        t0 = time.perf_counter()
         r = sample(self.model, self.tok, self.template, picks, G, c.max_new_tokens,
                    c.temperature, self.seed + self.k + 100_003 * self.rank)
+        decode_s = time.perf_counter() - t0  # sample() ends on host lists: no sync needed
         rewards = torch.tensor(score_many(r.texts, [p["verifier"] for p in r.picks]))
         adv, std = group_advantages(rewards, G, c.scale_rewards)
         dev = next(self.model.parameters()).device
@@ -141,7 +146,7 @@ class RolloutBatches:
                     "reward/mean": float(rewards.mean()),
                     "reward/std": float(rewards.std()) if len(rewards) > 1 else 0.0,
                     "completion_length": float(r.cmask.sum(1).float().mean()),
-                    "frac_reward_zero_std": zero}}
+                    "frac_reward_zero_std": zero, "time/decode": decode_s}}
 
     def next_batch(self) -> dict[str, Any]:
         period = self.accum * self.cfg.iterations  # micro-batches per group of rollouts
