@@ -5,7 +5,8 @@ the same sliding windows (the strided recipe of the transformers perplexity guid
     PYTHONPATH=. python benchmarks/eval_perplexity.py [--corpus kjv --corpus pydocs]
         [--limit 8192] [--window 1024] [--stride 512] [--threads 1]
 
-Prints one JSON line per corpus: both sides' NLL/token, perplexity, bits per byte, seconds.
+Prints one JSON line per corpus as it finishes: both sides' NLL/token, perplexity, bits per
+byte, seconds; the last line holds them all.
 """
 
 from __future__ import annotations
@@ -14,11 +15,11 @@ import argparse
 import json
 import math
 import tempfile
-import time
 from pathlib import Path
 from typing import Any
 
 import torch
+from _common import emit, print_machine, stopwatch
 
 
 def hf_strided_nll(hf: Any, ids: list[int], window: int, stride: int) -> tuple[float, int]:
@@ -50,6 +51,7 @@ def main() -> None:
     ap.add_argument("--stride", type=int, default=512)
     ap.add_argument("--threads", type=int, default=1)
     a = ap.parse_args()
+    print_machine(threads=a.threads)
     torch.set_num_threads(a.threads)
 
     import llmlab
@@ -64,24 +66,26 @@ def main() -> None:
 
         hf = AutoModelForCausalLM.from_pretrained(Path(d) / "m", dtype=torch.float32).eval()
     cfg = EvalConfig(limit=a.limit, window=a.window, stride=a.stride, progress=False)
+    results = []
     for corpus in a.corpus or ["kjv", "pydocs"]:
-        t0 = time.perf_counter()
+        t = stopwatch()
         ours = run_task(lm, f"perplexity:{corpus}", cfg)["metrics"]
-        t_ours = time.perf_counter() - t0
+        t_ours = t()
         # The same ids and bytes run_perplexity scored (its --limit prefix rule).
         text = _perplexity_text(corpus)[: 64 * (a.limit + 1)]
         ids = lm.tokenizer.encode(text, allowed_special="none")[: a.limit]
         n_bytes = len(lm.tokenizer.decode(ids).encode("utf-8"))
-        t0 = time.perf_counter()
+        t = stopwatch()
         nll, n = hf_strided_nll(hf, ids, a.window, a.stride)
-        t_hf = time.perf_counter() - t0
+        t_hf = t()
         ref = {"nll_per_token": nll / n, "perplexity": math.exp(nll / n),
                "bits_per_byte": nll / (n_bytes * math.log(2)), "tokens": n, "bytes": n_bytes}
-        print(json.dumps({"corpus": corpus, "window": a.window, "stride": a.stride,
-                          "llmlab": ours, "transformers": ref,
-                          "abs_diff_nll_per_token": abs(ours["nll"] - ref["nll_per_token"]),
-                          "seconds": {"llmlab": round(t_ours, 1), "transformers": round(t_hf, 1)}}),
-              flush=True)
+        results.append({"corpus": corpus, "window": a.window, "stride": a.stride,
+                        "llmlab": ours, "transformers": ref,
+                        "abs_diff_nll_per_token": abs(ours["nll"] - ref["nll_per_token"]),
+                        "seconds": {"llmlab": round(t_ours, 1), "transformers": round(t_hf, 1)}})
+        print(json.dumps(results[-1]), flush=True)
+    emit({"threads": a.threads, "limit": a.limit, "corpora": results})
 
 
 if __name__ == "__main__":

@@ -16,15 +16,14 @@ from __future__ import annotations
 
 import argparse
 import copy
-import json
 import os
 import platform
-import time
 from typing import Any
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import torch  # noqa: E402
+from _common import emit, print_machine, stopwatch  # noqa: E402
 
 import llmlab  # noqa: E402
 from llmlab.data.corpora import corpus_text  # noqa: E402
@@ -43,9 +42,9 @@ def best_of(fn, repeat: int) -> float:
 
 
 def _timed(fn) -> float:
-    t = time.perf_counter()
+    t = stopwatch()
     fn()
-    return time.perf_counter() - t
+    return t()
 
 
 def ours(model, ids: list[int], n_new: int, repeat: int) -> float:
@@ -127,6 +126,7 @@ def main() -> None:
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--fidelity-tokens", type=int, default=256)
     a = ap.parse_args()
+    print_machine(threads=a.threads)
     torch.set_num_threads(a.threads)
     from transformers import AutoModelForCausalLM
 
@@ -210,7 +210,7 @@ def main() -> None:
     print(f"next-token agreement with the fp32 model, teacher-forced over {len(text)} KJV "
           "tokens: " + ", ".join(f"{k} {v:.3f}" for k, v in fid.items()))
     rows.append({"fidelity": fid, "fidelity_tokens": len(text)})
-    print(json.dumps(rows))
+    emit(rows)
 
 
 if __name__ == "__main__":

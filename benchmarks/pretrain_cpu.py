@@ -31,6 +31,7 @@ from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
+from _common import emit, print_machine, stopwatch
 
 from llmlab.model import ModelConfig, Transformer
 from llmlab.settings import speed, speed_override
@@ -122,6 +123,7 @@ def main() -> None:
                     help="also both sides under bf16 autocast (needs avx512_bf16/AMX)")
     ap.add_argument("--only", default=None, help="comma-separated pair names to run")
     a = ap.parse_args()
+    print_machine(threads=a.threads)
     torch.set_num_threads(a.threads)  # one setting, for every variant
     keep_freed_memory()  # the Trainer's allocator setting on CPU, for every variant
     p = PRESETS["tiny-cpu"]
@@ -162,10 +164,10 @@ def main() -> None:
     cpu: dict[str, list[float]] = {k: [] for k in variants}
     for _ in range(a.rounds):
         for name, step in variants.items():
-            t0, c0 = time.perf_counter(), time.process_time()
+            sw, c0 = stopwatch(), time.process_time()
             for _ in range(a.steps):
                 step()
-            times[name].append((time.perf_counter() - t0) / a.steps)
+            times[name].append(sw() / a.steps)
             cpu[name].append((time.process_time() - c0) / a.steps)
     load1 = os.getloadavg()[0]
     tokens = t["batch_size"] * t["seq_len"]
@@ -175,17 +177,24 @@ def main() -> None:
     print("| variant | step ms (median) | tok/s | transformers / llmlab, median of rounds "
           "[min-max] | CPU ms per step (median) | CPU-time ratio, median of rounds |")
     print("|---|---|---|---|---|---|")
+    rows: dict[str, dict[str, float]] = {}
     for name in variants:
         peer = f"{name.split(': ')[0]}: transformers"
         med, cmed = statistics.median(times[name]), statistics.median(cpu[name])
         ratio = cratio = ""
+        rows[name] = {"step_ms": med * 1e3, "tok_per_s": tokens / med, "cpu_ms": cmed * 1e3}
         if name != peer:
             r = [p / o for p, o in zip(times[peer], times[name], strict=True)]
             ratio = f"{statistics.median(r):.2f}x [{min(r):.2f}-{max(r):.2f}]"
             c = [p / o for p, o in zip(cpu[peer], cpu[name], strict=True)]
             cratio = f"{statistics.median(c):.2f}x"
+            rows[name] |= {"peer_ratio": statistics.median(r), "peer_ratio_min": min(r),
+                           "peer_ratio_max": max(r), "cpu_ratio": statistics.median(c)}
         print(f"| {name} | {med * 1e3:.1f} | {tokens / med:,.0f} | {ratio} | {cmed * 1e3:.1f} "
               f"| {cratio} |")
+    emit({"threads": a.threads, "rounds": a.rounds, "steps": a.steps,
+          "batch": [t["batch_size"], t["seq_len"]], "load_average": [load0, load1],
+          "variants": rows})
 
 
 if __name__ == "__main__":

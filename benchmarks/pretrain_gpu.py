@@ -22,11 +22,11 @@ import argparse
 import contextlib
 import statistics
 import sys
-import time
 from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
+from _common import emit, print_machine, stopwatch, sync
 
 from llmlab.model import ModelConfig, Transformer, preset
 from llmlab.model.quant import fuse_projections_
@@ -114,11 +114,6 @@ def hf(cfg: ModelConfig, x: torch.Tensor, a: argparse.Namespace) -> tuple[Step, 
     return step, model.num_parameters()
 
 
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--batch", type=int, default=16)
@@ -163,6 +158,7 @@ def main() -> int:
         cfg = preset("gpt2", max_seq_len=a.seq)
         name = torch.cuda.get_device_name()
         peak, note = (a.peak_flops, "given") if a.peak_flops else peak_flops(name)
+    print_machine(device)
     torch.manual_seed(0)
     x = torch.randint(0, cfg.vocab_size, (a.batch, a.seq + 1), device=device)
     tokens = a.batch * a.seq
@@ -188,37 +184,44 @@ def main() -> int:
         for label, build in builds:
             step, n = build(c, x, a)
             n_true = n_true or n  # MFU counts the unpadded model's FLOPs
-            t0 = time.perf_counter()
+            t = stopwatch(device)
             losses = [float(step()) for _ in range(a.warmup)]
-            _sync(device)
             print(f"  {label}{suffix}: {n / 1e6:.1f}M params, warm-up (compile) "
-                  f"{time.perf_counter() - t0:.0f} s, first loss {losses[0]:.3f} "
+                  f"{t():.0f} s, first loss {losses[0]:.3f} "
                   f"(ln V = {torch.log(torch.tensor(float(c.vocab_size))):.3f})", flush=True)
             variants[label + suffix] = (step, flops_per_token(cfg, n_true, a.seq))
     times: dict[str, list[float]] = {k: [] for k in variants}
     for _ in range(a.rounds):
         for name, (step, _) in variants.items():
-            _sync(device)
-            t0 = time.perf_counter()
+            t = stopwatch(device)
             for _ in range(a.steps):
                 step()
-            _sync(device)
-            times[name].append((time.perf_counter() - t0) / a.steps)
+            times[name].append(t() / a.steps)
     print("| variant | step ms (median) | tok/s | MFU |\n|---|---|---|---|")
+    rows: dict[str, dict[str, float]] = {}
     for name, (_, fpt) in variants.items():
         dt = statistics.median(times[name])
+        rows[name] = {"step_ms": dt * 1e3, "tok_per_s": tokens / dt,
+                      "mfu": fpt * tokens / dt / peak}
         print(f"| {name} | {dt * 1e3:.1f} | {tokens / dt:,.0f} | "
               f"{100 * fpt * tokens / dt / peak:.1f}% |")
+    ratios: dict[str, float] = {}
     for suffix in shapes:
         for lk in a.loss:
             r = (statistics.median(times[f"transformers GPT2LMHeadModel{suffix}"])
                  / statistics.median(times[f"llmlab ({lk} loss){suffix}"]))
             print(f"llmlab ({lk} loss) speed vs transformers{suffix}: {r:.2f}x")
+            ratios[f"llmlab ({lk} loss){suffix}"] = r
+    peak_gib = None
     if device.type == "cuda":
-        print(f"peak memory {torch.cuda.max_memory_allocated() / 2**30:.1f} GiB")
+        peak_gib = torch.cuda.max_memory_allocated() / 2**30
+        print(f"peak memory {peak_gib:.1f} GiB")
     if a.profile:
         name = [k for k in variants if k.startswith("llmlab")][-1]
         _profile(name, variants[name][0], device)
+    emit({"device": dev, "batch": a.batch, "seq": a.seq, "compile": a.compile, "mode": a.mode,
+          "sdpa": a.sdpa, "peak_flops": peak, "peak_note": note, "variants": rows,
+          "speed_vs_transformers": ratios, "peak_memory_gib": peak_gib})
     return 0
 
 
@@ -226,11 +229,11 @@ def _profile(name: str, step: Step, device: torch.device, steps: int = 3) -> Non
     from torch.profiler import ProfilerActivity, profile
 
     acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
-    _sync(device)
+    sync(device)
     with profile(activities=acts) as prof:
         for _ in range(steps):
             step()
-        _sync(device)
+        sync(device)
     key = "self_device_time_total" if device.type == "cuda" else "self_cpu_time_total"
     print(f"# profile of {name}, {steps} steps")
     print(prof.key_averages().table(sort_by=key, row_limit=30, max_name_column_width=60))

@@ -12,11 +12,11 @@ from __future__ import annotations
 
 import argparse
 import tempfile
-import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
-from _common import print_machine, stopwatch
+from _common import emit, print_machine, stopwatch
 
 from llmlab.rag.chunk import Chunk
 from llmlab.rag.fuse import rrf
@@ -39,18 +39,22 @@ def corpus(n: int, rng: np.random.Generator) -> tuple[list[str], np.ndarray]:
     return texts, v / np.linalg.norm(v, axis=1, keepdims=True)
 
 
-def pct(times: list[float]) -> str:
+def pct(times: list[float], res: dict[str, Any] | None = None, name: str = "") -> str:
+    """p50/p95 in ms as printed; also recorded under `name` in `res` for the JSON line."""
     a = np.array(times) * 1000
-    return f"p50 {np.percentile(a, 50):7.2f} ms  p95 {np.percentile(a, 95):7.2f} ms"
+    p50, p95 = float(np.percentile(a, 50)), float(np.percentile(a, 95))
+    if res is not None:
+        res[name] = {"p50_ms": p50, "p95_ms": p95}
+    return f"p50 {p50:7.2f} ms  p95 {p95:7.2f} ms"
 
 
-def timed(fn, queries) -> list[float]:  # noqa: ANN001
+def latencies(fn, queries) -> list[float]:  # noqa: ANN001
     fn(queries[0])
     out = []
     for q in queries:
-        t = time.perf_counter()
+        t = stopwatch()
         fn(q)
-        out.append(time.perf_counter() - t)
+        out.append(t())
     return out
 
 
@@ -66,12 +70,14 @@ def main() -> None:
     emb = get_embedder("onnx")
     qs_text = [f"how does w{rng.integers(1, 3000)} relate to w{rng.integers(1, 3000)}"
                for _ in range(args.queries)]
-    print(f"embed query (MiniLM onnx): {pct(timed(lambda q: emb.embed([q]), qs_text[:50]))}")
-    for n in args.sizes:
-        bench(n, rng, qs_text, args.queries)
+    res: dict[str, Any] = {"queries": args.queries}
+    embed = pct(latencies(lambda q: emb.embed([q]), qs_text[:50]), res, "embed_query")
+    print(f"embed query (MiniLM onnx): {embed}")
+    res["sizes"] = {n: bench(n, rng, qs_text, args.queries) for n in args.sizes}
+    emit(res)
 
 
-def bench(n: int, rng: np.random.Generator, qs_text: list[str], n_q: int) -> None:
+def bench(n: int, rng: np.random.Generator, qs_text: list[str], n_q: int) -> dict[str, Any]:
     import bm25s
     import faiss
 
@@ -88,9 +94,11 @@ def bench(n: int, rng: np.random.Generator, qs_text: list[str], n_q: int) -> Non
     build = t0()
     pairs = list(zip(qs_text, qv, strict=True))
     ann = "hnsw" if any(seg.hnsw is not None for seg in store.segments) else "exact"
+    res: dict[str, Any] = {"ann": ann, "build_save_s": build}
     print(f"\n== {n} chunks ({ann} dense; build+save {build:.1f} s)")
-    print(f"ours dense           {pct(timed(lambda p: store.search(p[1], 10), pairs))}")
-    bm = pct(timed(lambda p: store.sparse_search(p[0], 10), pairs))
+    dense = pct(latencies(lambda p: store.search(p[1], 10), pairs), res, "ours_dense")
+    print(f"ours dense           {dense}")
+    bm = pct(latencies(lambda p: store.sparse_search(p[0], 10), pairs), res, "ours_bm25")
     print(f"ours bm25            {bm}")
 
     def hybrid(p: tuple[str, np.ndarray]) -> None:
@@ -98,7 +106,7 @@ def bench(n: int, rng: np.random.Generator, qs_text: list[str], n_q: int) -> Non
         s = store.sparse_search(p[0], 50)
         rrf([[h.chunk.chunk_id for h in d], [h.chunk.chunk_id for h in s]])
 
-    print(f"ours hybrid (rrf)    {pct(timed(hybrid, pairs))}")
+    print(f"ours hybrid (rrf)    {pct(latencies(hybrid, pairs), res, 'ours_hybrid_rrf')}")
     raw = bm25s.BM25(k1=1.5, b=0.75, method="lucene")
     raw.index(bm25s.tokenize(texts, stopwords="en", stemmer=_stemmer(),
                              show_progress=False), show_progress=False)
@@ -107,24 +115,27 @@ def bench(n: int, rng: np.random.Generator, qs_text: list[str], n_q: int) -> Non
         qt = bm25s.tokenize([p[0]], stopwords="en", stemmer=_stemmer(), show_progress=False)
         raw.retrieve(qt, k=10, show_progress=False)
 
-    print(f"peer raw bm25s       {pct(timed(raw_bm25, pairs))}")
-    brute = pct(timed(lambda p: np.argsort(-(v @ p[1]))[:10], pairs))
+    print(f"peer raw bm25s       {pct(latencies(raw_bm25, pairs), res, 'peer_raw_bm25s')}")
+    brute = pct(latencies(lambda p: np.argsort(-(v @ p[1]))[:10], pairs), res,
+                "peer_numpy_brute")
     print(f"peer numpy brute     {brute}")
     flat = faiss.IndexFlatIP(DIM)
     flat.add(v)
-    fl = pct(timed(lambda p: flat.search(p[1][None], 10), pairs))
+    fl = pct(latencies(lambda p: flat.search(p[1][None], 10), pairs), res, "peer_faiss_flat")
     print(f"peer faiss flat      {fl}")
     hnsw = faiss.IndexHNSWFlat(DIM, 32, faiss.METRIC_INNER_PRODUCT)
     hnsw.hnsw.efConstruction = 80
     hnsw.add(v)
     hnsw.hnsw.efSearch = 128
-    hn = pct(timed(lambda p: hnsw.search(p[1][None], 10), pairs))
+    hn = pct(latencies(lambda p: hnsw.search(p[1][None], 10), pairs), res, "peer_faiss_hnsw")
     print(f"peer faiss hnsw      {hn}")
     exact = np.array([np.argsort(-(v @ q))[:10] for q in qv[:50]])
     got = np.array([[int(h.chunk.chunk_id[1:]) for h in store.search(q, 10)]
                     for q in qv[:50]])
     rec = np.mean([len(set(a) & set(b)) / 10 for a, b in zip(exact, got, strict=True)])
     print(f"ours dense recall@10 vs exact: {rec:.3f}", flush=True)
+    res["ours_dense_recall_at_10"] = float(rec)
+    return res
 
 
 if __name__ == "__main__":

@@ -22,7 +22,6 @@ import json
 import resource
 import shutil
 import subprocess
-import time
 from pathlib import Path
 
 import numpy as np
@@ -54,9 +53,9 @@ def open_bench(d: str, report: dict) -> LocalStore:
                         ("sizes_only", False)):
         store = None
         gc.collect()
-        t = time.perf_counter()
+        t = stopwatch()
         store = LocalStore.open(d, verify=verify)
-        report[f"open_s_{how}"] = round(time.perf_counter() - t, 2)
+        report[f"open_s_{how}"] = round(t(), 2)
     report["rss_after_open_mb (current, not peak)"] = round(rss_now_mb())
     return store
 
@@ -71,13 +70,13 @@ def pct(times: list[float]) -> dict[str, float]:
             "p95_ms": round(float(np.percentile(a, 95)), 2)}
 
 
-def timed(fn, items) -> list[float]:  # noqa: ANN001
+def latencies(fn, items) -> list[float]:  # noqa: ANN001
     fn(items[0])
     out = []
     for x in items:
-        t = time.perf_counter()
+        t = stopwatch()
         fn(x)
-        out.append(time.perf_counter() - t)
+        out.append(t())
     return out
 
 
@@ -90,9 +89,9 @@ class Corpus:
         self.rng = np.random.default_rng(seed)
         self.emb = get_embedder("onnx")
         texts = [self.text(int(o)) for o in self.offsets(base)]
-        t = time.perf_counter()
+        t = stopwatch()
         self.base = self.emb.embed(texts, 64, progress=True)
-        self.embed_s = time.perf_counter() - t
+        self.embed_s = t()
 
     def offsets(self, n: int) -> np.ndarray:
         return self.rng.integers(0, len(self.words) - WORDS, n)
@@ -121,17 +120,17 @@ def build(args: argparse.Namespace, corpus: Corpus, report: dict) -> None:
     d = Path(args.dir)
     shutil.rmtree(d, ignore_errors=True)
     store = LocalStore(d)
-    t = time.perf_counter()
+    t = stopwatch()
     step = 50_000
     for s in range(0, args.chunks, step):
         n = min(step, args.chunks - s)
         store.add(corpus.chunks(s, n), corpus.vectors(n))
-    gen_s = time.perf_counter() - t
-    t = time.perf_counter()
+    gen_s = t()
+    t = stopwatch()
     store.save(progress=True)
     report["build"] = {
         "chunks": len(store), "generate_and_add_s": round(gen_s, 1),
-        "save_s (bm25 + hnsw + write)": round(time.perf_counter() - t, 1),
+        "save_s (bm25 + hnsw + write)": round(t(), 1),
         "peak_rss_mb": round(rss_mb()), "disk_mb": round(du_mb(d)),
         "segments": [len(s) for s in store.segments]}
     print(json.dumps(report["build"]), flush=True)
@@ -156,7 +155,7 @@ def search_bench(store: LocalStore, qs: list[str], qv: np.ndarray, report: dict,
     ids = [i for s in store.segments for i in s.ids]
     pairs = list(zip(qs, qv, strict=True))
     out: dict = {}
-    out["dense"] = pct(timed(lambda p: store.search(p[1], 10), pairs))
+    out["dense"] = pct(latencies(lambda p: store.search(p[1], 10), pairs))
     t0 = stopwatch()
     m = min(100, len(qv))
     exact = np.concatenate([np.asarray(s.vectors) @ qv[:m].T for s in store.segments])
@@ -182,20 +181,20 @@ def search_bench(store: LocalStore, qs: list[str], qv: np.ndarray, report: dict,
             want = np.argpartition(-sub, 10, axis=0)[:10].T
             r = np.mean([len(set(a) & set(b)) / 10 for a, b in zip(got, want, strict=True)])
             out[f"hnsw_ef{ef}"] = {"recall@10": round(float(r), 4), "ms": round(ms, 2)}
-    out["bm25"] = pct(timed(lambda p: store.sparse_search(p[0], 10), pairs))
+    out["bm25"] = pct(latencies(lambda p: store.sparse_search(p[0], 10), pairs))
 
     def hybrid(p: tuple[str, np.ndarray], where: dict | None = None) -> None:
         dh = store.search(p[1], 50, where)
         sh = store.sparse_search(p[0], 50, where)
         rrf([[h.chunk.chunk_id for h in dh], [h.chunk.chunk_id for h in sh]])
 
-    out["hybrid"] = pct(timed(hybrid, pairs))
+    out["hybrid"] = pct(latencies(hybrid, pairs))
     # filters: a wide one (a tenth of the rows) and a narrow one (twenty documents)
     wide = {"shard": 3}
-    out["dense_filter_10pct"] = pct(timed(lambda p: store.search(p[1], 10, wide), pairs))
-    out["bm25_filter_10pct"] = pct(timed(lambda p: store.sparse_search(p[0], 10, wide),
+    out["dense_filter_10pct"] = pct(latencies(lambda p: store.search(p[1], 10, wide), pairs))
+    out["bm25_filter_10pct"] = pct(latencies(lambda p: store.sparse_search(p[0], 10, wide),
                                          pairs))
-    out["hybrid_filter_10pct"] = pct(timed(lambda p: hybrid(p, wide), pairs))
+    out["hybrid_filter_10pct"] = pct(latencies(lambda p: hybrid(p, wide), pairs))
     rows3 = np.zeros(len(ids), dtype=bool)
     base = 0
     for s in store.segments:
@@ -211,8 +210,8 @@ def search_bench(store: LocalStore, qs: list[str], qv: np.ndarray, report: dict,
     out["dense_filter_10pct_recall@10"] = round(float(np.mean(rec)), 4)
     docs = [f"d{i}" for i in range(0, 20 * 997, 997)]
     narrow = {"doc_id": docs}
-    out["dense_filter_20docs"] = pct(timed(lambda p: store.search(p[1], 10, narrow), pairs))
-    out["hybrid_filter_20docs"] = pct(timed(lambda p: hybrid(p, narrow), pairs))
+    out["dense_filter_20docs"] = pct(latencies(lambda p: store.search(p[1], 10, narrow), pairs))
+    out["hybrid_filter_20docs"] = pct(latencies(lambda p: hybrid(p, narrow), pairs))
     report[f"search_{tag}"] = out
     print(tag, json.dumps(out), flush=True)
 
@@ -224,11 +223,11 @@ def updates(store: LocalStore, corpus: Corpus, report: dict, n: int = 1000) -> N
 
     def step(name: str, fn) -> None:  # noqa: ANN001
         before = du_mb(d)
-        t = time.perf_counter()
+        t = stopwatch()
         fn()
-        t1 = time.perf_counter()
+        op_s = t()
         store.save()
-        out[name] = {"op_s": round(t1 - t, 2), "save_s": round(time.perf_counter() - t1, 2),
+        out[name] = {"op_s": round(op_s, 2), "save_s": round(t() - op_s, 2),
                      "disk_delta_mb": round(du_mb(d) - before, 1),
                      "segments": [len(s) for s in store.segments]}
         print(name, out[name], flush=True)
@@ -265,7 +264,7 @@ def main() -> None:
     if args.open_only:
         report["rss_before_open_mb"] = round(rss_now_mb())
         open_bench(args.dir, report)
-        print(json.dumps(report, indent=1))
+        emit(report)
         return
     corpus = Corpus(args.base)
     report["base_embed_s"] = round(corpus.embed_s, 1)
@@ -282,9 +281,7 @@ def main() -> None:
     gc.collect()
     search_bench(LocalStore.open(args.dir), qs, qv, report, "after_updates")
     report["peak_rss_mb"] = round(rss_mb())
-    emit(report)
-    if args.out:
-        Path(args.out).write_text(json.dumps(report, indent=1))
+    emit(report, args.out)
 
 
 if __name__ == "__main__":
