@@ -17,7 +17,7 @@ from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
-from _common import print_machine, stopwatch
+from _common import emit, print_machine, stopwatch
 
 from llmlab.model.linear import enabled, mm_nt, weight_grad
 
@@ -45,13 +45,14 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--reps", type=int, default=31)
     a = ap.parse_args()
-    print_machine()
+    print_machine(threads=a.threads)
     assert enabled(), "oneDNN's _linear_pointwise is not available in this torch build"
     torch.set_num_threads(a.threads)
     print(f"torch {torch.__version__}, {a.threads} thread(s); GFLOP/s, best of {a.reps}")
     print("| rows x in -> out | product | MKL (torch default) | oneDNN | oneDNN / MKL |")
     print("|---|---|---|---|---|")
     g0 = torch.Generator().manual_seed(0)
+    rows = []
     for n, d_in, d_out in SHAPES:
         x, w = torch.randn(n, d_in, generator=g0), torch.randn(d_out, d_in, generator=g0)
         g = torch.randn(n, d_out, generator=g0)
@@ -65,6 +66,9 @@ def main() -> None:
             flop = 2 * n * d_in * d_out
             fm, fd = flop / min(tm) / 1e9, flop / min(td) / 1e9
             print(f"| {n} x {d_in} -> {d_out} | {name} | {fm:.0f} | {fd:.0f} | {fd / fm:.1f}x |")
+            rows.append({"shape": [n, d_in, d_out], "product": name, "mkl_gflops": fm,
+                         "onednn_gflops": fd})
+    emit({"threads": a.threads, "reps": a.reps, "products": rows})
 
 
 if __name__ == "__main__":

@@ -13,15 +13,13 @@ from __future__ import annotations
 
 import argparse
 import hashlib
-import json
 import os
 import statistics
-import time
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import torch  # noqa: E402
-from _common import machine  # noqa: E402
+from _common import emit, machine, print_machine, stopwatch  # noqa: E402
 
 import llmlab  # noqa: E402
 from llmlab.align.data import task_prompts  # noqa: E402
@@ -37,15 +35,16 @@ def main() -> None:
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--threads", type=int, default=1)
     a = ap.parse_args()
+    print_machine(threads=a.threads)
     torch.set_num_threads(a.threads)
     lm = llmlab.load("smollm2-135m-instruct")
     tpl = template_for(lm)
     picks = task_prompts("arithmetic", a.prompts, seed=0)
 
     def run(seed: int) -> tuple[float, torch.Tensor]:
-        t = time.perf_counter()
+        t = stopwatch()
         r = sample(lm.model, lm.tokenizer, tpl, picks, a.per_prompt, a.new_tokens, 1.0, seed)
-        return time.perf_counter() - t, r.ids
+        return t(), r.ids
 
     run(0)  # warm-up: allocator, thread pool
     times, digest = [], hashlib.sha256()
@@ -56,10 +55,9 @@ def main() -> None:
         print(f"repeat {k + 1}: {dt:.3f} s")
     print(f"# {machine()}, {a.threads} threads, torch {torch.__version__}, llmlab from "
           f"{os.path.dirname(os.path.dirname(llmlab.__file__))}")
-    print(json.dumps({"bench": "grpo_rollout_cpu", "prompts": a.prompts,
-                      "per_prompt": a.per_prompt, "new_tokens": a.new_tokens,
-                      "threads": a.threads, "seconds": times,
-                      "median_s": statistics.median(times), "ids_sha256": digest.hexdigest()[:16]}))
+    emit({"bench": "grpo_rollout_cpu", "prompts": a.prompts, "per_prompt": a.per_prompt,
+          "new_tokens": a.new_tokens, "threads": a.threads, "seconds": times,
+          "median_s": statistics.median(times), "ids_sha256": digest.hexdigest()[:16]})
 
 
 if __name__ == "__main__":

@@ -13,7 +13,7 @@ from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from _common import print_machine, stopwatch
+from _common import emit, print_machine, stopwatch  # noqa: E402
 
 from llmlab.rag.embed import get_embedder  # noqa: E402
 from llmlab.rag.evaluate import build_pydocs_set  # noqa: E402
@@ -56,6 +56,9 @@ def main() -> None:
     for name, (n, s) in best.items():
         print(f"{name:<36} {n} chunks  {s:6.1f} s  {n / s:6.1f} chunks/s  "
               f"time vs peer {s / peer[1]:.2f}x")
+    emit({"subdir": args.subdir, "chunk_size": args.chunk_size,
+          "best": {name: {"chunks": n, "seconds": s, "chunks_per_s": n / s,
+                          "time_vs_peer": s / peer[1]} for name, (n, s) in best.items()}})
 
 
 if __name__ == "__main__":

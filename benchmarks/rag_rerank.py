@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from _common import print_machine, stopwatch
+from _common import emit, print_machine, stopwatch
 
 from llmlab.rag.embed import get_embedder
 from llmlab.rag.evaluate import build_pydocs_set, doc_ranking, load_qrels, score_runs
@@ -206,14 +206,14 @@ def main() -> None:
     rr = LLMReranker()
     tmp = Path(tempfile.mkdtemp(prefix="rag-rerank-"))
     if args.latency:
-        print(json.dumps({"threads": args.threads, "candidates": TOP,
-                          **latency(rr, args.test, args.latency, tmp)}, indent=1))
+        emit({"threads": args.threads, "candidates": TOP,
+              **latency(rr, args.test, args.latency, tmp)})
         return
     data = {"dev": collect(args.dev, args.dev_queries, rr, tmp, args.dev_scorers,
                            cache and cache / f"{args.dev}.jsonl"),
             "test": collect(args.test, args.test_queries, rr, tmp, args.test_scorers,
                             cache and cache / f"{args.test}.jsonl")}
-    print(json.dumps(analyse(data), indent=1))
+    emit(analyse(data))
 
 
 if __name__ == "__main__":

@@ -30,7 +30,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from _common import print_machine, stopwatch
+from _common import emit, print_machine, stopwatch
 
 ROOT = Path(__file__).resolve().parent.parent
 COMMON = ["--model", "smollm2-135m-instruct", "--data", "trivia", "--seq-len", "256",
@@ -109,7 +109,7 @@ def main() -> None:
     ap.add_argument("--out", default="runs/sft_demo")
     ap.add_argument("--skip-base", action="store_true")
     a = ap.parse_args()
-    print_machine()
+    print_machine(threads=a.threads)
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
     results_path = out / "results.json"
@@ -130,6 +130,7 @@ def main() -> None:
         print(m, {k: v for k, v in results[m].items() if k not in ("samples", "command")},
               flush=True)
         results_path.write_text(json.dumps(results, indent=1))
+    emit({m: {k: v for k, v in r.items() if k != "samples"} for m, r in results.items()})
 
 
 if __name__ == "__main__":

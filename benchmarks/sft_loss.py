@@ -18,7 +18,7 @@ import time
 
 import torch
 import torch.nn.functional as F
-from _common import print_machine
+from _common import emit, print_machine
 
 from llmlab.model import Transformer
 from llmlab.model.config import preset
@@ -43,7 +43,7 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=4)
     ap.add_argument("--threads", type=int, default=1)
     a = ap.parse_args()
-    print_machine()
+    print_machine(threads=a.threads)
     torch.set_num_threads(a.threads)
     tok = load_tokenizer("smollm2")
     ex = load_examples("trivia", "auto", "train")[: 40 * a.batch]
@@ -75,6 +75,10 @@ def main() -> None:
     for name, v in times.items():
         print(f"{name:30s} median {statistics.median(v):.3f} CPU s/step  loss {losses[name]:.6f}")
     print(f"speed-up {full / sel:.2f}x")
+    emit({"batch": a.batch, "seq": a.seq, "threads": a.threads, "rounds": a.rounds,
+          "trainable_positions": frac,
+          "cpu_s_per_step": {k: statistics.median(v) for k, v in times.items()},
+          "loss": losses, "speedup": full / sel})
 
 
 if __name__ == "__main__":

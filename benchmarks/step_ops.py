@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import collections
-import json
 import sys
 import tempfile
 from pathlib import Path
@@ -34,7 +33,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 sys.path.insert(0, str(Path(__file__).parent))
 import sft_peft as S  # noqa: E402
-from _common import print_machine, stopwatch
+from _common import emit, print_machine, stopwatch
 
 NO_KERNEL = {"aten.empty", "aten.empty_strided", "aten.new_empty_strided", "aten.new_empty",
              "aten._unsafe_view",
@@ -159,7 +158,7 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=3, help="with --host-time: rounds, in turn")
     ap.add_argument("--impls", default=",".join(S.IMPLS), help="sides to run, comma-separated")
     a = ap.parse_args()
-    print_machine()
+    print_machine(a.device)
     names = a.configs.split(",")
     bad = [n for n in names if n not in S.CONFIGS]
     if bad:
@@ -192,8 +191,7 @@ def main() -> None:
     # On the CPU, the casts CUDA folds into cuBLAS are taken off (see the module docstring).
     ops = {(r["config"], r["impl"]): r["ops"] - r.get("cuda_folded_casts", 0) for r in rows}
     _table(names, ops, "", "{:d}")
-    if a.out:
-        Path(a.out).write_text(json.dumps(rows, indent=1))
+    emit(rows, a.out)
 
 
 def _table(names: list[str], val: dict[tuple[str, str], Any], unit: str, fmt: str) -> None:
@@ -237,8 +235,7 @@ def _host_table(a: argparse.Namespace, names: list[str], has_bnb: bool) -> None:
     _table(names, {k: statistics.median(v) for k, v in ms.items()}, " ms", "{:.1f}")
     for name, v in REFRESH_MS.items():
         print(f"{name}: llmlab refresh_casts, steady state: {statistics.median(v):.3f} ms")
-    if a.out:
-        Path(a.out).write_text(json.dumps({f"{k[0]}/{k[1]}": v for k, v in ms.items()}))
+    emit({f"{k[0]}/{k[1]}": v for k, v in ms.items()}, a.out)
 
 
 if __name__ == "__main__":

@@ -13,12 +13,11 @@ trainer's 8192/32768 vocabularies trained on the other 90%.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import documents, machine, print_machine, run_worker, stopwatch  # noqa: E402
+from _common import documents, emit, machine, print_machine, run_worker, stopwatch  # noqa: E402
 
 from llmlab.tokenizer import load_tokenizer, train_bpe  # noqa: E402
 
@@ -42,7 +41,7 @@ def worker(which: str, source: str, threads: int) -> None:
         ids = encode()
         best = min(best, t())
     mb = sum(len(d.encode("utf-8")) for d in docs) / 1e6
-    print(json.dumps({"mb_per_s": mb / best, "tokens": sum(map(len, ids))}))
+    emit({"mb_per_s": mb / best, "tokens": sum(map(len, ids))})
 
 
 def main() -> None:
@@ -59,6 +58,7 @@ def main() -> None:
     train, held = docs[:split], "".join(docs[split:])
     print(f"corpus: {sum(len(d.encode()) for d in docs) / 1e6:.1f} MB, {len(docs)} documents; "
           f"machine: {machine()}")
+    res: dict = {"compression_chars_per_token": {}, "encode_mb_per_s": []}
     tokenizers = {name: load_tokenizer(name) for name in ("gpt2", "cl100k", "smollm2")}
     for vocab in (8192, 32768):
         tokenizers[f"llmlab-bpe-{vocab}"] = train_bpe(train, vocab_size=vocab, progress=False,
@@ -66,7 +66,9 @@ def main() -> None:
     print(f"\ncompression on held-out {len(held) / 1e6:.2f} M chars")
     print(f"{'tokenizer':<18} {'n_vocab':>8} {'chars/token':>12}")
     for name, tok in tokenizers.items():
-        print(f"{name:<18} {tok.n_vocab:>8} {len(held) / len(tok.encode(held)):>12.3f}")
+        cpt = len(held) / len(tok.encode(held))
+        res["compression_chars_per_token"][name] = cpt
+        print(f"{name:<18} {tok.n_vocab:>8} {cpt:>12.3f}")
 
     print("\nencode_batch throughput (MB/s), full corpus")
     print(f"{'tokenizer':<18} {'threads':>7} {'llmlab':>8} {'HF':>8} {'speedup':>8}")
@@ -81,6 +83,9 @@ def main() -> None:
                 raise SystemExit(f"{name}: token totals differ: {ours} vs {hf}")
             print(f"{name:<18} {threads:>7} {ours['mb_per_s']:>8.2f} {hf['mb_per_s']:>8.2f} "
                   f"{ours['mb_per_s'] / hf['mb_per_s']:>8.2f}", flush=True)
+            res["encode_mb_per_s"].append({"tokenizer": name, "threads": threads,
+                                           "llmlab": ours["mb_per_s"], "hf": hf["mb_per_s"]})
+    emit(res)
 
 
 if __name__ == "__main__":

@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import documents, machine, print_machine, run_worker, stopwatch  # noqa: E402
+from _common import documents, emit, machine, print_machine, run_worker, stopwatch  # noqa: E402
 
 from llmlab.tokenizer.bytelevel import GPT4_PATTERN, bytes_to_token_str, regex_to_onig  # noqa: E402
 
@@ -52,7 +52,7 @@ def worker(which: str, vocab: int, threads: int) -> None:
         docs, vocab)
     out = Path(f"/tmp/llmlab_bench_vocab_{which}_{vocab}.json")
     out.write_text(json.dumps(sorted(vocab_set)))
-    print(json.dumps({"seconds": seconds, "vocab_file": str(out)}))
+    emit({"seconds": seconds, "vocab_file": str(out)})
 
 
 def main() -> None:
@@ -69,6 +69,7 @@ def main() -> None:
     mb = sum(len(d.encode("utf-8")) for d in docs) / 1e6
     print(f"corpus: {mb:.1f} MB in {len(docs)} documents; machine: {machine()}")
     print(f"{'vocab':>6} {'threads':>7} {'llmlab s':>9} {'HF s':>7} {'ratio':>6} {'overlap':>8}")
+    rows = []
     for vocab in args.vocab:
         for threads in args.threads:
             wargs = [str(vocab), str(threads)]
@@ -79,6 +80,9 @@ def main() -> None:
             print(f"{vocab:>6} {threads:>7} {ours['seconds']:>9.2f} {hf['seconds']:>7.2f} "
                   f"{ours['seconds'] / hf['seconds']:>6.2f} {len(a & b) / len(b):>8.1%}",
                   flush=True)
+            rows.append({"vocab": vocab, "threads": threads, "llmlab_s": ours["seconds"],
+                         "hf_s": hf["seconds"], "overlap": len(a & b) / len(b)})
+    emit({"corpus_mb": mb, "runs": rows})
 
 
 if __name__ == "__main__":

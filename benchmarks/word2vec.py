@@ -20,7 +20,7 @@ import numpy as np
 from scipy.stats import spearmanr
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import machine, print_machine, stopwatch  # noqa: E402
+from _common import emit, machine, print_machine, stopwatch  # noqa: E402
 
 
 def main() -> None:
@@ -55,21 +55,27 @@ def main() -> None:
     b, b2 = (np.stack([m.wv[w] for w in words]) for m in (ref, ref2))
     rand = np.random.default_rng(0).uniform(-0.5 / args.dim, 0.5 / args.dim, a.shape)
     pb = pairwise(b)
+    # (spearman vs gensim, top-10 overlap) per row of the table
+    sim = {name: (float(spearmanr(pairwise(x), pb)[0]), float(overlap(x, b)))
+           for name, x in (("llmlab", a), ("gensim_other_seed", b2), ("untrained", rand))}
     print(f"machine: {machine()}, torch {torch.__version__}; KJV {words_total:,} words, "
           f"{args.epochs} epochs, dim {args.dim}")
     print("| trainer | seconds | words/s (x epochs) | spearman vs gensim | top-10 overlap |")
     print("|---|---|---|---|---|")
     wps = lambda s: f"{words_total * args.epochs / s:,.0f}"
     print(f"| llmlab (torch, 1 thread) | {t_ours:.1f} | {wps(t_ours)} | "
-          f"{spearmanr(pairwise(a), pb)[0]:.3f} | {overlap(a, b):.3f} |")
+          f"{sim['llmlab'][0]:.3f} | {sim['llmlab'][1]:.3f} |")
     print(f"| gensim 4 (2 workers) | {t_ref:.1f} | {wps(t_ref)} | "
-          f"{spearmanr(pairwise(b2), pb)[0]:.3f} (other seed) | {overlap(b2, b):.3f} |")
-    print(f"| untrained | - | - | {spearmanr(pairwise(rand), pb)[0]:.3f} | "
-          f"{overlap(rand, b):.3f} |")
+          f"{sim['gensim_other_seed'][0]:.3f} (other seed) | {sim['gensim_other_seed'][1]:.3f} |")
+    print(f"| untrained | - | - | {sim['untrained'][0]:.3f} | {sim['untrained'][1]:.3f} |")
     print(f"ratio llmlab / gensim time: {t_ours / t_ref:.2f}x")
     print("king - man + woman:", [w for w, _ in ours.analogy("man", "king", "woman", 3)],
           "| gensim:", [w for w, _ in ref.wv.most_similar(positive=["king", "woman"],
                                                           negative=["man"], topn=3)])
+    emit({"epochs": args.epochs, "dim": args.dim, "words": words_total,
+          "llmlab_s": t_ours, "gensim_s": t_ref, "ratio": t_ours / t_ref,
+          "spearman_vs_gensim": {k: v[0] for k, v in sim.items()},
+          "top10_overlap": {k: v[1] for k, v in sim.items()}})
 
 
 if __name__ == "__main__":
