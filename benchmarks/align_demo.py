@@ -19,7 +19,7 @@ printed; evaluation reads the Tasks (llmlab.tasks) and llmlab.tasks.metrics.
   before and after. grpo_easy: the same on arithmetic-easy with a format bonus (see its doc).
 The diagnostic stages (length, reward_unhinted, perturb, reward_natural, dpo_length,
 ppo_eval, grpo_format) are in benchmarks/align_checks.py. Results accumulate in
-<out>/results.json; the last line printed is the run's JSON.
+<out>/results.json; the last line printed is this run's stages' results as one JSON line.
 """
 
 from __future__ import annotations
@@ -29,6 +29,8 @@ import json
 import resource
 import sys
 from pathlib import Path
+
+import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import align_checks  # noqa: E402
@@ -44,22 +46,18 @@ from _align import (  # noqa: E402
     prefs_args,
     run_llmlab,
 )
-from _common import machine  # noqa: E402
+from _common import emit, print_machine, stopwatch  # noqa: E402
 
 from llmlab.align.data import task_prompts  # noqa: E402
 from llmlab.tasks.metrics import mcnemar, wilson_interval  # noqa: E402
 
 
 def stage_prefs(a: argparse.Namespace) -> dict:
-    import time
-
-    import torch
-
     torch.set_num_threads(a.threads)
-    t0 = time.perf_counter()
+    t = stopwatch()
     pairs = all_pairs(a)
     return {"task": a.pref_task, "pairing": a.pref_pairing, "questions": a.pairs_from,
-            "pairs": len(pairs), "wall_s": round(time.perf_counter() - t0, 1)}
+            "pairs": len(pairs), "wall_s": round(t(), 1)}
 
 
 def _pref_run(a: argparse.Namespace, algo: str, extra: list[str]) -> tuple[Path, float, dict]:
@@ -208,17 +206,19 @@ def main() -> None:
     bad = [s for s in a.stages.split(",") if s not in STAGES]
     if bad:
         raise SystemExit(f"unknown stage {bad[0]!r}; valid: {', '.join(STAGES)}")
-    print(f"machine: {machine()}, {a.threads} threads", flush=True)
+    print_machine(threads=a.threads)
     a.out.mkdir(parents=True, exist_ok=True)
     res_path = a.out / "results.json"
     results = json.loads(res_path.read_text()) if res_path.exists() else {}
+    keys = []
     for name in a.stages.split(","):
         key = name + a.tag if name in TAGGED else name
+        keys.append(key)
         results[key] = STAGES[name](a)
         print(key, json.dumps(results[key], indent=1), flush=True)
         res_path.write_text(json.dumps(results, indent=1) + "\n")
-    print(json.dumps({"machine": machine(), "stages": a.stages.split(","),
-                      "results": str(res_path)}))
+    emit({"stages": a.stages.split(","), "results_file": str(res_path),
+          "results": {k: results[k] for k in keys}})
 
 
 if __name__ == "__main__":

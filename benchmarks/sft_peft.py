@@ -55,7 +55,7 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from _common import emit, print_machine
+from _common import emit, print_machine, stopwatch
 
 from llmlab.model import Transformer
 from llmlab.model.config import preset
@@ -185,7 +185,7 @@ def worker(impl: str, name: str, b: int, t: int, steps: int, threads: int,
         _reset_peak()
     times, cpu, losses = [], [], []
     for _ in range(steps + 1):
-        t0, c0 = time.perf_counter(), time.process_time()
+        sw, c0 = stopwatch(device), time.process_time()
         if graphs:  # a new step: CUDA-graph outputs of the last one may be overwritten
             torch.compiler.cudagraph_mark_step_begin()
         with torch.autocast(device, dtype=torch.bfloat16, enabled=bf16):
@@ -194,9 +194,7 @@ def worker(impl: str, name: str, b: int, t: int, steps: int, threads: int,
         loss.backward()
         opt.step()
         opt.zero_grad(set_to_none=True)
-        if gpu:
-            torch.cuda.synchronize()
-        times.append(time.perf_counter() - t0)
+        times.append(sw())  # waits for the GPU's queue
         cpu.append(time.process_time() - c0)
         losses.append(round(loss.item(), 5))
     peak = torch.cuda.max_memory_allocated() // 1024 if gpu else _mem_kib()["VmHWM"]
