@@ -21,9 +21,13 @@ from typing import Any
 import torch
 
 from llmlab.data.jsonl import read_rows
+from llmlab.generate.chat import template_for
+from llmlab.generate.engine import complete, make_params
 from llmlab.tasks import TASKS
 from llmlab.tasks.verifiers import check_verifier, score_many
 from llmlab.train.sft import SFTBatches
+from llmlab.weights.io import atomic_write_bytes
+from llmlab.weights.registry import cache_dir as llmlab_cache
 
 RL_TASKS = ("arithmetic", "arithmetic-easy", "trivia", "humaneval")
 PREF_TASKS = ("arithmetic-prefs", "arithmetic-easy-prefs", "trivia-prefs")
@@ -173,9 +177,6 @@ def make_prefs(lm: Any, prompts: list[dict[str, Any]], samples: int = 4,
     completions are dropped (a pair needs two texts). Generates `chunk` sequences at a time."""
     from tqdm import tqdm
 
-    from llmlab.generate.chat import template_for
-    from llmlab.generate.engine import complete, make_params
-
     check_pairing(pairing)  # before the slow sampling
     if pairing == "perturbed":
         _check_numeric(prompts)
@@ -281,8 +282,6 @@ def task_prefs(lm: Any, name: str, n: int, cache_dir: str | Path | None = None, 
         raise ValueError(f"unknown preference task {name!r}; bundled: {PREF_TASKS}")
     check_pairing(pairing)  # a bad --pref-pairing fails before any cache lookup
     if cache_dir is None:
-        from llmlab.weights.registry import cache_dir as llmlab_cache
-
         cache_dir = llmlab_cache() / "prefs"
     model = re.sub(r"[^A-Za-z0-9_.-]+", "_", str(getattr(lm, "name", "model")))
     cache = Path(cache_dir) / (f"{model}-{name}-n{n}-k{samples}-t{temperature:g}"
@@ -296,7 +295,6 @@ def task_prefs(lm: Any, name: str, n: int, cache_dir: str | Path | None = None, 
         if not pairs:
             raise RuntimeError(f"{name}: no prompt gave samples with different rewards")
         cache.parent.mkdir(parents=True, exist_ok=True)
-        from llmlab.weights.io import atomic_write_bytes
 
         atomic_write_bytes(cache, "".join(json.dumps(p) + "\n" for p in pairs).encode())
     return load_prefs(cache)

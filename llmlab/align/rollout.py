@@ -16,6 +16,8 @@ import torch
 from torch import nn
 
 from llmlab.align.data import pad_right, prompt_ids
+from llmlab.generate.engine import complete, make_params
+from llmlab.model import Transformer
 
 
 @dataclass
@@ -32,7 +34,6 @@ def generator(model: nn.Module) -> nn.Module:
     """The Transformer that samples, found under DDP/compile, a value head and a LoRA
     PeftModel (LoRA layers are injected in place, so the bare Transformer generates with
     them; prompt/prefix adapters would be skipped, so they are refused)."""
-    from llmlab.model import Transformer
 
     m = model
     while not isinstance(m, Transformer):
@@ -57,7 +58,6 @@ def pick_prompts(prompts: list[dict[str, Any]], n: int, seed: int, k: int, rank:
 def sample(model: nn.Module, tok: Any, template: Any, picks: list[dict[str, Any]],
            per_prompt: int, max_new_tokens: int, temperature: float, seed: int) -> Rollout:
     """`per_prompt` completions for each prompt in `picks` (consecutive rows per prompt)."""
-    from llmlab.generate.engine import complete, make_params
 
     once = [prompt_ids(tok, template, p["prompt"], p.get("chat", True)) for p in picks]
     params = make_params(tok, max_new_tokens=max_new_tokens, temperature=temperature,

@@ -10,10 +10,16 @@ from typing import Any
 import torch
 from torch import nn
 
+from llmlab.generate.engine import complete, make_params
 from llmlab.model import ModelConfig, Transformer
 from llmlab.model.loss import rows_per_chunk
+from llmlab.tokenizer import load_tokenizer
 from llmlab.train.config import TrainConfig, build
+from llmlab.train.data import MANIFEST, PretrainBatches, TokenShards, eval_batches, prepare
+from llmlab.train.distributed import barrier, init_distributed, shutdown
+from llmlab.train.loop import Trainer
 from llmlab.train.presets import DataConfig
+from llmlab.weights.registry import save_checkpoint
 
 
 def next_token_loss(model: nn.Module, batch: dict[str, torch.Tensor]
@@ -96,8 +102,6 @@ def resolve_model(mcfg_values: dict[str, Any], tok: Any, tcfg: TrainConfig) -> M
 
 def prepare_data(dcfg: DataConfig, run_dir: Path, d: Any, progress: bool) -> Path:
     """The prepared data dir: the given one, or RUN_DIR/data made from `inputs` once."""
-    from llmlab.train.data import MANIFEST, prepare
-    from llmlab.train.distributed import barrier
 
     if dcfg.data is not None:
         return Path(dcfg.data)
@@ -111,12 +115,6 @@ def prepare_data(dcfg: DataConfig, run_dir: Path, d: Any, progress: bool) -> Pat
 
 def run_pretrain(model_values: dict[str, Any], tcfg: TrainConfig, dcfg: DataConfig,
                  run_dir: str | Path, preset: str | None = None) -> dict[str, Any]:
-    from llmlab.tokenizer import load_tokenizer
-    from llmlab.train.data import TokenShards, eval_batches
-    from llmlab.train.distributed import init_distributed, shutdown
-    from llmlab.train.loop import Trainer
-    from llmlab.weights.registry import save_checkpoint
-
     tcfg.validate()
     run_dir = Path(run_dir)
     d = init_distributed(tcfg.device, tcfg.fsdp)
@@ -145,7 +143,6 @@ def run_pretrain(model_values: dict[str, Any], tcfg: TrainConfig, dcfg: DataConf
             (run_dir / "config.json").write_text(json.dumps(resolved, indent=1) + "\n")
         torch.manual_seed(tcfg.seed)  # same initial weights on every rank
         model = Transformer(mcfg)
-        from llmlab.train.data import PretrainBatches
 
         batches = PretrainBatches(train, tcfg.seq_len, tcfg.batch_size, tcfg.seed, d.rank,
                                   d.world)
@@ -153,8 +150,6 @@ def run_pretrain(model_values: dict[str, Any], tcfg: TrainConfig, dcfg: DataConf
                   if i is not None] + tok.encode(tcfg.sample_prompt)
 
         def sample(m: nn.Module) -> list[str]:
-            from llmlab.generate.engine import complete, make_params
-
             if not tcfg.sample_tokens:
                 return []
             n = min(tcfg.sample_tokens, mcfg.max_seq_len - len(prompt))

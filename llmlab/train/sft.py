@@ -24,8 +24,16 @@ from typing import Any
 import torch
 from torch import nn
 
-from llmlab.tokenizer.chat_template import ChatTemplate
+import llmlab
+from llmlab.generate.chat import set_template, template_for
+from llmlab.peft.model import get_peft_model
+from llmlab.tokenizer.chat_template import ChatTemplate, load_template
 from llmlab.train.config import SFTConfig, TrainConfig
+from llmlab.train.distributed import init_distributed, shutdown
+from llmlab.train.loop import Trainer
+from llmlab.train.sft_data import load_examples
+from llmlab.weights.io import atomic_write_bytes
+from llmlab.weights.registry import save_checkpoint
 
 IGNORE = -100
 
@@ -158,14 +166,6 @@ def sft_loss(model: nn.Module, batch: dict[str, torch.Tensor]
 
 
 def run_sft(scfg: SFTConfig, tcfg: TrainConfig, run_dir: str | Path) -> dict[str, Any]:
-    import llmlab
-    from llmlab.generate.chat import set_template, template_for
-    from llmlab.tokenizer.chat_template import load_template
-    from llmlab.train.distributed import init_distributed, shutdown
-    from llmlab.train.loop import Trainer
-    from llmlab.train.sft_data import load_examples
-    from llmlab.weights.registry import save_checkpoint
-
     tcfg.validate()
     custom = load_template(scfg.chat_template) if scfg.chat_template else None  # fail fast
     # Bad data fails before the model loads (seconds to minutes).
@@ -200,8 +200,6 @@ def run_sft(scfg: SFTConfig, tcfg: TrainConfig, run_dir: str | Path) -> dict[str
         if scfg.peft == "none":
             export = lambda m, out: save_checkpoint(m, out, tok)  # noqa: E731
         else:
-            from llmlab.peft.model import get_peft_model
-
             torch.manual_seed(tcfg.seed)  # the adapter's random init (LoRA A) is part of the run
             model = get_peft_model(lm.model, scfg.peft, base_name=scfg.model,
                                    **scfg.peft_options())
@@ -213,8 +211,6 @@ def run_sft(scfg: SFTConfig, tcfg: TrainConfig, run_dir: str | Path) -> dict[str
                     "model": lm.cfg.to_dict(), "rows": int(rows["input_ids"].shape[0]),
                     "examples": len(train_ex)}
         if d.is_main:
-            from llmlab.weights.io import atomic_write_bytes
-
             run_dir.mkdir(parents=True, exist_ok=True)
             atomic_write_bytes(run_dir / "config.json",
                                (json.dumps(resolved, indent=1) + "\n").encode())
