@@ -68,11 +68,12 @@ def score_text(lm: Any, text: str, top_k: int = 5) -> NextTokenScores:
     try:
         x = torch.tensor([ids], dtype=torch.long, device=model.device)
         inputs, targets = x[:, :-1], x[:, 1:]
-        # The model's own fused loss (fp32): -log p of each next token, shape (1, T-1).
-        nll = model(inputs, targets=targets, reduction="none").loss[0].float()
-        # A second pass for the full distribution at each position, for the top-k.
-        probs = model(inputs).logits[0].float().softmax(-1)
-        top_p, top_i = probs.topk(min(top_k, probs.shape[-1]), dim=-1)
+        # One pass: the top-k needs the whole distribution at each position anyway (a page
+        # scores hundreds of tokens, so (T, vocab) logits are small here).
+        logp = model(inputs).logits[0].float().log_softmax(-1)
+        nll = -logp.gather(-1, targets[0, :, None])[:, 0]  # -log p of each next token
+        top_lp, top_i = logp.topk(min(top_k, logp.shape[-1]), dim=-1)
+        top_p = top_lp.exp()
     finally:
         model.train(was_training)
 
