@@ -213,3 +213,27 @@ def test_sft_cli_reports_a_binary_data_file(tmp_path: Path, capsys: pytest.Captu
                "--no-tensorboard"])
     err = capsys.readouterr().err
     assert rc != 0 and f"{path}:1: not UTF-8 text" in err, err
+
+
+@pytest.mark.parametrize("name", ["tiny-cpu", "micro", "gpt2-124m", "smollm2-135m"])
+def test_every_preset_resolves_to_valid_configs(
+        name: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each preset goes through the CLI's resolution and the run's own validation."""
+    from types import SimpleNamespace
+
+    from llmlab.train.presets import PRESETS
+    from llmlab.train.pretrain import resolve_model
+
+    assert name in PRESETS
+    got: dict[str, Any] = {}
+    monkeypatch.setattr("llmlab.train.pretrain.run_pretrain",
+                        lambda model, tcfg, dcfg, out, preset: got.update(
+                            model=model, tcfg=tcfg, dcfg=dcfg, preset=preset)
+                        or {"step": 0, "tokens": 0, "val_loss": None})
+    assert main(["pretrain", "--out", str(tmp_path / "run"), "--preset", name,
+                 "--no-progress"]) == 0
+    assert got["preset"] == name
+    got["tcfg"].validate()
+    tok = SimpleNamespace(n_vocab=1024, bos_id=0, eos_id=1, name="bpe")
+    mcfg = resolve_model(got["model"], tok, got["tcfg"])
+    assert got["tcfg"].seq_len <= mcfg.max_seq_len
