@@ -15,11 +15,11 @@ The reward is the same llmlab verifier on both sides (numeric answer + a digit f
 
 Phases, per optimizer step (CUDA-synchronised timers; warm-up steps excluded):
   step     time between consecutive optimizer steps
-  rollout  ours: the Trainer's time/rollout (getting the batch); TRL:
+  rollout  ours: the Trainer's time/batch (getting the batch is the rollout); TRL:
            _generate_and_score_completions (sampling, rewards, advantages, and the old
            log-probs where each computes them)
-  decode   the sampling call inside it: ours time/decode when the rollout reports it, else
-           the rollout; TRL _generate_single_turn
+  decode   the sampling call inside it: ours time/decode (GRPO's rollout reports it); TRL
+           _generate_single_turn
   optim    step - rollout: forward + backward of the GRPO loss, clipping, AdamW
 Tokens generated/s = completion tokens sampled / decode time.
 
@@ -41,7 +41,6 @@ Prepare the tokenizer dir once where gguf is installed: `--save-tokenizer .whl/s
 from __future__ import annotations
 
 import argparse
-import copy
 import gc
 import json
 import os
@@ -60,6 +59,7 @@ import torch  # noqa: E402
 from _common import emit, print_machine, stopwatch, sync, timed  # noqa: E402
 
 from llmlab.align import grpo as grpo_run  # noqa: E402
+from llmlab.align.common import frozen_copy  # noqa: E402
 from llmlab.align.config import GRPOConfig as OurGRPOConfig  # noqa: E402
 from llmlab.align.data import task_prompts  # noqa: E402
 from llmlab.model import Transformer  # noqa: E402
@@ -153,7 +153,7 @@ def run_ours(a: argparse.Namespace, model: Any, tok: Any, rows: list[dict[str, A
                     precision="bf16" if a.bf16 else "fp32", device=dev.type, log_every=1,
                     eval_every=0, ckpt_every=0, sample_tokens=0, tensorboard=False,
                     progress=False)
-    ref = copy.deepcopy(model).eval().requires_grad_(False) if a.beta else None
+    ref = frozen_copy(model) if a.beta else None
     # No stop strings or stop tokens: fixed-length completions (see NoStopTokenizer).
     batches = grpo_run.RolloutBatches(model, NoStopTokenizer(tok), ChatTemplate(stop=[]), rows,
                                       g, seed=0, ref=ref)
@@ -165,9 +165,8 @@ def run_ours(a: argparse.Namespace, model: Any, tok: Any, rows: list[dict[str, A
         recs = read_metrics(Path(run_dir))
     tokens = [r["tokens"] - p for r, p in zip(recs, [0] + [r["tokens"] for r in recs],
                                               strict=False)]
-    rollouts = [r.get("time/rollout", r["time/batch"]) for r in recs]
-    # The sampling call's own time where the rollout reports it; else the whole rollout.
-    decodes = [r.get("time/decode", r.get("time/rollout", r["time/batch"])) for r in recs]
+    rollouts = [r["time/batch"] for r in recs]
+    decodes = [r["time/decode"] for r in recs]  # the sampling call inside the rollout
     out = summarise("llmlab", [r["time/step"] for r in recs], rollouts, decodes, tokens,
                     a.warmup)
     # Mean completion length per step: all max_new_tokens when EOS is suppressed.
@@ -182,7 +181,6 @@ class Deadline:
     def __init__(self, src: Any, cfg: Any, deadline: float, min_steps: int) -> None:
         self.src, self.cfg, self.deadline, self.min_steps = src, cfg, deadline, min_steps
         self.steps = 0
-        self.time_name = getattr(src, "time_name", "rollout")
 
     def next_batch(self) -> Any:
         self.steps += 1

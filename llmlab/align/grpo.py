@@ -102,8 +102,6 @@ def grpo_loss(logp: torch.Tensor, old_logp: torch.Tensor, advantages: torch.Tens
 class RolloutBatches:
     """next_batch() -> a rollout dict (tensors + the rollout's metrics)."""
 
-    time_name = "rollout"  # the Trainer writes its batch time as time/rollout
-
     def __init__(self, model: nn.Module, tok: Any, template: Any, prompts: list[dict[str, Any]],
                  cfg: GRPOConfig, seed: int = 0, ref: nn.Module | None = None,
                  rank: int = 0, grad_accum: int = 1) -> None:

@@ -112,8 +112,6 @@ class PPOBatches:
     `ref` is a frozen reference LM, or None for the policy with its adapters disabled;
     `reward_model` a frozen ScalarHead, or None to score with each prompt's verifier."""
 
-    time_name = "rollout"  # the Trainer writes its batch time as time/rollout
-
     def __init__(self, policy: ScalarHead, tok: Any, template: Any,
                  prompts: list[dict[str, Any]], cfg: PPOConfig, batch_size: int,
                  grad_accum: int = 1, seed: int = 0, ref: nn.Module | None = None,

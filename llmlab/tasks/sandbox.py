@@ -44,7 +44,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
-from llmlab.tasks.sandbox_bwrap import BOOT, WORK, wait_bwrap
+from llmlab.tasks.sandbox_bwrap import WORK, boot, wait_bwrap
 
 CLONE_NEWNET = 0x40000000
 NOBODY = 65534
@@ -216,7 +216,7 @@ def _wait_rlimits(
 ) -> int | None:
     """Run the program as a plain subprocess; its return code, None on timeout."""
     proc = subprocess.Popen(
-        [python, "-I", "-S", "-c", BOOT, str(prog), "0"],
+        [python, "-I", "-S", "-c", boot(), str(prog), "0"],
         cwd=prog.parent,
         env={"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8", "PYTHONHASHSEED": "0"},
         start_new_session=True,  # own process group: killpg reaches forked children

@@ -4,6 +4,7 @@ returns only once every process of the run is gone."""
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import select
@@ -14,8 +15,14 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-# Run by both mechanisms before the untrusted program.
-BOOT = (Path(__file__).parent / "sandbox_guard.py").read_text(encoding="utf-8")
+
+@functools.cache
+def boot() -> str:
+    """The guard script both mechanisms run before the untrusted program (read on first use,
+    not at import: `llmlab --help` imports this module through eval)."""
+    return (Path(__file__).parent / "sandbox_guard.py").read_text(encoding="utf-8")
+
+
 # Inside the bwrap sandbox: the private tmpfs, and the work dir in it (fixed, so output is stable).
 TMP = "/tmp"
 WORK = "/tmp/sandbox"
@@ -79,7 +86,7 @@ def bwrap_argv(bwrap: str, disable_userns: bool, python: str, disk_mb: int, max_
         "--setenv", "LANG", "C.UTF-8",
         "--setenv", "PYTHONHASHSEED", "0",
         "--info-fd", str(info_fd),
-        python, "-I", "-S", "-c", BOOT, f"{WORK}/main.py", str(max_procs),
+        python, "-I", "-S", "-c", boot(), f"{WORK}/main.py", str(max_procs),
     ]
     return argv
 

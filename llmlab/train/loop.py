@@ -86,8 +86,8 @@ class Trainer:
     samples at each evaluation; `run_info` is merged into run.json (for `llmlab report`);
     `compat` holds settings a resumed run must share with its checkpoint. Each metrics
     record carries `time/<phase>` seconds per step (batch, forward_backward, optim, step;
-    time/eval when it evaluated); a batch source with `time_name = "rollout"` also has its
-    time/batch written as time/rollout. `sync_timing` makes them exact on GPU (benchmarks)."""
+    time/eval when it evaluated; for RL, time/batch is the rollout). `sync_timing` makes them
+    exact on GPU (benchmarks)."""
 
     def __init__(
         self,
@@ -350,9 +350,6 @@ class Trainer:
         rec: dict[str, Any] = {"step": self.step, "loss": float(mean(done.loss, self.dist)),
                                "lr": done.lr, "tokens": self.tokens,
                                "grad_norm": float(done.gnorm), **done.extra, **times}
-        name = getattr(self.train_data, "time_name", None)  # e.g. "rollout"
-        if name and "time/batch" in times:
-            rec[f"time/{name}"] = times["time/batch"]
         return rec
 
     def _finish(self) -> None:  # the final model; under FSDP every rank joins the gather

@@ -35,8 +35,10 @@ def read_meta(path: Path) -> dict[str, Any]:
     return json.loads((path / "meta.json").read_text())
 
 
-def best_checkpoint(run_dir: Path) -> Path | None:
-    scored = [(read_meta(p).get("val_loss"), p) for _, p in list_checkpoints(run_dir)]
+def best_checkpoint(run_dir: Path, found: list[tuple[int, Path]] | None = None) -> Path | None:
+    """The checkpoint with the lowest val loss (`found`: list_checkpoints' answer, if had)."""
+    found = list_checkpoints(run_dir) if found is None else found
+    scored = [(read_meta(p).get("val_loss"), p) for _, p in found]
     scored = [(v, p) for v, p in scored if v is not None]
     return min(scored, key=lambda vp: vp[0])[1] if scored else None
 
@@ -49,7 +51,7 @@ def run_model_dir(path: Path) -> Path:
     if not ((path / CKPT_DIR).is_dir() or (path / "run.json").exists()):
         return path  # not a training run
     found = list_checkpoints(path)
-    ckpt = best_checkpoint(path) or (found[-1][1] if found else None)
+    ckpt = best_checkpoint(path, found) or (found[-1][1] if found else None)
     if ckpt is None:
         raise FileNotFoundError(f"{path}: a training run with no final/ model and no complete "
                                 "checkpoint yet")
