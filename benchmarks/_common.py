@@ -15,9 +15,10 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
+if TYPE_CHECKING:  # torch is imported where used: httpx-only clients and tokenizer workers skip it
+    import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 DOC_CHARS = 64 * 1024
@@ -33,6 +34,8 @@ def machine(device: str | torch.device | None = None) -> str:
                 break
     except OSError:
         pass
+    import torch
+
     out = f"{cpu}, {os.cpu_count()} cores, torch {torch.__version__}"
     if device is not None and torch.device(device).type == "cuda":
         out = f"{torch.cuda.get_device_name(device)}; {out}"
@@ -48,7 +51,11 @@ def print_machine(device: str | torch.device | None = None, **extra: Any) -> str
 
 def sync(device: str | torch.device | None) -> None:
     """Wait for the device's queue, so that a clock read covers the work queued before it."""
-    if device is not None and torch.device(device).type == "cuda":
+    if device is None:
+        return
+    import torch
+
+    if torch.device(device).type == "cuda":
         torch.cuda.synchronize(device)
 
 

@@ -27,10 +27,10 @@ class LRU(Generic[K, V]):
         self.size, self.on_evict, self.pinned = size, on_evict, pinned
         self._d: OrderedDict[K, V] = OrderedDict()  # least recently used first
 
-    def get(self, key: K, default: V | None = None) -> V | None:
-        """The value for `key`, now the most recently used; `default` when absent."""
+    def get(self, key: K) -> V | None:
+        """The value for `key`, now the most recently used; None when absent."""
         if key not in self._d:
-            return default
+            return None
         self._d.move_to_end(key)
         return self._d[key]
 
@@ -39,7 +39,9 @@ class LRU(Generic[K, V]):
         (never `key` itself)."""
         self._d[key] = value
         self._d.move_to_end(key)
-        dropped = []
+        dropped: list[K] = []
+        if len(self._d) <= self.size:  # the common case: nothing to drop, no key list copied
+            return dropped
         for old in list(self._d):
             if len(self._d) <= self.size:
                 break

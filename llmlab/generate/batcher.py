@@ -25,10 +25,10 @@ from typing import Any
 
 import torch
 
-from llmlab.generate.engine import fit_context
+from llmlab.generate.engine import fit_context, forward
 from llmlab.generate.handle import Handle
 from llmlab.generate.reply import Completion, Reply
-from llmlab.generate.sampling import SamplingParams, sample
+from llmlab.generate.sampling import SamplingParams, sample, seen_tokens
 from llmlab.model.cache import KVCache
 from llmlab.model.transformer import Transformer
 
@@ -260,16 +260,14 @@ class Batcher:
     def _forward(self, piece: list[int], cache: KVCache) -> torch.Tensor:
         ids = torch.tensor([piece], device=self.model.device)
         with self.lock:
-            return self.model(ids, cache=cache, last_only=True).logits[:, -1]
+            return forward(self.model, ids, cache, None)
 
     def _start(self, h: Handle, logits: torch.Tensor) -> _Row:
         """A prefilled request becomes a row; its first token is sampled here."""
         p, dev = h.params, self.model.device
         gen = torch.Generator(device=dev).manual_seed(p.seed) if p.seed is not None else None
-        seen = None
-        if p.repetition_penalty != 1.0:
-            seen = torch.zeros(1, self.model.cfg.vocab_size, dtype=torch.bool, device=dev)
-            seen[0, torch.tensor(h.prompt, device=dev)] = True
+        seen = (seen_tokens([h.prompt], self.model.cfg.vocab_size, dev)
+                if p.repetition_penalty != 1.0 else None)
         row = _Row(h, Reply(self.tok, p, len(h.prompt)), gen, seen, length=len(h.prompt))
         with self._cv:
             self.stats["admitted"] += 1

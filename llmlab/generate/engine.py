@@ -88,12 +88,12 @@ def iter_decode(
     params.validate()
     if n < 1:
         raise ValueError(f"n (samples per prompt) must be >= 1, got {n}")
+    if params.max_new_tokens == 0:
+        return
     rows = [p for p in prompts for _ in range(n)]
     fast = pick_decoder(model, rows, params, return_logits)
     if fast is not None:  # the same tokens by a faster route (generate/fast/)
         yield from fast.generate(rows, params, pad_id)
-        return
-    if params.max_new_tokens == 0:
         return
     dev = model.device
     ids, mask = left_pad(prompts, pad_id, params.max_new_tokens, dev)

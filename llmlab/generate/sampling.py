@@ -151,6 +151,7 @@ class Stopper:
 
     def step(self, i: int, tokens: torch.Tensor, logits: torch.Tensor | None = None) -> Step:
         """The Step for the `i`-th new tokens (counting from 0)."""
-        before = self.done.clone()
-        self.done |= torch.isin(tokens, self.stops) | (i == self.last)
-        return Step(tokens.masked_fill(before, self.pad_id), self.done.clone(), logits)
+        out = tokens.masked_fill(self.done, self.pad_id)
+        # A new tensor, not in place: each Step keeps its own `done`.
+        self.done = self.done | torch.isin(tokens, self.stops) | (i == self.last)
+        return Step(out, self.done, logits)

@@ -24,6 +24,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from llmlab.model.cache import KVCache
+from llmlab.model.loss import IGNORE_INDEX
 from llmlab.peft.base import PeftModel
 
 
@@ -103,7 +104,7 @@ class PromptTuning(_VirtualTokens):
         ids = torch.cat([input_ids.new_zeros(b, self.n), input_ids], dim=1)
         tg = kw["targets"]
         if tg is not None:  # the virtual positions predict nothing
-            kw["targets"] = torch.cat([tg.new_full((b, self.n), -100), tg], dim=1)
+            kw["targets"] = torch.cat([tg.new_full((b, self.n), IGNORE_INDEX), tg], dim=1)
         self._batch = b  # placeholders 0..n-1 become the prompt in the embedding hook
         try:
             out = self.base_model(ids, cache=inner, attention_mask=attention_mask, **kw)
