@@ -42,8 +42,8 @@ from llmlab.align.reward import (
 from llmlab.generate.chat import template_for
 from llmlab.peft.model import adopt_template, get_peft_model, load_adapter
 from llmlab.train.config import TrainConfig
-from llmlab.train.distributed import Dist, init_distributed, shutdown
-from llmlab.train.loop import BatchSource, LossFn, Trainer, to_device
+from llmlab.train.distributed import Dist, init_distributed, shutdown, to_device
+from llmlab.train.loop import BatchSource, LossFn, Trainer
 from llmlab.weights.registry import save_checkpoint
 
 Export = Callable[[nn.Module, Path], Any]

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import copy
 import logging
+import os
 import threading
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -51,6 +52,11 @@ class ServerConfig:
     max_local_models: int = 2  # local checkpoints held in memory
     tokenizer_cache: int = 8  # tokenizers held for the tokenizer page
     malloc_trim_s: float = 30.0  # give freed memory back to the OS this often (0: never)
+    runs_dir: str = "~/.cache/llmlab/runs"  # where training runs started from pages go
+    max_runs: int = 1  # training runs at once; one more start is a 409 naming the running one
+    # CPU threads of a training run's worker (half the cores): the rest serve the pages.
+    run_threads: int = field(default_factory=lambda: max(1, (os.cpu_count() or 2) // 2))
+    max_corpus_chars: int = 1_000_000  # an uploaded pretraining corpus
     preload: bool = False
 
     def __post_init__(self) -> None:
@@ -64,7 +70,8 @@ class ServerConfig:
                 f"got {self.max_body_bytes}"
             )
         for name in ("max_batch", "max_batch_tokens", "attention_cache", "kb_cache",
-                     "max_sessions", "max_local_models", "tokenizer_cache"):
+                     "max_sessions", "max_local_models", "tokenizer_cache", "max_runs",
+                     "run_threads"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name}: must be >= 1, got {getattr(self, name)}")
 
@@ -150,6 +157,7 @@ class Hub:
         self._models: dict[str, Any] = {}
         self._local: LRU[str, Any] = LRU(cfg.max_local_models)  # resolved path -> model
         self.model_dirs = local_model_dirs(cfg.model_dirs)  # name -> dir, checked now
+        self._runs: Any = None
 
     def _get(self, key: str, make: Any) -> Any:
         if key not in self._models:
@@ -196,7 +204,41 @@ class Hub:
         ]
         for name, path in self.model_dirs.items():
             out.append({"id": f"local:{name}", "label": f"{name} (local)", "path": str(path)})
+        for run in self.runs().list():
+            if run["model"]:
+                what = "adapter on " + str(run["base"]) if run["adapter"] else run["kind"]
+                out.append({"id": run["model"], "label": f"{run['label'] or run['id']} ({what})",
+                            "kind": run["kind"], "status": run["status"],
+                            "checkpoints": run["checkpoints"], "adapter": run["adapter"]})
         return out
+
+    def runs(self) -> Any:
+        """The training runs of the pages; made on first use (it reads its folder)."""
+        with self._load_lock:
+            if self._runs is None:
+                from llmlab.lab.runs import RunManager
+
+                self._runs = RunManager(self.cfg.runs_dir, self.cfg.max_runs,
+                                        self.cfg.run_threads, self.cfg.allow_local_models)
+            return self._runs
+
+    def _run_model(self, name: str) -> Any:
+        """`run:ID` (the run's final model, else its best checkpoint) or `run:ID@STEP`."""
+        from llmlab.lab.rundir import load_run, model_dir
+
+        run_id, _, at = name[4:].partition("@")
+        if at and not at.isdigit():
+            raise ValueError(f"model: {name!r}: expected run:ID@STEP with a step number")
+        step = int(at) if at else None
+        try:
+            path = self.runs().run_dir(run_id)
+        except KeyError:
+            raise ValueError(f"model: no playground run {run_id!r}") from None
+        key = str(model_dir(path, step).resolve())  # a new best checkpoint is a new model
+        with self._load_lock:
+            if key not in self._local:
+                self._local.put(key, load_run(path, step))
+            return self._local.get(key)
 
     def attention_model(self, name: str) -> Any:
         """ "smollm2", "minilm", "local:NAME" (a --model-dir), or any checkpoint directory
@@ -205,6 +247,8 @@ class Hub:
             return self.lm()
         if name == "minilm":
             return self.enc()
+        if name.startswith("run:"):
+            return self._run_model(name)
         if name.startswith("local:"):
             if name[6:] not in self.model_dirs:
                 known = ", ".join(f"local:{n}" for n in self.model_dirs) or "none configured"
@@ -276,6 +320,8 @@ class Hub:
 
     def close(self) -> None:
         self._stop.set()
+        if self._runs is not None:
+            self._runs.close()  # each worker checkpoints and exits
         if self._batcher is not None:
             self._batcher.close()
         for fn in self.cleanups:

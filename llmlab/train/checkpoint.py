@@ -12,6 +12,7 @@ Each checkpoint directory is built beside its final name and renamed into place,
 from __future__ import annotations
 
 import json
+import math
 import random
 import shutil
 from pathlib import Path
@@ -83,9 +84,16 @@ def load_model_weights(path: Path) -> dict[str, torch.Tensor]:
 def trim_metrics(metrics: Path, step: int) -> None:
     """Forget the records an interrupted run wrote after the checkpoint at `step`."""
     if metrics.exists():
-        kept = [ln for ln in metrics.read_text().splitlines()
-                if ln.strip() and json.loads(ln)["step"] <= step]
+        kept = [ln for ln in metrics.read_text().splitlines() if _step_of(ln) <= step]
         atomic_write_bytes(metrics, "".join(ln + "\n" for ln in kept).encode())
+
+
+def _step_of(line: str) -> float:
+    """A record's step; a line cut short by a killed writer counts as after every step."""
+    try:
+        return json.loads(line)["step"]
+    except (ValueError, KeyError, TypeError):
+        return math.inf
 
 
 def prune(run_dir: Path, keep_last: int) -> None:

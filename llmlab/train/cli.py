@@ -135,13 +135,20 @@ def cmd_pretrain(a: argparse.Namespace) -> int:
 
     model, tcfg, dcfg, preset = resolve(a)
     out = run_pretrain(model, tcfg, dcfg, a.out, preset)
-    if tcfg.progress:
+    if out.get("stopped"):
+        print(stopped_message(out, a.out))
+    elif tcfg.progress:
         vl, uni = out["val_loss"], out.get("unigram_entropy_nats")
         print(f"done: {out['step']} steps, {out['tokens']:,} tokens"
               + (f", val loss {vl:.4f}" if vl is not None else "")
               + (f" (unigram baseline {uni:.4f})" if vl is not None and uni else "")
               + f"; model in {Path(a.out) / 'final'}")
     return 0
+
+
+def stopped_message(out: dict[str, Any], run_dir: str) -> str:
+    return (f"stopped by SIGTERM after step {out['step']}, with a checkpoint; continue with "
+            f"the same command plus --resume (--out {run_dir})")
 
 
 def cmd_report(a: argparse.Namespace) -> int:

@@ -152,3 +152,16 @@ def _load_model(model: nn.Module, sd: dict[str, Any]) -> None:
     if unexpected or set(missing) - tied:
         raise ValueError(f"checkpoint weights don't fit the model: missing "
                          f"{sorted(set(missing) - tied)}, unexpected {sorted(unexpected)}")
+
+
+def to_device(batch: Any, device: torch.device) -> Any:
+    if isinstance(batch, torch.Tensor):
+        if device.type == "cuda" and batch.device.type == "cpu":
+            # From pageable memory the copy would wait for the GPU's queue; pinned, it doesn't.
+            batch = batch.pin_memory()
+        return batch.to(device, non_blocking=True)
+    if isinstance(batch, dict):
+        return {k: to_device(v, device) for k, v in batch.items()}
+    if isinstance(batch, (list, tuple)):
+        return type(batch)(to_device(v, device) for v in batch)
+    return batch

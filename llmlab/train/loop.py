@@ -30,10 +30,11 @@ from llmlab.train.distributed import (
     gather_objects,
     load_full_state,
     mean,
+    to_device,
     unwrap,
     wrap,
 )
-from llmlab.train.machine import device_name, keep_freed_memory
+from llmlab.train.machine import StopOnSigterm, device_name, keep_freed_memory
 from llmlab.train.optim import lr_lambda, make_adamw, param_groups
 from llmlab.train.timing import PhaseTimer
 from llmlab.weights.registry import build
@@ -52,19 +53,6 @@ class BatchSource(Protocol):
 
 class TrainingDiverged(RuntimeError):
     """The loss or gradient norm became NaN/inf; nothing was saved after the last good step."""
-
-
-def to_device(batch: Any, device: torch.device) -> Any:
-    if isinstance(batch, torch.Tensor):
-        if device.type == "cuda" and batch.device.type == "cpu":
-            # From pageable memory the copy would wait for the GPU's queue; pinned, it doesn't.
-            batch = batch.pin_memory()
-        return batch.to(device, non_blocking=True)
-    if isinstance(batch, dict):
-        return {k: to_device(v, device) for k, v in batch.items()}
-    if isinstance(batch, (list, tuple)):
-        return type(batch)(to_device(v, device) for v in batch)
-    return batch
 
 
 class _Done(NamedTuple):  # what a training step leaves for its metrics record
@@ -223,7 +211,10 @@ class Trainer:
         times = PhaseTimer(self.device if self.sync_timing else None)
         t_last, tok_last, steps_since = time.perf_counter(), self.tokens, 0
         val_loss: float | None = None
+        if self.step == 0 and cfg.eval_every:
+            self._samples()  # what the untrained model writes: the start of the story
         self.model.train()
+        stopping = StopOnSigterm(enabled=not self.dist.enabled)
         try:
             while self.step < cfg.max_steps:
                 with times("step"):
@@ -234,6 +225,8 @@ class Trainer:
                                                or self.step == cfg.max_steps)
                 save = (cfg.ckpt_every and self.step % cfg.ckpt_every == 0) \
                     or self.step == cfg.max_steps
+                if stopping.requested:  # keep this step: log it and checkpoint it below
+                    evaluate, save = False, True
                 if not (self.step % max(1, cfg.log_every) == 0 or evaluate or save
                         or self.step == 1):
                     continue
@@ -255,13 +248,17 @@ class Trainer:
                     self.save_checkpoint(val_loss)
                 steps_since = 0
                 t_last, tok_last = time.perf_counter(), self.tokens  # exclude eval/save time
+                if stopping.requested:
+                    break
         finally:
+            stopping.restore()
             bar.close()
             if self.writer is not None:
                 self.writer.close()
-        self._finish()
+        if not stopping.requested:
+            self._finish()
         return {"step": self.step, "tokens": self.tokens, "val_loss": val_loss,
-                "best_val": self.best_val}
+                "best_val": self.best_val, "stopped": stopping.requested}
 
     def _start(self) -> None:
         """Resume or start fresh, and write run.json."""

@@ -24,6 +24,11 @@ def cmd_sft(a: argparse.Namespace) -> int:
     train = {**SFT_TRAIN, **({"lr": FULL_FT_LR} if scfg.peft == "none" else {})}
     tcfg = from_flags(TrainConfig, a, a._train_fields, "train config", train)
     out = run_sft(scfg, tcfg, a.out)
+    if out.get("stopped"):
+        from llmlab.train.cli import stopped_message
+
+        print(stopped_message(out, a.out))
+        return 0
     vl = out["val_loss"]
     print(f"done: {out['step']} steps, {out['tokens']:,} trained tokens"
           + (f", val loss {vl:.4f}" if vl is not None else "")

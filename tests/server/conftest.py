@@ -51,13 +51,14 @@ def live_server(cfg: Any, lm: Any, enc: Any) -> Iterator[Live]:
 
 
 @pytest.fixture(scope="session")
-def server(lm: Any, enc: Any) -> Iterator[Live]:
+def server(lm: Any, enc: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Live]:
     from llmlab.server.hub import ServerConfig
 
     # fp32 generation: skips building the int8 copy, keeps the session short. Free paths on:
-    # the tests send checkpoint and tokenizer directories.
-    with live_server(ServerConfig(fast_decode=False, max_new_tokens=64, allow_local_models=True),
-                     lm, enc) as live:
+    # the tests send checkpoint and tokenizer directories. Training runs go to a temp dir.
+    cfg = ServerConfig(fast_decode=False, max_new_tokens=64, allow_local_models=True,
+                       runs_dir=str(tmp_path_factory.mktemp("runs")))
+    with live_server(cfg, lm, enc) as live:
         yield live
 
 

@@ -1,0 +1,1 @@
+"""The training lab: runs started from the playground, each a worker process running the CLI."""

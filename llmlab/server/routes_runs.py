@@ -1,0 +1,95 @@
+"""Training runs started from the playground (llmlab.lab): start, list, follow (SSE), stop,
+resume, and upload a pretraining corpus. The worker runs the CLI; this only relays."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any, Literal
+
+from fastapi import APIRouter
+from fastapi.responses import StreamingResponse
+from pydantic import BaseModel, Field
+
+from llmlab.lab.rundir import follow
+from llmlab.lab.runs import RunBusy, RunManager
+from llmlab.server.errors import ApiError, Text
+from llmlab.server.hub import Hub
+from llmlab.server.routes_foundations import sse_event
+
+
+class StartRequest(BaseModel):
+    kind: Literal["pretrain", "sft"]
+    options: dict[str, str | int | float | bool | None] = Field(default_factory=dict)
+    label: str = Field("", max_length=80)
+
+
+class CorpusRequest(BaseModel):
+    text: Text = Field(min_length=1)
+
+
+def make_router(hub: Hub) -> APIRouter:
+    r = APIRouter(prefix="/api/runs")
+
+    def runs() -> RunManager:
+        return hub.runs()
+
+    def known(run_id: str) -> str:
+        try:
+            runs().get(run_id)
+        except KeyError:
+            raise ApiError(404, f"run: no run {run_id!r}", "run") from None
+        return run_id
+
+    @r.get("")
+    def list_runs() -> dict[str, Any]:
+        m = runs()
+        return {"runs": m.list(), "running": m.running(), "max_runs": m.max_runs,
+                "threads": m.threads, "root": str(m.root)}
+
+    @r.post("", status_code=201)
+    def start(req: StartRequest) -> dict[str, Any]:
+        try:
+            return runs().start(req.kind, dict(req.options), req.label)
+        except RunBusy as e:
+            raise ApiError(409, str(e), "kind", "conflict_error") from None
+
+    @r.get("/{run_id}")
+    def get(run_id: str) -> dict[str, Any]:
+        return runs().get(known(run_id))
+
+    @r.post("/{run_id}/stop")
+    def stop(run_id: str) -> dict[str, Any]:
+        return runs().stop(known(run_id))
+
+    @r.post("/{run_id}/resume")
+    def resume(run_id: str) -> dict[str, Any]:
+        try:
+            return runs().resume(known(run_id))
+        except RunBusy as e:
+            raise ApiError(409, str(e), "run", "conflict_error") from None
+
+    @r.get("/{run_id}/events")
+    def events(run_id: str) -> StreamingResponse:
+        """The run's history, then its new records as they are written, until it ends."""
+        m = runs()
+        path = m.run_dir(known(run_id))
+
+        def stream() -> Iterator[str]:
+            for event, data in follow(path, lambda: m.get(run_id)):
+                yield sse_event(event, data)
+
+        return StreamingResponse(stream(), media_type="text/event-stream",
+                                 headers={"Cache-Control": "no-cache"})
+
+    @r.post("/corpus", status_code=201)
+    def corpus(req: CorpusRequest) -> dict[str, Any]:
+        limit = hub.cfg.max_corpus_chars
+        if len(req.text) > limit:
+            raise ApiError(400, f"text: {len(req.text):,} characters; an uploaded corpus "
+                           f"may have at most {limit:,}", "text")
+        if len(req.text) < 2000:
+            raise ApiError(400, "text: at least 2,000 characters are needed to hold out a "
+                           "validation split and train a tokenizer", "text")
+        return runs().save_corpus(req.text)
+
+    return r
