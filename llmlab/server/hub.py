@@ -158,6 +158,7 @@ class Hub:
         self._local: LRU[str, Any] = LRU(cfg.max_local_models)  # resolved path -> model
         self.model_dirs = local_model_dirs(cfg.model_dirs)  # name -> dir, checked now
         self._runs: Any = None
+        self._run_batchers: dict[str, tuple[Any, Any]] = {}  # run model -> (model, Batcher)
 
     def _get(self, key: str, make: Any) -> Any:
         if key not in self._models:
@@ -209,7 +210,8 @@ class Hub:
                 what = "adapter on " + str(run["base"]) if run["adapter"] else run["kind"]
                 out.append({"id": run["model"], "label": f"{run['label'] or run['id']} ({what})",
                             "kind": run["kind"], "status": run["status"],
-                            "checkpoints": run["checkpoints"], "adapter": run["adapter"]})
+                            "checkpoints": run["checkpoints"], "adapter": run["adapter"],
+                            "chat": run["kind"] == "sft"})  # pretraining gives no template
         return out
 
     def runs(self) -> Any:
@@ -288,8 +290,11 @@ class Hub:
         with self.lock:
             return fn(*args, **kw)
 
-    def batcher(self) -> Any:
-        """The one generation worker, decoding every chat / RAG / /v1 request in one batch."""
+    def batcher(self, model: str | None = None) -> Any:
+        """The one generation worker, decoding every chat / RAG / /v1 request in one batch;
+        a playground run's model (`run:ID`) gets a worker of its own, sharing the lock."""
+        if model is not None:
+            return self._run_batcher(model)
         if self._batcher is None:
             lm = self.gen_lm()
             with self._load_lock:
@@ -307,6 +312,21 @@ class Hub:
                     )
         return self._batcher
 
+    def _run_batcher(self, name: str) -> Any:
+        lm = self.attention_model(name)
+        with self._load_lock:
+            if name not in self._run_batchers or self._run_batchers[name][0] is not lm:
+                from llmlab.generate.batcher import Batcher
+
+                if name in self._run_batchers:  # the run has a newer model now
+                    self._run_batchers.pop(name)[1].close()
+                while len(self._run_batchers) >= self.cfg.max_local_models:
+                    self._run_batchers.pop(next(iter(self._run_batchers)))[1].close()
+                self._run_batchers[name] = (lm, Batcher(
+                    lm.model, lm.tokenizer, max_batch=self.cfg.max_batch,
+                    max_batch_tokens=self.cfg.max_batch_tokens, lock=self.lock))
+            return self._run_batchers[name][1]
+
     def generation_stats(self) -> dict[str, int] | None:
         """The batching worker's counters (rows, waiting, steps, cancelled...), once started."""
         return self._batcher.snapshot() if self._batcher is not None else None
@@ -322,8 +342,9 @@ class Hub:
         self._stop.set()
         if self._runs is not None:
             self._runs.close()  # each worker checkpoints and exits
-        if self._batcher is not None:
-            self._batcher.close()
+        for b in [self._batcher, *(b for _, b in self._run_batchers.values())]:
+            if b is not None:
+                b.close()
         for fn in self.cleanups:
             fn()
 

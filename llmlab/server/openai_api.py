@@ -124,12 +124,19 @@ def make_router(hub: Hub) -> APIRouter:
             "data": [
                 {"id": CHAT_IDS[0], "object": "model", "created": created, "owned_by": "llmlab"},
                 {"id": EMBED_IDS[0], "object": "model", "created": created, "owned_by": "llmlab"},
+                *({"id": m, "object": "model", "created": created, "owned_by": "user"}
+                  for m in run_models()),
             ],
         }
 
+    def run_models() -> list[str]:
+        return [r["model"] for r in hub.runs().list() if r["model"] and r["kind"] == "sft"]
+
     def prepare(req: ChatRequest) -> tuple[Any, list[int], Any, bool]:
-        if req.model not in CHAT_IDS:
-            raise ApiError(404, f"model: {req.model!r} not found; try {CHAT_IDS[0]!r}", "model")
+        own = req.model.startswith("run:")  # a model trained in the playground
+        if req.model not in CHAT_IDS and not own:
+            raise ApiError(404, f"model: {req.model!r} not found; try {CHAT_IDS[0]!r} or one "
+                           f"of your runs {run_models()}", "model")
         total = sum(len(m.text()) for m in req.messages)
         if total > 4 * hub.cfg.max_text_chars:
             raise ApiError(
@@ -145,7 +152,12 @@ def make_router(hub: Hub) -> APIRouter:
         if len(stop) > 4 or any(not s or len(s) > 64 for s in stop):
             raise ApiError(400, "stop: up to 4 non-empty strings of at most 64 chars", "stop")
         json_mode = req.response_format is not None and req.response_format.type == "json_object"
-        lm = hub.gen_lm()
+        try:
+            lm = hub.attention_model(req.model) if own else hub.gen_lm()
+        except ValueError as e:
+            raise ApiError(404, str(e), "model") from None
+        if lm.kind != "causal-lm":
+            raise ApiError(400, f"model: {req.model!r} is not a causal language model", "model")
         msgs = [{"role": m.role, "content": m.text()} for m in req.messages]
         tpl = template_for(lm)
         system = None
@@ -169,9 +181,10 @@ def make_router(hub: Hub) -> APIRouter:
     async def chat_completions(req: ChatRequest, request: Request) -> Any:
         # Validation and tokenising may load the model: off the event loop.
         lm, ids, params, json_mode = await run_in_threadpool(prepare, req)
-        batcher = await run_in_threadpool(hub.batcher)
+        own = req.model.startswith("run:")
+        batcher = await run_in_threadpool(hub.batcher, req.model if own else None)
         cid = f"chatcmpl-{uuid.uuid4().hex[:24]}"
-        base = {"id": cid, "created": int(time.time()), "model": CHAT_IDS[0]}
+        base = {"id": cid, "created": int(time.time()), "model": req.model if own else CHAT_IDS[0]}
         if req.stream and not json_mode:
             return StreamingResponse(
                 stream(batcher, ids, params, base),

@@ -49,7 +49,9 @@ def make_router(hub: Hub) -> APIRouter:
 
     # Each run holds every layer's maps, so only the last few are kept.
     @functools.lru_cache(maxsize=hub.cfg.attention_cache)
-    def cached_run(model: str, text: str, causal: bool | None) -> AttentionRun:
+    def cached_run(model: str, text: str, causal: bool | None, ident: int) -> AttentionRun:
+        # `ident` (the loaded model's id) keys the cache too: run:ID means the run's newest
+        # model, which changes as it trains.
         return hub.run(run_attention, hub.attention_model(model), text, causal)
 
     def get_run(req: AttentionRequest) -> tuple[AttentionRun, Any]:
@@ -64,7 +66,7 @@ def make_router(hub: Hub) -> APIRouter:
                 f"{limit} (the map is n x n per head)",
                 "text",
             )
-        return cached_run(req.model, req.text, causal), lm
+        return cached_run(req.model, req.text, causal, id(lm)), lm
 
     @r.post("/attention")
     def attention(req: AttentionRequest) -> dict[str, Any]:

@@ -32,6 +32,7 @@ class TokenizeRequest(BaseModel):
 
 class NextRequest(BaseModel):
     text: Text = Field(min_length=1, max_length=4000)
+    model: str = "smollm2"  # or local:NAME, run:ID[@STEP]
     chat: bool = False
     append_ids: list[int] = Field(default_factory=list, max_length=256)
     temperature: float = Field(1.0, ge=0, le=10)
@@ -67,7 +68,7 @@ def make_router(hub: Hub) -> APIRouter:
             raise ApiError(400, f"tokenizer: {e}", "tokenizer") from e
 
     def get_tokenizer(name: str) -> Any:
-        if name.startswith("local:"):  # a --model-dir checkpoint's own trained tokenizer
+        if name.startswith(("local:", "run:")):  # a checkpoint's own trained tokenizer
             return hub.attention_model(name).tokenizer
         if name not in ("gpt2", "cl100k", "smollm2") and not hub.cfg.allow_local_models:
             raise PermissionError("tokenizer: local tokenizer dirs are disabled")
@@ -90,7 +91,9 @@ def make_router(hub: Hub) -> APIRouter:
 
     @router.post("/decode/next")
     def next_token(req: NextRequest) -> dict[str, Any]:
-        lm = hub.lm()
+        lm = hub.attention_model(req.model)
+        if lm.kind != "causal-lm":
+            raise ApiError(400, f"model: {req.model!r} does not predict next tokens", "model")
         ids = encode_prompts(lm, [req.text], req.chat)[0]
         vocab = lm.cfg.vocab_size
         if any(not 0 <= i < vocab for i in req.append_ids):
