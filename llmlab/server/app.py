@@ -21,6 +21,7 @@ from llmlab.server import (
     rag_routes,
     routes_attention,
     routes_foundations,
+    routes_lab,
     routes_labs,
     routes_vectors,
 )
@@ -101,6 +102,7 @@ def create_app(cfg: ServerConfig | None = None) -> FastAPI:
     app.include_router(openai_api.make_router(hub))
     app.include_router(routes_foundations.make_router(hub))
     app.include_router(routes_vectors.make_router(hub))
+    app.include_router(routes_lab.make_router(hub))
 
     if (STATIC / "index.html").exists():
         app.mount("/assets", StaticFiles(directory=STATIC / "assets"), name="assets")
