@@ -18,6 +18,7 @@ export function modelSelect(testid: string, opts: { causalOnly?: boolean; initia
   // Usable before the list arrives: the page can query with the initial choice at once.
   sel.replaceChildren(...head(), ...(initial ? [el("option", { value: initial }, initial)] : []));
   sel.value = initial;
+  let shown = "";
 
   async function refresh(): Promise<void> {
     const keep = sel.value;
@@ -28,6 +29,10 @@ export function modelSelect(testid: string, opts: { causalOnly?: boolean; initia
       options.push(el("option", { value: m.id }, m.label));
       for (const step of m.checkpoints ?? []) options.push(el("option", { value: `${m.id}@${step}` }, `${m.label} step ${step}`));
     }
+    // Unchanged list: leave the DOM alone (replacing options would close an open menu).
+    const sig = JSON.stringify(options.map((o) => [o.value, o.textContent]));
+    if (sig === shown) return;
+    shown = sig;
     sel.replaceChildren(...options);
     // Keep the user's choice when it still exists (a refresh after a run saved a checkpoint).
     if ([...sel.options].some((o) => o.value === keep)) sel.value = keep;

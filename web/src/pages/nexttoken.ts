@@ -90,8 +90,9 @@ export function nexttokenPage(root: HTMLElement): void {
       name: r.model_name, cls: SERIES[i],
       values: r.tokens.flatMap((t, j) => (t.nll === null ? [] : [[j, t.nll] as [number, number]])),
     }));
+    const top = Math.max(1, ...series.flatMap((r) => r.values.map((v) => v[1])));
     plot.replaceChildren(el("div", { class: "small muted" }, "per-token loss over the text"),
-      lineChart(series, { w: 640, h: 220, xLabel: "token position", yLabel: "−log p (nats)", testid: "nt-chart" }));
+      lineChart(series, { w: 640, h: 220, xLabel: "token position (each model's own tokens)", yLabel: "−log p (nats)", yDomain: [0, top], testid: "nt-chart" }));
     setSources(d.sources);
   }
 
