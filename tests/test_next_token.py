@@ -3,17 +3,14 @@
 from __future__ import annotations
 
 import math
-import os
 from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
 import torch
-import torch.nn.functional as F
+from next_token_ref import hf_export, hf_scores
 
 from llmlab.explain.next_token import score_text
-
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 PYDOCS = Path("/usr/share/doc/python3.11/html/_sources/tutorial")
 TEXT = "Classes provide a means of bundling data and functionality together. Café → ünïcode!"
@@ -22,11 +19,8 @@ TEXT = "Classes provide a means of bundling data and functionality together. Caf
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory: pytest.TempPathFactory) -> tuple[SimpleNamespace, torch.nn.Module]:
     """A tiny random Llama with a real BPE tokenizer, and transformers' load of its export."""
-    import transformers
-
     from llmlab.model import ModelConfig, Transformer
     from llmlab.tokenizer import train_bpe
-    from llmlab.weights.hf import save_hf
 
     tok = train_bpe([(PYDOCS / "classes.rst.txt").read_text(encoding="utf-8")],
                     vocab_size=384, pattern="gpt2", progress=False)
@@ -34,30 +28,27 @@ def tiny(tmp_path_factory: pytest.TempPathFactory) -> tuple[SimpleNamespace, tor
                       max_seq_len=128, pos="rope", norm="rmsnorm", mlp="swiglu", d_ff=128,
                       bias=False)
     torch.manual_seed(0)
-    model = Transformer(cfg).eval()
-    out = save_hf(model, tmp_path_factory.mktemp("hf") / "tiny", tok)
-    ref = transformers.AutoModelForCausalLM.from_pretrained(
-        out, dtype=torch.float32, local_files_only=True).eval()
-    return SimpleNamespace(model=model, tokenizer=tok), ref
+    lm = SimpleNamespace(model=Transformer(cfg).eval(), tokenizer=tok)
+    return lm, hf_export(lm, tmp_path_factory.mktemp("hf") / "tiny")
 
 
 def check_against_hf(lm: SimpleNamespace, ref: torch.nn.Module, text: str, k: int) -> None:
     res = score_text(lm, text, top_k=k)
     ids = torch.tensor([lm.tokenizer.encode(text)])
-    with torch.no_grad():
-        logits = ref(ids).logits.float()
-        hf_loss = ref(ids, labels=ids).loss.item()
-    hf_nll = F.cross_entropy(logits[0, :-1], ids[0, 1:], reduction="none")
+    logits, hf_nll, hf_loss = hf_scores(ref, ids[0].tolist())
 
     assert [t.id for t in res.tokens] == ids[0, 1:].tolist()
     assert res.first_id == ids[0, 0].item()
     ours = torch.tensor([t.surprisal for t in res.tokens])
     assert (ours - hf_nll).abs().max().item() <= 1e-4
     assert [t.logprob for t in res.tokens] == [-t.surprisal for t in res.tokens]
+    p = logits.softmax(-1).gather(-1, ids[0, 1:, None])[:, 0]
+    assert (torch.tensor([t.p for t in res.tokens]) - p).abs().max().item() <= 1e-5
+    assert res.n_tokens == ids.shape[1]
     assert res.mean_nll == pytest.approx(hf_loss, abs=1e-4)
     assert res.perplexity == pytest.approx(math.exp(hf_loss), rel=1e-4)
 
-    top_p, top_i = logits[0, :-1].softmax(-1).topk(k, dim=-1)
+    top_p, top_i = logits.softmax(-1).topk(k, dim=-1)
     got_p = torch.tensor([t.top_probs for t in res.tokens])
     assert (got_p - top_p).abs().max().item() <= 1e-5
     # Ids may swap only where two probabilities tie to within fp noise.
@@ -108,13 +99,17 @@ def test_model_left_in_training_mode_is_restored(tiny) -> None:
 
 
 def test_smollm2_matches_transformers(tmp_path: Path) -> None:
-    import transformers
-
     import llmlab
-    from llmlab.weights.hf import save_hf
 
     smol = llmlab.load("smollm2-135m-instruct")
-    save_hf(smol.model, tmp_path / "smol", smol.tokenizer)
-    ref = transformers.AutoModelForCausalLM.from_pretrained(
-        tmp_path / "smol", dtype=torch.float32, local_files_only=True).eval()
-    check_against_hf(smol, ref, TEXT, k=5)
+    check_against_hf(smol, hf_export(smol, tmp_path / "smol"), TEXT, k=5)
+
+
+def test_an_encoder_is_refused() -> None:
+    from llmlab.model import ModelConfig, Transformer
+
+    cfg = ModelConfig(vocab_size=64, d_model=16, n_layer=1, n_head=2, max_seq_len=16,
+                      causal=False)
+    enc = SimpleNamespace(name="enc", model=Transformer(cfg), tokenizer=None)
+    with pytest.raises(ValueError, match="'enc' is a bidirectional encoder, not a causal"):
+        score_text(enc, TEXT)

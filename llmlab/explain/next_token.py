@@ -19,6 +19,7 @@ class TokenScore:
     id: int
     piece: str  # the token's text; bytes that are not whole UTF-8 show as \xNN
     logprob: float  # natural log of p(token | the tokens before it)
+    p: float  # exp(logprob): the probability the model gave this token
     surprisal: float  # -logprob, in nats
     top_ids: list[int]  # the model's k most likely tokens at this position, best first
     top_pieces: list[str]
@@ -30,6 +31,7 @@ class NextTokenScores:
     first_id: int  # the first token is context only: nothing predicts it
     first_piece: str
     tokens: list[TokenScore]  # one per token after the first
+    n_tokens: int  # all tokens of the text, the first included
     mean_nll: float  # mean cross-entropy, nats per scored token
     perplexity: float  # exp(mean_nll)
     n_bytes: int  # UTF-8 bytes of the scored (predicted) tokens, see score_text
@@ -37,6 +39,17 @@ class NextTokenScores:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+def require_causal(lm: Any) -> None:
+    """Raise unless `lm` predicts next tokens: a bidirectional encoder (MiniLM) sees the
+    token it would be predicting, and one without an LM head has no vocabulary scores."""
+    cfg = lm.model.cfg
+    if not (cfg.causal and cfg.lm_head):
+        name = getattr(lm, "name", "this model")
+        what = "a bidirectional encoder" if not cfg.causal else "a model without an LM head"
+        raise ValueError(f"model: {name!r} is {what}, not a causal language model; "
+                         "it makes no next-token predictions to score")
 
 
 @torch.no_grad()
@@ -52,6 +65,7 @@ def score_text(lm: Any, text: str, top_k: int = 5) -> NextTokenScores:
     A text longer than the model's `max_seq_len` raises ValueError rather than being
     truncated silently: a sliding window would change what each position sees.
     """
+    require_causal(lm)
     model, tok = lm.model, lm.tokenizer
     ids = tok.encode(text)
     limit = model.cfg.max_seq_len
@@ -81,7 +95,8 @@ def score_text(lm: Any, text: str, top_k: int = 5) -> NextTokenScores:
     scored = ids[1:]
     pieces = tok.pieces(ids)
     tokens = [
-        TokenScore(id=t, piece=pieces[j + 1], logprob=-nll_l[j], surprisal=nll_l[j],
+        TokenScore(id=t, piece=pieces[j + 1], logprob=-nll_l[j], p=math.exp(-nll_l[j]),
+                   surprisal=nll_l[j],
                    top_ids=top_i_l[j], top_pieces=tok.pieces(top_i_l[j]),
                    top_probs=top_p_l[j])
         for j, t in enumerate(scored)
@@ -90,7 +105,7 @@ def score_text(lm: Any, text: str, top_k: int = 5) -> NextTokenScores:
     mean = total / len(scored)
     n_bytes = sum(len(tok.decode_bytes([t])) for t in scored)
     return NextTokenScores(
-        first_id=ids[0], first_piece=pieces[0], tokens=tokens, mean_nll=mean,
+        first_id=ids[0], first_piece=pieces[0], tokens=tokens, n_tokens=len(ids), mean_nll=mean,
         perplexity=math.exp(mean), n_bytes=n_bytes,
         bits_per_byte=total / math.log(2) / n_bytes if n_bytes else math.nan,
     )

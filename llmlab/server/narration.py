@@ -58,6 +58,14 @@ PAGES: dict[str, str] = {
         "together, and vector arithmetic such as king minus man plus woman probes whether "
         "relations are encoded as directions."
     ),
+    "nexttoken": (
+        "A language model is trained to predict the next token, and its loss is how "
+        "surprised it was: minus the log of the probability it gave the token that came. "
+        "Each token is coloured by that surprise; hover one to see what the model expected "
+        "instead. The mean over the text is the cross entropy, its exponential the "
+        "perplexity, and bits per byte divides it by the bytes, so models with different "
+        "tokenizers compare fairly."
+    ),
     "chat": (
         "A chat model is a next token predictor wrapped in a template: each turn is marked "
         "with its role, and the prompt ends with an open assistant turn. Tokens stream back "

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import llmlab
-from llmlab.explain import attention, decoding, embeddings, projection, spectrum
+from llmlab.explain import attention, decoding, embeddings, next_token, projection, spectrum
 from llmlab.foundations import descent, numpy_nn, overfit, token_embeddings, vectors, word2vec
 from llmlab.generate import batcher, chat, sampling
 from llmlab.model import layers
@@ -61,6 +61,8 @@ SOURCES: dict[str, Callable[..., Any]] = {
     "rag.rerank": rerank.LLMReranker.rerank,
     "rag.answer": answer.AnswerStream.prompt,
     "rag.citations": answer.check_citations,
+    "next_token.score": next_token.score_text,
+    "next_token.causal": next_token.require_causal,
 }
 
 

@@ -6,6 +6,7 @@ import { descentPage } from "./pages/descent";
 import { embeddingsPage } from "./pages/embeddings";
 import { loraPage } from "./pages/lora";
 import { neuralnetPage } from "./pages/neuralnet";
+import { nexttokenPage } from "./pages/nexttoken";
 import { overfitPage } from "./pages/overfit";
 import { ragPage } from "./pages/rag";
 import { tokenizerPage } from "./pages/tokenizer";
@@ -24,6 +25,7 @@ const PAGES: [string, string, (root: HTMLElement) => void][] = [
   ["neuralnet", "Neural net", neuralnetPage],
   ["overfit", "Overfitting", overfitPage],
   ["word2vec", "Word2vec", word2vecPage],
+  ["nexttoken", "Next token", nexttokenPage],
 ];
 
 const nav = document.getElementById("nav")!;
