@@ -116,5 +116,6 @@ def test_unknown_run_models_are_clear_errors(server: Any) -> None:
                    timeout=30)
     assert r.status_code == 400 and "nope" in r.json()["error"]["message"]
     r = httpx.post(f"{server.url}/v1/chat/completions", json={
-        "model": "run:nope", "messages": [{"role": "user", "content": "hi"}]}, timeout=30)
+        "model": "run:nope", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 8},
+        timeout=30)
     assert r.status_code == 404 and r.json()["error"]["param"] == "model"
