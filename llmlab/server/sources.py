@@ -12,10 +12,12 @@ from llmlab.explain import attention, decoding, embeddings, projection, spectrum
 from llmlab.foundations import descent, numpy_nn, overfit, token_embeddings, vectors, word2vec
 from llmlab.generate import batcher, chat, sampling
 from llmlab.model import layers
+from llmlab.model import transformer as mtransformer
 from llmlab.model import positions as mpos
 from llmlab.peft import accounting
 from llmlab.rag import answer, chunk, fuse, pipeline, rerank
 from llmlab.tokenizer import core
+from llmlab.train import sft
 
 # A page's source key -> the library function behind it.
 SOURCES: dict[str, Callable[..., Any]] = {
@@ -61,6 +63,11 @@ SOURCES: dict[str, Callable[..., Any]] = {
     "rag.rerank": rerank.LLMReranker.rerank,
     "rag.answer": answer.AnswerStream.prompt,
     "rag.citations": answer.check_citations,
+    "sft.encode_chat": sft.encode_chat,
+    "sft.tokenize": sft.tokenize_examples,
+    "sft.pack": sft.pack,
+    "sft.doc_mask": mtransformer.doc_mask,
+    "sft.loss": sft.sft_loss,
 }
 
 
