@@ -12,8 +12,8 @@ from llmlab.explain import attention, decoding, embeddings, projection, spectrum
 from llmlab.foundations import descent, numpy_nn, overfit, token_embeddings, vectors, word2vec
 from llmlab.generate import batcher, chat, sampling
 from llmlab.model import layers
-from llmlab.model import transformer as mtransformer
 from llmlab.model import positions as mpos
+from llmlab.model import transformer as mtransformer
 from llmlab.peft import accounting
 from llmlab.rag import answer, chunk, fuse, pipeline, rerank
 from llmlab.tokenizer import core

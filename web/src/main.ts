@@ -8,6 +8,7 @@ import { loraPage } from "./pages/lora";
 import { neuralnetPage } from "./pages/neuralnet";
 import { overfitPage } from "./pages/overfit";
 import { ragPage } from "./pages/rag";
+import { sftmaskPage } from "./pages/sftmask";
 import { tokenizerPage } from "./pages/tokenizer";
 import { word2vecPage } from "./pages/word2vec";
 import { el } from "./ui";
@@ -24,6 +25,7 @@ const PAGES: [string, string, (root: HTMLElement) => void][] = [
   ["neuralnet", "Neural net", neuralnetPage],
   ["overfit", "Overfitting", overfitPage],
   ["word2vec", "Word2vec", word2vecPage],
+  ["sftmask", "SFT masking", sftmaskPage],
 ];
 
 const nav = document.getElementById("nav")!;
