@@ -83,27 +83,28 @@ export function sftmaskPage(root: HTMLElement): void {
     counts.replaceChildren(...([["trained tokens", `${fmt(m.n_trained)} of ${fmt(m.n_tokens)}`], ["share trained", `${((100 * m.n_trained) / Math.max(m.n_tokens, 1)).toFixed(1)}%`]] as [string, string][])
       .map(([k, v]) => el("div", { class: "stat" }, el("span", { class: "k" }, k), el("span", { class: "v" }, v))));
     counts.dataset.trained = String(m.n_trained);
-    let turn = -1;
-    const out: HTMLElement[] = [];
+    // One line per turn, tagged with its role; a token belongs to the turn it starts in.
+    const lines: HTMLElement[] = [];
     m.tokens.forEach((t, i) => {
-      if (t.turn !== turn) {  // a tag where each turn starts
-        turn = t.turn;
-        out.push(el("span", { class: "small", style: `background:${ROLE_BG[t.role] ?? "#eee"};border-radius:8px;padding:0 6px;margin:0 4px 0 ${i ? 10 : 0}px` }, `${t.role}`));
+      if (!lines.length || t.turn !== Number(lines[lines.length - 1].dataset.turn)) {
+        lines.push(el("div", { "data-turn": t.turn }, el("span", { class: "small", style: `background:${ROLE_BG[t.role] ?? "#eee"};border-radius:8px;padding:0 6px;margin-right:6px` }, t.role)));
       }
-      out.push(el("span", {
+      lines[lines.length - 1].append(el("span", {
         "data-testid": "sft-tok", "data-i": i, "data-trained": t.trained ? "1" : "0",
         title: `id ${t.id} · label ${t.label} · turn ${t.turn} (${t.role})`,
         style: t.trained ? "background:#fde68a;border:1px solid #d97706;border-radius:3px;padding:1px 2px;margin:1px;white-space:pre"
           : "color:#9ca3af;background:#f3f4f6;border:1px solid #e5e7eb;border-radius:3px;padding:1px 2px;margin:1px;white-space:pre",
       }, t.piece));
     });
-    view.replaceChildren(...out);
+    view.replaceChildren(...lines);
   }
 
   function drawPacking(p: Packing): void {
     const nRows = p.rows.length;
     packInfo.textContent = `${p.n_examples} examples (yours + ${p.n_examples - 1} from the bundled trivia set) packed greedily into ${nRows} row${nRows > 1 ? "s" : ""} of ${p.seq_len} positions. Each position holds an input token; it is trained when its label (the next token) is not −100. Positions restart at 0 where an example starts.` + (p.cut.length ? ` Warning: ${p.cut.join(" ")}` : "");
-    rows.replaceChildren(...p.rows.map((r, ri) => {
+    const all = new Set(p.rows.flatMap((r) => r.tokens.map((c) => c.example)));
+    const legend = el("div", { class: "row" }, ...[...all].sort((a, b) => a - b).map((k) => swatch(exColor(k), exName(k))), swatch("#fde68a", "trained position (label ≠ −100)"));
+    rows.replaceChildren(legend, ...p.rows.map((r, ri) => {
       const cells = r.tokens.slice(0, r.used < p.seq_len ? r.used + 1 : r.used).map((c, i) => {
         const start = i === 0 || r.tokens[i - 1].doc !== c.doc;
         return el("span", {
