@@ -24,6 +24,7 @@ from llmlab.server import (
     routes_labs,
     routes_next_token,
     routes_runs,
+    routes_sft,
     routes_vectors,
 )
 from llmlab.server.errors import ApiError
@@ -105,6 +106,7 @@ def create_app(cfg: ServerConfig | None = None) -> FastAPI:
     app.include_router(routes_vectors.make_router(hub))
     app.include_router(routes_runs.make_router(hub))
     app.include_router(routes_next_token.make_router(hub))
+    app.include_router(routes_sft.make_router(hub))
 
     if (STATIC / "index.html").exists():
         app.mount("/assets", StaticFiles(directory=STATIC / "assets"), name="assets")

@@ -99,6 +99,13 @@ PAGES: dict[str, str] = {
         "Directions then carry meaning: king minus man plus woman lands near queen. A large "
         "model's token embedding table shows the same geometry."
     ),
+    "sftmask": (
+        "Supervised fine-tuning renders each conversation through a chat template and trains "
+        "only on the assistant's replies: every other token gets the label minus one hundred, "
+        "which the loss ignores. The model still reads the prompt; it is just never graded on "
+        "it. To waste no compute, short examples are packed into one row, and positions and "
+        "attention restart at each example, so no example can see another."
+    ),
 }
 
 # One lock for loading and synthesis: onnxruntime already uses every core, so concurrent

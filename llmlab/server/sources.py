@@ -13,9 +13,11 @@ from llmlab.foundations import descent, numpy_nn, overfit, token_embeddings, vec
 from llmlab.generate import batcher, chat, sampling
 from llmlab.model import layers
 from llmlab.model import positions as mpos
+from llmlab.model import transformer as mtransformer
 from llmlab.peft import accounting
 from llmlab.rag import answer, chunk, fuse, pipeline, rerank
 from llmlab.tokenizer import core
+from llmlab.train import sft
 
 # A page's source key -> the library function behind it.
 SOURCES: dict[str, Callable[..., Any]] = {
@@ -63,6 +65,11 @@ SOURCES: dict[str, Callable[..., Any]] = {
     "rag.citations": answer.check_citations,
     "next_token.score": next_token.score_text,
     "next_token.causal": next_token.require_causal,
+    "sft.encode_chat": sft.encode_chat,
+    "sft.tokenize": sft.tokenize_examples,
+    "sft.pack": sft.pack,
+    "sft.doc_mask": mtransformer.doc_mask,
+    "sft.loss": sft.sft_loss,
 }
 
 

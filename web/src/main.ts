@@ -9,6 +9,7 @@ import { neuralnetPage } from "./pages/neuralnet";
 import { nexttokenPage } from "./pages/nexttoken";
 import { overfitPage } from "./pages/overfit";
 import { ragPage } from "./pages/rag";
+import { sftmaskPage } from "./pages/sftmask";
 import { tokenizerPage } from "./pages/tokenizer";
 import { word2vecPage } from "./pages/word2vec";
 import { el } from "./ui";
@@ -26,6 +27,7 @@ const PAGES: [string, string, (root: HTMLElement) => void][] = [
   ["overfit", "Overfitting", overfitPage],
   ["word2vec", "Word2vec", word2vecPage],
   ["nexttoken", "Next token", nexttokenPage],
+  ["sftmask", "SFT masking", sftmaskPage],
 ];
 
 const nav = document.getElementById("nav")!;
