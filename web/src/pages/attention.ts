@@ -112,9 +112,12 @@ export function attentionPage(root: HTMLElement): void {
   }
 
   // The server's menu: the bundled models, its `--model-dir` checkpoints, and a free path if allowed.
-  getJSON<{ attention: { id: string; label: string }[]; paths: boolean }>("/api/models").then((m) => {
+  // Your playground runs come with one entry per checkpoint too (run:ID@STEP).
+  getJSON<{ attention: { id: string; label: string; checkpoints?: number[] }[]; paths: boolean }>("/api/models").then((m) => {
     const keep = model.value;
-    model.replaceChildren(...m.attention.map((o) => el("option", { value: o.id }, o.label)), ...(m.paths ? [el("option", { value: "path" }, "checkpoint path…")] : []));
+    model.replaceChildren(...m.attention.flatMap((o) => [el("option", { value: o.id }, o.label),
+      ...(o.checkpoints ?? []).map((s) => el("option", { value: `${o.id}@${s}` }, `${o.label} step ${s}`))]),
+    ...(m.paths ? [el("option", { value: "path" }, "checkpoint path…")] : []));
     model.value = keep;
   }).catch((e) => showError(err, e));
 

@@ -1,4 +1,5 @@
 import { postJSON } from "../api";
+import { modelSelect } from "../models";
 import { debounce, el, labeled, pageHeader, showError } from "../ui";
 
 interface Next {
@@ -9,6 +10,7 @@ interface Next {
 export function decodingPage(root: HTMLElement): void {
   const { root: head, setSources } = pageHeader("decoding", "Decoding");
   const text = el("input", { type: "text", value: "The capital of France is", size: 50, "data-testid": "dec-text" }) as HTMLInputElement;
+  const model = modelSelect("dec-model", { causalOnly: true });  // SmolLM2 or one of your runs
   const chat = el("input", { type: "checkbox" }) as HTMLInputElement;
   const temp = el("input", { type: "range", min: 0, max: 2, step: 0.05, value: 1, "data-testid": "dec-temp" }) as HTMLInputElement;
   const topk = el("input", { type: "number", min: 0, max: 1000, value: 0, style: "width:5em", "data-testid": "dec-topk" }) as HTMLInputElement;
@@ -36,7 +38,7 @@ export function decodingPage(root: HTMLElement): void {
     err.hidden = true;
     outs[0].textContent = temp.value; outs[1].textContent = topp.value;
     try {
-      const body = { text: text.value, chat: chat.checked, append_ids: appended, temperature: Number(temp.value), top_k: Number(topk.value), top_p: Number(topp.value), seed: sample ? seed++ : null, k: 15 };
+      const body = { text: text.value, model: model.el.value, chat: chat.checked, append_ids: appended, temperature: Number(temp.value), top_k: Number(topk.value), top_p: Number(topp.value), seed: sample ? seed++ : null, k: 15 };
       const n = await postJSON<Next>("/api/decode/next", body);
       if (sample && n.sampled) { appended = [...appended, n.sampled.id]; return query(false); }
       draw(n);
@@ -46,10 +48,12 @@ export function decodingPage(root: HTMLElement): void {
   for (const c of [temp, topp, topk]) c.addEventListener("input", again);
   text.addEventListener("input", () => { appended = []; again(); });
   chat.addEventListener("change", () => { appended = []; again(); });
+  model.el.addEventListener("change", () => { appended = []; again(); });
+  model.el.addEventListener("focus", () => { model.refresh(); });
   step.addEventListener("click", () => query(true));
   reset.addEventListener("click", () => { appended = []; query(false); });
   root.replaceChildren(head,
-    el("section", { class: "controls" }, labeled("prompt", text), labeled("chat template", chat), labeled("temperature", el("span", {}, temp, outs[0])), labeled("top-k (0=off)", topk), labeled("top-p", el("span", {}, topp, outs[1]))),
+    el("section", { class: "controls" }, labeled("model", model.el), labeled("prompt", text), labeled("chat template", chat), labeled("temperature", el("span", {}, temp, outs[0])), labeled("top-k (0=off)", topk), labeled("top-p", el("span", {}, topp, outs[1]))),
     el("div", { class: "row" }, step, reset), err, gen,
     el("p", { class: "muted small" }, "Grey: the model's raw softmax. Blue: after temperature → top-k → top-p (the library's processors, transformers' order). Struck-out tokens can no longer be sampled."),
     el("div", { class: "split" }, bars, stats));

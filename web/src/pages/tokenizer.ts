@@ -24,11 +24,11 @@ export function tokenizerPage(root: HTMLElement): void {
       setSources(t.sources);
     } catch (e) { showError(err, e); }
   }
-  // The server's --model-dir checkpoints: each one's trained tokenizer is a menu entry.
-  getJSON<{ attention: { id: string; label: string }[]; paths: boolean }>("/api/models").then((m) => {
-    const local = m.attention.filter((o) => o.id.startsWith("local:"));
+  // The server's --model-dir checkpoints and your playground runs: each one's own tokenizer.
+  getJSON<{ attention: { id: string; label: string; kind?: string }[]; paths: boolean }>("/api/models").then((m) => {
     const dirOpt = which.querySelector("option[value=dir]");
-    for (const o of local) which.insertBefore(el("option", { value: o.id }, `${o.id.slice(6)} (trained, local)`), dirOpt);
+    for (const o of m.attention.filter((o) => o.id.startsWith("local:"))) which.insertBefore(el("option", { value: o.id }, `${o.id.slice(6)} (trained, local)`), dirOpt);
+    for (const o of m.attention.filter((o) => o.id.startsWith("run:") && o.kind === "pretrain")) which.insertBefore(el("option", { value: o.id }, `${o.label}: its own BPE`), dirOpt);
     if (!m.paths) dirOpt?.remove();  // this server takes no free paths (non-loopback host)
   }).catch((e) => showError(err, e));
   const again = debounce(run, 200);
