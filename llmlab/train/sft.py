@@ -5,7 +5,10 @@ Labels are -100 everywhere except assistant turns: each assistant turn's content
 end-of-turn token (`<|im_end|>` in ChatML) are trained, so the model learns to answer and to
 stop; the `<|im_start|>assistant\\n` header, system and user turns are context only. Text is
 encoded piece by piece at those boundaries (each boundary sits next to a special token, where
-a BPE tokenizer splits anyway), which gives the ids of encoding the whole conversation.
+a BPE tokenizer splits anyway), which gives the ids of encoding the whole conversation. One
+exception: a reply that starts with whitespace, which whole-text BPE would merge with the
+header's newline ("\\n " as one token). Split, the ids are those the model sees at inference,
+where the reply is generated after the header's "\\n" token.
 
 Packing concatenates examples into rows of `seq_len`; `doc_ids` gives attention a
 block-diagonal causal mask and positions restart at 0 per example, so a packed row computes
