@@ -170,31 +170,41 @@ class _Tail:
         return reset, out
 
 
-def follow(run_dir: Path, status: Callable[[], dict[str, Any]], poll_s: float = 0.4,
-           ping_s: float = 15.0) -> Iterator[tuple[str, dict[str, Any]]]:
-    """The run as events: "status" first and at each change, then "metrics" and "sample"
-    for every record (the whole history first, so a reloaded page redraws everything),
-    "reset" when a resume rewrote the records, "ping" now and then, and "end" once the run
-    is over and every record was sent."""
-    tails = {"metrics": _Tail(run_dir / METRICS), "sample": _Tail(run_dir / SAMPLES)}
-    st = status()
-    yield "status", st
-    last_sent, last_ping = st["status"], time.monotonic()
-    while True:
-        st = status()  # before reading, so the records of a run that just ended are all read
-        for event, tail in tails.items():
+class Follower:
+    """The run as events: "status" first and at each change, then "metrics" and "sample" for
+    every record (the whole history first, so a reloaded page redraws everything), "reset"
+    when a resume rewrote the records, and "end" once the run is over and every record was
+    sent. `poll()` never waits, so an async server can follow many runs on one thread."""
+
+    def __init__(self, run_dir: Path, status: Callable[[], dict[str, Any]]) -> None:
+        self.status, self.done, self.last = status, False, ""
+        self.tails = {"metrics": _Tail(run_dir / METRICS), "sample": _Tail(run_dir / SAMPLES)}
+
+    def poll(self) -> list[tuple[str, dict[str, Any]]]:
+        st = self.status()  # before reading, so the records of a run that just ended are read
+        out: list[tuple[str, dict[str, Any]]] = []
+        if not self.last:
+            out.append(("status", st))
+            self.last = st["status"]
+        for event, tail in self.tails.items():
             reset, recs = tail.read()
             if reset:
-                yield "reset", {"what": event}
-            for r in recs:
-                yield event, r
-        if st["status"] != last_sent:
-            yield "status", st
-            last_sent = st["status"]
+                out.append(("reset", {"what": event}))
+            out += [(event, r) for r in recs]
+        if st["status"] != self.last:
+            out.append(("status", st))
+            self.last = st["status"]
         if st["status"] in TERMINAL:
-            yield "end", st
-            return
-        if time.monotonic() - last_ping > ping_s:
-            yield "ping", {}
-            last_ping = time.monotonic()
-        time.sleep(poll_s)
+            out.append(("end", st))
+            self.done = True
+        return out
+
+
+def follow(run_dir: Path, status: Callable[[], dict[str, Any]], poll_s: float = 0.4
+           ) -> Iterator[tuple[str, dict[str, Any]]]:
+    """Follower's events, waiting `poll_s` between polls, until the run ends."""
+    f = Follower(run_dir, status)
+    while not f.done:
+        yield from f.poll()
+        if not f.done:
+            time.sleep(poll_s)

@@ -3,18 +3,21 @@ resume, and upload a pretraining corpus. The worker runs the CLI; this only rela
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import asyncio
+from collections.abc import AsyncIterator
 from typing import Any, Literal
 
 from fastapi import APIRouter
 from fastapi.responses import StreamingResponse
 from pydantic import BaseModel, Field
 
-from llmlab.lab.rundir import follow
+from llmlab.lab.rundir import Follower
 from llmlab.lab.runs import RunBusy, RunManager
 from llmlab.server.errors import ApiError, Text
 from llmlab.server.hub import Hub
 from llmlab.server.routes_foundations import sse_event
+
+POLL_S, PING_S = 0.4, 15.0
 
 
 class StartRequest(BaseModel):
@@ -69,14 +72,24 @@ def make_router(hub: Hub) -> APIRouter:
             raise ApiError(409, str(e), "run", "conflict_error") from None
 
     @r.get("/{run_id}/events")
-    def events(run_id: str) -> StreamingResponse:
-        """The run's history, then its new records as they are written, until it ends."""
+    async def events(run_id: str) -> StreamingResponse:
+        """The run's history, then its new records as they are written, until it ends. On
+        the event loop (a poll reads a few small files), so open pages hold no threads."""
         m = runs()
-        path = m.run_dir(known(run_id))
+        follower = Follower(m.run_dir(known(run_id)), lambda: m.get(run_id))
 
-        def stream() -> Iterator[str]:
-            for event, data in follow(path, lambda: m.get(run_id)):
-                yield sse_event(event, data)
+        async def stream() -> AsyncIterator[str]:
+            quiet = 0.0
+            while not follower.done:
+                out = follower.poll()
+                for event, data in out:
+                    yield sse_event(event, data)
+                quiet = 0.0 if out else quiet + POLL_S
+                if quiet >= PING_S:  # a comment line: proxies keep the stream, dead clients show
+                    yield ": ping\n\n"
+                    quiet = 0.0
+                if not follower.done:
+                    await asyncio.sleep(POLL_S)
 
         return StreamingResponse(stream(), media_type="text/event-stream",
                                  headers={"Cache-Control": "no-cache"})
