@@ -24,7 +24,7 @@ RUN = "run:"  # another playground run's model
 
 
 def to_flags(options: dict[str, Any]) -> list[str]:
-    """{"max_steps": 30, "packing": False} -> ["--max-steps", "30", "--no-packing"]."""
+    """{"max_steps": 30, "packing": False} -> ["--max-steps=30", "--no-packing"]."""
     out: list[str] = []
     for k, v in options.items():
         if not isinstance(k, str) or not k.replace("_", "").isalnum():
@@ -37,7 +37,7 @@ def to_flags(options: dict[str, Any]) -> list[str]:
         if isinstance(v, bool):
             out.append(flag if v else "--no-" + k.replace("_", "-"))
         elif isinstance(v, (int, float, str)):
-            out += [flag, str(v)]
+            out.append(f"{flag}={v}")  # one token: a value starting with "-" stays a value
         else:
             raise ValueError(f"options.{k}: expected a string, number or boolean, got "
                              f"{type(v).__name__}")
@@ -93,7 +93,8 @@ def resolve_names(flags: list[str], runs: dict[str, Path], corpora: Path) -> lis
             parts.append(p)
         return ",".join(parts)
 
-    return [one(f) if not f.startswith("--") else f for f in flags]
+    return [f"{f.split('=', 1)[0]}={one(f.split('=', 1)[1])}" if "=" in f else f
+            for f in flags]
 
 
 def validate(kind: str, flags: list[str], out: Path) -> argparse.Namespace:

@@ -163,6 +163,7 @@ def _parser_for(tp: Any, optional: bool) -> Any:
             raise argparse.ArgumentTypeError(f"expected true/false, got {s!r}")
         return tp(s)
 
+    parse.__name__ = getattr(tp, "__name__", "value")  # argparse: "invalid int value: 'x'"
     return parse
 
 
