@@ -4,7 +4,6 @@ naming its flag, never a worker that dies a second later."""
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import io
 from pathlib import Path
@@ -97,9 +96,10 @@ def resolve_names(flags: list[str], runs: dict[str, Path], corpora: Path) -> lis
             for f in flags]
 
 
-def validate(kind: str, flags: list[str], out: Path) -> argparse.Namespace:
+def validate(kind: str, flags: list[str], out: Path) -> Any:
     """Parse `llmlab KIND FLAGS --out OUT` with the CLI's parser, then run the command's own
-    config checks (types, ranges, cross-field rules); ValueError with the CLI's message."""
+    config checks (types, ranges, cross-field rules); ValueError with the CLI's message.
+    Returns pretraining's resolved DataConfig (the manager caches prepared data by it)."""
     from llmlab.cli import build_parser
 
     if kind not in KINDS:
@@ -115,11 +115,11 @@ def validate(kind: str, flags: list[str], out: Path) -> argparse.Namespace:
     if kind == "pretrain":
         from llmlab.train.cli import resolve
 
-        resolve(ns)
-    elif kind == "sft":
+        return resolve(ns)[2]
+    if kind == "sft":
         from llmlab.train.config import SFTConfig, TrainConfig, from_flags
         from llmlab.train.sft_cli import SFT_TRAIN
 
         from_flags(SFTConfig, ns, ns._sft_fields, "sft config")
         from_flags(TrainConfig, ns, ns._train_fields, "train config", SFT_TRAIN)
-    return ns
+    return None

@@ -35,6 +35,7 @@ from llmlab.weights.io import atomic_write_bytes
 
 ACTIVE = ("running", "stopping")
 CORPORA = "_corpora"
+DATA_CACHE = "_data"  # prepared (tokenized) pretraining data, by inputs and tokenizer
 
 
 class RunBusy(RuntimeError):
@@ -92,12 +93,14 @@ class RunManager:
             flags = opts.resolve_names(flags, self._model_runs(), self.root / CORPORA)
             run_id = f"{kind}-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:4]}"
             out = self.root / run_id
-            opts.validate(kind, flags, out)  # before anything is written
+            data = opts.validate(kind, flags, out)  # before anything is written
             self._check_room()
             argv = [*opts.KINDS[kind], *flags, "--out", str(out), "--threads",
                     str(self.threads), "--no-progress"]
             rec = RunRecord(run_id, kind, dict(options), argv, time.time(), label=label[:80])
             out.mkdir(parents=True)
+            if data is not None and data.data is None:
+                self._use_cached_data(rec, out, data)
             self._records[run_id] = rec
             self._spawn(rec, argv)
             return self.get(run_id)
@@ -232,6 +235,7 @@ class RunManager:
             stopped = rec.id in self._stopping
             self._stopping.discard(rec.id)
             rec.returncode, rec.ended, rec.pid = rc, time.time(), None
+            self._keep_data(rec)
             if rc == 0 and (self.root / rec.id / "final").is_dir() and not stopped:
                 self._set(rec, "finished")
             elif stopped or (rc == 0 and "stopped by SIGTERM" in self._log_tail(rec.id)):
@@ -239,6 +243,27 @@ class RunManager:
             else:
                 rec.error = failure_reason(self.root / rec.id, rc)
                 self._set(rec, "failed")
+
+    def _use_cached_data(self, rec: RunRecord, out: Path, data: Any) -> None:
+        """Tokenized data is the same for the same inputs and tokenizer: a run whose data was
+        prepared before links to it (a BPE trained again and the corpus encoded again are
+        seconds before the first loss point); its own is kept for the next run (_watch)."""
+        key = hashlib.sha256(json.dumps([data.inputs, data.tokenizer, data.val_fraction])
+                             .encode()).hexdigest()[:16]
+        rec.options = {**rec.options, "_data_key": key}
+        cached = self.root / DATA_CACHE / key
+        if (cached / "manifest.json").exists():
+            (out / "data").symlink_to(cached, target_is_directory=True)
+
+    def _keep_data(self, rec: RunRecord) -> None:
+        key = rec.options.get("_data_key")
+        own, cached = self.root / rec.id / "data", self.root / DATA_CACHE / str(key)
+        if key and not own.is_symlink() and (own / "manifest.json").exists() \
+                and not cached.exists():
+            cached.parent.mkdir(exist_ok=True)
+            with contextlib.suppress(OSError):  # another run kept the same data first
+                own.rename(cached)
+                own.symlink_to(cached, target_is_directory=True)
 
     def _kill_late(self, run_id: str, proc: subprocess.Popen) -> None:
         try:
