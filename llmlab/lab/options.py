@@ -10,16 +10,71 @@ from pathlib import Path
 from typing import Any
 
 # What a page may start, as the CLI command each one runs.
-KINDS: dict[str, list[str]] = {"pretrain": ["pretrain"], "sft": ["sft"]}
+KINDS: dict[str, list[str]] = {k: [k] for k in ("pretrain", "sft", "reward", "dpo", "ppo",
+                                                "grpo")}
+ALIGN = ("reward", "dpo", "ppo", "grpo")
 # Set by the manager, never by a request: where the run lives, its threads, its log's form.
 MANAGED = ("out", "resume", "threads", "progress", "config", "debug")
-# Options that name files or folders on the server's disk. Unless the server allows local
-# paths, each must be one of the names a page can offer (bundled data, registered models).
-BUNDLED_INPUTS = ("kjv", "pydocs")
-TOKENIZERS = ("gpt2", "cl100k", "smollm2")
-SFT_DATA = ("trivia", "pydocs")
 UPLOAD = "upload:"  # an uploaded corpus, stored by the manager
-RUN = "run:"  # another playground run's model
+RUN = "run:"  # another playground run: its model, adapter or reward model
+
+
+def _names() -> dict[str, dict[str, tuple[str, ...] | None]]:
+    """Per kind, the options that name files or folders, and the names a page may use for
+    them; None: not from a request at all. Unless the server allows local paths, nothing
+    else reaches the worker, so a request can't make it read the server's disk."""
+    from llmlab.align.data import PREF_TASKS, RL_TASKS
+    from llmlab.tokenizer.chat_template import TEMPLATES
+    from llmlab.weights.registry import REGISTRY
+
+    models = (*REGISTRY, RUN)
+    align = {"model": models, "adapter": ("", RUN), "data": None,
+             "task": ("", *RL_TASKS, *PREF_TASKS), "reward_model": ("", RUN)}
+    return {"pretrain": {"inputs": ("kjv", "pydocs", UPLOAD), "data": None,
+                         "tokenizer": ("gpt2", "cl100k", "smollm2", "bpe:")},
+            "sft": {"data": ("trivia", "pydocs"), "model": models,
+                    "chat_template": tuple(TEMPLATES)},
+            **{k: align for k in ALIGN}}
+
+
+def check_paths(kind: str, options: dict[str, Any], runs: dict[str, Path],
+                corpora: Path) -> None:
+    """Refuse options that would read the server's disk beyond what the pages offer; the
+    `upload:` and `run:` names must exist."""
+    for key, allowed in _names().get(kind, {}).items():
+        if options.get(key) is None:
+            continue
+        if allowed is None:
+            raise ValueError(f"options.{key}: a local path; this server takes none in requests")
+        for v in str(options[key]).split(",") if key == "inputs" else [str(options[key])]:
+            v = v.strip()
+            ok = v in allowed or any(p.endswith(":") and v.startswith(p) for p in allowed)
+            if not ok:
+                names = ", ".join((a or '""') + ("NAME" if a.endswith(":") else "")
+                                  for a in allowed)
+                raise ValueError(f"options.{key}: {v!r} is not one of {names} (local paths "
+                                 "are disabled on this server)")
+            if v.startswith(UPLOAD) and not (corpora / f"{v[7:]}.txt").is_file():
+                raise ValueError(f"options.{key}: no uploaded corpus {v!r}")
+            if v.startswith(RUN) and v[4:] not in runs:
+                raise ValueError(f"options.{key}: no playground run with a model: {v!r}")
+
+
+def resolve(options: dict[str, Any], runs: dict[str, Path], corpora: Path) -> dict[str, Any]:
+    """`upload:HASH` and `run:ID` become the files they name: a run's directory (llmlab.load
+    resolves it to its model), or for `adapter` the run's adapter directory."""
+    from llmlab.lab.rundir import model_dir
+
+    def one(key: str, v: str) -> str:
+        if v.startswith(UPLOAD):
+            return str(corpora / f"{v[7:]}.txt")
+        if v.startswith(RUN) and v[4:] in runs:
+            path = runs[v[4:]]
+            return str(model_dir(path) if key == "adapter" else path)
+        return v
+
+    return {k: ",".join(one(k, p.strip()) for p in v.split(",")) if isinstance(v, str) else v
+            for k, v in options.items()}
 
 
 def to_flags(options: dict[str, Any]) -> list[str]:
@@ -43,64 +98,12 @@ def to_flags(options: dict[str, Any]) -> list[str]:
     return out
 
 
-def check_paths(kind: str, options: dict[str, Any], known_runs: set[str],
-                corpora: Path) -> None:
-    """Refuse options that would make the worker read the server's disk outside what the
-    pages offer; `upload:` and `run:` names must exist."""
-    def one_of(key: str, value: str, names: tuple[str, ...]) -> None:
-        if value.startswith(UPLOAD):
-            if kind == "pretrain" and key == "inputs" and (corpora / f"{value[7:]}.txt").is_file():
-                return
-            raise ValueError(f"options.{key}: no uploaded corpus {value!r}")
-        if value.startswith(RUN):
-            if value[4:] in known_runs:
-                return
-            raise ValueError(f"options.{key}: no playground run {value!r}")
-        if value not in names:
-            raise ValueError(f"options.{key}: {value!r} is not one of {', '.join(names)} "
-                             "(local paths are disabled on this server)")
-
-    if kind == "pretrain":
-        if options.get("data") is not None:
-            raise ValueError("options.data: a prepared data dir is a local path; use inputs")
-        for name in str(options.get("inputs") or "kjv").split(","):
-            one_of("inputs", name.strip(), BUNDLED_INPUTS)
-        tok = str(options.get("tokenizer") or "bpe:4096")
-        if not tok.startswith("bpe:"):
-            one_of("tokenizer", tok, TOKENIZERS)
-    elif kind == "sft":
-        one_of("data", str(options.get("data") or ""), SFT_DATA)
-        from llmlab.weights.registry import REGISTRY
-
-        one_of("model", str(options.get("model") or "smollm2-135m-instruct"), tuple(REGISTRY))
-        if options.get("chat_template") is not None:
-            from llmlab.tokenizer.chat_template import TEMPLATES
-
-            one_of("chat_template", str(options["chat_template"]), tuple(TEMPLATES))
-
-
-def resolve_names(flags: list[str], runs: dict[str, Path], corpora: Path) -> list[str]:
-    """`upload:HASH` and `run:ID` in flag values become the files they name."""
-    def one(v: str) -> str:
-        parts = []
-        for p in v.split(","):
-            p = p.strip()
-            if p.startswith(UPLOAD):
-                p = str(corpora / f"{p[7:]}.txt")
-            elif p.startswith(RUN) and p[4:] in runs:
-                p = str(runs[p[4:]])
-            parts.append(p)
-        return ",".join(parts)
-
-    return [f"{f.split('=', 1)[0]}={one(f.split('=', 1)[1])}" if "=" in f else f
-            for f in flags]
-
-
 def validate(kind: str, flags: list[str], out: Path) -> Any:
     """Parse `llmlab KIND FLAGS --out OUT` with the CLI's parser, then run the command's own
     config checks (types, ranges, cross-field rules); ValueError with the CLI's message.
     Returns pretraining's resolved DataConfig (the manager caches prepared data by it)."""
     from llmlab.cli import build_parser
+    from llmlab.train.config import TrainConfig, from_flags
 
     if kind not in KINDS:
         raise ValueError(f"kind: expected one of {', '.join(KINDS)}, got {kind!r}")
@@ -113,13 +116,22 @@ def validate(kind: str, flags: list[str], out: Path) -> Any:
         raise ValueError("options: " + (msg[-1].split("error: ", 1)[-1] if msg else
                                         "invalid")) from None
     if kind == "pretrain":
-        from llmlab.train.cli import resolve
+        from llmlab.train.cli import resolve as resolve_pretrain
 
-        return resolve(ns)[2]
+        return resolve_pretrain(ns)[2]
     if kind == "sft":
-        from llmlab.train.config import SFTConfig, TrainConfig, from_flags
+        from llmlab.train.config import SFTConfig
         from llmlab.train.sft_cli import SFT_TRAIN
 
         from_flags(SFTConfig, ns, ns._sft_fields, "sft config")
         from_flags(TrainConfig, ns, ns._train_fields, "train config", SFT_TRAIN)
+    else:
+        from llmlab.align.cli import ALGO_CONFIGS, train_defaults
+        from llmlab.align.config import AlignConfig
+
+        acfg = from_flags(AlignConfig, ns, ns._align_fields, "align config")
+        if kind in ALGO_CONFIGS:
+            from_flags(ALGO_CONFIGS[kind], ns, ns._algo_fields, f"{kind} config")
+        from_flags(TrainConfig, ns, ns._train_fields, "train config",
+                   train_defaults(kind, acfg.peft))
     return None

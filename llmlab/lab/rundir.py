@@ -52,8 +52,20 @@ def last_record(path: Path) -> dict[str, Any] | None:
     return None
 
 
+def _section(cfg: dict[str, Any]) -> dict[str, Any]:
+    """The part of a run's config.json that names its base model: sft's or align's."""
+    return cfg.get("sft") or cfg.get("align") or {}
+
+
 def is_adapter(run_dir: Path) -> bool:
-    return _json(run_dir / "config.json").get("sft", {}).get("peft", "none") != "none"
+    sec = _section(_json(run_dir / "config.json"))
+    return sec.get("peft", "none") != "none" or bool(sec.get("adapter"))
+
+
+def kind_of(run_dir: Path) -> str:
+    """A run's kind from its config.json, for runs the shell started."""
+    cfg = _json(run_dir / "config.json")
+    return cfg.get("algo") or ("sft" if "sft" in cfg else "pretrain")
 
 
 def describe(run_dir: Path, kind: str) -> dict[str, Any]:
@@ -73,7 +85,7 @@ def describe(run_dir: Path, kind: str) -> dict[str, Any]:
         "final": final,
         "model": f"run:{run_dir.name}" if final or ckpts else None,
         "adapter": adapter,
-        "base": cfg.get("sft", {}).get("model") if kind == "sft" else None,
+        "base": _section(cfg).get("model"),
         "preset": cfg.get("preset"),
     }
 
@@ -108,7 +120,7 @@ def load_run(run_dir: Path, step: int | None = None) -> Any:
 
     path = model_dir(run_dir, step)
     if is_adapter(run_dir):
-        base = _json(run_dir / "config.json")["sft"]["model"]
+        base = _section(_json(run_dir / "config.json"))["model"]
         lm = load_lm(base, adapter=str(path))
     else:
         lm = load(str(path))

@@ -30,7 +30,14 @@ from pathlib import Path
 from typing import Any
 
 from llmlab.lab import options as opts
-from llmlab.lab.rundir import LAB_FILE, LOG_FILE, describe, failure_reason, is_run_dir
+from llmlab.lab.rundir import (
+    LAB_FILE,
+    LOG_FILE,
+    describe,
+    failure_reason,
+    is_run_dir,
+    kind_of,
+)
 from llmlab.weights.io import atomic_write_bytes
 
 ACTIVE = ("running", "stopping")
@@ -86,11 +93,12 @@ class RunManager:
         """Check the options as the CLI would, then start the worker; RunBusy when full."""
         if kind not in opts.KINDS:
             raise ValueError(f"kind: expected one of {', '.join(opts.KINDS)}, got {kind!r}")
-        flags = opts.to_flags(options)
+        opts.to_flags(options)  # names and value types, before anything else
         with self._lock:
+            runs, corpora = self._model_runs(), self.root / CORPORA
             if not self.allow_paths:
-                opts.check_paths(kind, options, set(self._model_runs()), self.root / CORPORA)
-            flags = opts.resolve_names(flags, self._model_runs(), self.root / CORPORA)
+                opts.check_paths(kind, options, runs, corpora)
+            flags = opts.to_flags(opts.resolve(options, runs, corpora))
             run_id = f"{kind}-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:4]}"
             out = self.root / run_id
             data = opts.validate(kind, flags, out)  # before anything is written
@@ -293,7 +301,7 @@ class RunManager:
         try:
             rec = RunRecord(**json.loads((path / LAB_FILE).read_text()))
         except (OSError, ValueError, TypeError):
-            kind = "sft" if '"sft"' in _read(path / "config.json") else "pretrain"
+            kind = kind_of(path)
             done = (path / "final").is_dir()
             return RunRecord(path.name, kind, {}, [], path.stat().st_mtime,
                              status="finished" if done else "stopped")
@@ -328,10 +336,3 @@ def _alive(pid: int, marker: str) -> bool:
         return marker in Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace")
     except OSError:
         return False
-
-
-def _read(path: Path) -> str:
-    try:
-        return path.read_text()
-    except OSError:
-        return ""

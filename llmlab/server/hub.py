@@ -211,7 +211,8 @@ class Hub:
                 out.append({"id": run["model"], "label": f"{run['label'] or run['id']} ({what})",
                             "kind": run["kind"], "status": run["status"],
                             "checkpoints": run["checkpoints"], "adapter": run["adapter"],
-                            "chat": run["kind"] == "sft"})  # pretraining gives no template
+                            # pretraining gives no chat template; a reward model scores
+                            "chat": run["kind"] in ("sft", "dpo", "ppo", "grpo")})
         return out
 
     def runs(self) -> Any:

@@ -130,7 +130,8 @@ def make_router(hub: Hub) -> APIRouter:
         }
 
     def run_models() -> list[str]:
-        return [r["model"] for r in hub.runs().list() if r["model"] and r["kind"] == "sft"]
+        return [r["model"] for r in hub.runs().list()
+                if r["model"] and r["kind"] in ("sft", "dpo", "ppo", "grpo")]
 
     def prepare(req: ChatRequest) -> tuple[Any, list[int], Any, bool]:
         own = req.model.startswith("run:")  # a model trained in the playground
