@@ -22,6 +22,7 @@ from llmlab.server import (
     routes_attention,
     routes_foundations,
     routes_labs,
+    routes_pretrain,
     routes_runs,
     routes_vectors,
 )
@@ -103,6 +104,7 @@ def create_app(cfg: ServerConfig | None = None) -> FastAPI:
     app.include_router(routes_foundations.make_router(hub))
     app.include_router(routes_vectors.make_router(hub))
     app.include_router(routes_runs.make_router(hub))
+    app.include_router(routes_pretrain.make_router(hub))
 
     if (STATIC / "index.html").exists():
         app.mount("/assets", StaticFiles(directory=STATIC / "assets"), name="assets")

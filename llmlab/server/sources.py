@@ -16,6 +16,7 @@ from llmlab.model import positions as mpos
 from llmlab.peft import accounting
 from llmlab.rag import answer, chunk, fuse, pipeline, rerank
 from llmlab.tokenizer import core
+from llmlab.train import depth, loop, pretrain
 
 # A page's source key -> the library function behind it.
 SOURCES: dict[str, Callable[..., Any]] = {
@@ -61,6 +62,10 @@ SOURCES: dict[str, Callable[..., Any]] = {
     "rag.rerank": rerank.LLMReranker.rerank,
     "rag.answer": answer.AnswerStream.prompt,
     "rag.citations": answer.check_citations,
+    "pretrain.loss": pretrain.next_token_loss,
+    "pretrain.fit": loop.Trainer.fit,
+    "pretrain.depth": depth.from_depth,
+    "pretrain.run": pretrain.run_pretrain,
 }
 
 
