@@ -70,7 +70,8 @@ def test_plan_schedule_is_the_trainers(tmp_path):
     out = tmp_path / "run"
     cli("pretrain", "--preset", "micro", "--depth", "2", "--max-steps", "2", "--out",
         str(out), "--inputs", "kjv", "--tokenizer", "bpe:300", "--log-every", "1",
-        "--eval-every", "2", "--eval-batches", "1", "--sample-tokens", "4", "--batch-size", "2", "--seq-len", "16", "--threads", "1", "--no-progress")
+        "--eval-every", "2", "--eval-batches", "1", "--sample-tokens", "4", "--batch-size",
+        "2", "--seq-len", "16", "--threads", "1", "--no-progress")
     saved = json.loads((out / "config.json").read_text())
     assert (saved["model"]["n_layer"], saved["model"]["d_model"], saved["model"]["n_head"]) \
         == (2, 64, 2)
