@@ -11,6 +11,7 @@ from fastapi import APIRouter, Query
 from llmlab.lab.options import TOKENIZERS
 from llmlab.server.errors import ApiError
 from llmlab.server.hub import Hub
+from llmlab.server.routes_runs import MIN_CORPUS_CHARS
 from llmlab.train.depth import plan
 from llmlab.train.presets import PRESETS
 
@@ -18,7 +19,7 @@ SOURCES = ["pretrain.loss", "pretrain.fit", "pretrain.depth", "pretrain.run"]
 MIN_BPE, MAX_BPE = 257, 65536  # 256 bytes + the end-of-text token; 16-bit token shards
 
 
-def make_router(hub: Hub) -> APIRouter:  # noqa: ARG001 (the routers' common signature)
+def make_router(hub: Hub) -> APIRouter:
     r = APIRouter(prefix="/api/pretrain")
 
     @r.get("/shape")
@@ -36,6 +37,8 @@ def make_router(hub: Hub) -> APIRouter:  # noqa: ARG001 (the routers' common sig
         elif tokenizer not in TOKENIZERS:
             raise ApiError(400, f"tokenizer: expected bpe:N or one of "
                            f"{', '.join(TOKENIZERS)}, got {tokenizer!r}", "tokenizer")
-        return {**plan(preset, depth, tokenizer, steps), "sources": SOURCES}
+        return {**plan(preset, depth, tokenizer, steps), "sources": SOURCES,
+                "corpus": {"min_chars": MIN_CORPUS_CHARS,
+                           "max_chars": hub.cfg.max_corpus_chars}}
 
     return r

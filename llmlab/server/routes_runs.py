@@ -16,6 +16,8 @@ from llmlab.server.errors import ApiError, Text
 from llmlab.server.hub import Hub
 from llmlab.server.routes_foundations import sse_event
 
+MIN_CORPUS_CHARS = 2000  # enough to hold out a validation split and train a tokenizer
+
 
 class StartRequest(BaseModel):
     kind: Literal["pretrain", "sft"]
@@ -87,8 +89,9 @@ def make_router(hub: Hub) -> APIRouter:
         if len(req.text) > limit:
             raise ApiError(400, f"text: {len(req.text):,} characters; an uploaded corpus "
                            f"may have at most {limit:,}", "text")
-        if len(req.text) < 2000:
-            raise ApiError(400, "text: at least 2,000 characters are needed to hold out a "
+        if len(req.text) < MIN_CORPUS_CHARS:
+            raise ApiError(400, f"text: {len(req.text):,} characters; at least "
+                           f"{MIN_CORPUS_CHARS:,} characters are needed to hold out a "
                            "validation split and train a tokenizer", "text")
         return runs().save_corpus(req.text)
 

@@ -108,6 +108,8 @@ def plan(preset: str, depth: int | None = None, tokenizer: str | None = None,
         "model": {k: getattr(cfg, k) for k in ("n_layer", "d_model", "n_head", "head_dim",
                                                "d_ff", "vocab_size", "max_seq_len", "mlp")},
         "n_params": n, "n_params_embedding": embed, "n_params_blocks": n - embed,
+        # an untrained model guesses uniformly: its loss starts near ln(vocab)
+        "uniform_loss": math.log(cfg.vocab_size),
         "lr": train["lr"], "max_steps": steps, "warmup_steps": train.get("warmup_steps"),
         "tokens_per_step": train.get("batch_size", 8) * train.get("seq_len", 256)
         * train.get("grad_accum", 1),

@@ -7,6 +7,7 @@ import { embeddingsPage } from "./pages/embeddings";
 import { loraPage } from "./pages/lora";
 import { neuralnetPage } from "./pages/neuralnet";
 import { overfitPage } from "./pages/overfit";
+import { pretrainPage } from "./pages/pretrain";
 import { ragPage } from "./pages/rag";
 import { tokenizerPage } from "./pages/tokenizer";
 import { word2vecPage } from "./pages/word2vec";
@@ -14,6 +15,7 @@ import { el } from "./ui";
 
 const PAGES: [string, string, (root: HTMLElement) => void][] = [
   ["attention", "Self-attention", attentionPage],
+  ["pretrain", "Pretraining", pretrainPage],
   ["lora", "LoRA", loraPage],
   ["rag", "RAG", ragPage],
   ["tokenizer", "Tokenizer", tokenizerPage],
