@@ -101,7 +101,8 @@ export function pretrainPage(root: HTMLElement): void {
     const train = recs.map((r) => [r.step, r.loss] as [number, number]);
     const val = recs.filter((r) => r.val_loss != null).map((r) => [r.step, r.val_loss] as [number, number]);
     const loss: Series[] = [{ name: "train loss", values: train, cls: "train" }, { name: "validation loss", values: val, cls: "val" }];
-    if (plan) loss.push({ name: `uniform guess, ln ${fmt(plan.model.vocab_size)}`, values: [[0, plan.uniform_loss], [Math.max(plan.max_steps, recs.at(-1)?.step ?? 0), plan.uniform_loss]], cls: "truth" });
+    // The reference line spans the steps drawn so far, so the curves keep the chart's width.
+    if (plan) loss.push({ name: `uniform guess, ln ${fmt(plan.model.vocab_size)}`, values: [[0, plan.uniform_loss], [recs.at(-1)?.step ?? plan.max_steps, plan.uniform_loss]], cls: "truth" });
     lossBox.dataset.train = JSON.stringify(train);
     lossBox.dataset.val = JSON.stringify(val);
     lossBox.replaceChildren(lineChart(loss, { w: 520, h: 260, xLabel: "step", yLabel: "cross-entropy (nats/token)", testid: "pt-loss-chart" }));
