@@ -67,3 +67,28 @@ def test_pretrain_from_the_page(page, server) -> None:  # noqa: ANN001
                          f".includes('{run_id}')", timeout=60_000)
     n_layer = json.loads((run_dir / "config.json").read_text())["model"]["n_layer"]
     assert pg.inner_text("[data-stat=layers]") == str(n_layer) == "2"
+
+
+def test_uploaded_corpus_limits_and_errors(page, server) -> None:  # noqa: ANN001
+    import hashlib
+
+    from llmlab.data.corpora import kjv_text
+
+    pg = page
+    pg.goto(f"{server.url}/#/pretrain")
+    pg.select_option("[data-testid=pt-corpus]", "upload")
+    pg.wait_for_function("document.querySelector('[data-testid=pt-limits]').textContent")
+    limit = server.hub.cfg.max_corpus_chars
+    assert f"{limit:,} characters" in pg.inner_text("[data-testid=pt-limits]")
+    pg.fill("[data-testid=pt-text]", "too short")
+    pg.click("[data-testid=pt-upload]")
+    pg.wait_for_selector("[data-testid=pt-upload-error]:not([hidden])")
+    assert "at least 2,000" in pg.inner_text("[data-testid=pt-upload-error]")
+    text = kjv_text()[:20_000]
+    pg.fill("[data-testid=pt-text]", text)
+    pg.click("[data-testid=pt-upload]")
+    pg.wait_for_function("document.querySelector('[data-testid=pt-upload-state]')"
+                         ".textContent.startsWith('stored')")
+    name = "upload:" + hashlib.sha256(text.encode()).hexdigest()[:16]
+    assert name in pg.inner_text("[data-testid=pt-upload-state]")
+    assert pg.is_hidden("[data-testid=pt-upload-error]")
