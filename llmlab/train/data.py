@@ -137,7 +137,7 @@ def _pieces(doc: str) -> list[str]:
 
 def _units(inputs: Sequence[str], val_fraction: float) -> Iterator[tuple[str, str, bool, bool]]:
     """(split, text, starts a document, ends a document), streamed. The last unit goes to val
-    when the hash picked none (a small corpus)."""
+    when the hash picked none (a small corpus); a lone unit is cut in two at a line start."""
     i, pending, any_val = 0, None, False
     for doc in iter_documents(inputs):
         if not doc:
@@ -152,22 +152,13 @@ def _units(inputs: Sequence[str], val_fraction: float) -> Iterator[tuple[str, st
             i += 1
     if pending is not None:
         if val_fraction > 0 and not any_val:
-            if i == 1:  # one piece in all (a small upload): its tail is the val split
-                head, tail = _cut_tail(pending[1], val_fraction)
-                if head:
-                    yield ("train", head, pending[2], False)
-                    pending = ("val", tail, False, pending[3])
+            text = pending[1]
+            m = _CUT.search(text, int(len(text) * (1 - val_fraction))) if i == 1 else None
+            if m is not None and m.end() < len(text):  # one piece in all (a small upload):
+                yield ("train", text[: m.end()], pending[2], False)  # its tail is val
+                pending = (pending[0], text[m.end():], False, pending[3])
             pending = ("val", *pending[1:])
         yield pending
-
-
-def _cut_tail(text: str, fraction: float) -> tuple[str, str]:
-    """`text` cut at the first line start after (1 - fraction) of it (else at that
-    character), so a corpus of one short document still has train and val parts."""
-    at = int(len(text) * (1 - fraction))
-    m = _CUT.search(text, at)
-    at = m.end() if m is not None and m.end() < len(text) else at
-    return text[:at], text[at:]
 
 
 # ----------------------------------------------------------------------------- writing shards
