@@ -149,6 +149,13 @@ def test_restarted_server_lists_the_run_and_refuses_local_paths(api: str, run: d
             assert r.json()["error"]["message"].split(":")[0] == \
                 f"options.{next(iter(options))}"
         assert c.get("/api/runs").json()["running"] == []  # nothing was started
+    # The session's server allows local paths: the same file is a corpus there.
+    corpus = root.parent / "corpus.txt"
+    corpus.write_text("In the beginning\n" * 200)
+    r = httpx.post(api, json={"kind": "pretrain", "options": {**OPTIONS, "inputs": str(corpus)}})
+    assert r.status_code == 201, r.text
+    httpx.post(f"{api}/{r.json()['id']}/stop")
+    wait(f"{api}/{r.json()['id']}", lambda r: r["status"] not in ("running", "stopping"))
 
 
 def _dir(server: Any, run: dict) -> Path:
