@@ -117,3 +117,18 @@ def test_ranks_read_what_one_process_reads_with_accumulation(tmp_path):
         assert (a["input_ids"] == ranks[0].next_batch()["input_ids"]).all()
         assert (b["input_ids"] == ranks[1].next_batch()["input_ids"]).all()
         assert (a["labels"][:, :-1] == a["input_ids"][:, 1:]).all()
+
+
+def test_one_short_document_still_gets_train_and_val(tmp_path):
+    """A corpus of one piece (an uploaded text under 64k characters) is cut at a line start:
+    its head is the train split, its tail the val split, and together they are the text."""
+    from llmlab.data.corpora import kjv_text
+    from llmlab.train.data import _units
+
+    text = kjv_text()[:20_000]
+    (tmp_path / "small.txt").write_text(text)
+    units = list(_units([str(tmp_path / "small.txt")], 0.1))
+    assert [u[0] for u in units] == ["train", "val"] and "".join(u[1] for u in units) == text
+    assert units[0][1].endswith("\n") and 0.05 < len(units[1][1]) / len(text) < 0.15
+    m = prepare([str(tmp_path / "small.txt")], "bpe:300", tmp_path / "d", 0.1, progress=False)
+    assert m["splits"]["train"]["tokens"] > 0 and m["splits"]["val"]["tokens"] > 0

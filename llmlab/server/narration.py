@@ -22,6 +22,14 @@ from llmlab.weights.io import atomic_write_bytes
 from llmlab.weights.registry import cache_dir
 
 PAGES: dict[str, str] = {
+    "pretrain": (
+        "Pretraining teaches a model one thing: predict the next token. The loss is the "
+        "cross-entropy of the true next token, averaged over every position of every "
+        "sequence; it starts near the log of the vocabulary size, a uniform guess. One depth "
+        "dial sets the layers, the width, the heads and the learning rate. Watch the train "
+        "and validation losses fall, and the samples turn from gibberish into King James "
+        "English."
+    ),
     "attention": (
         "Every token asks a question, its query, and every token offers an answer, its key. "
         "The score of a query against a key is their dot product divided by the square root "

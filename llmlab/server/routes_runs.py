@@ -18,6 +18,7 @@ from llmlab.server.hub import Hub
 from llmlab.server.routes_foundations import sse_event
 
 POLL_S, PING_S = 0.4, 15.0
+MIN_CORPUS_CHARS = 20_000  # a validation split of at least one eval batch, and a BPE
 
 
 class StartRequest(BaseModel):
@@ -100,8 +101,9 @@ def make_router(hub: Hub) -> APIRouter:
         if len(req.text) > limit:
             raise ApiError(400, f"text: {len(req.text):,} characters; an uploaded corpus "
                            f"may have at most {limit:,}", "text")
-        if len(req.text) < 2000:
-            raise ApiError(400, "text: at least 2,000 characters are needed to hold out a "
+        if len(req.text) < MIN_CORPUS_CHARS:
+            raise ApiError(400, f"text: {len(req.text):,} characters; at least "
+                           f"{MIN_CORPUS_CHARS:,} characters are needed to hold out a "
                            "validation split and train a tokenizer", "text")
         return runs().save_corpus(req.text)
 

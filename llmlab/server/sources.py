@@ -17,7 +17,7 @@ from llmlab.model import transformer as mtransformer
 from llmlab.peft import accounting
 from llmlab.rag import answer, chunk, fuse, pipeline, rerank
 from llmlab.tokenizer import core
-from llmlab.train import sft
+from llmlab.train import depth, loop, pretrain, sft
 
 # A page's source key -> the library function behind it.
 SOURCES: dict[str, Callable[..., Any]] = {
@@ -70,6 +70,10 @@ SOURCES: dict[str, Callable[..., Any]] = {
     "sft.pack": sft.pack,
     "sft.doc_mask": mtransformer.doc_mask,
     "sft.loss": sft.sft_loss,
+    "pretrain.loss": pretrain.next_token_loss,
+    "pretrain.fit": loop.Trainer.fit,
+    "pretrain.depth": depth.from_depth,
+    "pretrain.run": pretrain.run_pretrain,
 }
 
 

@@ -119,6 +119,12 @@ def resolve(a: argparse.Namespace) -> tuple[dict[str, Any], TrainConfig, Any, st
         check_fields(classes[k], flags[k], flag_name)
     if any(flags.values()):
         sources.append("flags")
+    if getattr(a, "depth", None) is not None:  # the dial, between the preset and the flags
+        from llmlab.train.depth import from_depth
+
+        derived = from_depth(a.depth, base, flags)
+        base = {**base, **{k: {**base.get(k, {}), **derived[k]} for k in derived}}
+        sources.insert(len(sources) - bool(any(flags.values())), f"--depth {a.depth}")
     where = " + ".join(sources)
     model = {k: v for k, v in base.get("model", {}).items() if k not in _MODEL_SKIP}
     model.update(flags["model"])
@@ -192,6 +198,11 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--config", default=None,
                    help="JSON file with model/train/data sections of the fields below; "
                         "applied over the preset, flags over it (default: none)")
+    p.add_argument("--depth", type=int, default=None, metavar="INT",
+                   help="one dial for the model size, as nanochat's: n_layer = depth, d_model "
+                        "= 32 x depth, 32-wide heads, d_ff = 8/3 d_model (swiglu), lr scaled "
+                        "by (d_model / the preset's) ** -0.5; explicit flags win (default: "
+                        "none, the preset's shape)")
     # Defaults shown are the default preset's (tiny-cpu): what a run without --preset gets.
     preset = PRESETS["tiny-cpu"]
     note = "defaults shown: the tiny-cpu preset's; --preset and --config change them"

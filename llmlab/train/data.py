@@ -137,7 +137,7 @@ def _pieces(doc: str) -> list[str]:
 
 def _units(inputs: Sequence[str], val_fraction: float) -> Iterator[tuple[str, str, bool, bool]]:
     """(split, text, starts a document, ends a document), streamed. The last unit goes to val
-    when the hash picked none (a small corpus)."""
+    when the hash picked none (a small corpus); a lone unit is cut in two at a line start."""
     i, pending, any_val = 0, None, False
     for doc in iter_documents(inputs):
         if not doc:
@@ -152,6 +152,11 @@ def _units(inputs: Sequence[str], val_fraction: float) -> Iterator[tuple[str, st
             i += 1
     if pending is not None:
         if val_fraction > 0 and not any_val:
+            text = pending[1]
+            m = _CUT.search(text, int(len(text) * (1 - val_fraction))) if i == 1 else None
+            if m is not None and m.end() < len(text):  # one piece in all (a small upload):
+                yield ("train", text[: m.end()], pending[2], False)  # its tail is val
+                pending = (pending[0], text[m.end():], False, pending[3])
             pending = ("val", *pending[1:])
         yield pending
 

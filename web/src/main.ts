@@ -8,6 +8,7 @@ import { loraPage } from "./pages/lora";
 import { neuralnetPage } from "./pages/neuralnet";
 import { nexttokenPage } from "./pages/nexttoken";
 import { overfitPage } from "./pages/overfit";
+import { pretrainPage } from "./pages/pretrain";
 import { ragPage } from "./pages/rag";
 import { sftmaskPage } from "./pages/sftmask";
 import { tokenizerPage } from "./pages/tokenizer";
@@ -16,6 +17,7 @@ import { el } from "./ui";
 
 const PAGES: [string, string, (root: HTMLElement) => void][] = [
   ["attention", "Self-attention", attentionPage],
+  ["pretrain", "Pretraining", pretrainPage],
   ["lora", "LoRA", loraPage],
   ["rag", "RAG", ragPage],
   ["tokenizer", "Tokenizer", tokenizerPage],
