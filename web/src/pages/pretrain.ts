@@ -141,6 +141,8 @@ export function pretrainPage(root: HTMLElement): void {
     return {
       preset: "micro", inputs: corpus.value === "upload" ? uploaded : corpus.value, tokenizer: tokenizer(),
       depth: Number(depth.input.value), max_steps: Number(steps.input.value), eval_every: n, ckpt_every: n,
+      // The samples continue a prompt in the corpus's own style; an upload's start from BOS alone.
+      sample_prompt: corpus.value === "kjv" ? "And it came to pass" : corpus.value === "pydocs" ? "The" : "",
     };
   }, {
     clear(run) { recs = []; samples.replaceChildren(); hint.hidden = true; adopt(run); draw(); },
