@@ -11,6 +11,7 @@ import llmlab
 from llmlab.explain import attention, decoding, embeddings, next_token, projection, spectrum
 from llmlab.foundations import descent, numpy_nn, overfit, token_embeddings, vectors, word2vec
 from llmlab.generate import batcher, chat, sampling
+from llmlab.lab import lineage
 from llmlab.model import layers
 from llmlab.model import positions as mpos
 from llmlab.model import transformer as mtransformer
@@ -70,6 +71,9 @@ SOURCES: dict[str, Callable[..., Any]] = {
     "sft.pack": sft.pack,
     "sft.doc_mask": mtransformer.doc_mask,
     "sft.loss": sft.sft_loss,
+    "lineage.pipeline": lineage.pipeline,
+    "lineage.parents": lineage.parents,
+    "lineage.run_of": lineage.run_of,
 }
 
 
