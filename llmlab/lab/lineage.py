@@ -55,6 +55,17 @@ PAGE_TITLES = {
     "Descent", "neuralnet": "Neural net", "overfit": "Overfitting", "word2vec": "Word2vec",
     "chat": "Chat", "decoding": "Decoding", "rag": "RAG", "embeddings": "Embeddings",
 }
+# The arrows of the pipeline itself: what each stage hands on to the next.
+FLOWS: tuple[tuple[str, str, str], ...] = (
+    ("pretrain", "sft", "base model"),
+    ("sft", "reward", "SFT model"),
+    ("reward", "policy", "rewards (PPO)"),
+    ("sft", "policy", "DPO, GRPO: no reward model"),
+    ("policy", "eval", "tuned policy"),
+)
+# The page each kind of run is started and followed from.
+KIND_PAGE = {"pretrain": "pretrain", "sft": "lora", "reward": "prefs", "dpo": "dpo",
+             "ppo": "rl", "grpo": "rl", "eval": "eval"}
 ROLES = ("model", "adapter", "reward_model")  # config.json fields naming what a run started from
 ACTIVE = ("running", "stopping")
 
@@ -158,7 +169,8 @@ def pipeline(runs: list[dict[str, Any]], root: str | Path) -> dict[str, Any]:
         if stage is None:
             continue
         ps = parents(r, root, ids)
-        staged[stage].append({**_slim(r), "stage": stage, "parents": ps})
+        staged[stage].append({**_slim(r), "stage": stage, "page": KIND_PAGE.get(r["kind"]),
+                              "parents": ps})
         edges += [{"from": p["run"], "to": r["id"], "role": p["role"]} for p in ps if p["run"]]
     state: dict[str, str] = {}
     for s in STAGES:
@@ -171,10 +183,12 @@ def pipeline(runs: list[dict[str, Any]], root: str | Path) -> dict[str, Any]:
             state[s.id] = "tried" if rs else ""
     newest = next((by_kind[r["kind"]] for r in runs if r.get("kind") in by_kind), None)
     return {
-        "stages": [{**asdict(s), "pages": [{"id": p, "title": PAGE_TITLES.get(p, p)}
-                                           for p in s.pages],
+        "stages": [{**asdict(s), "kinds": list(s.kinds),
+                    "pages": [{"id": p, "title": PAGE_TITLES.get(p, p)} for p in s.pages],
                     "runs": staged[s.id], "state": state[s.id]} for s in STAGES],
         "edges": edges,
+        "flows": [{"from": a, "to": b, "label": t} for a, b, t in FLOWS],
+        "n_runs": sum(len(v) for v in staged.values()),
         "current": newest,
         "next": next_stage(state),
     }

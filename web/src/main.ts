@@ -8,6 +8,7 @@ import { loraPage } from "./pages/lora";
 import { neuralnetPage } from "./pages/neuralnet";
 import { nexttokenPage } from "./pages/nexttoken";
 import { overfitPage } from "./pages/overfit";
+import { pipelinePage } from "./pages/pipeline";
 import { ragPage } from "./pages/rag";
 import { sftmaskPage } from "./pages/sftmask";
 import { tokenizerPage } from "./pages/tokenizer";
@@ -15,6 +16,7 @@ import { word2vecPage } from "./pages/word2vec";
 import { el } from "./ui";
 
 const PAGES: [string, string, (root: HTMLElement) => void][] = [
+  ["pipeline", "Pipeline", pipelinePage],  // the landing page: the map of the others
   ["attention", "Self-attention", attentionPage],
   ["lora", "LoRA", loraPage],
   ["rag", "RAG", ragPage],
@@ -34,7 +36,7 @@ const nav = document.getElementById("nav")!;
 const app = document.getElementById("app")!;
 
 function route(): void {
-  const name = location.hash.replace(/^#\/?/, "") || "attention";
+  const name = location.hash.replace(/^#\/?/, "") || "pipeline";
   const page = PAGES.find((p) => p[0] === name) ?? PAGES[0];
   nav.replaceChildren(...PAGES.map(([id, title]) => el("a", { href: `#/${id}`, class: id === page[0] ? "active" : "" }, title)));
   page[2](app);
