@@ -29,7 +29,7 @@ const cutLeft = (s: string, n: number) => (s.length > n ? "…" + s.slice(s.leng
 // Run ids are KIND-DATE-TIME-HEX: the date is dropped on the chips (the tooltip has it all).
 const short = (id: string) => id.replace(/^([a-z]+)-\d{8}-(\d{6}-[0-9a-f]+)$/, "$1-$2");
 const ROLE_NAME: Record<string, string> = { model: "model", adapter: "adapter", reward_model: "reward" };
-const parentText = (p: Parent) => `← ${ROLE_NAME[p.role] ?? p.role}: ` + (p.run ? cut(short(p.run), 20) : cutLeft(p.name, 20));
+const parentText = (p: Parent) => `← ${ROLE_NAME[p.role] ?? p.role}: ` + (p.run ? cut(short(p.run), 20) : p.name.includes("/") ? cutLeft(p.name, 20) : cut(p.name, 21));
 const wrap = (s: string, n: number) => s.split(" ").reduce<string[]>((ls, w) => {
   if (ls.length && (ls[ls.length - 1] + " " + w).length <= n) ls[ls.length - 1] += " " + w; else ls.push(w);
   return ls;
@@ -76,7 +76,7 @@ function draw(p: Pipeline): SVGSVGElement {
       const y = a.y + 18;
       g.append("path").attr("class", "flow").attr("d", `M${a.x + a.w},${y}H${b.x - 2}`).attr("marker-end", "url(#arrow-flow)");
     } else {  // past a stage it may skip: over the top of the row
-      const x1 = a.x + a.w / 2, x2 = b.x + b.w / 2, y = a.y;
+      const x1 = a.x + a.w * 0.35, x2 = b.x + b.w * 0.4, y = a.y;  // clear of the badges on the right
       g.append("path").attr("class", "flow skip").attr("d", `M${x1},${y}C${x1},${y - 30} ${x2},${y - 30} ${x2},${y - 2}`).attr("marker-end", "url(#arrow-flow)");
       g.append("text").attr("class", "flowlbl").attr("x", (x1 + x2) / 2).attr("y", y - 27).attr("text-anchor", "middle").text(f.label);
       continue;
@@ -102,7 +102,7 @@ function draw(p: Pipeline): SVGSVGElement {
     const first = s.pages[0];
     g.append("a").attr("href", `#/${first.id}`).attr("data-testid", `stage-title-${s.id}`)
       .append("text").attr("class", "stitle").attr("x", x + PAD).attr("y", y + 18).text(s.title);
-    const badge = isNext ? "next" : isHere ? "you are here" : s.state === "done" ? "✓" : s.state === "running" ? "running" : s.optional ? "optional" : "";
+    const badge = isNext ? "next" : isHere ? "you are here" : s.state === "done" ? "✓ done" : s.state === "running" ? "running" : s.optional ? "optional" : "";
     if (badge) g.append("text").attr("class", `badge ${isNext ? "next" : ""}`).attr("data-testid", `stage-badge-${s.id}`)
       .attr("x", x + w - 4).attr("y", y - 5).attr("text-anchor", "end").text(badge);
     g.append("text").attr("class", "swhat").attr("x", x + PAD).attr("y", y + 33).text(cut(s.what, 32));
