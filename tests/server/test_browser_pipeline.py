@@ -49,7 +49,7 @@ def test_landing_page_draws_every_stage_with_links_to_its_pages(page, server) ->
     assert _hash(pg) == "#/sftmask"
 
 
-def test_runs_started_via_the_api_appear_in_their_stage_with_their_parent(page, server: Any) -> None:  # noqa: ANN001
+def test_a_run_started_via_the_api_shows_in_its_stage_with_its_parent(page, server: Any) -> None:  # noqa: ANN001
     pre, sft = chain(server.url)
     pg = page
     pg.goto(f"{server.url}/#/pipeline")
