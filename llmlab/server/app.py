@@ -23,6 +23,7 @@ from llmlab.server import (
     routes_foundations,
     routes_labs,
     routes_next_token,
+    routes_pipeline,
     routes_pretrain,
     routes_runs,
     routes_sft,
@@ -109,6 +110,7 @@ def create_app(cfg: ServerConfig | None = None) -> FastAPI:
     app.include_router(routes_next_token.make_router(hub))
     app.include_router(routes_sft.make_router(hub))
     app.include_router(routes_pretrain.make_router(hub))
+    app.include_router(routes_pipeline.make_router(hub))
 
     if (STATIC / "index.html").exists():
         app.mount("/assets", StaticFiles(directory=STATIC / "assets"), name="assets")

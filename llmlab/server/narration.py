@@ -114,6 +114,13 @@ PAGES: dict[str, str] = {
         "it. To waste no compute, short examples are packed into one row, and positions and "
         "attention restart at each example, so no example can see another."
     ),
+    "pipeline": (
+        "A chat model is made in stages. Pretraining teaches next-token prediction on raw "
+        "text; supervised fine-tuning teaches the assistant's turn; a reward model learns "
+        "which of two answers people prefer; PPO, DPO or GRPO push the policy towards "
+        "preferred or verified answers; evaluation measures what changed. Each box opens its "
+        "page and lists the runs you made there, with the run each one started from."
+    ),
 }
 
 # One lock for loading and synthesis: onnxruntime already uses every core, so concurrent

@@ -11,6 +11,7 @@ import llmlab
 from llmlab.explain import attention, decoding, embeddings, next_token, projection, spectrum
 from llmlab.foundations import descent, numpy_nn, overfit, token_embeddings, vectors, word2vec
 from llmlab.generate import batcher, chat, sampling
+from llmlab.lab import lineage
 from llmlab.model import layers
 from llmlab.model import positions as mpos
 from llmlab.model import transformer as mtransformer
@@ -74,6 +75,9 @@ SOURCES: dict[str, Callable[..., Any]] = {
     "pretrain.fit": loop.Trainer.fit,
     "pretrain.depth": depth.from_depth,
     "pretrain.run": pretrain.run_pretrain,
+    "lineage.pipeline": lineage.pipeline,
+    "lineage.parents": lineage.parents,
+    "lineage.run_of": lineage.run_of,
 }
 
 

@@ -9,6 +9,7 @@ import { neuralnetPage } from "./pages/neuralnet";
 import { nexttokenPage } from "./pages/nexttoken";
 import { overfitPage } from "./pages/overfit";
 import { pretrainPage } from "./pages/pretrain";
+import { pipelinePage } from "./pages/pipeline";
 import { ragPage } from "./pages/rag";
 import { sftmaskPage } from "./pages/sftmask";
 import { tokenizerPage } from "./pages/tokenizer";
@@ -16,6 +17,7 @@ import { word2vecPage } from "./pages/word2vec";
 import { el } from "./ui";
 
 const PAGES: [string, string, (root: HTMLElement) => void][] = [
+  ["pipeline", "Pipeline", pipelinePage],  // the landing page: the map of the others
   ["attention", "Self-attention", attentionPage],
   ["pretrain", "Pretraining", pretrainPage],
   ["lora", "LoRA", loraPage],
@@ -36,7 +38,7 @@ const nav = document.getElementById("nav")!;
 const app = document.getElementById("app")!;
 
 function route(): void {
-  const name = location.hash.replace(/^#\/?/, "") || "attention";
+  const name = location.hash.replace(/^#\/?/, "") || "pipeline";
   const page = PAGES.find((p) => p[0] === name) ?? PAGES[0];
   nav.replaceChildren(...PAGES.map(([id, title]) => el("a", { href: `#/${id}`, class: id === page[0] ? "active" : "" }, title)));
   page[2](app);
