@@ -46,17 +46,29 @@ def load_model(name: str, adapter: str | None, dtype: str = "fp32", threads: int
     return lm
 
 
-def cmd_eval(a: argparse.Namespace) -> int:
-    from llmlab.eval.tasks import NEEDS_MODEL, TASK_FORMS, EvalConfig, parse_task, run_task
+def check_args(a: argparse.Namespace) -> list[str]:
+    """The task specs (--task, repeated or comma-separated), checked with the other values
+    that fail before a model loads; the playground checks a run's options with this too."""
+    from llmlab.eval.tasks import TASK_FORMS, parse_task
 
     tasks = [t.strip() for spec in a.task for t in spec.split(",") if t.strip()]
     if not tasks:
         raise ValueError(f"no tasks given: pass --task (repeatable): {', '.join(TASK_FORMS)}")
-    names = [parse_task(t)[0] for t in tasks]  # fail on a bad task before loading the model
-    if a.limit is not None and a.limit < 1:
-        raise ValueError(f"--limit must be >= 1, got {a.limit}")
-    if a.keep_examples < 0:
-        raise ValueError(f"--keep-examples must be >= 0 (0: all), got {a.keep_examples}")
+    for t in tasks:
+        parse_task(t)
+    for flag, v, lo in (("--limit", a.limit, 1), ("--keep-examples", a.keep_examples, 0),
+                        ("--samples", a.samples, 1), ("--workers", a.workers, 1),
+                        ("--batch-size", a.batch_size, 1)):
+        if v is not None and v < lo:
+            raise ValueError(f"{flag} must be >= {lo}, got {v}")
+    return tasks
+
+
+def cmd_eval(a: argparse.Namespace) -> int:
+    from llmlab.eval.tasks import NEEDS_MODEL, EvalConfig, parse_task, run_task
+
+    tasks = check_args(a)  # fail on a bad task before loading the model
+    names = [parse_task(t)[0] for t in tasks]
     out, progress = report_paths(a.out)
     cfg = EvalConfig(limit=a.limit, seed=a.seed, batch_size=a.batch_size,
                      max_new_tokens=a.max_new_tokens, samples=a.samples,

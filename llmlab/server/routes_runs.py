@@ -21,7 +21,7 @@ POLL_S, PING_S = 0.4, 15.0
 
 
 class StartRequest(BaseModel):
-    kind: Literal["pretrain", "sft", "reward", "dpo", "ppo", "grpo"]
+    kind: Literal["pretrain", "sft", "reward", "dpo", "ppo", "grpo", "eval"]
     options: dict[str, str | int | float | bool | None] = Field(default_factory=dict)
     label: str = Field("", max_length=80)
 
