@@ -117,7 +117,7 @@ def test_eval_page_compares_two_models_and_drills_into_a_humaneval_failure(
     # Drill down: a HumanEval bar of SmolLM2 lists its items; a failure shows the sandbox's
     # stdout/stderr and the failing line, which running the program again reproduces.
     base_id = runs[BASE]["id"]
-    pg.click(f"[data-testid=eval-bar][data-run='{base_id}'][data-task='humaneval']")
+    pg.click(f"[data-testid=eval-bar-hit][data-run='{base_id}'][data-task='humaneval']")
     pg.wait_for_selector("[data-testid=eval-example]")
     items = httpx.get(f"{server.url}/api/eval/report/{base_id}/examples",
                       params={"task": "humaneval"}, timeout=30).json()["samples"]

@@ -63,7 +63,8 @@ export function evalPage(root: HTMLElement): void {
 
   function labelOf(rep: Report): string {
     const r = rep.run.options as Record<string, string>;
-    return `${r.model ?? rep.model}${rep.adapter && !String(r.model).startsWith("run:") ? " + adapter" : ""} · ${rep.run.label || rep.run.id}`;
+    // The model as picked (run:ID or a bundled name), and which evaluation of it (its id's tail).
+    return `${r.model ?? rep.model}${rep.adapter ? " (adapter)" : ""} · eval …${rep.run.id.slice(-4)}`;
   }
 
   async function draw(): Promise<void> {

@@ -12,7 +12,7 @@ const COLORS = d3.schemeTableau10;
 
 export function barChart(runs: Compared[], onPick: (run: Compared, task: string) => void): SVGSVGElement {
   const groups = [...new Set(runs.flatMap((r) => r.rows.map((x) => `${x.task}|${x.metric}`)))];
-  const w = Math.max(420, 90 + groups.length * (40 + 34 * runs.length)), h = 300;
+  const w = Math.max(640, 90 + groups.length * (40 + 34 * runs.length)), h = 300;
   const m = { l: 56, r: 12, t: 14, b: 58 };
   const legendH = 18 * runs.length;
   const svg = d3.create("svg").attr("width", w).attr("height", h + legendH).attr("data-testid", "eval-chart");
@@ -43,7 +43,11 @@ export function barChart(runs: Compared[], onPick: (run: Compared, task: string)
         .attr("data-value", String(r.value)).style("cursor", "pointer");
       bar.append("title").text(`${run.label}: ${r.task} ${r.metric} = ${d3.format(".4~g")(r.value)}` +
         (r.low != null ? ` (95% CI ${d3.format(".3~g")(r.low)}–${d3.format(".3~g")(r.high!)}, ${r.method}, n=${r.n})` : " (no interval: one text)") + " · click for the examples");
-      bar.on("click", () => onPick(run, r.task));
+      // The whole column is the click target: a zero bar has no area of its own.
+      svg.append("rect").attr("x", bx).attr("y", m.t).attr("width", bw).attr("height", y(0) - m.t)
+        .attr("fill", "transparent").attr("pointer-events", "all").style("cursor", "pointer")
+        .attr("data-testid", "eval-bar-hit").attr("data-run", run.id).attr("data-task", r.task)
+        .on("click", () => onPick(run, r.task)).append("title").text(`${run.label}: ${r.task} · click for the examples`);
       if (r.low != null && r.high != null) {
         const cx = bx + bw / 2;
         const ci = svg.append("g").attr("class", "ci").attr("data-testid", "eval-ci").attr("data-low", String(r.low)).attr("data-high", String(r.high));
