@@ -51,7 +51,7 @@ def check_args(a: argparse.Namespace) -> list[str]:
     that fail before a model loads; the playground checks a run's options with this too."""
     from llmlab.eval.tasks import TASK_FORMS, parse_task
 
-    tasks = [t.strip() for spec in a.task for t in spec.split(",") if t.strip()]
+    tasks = [t.strip() for spec in a.task for t in spec.split(",")]  # '' fails in parse_task
     if not tasks:
         raise ValueError(f"no tasks given: pass --task (repeatable): {', '.join(TASK_FORMS)}")
     for t in tasks:
