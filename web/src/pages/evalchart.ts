@@ -50,11 +50,11 @@ export function barChart(runs: Compared[], onPick: (run: Compared, task: string)
         .on("click", () => onPick(run, r.task)).append("title").text(`${run.label}: ${r.task} · click for the examples`);
       if (r.low != null && r.high != null) {
         const cx = bx + bw / 2;
-        const ci = svg.append("g").attr("class", "ci").attr("data-testid", "eval-ci").attr("data-low", String(r.low)).attr("data-high", String(r.high));
+        const ci = svg.append("g").attr("class", "ci").attr("pointer-events", "none").attr("data-testid", "eval-ci").attr("data-low", String(r.low)).attr("data-high", String(r.high));
         ci.append("line").attr("x1", cx).attr("x2", cx).attr("y1", y(r.low)).attr("y2", y(r.high)).attr("stroke", "#111");
         for (const v of [r.low, r.high]) ci.append("line").attr("x1", cx - 5).attr("x2", cx + 5).attr("y1", y(v)).attr("y2", y(v)).attr("stroke", "#111");
       }
-      svg.append("text").attr("x", bx + bw / 2).attr("y", y(r.high ?? r.value) - 4).attr("text-anchor", "middle").attr("class", "small").text(d3.format(".3~g")(r.value));
+      svg.append("text").attr("pointer-events", "none").attr("x", bx + bw / 2).attr("y", y(r.high ?? r.value) - 4).attr("text-anchor", "middle").attr("class", "small").text(d3.format(".3~g")(r.value));
     }
     const ly = h + 14 + 18 * i;
     svg.append("rect").attr("x", m.l).attr("y", ly - 10).attr("width", 12).attr("height", 12).attr("fill", color);
