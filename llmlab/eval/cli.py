@@ -7,6 +7,7 @@ Handlers import the library inside, so `llmlab --help` does not load torch.
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from pathlib import Path
 from typing import Any
@@ -21,8 +22,11 @@ from llmlab.eval.report import (
     plot_compare,
     write_report,
 )
+from llmlab.tasks.base import KEEP_SAMPLES
 
 DEFAULT_MODEL = "smollm2-135m-instruct"
+REPORT_FILE = "report.json"  # in --out DIR
+PROGRESS_FILE = "metrics.jsonl"  # in --out DIR: what a playground run's page follows
 
 
 def load_model(name: str, adapter: str | None, dtype: str = "fp32", threads: int | None = None
@@ -42,33 +46,69 @@ def load_model(name: str, adapter: str | None, dtype: str = "fp32", threads: int
     return lm
 
 
-def cmd_eval(a: argparse.Namespace) -> int:
-    from llmlab.eval.tasks import NEEDS_MODEL, TASK_FORMS, EvalConfig, parse_task, run_task
+def check_args(a: argparse.Namespace) -> list[str]:
+    """The task specs (--task, repeated or comma-separated), checked with the other values
+    that fail before a model loads; the playground checks a run's options with this too."""
+    from llmlab.eval.tasks import TASK_FORMS, parse_task
 
-    if not a.task:
+    tasks = [t.strip() for spec in a.task for t in spec.split(",")]  # '' fails in parse_task
+    if not tasks:
         raise ValueError(f"no tasks given: pass --task (repeatable): {', '.join(TASK_FORMS)}")
-    names = [parse_task(t)[0] for t in a.task]  # fail on a bad task before loading the model
-    if a.limit is not None and a.limit < 1:
-        raise ValueError(f"--limit must be >= 1, got {a.limit}")
+    for t in tasks:
+        parse_task(t)
+    for flag, v, lo in (("--limit", a.limit, 1), ("--keep-examples", a.keep_examples, 0),
+                        ("--samples", a.samples, 1), ("--workers", a.workers, 1),
+                        ("--batch-size", a.batch_size, 1)):
+        if v is not None and v < lo:
+            raise ValueError(f"{flag} must be >= {lo}, got {v}")
+    return tasks
+
+
+def cmd_eval(a: argparse.Namespace) -> int:
+    from llmlab.eval.tasks import NEEDS_MODEL, EvalConfig, parse_task, run_task
+
+    tasks = check_args(a)  # fail on a bad task before loading the model
+    names = [parse_task(t)[0] for t in tasks]
+    out, progress = report_paths(a.out)
     cfg = EvalConfig(limit=a.limit, seed=a.seed, batch_size=a.batch_size,
                      max_new_tokens=a.max_new_tokens, samples=a.samples,
                      temperature=a.temperature, window=a.window, stride=a.stride,
                      workers=a.workers, progress=not a.no_progress,
-                     extra={"timeout": a.timeout})
+                     keep=a.keep_examples or None, extra={"timeout": a.timeout})
     lm = load_model(a.model, a.adapter, a.dtype, a.threads) if NEEDS_MODEL & set(names) else None
     results = []
-    for spec in a.task:
+    for i, spec in enumerate(tasks):
+        log_progress(progress, {"step": i, "of": len(tasks), "task": spec, "event": "start"})
         r = run_task(lm, spec, cfg)
         results.append(r)
+        log_progress(progress, {"step": i + 1, "of": len(tasks), "task": spec, "event": "done",
+                                "metrics": r["metrics"], "ci95": r["ci95"]})
         shown = ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
                           for k, v in r["metrics"].items())
         print(f"{spec}: {shown}")
     config = {k: v for k, v in vars(cfg).items() if k != "progress"}
     config["dtype"] = a.dtype
     report = make_report(a.model, a.adapter, a.seed, results, config)
-    if a.out:
-        print(f"wrote {write_report(report, a.out)}", file=sys.stderr)
+    if out:
+        print(f"wrote {write_report(report, out)}", file=sys.stderr)
     return 0
+
+
+def report_paths(out: str | None) -> tuple[Path | None, Path | None]:
+    """--out FILE: the report; --out DIR (an existing directory, e.g. a playground run's):
+    DIR/report.json, and DIR/metrics.jsonl gets a record as each task starts and ends."""
+    if out is None:
+        return None, None
+    path = Path(out)
+    if path.is_dir():
+        return path / REPORT_FILE, path / PROGRESS_FILE
+    return path, None
+
+
+def log_progress(path: Path | None, record: dict[str, Any]) -> None:
+    if path is not None:
+        with path.open("a", encoding="utf-8") as f:
+            f.write(json.dumps(record, default=str) + "\n")
 
 
 def cmd_compare(a: argparse.Namespace) -> int:
@@ -93,10 +133,16 @@ def _add_eval_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--task", action="append", default=[],
                    help="perplexity:<corpus|file> | arithmetic | trivia | "
                         "humaneval[:chat|completion] | gen:<pydocs|file.jsonl> | "
-                        "rag:<store>:<qrels> (repeatable; at least one)")
+                        "rag:<store>:<qrels> (repeatable, or several comma-separated; at "
+                        "least one)")
     p.add_argument("--limit", type=int, default=None,
                    help="items per task (tokens for perplexity) (default: all)")
-    p.add_argument("--out", default=None, help="JSON report path")
+    p.add_argument("--out", default=None,
+                   help="JSON report path; an existing directory gets report.json and "
+                        "metrics.jsonl (progress, one record as each task starts and ends)")
+    p.add_argument("--keep-examples", type=int, default=KEEP_SAMPLES,
+                   help="per-item records (prompt, output, verdict) kept per task; 0: all "
+                        f"(default: {KEEP_SAMPLES}; intervals always use every item)")
     p.add_argument("--seed", type=int, default=0,
                    help="seeds sampling and item selection (default: 0)")
     p.add_argument("--batch-size", type=int, default=16,

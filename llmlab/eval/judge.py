@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from llmlab.data.jsonl import read_jsonl, read_text
+from llmlab.eval.intervals import intervals
 from llmlab.eval.metrics import wilson_interval
 from llmlab.eval.report import make_report, write_report
 
@@ -255,7 +256,8 @@ def add_judge_command(sub: argparse._SubParsersAction, guard: Callable, load_mod
             task = {"task": "judge", "config": {"model_b": a.model_b, "adapter_b": a.adapter_b,
                                                 "judge": a.judge or a.judge_base_url,
                                                 "judge_model": judge_model,
-                                                "prompts": a.prompts or "built-in"}, **res}
+                                                "prompts": a.prompts or "built-in"}, **res,
+                    "ci95": intervals("judge", res["metrics"], res["samples"])}
             config = {"limit": a.limit, "max_new_tokens": a.max_new_tokens, "dtype": a.dtype,
                       "judge_prompt": JUDGE_PROMPT}
             rep = make_report(a.model_a, a.adapter_a, a.seed, [task], config)

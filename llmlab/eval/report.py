@@ -63,6 +63,27 @@ def primary(task: str) -> str:
     return PRIMARY.get(task.split(":")[0], "accuracy")
 
 
+# Lower is better for these; every other metric shown is higher-is-better.
+LOWER_BETTER = {"bits_per_byte", "perplexity", "nll"}
+
+
+def summary(report: dict[str, Any]) -> list[dict[str, Any]]:
+    """Each task's primary metric with its 95% interval (None where the task has none):
+    what a comparison chart draws, one bar per report."""
+    out = []
+    for r in report.get("results", []):
+        m = primary(r["task"])
+        if m not in r.get("metrics", {}):
+            continue
+        ci = r.get("ci95", {}).get(m)
+        out.append({"task": r["task"], "metric": m, "value": r["metrics"][m],
+                    "low": ci["low"] if ci else None, "high": ci["high"] if ci else None,
+                    "method": ci["method"] if ci else None, "n": r["metrics"].get("n"),
+                    "lower_is_better": m in LOWER_BETTER,
+                    "examples": len(r.get("samples", []))})
+    return out
+
+
 def compare_table(reports: list[tuple[str, dict[str, Any]]]) -> tuple[str, list[tuple]]:
     """Text table of every numeric metric, one column per report; also (task, metric, values)
     rows for the chart."""

@@ -10,6 +10,7 @@ from typing import Any
 
 from llmlab.data.jsonl import read_jsonl
 from llmlab.eval.generation import generate, perplexity_report, sliding_nll
+from llmlab.eval.intervals import intervals
 from llmlab.tasks import humaneval as he
 from llmlab.tasks.arithmetic import ARITHMETIC
 from llmlab.tasks.base import EvalConfig, sample
@@ -136,6 +137,10 @@ NEEDS_MODEL = {"perplexity", "arithmetic", "trivia", "humaneval", "gen"}
 
 
 def run_task(lm: Any, spec: str, cfg: EvalConfig) -> dict[str, Any]:
+    """One task's result: its metrics, their 95% intervals ("ci95", from every item), and
+    the first `cfg.keep` per-item records (prompt, output, verdict)."""
     name, args = parse_task(spec)
     out = RUNNERS[name](lm, args, cfg)
-    return {"task": spec, **out}
+    ci = intervals(spec, out["metrics"], out["samples"], cfg.seed)
+    kept = out["samples"] if cfg.keep is None else out["samples"][: cfg.keep]
+    return {"task": spec, **out, "ci95": ci, "samples": kept}

@@ -11,12 +11,13 @@ from typing import Any
 
 # What a page may start, as the CLI command each one runs.
 KINDS: dict[str, list[str]] = {k: [k] for k in ("pretrain", "sft", "reward", "dpo", "ppo",
-                                                "grpo")}
+                                                "grpo", "eval")}
 ALIGN = ("reward", "dpo", "ppo", "grpo")
 # Set by the manager, never by a request: where the run lives, its threads, its log's form.
 MANAGED = ("out", "resume", "threads", "progress", "config", "debug")
 UPLOAD = "upload:"  # an uploaded corpus, stored by the manager
 RUN = "run:"  # another playground run: its model, adapter or reward model
+PPL = "perplexity:"  # an eval task naming a text: a bundled corpus or an upload
 
 
 def _names() -> dict[str, dict[str, tuple[str, ...] | None]]:
@@ -34,7 +35,16 @@ def _names() -> dict[str, dict[str, tuple[str, ...] | None]]:
                          "tokenizer": ("gpt2", "cl100k", "smollm2", "bpe:")},
             "sft": {"data": ("trivia", "pydocs"), "model": models,
                     "chat_template": tuple(TEMPLATES)},
-            **{k: align for k in ALIGN}}
+            **{k: align for k in ALIGN},
+            "eval": {"model": models, "adapter": ("", RUN), "task": eval_tasks()}}
+
+
+def eval_tasks() -> tuple[str, ...]:
+    """The eval tasks a page may run: no file paths, only bundled data and uploads."""
+    from llmlab.data.corpora import CORPORA
+
+    return ("arithmetic", "trivia", "humaneval", "humaneval:chat", "humaneval:completion",
+            "gen:pydocs", *(PPL + c for c in CORPORA), PPL + UPLOAD)
 
 
 def check_paths(kind: str, options: dict[str, Any], runs: dict[str, Path],
@@ -46,7 +56,8 @@ def check_paths(kind: str, options: dict[str, Any], runs: dict[str, Path],
             continue
         if allowed is None:
             raise ValueError(f"options.{key}: a local path; this server takes none in requests")
-        for v in str(options[key]).split(",") if key == "inputs" else [str(options[key])]:
+        several = key == "inputs" or (kind == "eval" and key == "task")
+        for v in str(options[key]).split(",") if several else [str(options[key])]:
             v = v.strip()
             ok = v in allowed or any(p.endswith(":") and v.startswith(p) for p in allowed)
             if not ok:
@@ -54,18 +65,30 @@ def check_paths(kind: str, options: dict[str, Any], runs: dict[str, Path],
                                   for a in allowed)
                 raise ValueError(f"options.{key}: {v!r} is not one of {names} (local paths "
                                  "are disabled on this server)")
+            v = v.removeprefix(PPL) if kind == "eval" else v
             if v.startswith(UPLOAD) and not (corpora / f"{v[7:]}.txt").is_file():
                 raise ValueError(f"options.{key}: no uploaded corpus {v!r}")
             if v.startswith(RUN) and v[4:] not in runs:
                 raise ValueError(f"options.{key}: no playground run with a model: {v!r}")
 
 
-def resolve(options: dict[str, Any], runs: dict[str, Path], corpora: Path) -> dict[str, Any]:
+def resolve(options: dict[str, Any], runs: dict[str, Path], corpora: Path, kind: str = ""
+            ) -> dict[str, Any]:
     """`upload:HASH` and `run:ID` become the files they name: a run's directory (llmlab.load
-    resolves it to its model), or for `adapter` the run's adapter directory."""
-    from llmlab.lab.rundir import model_dir
+    resolves it to its model), or for `adapter` the run's adapter directory. An eval of an
+    adapter run evaluates its base with the adapter, as load_run loads it."""
+    from llmlab.lab.rundir import base_and_adapter, model_dir
+
+    model = options.get("model")
+    if kind == "eval" and isinstance(model, str) and model.startswith(RUN) \
+            and model[4:] in runs and not options.get("adapter"):
+        base, adapter = base_and_adapter(runs[model[4:]])
+        if adapter is not None:
+            options = {**options, "model": base, "adapter": str(adapter)}
 
     def one(key: str, v: str) -> str:
+        if v.startswith(PPL + UPLOAD):
+            return PPL + one(key, v[len(PPL):])
         if v.startswith(UPLOAD):
             return str(corpora / f"{v[7:]}.txt")
         if v.startswith(RUN) and v[4:] in runs:
@@ -119,7 +142,11 @@ def validate(kind: str, flags: list[str], out: Path) -> Any:
         from llmlab.train.cli import resolve as resolve_pretrain
 
         return resolve_pretrain(ns)[2]
-    if kind == "sft":
+    if kind == "eval":
+        from llmlab.eval.cli import check_args
+
+        check_args(ns)
+    elif kind == "sft":
         from llmlab.train.config import SFTConfig
         from llmlab.train.sft_cli import SFT_TRAIN
 

@@ -19,6 +19,7 @@ LAB_FILE = "lab.json"
 LOG_FILE = "worker.log"
 METRICS = "metrics.jsonl"
 SAMPLES = "samples.jsonl"
+REPORT = "report.json"  # an eval run's (llmlab eval --out DIR)
 TERMINAL = ("finished", "stopped", "failed")
 
 
@@ -112,6 +113,19 @@ def model_dir(run_dir: Path, step: int | None = None) -> Path:
     except FileNotFoundError:
         raise ValueError(f"model: run {run_dir.name} has no model yet (no checkpoint and "
                          "no final model)") from None
+
+
+def base_and_adapter(run_dir: Path) -> tuple[str, Path | None]:
+    """What loads a run's model by name: (its model dir, None), or for an adapter run
+    (its base model, its adapter dir), as load_run loads them."""
+    if is_adapter(run_dir):
+        return str(_section(_json(run_dir / "config.json"))["model"]), model_dir(run_dir)
+    return str(run_dir), None
+
+
+def is_done(run_dir: Path) -> bool:
+    """A training run's final model, or an eval run's report, is written last."""
+    return (run_dir / "final").is_dir() or (run_dir / REPORT).is_file()
 
 
 def load_run(run_dir: Path, step: int | None = None) -> Any:

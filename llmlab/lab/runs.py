@@ -35,6 +35,7 @@ from llmlab.lab.rundir import (
     LOG_FILE,
     describe,
     failure_reason,
+    is_done,
     is_run_dir,
     kind_of,
 )
@@ -98,7 +99,7 @@ class RunManager:
             runs, corpora = self._model_runs(), self.root / CORPORA
             if not self.allow_paths:
                 opts.check_paths(kind, options, runs, corpora)
-            flags = opts.to_flags(opts.resolve(options, runs, corpora))
+            flags = opts.to_flags(opts.resolve(options, runs, corpora, kind))
             run_id = f"{kind}-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:4]}"
             out = self.root / run_id
             data = opts.validate(kind, flags, out)  # before anything is written
@@ -119,6 +120,8 @@ class RunManager:
             rec = self._record(run_id)
             if rec.status in ACTIVE:
                 raise ValueError(f"run {run_id}: already {rec.status}")
+            if rec.kind == "eval":
+                raise ValueError(f"run {run_id}: an evaluation has no checkpoint; start it again")
             if rec.status == "finished":
                 raise ValueError(f"run {run_id}: finished; start a new run to train more")
             if not rec.argv:
@@ -244,7 +247,7 @@ class RunManager:
             self._stopping.discard(rec.id)
             rec.returncode, rec.ended, rec.pid = rc, time.time(), None
             self._keep_data(rec)
-            if rc == 0 and (self.root / rec.id / "final").is_dir() and not stopped:
+            if rc == 0 and is_done(self.root / rec.id) and not stopped:
                 self._set(rec, "finished")
             elif stopped or (rc == 0 and "stopped by SIGTERM" in self._log_tail(rec.id)):
                 self._set(rec, "stopped")
@@ -302,7 +305,7 @@ class RunManager:
             rec = RunRecord(**json.loads((path / LAB_FILE).read_text()))
         except (OSError, ValueError, TypeError):
             kind = kind_of(path)
-            done = (path / "final").is_dir()
+            done = is_done(path)
             return RunRecord(path.name, kind, {}, [], path.stat().st_mtime,
                              status="finished" if done else "stopped")
         if rec.status in ACTIVE:
@@ -311,7 +314,7 @@ class RunManager:
                 threading.Thread(target=self._watch_pid, args=(rec,), daemon=True).start()
             else:
                 rec.pid = None
-                if (path / "final").is_dir():
+                if is_done(path):
                     self._set(rec, "finished")
                 else:
                     rec.error = ("the server stopped while this run was training; resume "
@@ -324,7 +327,7 @@ class RunManager:
             time.sleep(1.0)
         with self._lock:
             rec.pid, rec.ended = None, time.time()
-            if (self.root / rec.id / "final").is_dir():
+            if is_done(self.root / rec.id):
                 self._set(rec, "finished")
             else:
                 self._set(rec, "stopped")

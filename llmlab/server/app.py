@@ -20,6 +20,7 @@ from llmlab.server import (
     openai_api,
     rag_routes,
     routes_attention,
+    routes_eval,
     routes_foundations,
     routes_labs,
     routes_next_token,
@@ -111,6 +112,7 @@ def create_app(cfg: ServerConfig | None = None) -> FastAPI:
     app.include_router(routes_sft.make_router(hub))
     app.include_router(routes_pretrain.make_router(hub))
     app.include_router(routes_pipeline.make_router(hub))
+    app.include_router(routes_eval.make_router(hub))
 
     if (STATIC / "index.html").exists():
         app.mount("/assets", StaticFiles(directory=STATIC / "assets"), name="assets")

@@ -121,6 +121,13 @@ PAGES: dict[str, str] = {
         "preferred or verified answers; evaluation measures what changed. Each box opens its "
         "page and lists the runs you made there, with the run each one started from."
     ),
+    "eval": (
+        "An evaluation runs each chosen model on the same held-out items and scores every "
+        "answer with the task's own verifier: the number in an arithmetic reply, an accepted "
+        "trivia answer, HumanEval's tests run in a sandbox. Each bar carries a ninety-five "
+        "percent interval, so with a handful of items two models often cannot be told apart. "
+        "Click a bar to read the prompts, the outputs and why each was marked right or wrong."
+    ),
 }
 
 # One lock for loading and synthesis: onnxruntime already uses every core, so concurrent

@@ -22,7 +22,7 @@ MIN_CORPUS_CHARS = 20_000  # a validation split of at least one eval batch, and 
 
 
 class StartRequest(BaseModel):
-    kind: Literal["pretrain", "sft", "reward", "dpo", "ppo", "grpo"]
+    kind: Literal["pretrain", "sft", "reward", "dpo", "ppo", "grpo", "eval"]
     options: dict[str, str | int | float | bool | None] = Field(default_factory=dict)
     label: str = Field("", max_length=80)
 

@@ -8,6 +8,9 @@ from pathlib import Path
 from typing import Any
 
 import llmlab
+from llmlab.eval import intervals as eintervals
+from llmlab.eval import report as ereport
+from llmlab.eval import tasks as etasks
 from llmlab.explain import attention, decoding, embeddings, next_token, projection, spectrum
 from llmlab.foundations import descent, numpy_nn, overfit, token_embeddings, vectors, word2vec
 from llmlab.generate import batcher, chat, sampling
@@ -17,6 +20,7 @@ from llmlab.model import positions as mpos
 from llmlab.model import transformer as mtransformer
 from llmlab.peft import accounting
 from llmlab.rag import answer, chunk, fuse, pipeline, rerank
+from llmlab.tasks import humaneval, metrics
 from llmlab.tokenizer import core
 from llmlab.train import depth, loop, pretrain, sft
 
@@ -78,6 +82,11 @@ SOURCES: dict[str, Callable[..., Any]] = {
     "lineage.pipeline": lineage.pipeline,
     "lineage.parents": lineage.parents,
     "lineage.run_of": lineage.run_of,
+    "eval.run_task": etasks.run_task,
+    "eval.intervals": eintervals.intervals,
+    "eval.pass_at_k": metrics.pass_at_k,
+    "eval.failing_line": humaneval.failing_line,
+    "eval.summary": ereport.summary,
 }
 
 

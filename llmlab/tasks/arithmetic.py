@@ -11,7 +11,7 @@ import random
 from typing import Any
 
 from llmlab.data.splits import check_split, in_split
-from llmlab.tasks.base import KEEP_SAMPLES, QA, EvalConfig, Generate, Task
+from llmlab.tasks.base import QA, EvalConfig, Generate, Task
 from llmlab.tasks.metrics import final_number
 
 ARITH_PROMPT = ("Solve this word problem. Think step by step, then finish with "
@@ -128,12 +128,14 @@ class Arithmetic(Task):
                         batch_size=cfg.batch_size, progress=cfg.progress, desc=self.name)
         got = [final_number(o) for o in outs]
         ok = [g is not None and abs(g - p.target) < 1e-6 for g, p in zip(got, probs, strict=True)]
-        samples = [{"question": p.question, "target": p.target, "output": o, "parsed": g,
-                    "correct": c} for p, o, g, c in zip(probs, outs, got, ok, strict=True)]
+        samples = [{"prompt": self.format(p), "question": p.question, "target": p.target,
+                    "output": o, "parsed": g, "correct": c,
+                    "verdict": "correct" if c else "no number" if g is None else "wrong"}
+                   for p, o, g, c in zip(probs, outs, got, ok, strict=True)]
         return {"config": {"split": "test", "n": len(probs)},
                 "metrics": {"accuracy": sum(ok) / len(ok), "n": len(ok),
                             "unparsed": sum(g is None for g in got)},
-                "samples": samples[:KEEP_SAMPLES]}
+                "samples": samples}
 
 
 ARITHMETIC = Arithmetic()

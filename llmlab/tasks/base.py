@@ -14,7 +14,7 @@ from typing import Any
 
 from llmlab.tasks.verifiers import score
 
-KEEP_SAMPLES = 20  # per-item records stored in an eval report
+KEEP_SAMPLES = 20  # per-item records stored in an eval report (EvalConfig.keep: its default)
 # eval's batched generation (llmlab.eval.generation.generate), passed in by the eval runner:
 # tasks sit below eval/, so they take it rather than import it.
 Generate = Callable[..., list[str]]
@@ -39,6 +39,7 @@ class EvalConfig:
     stride: int = 512
     workers: int = 2  # sandbox processes at once
     progress: bool = True
+    keep: int | None = KEEP_SAMPLES  # per-item records kept in the report (None: all)
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -78,5 +79,6 @@ class Task:
                 for e in self.examples(split, n, seed)]
 
     def evaluate(self, lm: Any, cfg: EvalConfig, generate: Generate) -> dict[str, Any]:
-        """{"config", "metrics", "samples"} on the test split."""
+        """{"config", "metrics", "samples"} on the test split; "samples" holds every item
+        (prompt, output, verdict), and the eval runner keeps `cfg.keep` of them."""
         raise NotImplementedError

@@ -18,7 +18,7 @@ import re
 import textwrap
 from typing import Any
 
-from llmlab.tasks.base import KEEP_SAMPLES, EvalConfig, Generate, Task
+from llmlab.tasks.base import EvalConfig, Generate, Task
 from llmlab.tasks.metrics import mean_pass_at_k
 from llmlab.tasks.sandbox import Limits, SandboxResult, run_many
 
@@ -32,6 +32,8 @@ CHAT_PREFILL = "```python\n"
 CHAT_STOPS = ["\n```"]  # the closing fence: prose after the code is never needed
 _FENCE = re.compile(r"```[ \t]*([\w+-]*)[^\n]*\n")
 _PY_TAGS = {"python", "py", "python3", "py3"}
+_FRAME = re.compile(r'File "<sandbox>/main\.py", line (\d+)')
+SHOWN_OUTPUT = 2000  # characters of a program's stdout/stderr kept per example
 
 
 def humaneval_problems() -> list[dict[str, str]]:
@@ -145,6 +147,16 @@ def mode_for(lm: Any, requested: str | None) -> str:
     return "chat" if lm.cfg.extra.get("chat_template") else "completion"
 
 
+def failing_line(source: str, stderr: str) -> str | None:
+    """The program line the sandbox's traceback ended on (for a failed test, the failing
+    `assert`), read from the program itself: the innermost frame in main.py."""
+    frames = _FRAME.findall(stderr)
+    lines = source.splitlines()
+    if not frames or not 1 <= int(frames[-1]) <= len(lines):
+        return None
+    return lines[int(frames[-1]) - 1].strip()
+
+
 def score_programs(programs: list[str], k: int, limits: Limits, workers: int
                    ) -> tuple[dict[str, Any], list[SandboxResult]]:
     """Run `k` programs per problem (consecutive) in the sandbox: pass@1/10/100 (those with
@@ -192,32 +204,34 @@ class HumanEval(Task):
         common = dict(max_new_tokens=cfg.max_new_tokens or (384 if mode == "chat" else 256),
                       temperature=temp, seed=cfg.seed, batch_size=cfg.batch_size,
                       progress=cfg.progress, desc=f"humaneval ({mode})")
+        prompts = [CHAT_PROMPT.format(prompt=p["prompt"]) if mode == "chat" else p["prompt"]
+                   for p in rows]
         if mode == "chat":
-            outs = generate(lm, [CHAT_PROMPT.format(prompt=p["prompt"]) for p in rows],
-                            prefill=CHAT_PREFILL, stop=CHAT_STOPS, **common)
+            outs = generate(lm, prompts, prefill=CHAT_PREFILL, stop=CHAT_STOPS, **common)
             solved = [chat_solution(p, CHAT_PREFILL + o) for p, o in zip(rows, outs, strict=True)]
         else:
-            outs = generate(lm, [p["prompt"] for p in rows], chat=False, stop=COMPLETION_STOPS,
-                            **common)
+            outs = generate(lm, prompts, chat=False, stop=COMPLETION_STOPS, **common)
             solved = [(completion_solution(p, o), "completion")
                       for p, o in zip(rows, outs, strict=True)]
         limits = Limits(timeout=cfg.extra.get("timeout", 5.0))
-        metrics, results = score_programs(
-            [program(p, s) for p, (s, _) in zip(rows, solved, strict=True)], k, limits,
-            cfg.workers)
+        programs = [program(p, s) for p, (s, _) in zip(rows, solved, strict=True)]
+        metrics, results = score_programs(programs, k, limits, cfg.workers)
         if mode == "chat":  # how the replies were put together with the stubs
             metrics.update(whole_function=sum(f == "function" for _, f in solved),
                            body_only=sum(f == "body" for _, f in solved))
-        samples = [{"task_id": p["task_id"], "output": o, "form": f, "solution": s,
-                    "status": r.status, "stderr_tail": r.stderr[-300:]}
-                   for p, o, (s, f), r in zip(rows, outs, solved, results, strict=True)]
+        samples = [{"task_id": p["task_id"], "prompt": q, "output": o, "form": f, "solution": s,
+                    "status": r.status, "verdict": r.status,
+                    "stdout": r.stdout[-SHOWN_OUTPUT:], "stderr": r.stderr[-SHOWN_OUTPUT:],
+                    "failing_line": None if r.passed else failing_line(src, r.stderr)}
+                   for p, q, o, (s, f), r, src in zip(rows, prompts, outs, solved, results,
+                                                      programs, strict=True)]
         config = {"mode": mode, "samples": k, "temperature": temp, "timeout_s": limits.timeout,
                   "max_new_tokens": common["max_new_tokens"]}
         if mode == "chat":
             config.update(prompt=CHAT_PROMPT, prefill=CHAT_PREFILL, stops=CHAT_STOPS)
         else:
             config.update(stops=COMPLETION_STOPS)
-        return {"config": config, "metrics": metrics, "samples": samples[:KEEP_SAMPLES]}
+        return {"config": config, "metrics": metrics, "samples": samples}
 
 
 HUMANEVAL = HumanEval()

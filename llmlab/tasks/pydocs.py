@@ -15,8 +15,8 @@ from typing import Any
 
 from llmlab.data.corpora import PYDOCS_DIR
 from llmlab.data.splits import in_split
-from llmlab.tasks.base import KEEP_SAMPLES, EvalConfig, Generate, Task, sample
-from llmlab.tasks.text import text_metrics
+from llmlab.tasks.base import EvalConfig, Generate, Task, sample
+from llmlab.tasks.text import rouge, text_metrics
 
 
 def _clean_rst(s: str) -> str:
@@ -67,10 +67,14 @@ def evaluate_references(lm: Any, items: list[tuple[str, str]], source: str, cfg:
                     seed=cfg.seed, batch_size=cfg.batch_size, progress=cfg.progress,
                     desc="gen")
     metrics: dict[str, Any] = {**text_metrics(outs, [r for _, r in items]), "n": len(items)}
-    samples = [{"prompt": p, "reference": r, "output": o}
-               for (p, r), o in zip(items, outs, strict=True)]
+    # Per item: ROUGE-L (the task's primary metric; their mean is the reported one), the
+    # verdict shown beside each example.
+    per = [rouge([o], [r])["rougeL"] for (_, r), o in zip(items, outs, strict=True)]
+    samples = [{"prompt": p, "reference": r, "output": o, "rougeL": s,
+                "verdict": f"ROUGE-L {s:.2f}"}
+               for (p, r), o, s in zip(items, outs, per, strict=True)]
     return {"config": {"source": source, "n": len(items)}, "metrics": metrics,
-            "samples": samples[:KEEP_SAMPLES]}
+            "samples": samples}
 
 
 class Pydocs(Task):

@@ -11,7 +11,7 @@ from __future__ import annotations
 from typing import Any
 
 from llmlab.data.trivia import GENERAL_LISTS, trivia_items
-from llmlab.tasks.base import KEEP_SAMPLES, QA, EvalConfig, Generate, Task, sample
+from llmlab.tasks.base import QA, EvalConfig, Generate, Task, sample
 from llmlab.tasks.metrics import answer_match, exact_match, token_f1
 
 TRIVIA_LISTS = GENERAL_LISTS
@@ -60,12 +60,14 @@ class Trivia(Task):
         em = [max(exact_match(o, a) for a in q.answers) for o, q in zip(outs, qs, strict=True)]
         f1 = [max(token_f1(o, a) for a in q.answers) for o, q in zip(outs, qs, strict=True)]
         n = len(qs)
-        samples = [{"question": q.question, "answers": q.answers, "output": o, "correct": c}
-                   for q, o, c in zip(qs, outs, ok, strict=True)]
+        samples = [{"prompt": self.format(q), "question": q.question, "answers": q.answers,
+                    "output": o, "correct": c, "exact_match": e, "f1": f,
+                    "verdict": "correct" if c else "wrong"}
+                   for q, o, c, e, f in zip(qs, outs, ok, em, f1, strict=True)]
         return {"config": {"lists": list(TRIVIA_LISTS), "split": "test", "n": n},
                 "metrics": {"accuracy": sum(ok) / n, "exact_match": sum(em) / n,
                             "f1": sum(f1) / n, "n": n},
-                "samples": samples[:KEEP_SAMPLES]}
+                "samples": samples}
 
 
 TRIVIA = Trivia()

@@ -4,6 +4,7 @@ import { chatPage } from "./pages/chat";
 import { decodingPage } from "./pages/decoding";
 import { descentPage } from "./pages/descent";
 import { embeddingsPage } from "./pages/embeddings";
+import { evalPage } from "./pages/eval";
 import { loraPage } from "./pages/lora";
 import { neuralnetPage } from "./pages/neuralnet";
 import { nexttokenPage } from "./pages/nexttoken";
@@ -32,13 +33,15 @@ const PAGES: [string, string, (root: HTMLElement) => void][] = [
   ["word2vec", "Word2vec", word2vecPage],
   ["nexttoken", "Next token", nexttokenPage],
   ["sftmask", "SFT masking", sftmaskPage],
+  ["eval", "Evaluation", evalPage],
 ];
 
 const nav = document.getElementById("nav")!;
 const app = document.getElementById("app")!;
 
 function route(): void {
-  const name = location.hash.replace(/^#\/?/, "") || "pipeline";
+  // "#/eval?model=run:ID": the page reads its own query; the route is the part before "?".
+  const name = location.hash.replace(/^#\/?/, "").split("?")[0] || "pipeline";
   const page = PAGES.find((p) => p[0] === name) ?? PAGES[0];
   nav.replaceChildren(...PAGES.map(([id, title]) => el("a", { href: `#/${id}`, class: id === page[0] ? "active" : "" }, title)));
   page[2](app);
