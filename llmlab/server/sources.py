@@ -8,6 +8,8 @@ from pathlib import Path
 from typing import Any
 
 import llmlab
+from llmlab.align import data as align_data
+from llmlab.align import prefs_view, reward
 from llmlab.explain import attention, decoding, embeddings, next_token, projection, spectrum
 from llmlab.foundations import descent, numpy_nn, overfit, token_embeddings, vectors, word2vec
 from llmlab.generate import batcher, chat, sampling
@@ -70,6 +72,14 @@ SOURCES: dict[str, Callable[..., Any]] = {
     "sft.pack": sft.pack,
     "sft.doc_mask": mtransformer.doc_mask,
     "sft.loss": sft.sft_loss,
+    "prefs.sample": align_data.sample_groups,
+    "prefs.pair": align_data.pair_groups,
+    "prefs.pick": align_data.pick_pair,
+    "prefs.score": prefs_view.score_pair,
+    "reward.score": reward.ScalarHead.score,
+    "reward.loss": reward.reward_loss,
+    "reward.baseline": reward.length_baseline,
+    "reward.held_out": reward.held_out_metrics,
 }
 
 

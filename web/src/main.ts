@@ -8,6 +8,7 @@ import { loraPage } from "./pages/lora";
 import { neuralnetPage } from "./pages/neuralnet";
 import { nexttokenPage } from "./pages/nexttoken";
 import { overfitPage } from "./pages/overfit";
+import { prefsPage } from "./pages/prefs";
 import { ragPage } from "./pages/rag";
 import { sftmaskPage } from "./pages/sftmask";
 import { tokenizerPage } from "./pages/tokenizer";
@@ -28,6 +29,7 @@ const PAGES: [string, string, (root: HTMLElement) => void][] = [
   ["word2vec", "Word2vec", word2vecPage],
   ["nexttoken", "Next token", nexttokenPage],
   ["sftmask", "SFT masking", sftmaskPage],
+  ["prefs", "Preferences", prefsPage],
 ];
 
 const nav = document.getElementById("nav")!;
