@@ -14,13 +14,13 @@ function num(value: number, testid: string, min = 1, max = 100000, step = 1): HT
 
 export function liveSection(onModel: () => Promise<void>): HTMLElement {
   const task = el("select", { "data-testid": "prefs-run-task" }, ...TASKS.map((t) => el("option", { value: t }, t))) as HTMLSelectElement;
-  const prompts = num(48, "prefs-run-prompts");
-  const val = num(12, "prefs-run-val", 1, 1000);
+  const prompts = num(32, "prefs-run-prompts");
+  const val = num(8, "prefs-run-val", 1, 1000);
   const samples = num(4, "prefs-run-samples", 2, 16);
   const hint = el("input", { type: "checkbox", checked: true, "data-testid": "prefs-run-hint" }) as HTMLInputElement;
   const pairing = el("select", { "data-testid": "prefs-run-pairing" }, ...PAIRINGS.map((p) => el("option", { value: p }, p))) as HTMLSelectElement;
   pairing.value = "length-matched";
-  const steps = num(30, "prefs-run-steps");
+  const steps = num(20, "prefs-run-steps");
   const batch = num(4, "prefs-run-batch", 1, 64);
   const every = num(5, "prefs-run-every", 1, 1000);
   const getOptions = () => ({
@@ -70,7 +70,7 @@ export function liveSection(onModel: () => Promise<void>): HTMLElement {
   }, "prefs-run");
 
   return el("section", {},
-    el("p", { class: "muted small pf-note" }, "Trains a LoRA reward model (a scalar head on SmolLM2) on pairs sampled as in section 1, a quarter or fewer held out. Small defaults: about 48 prompts and 30 steps, a few minutes on two cores. It logs the held-out accuracy and margin at each evaluation, and beside them the accuracy of a rule that looks only at length, on the same held-out pairs."),
+    el("p", { class: "muted small pf-note" }, "Trains a LoRA reward model (a scalar head on SmolLM2) on pairs sampled as in section 1, a quarter or fewer held out. Small defaults (32 prompts, 20 steps): sampling the pairs comes first and takes most of the time, a few minutes on two idle cores; a later run with the same pair settings reuses them. It logs the held-out accuracy and margin at each evaluation, and beside them the accuracy of a rule that looks only at length, on the same held-out pairs."),
     el("section", { class: "controls" }, labeled("task", task), labeled("prompts", prompts), labeled("held out (≤ ¼ of pairs)", val), labeled("samples per prompt", samples),
       labeled("hint half the samples", hint), labeled("pairing", pairing), labeled("steps", steps), labeled("batch (pairs)", batch), labeled("evaluate every", every)),
     panel.root, phase, el("div", { class: "split" }, charts, stats),
