@@ -70,7 +70,7 @@ export function liveSection(onModel: () => Promise<void>): HTMLElement {
   }, "prefs-run");
 
   return el("section", {},
-    el("p", { class: "muted small pf-note" }, "Trains a LoRA reward model (a scalar head on SmolLM2) on pairs sampled as in section 1, a quarter or fewer held out. Small defaults (32 prompts, 20 steps): sampling the pairs comes first and takes most of the time, a few minutes on two idle cores; a later run with the same pair settings reuses them. It logs the held-out accuracy and margin at each evaluation, and beside them the accuracy of a rule that looks only at length, on the same held-out pairs."),
+    el("p", { class: "muted small pf-note" }, "Trains a LoRA reward model (a scalar head on SmolLM2) on pairs sampled as in section 1, a quarter or fewer held out. Small defaults (32 prompts, 20 steps): sampling the pairs comes first and takes most of the time; a later run with the same pair settings reuses them. It logs the held-out accuracy and margin at each evaluation, and beside them the accuracy of a rule that looks only at length, on the same held-out pairs."),
     el("section", { class: "controls" }, labeled("task", task), labeled("prompts", prompts), labeled("held out (≤ ¼ of pairs)", val), labeled("samples per prompt", samples),
       labeled("hint half the samples", hint), labeled("pairing", pairing), labeled("steps", steps), labeled("batch (pairs)", batch), labeled("evaluate every", every)),
     panel.root, phase, el("div", { class: "split" }, charts, stats),
