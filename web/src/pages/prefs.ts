@@ -117,7 +117,7 @@ export function prefsPage(root: HTMLElement): void {
       ...r.checkpoints.map((s) => el("option", { value: `${r.id}@${s}` }, `${r.label} step ${s}`))]));
     if ([...rmSel.options].some((o) => o.value === keep)) rmSel.value = keep;
     const none = !info.reward_models.length;
-    rmNote.textContent = none ? "No reward model yet: train one in section 3 below (a few minutes on two cores), then score pairs with it here." : "";
+    rmNote.textContent = none ? "No reward model yet: train one in section 3 below, then score pairs with it here." : "";
     scoreBtn.toggleAttribute("disabled", none);
   }
 
