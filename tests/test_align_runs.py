@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 from inproc import llmlab
+from reward_ref import HFReward, make_prefs_file, make_tiny
 from train_common import metrics
 
 from llmlab.align.ppo import LOSS_METRICS, ROLLOUT_METRICS
@@ -28,27 +29,12 @@ def align(*args: str, check: bool = True) -> subprocess.CompletedProcess:
 
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory) -> Path:
-    """A random 2-layer Llama over SmolLM2's 49k vocabulary, saved with its tokenizer."""
-    from llmlab.model import ModelConfig, Transformer
-    from llmlab.tokenizer import load_tokenizer
-    from llmlab.weights.registry import save_checkpoint
-
-    torch.manual_seed(0)
-    cfg = ModelConfig(vocab_size=49152, d_model=32, n_layer=2, n_head=2, n_kv_head=1,
-                      max_seq_len=256, pos="rope", norm="rmsnorm", mlp="swiglu", d_ff=64,
-                      bias=False, tie_embeddings=True)
-    out = tmp_path_factory.mktemp("tiny") / "model"
-    return save_checkpoint(Transformer(cfg), out, load_tokenizer("smollm2"))
+    return make_tiny(tmp_path_factory.mktemp("tiny") / "model")
 
 
 @pytest.fixture(scope="module")
 def prefs(tmp_path_factory) -> Path:
-    """Pairs a tiny model can learn: chosen 'yes', rejected 'no'."""
-    rows = [{"prompt": f"Is {a} + {b} = {a + b}?", "chosen": "yes", "rejected": "no"}
-            for a, b in zip(range(1, 41), range(40, 0, -1), strict=True)]
-    f = tmp_path_factory.mktemp("prefs") / "prefs.jsonl"
-    f.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    return f
+    return make_prefs_file(tmp_path_factory.mktemp("prefs") / "prefs.jsonl")
 
 
 @pytest.fixture(scope="module")
@@ -56,7 +42,8 @@ def reward_run(tiny, prefs, tmp_path_factory) -> Path:
     """A LoRA reward model trained on `prefs`; 8 pairs held out."""
     out = tmp_path_factory.mktemp("rm") / "run"
     align("reward", "--model", str(tiny), "--data", str(prefs), "--out", str(out),
-          "--max-steps", "20", "--lr", "1e-2", "--val-examples", "8", *FAST)
+          "--max-steps", "20", "--lr", "1e-2", "--val-examples", "8", "--eval-every", "10",
+          *FAST)
     return out
 
 
@@ -66,37 +53,31 @@ def test_reward_command_end_to_end(reward_run: Path) -> None:
     for k in ("loss", "accuracy", "rewards/chosen", "rewards/rejected", "rewards/margin"):
         assert all(k in r for r in rows), k
     assert rows[-1]["loss"] < rows[0]["loss"]
-    acc = json.loads((reward_run / "eval.json").read_text())["pairwise_accuracy"]
-    assert acc == 1.0  # 8 held-out pairs of a trivially separable preference
+    ev = json.loads((reward_run / "eval.json").read_text())
+    assert ev["pairwise_accuracy"] == 1.0  # 8 held-out pairs of a trivially separable preference
+    # The held-out metrics over steps, at each evaluation; the last one is eval.json's.
+    held = [r for r in rows if "val/pairwise_accuracy" in r]
+    assert [r["step"] for r in held] == [10, 20] and "val_loss" in held[0]
+    assert held[-1]["val/pairwise_accuracy"] == ev["pairwise_accuracy"]
+    assert held[-1]["val/margin"] == pytest.approx(ev["margin"]) and ev["margin"] > 0
+    # "yes" and "no" are one token each: length tells no pair apart
+    assert held[0]["val/length_baseline"] == ev["length_baseline"] == 0.5
 
 
 def test_reward_model_scores_as_transformers_sequence_classifier(tiny: Path, reward_run: Path,
                                                                  tmp_path: Path) -> None:
     """Our exported reward model (PEFT adapter + score head) read by transformers + PEFT:
     LlamaForSequenceClassification scores the last token's final hidden state, as ours."""
-    from peft import PeftModel
-    from transformers import LlamaForCausalLM, LlamaForSequenceClassification
-
-    import llmlab
     from llmlab.align.reward import load_reward_model
-    from llmlab.weights.hf import save_hf
-    from llmlab.weights.io import load_safetensors
 
     rm = load_reward_model(reward_run)
-    save_hf(llmlab.load(str(tiny)).model, tmp_path / "hf")
-    lm = PeftModel.from_pretrained(LlamaForCausalLM.from_pretrained(tmp_path / "hf"),
-                                   reward_run / "final").merge_and_unload()
-    seq = LlamaForSequenceClassification(lm.config).eval()
-    seq.model.load_state_dict(lm.model.state_dict())
-    head = load_safetensors(reward_run / "final" / "score_head.safetensors")
-    with torch.no_grad():
-        seq.score.weight.copy_(head["head.weight"])
-        g = torch.Generator().manual_seed(0)
-        for n in (5, 17):  # one row each, so no padding convention is involved
-            ids = torch.randint(3, 49152, (1, n), generator=g)
+    ref = HFReward(tiny, reward_run / "final", tmp_path)
+    g = torch.Generator().manual_seed(0)
+    for n in (5, 17):  # one row each, so no padding convention is involved
+        ids = torch.randint(3, 49152, (1, n), generator=g)
+        with torch.no_grad():
             ours = rm.score(ids, torch.ones_like(ids))
-            ref = seq(ids).logits[0, 0] + head["head.bias"][0]
-            assert torch.allclose(ours[0], ref, atol=1e-4), (ours, ref)
+        assert torch.allclose(ours[0], ref(ids), atol=1e-4), (ours, ref(ids))
 
 
 def test_dpo_command_end_to_end_with_held_out_eval(tiny: Path, prefs: Path,

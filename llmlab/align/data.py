@@ -175,11 +175,23 @@ def make_prefs(lm: Any, prompts: list[dict[str, Any]], samples: int = 4,
     so far fewer prompts are spent on groups that are all wrong; the verifier still decides
     which sample is chosen. Rows keep both rewards (`chosen_reward`, `rejected_reward`); empty
     completions are dropped (a pair needs two texts). Generates `chunk` sequences at a time."""
-    from tqdm import tqdm
-
     check_pairing(pairing)  # before the slow sampling
     if pairing == "perturbed":
         _check_numeric(prompts)
+    texts, rewards = sample_groups(lm, prompts, samples, max_new_tokens, temperature, seed,
+                                   hint, chunk)
+    return pair_groups(prompts, texts, rewards, samples, pairing, seed)
+
+
+def sample_groups(lm: Any, prompts: list[dict[str, Any]], samples: int = 4,
+                  max_new_tokens: int = 96, temperature: float = 1.0, seed: int = 0,
+                  hint: bool = False, chunk: int = 64, progress: bool = True
+                  ) -> tuple[list[str], list[float]]:
+    """make_prefs' sampling step: `samples` completions per prompt (prompt-major; with
+    `hint`, the second half of each prompt's samples saw `hinted(prompt)`) and the task
+    verifier's reward of each."""
+    from tqdm import tqdm
+
     template = template_for(lm)
     rows = [p for p in prompts for _ in range(samples)]
     texts_in = [hinted(p) if hint and j >= samples // 2 else p["prompt"]
@@ -187,13 +199,21 @@ def make_prefs(lm: Any, prompts: list[dict[str, Any]], samples: int = 4,
     ids = [prompt_ids(lm.tokenizer, template, t, p.get("chat", True))
            for t, p in zip(texts_in, rows, strict=True)]
     texts: list[str] = []
-    for k in tqdm(range(0, len(ids), chunk), desc="sampling preference pairs", unit="batch"):
+    for k in tqdm(range(0, len(ids), chunk), desc="sampling preference pairs", unit="batch",
+                  disable=not progress):
         params = make_params(lm.tokenizer, max_new_tokens=max_new_tokens,
                              temperature=temperature, seed=seed + k, stop=list(template.stop))
         texts += [c.text for c in complete(lm.model, lm.tokenizer, ids[k:k + chunk], params)]
-    rewards = score_many(texts, [p["verifier"] for p in rows])
+    return texts, score_many(texts, [p["verifier"] for p in rows])
+
+
+def pair_groups(prompts: list[dict[str, Any]], texts: list[str], rewards: list[float],
+                samples: int, pairing: str = "extremes", seed: int = 0
+                ) -> list[dict[str, Any]]:
+    """make_prefs' pairing step over `sample_groups`' output: one pair per prompt at most."""
     if pairing == "perturbed":
         return perturbed_pairs(prompts, texts, rewards, samples, seed)
+    check_pairing(pairing)
     out = []
     for i, p in enumerate(prompts):
         grp = [(r, t) for r, t in zip(rewards[i * samples:(i + 1) * samples],

@@ -101,6 +101,12 @@ def head_export(inner: Callable[[nn.Module, Path], Any]) -> Callable[[nn.Module,
 def load_reward_model(path: str | Path) -> ScalarHead:
     """A reward model saved by `llmlab reward` (a run dir or its final/ dir): the full
     model or the base plus its LoRA adapter, and HEAD_FILE. Frozen, in eval mode."""
+    return load_reward_lm(path)[0]
+
+
+def load_reward_lm(path: str | Path) -> tuple[ScalarHead, Any]:
+    """`load_reward_model`, and the LM it was built from (its tokenizer and chat template
+    render the pairs the reward model scores)."""
     path = Path(path)
     if not (path / HEAD_FILE).exists() and (path / "final" / HEAD_FILE).exists():
         path = path / "final"
@@ -112,12 +118,14 @@ def load_reward_model(path: str | Path) -> ScalarHead:
         if not base:
             raise ValueError(f"{path / 'adapter_config.json'}: field "
                              "'base_model_name_or_path' is needed to load the reward model")
-        model: nn.Module = load_adapter(llmlab.load(base).model, path)
+        lm = llmlab.load(base)
+        model: nn.Module = load_adapter(lm.model, path)
     else:
-        model = llmlab.load(path).model
+        lm = llmlab.load(path)
+        model = lm.model
     rm = ScalarHead(model)
     rm.load_head(path)
-    return rm.eval().requires_grad_(False)
+    return rm.eval().requires_grad_(False), lm
 
 
 def reward_loss(r_chosen: torch.Tensor, r_rejected: torch.Tensor,
@@ -137,16 +145,46 @@ def reward_loss(r_chosen: torch.Tensor, r_rejected: torch.Tensor,
                   "rewards/margin": float((r_chosen - r_rejected).mean())}
 
 
+@torch.no_grad()
+def pair_scores(rm: ScalarHead, batches: list[dict[str, Any]]
+                ) -> tuple[torch.Tensor, torch.Tensor]:
+    """r(chosen) and r(rejected) of every pair in `batches` (pref_tensors' keys)."""
+    rc = [rm.score(b["chosen_ids"], b["chosen_mask"]).float() for b in batches]
+    rr = [rm.score(b["rejected_ids"], b["rejected_mask"]).float() for b in batches]
+    return torch.cat(rc), torch.cat(rr)
+
+
 def pairwise_accuracy(rm: ScalarHead, batches: list[dict[str, Any]]) -> float:
     """Held-out accuracy: the fraction of pairs where r(chosen) > r(rejected)."""
-    right = total = 0
-    with torch.no_grad():
-        for b in batches:
-            rc = rm.score(b["chosen_ids"], b["chosen_mask"])
-            rr = rm.score(b["rejected_ids"], b["rejected_mask"])
-            right += int((rc > rr).sum())
-            total += rc.numel()
-    return right / max(total, 1)
+    rc, rr = pair_scores(rm, batches)
+    return float((rc > rr).float().mean()) if len(rc) else 0.0
+
+
+def length_baseline(batches: list[dict[str, Any]]) -> dict[str, Any]:
+    """What a reward model could score on these pairs by length alone: the accuracy of
+    "the shorter completion is chosen" and of "the longer is chosen", in completion tokens
+    as the model reads them (after truncation), ties counted as half right. The better of
+    the two is the baseline a reward model has to beat (BENCHMARKS.md: reward models here
+    learned such shortcuts)."""
+    nc = torch.cat([b["chosen_cmask"].sum(1) for b in batches]).float()
+    nr = torch.cat([b["rejected_cmask"].sum(1) for b in batches]).float()
+    n = max(len(nc), 1)
+    ties = float((nc == nr).sum()) / n
+    shorter = float((nc < nr).sum()) / n + ties / 2
+    longer = float((nc > nr).sum()) / n + ties / 2
+    return {"shorter_wins": shorter, "longer_wins": longer, "length_ties": ties,
+            "length_baseline": max(shorter, longer),
+            "length_rule": "shorter" if shorter >= longer else "longer"}
+
+
+def held_out_metrics(rm: ScalarHead, batches: list[dict[str, Any]]) -> dict[str, Any]:
+    """A reward model on held-out pairs: pairwise accuracy, mean margin r_c - r_r, the BT
+    loss, and the length baseline on the same pairs."""
+    rc, rr = pair_scores(rm, batches)
+    loss, m = reward_loss(rc, rr)
+    return {"pairs": len(rc), "pairwise_accuracy": m["accuracy"],
+            "margin": m["rewards/margin"], "bt_loss": float(loss),
+            **length_baseline(batches)}
 
 
 def reward_batch_loss(rm: nn.Module, batch: dict[str, torch.Tensor], center_coef: float = 0.0

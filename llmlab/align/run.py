@@ -35,14 +35,14 @@ from llmlab.align.ppo import PPOBatches, ppo_loss_fn
 from llmlab.align.reward import (
     ScalarHead,
     head_export,
+    held_out_metrics,
     load_reward_model,
-    pairwise_accuracy,
     reward_batch_loss,
 )
 from llmlab.generate.chat import template_for
 from llmlab.peft.model import adopt_template, get_peft_model, load_adapter
 from llmlab.train.config import TrainConfig
-from llmlab.train.distributed import Dist, init_distributed, shutdown, to_device
+from llmlab.train.distributed import Dist, init_distributed, shutdown, to_device, unwrap
 from llmlab.train.loop import BatchSource, LossFn, Trainer
 from llmlab.weights.registry import save_checkpoint
 
@@ -138,17 +138,12 @@ def _prompts(s: Start, need_verifier: bool = True) -> list[dict[str, Any]]:
     return task_prompts(a.task, a.max_examples, seed=s.tcfg.seed)
 
 
-def _reward_score(rm: nn.Module, evals: list[dict[str, Any]]) -> dict[str, Any]:
-    return {"pairs": sum(len(b["chosen_ids"]) for b in evals),
-            "pairwise_accuracy": pairwise_accuracy(rm, evals)}
-
-
 def reward(s: Start) -> Setup:
     """A Bradley-Terry reward model: a scalar head on the policy, trained on pairs."""
     batches, evals = _pairs(s)
     loss = functools.partial(reward_batch_loss, center_coef=s.acfg.center_rewards_coefficient)
     return Setup(ScalarHead(s.model), head_export(s.export), batches, loss, evals,
-                 _reward_score)
+                 held_out_metrics)
 
 
 def dpo(s: Start) -> Setup:
@@ -191,6 +186,29 @@ ALGORITHMS: dict[str, Callable[[Start], Setup]] = {
     "reward": reward, "dpo": dpo, "ppo": ppo, "grpo": grpo}
 
 
+class PairTrainer(Trainer):
+    """The shared loop, plus the held-out pairs' own metrics (`Setup.score`: pairwise
+    accuracy, margin...) beside val_loss at each evaluation, as `val/<name>`, so a page can
+    watch them over steps rather than only in eval.json at the end."""
+
+    def __init__(self, *a: Any, score: Scorer | None = None, **kw: Any) -> None:
+        super().__init__(*a, **kw)
+        self.score = score
+
+    def _log(self, rec: dict[str, Any]) -> None:
+        # FSDP: every rank takes part in the forwards (as Trainer._samples); else rank 0 only.
+        if "val_loss" in rec and self.score is not None and (
+                self.dist.is_main or (self.dist.fsdp and self.dist.enabled)):
+            model = self.model if self.dist.fsdp else unwrap(self.raw)
+            model.eval()
+            with torch.no_grad(), self._autocast():
+                m = self.score(model, [to_device(b, self.device) for b in self.eval_data])
+            model.train()
+            rec.update({f"val/{k}": v for k, v in m.items()
+                        if isinstance(v, (int, float)) and not isinstance(v, bool)})
+        super()._log(rec)
+
+
 @torch.no_grad()
 def evaluate(setup: Setup, device: torch.device) -> dict[str, Any] | None:
     """Held-out pairs after training: the reward model's pairwise accuracy, or DPO's
@@ -218,9 +236,11 @@ def run(algo: str, acfg: AlignConfig, tcfg: TrainConfig, run_dir: Path,
         (run_dir / "config.json").write_text(json.dumps(
             {"algo": algo, "align": dataclasses.asdict(acfg), "train": dataclasses.asdict(tcfg),
              **({algo: dataclasses.asdict(gcfg)} if gcfg else {})}, indent=1) + "\n")
-        trainer = Trainer(setup.model, tcfg, run_dir, setup.batches, setup.loss_fn, dist=d,
-                          export=setup.export, eval_data=setup.evals, run_info={"algo": algo},
-                          compat={"algo": algo, "model": acfg.model})
+        trainer = PairTrainer(setup.model, tcfg, run_dir, setup.batches, setup.loss_fn,
+                              dist=d, export=setup.export, eval_data=setup.evals,
+                              run_info={"algo": algo}, compat={"algo": algo,
+                                                               "model": acfg.model},
+                              score=setup.score)
         out = trainer.fit()
         ev = evaluate(setup, d.device) if d.is_main else None
         if ev is not None:

@@ -25,6 +25,7 @@ from llmlab.server import (
     routes_labs,
     routes_next_token,
     routes_pipeline,
+    routes_prefs,
     routes_pretrain,
     routes_runs,
     routes_sft,
@@ -113,6 +114,7 @@ def create_app(cfg: ServerConfig | None = None) -> FastAPI:
     app.include_router(routes_pretrain.make_router(hub))
     app.include_router(routes_pipeline.make_router(hub))
     app.include_router(routes_eval.make_router(hub))
+    app.include_router(routes_prefs.make_router(hub))
 
     if (STATIC / "index.html").exists():
         app.mount("/assets", StaticFiles(directory=STATIC / "assets"), name="assets")

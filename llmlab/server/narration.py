@@ -128,6 +128,14 @@ PAGES: dict[str, str] = {
         "percent interval, so with a handful of items two models often cannot be told apart. "
         "Click a bar to read the prompts, the outputs and why each was marked right or wrong."
     ),
+    "prefs": (
+        "Preference data pairs one prompt with a chosen and a rejected answer. Here the model "
+        "samples a few answers, the task's verifier ranks them, and a pair is formed. A reward "
+        "model gives each answer a score, and the Bradley-Terry model says the chosen one wins "
+        "with probability sigmoid of the score difference. Watch its held-out accuracy beside "
+        "a rule that only compares lengths: this project's reward models beat chance mostly "
+        "by such shortcuts."
+    ),
 }
 
 # One lock for loading and synthesis: onnxruntime already uses every core, so concurrent

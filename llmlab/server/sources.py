@@ -8,6 +8,8 @@ from pathlib import Path
 from typing import Any
 
 import llmlab
+from llmlab.align import data as align_data
+from llmlab.align import prefs_view, reward
 from llmlab.eval import intervals as eintervals
 from llmlab.eval import report as ereport
 from llmlab.eval import tasks as etasks
@@ -87,6 +89,14 @@ SOURCES: dict[str, Callable[..., Any]] = {
     "eval.pass_at_k": metrics.pass_at_k,
     "eval.failing_line": humaneval.failing_line,
     "eval.summary": ereport.summary,
+    "prefs.sample": align_data.sample_groups,
+    "prefs.pair": align_data.pair_groups,
+    "prefs.pick": align_data.pick_pair,
+    "prefs.score": prefs_view.score_pair,
+    "reward.score": reward.ScalarHead.score,
+    "reward.loss": reward.reward_loss,
+    "reward.baseline": reward.length_baseline,
+    "reward.held_out": reward.held_out_metrics,
 }
 
 

@@ -11,6 +11,7 @@ import { nexttokenPage } from "./pages/nexttoken";
 import { overfitPage } from "./pages/overfit";
 import { pretrainPage } from "./pages/pretrain";
 import { pipelinePage } from "./pages/pipeline";
+import { prefsPage } from "./pages/prefs";
 import { ragPage } from "./pages/rag";
 import { sftmaskPage } from "./pages/sftmask";
 import { tokenizerPage } from "./pages/tokenizer";
@@ -34,6 +35,7 @@ const PAGES: [string, string, (root: HTMLElement) => void][] = [
   ["nexttoken", "Next token", nexttokenPage],
   ["sftmask", "SFT masking", sftmaskPage],
   ["eval", "Evaluation", evalPage],
+  ["prefs", "Preferences", prefsPage],
 ];
 
 const nav = document.getElementById("nav")!;
