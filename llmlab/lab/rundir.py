@@ -75,6 +75,7 @@ def describe(run_dir: Path, kind: str) -> dict[str, Any]:
         "adapter": adapter,
         "base": cfg.get("sft", {}).get("model") if kind == "sft" else None,
         "preset": cfg.get("preset"),
+        "info": _json(run_dir / "run.json"),  # what the library counted (trainable, memory)
     }
 
 
