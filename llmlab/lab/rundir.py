@@ -88,6 +88,7 @@ def describe(run_dir: Path, kind: str) -> dict[str, Any]:
         "adapter": adapter,
         "base": _section(cfg).get("model"),
         "preset": cfg.get("preset"),
+        "info": _json(run_dir / "run.json"),  # what the library counted (trainable, memory)
     }
 
 

@@ -159,3 +159,15 @@ def compare_methods(
             f"{num_virtual_tokens} soft-prompt embeddings at the input only",
         ),
     ]
+
+
+def adamw_memory(frozen_bytes: int, trainable: int, total: int, bytes_per: int = 4
+                 ) -> dict[str, int]:
+    """What a training run holds besides activations, in bytes: the frozen weights as stored,
+    and for each trained parameter its weight, its gradient and AdamW's two moments (the
+    Trainer keeps all three in the weight's dtype, fp32: 16 bytes each). `full_finetune` is
+    the same run training all `total` parameters: the saving LoRA buys."""
+    weights, grads, adam = trainable * bytes_per, trainable * bytes_per, 2 * trainable * bytes_per
+    return {"frozen_weights": frozen_bytes, "trained_weights": weights, "gradients": grads,
+            "adam_moments": adam, "total": frozen_bytes + weights + grads + adam,
+            "full_finetune": 4 * total * bytes_per}

@@ -41,7 +41,9 @@ PAGES: dict[str, str] = {
         "LoRA freezes a weight matrix W and learns a low-rank update: B times A, scaled by "
         "alpha over r. With rank r the update costs r times d in plus d out parameters "
         "instead of d in times d out. The singular values of a real weight show how much of "
-        "it a rank r matrix can hold: the error is exactly the energy in the dropped ones."
+        "it a rank r matrix can hold: the error is exactly the energy in the dropped ones. "
+        "Train one live below and compare the answers to the same held-out questions before "
+        "and after."
     ),
     "rag": (
         "Retrieval augmented generation answers from documents, not memory. The query is "

@@ -21,6 +21,7 @@ from llmlab.model import layers
 from llmlab.model import positions as mpos
 from llmlab.model import transformer as mtransformer
 from llmlab.peft import accounting
+from llmlab.peft.lora import LoraLinear
 from llmlab.rag import answer, chunk, fuse, pipeline, rerank
 from llmlab.tasks import humaneval, metrics
 from llmlab.tokenizer import core
@@ -37,6 +38,10 @@ SOURCES: dict[str, Callable[..., Any]] = {
     "lora.params": accounting.lora_params,
     "lora.compare": accounting.compare_methods,
     "lora.errors": spectrum.rank_r_errors,
+    "lora.forward": LoraLinear.forward,
+    "sft.run": sft.run_sft,
+    "sft.loss": sft.sft_loss,
+    "sft.answers": sft.answer_prompts,
     "rag.projection": projection.fit_pca,
     "tokenizer.encode": core.Tokenizer.encode,
     "decoding.next": decoding.next_token,

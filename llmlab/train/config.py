@@ -272,8 +272,8 @@ RANGES: dict[str, dict[str, Range]] = {
                     "encoder_layers": NON_NEGATIVE, "pad_token_id": NON_NEGATIVE,
                     "bos_token_id": NON_NEGATIVE},
     "DataConfig": {"val_fraction": BELOW_ONE},
-    "SFTConfig": {**SIZES, "lora_alpha": POSITIVE, "lora_dropout": BELOW_ONE,
-                  "max_examples": NON_NEGATIVE, "val_examples": NON_NEGATIVE},
+    "SFTConfig": {**SIZES, "lora_alpha": POSITIVE, "lora_dropout": BELOW_ONE, "max_examples":
+                  NON_NEGATIVE, "val_examples": NON_NEGATIVE, "sample_prompts": NON_NEGATIVE},
     "AlignConfig": {**SIZES, "lora_alpha": POSITIVE, "beta": POSITIVE,
                     "label_smoothing": Range(0, 0.5), "center_rewards_coefficient":
                     NON_NEGATIVE, "max_examples": POSITIVE, "val_examples": NON_NEGATIVE,
@@ -384,6 +384,7 @@ class SFTConfig:
     chat_template: str | None = None
     max_examples: int = 0  # training examples used; 0: all
     val_examples: int = 64  # held out from the training file for val loss (bundled: test split)
+    sample_prompts: int = 4  # held-out prompts answered greedily at step 0 and each eval; 0: none
 
     def peft_options(self) -> dict[str, Any]:
         if self.peft in ("lora", "dora", "qlora"):

@@ -40,7 +40,7 @@ from llmlab.train.timing import PhaseTimer
 from llmlab.weights.registry import build
 
 LossFn = Callable[[nn.Module, Any], tuple[torch.Tensor, dict[str, Any]]]
-METRICS = "metrics.jsonl"
+METRICS, SAMPLES = "metrics.jsonl", "samples.jsonl"
 
 
 class BatchSource(Protocol):
@@ -70,8 +70,9 @@ class Trainer:
     """Runs `cfg.max_steps` optimizer steps of `loss_fn` over `train_data` in `run_dir`.
 
     `export(model, dir)` writes a loadable model directory (checkpoints' model/ and final/);
-    `eval_data` is a list of batches for validation; `sample_fn(model) -> [text]` makes
-    samples at each evaluation; `run_info` is merged into run.json (for `llmlab report`);
+    `eval_data` is a list of batches for validation; `sample_fn(model)` makes samples (texts,
+    or dicts of fields) at step 0 and each evaluation, for samples.jsonl; `run_info` is merged
+    into run.json (for `llmlab report`);
     `compat` holds settings a resumed run must share with its checkpoint. Each metrics
     record carries `time/<phase>` seconds per step (batch, forward_backward, optim, step;
     time/eval when it evaluated; for RL, time/batch is the rollout). `sync_timing` makes them
@@ -88,7 +89,7 @@ class Trainer:
         dist: Dist,
         export: Callable[[nn.Module, Path], None],
         eval_data: Iterable[Any] | None = None,
-        sample_fn: Callable[[nn.Module], list[str]] | None = None,
+        sample_fn: Callable[[nn.Module], list[str] | list[dict[str, Any]]] | None = None,
         groups: list[dict[str, Any]] | None = None,
         run_info: dict[str, Any] | None = None,
         compat: dict[str, Any] | None = None,
@@ -199,6 +200,7 @@ class Trainer:
         self.step, self.tokens, self.best_val = state["step"], state["tokens"], state["best_val"]
         if self.dist.is_main:
             ckpt.trim_metrics(self.run_dir / METRICS, self.step)
+            ckpt.trim_metrics(self.run_dir / SAMPLES, self.step)  # redone from here
         return True
 
     def fit(self) -> dict[str, Any]:
@@ -386,8 +388,9 @@ class Trainer:
             texts = self.sample_fn(model)
         model.train()
         if self.dist.is_main:
-            with (self.run_dir / "samples.jsonl").open("a") as f:
-                for t in texts:
-                    f.write(json.dumps({"step": self.step, "text": t}) + "\n")
+            with (self.run_dir / SAMPLES).open("a") as f:
+                for t in texts:  # a dict's fields ({"prompt", "answer", ...}) as they are
+                    item = t if isinstance(t, dict) else {"text": t}
+                    f.write(json.dumps({"step": self.step, **item}) + "\n")
                     if self.cfg.progress:
                         tqdm.write(f"[step {self.step}] {t!r}")

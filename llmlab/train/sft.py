@@ -29,6 +29,8 @@ from torch import nn
 
 import llmlab
 from llmlab.generate.chat import set_template, template_for
+from llmlab.generate.engine import complete, make_params
+from llmlab.peft.accounting import adamw_memory
 from llmlab.peft.model import get_peft_model
 from llmlab.tokenizer.chat_template import ChatTemplate, load_template
 from llmlab.train.config import SFTConfig, TrainConfig
@@ -168,6 +170,51 @@ def sft_loss(model: nn.Module, batch: dict[str, torch.Tensor]
     return loss, {"tokens": int((labels != IGNORE).sum())}
 
 
+def held_out_prompts(examples: list[dict[str, Any]], n: int, seed: int) -> list[dict[str, Any]]:
+    """`n` held-out conversations chosen by `seed`: the turns before the last assistant reply
+    (the prompt) and that reply (the reference answer)."""
+    out = []
+    for i in sorted(random.Random(seed).sample(range(len(examples)), min(n, len(examples)))):
+        msgs = examples[i]["messages"]
+        last = max(j for j, m in enumerate(msgs) if m["role"] == "assistant")
+        out.append({"messages": msgs[:last], "reference": msgs[last]["content"]})
+    return out
+
+
+def answer_prompts(model: nn.Module, tok: Any, template: ChatTemplate,
+                   prompts: list[dict[str, Any]], max_new_tokens: int,
+                   system: str | None = None) -> list[dict[str, str]]:
+    """The model's greedy reply to each held-out prompt, {"prompt", "answer", "reference"}.
+    One prompt at a time, as Chat sends it: no left padding next to longer prompts, so the
+    answers are the ones Chat gives at temperature 0."""
+    params = make_params(tok, max_new_tokens=max_new_tokens, temperature=0.0,
+                         stop=list(template.stop))
+    out = []
+    for p in prompts:
+        ids = template.encode(tok, p["messages"], system)
+        text = complete(model, tok, [ids], params, truncate=True)[0].text
+        out.append({"prompt": p["messages"][-1]["content"], "answer": text.strip(),
+                    "reference": p["reference"]})
+    return out
+
+
+def param_accounting(model: nn.Module) -> dict[str, Any]:
+    """Trainable and total parameters as PEFT counts them, and the training memory the run
+    holds besides activations (`peft.accounting.adamw_memory`), from the model itself."""
+    params = list(model.parameters())  # shared (tied) weights once
+    if hasattr(model, "parameter_counts"):  # a PeftModel: a 4-bit weight counts its elements
+        trainable, total = model.parameter_counts()
+    else:
+        total = sum(p.numel() for p in params)
+        trainable = sum(p.numel() for p in params if p.requires_grad)
+    frozen = sum(p.numel() * p.element_size() for p in params if not p.requires_grad)
+    frozen += getattr(model, "quantized_bytes", 0)
+    size = next((p.element_size() for p in params if p.requires_grad), 4)
+    return {"trainable": trainable, "total_params": total,
+            "trainable_pct": 100.0 * trainable / max(1, total),
+            "memory": adamw_memory(frozen, trainable, total, size)}
+
+
 def run_sft(scfg: SFTConfig, tcfg: TrainConfig, run_dir: str | Path) -> dict[str, Any]:
     tcfg.validate()
     custom = load_template(scfg.chat_template) if scfg.chat_template else None  # fail fast
@@ -218,11 +265,15 @@ def run_sft(scfg: SFTConfig, tcfg: TrainConfig, run_dir: str | Path) -> dict[str
             atomic_write_bytes(run_dir / "config.json",
                                (json.dumps(resolved, indent=1) + "\n").encode())
         batches = SFTBatches(rows, tcfg.batch_size, tcfg.seed, d.rank, d.world)
-        trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-        info = {"n_params": lm.model.num_params(), "trainable": trainable,
+        info = {"n_params": lm.model.num_params(), **param_accounting(model),
                 "examples": len(train_ex), "peft": scfg.peft}
+        sample_fn = None
+        if scfg.sample_prompts and tcfg.sample_tokens and val_ex:
+            held = held_out_prompts(val_ex, scfg.sample_prompts, tcfg.seed)
+            sample_fn = lambda m: answer_prompts(m, tok, template, held,  # noqa: E731
+                                                 tcfg.sample_tokens, scfg.system)
         trainer = Trainer(model, tcfg, run_dir, batches, sft_loss, dist=d, export=export,
-                          eval_data=evals, run_info=info,
+                          eval_data=evals, sample_fn=sample_fn, run_info=info,
                           compat={"peft": scfg.peft, "model": scfg.model, "data": scfg.data})
         return trainer.fit()
     finally:

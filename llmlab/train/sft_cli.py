@@ -9,10 +9,11 @@ from pathlib import Path
 from llmlab.cliutil import guard, strict
 from llmlab.train.config import TrainConfig, add_dataclass_args, from_flags
 
-# SFT defaults that differ from pretraining's (small data, a pretrained model).
+# SFT defaults that differ from pretraining's (small data, a pretrained model). SFT samples are
+# the answers to --sample-prompts held-out prompts: 24 tokens hold a short answer.
 SFT_TRAIN = dict(max_steps=200, batch_size=8, seq_len=256, lr=2e-4, warmup_steps=10,
                  weight_decay=0.0, eval_every=50, eval_batches=8, ckpt_every=100, log_every=10,
-                 sample_tokens=0)
+                 sample_tokens=24)
 FULL_FT_LR = 2e-5
 
 

@@ -55,7 +55,8 @@ export function runPanel(kind: string, getOptions: () => Record<string, unknown>
     es.addEventListener("status", (e) => { const s = JSON.parse((e as MessageEvent).data) as Run; show(s); refresh(); });
     es.addEventListener("metrics", (e) => h.metrics(JSON.parse((e as MessageEvent).data)));
     es.addEventListener("sample", (e) => h.sample(JSON.parse((e as MessageEvent).data)));
-    es.addEventListener("reset", () => h.clear(run!));
+    // A resume rewrote one file shorter and the stream re-sends only that one: start over.
+    es.addEventListener("reset", () => { if (source === es && run) attach(run); });
     es.addEventListener("open", () => { if (source === es) h.clear(run!); });
     es.addEventListener("end", (e) => { show(JSON.parse((e as MessageEvent).data)); es.close(); refresh(); });
     es.onerror = () => {

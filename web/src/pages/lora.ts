@@ -1,6 +1,7 @@
 import * as d3 from "d3";
 import { getJSON } from "../api";
 import { debounce, el, fmt, labeled, pageHeader, showError } from "../ui";
+import { loraLive } from "./loralive";
 
 interface Counts {
   d: number; r: number; alpha: number; scale: number; matrix: { full: number; A: number; B: number; lora: number };
@@ -127,6 +128,7 @@ export function loraPage(root: HTMLElement): void {
     table,
     el("p", { class: "muted small" }, "The often-quoted PEFT count 6,553,600 (r=8 on q_proj and v_proj) is llama-2-13b's: 40 layers × 2 × 8 × (5120+5120). Llama-3.1-8B uses grouped-query attention, so its v_proj is 4096→1024 and the same config trains fewer parameters."),
     el("p", { class: "muted small" }, "*Weights + gradients + AdamW state (16 bytes per trained parameter; frozen base bf16, or NF4 for QLoRA); activations excluded. Prefix/prompt tuning: 20 virtual tokens; adapters: bottleneck 64."),
+    loraLive((keys) => { keys.forEach((k) => srcs.add(k)); setSources([...srcs]); }),
   );
   loadCounts();
   loadSpec();
