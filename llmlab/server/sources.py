@@ -81,7 +81,6 @@ SOURCES: dict[str, Callable[..., Any]] = {
     "sft.tokenize": sft.tokenize_examples,
     "sft.pack": sft.pack,
     "sft.doc_mask": mtransformer.doc_mask,
-    "sft.loss": sft.sft_loss,
     "pretrain.loss": pretrain.next_token_loss,
     "pretrain.fit": loop.Trainer.fit,
     "pretrain.depth": depth.from_depth,

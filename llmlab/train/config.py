@@ -388,9 +388,8 @@ class SFTConfig:
 
     def peft_options(self) -> dict[str, Any]:
         if self.peft in ("lora", "dora", "qlora"):
-            tm: list[str] | str = self.target_modules
-            if tm != "all-linear":
-                tm = [t.strip() for t in tm.split(",") if t.strip()]
+            tm = self.target_modules if self.target_modules == "all-linear" else \
+                [t.strip() for t in self.target_modules.split(",") if t.strip()]
             return {"r": self.lora_r, "lora_alpha": self.lora_alpha,
                     "lora_dropout": self.lora_dropout, "target_modules": tm,
                     "use_rslora": self.use_rslora}
