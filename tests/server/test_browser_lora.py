@@ -74,3 +74,18 @@ def test_two_step_lora_run_from_the_page_gives_a_chat_model(page, server, lm, tm
     want = ref.get_nb_trainable_parameters()[0]
     assert pg.inner_text("[data-stat=live-trainable]") == f"{want:,}"
     shot(pg, "lora_live")
+
+    # Chat selects the adapter, and its greedy reply is transformers + PEFT's.
+    pg.goto(f"{server.url}/#/chat")
+    model = f"run:{run['id']}"
+    pg.wait_for_selector(f"[data-testid=chat-model] option[value='{model}']", state="attached")
+    pg.select_option("[data-testid=chat-model]", model)
+    pg.fill("[data-testid=chat-temp]", "0")
+    pg.fill("[data-testid=chat-max]", "12")
+    question = "What is the capital of Italy?"
+    pg.fill("[data-testid=chat-input]", question)
+    pg.click("[data-testid=chat-send]")
+    pg.wait_for_function("!document.querySelector('[data-testid=chat-send]').disabled")
+    reply = pg.inner_text("[data-testid=chat-reply]").strip()
+    assert reply and reply == _greedy(tuned, lm, question, 12)
+    shot(pg, "lora_chat")
