@@ -85,6 +85,7 @@ def test_two_step_lora_run_from_the_page_gives_a_chat_model(page, server, lm, tm
     question = "What is the capital of Italy?"
     pg.fill("[data-testid=chat-input]", question)
     pg.click("[data-testid=chat-send]")
+    pg.wait_for_selector("[data-testid=chat-reply]")  # the button is disabled in that same tick
     pg.wait_for_function("!document.querySelector('[data-testid=chat-send]').disabled")
     reply = pg.inner_text("[data-testid=chat-reply]").strip()
     assert reply and reply == _greedy(tuned, lm, question, 12)
