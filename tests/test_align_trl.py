@@ -145,16 +145,18 @@ def grpo_setup(tmp_path_factory):  # noqa: ANN201
     return pol, hf(pol, d / "pol", temperature), ours, theirs, temperature
 
 
+@pytest.mark.parametrize("level", ["token", "sequence"])
 @pytest.mark.parametrize("loss_type", ["grpo", "bnpo", "dr_grpo", "dapo"])
-def test_grpo_loss_matches_trl(grpo_setup, loss_type: str) -> None:
+def test_grpo_loss_matches_trl(grpo_setup, loss_type: str, level: str) -> None:
+    """Token-level GRPO and GSPO's sequence-level ratio (importance_sampling_level)."""
     pol, hf_pol, ours_batch, theirs_batch, temperature = grpo_setup
     cfg = GRPOConfig(loss_type=loss_type, epsilon=0.2, epsilon_high=0.28, beta=0.04,
-                     max_new_tokens=8, temperature=temperature)
+                     max_new_tokens=8, temperature=temperature, importance_sampling_level=level)
     loss, m = grpo_loss_fn(cfg)(pol, {**ours_batch, "stats": {}})
     me = trainer_self(
         loss_type=loss_type, epsilon_low=0.2, epsilon_high=0.28, beta=0.04,
         max_completion_length=8, temperature=temperature, top_entropy_quantile=1.0,
-        off_policy_mask_threshold=None, importance_sampling_level="token", use_vllm=False,
+        off_policy_mask_threshold=None, importance_sampling_level=level, use_vllm=False,
         vllm_importance_sampling_correction=False, _entropy_bonus_enabled=False,
         current_gradient_accumulation_steps=1,
         args=SimpleNamespace(use_bias_correction_kl=False, delta=None, steps_per_generation=1))
@@ -167,7 +169,8 @@ def test_grpo_loss_matches_trl(grpo_setup, loss_type: str) -> None:
     assert abs(m["clip_ratio/low"] - got["clip_ratio/low_mean"][0]) < 1e-6
     assert abs(m["clip_ratio/high"] - got["clip_ratio/high_mean"][0]) < 1e-6
     assert abs(m["clip_ratio"] - got["clip_ratio/region_mean"][0]) < 1e-6
-    assert 0 < m["clip_ratio"] < 1  # the clipping branch is exercised, not only the ratio
+    # the clipping branch is exercised, not only the ratio (per sequence: 1 of 4 is clipped)
+    assert 0 < m["clip_ratio"] < 1, m
 
 
 # ---------------------------------------------------------------- reward model
