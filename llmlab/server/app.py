@@ -23,6 +23,7 @@ from llmlab.server import (
     routes_foundations,
     routes_labs,
     routes_next_token,
+    routes_rl,
     routes_runs,
     routes_sft,
     routes_vectors,
@@ -107,6 +108,7 @@ def create_app(cfg: ServerConfig | None = None) -> FastAPI:
     app.include_router(routes_runs.make_router(hub))
     app.include_router(routes_next_token.make_router(hub))
     app.include_router(routes_sft.make_router(hub))
+    app.include_router(routes_rl.make_router(hub))
 
     if (STATIC / "index.html").exists():
         app.mount("/assets", StaticFiles(directory=STATIC / "assets"), name="assets")

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import llmlab
+from llmlab.align import grpo, ppo, rl_view
 from llmlab.explain import attention, decoding, embeddings, next_token, projection, spectrum
 from llmlab.foundations import descent, numpy_nn, overfit, token_embeddings, vectors, word2vec
 from llmlab.generate import batcher, chat, sampling
@@ -70,6 +71,11 @@ SOURCES: dict[str, Callable[..., Any]] = {
     "sft.pack": sft.pack,
     "sft.doc_mask": mtransformer.doc_mask,
     "sft.loss": sft.sft_loss,
+    "rl.sample": rl_view.sample_group, "rl.verdicts": rl_view.score_details,
+    "rl.grpo_step": rl_view.grpo_step, "grpo.advantages": grpo.group_advantages,
+    "grpo.loss": grpo.grpo_loss, "grpo.ratio": grpo.importance_ratio,
+    "grpo.weights": grpo.aggregation_weights, "grpo.heldout": grpo.HeldOut.__call__,
+    "ppo.rewards": ppo.token_rewards, "ppo.gae": ppo.gae, "ppo.loss": ppo.ppo_loss,
 }
 
 

@@ -9,6 +9,7 @@ import { neuralnetPage } from "./pages/neuralnet";
 import { nexttokenPage } from "./pages/nexttoken";
 import { overfitPage } from "./pages/overfit";
 import { ragPage } from "./pages/rag";
+import { rlPage } from "./pages/rl";
 import { sftmaskPage } from "./pages/sftmask";
 import { tokenizerPage } from "./pages/tokenizer";
 import { word2vecPage } from "./pages/word2vec";
@@ -28,6 +29,7 @@ const PAGES: [string, string, (root: HTMLElement) => void][] = [
   ["word2vec", "Word2vec", word2vecPage],
   ["nexttoken", "Next token", nexttokenPage],
   ["sftmask", "SFT masking", sftmaskPage],
+  ["rl", "RL", rlPage],
 ];
 
 const nav = document.getElementById("nav")!;
