@@ -19,6 +19,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 import transformers
+from grpo_refs import trl_advantages
 from peft_common import export_hf, tiny_model
 from trl import DPOTrainer, GRPOTrainer, RewardTrainer
 from trl.trainer.utils import add_fused_lm_head
@@ -171,6 +172,18 @@ def test_grpo_loss_matches_trl(grpo_setup, loss_type: str, level: str) -> None:
     assert abs(m["clip_ratio"] - got["clip_ratio/region_mean"][0]) < 1e-6
     # the clipping branch is exercised, not only the ratio (per sequence: 1 of 4 is clipped)
     assert 0 < m["clip_ratio"] < 1, m
+
+
+@pytest.mark.parametrize("scale", ["group", "batch", "none"])
+def test_group_advantages_match_trl(scale: str) -> None:
+    """The RL page's advantages (rl_view.advantages -> group_advantages) are TRL's, run from
+    TRL's own lines, for three groups of 4: mixed, all equal (no signal), fractional."""
+    from llmlab.align.rl_view import advantages
+
+    rewards = [1.0, 0.0, 0.0, 1.0, 0.5, 0.5, 0.5, 0.5, 1.0, 0.25, 0.0, 0.75]
+    got = advantages(rewards, 4, scale)["advantages"]
+    assert got == pytest.approx(trl_advantages(rewards, 4, scale), abs=1e-6)
+    assert got[4:8] == [0.0] * 4  # a group of ties gives no signal under every scaling
 
 
 # ---------------------------------------------------------------- reward model

@@ -25,7 +25,8 @@ interface Step {
 const TASKS = ["arithmetic-easy", "arithmetic", "trivia", "humaneval"];
 const HOSTILE = "    while True:\n        pass\n";
 const f3 = (x: number) => (Math.abs(x) < 1e-3 && x !== 0 ? x.toExponential(1) : x.toFixed(3));
-const ratioColour = d3.scaleDiverging(d3.interpolateRdBu).domain([1.5, 1, 0.5]).clamp(true);
+// Red: more likely after the step, blue: less; the darkest ends are left out so text stays legible.
+const ratioColour = d3.scaleDiverging((t: number) => d3.interpolateRdBu(0.15 + 0.7 * t)).domain([1.5, 1, 0.5]).clamp(true);
 
 function sel(testid: string, values: string[], value: string): HTMLSelectElement {
   const s = el("select", { "data-testid": testid }, ...values.map((v) => el("option", { value: v }, v))) as HTMLSelectElement;
@@ -52,7 +53,7 @@ export function rlPage(root: HTMLElement): void {
   const task = sel("rl-task", TASKS, "arithmetic-easy");
   const index = num("rl-index", 0, 0, 199, 1);
   const model = modelSelect("rl-model", { causalOnly: true });
-  const reward = sel("rl-reward", ["verifier", "format", "verifier+format"], "verifier");
+  const reward = sel("rl-reward-kind", ["verifier", "format", "verifier+format"], "verifier");
   const n = num("rl-n", 6, 2, 8, 1, "4em");
   const temp = num("rl-temp", 0.8, 0.1, 2, 0.1, "4em");
   const maxNew = num("rl-max-new", 48, 8, 96, 8, "4em");

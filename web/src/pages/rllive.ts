@@ -41,8 +41,8 @@ export function rlLive(): HTMLElement {
         { w: 360, h: 200, xLabel: "step", yLabel: "tokens per completion", testid: "grpo-length" }),
       lineChart([{ name: mu > 1 ? "clipped tokens" : "clip ratio (0 when μ = 1: ratio is 1)", values: series("clip_ratio"), cls: "rl-b" }],
         { w: 360, h: 200, xLabel: "step", yLabel: "clip ratio", testid: "grpo-clip" }),
-      lineChart([{ name: "zero-signal groups", values: series("frac_reward_zero_std"), cls: "rl-e" }],
-        { w: 360, h: 200, xLabel: "step", yLabel: "share of groups, all rewards equal", yDomain: [0, 1], testid: "grpo-zero" }));
+      lineChart([{ name: "groups whose rewards all tie", values: series("frac_reward_zero_std"), cls: "rl-e" }],
+        { w: 360, h: 200, xLabel: "step", yLabel: "zero-signal share", yDomain: [0, 1], testid: "grpo-zero" }));
     if (held.length < 2) {
       verdict.textContent = held.length ? `held-out accuracy at the start: ${pct(held[0]["heldout/accuracy"])} of ${held[0]["heldout/n"]}; the next evaluation comes at step ${evalEvery.value}` : "";
       return;
