@@ -10,12 +10,8 @@ import { stat } from "./fcharts";
 import "./rl.css";
 import { rlLive } from "./rllive";
 import { ppoSection } from "./rlppo";
-import { num } from "./rlui";
+import { num, type Comp, type Group } from "./rlui";
 
-export interface Check { type: string; weight: number; score: number; status?: string; stdout?: string; stderr?: string; seconds?: number }
-export interface Comp { text: string; ids: number[]; reward: number; checks: Check[] }
-interface Adv { advantages: number[]; sum: number; mean: number[]; std: number[]; batch_std: number; zero_signal: number }
-export interface Group { prompt: string; chat: boolean; completions: Comp[]; rewards: number[]; advantages: Record<string, Adv>; sources: string[] }
 interface Step {
   tokens: string[][]; advantages: number[]; weight: number[][]; seq_weight: number[]; ratio: number[][]; seq_ratio: number[] | null;
   clipped_low: number[][]; clipped_high: number[][]; kl: number[][]; loss_before: number; loss_after: number;

@@ -4,8 +4,7 @@
 import { postJSON } from "../api";
 import { el, labeled, showError } from "../ui";
 import { lineChart, stat } from "./fcharts";
-import type { Group } from "./rl";
-import { num } from "./rlui";
+import { num, type Group } from "./rlui";
 
 interface Epoch { loss: number; policy_loss: number; value_loss: number; clipfrac: number; vf_clipfrac: number; approxkl: number }
 interface PPO {
