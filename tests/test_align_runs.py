@@ -163,6 +163,32 @@ def test_grpo_command_end_to_end_with_resume(tiny: Path, tmp_path: Path) -> None
     assert r.returncode != 0 and "nope" in r.stderr
 
 
+def test_grpo_held_out_accuracy_over_steps(tiny: Path, tmp_path: Path) -> None:
+    """--eval-prompts: the starting model's held-out accuracy in a step-0 record of its own,
+    then at each --eval-every step with its Wilson interval and the paired change."""
+    from llmlab.tasks.metrics import wilson_interval
+    from llmlab.train.report import summarize
+
+    out = tmp_path / "grpo"
+    base = ["grpo", "--model", str(tiny), "--task", "arithmetic-easy", "--num-generations", "2",
+            "--prompts-per-step", "1", "--max-new-tokens", "4", "--zero-std-warn", "2", *FAST]
+    align(*base, "--out", str(out), "--max-steps", "2", "--eval-every", "2",
+          "--eval-prompts", "4", "--importance-sampling-level", "sequence")
+    rows = metrics(out)
+    assert [r["step"] for r in rows] == [0, 1, 2]
+    assert "loss" not in rows[0] and "heldout/accuracy" not in rows[1]
+    for r in (rows[0], rows[2]):
+        assert r["heldout/n"] == 4
+        k = round(r["heldout/accuracy"] * 4)
+        assert (r["heldout/ci_low"], r["heldout/ci_high"]) == pytest.approx(wilson_interval(k, 4))
+    assert rows[2]["heldout/gained"] + rows[2]["heldout/lost"] <= 4
+    assert 0 < rows[2]["heldout/p_value"] <= 1
+    assert summarize(out)["steps"] == 2  # `llmlab report` reads past the step-0 record
+    r = align(*base, "--out", str(tmp_path / "x"), "--max-steps", "1", "--eval-prompts", "4",
+              check=False)
+    assert r.returncode != 0 and "eval_prompts" in r.stderr and "--eval-every" in r.stderr
+
+
 def test_rollout_logprobs_are_the_sampling_distribution(tiny: Path) -> None:
     """Log-probs of a sampled completion, from logits / T (TRL's selective_log_softmax on the
     same tensors), equal the log-probs of the engine's sampling distribution at each step."""

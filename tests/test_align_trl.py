@@ -19,6 +19,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 import transformers
+from grpo_refs import trl_advantages
 from peft_common import export_hf, tiny_model
 from trl import DPOTrainer, GRPOTrainer, RewardTrainer
 from trl.trainer.utils import add_fused_lm_head
@@ -145,16 +146,18 @@ def grpo_setup(tmp_path_factory):  # noqa: ANN201
     return pol, hf(pol, d / "pol", temperature), ours, theirs, temperature
 
 
+@pytest.mark.parametrize("level", ["token", "sequence"])
 @pytest.mark.parametrize("loss_type", ["grpo", "bnpo", "dr_grpo", "dapo"])
-def test_grpo_loss_matches_trl(grpo_setup, loss_type: str) -> None:
+def test_grpo_loss_matches_trl(grpo_setup, loss_type: str, level: str) -> None:
+    """Token-level GRPO and GSPO's sequence-level ratio (importance_sampling_level)."""
     pol, hf_pol, ours_batch, theirs_batch, temperature = grpo_setup
     cfg = GRPOConfig(loss_type=loss_type, epsilon=0.2, epsilon_high=0.28, beta=0.04,
-                     max_new_tokens=8, temperature=temperature)
+                     max_new_tokens=8, temperature=temperature, importance_sampling_level=level)
     loss, m = grpo_loss_fn(cfg)(pol, {**ours_batch, "stats": {}})
     me = trainer_self(
         loss_type=loss_type, epsilon_low=0.2, epsilon_high=0.28, beta=0.04,
         max_completion_length=8, temperature=temperature, top_entropy_quantile=1.0,
-        off_policy_mask_threshold=None, importance_sampling_level="token", use_vllm=False,
+        off_policy_mask_threshold=None, importance_sampling_level=level, use_vllm=False,
         vllm_importance_sampling_correction=False, _entropy_bonus_enabled=False,
         current_gradient_accumulation_steps=1,
         args=SimpleNamespace(use_bias_correction_kl=False, delta=None, steps_per_generation=1))
@@ -167,7 +170,20 @@ def test_grpo_loss_matches_trl(grpo_setup, loss_type: str) -> None:
     assert abs(m["clip_ratio/low"] - got["clip_ratio/low_mean"][0]) < 1e-6
     assert abs(m["clip_ratio/high"] - got["clip_ratio/high_mean"][0]) < 1e-6
     assert abs(m["clip_ratio"] - got["clip_ratio/region_mean"][0]) < 1e-6
-    assert 0 < m["clip_ratio"] < 1  # the clipping branch is exercised, not only the ratio
+    # the clipping branch is exercised, not only the ratio (per sequence: 1 of 4 is clipped)
+    assert 0 < m["clip_ratio"] < 1, m
+
+
+@pytest.mark.parametrize("scale", ["group", "batch", "none"])
+def test_group_advantages_match_trl(scale: str) -> None:
+    """The RL page's advantages (rl_view.advantages -> group_advantages) are TRL's, run from
+    TRL's own lines, for three groups of 4: mixed, all equal (no signal), fractional."""
+    from llmlab.align.rl_view import advantages
+
+    rewards = [1.0, 0.0, 0.0, 1.0, 0.5, 0.5, 0.5, 0.5, 1.0, 0.25, 0.0, 0.75]
+    got = advantages(rewards, 4, scale)["advantages"]
+    assert got == pytest.approx(trl_advantages(rewards, 4, scale), abs=1e-6)
+    assert got[4:8] == [0.0] * 4  # a group of ties gives no signal under every scaling
 
 
 # ---------------------------------------------------------------- reward model

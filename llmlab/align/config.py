@@ -41,12 +41,23 @@ class GRPOConfig:
     epsilon_high: float = 0.0  # ε_high: ratio clip above 1 + ε_high; 0: same as epsilon
     beta: float = 0.0  # β·k3 KL to the reference; 0: no reference model
     iterations: int = 1  # μ: optimisation passes per rollout
+    # token: a ratio π/π_old per token (GRPO); sequence: one per completion, the geometric
+    # mean of its tokens' (GSPO, Zheng et al. 2025), as TRL's importance_sampling_level
+    importance_sampling_level: Literal["token", "sequence"] = "token"
+    # held-out problems (the task's test split) scored greedily at step 0 and each
+    # --eval-every step: heldout/accuracy in the metrics; 0: none
+    eval_prompts: int = 0
     zero_std_warn: float = 0.5  # warn at this fraction of groups with no reward spread (> 1: never)
 
     def validate(self) -> None:
         for name in ("num_generations", "prompts_per_step", "max_new_tokens", "iterations"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.importance_sampling_level not in ("token", "sequence"):
+            raise ValueError("importance_sampling_level must be token or sequence, got "
+                             f"{self.importance_sampling_level!r}")
+        if self.eval_prompts < 0:
+            raise ValueError(f"eval_prompts must be >= 0, got {self.eval_prompts}")
         if self.temperature <= 0:
             raise ValueError(f"temperature must be > 0 (log-probs divide by it), got "
                              f"{self.temperature}")

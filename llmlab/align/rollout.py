@@ -71,9 +71,17 @@ def sample(model: nn.Module, tok: Any, template: Any, picks: list[dict[str, Any]
     rows = [p for p in picks for _ in range(per_prompt)]
     pids = [p for p in once for _ in range(per_prompt)]
     comps = [o.token_ids + ([o.stop_token] if o.stop_token is not None else []) for o in outs]
-    ids, attn = pad_right([p + c for p, c in zip(pids, comps, strict=True)])
-    cmask = torch.zeros_like(ids)
-    for i, (p, c) in enumerate(zip(pids, comps, strict=True)):
-        cmask[i, len(p):len(p) + len(c)] = 1
+    ids, attn, cmask = pack(pids, comps)
     stopped = torch.tensor([o.finish_reason == "stop" for o in outs])
-    return Rollout(ids, attn, cmask[:, 1:], [o.text for o in outs], stopped, rows)
+    return Rollout(ids, attn, cmask, [o.text for o in outs], stopped, rows)
+
+
+def pack(prompts: list[list[int]], completions: list[list[int]]
+         ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(ids, attn, cmask) of prompt + completion rows, right-padded; cmask (B, T-1) marks the
+    completion tokens, aligned with token_logprobs' targets."""
+    ids, attn = pad_right([p + c for p, c in zip(prompts, completions, strict=True)])
+    cmask = torch.zeros_like(ids)
+    for i, (p, c) in enumerate(zip(prompts, completions, strict=True)):
+        cmask[i, len(p):len(p) + len(c)] = 1
+    return ids, attn, cmask[:, 1:]

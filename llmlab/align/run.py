@@ -30,7 +30,7 @@ from llmlab.align.data import (
     task_prompts,
 )
 from llmlab.align.dpo import DPOLoss
-from llmlab.align.grpo import RolloutBatches, grpo_loss_fn
+from llmlab.align.grpo import HeldOut, RolloutBatches, grpo_loss_fn
 from llmlab.align.ppo import PPOBatches, ppo_loss_fn
 from llmlab.align.reward import (
     ScalarHead,
@@ -104,6 +104,7 @@ class Setup:
     loss_fn: LossFn
     evals: list[dict[str, Any]] = dataclasses.field(default_factory=list)  # held-out batches
     score: Scorer | None = None
+    eval_fn: Callable[[nn.Module], dict[str, Any]] | None = None  # metrics at each evaluation
 
 
 def _one_source(acfg: AlignConfig) -> None:
@@ -178,7 +179,14 @@ def grpo(s: Start) -> Setup:
     ref = s.reference() if c.beta else None  # k3 needs π_ref only with β > 0
     batches = RolloutBatches(s.model, s.lm.tokenizer, s.template, _prompts(s), c, t.seed, ref,
                              rank=s.dist.rank, grad_accum=t.grad_accum)
-    return Setup(s.model, s.export, batches, grpo_loss_fn(c))
+    held = None
+    if c.eval_prompts:
+        if not s.acfg.task or not t.eval_every:
+            raise ValueError("eval_prompts: needs --task (its test split is held out) and "
+                             "--eval-every N > 0 (when to score them)")
+        held = HeldOut(s.lm.tokenizer, s.template,
+                       task_prompts(s.acfg.task, c.eval_prompts, split="test"), c.max_new_tokens)
+    return Setup(s.model, s.export, batches, grpo_loss_fn(c), eval_fn=held)
 
 
 # Each algorithm's batch source and loss (and the model the Trainer updates).
@@ -238,9 +246,8 @@ def run(algo: str, acfg: AlignConfig, tcfg: TrainConfig, run_dir: Path,
              **({algo: dataclasses.asdict(gcfg)} if gcfg else {})}, indent=1) + "\n")
         trainer = PairTrainer(setup.model, tcfg, run_dir, setup.batches, setup.loss_fn,
                               dist=d, export=setup.export, eval_data=setup.evals,
-                              run_info={"algo": algo}, compat={"algo": algo,
-                                                               "model": acfg.model},
-                              score=setup.score)
+                              eval_fn=setup.eval_fn, run_info={"algo": algo},
+                              compat={"algo": algo, "model": acfg.model}, score=setup.score)
         out = trainer.fit()
         ev = evaluate(setup, d.device) if d.is_main else None
         if ev is not None:

@@ -27,6 +27,7 @@ from llmlab.server import (
     routes_pipeline,
     routes_prefs,
     routes_pretrain,
+    routes_rl,
     routes_runs,
     routes_sft,
     routes_vectors,
@@ -115,6 +116,7 @@ def create_app(cfg: ServerConfig | None = None) -> FastAPI:
     app.include_router(routes_pipeline.make_router(hub))
     app.include_router(routes_eval.make_router(hub))
     app.include_router(routes_prefs.make_router(hub))
+    app.include_router(routes_rl.make_router(hub))
 
     if (STATIC / "index.html").exists():
         app.mount("/assets", StaticFiles(directory=STATIC / "assets"), name="assets")

@@ -109,6 +109,15 @@ PAGES: dict[str, str] = {
         "Directions then carry meaning: king minus man plus woman lands near queen. A large "
         "model's token embedding table shows the same geometry."
     ),
+    "rl": (
+        "Reinforcement learning with verifiable rewards samples a group of answers to one "
+        "prompt and checks each: a right number, a matching fact, code that passes its tests. "
+        "GRPO scores each answer against its group, the reward minus the group mean over its "
+        "spread, so a group of ties teaches nothing; after an update, each token's probability "
+        "ratio is clipped at one plus or minus epsilon. PPO instead learns a value for every "
+        "token and spreads the reward back with generalised advantage estimation, minus a "
+        "penalty for drifting from the reference."
+    ),
     "sftmask": (
         "Supervised fine-tuning renders each conversation through a chat template and trains "
         "only on the assistant's replies: every other token gets the label minus one hundred, "

@@ -9,7 +9,7 @@ from typing import Any
 
 import llmlab
 from llmlab.align import data as align_data
-from llmlab.align import prefs_view, reward
+from llmlab.align import grpo, ppo, prefs_view, reward, rl_view
 from llmlab.eval import intervals as eintervals
 from llmlab.eval import report as ereport
 from llmlab.eval import tasks as etasks
@@ -101,6 +101,11 @@ SOURCES: dict[str, Callable[..., Any]] = {
     "reward.loss": reward.reward_loss,
     "reward.baseline": reward.length_baseline,
     "reward.held_out": reward.held_out_metrics,
+    "rl.sample": rl_view.sample_group, "rl.verdicts": rl_view.score_details,
+    "rl.grpo_step": rl_view.grpo_step, "grpo.advantages": grpo.group_advantages,
+    "grpo.loss": grpo.grpo_loss, "grpo.ratio": grpo.importance_ratio,
+    "grpo.weights": grpo.aggregation_weights, "grpo.heldout": grpo.HeldOut.__call__,
+    "ppo.rewards": ppo.token_rewards, "ppo.gae": ppo.gae, "ppo.loss": ppo.ppo_loss,
 }
 
 

@@ -89,28 +89,44 @@ def _simple(completion: str, spec: dict[str, Any]) -> float:
     raise AssertionError(kind)
 
 
-def score_many(completions: Sequence[str], specs: Sequence[dict[str, Any]],
-               workers: int = 2) -> list[float]:
-    """Rewards for aligned lists; code checks run in the sandbox, `workers` at a time."""
+def score_details(completions: Sequence[str], specs: Sequence[dict[str, Any]],
+                  workers: int = 2) -> list[dict[str, Any]]:
+    """Per completion {"reward", "checks"}: each check is a simple spec's {"type", "weight",
+    "score"}, and for code the sandbox's own verdict ("status": passed | failed | timeout,
+    its stdout/stderr tails and seconds). Code runs in the sandbox, `workers` at a time."""
     if len(completions) != len(specs):
         raise ValueError(f"{len(completions)} completions but {len(specs)} verifiers")
-    scores = [0.0] * len(completions)
+    out: list[dict[str, Any]] = [{"reward": 0.0, "checks": []} for _ in completions]
     nonce = "tests-done-" + secrets.token_hex(8)
-    jobs: list[tuple[int, float, str, float]] = []  # (row, weight, program, timeout)
-    for i, (c, s) in enumerate(zip(completions, specs, strict=True)):
+    jobs: list[tuple[dict[str, Any], str, float]] = []  # (check, program, timeout)
+    for row, c, s in zip(out, completions, specs, strict=True):
         parts: list[tuple[float, dict[str, Any]]] = []
         _flatten(s, 1.0, parts)
         for w, p in parts:
+            check = {"type": p["type"], "weight": w, "score": 0.0}
+            row["checks"].append(check)
             if p["type"] == "code":
-                jobs.append((i, w, code_program(p, c, nonce), float(p.get("timeout", 5.0))))
+                jobs.append((check, code_program(p, c, nonce), float(p.get("timeout", 5.0))))
             else:
-                scores[i] += w * _simple(c, p)
-    for timeout in sorted({j[3] for j in jobs}):
-        batch = [j for j in jobs if j[3] == timeout]
-        results = run_many([j[2] for j in batch], Limits(timeout=timeout), workers=workers)
-        for (i, w, _, _), r in zip(batch, results, strict=True):
-            scores[i] += w * float(r.passed and r.stdout.rstrip().endswith(nonce))
-    return scores
+                check["score"] = _simple(c, p)
+    for timeout in sorted({j[2] for j in jobs}):
+        batch = [j for j in jobs if j[2] == timeout]
+        results = run_many([j[1] for j in batch], Limits(timeout=timeout), workers=workers)
+        for (check, _, _), r in zip(batch, results, strict=True):
+            # passing means the tests ran to the end (the nonce), not an early exit(0)
+            ok = r.passed and r.stdout.rstrip().endswith(nonce)
+            check.update(score=float(ok), status=r.status if ok or not r.passed else "failed",
+                         stdout=r.stdout.replace(nonce, "")[-2000:], stderr=r.stderr[-2000:],
+                         seconds=r.seconds)
+    for row in out:
+        row["reward"] = sum(ch["weight"] * ch["score"] for ch in row["checks"])
+    return out
+
+
+def score_many(completions: Sequence[str], specs: Sequence[dict[str, Any]],
+               workers: int = 2) -> list[float]:
+    """Rewards for aligned lists; code checks run in the sandbox, `workers` at a time."""
+    return [d["reward"] for d in score_details(completions, specs, workers)]
 
 
 def score(completion: str, spec: dict[str, Any]) -> float:

@@ -62,21 +62,17 @@ class _Done(NamedTuple):  # what a training step leaves for its metrics record
     extra: dict[str, float]
 
 
-def _scalar(v: Any) -> float:
-    return float(v.detach().float().item()) if isinstance(v, torch.Tensor) else float(v)
-
-
 class Trainer:
     """Runs `cfg.max_steps` optimizer steps of `loss_fn` over `train_data` in `run_dir`.
 
     `export(model, dir)` writes a loadable model directory (checkpoints' model/ and final/);
     `eval_data` is a list of batches for validation; `sample_fn(model)` makes samples (texts,
-    or dicts of fields) at step 0 and each evaluation, for samples.jsonl; `run_info` is merged
-    into run.json (for `llmlab report`);
-    `compat` holds settings a resumed run must share with its checkpoint. Each metrics
-    record carries `time/<phase>` seconds per step (batch, forward_backward, optim, step;
-    time/eval when it evaluated; for RL, time/batch is the rollout). `sync_timing` makes them
-    exact on GPU (benchmarks)."""
+    or dicts of fields) for samples.jsonl, `eval_fn(model) -> {name: value}` metrics (held-out
+    task accuracy; at step 0 a record of its own), at step 0 and each evaluation; `run_info`
+    is merged into run.json (for `llmlab report`); `compat`: settings a resumed run must share.
+    Each metrics record carries `time/<phase>` seconds per step (batch, forward_backward,
+    optim, step; time/eval when it evaluated; for RL, time/batch is the rollout).
+    `sync_timing` makes them exact on GPU (benchmarks)."""
 
     def __init__(
         self,
@@ -90,6 +86,7 @@ class Trainer:
         export: Callable[[nn.Module, Path], None],
         eval_data: Iterable[Any] | None = None,
         sample_fn: Callable[[nn.Module], list[str] | list[dict[str, Any]]] | None = None,
+        eval_fn: Callable[[nn.Module], dict[str, Any]] | None = None,
         groups: list[dict[str, Any]] | None = None,
         run_info: dict[str, Any] | None = None,
         compat: dict[str, Any] | None = None,
@@ -99,7 +96,7 @@ class Trainer:
         self.cfg, self.dist, self.run_dir = cfg, dist, Path(run_dir)
         self.train_data, self.loss_fn, self.export = train_data, loss_fn, export
         self.eval_data = list(eval_data) if eval_data is not None else []
-        self.sample_fn = sample_fn
+        self.sample_fn, self.eval_fn = sample_fn, eval_fn
         self.compat = {"world": dist.world, "batch_size": cfg.batch_size, "seq_len": cfg.seq_len,
                        "grad_accum": cfg.grad_accum, "seed": cfg.seed, **(compat or {})}
         self.device = dist.device
@@ -198,23 +195,25 @@ class Trainer:
         self.train_data.load_state_dict(state["data"])
         ckpt.set_rng_state(state["rng"][self.dist.rank])
         self.step, self.tokens, self.best_val = state["step"], state["tokens"], state["best_val"]
-        if self.dist.is_main:
-            ckpt.trim_metrics(self.run_dir / METRICS, self.step)
-            ckpt.trim_metrics(self.run_dir / SAMPLES, self.step)  # redone from here
+        if self.dist.is_main:  # the records after the checkpoint are redone from here
+            for f in (METRICS, SAMPLES):
+                ckpt.trim_metrics(self.run_dir / f, self.step)
         return True
 
     def fit(self) -> dict[str, Any]:
-        """Run the optimizer steps; each is: batches, forward/backward, optimizer step; then,
-        when due, evaluation, the metrics record and a checkpoint."""
+        """Each optimizer step: batches, forward/backward, the update; then, when due,
+        evaluation, the metrics record and a checkpoint."""
         cfg = self.cfg
         self._start()
-        bar = tqdm(total=cfg.max_steps, initial=self.step, disable=not (cfg.progress
-                   and self.dist.is_main), unit="step", dynamic_ncols=True)
+        bar = tqdm(total=cfg.max_steps, initial=self.step, unit="step", dynamic_ncols=True,
+                   disable=not (cfg.progress and self.dist.is_main))
         times = PhaseTimer(self.device if self.sync_timing else None)
         t_last, tok_last, steps_since = time.perf_counter(), self.tokens, 0
         val_loss: float | None = None
         if self.step == 0 and cfg.eval_every:
             self._samples()  # what the untrained model writes: the start of the story
+            if self.eval_fn is not None:  # the starting model's
+                self._log({"step": 0, "tokens": 0, **(self._on_main(self.eval_fn) or {})})
         self.model.train()
         stopping = StopOnSigterm(enabled=not self.dist.enabled)
         try:
@@ -237,12 +236,14 @@ class Trainer:
                 rec["tok_per_s"] = tps = (self.tokens - tok_last) / max(
                     time.perf_counter() - t_last, 1e-9)
                 val_loss = None
-                if evaluate and self.eval_data:
+                if evaluate and (self.eval_data or self.eval_fn):
                     with times("eval"):
-                        val_loss = self.evaluate()
+                        val_loss = self.evaluate() if self.eval_data else None
                         self._samples()
-                    self.best_val = min(self.best_val, val_loss)
-                    rec.update(val_loss=val_loss, val_ppl=math.exp(min(val_loss, 50.0)))
+                        rec.update(self._on_main(self.eval_fn) or {})
+                    if val_loss is not None:
+                        self.best_val = min(self.best_val, val_loss)
+                        rec.update(val_loss=val_loss, val_ppl=math.exp(min(val_loss, 50.0)))
                     rec["time/eval"] = times.take("eval")
                 self._log(rec)
                 bar.set_postfix(loss=f"{rec['loss']:.3f}", tok_s=f"{tps:,.0f}", refresh=False)
@@ -298,7 +299,7 @@ class Trainer:
             loss_sum += loss
             step_tokens += int(metrics.pop("tokens", 0))
             for k, v in metrics.items():
-                extra[k] = extra.get(k, 0.0) + _scalar(v) / cfg.grad_accum
+                extra[k] = extra.get(k, 0.0) + float(v) / cfg.grad_accum
         local_loss = loss_sum / cfg.grad_accum
         with times("optim"):
             gnorm = self._optimizer_step(local_loss, lr)
@@ -346,10 +347,8 @@ class Trainer:
 
     def _record(self, done: _Done, times: dict[str, float]) -> dict[str, Any]:
         """The metrics.jsonl row of the step just done (the loss averaged over ranks)."""
-        rec: dict[str, Any] = {"step": self.step, "loss": float(mean(done.loss, self.dist)),
-                               "lr": done.lr, "tokens": self.tokens,
-                               "grad_norm": float(done.gnorm), **done.extra, **times}
-        return rec
+        return {"step": self.step, "loss": float(mean(done.loss, self.dist)), "lr": done.lr,
+                "tokens": self.tokens, "grad_norm": float(done.gnorm), **done.extra, **times}
 
     def _finish(self) -> None:  # the final model; under FSDP every rank joins the gather
         if self.dist.is_main:
@@ -376,18 +375,20 @@ class Trainer:
                 "--lr, more --warmup-steps or --grad-clip")
         unchecked.clear()
 
-    def _samples(self) -> None:
-        if self.sample_fn is None:
-            return
-        # Under FSDP every rank must take part in the forward passes; else only rank 0 works.
-        if not (self.dist.is_main or (self.dist.fsdp and self.dist.enabled)):
-            return
+    def _on_main(self, fn: Callable[[nn.Module], Any]) -> Any:
+        """fn(model), eval mode, no grad, on the main rank (all under FSDP); else None."""
+        if fn is None or not (self.dist.is_main or (self.dist.fsdp and self.dist.enabled)):
+            return None
         model = self.model if self.dist.fsdp else unwrap(self.raw)
         model.eval()
         with torch.no_grad(), self._autocast():
-            texts = self.sample_fn(model)
+            out = fn(model)
         model.train()
-        if self.dist.is_main:
+        return out
+
+    def _samples(self) -> None:
+        texts = self._on_main(self.sample_fn)
+        if self.dist.is_main and texts is not None:
             with (self.run_dir / SAMPLES).open("a") as f:
                 for t in texts:  # a dict's fields ({"prompt", "answer", ...}) as they are
                     item = t if isinstance(t, dict) else {"text": t}

@@ -48,6 +48,7 @@ def read_metrics(run_dir: Path) -> list[dict[str, Any]]:
     if not path.exists():
         raise FileNotFoundError(f"{path}: missing; is {run_dir} a training run directory?")
     rows = [json.loads(ln) for ln in path.read_text().splitlines() if ln.strip()]
+    rows = [r for r in rows if "loss" in r]  # a step-0 record holds only held-out metrics
     if not rows:
         raise ValueError(f"{path}: empty, the run logged no step")
     return rows

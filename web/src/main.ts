@@ -13,6 +13,7 @@ import { pretrainPage } from "./pages/pretrain";
 import { pipelinePage } from "./pages/pipeline";
 import { prefsPage } from "./pages/prefs";
 import { ragPage } from "./pages/rag";
+import { rlPage } from "./pages/rl";
 import { sftmaskPage } from "./pages/sftmask";
 import { tokenizerPage } from "./pages/tokenizer";
 import { word2vecPage } from "./pages/word2vec";
@@ -36,6 +37,7 @@ const PAGES: [string, string, (root: HTMLElement) => void][] = [
   ["sftmask", "SFT masking", sftmaskPage],
   ["eval", "Evaluation", evalPage],
   ["prefs", "Preferences", prefsPage],
+  ["rl", "RL", rlPage],
 ];
 
 const nav = document.getElementById("nav")!;
