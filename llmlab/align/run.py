@@ -31,6 +31,7 @@ from llmlab.align.data import (
 )
 from llmlab.align.dpo import DPOLoss
 from llmlab.align.grpo import RolloutBatches, grpo_loss_fn
+from llmlab.align.heldout import heldout_fn
 from llmlab.align.ppo import PPOBatches, ppo_loss_fn
 from llmlab.align.reward import (
     ScalarHead,
@@ -104,6 +105,7 @@ class Setup:
     loss_fn: LossFn
     evals: list[dict[str, Any]] = dataclasses.field(default_factory=list)  # held-out batches
     score: Scorer | None = None
+    eval_fn: Callable[[nn.Module], dict[str, float]] | None = None  # metrics at each eval
 
 
 def _one_source(acfg: AlignConfig) -> None:
@@ -155,7 +157,18 @@ def dpo(s: Start) -> Setup:
     batches, evals = _pairs(s)
     a = s.acfg
     loss = DPOLoss(s.reference(), a.beta, a.loss_type_dpo, a.label_smoothing)
-    return Setup(s.model, s.export, batches, loss, evals, loss.evaluate)
+    accuracy = heldout_fn(a.task, a.heldout_prompts, s.lm.tokenizer, s.template)
+
+    def eval_fn(model: nn.Module) -> dict[str, float]:
+        """Held-out pairs' implicit rewards (val/rewards/*) and the task's held-out accuracy:
+        the first can rise while the second falls."""
+        out = {}
+        if evals:
+            ev = loss.evaluate(model, [to_device(b, s.dist.device) for b in evals])
+            out = {f"val/{k}": v for k, v in ev.items() if k.startswith("rewards/")}
+        return {**out, **(accuracy(model) if accuracy else {})}
+
+    return Setup(s.model, s.export, batches, loss, evals, loss.evaluate, eval_fn)
 
 
 def ppo(s: Start) -> Setup:
@@ -219,7 +232,8 @@ def run(algo: str, acfg: AlignConfig, tcfg: TrainConfig, run_dir: Path,
             {"algo": algo, "align": dataclasses.asdict(acfg), "train": dataclasses.asdict(tcfg),
              **({algo: dataclasses.asdict(gcfg)} if gcfg else {})}, indent=1) + "\n")
         trainer = Trainer(setup.model, tcfg, run_dir, setup.batches, setup.loss_fn, dist=d,
-                          export=setup.export, eval_data=setup.evals, run_info={"algo": algo},
+                          export=setup.export, eval_data=setup.evals, eval_fn=setup.eval_fn,
+                          run_info={"algo": algo},
                           compat={"algo": algo, "model": acfg.model})
         out = trainer.fit()
         ev = evaluate(setup, d.device) if d.is_main else None

@@ -71,7 +71,9 @@ class Trainer:
 
     `export(model, dir)` writes a loadable model directory (checkpoints' model/ and final/);
     `eval_data` is a list of batches for validation; `sample_fn(model) -> [text]` makes
-    samples at each evaluation; `run_info` is merged into run.json (for `llmlab report`);
+    samples at each evaluation; `eval_fn(model) -> {name: value}` adds metrics at step 0 and
+    each evaluation (main rank; not under FSDP); `run_info` is merged into run.json (for
+    `llmlab report`);
     `compat` holds settings a resumed run must share with its checkpoint. Each metrics
     record carries `time/<phase>` seconds per step (batch, forward_backward, optim, step;
     time/eval when it evaluated; for RL, time/batch is the rollout). `sync_timing` makes them
@@ -89,6 +91,7 @@ class Trainer:
         export: Callable[[nn.Module, Path], None],
         eval_data: Iterable[Any] | None = None,
         sample_fn: Callable[[nn.Module], list[str]] | None = None,
+        eval_fn: Callable[[nn.Module], dict[str, float]] | None = None,
         groups: list[dict[str, Any]] | None = None,
         run_info: dict[str, Any] | None = None,
         compat: dict[str, Any] | None = None,
@@ -99,6 +102,7 @@ class Trainer:
         self.train_data, self.loss_fn, self.export = train_data, loss_fn, export
         self.eval_data = list(eval_data) if eval_data is not None else []
         self.sample_fn = sample_fn
+        self.eval_fn = eval_fn  # extra metrics at step 0 and each eval (held-out accuracy)
         self.compat = {"world": dist.world, "batch_size": cfg.batch_size, "seq_len": cfg.seq_len,
                        "grad_accum": cfg.grad_accum, "seed": cfg.seed, **(compat or {})}
         self.device = dist.device
@@ -213,6 +217,8 @@ class Trainer:
         val_loss: float | None = None
         if self.step == 0 and cfg.eval_every:
             self._samples()  # what the untrained model writes: the start of the story
+            if self.eval_fn is not None:  # the baseline the eval metrics move from
+                self._log({"step": 0, **self._eval_metrics()})
         self.model.train()
         stopping = StopOnSigterm(enabled=not self.dist.enabled)
         try:
@@ -242,6 +248,8 @@ class Trainer:
                     self.best_val = min(self.best_val, val_loss)
                     rec.update(val_loss=val_loss, val_ppl=math.exp(min(val_loss, 50.0)))
                     rec["time/eval"] = times.take("eval")
+                if evaluate and self.eval_fn is not None:
+                    rec.update(self._eval_metrics())
                 self._log(rec)
                 bar.set_postfix(loss=f"{rec['loss']:.3f}", tok_s=f"{tps:,.0f}", refresh=False)
                 if save:
@@ -373,6 +381,18 @@ class Trainer:
                 f"stopped before the update, last good checkpoint: {where}. Try a lower "
                 "--lr, more --warmup-steps or --grad-clip")
         unchecked.clear()
+
+    def _eval_metrics(self) -> dict[str, float]:
+        """`eval_fn` on the model (in eval mode), on the main rank: no collectives inside."""
+        if not self.dist.is_main or self.eval_fn is None or (self.dist.fsdp and
+                                                             self.dist.enabled):
+            return {}  # sharded weights: rank 0 alone can't run the model
+        model = unwrap(self.raw)
+        model.eval()
+        with torch.no_grad(), self._autocast():
+            out = self.eval_fn(model)
+        model.train()
+        return out
 
     def _samples(self) -> None:
         if self.sample_fn is None:
