@@ -20,6 +20,7 @@ from llmlab.server import (
     openai_api,
     rag_routes,
     routes_attention,
+    routes_dpo,
     routes_foundations,
     routes_labs,
     routes_next_token,
@@ -107,6 +108,7 @@ def create_app(cfg: ServerConfig | None = None) -> FastAPI:
     app.include_router(routes_runs.make_router(hub))
     app.include_router(routes_next_token.make_router(hub))
     app.include_router(routes_sft.make_router(hub))
+    app.include_router(routes_dpo.make_router(hub))
 
     if (STATIC / "index.html").exists():
         app.mount("/assets", StaticFiles(directory=STATIC / "assets"), name="assets")

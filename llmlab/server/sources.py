@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import llmlab
+from llmlab.align import dpo, explain_dpo, heldout
 from llmlab.explain import attention, decoding, embeddings, next_token, projection, spectrum
 from llmlab.foundations import descent, numpy_nn, overfit, token_embeddings, vectors, word2vec
 from llmlab.generate import batcher, chat, sampling
@@ -70,6 +71,10 @@ SOURCES: dict[str, Callable[..., Any]] = {
     "sft.pack": sft.pack,
     "sft.doc_mask": mtransformer.doc_mask,
     "sft.loss": sft.sft_loss,
+    "dpo.token_logprobs": dpo.pair_token_logprobs,
+    "dpo.loss": dpo.dpo_loss,
+    "dpo.explain": explain_dpo.pair_logratios,
+    "dpo.heldout": heldout.task_accuracy,
 }
 
 

@@ -3,6 +3,7 @@ import { attentionPage } from "./pages/attention";
 import { chatPage } from "./pages/chat";
 import { decodingPage } from "./pages/decoding";
 import { descentPage } from "./pages/descent";
+import { dpoPage } from "./pages/dpo";
 import { embeddingsPage } from "./pages/embeddings";
 import { loraPage } from "./pages/lora";
 import { neuralnetPage } from "./pages/neuralnet";
@@ -28,6 +29,7 @@ const PAGES: [string, string, (root: HTMLElement) => void][] = [
   ["word2vec", "Word2vec", word2vecPage],
   ["nexttoken", "Next token", nexttokenPage],
   ["sftmask", "SFT masking", sftmaskPage],
+  ["dpo", "DPO", dpoPage],
 ];
 
 const nav = document.getElementById("nav")!;
