@@ -61,12 +61,13 @@ HELP = {"reward": "train a reward model (Bradley-Terry) on preference pairs",
         "dpo": "direct preference optimisation (sigmoid | ipo | hinge)",
         "ppo": "PPO with a value head; reward model score at EOS, or the task's verifier",
         "grpo": "GRPO with verifiable rewards"}
-PREF_ONLY = ("val_examples", "pref_samples", "pref_temperature", "pref_hint", "pref_pairing")
+PREF_ONLY = ("val_examples", "pref_samples", "pref_temperature", "pref_hint", "pref_pairing",
+             "heldout_prompts")
 NOT_FOR = {"grpo": ("beta", "loss_type_dpo", "label_smoothing", "center_rewards_coefficient",
                     *PREF_ONLY),
            "ppo": ("beta", "loss_type_dpo", "label_smoothing", "center_rewards_coefficient",
                    *PREF_ONLY),
-           "reward": ("beta", "loss_type_dpo", "label_smoothing"),
+           "reward": ("beta", "loss_type_dpo", "label_smoothing", "heldout_prompts"),
            "dpo": ("center_rewards_coefficient",)}
 
 

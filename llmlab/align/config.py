@@ -27,6 +27,9 @@ class AlignConfig:
     pref_hint: bool = False  # *-prefs: half the samples see the answer as a hint
     # *-prefs: how a prompt's best and worst samples are paired (align/data.py)
     pref_pairing: Literal["extremes", "length-matched", "perturbed"] = "extremes"
+    # dpo on a *-prefs task: test problems of its task answered greedily at each eval
+    # (heldout/accuracy in metrics.jsonl); 0: none
+    heldout_prompts: int = 16
 
 
 @dataclass

@@ -61,6 +61,9 @@ def load_prefs(path: str | Path) -> list[dict[str, Any]]:
                 raise ValueError(f"{where}: field 'margin' must be a number, got "
                                  f"{obj['margin']!r}")
             row["margin"] = float(obj["margin"])
+        for f in ("chosen_reward", "rejected_reward"):  # the verifier's, in a task's pairs
+            if isinstance(obj.get(f), (int, float)) and not isinstance(obj[f], bool):
+                row[f] = float(obj[f])
         out.append(row)
     if not out:
         raise ValueError(f"{path}: no preference pairs")

@@ -54,6 +54,15 @@ def completion_sum(lp: torch.Tensor, completion_mask: torch.Tensor) -> torch.Ten
     return (lp * completion_mask[:, 1:].to(lp.dtype)).sum(1)
 
 
+def pair_token_logprobs(model: nn.Module, ref: Reference, b: dict[str, torch.Tensor]
+                        ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Per-token log π and log π_ref (2B, T-1) of [chosen; rejected] in one forward each,
+    and their completion mask (2B, T): what the loss sums, and what the DPO page colours."""
+    ids, attn, cm = (torch.cat([b[f"chosen_{k}"], b[f"rejected_{k}"]])
+                     for k in ("ids", "mask", "cmask"))
+    return token_logprobs(model, ids, attn), ref.logprobs(ids, attn, policy=model), cm
+
+
 def sequence_logprob(model: nn.Module, ids: torch.Tensor, attn: torch.Tensor,
                      completion_mask: torch.Tensor) -> torch.Tensor:
     """Sum of log p over completion tokens only; completion_mask is (B, T) over ids."""
@@ -76,10 +85,8 @@ class DPOLoss:
     def _logps(self, model: nn.Module, b: dict[str, torch.Tensor]
                ) -> tuple[torch.Tensor, torch.Tensor]:
         """Summed completion log-probs of [chosen; rejected] under the policy and π_ref."""
-        ids, attn, cm = (torch.cat([b[f"chosen_{k}"], b[f"rejected_{k}"]])
-                         for k in ("ids", "mask", "cmask"))
-        pol = sequence_logprob(model, ids, attn, cm)
-        return pol, completion_sum(self.ref.logprobs(ids, attn, policy=model), cm)
+        pol, ref, cm = pair_token_logprobs(model, self.ref, b)
+        return completion_sum(pol, cm), completion_sum(ref, cm)
 
     def __call__(self, model: nn.Module, batch: dict[str, torch.Tensor]
                  ) -> tuple[torch.Tensor, dict[str, Any]]:

@@ -31,6 +31,7 @@ from llmlab.align.data import (
 )
 from llmlab.align.dpo import DPOLoss
 from llmlab.align.grpo import HeldOut, RolloutBatches, grpo_loss_fn
+from llmlab.align.heldout import heldout_fn
 from llmlab.align.ppo import PPOBatches, ppo_loss_fn
 from llmlab.align.reward import (
     ScalarHead,
@@ -151,7 +152,18 @@ def dpo(s: Start) -> Setup:
     batches, evals = _pairs(s)
     a = s.acfg
     loss = DPOLoss(s.reference(), a.beta, a.loss_type_dpo, a.label_smoothing)
-    return Setup(s.model, s.export, batches, loss, evals, loss.evaluate)
+    accuracy = heldout_fn(a.task, a.heldout_prompts, s.lm.tokenizer, s.template)
+
+    def eval_fn(model: nn.Module) -> dict[str, float]:
+        """Held-out pairs' implicit rewards (val/rewards/*) and the task's held-out accuracy:
+        the first can rise while the second falls."""
+        out = {}
+        if evals:
+            ev = loss.evaluate(model, [to_device(b, s.dist.device) for b in evals])
+            out = {f"val/{k}": v for k, v in ev.items() if k.startswith("rewards/")}
+        return {**out, **(accuracy(model) if accuracy else {})}
+
+    return Setup(s.model, s.export, batches, loss, evals, loss.evaluate, eval_fn)
 
 
 def ppo(s: Start) -> Setup:

@@ -20,6 +20,7 @@ from llmlab.server import (
     openai_api,
     rag_routes,
     routes_attention,
+    routes_dpo,
     routes_eval,
     routes_foundations,
     routes_labs,
@@ -117,6 +118,7 @@ def create_app(cfg: ServerConfig | None = None) -> FastAPI:
     app.include_router(routes_eval.make_router(hub))
     app.include_router(routes_prefs.make_router(hub))
     app.include_router(routes_rl.make_router(hub))
+    app.include_router(routes_dpo.make_router(hub))
 
     if (STATIC / "index.html").exists():
         app.mount("/assets", StaticFiles(directory=STATIC / "assets"), name="assets")

@@ -9,7 +9,7 @@ from typing import Any
 
 import llmlab
 from llmlab.align import data as align_data
-from llmlab.align import grpo, ppo, prefs_view, reward, rl_view
+from llmlab.align import dpo, explain_dpo, grpo, heldout, ppo, prefs_view, reward, rl_view
 from llmlab.eval import intervals as eintervals
 from llmlab.eval import report as ereport
 from llmlab.eval import tasks as etasks
@@ -106,6 +106,10 @@ SOURCES: dict[str, Callable[..., Any]] = {
     "grpo.loss": grpo.grpo_loss, "grpo.ratio": grpo.importance_ratio,
     "grpo.weights": grpo.aggregation_weights, "grpo.heldout": grpo.HeldOut.__call__,
     "ppo.rewards": ppo.token_rewards, "ppo.gae": ppo.gae, "ppo.loss": ppo.ppo_loss,
+    "dpo.token_logprobs": dpo.pair_token_logprobs,
+    "dpo.loss": dpo.dpo_loss,
+    "dpo.explain": explain_dpo.pair_logratios,
+    "dpo.heldout": heldout.task_accuracy,
 }
 
 

@@ -277,7 +277,8 @@ RANGES: dict[str, dict[str, Range]] = {
     "AlignConfig": {**SIZES, "lora_alpha": POSITIVE, "beta": POSITIVE,
                     "label_smoothing": Range(0, 0.5), "center_rewards_coefficient":
                     NON_NEGATIVE, "max_examples": POSITIVE, "val_examples": NON_NEGATIVE,
-                    "pref_samples": Range(2), "pref_temperature": POSITIVE},
+                    "pref_samples": Range(2), "pref_temperature": POSITIVE, "heldout_prompts":
+                    NON_NEGATIVE},
     "GRPOConfig": {**SIZES, "temperature": POSITIVE, "epsilon": NON_NEGATIVE,
                    "epsilon_high": NON_NEGATIVE, "beta": NON_NEGATIVE,
                    "zero_std_warn": NON_NEGATIVE},

@@ -3,6 +3,7 @@ import { attentionPage } from "./pages/attention";
 import { chatPage } from "./pages/chat";
 import { decodingPage } from "./pages/decoding";
 import { descentPage } from "./pages/descent";
+import { dpoPage } from "./pages/dpo";
 import { embeddingsPage } from "./pages/embeddings";
 import { evalPage } from "./pages/eval";
 import { loraPage } from "./pages/lora";
@@ -38,6 +39,7 @@ const PAGES: [string, string, (root: HTMLElement) => void][] = [
   ["eval", "Evaluation", evalPage],
   ["prefs", "Preferences", prefsPage],
   ["rl", "RL", rlPage],
+  ["dpo", "DPO", dpoPage],
 ];
 
 const nav = document.getElementById("nav")!;
