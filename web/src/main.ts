@@ -3,7 +3,7 @@ import { attentionPage } from "./pages/attention";
 import { chatPage } from "./pages/chat";
 import { decodingPage } from "./pages/decoding";
 import { descentPage } from "./pages/descent";
-import { dpoPage } from "./pages/dpo";
+import { dpoPage } from "./pages/dpopage";
 import { embeddingsPage } from "./pages/embeddings";
 import { evalPage } from "./pages/eval";
 import { loraPage } from "./pages/lora";

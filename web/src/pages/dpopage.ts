@@ -7,7 +7,7 @@ import { modelSelect } from "../models";
 import { type Rec, runPanel } from "../runs";
 import { debounce, el, labeled, pageHeader, showError } from "../ui";
 import { lineChart, logSlider } from "./fcharts";
-import "./dpo.css";
+import "./dpopage.css";
 
 interface Side { ids: number[]; pieces: string[]; logp: number[]; logp_ref: number[]; logratio: number[]; seq_logp: number; seq_logp_ref: number; seq_logratio: number; n_tokens: number }
 interface LossOut { beta: number; logits: number; ipo_logits: number; losses: Record<string, Record<string, number>>; curve: Record<string, number[]>; sources: string[] }
