@@ -17,6 +17,7 @@ ALIGN = ("reward", "dpo", "ppo", "grpo")
 MANAGED = ("out", "resume", "threads", "progress", "config", "debug")
 UPLOAD = "upload:"  # an uploaded corpus, stored by the manager
 RUN = "run:"  # another playground run: its model, adapter or reward model
+TOKENIZERS = ("gpt2", "cl100k", "smollm2")  # besides bpe:N, trained on the corpus
 PPL = "perplexity:"  # an eval task naming a text: a bundled corpus or an upload
 
 
@@ -32,7 +33,7 @@ def _names() -> dict[str, dict[str, tuple[str, ...] | None]]:
     align = {"model": models, "adapter": ("", RUN), "data": None,
              "task": ("", *RL_TASKS, *PREF_TASKS), "reward_model": ("", RUN)}
     return {"pretrain": {"inputs": ("kjv", "pydocs", UPLOAD), "data": None,
-                         "tokenizer": ("gpt2", "cl100k", "smollm2", "bpe:")},
+                         "tokenizer": (*TOKENIZERS, "bpe:")},
             "sft": {"data": ("trivia", "pydocs"), "model": models,
                     "chat_template": tuple(TEMPLATES)},
             **{k: align for k in ALIGN},
