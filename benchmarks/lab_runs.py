@@ -3,15 +3,13 @@ long the runs take, and how the pages' endpoints answer while a run trains, side
 the same endpoints on an idle server (the peer here is the idle server itself).
 
     PYTHONPATH=. python benchmarks/lab_runs.py [--requests 8] [--pretrain-steps 2400]
-        [--lora-steps 30] [--skip-lora]
 
 It starts a real `llmlab serve` (loopback, a temporary runs dir), then:
 1. idle: N requests each to /api/attention, /api/decode/next, /api/next_token (when the
    server has it) and a 16-token /v1/chat/completions; p50/p95 latencies;
 2. starts the micro pretraining from the API, as the page does; time to the first loss
-   record on the SSE stream, to each sample, and to the end; the same latencies meanwhile;
-3. (unless --skip-lora) the LoRA demo with the page's defaults: time to finished, s/step.
-Ends with one JSON line."""
+   record on the SSE stream, to each sample, and to the end; the same latencies meanwhile.
+Ends with one JSON line. The LoRA page's demo has its own script (lora_live.py)."""
 
 from __future__ import annotations
 
@@ -104,8 +102,6 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--requests", type=int, default=8)
     ap.add_argument("--pretrain-steps", type=int, default=2400)
-    ap.add_argument("--lora-steps", type=int, default=30)
-    ap.add_argument("--skip-lora", action="store_true")
     ap.add_argument("--run-threads", type=int, default=1)
     a = ap.parse_args()
     print_machine()
@@ -122,12 +118,7 @@ def main() -> None:
         print("pretrain:", json.dumps({k: v for k, v in pre.items() if k != "samples"}))
         for s in pre.get("samples", []):
             print(f"  sample at {s['s']:6.1f} s, step {s['step']:5d}: {s['text']!r}")
-        lora = None
-        if not a.skip_lora:
-            lora = run(url, "sft", {"data": "trivia", "peft": "lora", "max_steps": a.lora_steps},
-                       None)
-            print("lora:", json.dumps({k: v for k, v in lora.items() if k != "samples"}))
-        emit({"idle": idle, "pretrain": pre, "lora": lora, "run_threads": a.run_threads})
+        emit({"idle": idle, "pretrain": pre, "run_threads": a.run_threads})
     finally:
         print("server:", stop_server(proc, 60, log)[0])
 
