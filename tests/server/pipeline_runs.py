@@ -4,10 +4,9 @@ SFT started from it by its playground name `run:<pretraining id>`."""
 
 from __future__ import annotations
 
-import time
 from typing import Any
 
-import httpx
+from .lab_helpers import finish
 
 PRETRAIN = {"preset": "micro", "max_steps": 2, "tokenizer": "smollm2", "d_model": 32,
             "n_layer": 2, "n_head": 2, "seq_len": 32, "max_seq_len": 256, "batch_size": 4,
@@ -16,20 +15,6 @@ SFT = {"data": "trivia", "peft": "lora", "lora_r": 2, "max_steps": 1, "batch_siz
        "seq_len": 256, "max_examples": 8, "val_examples": 2, "eval_every": 0, "ckpt_every": 0,
        "sample_tokens": 0, "warmup_steps": 1}
 _made: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {}
-
-
-def finish(url: str, kind: str, options: dict[str, Any], timeout: float = 300) -> dict[str, Any]:
-    r = httpx.post(f"{url}/api/runs", json={"kind": kind, "options": options}, timeout=60)
-    assert r.status_code == 201, r.text
-    run_id = r.json()["id"]
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        run = httpx.get(f"{url}/api/runs/{run_id}", timeout=30).json()
-        if run["status"] not in ("running", "stopping"):
-            assert run["status"] == "finished", run
-            return run
-        time.sleep(0.5)
-    raise AssertionError(f"run {run_id} did not finish in {timeout} s")
 
 
 def chain(url: str) -> tuple[dict[str, Any], dict[str, Any]]:

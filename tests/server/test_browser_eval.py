@@ -8,35 +8,22 @@ from __future__ import annotations
 
 import json
 import math
-import time
 from typing import Any
 
 import httpx
 import pytest
 
 from .browser import shot
+from .lab_helpers import finish
 
 BASE = "smollm2-135m-instruct"
 LIMIT, MAX_NEW = 2, 48
 
 
-def _finished(url: str, kind: str, options: dict[str, Any], timeout: float = 600) -> dict:
-    r = httpx.post(f"{url}/api/runs", json={"kind": kind, "options": options}, timeout=60)
-    assert r.status_code == 201, r.text
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        run = httpx.get(f"{url}/api/runs/{r.json()['id']}", timeout=30).json()
-        if run["status"] not in ("running", "stopping"):
-            assert run["status"] == "finished", run
-            return run
-        time.sleep(0.5)
-    raise AssertionError(f"{kind} run did not finish in {timeout} s")
-
-
 @pytest.fixture(scope="module")
 def adapter_run(server: Any) -> dict:
     """A 2-step SFT LoRA on trivia: a second model that differs a little from its base."""
-    return _finished(server.url, "sft", {"data": "trivia", "peft": "lora", "lora_r": 4,
+    return finish(server.url, "sft", {"data": "trivia", "peft": "lora", "lora_r": 4,
                                          "lora_alpha": 8, "max_steps": 2, "batch_size": 2,
                                          "lr": 5e-3, "eval_every": 0, "ckpt_every": 0})
 

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import math
-import time
 from pathlib import Path
 from typing import Any
 
@@ -16,18 +15,9 @@ import pytest
 import torch
 from reward_ref import HFReward, make_prefs_file, make_tiny
 
+from .lab_helpers import wait_run
+
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
-
-
-def wait_run(url: str, run_id: str, timeout: float = 300) -> dict[str, Any]:
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        run = httpx.get(f"{url}/api/runs/{run_id}", timeout=30).json()
-        if run["status"] not in ("running", "stopping"):
-            assert run["status"] == "finished", run
-            return run
-        time.sleep(0.5)
-    raise AssertionError(f"run {run_id} did not finish in {timeout} s")
 
 
 @pytest.fixture(scope="module")

@@ -4,7 +4,6 @@ PEFT on its adapter), through the same endpoints the pages call."""
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 from typing import Any
 
@@ -12,26 +11,14 @@ import httpx
 import pytest
 import torch
 
+from .lab_helpers import finish
+
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
-
-
-def _run(url: str, kind: str, options: dict[str, Any], timeout: float = 300) -> dict[str, Any]:
-    r = httpx.post(f"{url}/api/runs", json={"kind": kind, "options": options}, timeout=60)
-    assert r.status_code == 201, r.text
-    run_id = r.json()["id"]
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        run = httpx.get(f"{url}/api/runs/{run_id}", timeout=30).json()
-        if run["status"] not in ("running", "stopping"):
-            assert run["status"] == "finished", run
-            return run
-        time.sleep(0.5)
-    raise AssertionError(f"run {run_id} did not finish in {timeout} s")
 
 
 @pytest.fixture(scope="module")
 def micro(server: Any) -> dict[str, Any]:
-    return _run(server.url, "pretrain", {"preset": "micro", "max_steps": 20, "eval_every": 10,
+    return finish(server.url, "pretrain", {"preset": "micro", "max_steps": 20, "eval_every": 10,
                                          "ckpt_every": 10, "log_every": 5})
 
 
@@ -83,7 +70,7 @@ def test_chat_with_a_lora_run_equals_transformers_and_peft(server: Any) -> None:
     from llmlab.generate.chat import template_for
     from llmlab.weights.registry import _smollm2_file
 
-    run = _run(server.url, "sft", {"data": "trivia", "peft": "lora", "lora_r": 4,
+    run = finish(server.url, "sft", {"data": "trivia", "peft": "lora", "lora_r": 4,
                                    "lora_alpha": 8, "max_steps": 2, "batch_size": 2,
                                    "lr": 5e-3, "eval_every": 0, "ckpt_every": 0})
     assert run["adapter"] and run["model"] == f"run:{run['id']}"
