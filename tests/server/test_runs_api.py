@@ -20,8 +20,10 @@ import llmlab
 from llmlab.lab.rundir import load_run
 from llmlab.lab.runs import RunManager
 
-# Small: a 512-id BPE trains in seconds on the KJV; 60 steps of a depth-2 model.
-OPTIONS = {"preset": "micro", "depth": 2, "tokenizer": "bpe:512", "max_steps": 60,
+# Small: a 512-id BPE trains in seconds on the KJV; a depth-2 model, with steps enough that
+# it is still training when the test stops it (a quiet machine runs ~50 steps a second).
+STEPS = 600
+OPTIONS = {"preset": "micro", "depth": 2, "tokenizer": "bpe:512", "max_steps": STEPS,
            "eval_every": 20, "ckpt_every": 20, "batch_size": 8, "log_every": 5,
            "sample_tokens": 16}
 
@@ -90,8 +92,9 @@ def test_stream_concurrent_start_stop(api: str, run: dict, server: Any) -> None:
     assert seen["status"][0]["status"] == "running"
     losses = [m["loss"] for m in seen["metrics"]]
     assert losses[-1] < losses[0] - 0.5, losses  # it learns: well below where it started
-    assert [m["step"] for m in seen["metrics"] if "val_loss" in m] == [20, 40]
-    assert [s["step"] for s in seen["sample"]] == [0, 20, 40]
+    # Records arrive in batches: the stream may already hold later ones.
+    assert [m["step"] for m in seen["metrics"] if "val_loss" in m][:2] == [20, 40]
+    assert [s["step"] for s in seen["sample"]][:3] == [0, 20, 40]
     assert all(s["text"].startswith("And it came to pass") for s in seen["sample"])
     # the stream equals the run's own records on disk
     disk = [json.loads(ln) for ln in
@@ -101,7 +104,7 @@ def test_stream_concurrent_start_stop(api: str, run: dict, server: Any) -> None:
     assert st["status"] in ("stopping", "stopped")
     st = wait(f"{api}/{run['id']}", lambda r: r["status"] not in ("running", "stopping"))
     assert st["status"] == "stopped" and st["error"] is None, st
-    assert st["model"] == f"run:{run['id']}" and 40 <= st["step"] < 60
+    assert st["model"] == f"run:{run['id']}" and 40 <= st["step"] < STEPS
     lm = llmlab.load(_dir(server, run))  # the run dir loads: its last checkpoint
     assert lm.model.cfg.n_layer == 2 and lm.model.cfg.d_model == 64
 
@@ -121,10 +124,10 @@ def test_sigkill_is_a_failure_naming_the_signal_and_resume_finishes(api: str, ru
     assert last[0] == "end" and "SIGKILL" in last[1]["error"]
     assert httpx.post(f"{api}/{run['id']}/resume").status_code == 200
     st = wait(f"{api}/{run['id']}", lambda r: r["status"] != "running")
-    assert st["status"] == "finished" and st["step"] == 60 and st["final"], st
+    assert st["status"] == "finished" and st["step"] == STEPS and st["final"], st
     steps = [json.loads(ln)["step"] for ln in
              (_dir(server, run) / "metrics.jsonl").read_text().splitlines()]
-    assert steps == sorted(set(steps)) and steps[-1] == 60  # resumes trimmed, no duplicates
+    assert steps == sorted(set(steps)) and steps[-1] == STEPS  # resumes trimmed, no duplicates
 
 
 def test_restarted_server_lists_the_run_and_refuses_local_paths(api: str, run: dict,
