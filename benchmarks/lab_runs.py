@@ -14,6 +14,7 @@ Ends with one JSON line. The LoRA page's demo has its own script (lora_live.py).
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import statistics
 import tempfile
@@ -27,6 +28,7 @@ import httpx
 from benchmarks._common import emit, print_machine
 from benchmarks._server import start_server, stop_server, wait_ready
 
+FRESH = itertools.count()  # numbers no earlier attention request used
 TEXT = "The animal didn't cross the street because it was too tired."
 CALLS = {
     "attention": ("/api/attention", {"text": TEXT, "layer": 3, "head": 0}),
@@ -42,10 +44,10 @@ def latencies(url: str, n: int) -> dict[str, dict[str, float]]:
     with httpx.Client(base_url=url, timeout=120) as c:
         for name, (path, body) in CALLS.items():
             times = []
-            for i in range(n):
+            for _ in range(n):
                 b = dict(body)
                 if name == "attention":  # a new text each time: the attention cache would hit
-                    b["text"] = f"{TEXT} ({i})"
+                    b["text"] = f"{TEXT} ({next(FRESH)})"
                 t0 = time.perf_counter()
                 r = c.post(path, json=b)
                 if r.status_code == 404 and name == "next_token":
