@@ -94,3 +94,15 @@ def page(server: Live) -> Iterator[Any]:
         pg.set_default_timeout(60_000)
         yield pg
         browser.close()
+
+
+@pytest.fixture(scope="module")
+def local_run(tmp_path_factory: pytest.TempPathFactory) -> Any:
+    """A real `llmlab pretrain` run dir: a 512-id BPE on KJV text, 2 layers x 2 heads."""
+    from train_common import TINY, cli, make_data
+
+    d = tmp_path_factory.mktemp("local")
+    data = make_data(d)
+    cli("pretrain", "--out", str(d / "tinyrun"), "--data", str(data), *TINY,
+        "--max-steps", "2", "--eval-every", "2", "--ckpt-every", "2")
+    return d / "tinyrun"

@@ -6,7 +6,6 @@ a human to look at."""
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import httpx
 import pytest
@@ -136,18 +135,6 @@ def test_rag_upload_joins_a_session_kb(page, server) -> None:  # noqa: ANN001
     assert f"docs in KB\n{len(default_kb()) + 1}" in stats
     assert pg.evaluate("window.__xss") is None
     shot(pg, "rag-upload")
-
-
-@pytest.fixture(scope="module")
-def local_run(tmp_path_factory) -> Path:  # noqa: ANN001
-    """A real `llmlab pretrain` run dir: a 512-id BPE on KJV text, 2 layers x 2 heads."""
-    from train_common import TINY, cli, make_data
-
-    d = tmp_path_factory.mktemp("local")
-    data = make_data(d)
-    cli("pretrain", "--out", str(d / "tinyrun"), "--data", str(data), *TINY,
-        "--max-steps", "2", "--eval-every", "2", "--ckpt-every", "2")
-    return d / "tinyrun"
 
 
 def test_attention_on_a_local_checkpoint(page, local_run, lm, enc) -> None:  # noqa: ANN001

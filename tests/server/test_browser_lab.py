@@ -4,7 +4,6 @@ Screenshots land in tests/artifacts/ (or $LLMLAB_ARTIFACTS)."""
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import httpx
 import pytest
@@ -12,18 +11,6 @@ import pytest
 from .browser import shot
 
 TEXT = "And God said, Let there be light: and there was light."
-
-
-@pytest.fixture(scope="module")
-def local_run(tmp_path_factory) -> Path:  # noqa: ANN001
-    """A real `llmlab pretrain` run dir: a 512-id BPE on KJV text, 2 layers x 2 heads."""
-    from train_common import TINY, cli, make_data
-
-    d = tmp_path_factory.mktemp("local")
-    data = make_data(d)
-    cli("pretrain", "--out", str(d / "tinyrun"), "--data", str(data), *TINY,
-        "--max-steps", "2", "--eval-every", "2", "--ckpt-every", "2")
-    return d / "tinyrun"
 
 
 def stats(pg, i: int) -> dict[str, str]:  # noqa: ANN001
