@@ -26,24 +26,6 @@ def pytest_configure(config: pytest.Config) -> None:
         torch.set_num_threads(max(1, (os.cpu_count() or 1) // workers))
 
 
-# The longest files (a minute or more on CI's 2 cores: they train runs, load SmolLM2 several
-# times, or drive Chromium), started first: xdist hands out files in collection order, and a
-# long file picked up last leaves the other worker idle for its whole length.
-LONGEST = ("server/test_browser_dpo.py", "test_triton_decode.py", "server/test_browser.py",
-           "server/test_browser_eval.py", "server/test_browser_rl.py", "server/test_run_models.py",
-           "server/test_browser_lora.py", "server/test_browser_prefs.py", "test_train_loop.py",
-           "server/test_runs_api.py", "test_align_runs.py", "server/test_browser_pretrain.py")
-
-
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    def rank(item: pytest.Item) -> int:
-        path = item.path.as_posix()
-        return next((i for i, f in enumerate(LONGEST) if path.endswith("tests/" + f)),
-                    len(LONGEST))
-
-    items.sort(key=rank)  # stable: each file keeps its own order
-
-
 @pytest.fixture(scope="session", autouse=True)
 def pgvector_server() -> Iterator[None]:
     if os.environ.get("LLMLAB_PG_DSN") or os.environ.get("LLMLAB_NO_PG"):
