@@ -155,12 +155,14 @@ def dpo(s: Start) -> Setup:
     accuracy = heldout_fn(a.task, a.heldout_prompts, s.lm.tokenizer, s.template)
 
     def eval_fn(model: nn.Module) -> dict[str, float]:
-        """Held-out pairs' implicit rewards (val/rewards/*) and the task's held-out accuracy:
-        the first can rise while the second falls."""
+        """Held-out pairs' metrics (val/rewards/*, val/logp_*...) and the task's held-out
+        accuracy: the first can rise while the second falls. The pairs are scored here only:
+        the trainer's own pair scoring is off when an eval_fn does it (run below)."""
         out = {}
         if evals:
             ev = loss.evaluate(model, [to_device(b, s.dist.device) for b in evals])
-            out = {f"val/{k}": v for k, v in ev.items() if k.startswith("rewards/")}
+            out = {f"val/{k}": v for k, v in ev.items()
+                   if isinstance(v, (int, float)) and not isinstance(v, bool)}
         return {**out, **(accuracy(model) if accuracy else {})}
 
     return Setup(s.model, s.export, batches, loss, evals, loss.evaluate, eval_fn)
@@ -259,7 +261,8 @@ def run(algo: str, acfg: AlignConfig, tcfg: TrainConfig, run_dir: Path,
         trainer = PairTrainer(setup.model, tcfg, run_dir, setup.batches, setup.loss_fn,
                               dist=d, export=setup.export, eval_data=setup.evals,
                               eval_fn=setup.eval_fn, run_info={"algo": algo},
-                              compat={"algo": algo, "model": acfg.model}, score=setup.score)
+                              compat={"algo": algo, "model": acfg.model},
+                              score=None if setup.eval_fn else setup.score)
         out = trainer.fit()
         ev = evaluate(setup, d.device) if d.is_main else None
         if ev is not None:

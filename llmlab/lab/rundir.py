@@ -8,8 +8,7 @@ import json
 import os
 import re
 import signal
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -225,13 +224,3 @@ class Follower:
             out.append(("end", st))
             self.done = True
         return out
-
-
-def follow(run_dir: Path, status: Callable[[], dict[str, Any]], poll_s: float = 0.4
-           ) -> Iterator[tuple[str, dict[str, Any]]]:
-    """Follower's events, waiting `poll_s` between polls, until the run ends."""
-    f = Follower(run_dir, status)
-    while not f.done:
-        yield from f.poll()
-        if not f.done:
-            time.sleep(poll_s)
