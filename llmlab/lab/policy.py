@@ -12,13 +12,13 @@ from typing import Any
 
 from torch import nn
 
-from llmlab.lab.rundir import _json, _section, is_adapter, model_dir
+from llmlab.lab.rundir import base_section, is_adapter, model_dir, read_json
 from llmlab.peft.model import load_adapter
 
 
 def run_base(run_dir: Path) -> str:
     """The model a run started from (its config.json), which is its π_ref."""
-    base = _section(_json(run_dir / "config.json")).get("model")
+    base = base_section(read_json(run_dir / "config.json")).get("model")
     if not base:
         raise ValueError(f"model: run {run_dir.name} has no base model (a pretraining run "
                          "is not a policy: pick an SFT, DPO, PPO or GRPO run)")

@@ -27,7 +27,7 @@ def is_run_dir(path: Path) -> bool:
                                                                 "config.json", METRICS))
 
 
-def _json(path: Path) -> dict[str, Any]:
+def read_json(path: Path) -> dict[str, Any]:
     try:
         out = json.loads(path.read_text())
         return out if isinstance(out, dict) else {}
@@ -52,26 +52,26 @@ def last_record(path: Path) -> dict[str, Any] | None:
     return None
 
 
-def _section(cfg: dict[str, Any]) -> dict[str, Any]:
+def base_section(cfg: dict[str, Any]) -> dict[str, Any]:
     """The part of a run's config.json that names its base model: sft's or align's."""
     return cfg.get("sft") or cfg.get("align") or {}
 
 
 def is_adapter(run_dir: Path) -> bool:
-    sec = _section(_json(run_dir / "config.json"))
+    sec = base_section(read_json(run_dir / "config.json"))
     return sec.get("peft", "none") != "none" or bool(sec.get("adapter"))
 
 
 def kind_of(run_dir: Path) -> str:
     """A run's kind from its config.json, for runs the shell started."""
-    cfg = _json(run_dir / "config.json")
+    cfg = read_json(run_dir / "config.json")
     return cfg.get("algo") or ("sft" if "sft" in cfg else "pretrain")
 
 
 def describe(run_dir: Path, kind: str) -> dict[str, Any]:
     """Progress and what the run holds: step of max_steps, the last losses, its checkpoints,
     and whether pages can load it (`model`: the name they use, `run:ID`)."""
-    cfg = _json(run_dir / "config.json")
+    cfg = read_json(run_dir / "config.json")
     last = last_record(run_dir / METRICS) or {}
     ckpts = [s for s, _ in list_checkpoints(run_dir)]
     final = (run_dir / "final").is_dir()
@@ -85,9 +85,9 @@ def describe(run_dir: Path, kind: str) -> dict[str, Any]:
         "final": final,
         "model": f"run:{run_dir.name}" if final or ckpts else None,
         "adapter": adapter,
-        "base": _section(cfg).get("model"),
+        "base": base_section(cfg).get("model"),
         "preset": cfg.get("preset"),
-        "info": _json(run_dir / "run.json"),  # what the library counted (trainable, memory)
+        "info": read_json(run_dir / "run.json"),  # what the library counted (trainable, memory)
     }
 
 
@@ -119,7 +119,7 @@ def base_and_adapter(run_dir: Path) -> tuple[str, Path | None]:
     """What loads a run's model by name: (its model dir, None), or for an adapter run
     (its base model, its adapter dir), as load_run loads them."""
     if is_adapter(run_dir):
-        return str(_section(_json(run_dir / "config.json"))["model"]), model_dir(run_dir)
+        return str(base_section(read_json(run_dir / "config.json"))["model"]), model_dir(run_dir)
     return str(run_dir), None
 
 
@@ -134,7 +134,7 @@ def load_run(run_dir: Path, step: int | None = None) -> Any:
 
     path = model_dir(run_dir, step)
     if is_adapter(run_dir):
-        base = _section(_json(run_dir / "config.json"))["model"]
+        base = base_section(read_json(run_dir / "config.json"))["model"]
         lm = load_lm(base, adapter=str(path))
     else:
         lm = load(str(path))
