@@ -15,7 +15,7 @@ from typing import Any, Literal
 import pytest
 
 from llmlab.cli import build_parser, main
-from llmlab.train.config import field_docs, show_default
+from llmlab.train.flags import field_docs, show_default
 
 
 def _commands(p: argparse.ArgumentParser, path: tuple[str, ...] = ()
@@ -143,7 +143,7 @@ def test_dpo_help_text_lists_meaning_default_and_choices(
 
 
 def test_a_percent_sign_in_a_field_comment_does_not_break_help() -> None:
-    from llmlab.train.config import add_dataclass_args
+    from llmlab.train.flags import add_dataclass_args
 
     @dataclasses.dataclass
     class C:

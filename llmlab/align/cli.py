@@ -13,7 +13,8 @@ from typing import Any
 
 from llmlab.align.config import AlignConfig, GRPOConfig, PPOConfig
 from llmlab.cliutil import guard, strict
-from llmlab.train.config import TrainConfig, add_dataclass_args, from_flags
+from llmlab.train.config import TrainConfig
+from llmlab.train.flags import add_dataclass_args, from_flags
 
 ALIGN_TRAIN = dict(max_steps=100, batch_size=4, seq_len=256, lr=5e-6, warmup_steps=5,
                    weight_decay=0.0, eval_every=0, eval_batches=4, ckpt_every=0, log_every=1,

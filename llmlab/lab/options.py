@@ -127,7 +127,8 @@ def validate(kind: str, flags: list[str], out: Path) -> Any:
     config checks (types, ranges, cross-field rules); ValueError with the CLI's message.
     Returns pretraining's resolved DataConfig (the manager caches prepared data by it)."""
     from llmlab.cli import build_parser
-    from llmlab.train.config import TrainConfig, from_flags
+    from llmlab.train.config import TrainConfig
+    from llmlab.train.flags import from_flags
 
     if kind not in KINDS:
         raise ValueError(f"kind: expected one of {', '.join(KINDS)}, got {kind!r}")

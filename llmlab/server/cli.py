@@ -16,7 +16,7 @@ def cmd_serve(a: argparse.Namespace) -> int:
 
     from llmlab.server.app import create_app
     from llmlab.server.hub import ServerConfig
-    from llmlab.train.config import overrides
+    from llmlab.train.flags import overrides
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     cfg = ServerConfig(
@@ -74,7 +74,7 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
         help="pre-generate every page's narration audio (needs the optional tts extra)",
     )
     from llmlab.server.hub import ServerConfig
-    from llmlab.train.config import add_dataclass_args
+    from llmlab.train.flags import add_dataclass_args
 
     # Every limit and cache cap of ServerConfig is a flag (--max-new-tokens, --kb-cache, ...).
     names = add_dataclass_args(p, ServerConfig, "limits and caps", skip=CLI_OWN)

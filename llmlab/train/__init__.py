@@ -1,6 +1,7 @@
 """Training: one loop (`Trainer`) shared by every algorithm; pretraining plugs in a loss.
 
-Names resolve lazily: the CLI reads `llmlab.train.config` to build flags without torch."""
+Names resolve lazily: the CLI reads `llmlab.train.config` and `.flags` to build flags
+without torch."""
 
 from typing import Any
 

@@ -13,15 +13,8 @@ from typing import Any
 
 from llmlab.cliutil import guard, strict
 from llmlab.model import ModelConfig
-from llmlab.train.config import (
-    Derived,
-    TrainConfig,
-    add_dataclass_args,
-    build,
-    check_fields,
-    flag_name,
-    overrides,
-)
+from llmlab.train.config import TrainConfig, build, check_fields
+from llmlab.train.flags import Derived, add_dataclass_args, flag_name, overrides
 
 # Set from the tokenizer (or not per-field settable), so they get no flag.
 _MODEL_SKIP = ("extra", "bos_token_id", "eos_token_id", "pad_token_id")

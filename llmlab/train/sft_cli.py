@@ -7,7 +7,8 @@ import argparse
 from pathlib import Path
 
 from llmlab.cliutil import guard, strict
-from llmlab.train.config import TrainConfig, add_dataclass_args, from_flags
+from llmlab.train.config import TrainConfig
+from llmlab.train.flags import add_dataclass_args, from_flags
 
 # SFT defaults that differ from pretraining's (small data, a pretrained model). SFT samples are
 # the answers to --sample-prompts held-out prompts: 24 tokens hold a short answer.
