@@ -26,7 +26,14 @@ class TrainConfig:
     lr: float = 3e-4  # peak learning rate
     min_lr_ratio: float = 0.1  # final lr = lr * min_lr_ratio
     warmup_steps: int = 100  # steps of linear warmup from 0 to lr
-    schedule: Literal["cosine", "linear", "constant"] = "cosine"  # lr decay after warmup
+    # lr decay after warmup; wsd (warmup-stable-decay, Hägele et al. 2024): constant, then
+    # a linear decay over the last `cooldown` share of the steps
+    schedule: Literal["cosine", "linear", "constant", "wsd"] = "cosine"
+    cooldown: float = 0.2  # wsd: the share of the steps spent decaying
+    # muon: Muon for the hidden matrices, AdamW for embeddings, head and gains (train/muon.py)
+    optimizer: Literal["adamw", "muon"] = "adamw"
+    muon_lr: float = 0.02  # Muon's peak lr (the schedule scales it like `lr`)
+    muon_momentum: float = 0.95  # Muon's Nesterov momentum
     weight_decay: float = 0.1  # AdamW decoupled weight decay (matrices only)
     beta1: float = 0.9  # AdamW first-moment decay
     beta2: float = 0.95  # AdamW second-moment decay
@@ -38,6 +45,9 @@ class TrainConfig:
     # its own, one compile reused by every layer (shorter compile; the rest runs eagerly)
     compile_scope: Literal["whole", "regional"] = "whole"
     seed: int = 0  # seeds init, data order and sampling
+    # stop once the validation bits per byte reach this (checked at each evaluation); the
+    # wall time and tokens to get there go into metrics.jsonl. 0 disables
+    target_val_bpb: float = 0.0
     device: str = "auto"  # auto | cpu | cuda (or cuda:N)
     threads: int = 0  # torch CPU threads; 0 leaves torch's default
     log_every: int = 10  # steps between metrics.jsonl rows
@@ -102,7 +112,9 @@ SIZES = dict.fromkeys(  # counts and sizes: at least one
 # Each config class's numeric ranges, by class name (config.py stays free of the model and
 # align imports). The types come from the annotations; these are what a type can't say.
 RANGES: dict[str, dict[str, Range]] = {
-    "TrainConfig": {**SIZES, "lr": POSITIVE, "min_lr_ratio": FRACTION,
+    "TrainConfig": {**SIZES, "lr": POSITIVE, "min_lr_ratio": FRACTION, "cooldown": FRACTION,
+                    "muon_lr": POSITIVE, "muon_momentum": BELOW_ONE,
+                    "target_val_bpb": NON_NEGATIVE,
                     "warmup_steps": NON_NEGATIVE, "weight_decay": NON_NEGATIVE,
                     "beta1": BELOW_ONE, "beta2": BELOW_ONE, "eps": POSITIVE,
                     **dict.fromkeys(("grad_clip", "threads", "log_every", "eval_every",

@@ -101,7 +101,7 @@ def plan(preset: str, depth: int | None = None, tokenizer: str | None = None,
     from llmlab.train.optim import lr_lambda
 
     f = lr_lambda(int(train.get("warmup_steps", 100)), steps, train.get("schedule", "cosine"),
-                  float(train.get("min_lr_ratio", 0.1)))
+                  float(train.get("min_lr_ratio", 0.1)), float(train.get("cooldown", 0.2)))
     at = sorted({round(i * (steps - 1) / max(1, points - 1)) for i in range(points)})
     return {
         "preset": preset, "depth": cfg.n_layer, "tokenizer": tok,

@@ -35,12 +35,12 @@ from llmlab.train.distributed import (
     wrap,
 )
 from llmlab.train.machine import StopOnSigterm, device_name, keep_freed_memory
-from llmlab.train.optim import lr_lambda, make_adamw, param_groups
+from llmlab.train.optim import lr_lambda, make_optimizer
+from llmlab.train.runlog import METRICS, SAMPLES, RunLog
 from llmlab.train.timing import PhaseTimer
 from llmlab.weights.registry import build
 
 LossFn = Callable[[nn.Module, Any], tuple[torch.Tensor, dict[str, Any]]]
-METRICS, SAMPLES = "metrics.jsonl", "samples.jsonl"
 
 
 class BatchSource(Protocol):
@@ -70,9 +70,9 @@ class Trainer:
     or dicts of fields) for samples.jsonl, `eval_fn(model) -> {name: value}` metrics (held-out
     task accuracy; at step 0 a record of its own), at step 0 and each evaluation; `run_info`
     is merged into run.json (for `llmlab report`); `compat`: settings a resumed run must share.
-    Each metrics record carries `time/<phase>` seconds per step (batch, forward_backward,
-    optim, step; time/eval when it evaluated; for RL, time/batch is the rollout).
-    `sync_timing` makes them exact on GPU (benchmarks)."""
+    `val_bytes_per_token` adds val_bpb (and `cfg.target_val_bpb` can end the run). Records
+    carry `time/<phase>` seconds per step (batch, forward_backward, optim, step, eval; for
+    RL, time/batch is the rollout); `sync_timing` makes them exact on GPU (benchmarks)."""
 
     def __init__(
         self,
@@ -91,14 +91,20 @@ class Trainer:
         run_info: dict[str, Any] | None = None,
         compat: dict[str, Any] | None = None,
         sync_timing: bool = False,
+        val_bytes_per_token: float | None = None,
     ) -> None:
         cfg.validate()
         self.cfg, self.dist, self.run_dir = cfg, dist, Path(run_dir)
         self.train_data, self.loss_fn, self.export = train_data, loss_fn, export
         self.eval_data = list(eval_data) if eval_data is not None else []
         self.sample_fn, self.eval_fn = sample_fn, eval_fn
+        self.val_bytes_per_token = val_bytes_per_token  # val loss / ln 2 / this = val bpb
+        if cfg.target_val_bpb and not (val_bytes_per_token and self.eval_data and cfg.eval_every):
+            raise ValueError("target_val_bpb: needs validation data with byte counts "
+                             "(pretraining with a val split) and eval_every > 0")
         self.compat = {"world": dist.world, "batch_size": cfg.batch_size, "seq_len": cfg.seq_len,
-                       "grad_accum": cfg.grad_accum, "seed": cfg.seed, **(compat or {})}
+                       "grad_accum": cfg.grad_accum, "seed": cfg.seed,
+                       "optimizer": cfg.optimizer, **(compat or {})}
         self.device = dist.device
         if self.device.type == "cpu":
             keep_freed_memory()
@@ -108,19 +114,20 @@ class Trainer:
         self.model = wrap(self.raw, dist)
         if cfg.compile and cfg.compile_scope == "whole":
             self.model = compile_model(self.model, "whole")
-        groups = groups if groups is not None else param_groups(self.raw, cfg.weight_decay)
-        self.opt = make_adamw(groups, cfg.lr, (cfg.beta1, cfg.beta2), cfg.eps, self.device)
+        self.opt = make_optimizer(self.raw, cfg, self.device, groups)
         self.params = [p for g in self.opt.param_groups for p in g["params"]]
         # A fused AdamW can skip a non-finite step itself (see the NaN guard in fit).
         self.skip_on_device = bool(self.opt.defaults.get("fused"))
-        schedule = lr_lambda(cfg.warmup_steps, cfg.max_steps, cfg.schedule, cfg.min_lr_ratio)
+        schedule = lr_lambda(cfg.warmup_steps, cfg.max_steps, cfg.schedule, cfg.min_lr_ratio,
+                             cfg.cooldown)
         self.sched = torch.optim.lr_scheduler.LambdaLR(self.opt, schedule)
         use_bf16 = cfg.precision == "bf16" or (cfg.precision == "auto"
                                                 and self.device.type == "cuda")
         self.autocast_dtype = torch.bfloat16 if use_bf16 else None
         self.step, self.tokens, self.best_val = 0, 0, math.inf
+        self.train_time = 0.0  # seconds spent training, not evaluating or saving
         self.run_info = run_info or {}
-        self.writer: Any = None
+        self.log = RunLog(self.run_dir, dist.is_main)
         self.sync_timing = sync_timing  # exact time/* per phase on GPU, at a cost (PhaseTimer)
         self.unchecked: list[tuple] = []  # (step, lr, loss, grad norm, non-finite), see _check
 
@@ -128,25 +135,6 @@ class Trainer:
         if self.autocast_dtype is None:
             return contextlib.nullcontext()
         return torch.autocast(self.device.type, dtype=self.autocast_dtype)
-
-    def _log(self, rec: dict[str, Any]) -> None:
-        if not self.dist.is_main:
-            return
-        with (self.run_dir / METRICS).open("a") as f:
-            f.write(json.dumps(rec) + "\n")
-        if self.writer is not None:
-            for k, v in rec.items():
-                if k != "step" and isinstance(v, (int, float)):
-                    self.writer.add_scalar(k, v, rec["step"])
-
-    def _open_tensorboard(self) -> None:
-        if not (self.cfg.tensorboard and self.dist.is_main):
-            return
-        try:
-            from torch.utils.tensorboard import SummaryWriter
-        except ImportError:  # optional: metrics.jsonl has everything
-            return
-        self.writer = SummaryWriter(str(self.run_dir / "tb"))
 
     def evaluate(self) -> float:
         """Mean loss over `eval_data`, averaged over ranks."""
@@ -168,6 +156,7 @@ class Trainer:
                 "optimizer": osd, "scheduler": self.sched.state_dict(),
                 "data": self.train_data.state_dict(), "rng": rngs,
                 "config": dataclasses.asdict(self.cfg), "compat": self.compat,
+                "train_time": self.train_time,
             }
             meta = {"step": self.step, "val_loss": val_loss, "tokens": self.tokens}
             path = ckpt.step_dir(self.run_dir, self.step)
@@ -188,13 +177,16 @@ class Trainer:
             return False
         step, path = found[-1]
         state = ckpt.load_trainer_state(path)
-        ckpt.check_compatible(state.get("compat", {}), self.compat, path)
+        # Checkpoints from before the optimizer switch were all AdamW's.
+        ckpt.check_compatible({"optimizer": "adamw", **state.get("compat", {})}, self.compat,
+                              path)
         msd = ckpt.load_model_weights(path)
         load_full_state(self.model, self.opt, msd, state["optimizer"], self.dist)
         self.sched.load_state_dict(state["scheduler"])
         self.train_data.load_state_dict(state["data"])
         ckpt.set_rng_state(state["rng"][self.dist.rank])
         self.step, self.tokens, self.best_val = state["step"], state["tokens"], state["best_val"]
+        self.train_time = state.get("train_time", 0.0)
         if self.dist.is_main:  # the records after the checkpoint are redone from here
             for f in (METRICS, SAMPLES):
                 ckpt.trim_metrics(self.run_dir / f, self.step)
@@ -210,10 +202,11 @@ class Trainer:
         times = PhaseTimer(self.device if self.sync_timing else None)
         t_last, tok_last, steps_since = time.perf_counter(), self.tokens, 0
         val_loss: float | None = None
+        reached = False
         if self.step == 0 and cfg.eval_every:
             self._samples()  # what the untrained model writes: the start of the story
             if self.eval_fn is not None:  # the starting model's
-                self._log({"step": 0, "tokens": 0, **(self._on_main(self.eval_fn) or {})})
+                self.log.metrics({"step": 0, "tokens": 0, **(self._on_main(self.eval_fn) or {})})
         self.model.train()
         stopping = StopOnSigterm(enabled=not self.dist.enabled)
         try:
@@ -233,8 +226,10 @@ class Trainer:
                     continue
                 self._check()
                 rec = self._record(done, times.per_step(steps_since))  # waits for the step
-                rec["tok_per_s"] = tps = (self.tokens - tok_last) / max(
-                    time.perf_counter() - t_last, 1e-9)
+                spent = time.perf_counter() - t_last
+                self.train_time += spent
+                rec["tok_per_s"] = tps = (self.tokens - tok_last) / max(spent, 1e-9)
+                rec["train_time_s"] = self.train_time
                 val_loss = None
                 if evaluate and (self.eval_data or self.eval_fn):
                     with times("eval"):
@@ -244,24 +239,36 @@ class Trainer:
                     if val_loss is not None:
                         self.best_val = min(self.best_val, val_loss)
                         rec.update(val_loss=val_loss, val_ppl=math.exp(min(val_loss, 50.0)))
+                        save = (reached := self._bpb(rec, val_loss)) or save
                     rec["time/eval"] = times.take("eval")
-                self._log(rec)
+                self.log.metrics(rec)
                 bar.set_postfix(loss=f"{rec['loss']:.3f}", tok_s=f"{tps:,.0f}", refresh=False)
                 if save:
                     self.save_checkpoint(val_loss)
                 steps_since = 0
                 t_last, tok_last = time.perf_counter(), self.tokens  # exclude eval/save time
-                if stopping.requested:
+                if stopping.requested or reached:
                     break
         finally:
             stopping.restore()
             bar.close()
-            if self.writer is not None:
-                self.writer.close()
+            self.log.close()
         if not stopping.requested:
             self._finish()
         return {"step": self.step, "tokens": self.tokens, "val_loss": val_loss,
-                "best_val": self.best_val, "stopped": stopping.requested}
+                "best_val": self.best_val, "stopped": stopping.requested,
+                "target_reached": reached, "train_time_s": self.train_time}
+
+    def _bpb(self, rec: dict[str, Any], val_loss: float) -> bool:
+        """Add val_bpb to `rec`; True (with the time and tokens it took) at the target."""
+        if not self.val_bytes_per_token:
+            return False
+        rec["val_bpb"] = bpb = val_loss / math.log(2) / self.val_bytes_per_token
+        if bpb > self.cfg.target_val_bpb:  # a target of 0 is never reached
+            return False
+        rec.update(target_reached=True, time_to_target_s=self.train_time,
+                   tokens_to_target=self.tokens)
+        return True
 
     def _start(self) -> None:
         """Resume or start fresh, and write run.json."""
@@ -282,7 +289,8 @@ class Trainer:
                     "device_name": device_name(self.device), "resumed_at": self.step,
                     "threads": torch.get_num_threads()}
             (self.run_dir / "run.json").write_text(json.dumps(info, indent=1) + "\n")
-        self._open_tensorboard()
+        if cfg.tensorboard:
+            self.log.open_tensorboard()
 
     def _train_step(self, times: PhaseTimer) -> _Done:
         """One optimizer step over `grad_accum` micro-batches."""
@@ -388,10 +396,5 @@ class Trainer:
 
     def _samples(self) -> None:
         texts = self._on_main(self.sample_fn)
-        if self.dist.is_main and texts is not None:
-            with (self.run_dir / SAMPLES).open("a") as f:
-                for t in texts:  # a dict's fields ({"prompt", "answer", ...}) as they are
-                    item = t if isinstance(t, dict) else {"text": t}
-                    f.write(json.dumps({"step": self.step, **item}) + "\n")
-                    if self.cfg.progress:
-                        tqdm.write(f"[step {self.step}] {t!r}")
+        if texts is not None:
+            self.log.samples(self.step, texts, self.cfg.progress)

@@ -36,18 +36,23 @@ def make_adamw(groups: Iterable[dict[str, Any]], lr: float, betas: tuple[float, 
         return torch.optim.AdamW(groups, lr=lr, betas=betas, eps=eps, foreach=device.type != "cpu")
 
 
-def lr_lambda(warmup: int, total: int, schedule: str, min_ratio: float) -> Callable[[int], float]:
+def lr_lambda(warmup: int, total: int, schedule: str, min_ratio: float,
+              cooldown: float = 0.2) -> Callable[[int], float]:
     """Multiplier of the peak lr at `step` (0-based): linear warmup from 1/warmup to 1 over
-    `warmup` steps, then cosine or linear decay to `min_ratio` at `total`."""
-    if schedule not in ("cosine", "linear", "constant"):
-        raise ValueError(f"schedule must be cosine, linear or constant, got {schedule!r}")
+    `warmup` steps, then cosine or linear decay to `min_ratio` at `total`; for wsd, 1 until
+    the last `cooldown` share of the steps, then linear to `min_ratio`."""
+    if schedule not in ("cosine", "linear", "constant", "wsd"):
+        raise ValueError(f"schedule must be cosine, linear, constant or wsd, got {schedule!r}")
+    # wsd holds the peak longer and decays late: one run can stop anywhere in the stable
+    # phase, and a short cooldown from there gives the loss a decayed run would have.
+    decay_from = max(warmup, total - round(cooldown * total)) if schedule == "wsd" else warmup
 
     def f(step: int) -> float:
         if step < warmup:
             return (step + 1) / warmup
-        if schedule == "constant" or total <= warmup:
+        if schedule == "constant" or step < decay_from or total <= decay_from:
             return 1.0
-        progress = min(1.0, (step - warmup) / (total - warmup))
+        progress = min(1.0, (step - decay_from) / (total - decay_from))
         if schedule == "cosine":
             shape = 0.5 * (1.0 + math.cos(math.pi * progress))
         else:
@@ -55,3 +60,19 @@ def lr_lambda(warmup: int, total: int, schedule: str, min_ratio: float) -> Calla
         return min_ratio + (1.0 - min_ratio) * shape
 
     return f
+
+
+def make_optimizer(model: nn.Module, cfg: Any, device: torch.device,
+                   groups: list[dict[str, Any]] | None) -> torch.optim.Optimizer:
+    """The optimizer `cfg.optimizer` names, over `groups` (default: `param_groups`)."""
+    betas = (cfg.beta1, cfg.beta2)
+    if cfg.optimizer == "muon":
+        if groups is not None:  # adapters, value heads...: not a pretraining model's matrices
+            raise ValueError("optimizer=muon is for pretraining a whole model; this run "
+                             "trains chosen parameters, use optimizer=adamw")
+        from llmlab.train.muon import Muon, muon_groups
+
+        return Muon(muon_groups(model, cfg.lr, cfg.muon_lr, cfg.weight_decay), cfg.lr,
+                    cfg.muon_momentum, betas=betas, eps=cfg.eps)
+    groups = groups if groups is not None else param_groups(model, cfg.weight_decay)
+    return make_adamw(groups, cfg.lr, betas, cfg.eps, device)

@@ -100,6 +100,16 @@ def resolve_model(mcfg_values: dict[str, Any], tok: Any, tcfg: TrainConfig) -> M
     return mcfg
 
 
+def bytes_per_token(tok: Any, batches: list[dict[str, Any]]) -> float:
+    """Text bytes per target token over `batches` (every rank's); special tokens, the
+    document boundaries, are no text and count 0."""
+    special = set(tok.special_tokens.values())
+    table = torch.tensor([0 if i in special else len(tok.token_bytes(i))
+                          for i in range(tok.n_vocab)])
+    labels = torch.cat([b["labels"].flatten() for b in batches])
+    return float(table[labels].sum()) / labels.numel()
+
+
 def prepare_data(dcfg: DataConfig, run_dir: Path, d: Any, progress: bool) -> Path:
     """The prepared data dir: the given one, or RUN_DIR/data made from `inputs` once."""
 
@@ -135,8 +145,10 @@ def run_pretrain(model_values: dict[str, Any], tcfg: TrainConfig, dcfg: DataConf
             val = TokenShards(data_dir, "val")
             evals = eval_batches(val, tcfg.seq_len, tcfg.batch_size, tcfg.eval_batches,
                                  d.rank, d.world)
+            per_token = bytes_per_token(tok, eval_batches(val, tcfg.seq_len, tcfg.batch_size,
+                                                          tcfg.eval_batches))
         except ValueError:  # no val split: train without validation
-            evals = []
+            evals, per_token = [], None
         resolved = {"preset": preset, "model": mcfg.to_dict(), "train": dataclasses.asdict(tcfg),
                     "data": {**dataclasses.asdict(dcfg), "data": str(data_dir)}}
         if d.is_main:
@@ -166,7 +178,8 @@ def run_pretrain(model_values: dict[str, Any], tcfg: TrainConfig, dcfg: DataConf
                   "train_tokens": train.n_tokens}
         trainer = Trainer(model, tcfg, run_dir, batches, next_token_loss, dist=d,
                           export=lambda m, out: save_checkpoint(m, out, tok),  # type: ignore
-                          eval_data=evals, sample_fn=sample, run_info=info, compat=compat)
+                          eval_data=evals, sample_fn=sample, run_info=info, compat=compat,
+                          val_bytes_per_token=per_token)
         return {**trainer.fit(), "unigram_entropy_nats": info["unigram_entropy_nats"]}
     finally:
         shutdown(d)

@@ -1,0 +1,121 @@
+"""Muon: momentum SGD whose update for each hidden weight matrix is orthogonalised.
+
+Keller Jordan et al., "Muon: an optimizer for hidden layers in neural networks" (2024), the
+optimizer of modded-nanogpt's speedrun records and of nanochat. For a weight matrix, plain
+momentum's update is dominated by a few directions (a handful of large singular values);
+Muon replaces the update M = U S Vᵀ by (about) U Vᵀ, so every direction moves by the same
+step and the rare ones learn as fast as the common ones. Newton-Schulz iterations compute
+it with matrix products only, no SVD.
+
+Embeddings, the LM head and the 1-D gains are not "hidden matrices" (a row of an embedding
+is looked up, not multiplied), so they keep AdamW, as in modded-nanogpt and nanochat. One
+optimizer holds both kinds of group, so the Trainer's schedule, checkpoints and NaN guard
+treat it as any other.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+import torch
+from torch import nn
+
+# modded-nanogpt's quintic: its slope at 0 is large (3.4), so small singular values grow fast
+# in 5 steps; it leaves them in about [0.7, 1.2] rather than at exactly 1, which trains as well.
+QUINTIC = (3.4445, -4.7750, 2.0315)
+# The classic cubic x <- 1.5x - 0.5 x xᵀ x: slower, but it converges to U Vᵀ exactly.
+CUBIC = (1.5, -0.5, 0.0)
+
+
+def newton_schulz(g: torch.Tensor, steps: int = 5,
+                  coeffs: tuple[float, float, float] = QUINTIC) -> torch.Tensor:
+    """About U Vᵀ for g = U S Vᵀ, by `steps` iterations of x <- a x + (b A + c A²) x, A = x xᵀ.
+    Each one maps every singular value s to a s + b s³ + c s⁵ and keeps the singular
+    vectors."""
+    x = g.float()
+    wide = x.shape[-2] <= x.shape[-1]
+    if not wide:  # A = x xᵀ is then the smaller of the two Gram matrices
+        x = x.mT
+    x = x / (x.norm(dim=(-2, -1), keepdim=True) + 1e-7)  # spectral norm <= Frobenius norm = 1
+    a, b, c = coeffs
+    for _ in range(steps):
+        A = x @ x.mT
+        x = a * x + (b * A + c * A @ A) @ x
+    return (x if wide else x.mT).to(g.dtype)
+
+
+def muon_groups(model: nn.Module, lr: float, muon_lr: float,
+                weight_decay: float) -> list[dict[str, Any]]:
+    """Three groups: Muon for the hidden matrices; AdamW (decayed) for embeddings and the LM
+    head; AdamW (not decayed) for gains and biases, as `optim.param_groups` does."""
+    outer = {id(p) for m in model.modules() if isinstance(m, nn.Embedding)
+             for p in m.parameters()}
+    head = getattr(model, "lm_head", None)
+    if head is not None:
+        outer |= {id(p) for p in head.parameters()}
+    hidden, embed, flat = [], [], []
+    seen: set[int] = set()
+    for p in model.parameters():
+        if not p.requires_grad or id(p) in seen:
+            continue
+        seen.add(id(p))
+        if p.dim() < 2:
+            flat.append(p)
+        elif id(p) in outer:
+            embed.append(p)
+        else:
+            hidden.append(p)
+    return [
+        {"params": hidden, "muon": True, "lr": muon_lr, "weight_decay": 0.0},
+        {"params": embed, "lr": lr, "weight_decay": weight_decay},
+        {"params": flat, "lr": lr, "weight_decay": 0.0},
+    ]
+
+
+class Muon(torch.optim.Optimizer):
+    """Muon for the groups marked `muon=True`, AdamW for the others."""
+
+    def __init__(self, groups: Iterable[dict[str, Any]], lr: float, momentum: float = 0.95,
+                 ns_steps: int = 5, betas: tuple[float, float] = (0.9, 0.95),
+                 eps: float = 1e-8) -> None:
+        defaults = dict(lr=lr, momentum=momentum, ns_steps=ns_steps, betas=betas, eps=eps,
+                        weight_decay=0.0, muon=False)
+        super().__init__(list(groups), defaults)
+
+    @torch.no_grad()
+    def step(self, closure: Any = None) -> None:  # noqa: ARG002 (the Optimizer signature)
+        for group in self.param_groups:
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
+                if group["weight_decay"]:  # decoupled, as AdamW
+                    p.mul_(1 - group["lr"] * group["weight_decay"])
+                (self._muon if group["muon"] else self._adamw)(p, group)
+
+    def _muon(self, p: torch.Tensor, group: dict[str, Any]) -> None:
+        state = self.state[p]
+        if "momentum" not in state:
+            state["momentum"] = torch.zeros_like(p)
+        buf, mu = state["momentum"], group["momentum"]
+        buf.mul_(mu).add_(p.grad)
+        update = p.grad + mu * buf  # Nesterov: look one momentum step ahead
+        # U Vᵀ has unit singular values whatever the shape; a tall matrix's update is scaled
+        # up so its per-element size matches a square one's (modded-nanogpt's rule).
+        scale = max(1.0, p.shape[-2] / p.shape[-1]) ** 0.5
+        p.add_(newton_schulz(update, group["ns_steps"]), alpha=-group["lr"] * scale)
+
+    def _adamw(self, p: torch.Tensor, group: dict[str, Any]) -> None:
+        state = self.state[p]
+        if "step" not in state:
+            state["step"] = 0
+            state["exp_avg"] = torch.zeros_like(p)
+            state["exp_avg_sq"] = torch.zeros_like(p)
+        state["step"] += 1
+        (b1, b2), t = group["betas"], state["step"]
+        m, v = state["exp_avg"], state["exp_avg_sq"]
+        m.lerp_(p.grad, 1 - b1)
+        v.mul_(b2).addcmul_(p.grad, p.grad, value=1 - b2)
+        denom = (v / (1 - b2**t)).sqrt_().add_(group["eps"])
+        p.addcdiv_(m, denom, value=-group["lr"] / (1 - b1**t))
+

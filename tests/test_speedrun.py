@@ -1,0 +1,156 @@
+"""The speedrun switches: Muon against an SVD and torch's AdamW, the wsd schedule against
+transformers', stopping at a target val bpb, and exact resume under Muon."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from train_common import TINY, cli, env, make_data
+
+from llmlab.train.muon import CUBIC, Muon, muon_groups, newton_schulz
+from llmlab.train.optim import lr_lambda
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory) -> Path:
+    return make_data(tmp_path_factory.mktemp("data"))
+
+
+@pytest.mark.parametrize("shape", [(24, 40), (40, 24), (32, 32)])
+def test_newton_schulz_against_svd(shape):
+    g = torch.randn(*shape, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    u, s, vh = torch.linalg.svd(g, full_matrices=False)
+    # The cubic iteration converges to U Vᵀ itself.
+    assert torch.allclose(newton_schulz(g, steps=60, coeffs=CUBIC), u @ vh, atol=1e-6)
+    # Muon's 5-step quintic keeps the singular vectors and only pulls the values near 1.
+    x = newton_schulz(g)
+    core = u.mT @ x @ vh.mT  # diagonal when x = U diag(s') Vᵀ
+    off = core - torch.diag_embed(core.diagonal())
+    assert off.abs().max() < 1e-6
+    assert core.diagonal().min() > 0.6 and core.diagonal().max() < 1.25
+
+
+def _tiny_model() -> torch.nn.Module:
+    from llmlab.model import ModelConfig, Transformer
+
+    torch.manual_seed(0)
+    return Transformer(ModelConfig(vocab_size=64, d_model=16, n_layer=2, n_head=2,
+                                   max_seq_len=16, pos="rope", norm="rmsnorm", mlp="swiglu",
+                                   d_ff=32, bias=False, tie_embeddings=True))
+
+
+def test_muon_groups_and_its_adamw_match_torch():
+    model = _tiny_model()
+    groups = muon_groups(model, lr=1e-2, muon_lr=0.02, weight_decay=0.1)
+    hidden, embed, flat = (g["params"] for g in groups)
+    emb = model.model.embed_tokens.weight
+    assert any(p is emb for p in embed) and not any(p is emb for p in hidden)
+    assert all(p.dim() == 2 for p in hidden) and all(p.dim() == 1 for p in flat)
+    ids = [id(p) for g in groups for p in g["params"]]
+    assert sorted(ids) == sorted({id(p) for p in model.parameters()})  # each once
+    # The AdamW groups step exactly as torch.optim.AdamW (the reference) does.
+    twin = _tiny_model()
+    ours = Muon(groups, lr=1e-2, betas=(0.9, 0.95), eps=1e-8)
+    tw = muon_groups(twin, lr=1e-2, muon_lr=0.02, weight_decay=0.1)
+    ref = torch.optim.AdamW(tw[1:], lr=1e-2, betas=(0.9, 0.95), eps=1e-8, foreach=False)
+    x = torch.randint(0, 64, (2, 12), generator=torch.Generator().manual_seed(1))
+    for _ in range(3):
+        for m, opt in ((model, ours), (twin, ref)):
+            opt.zero_grad()
+            m(x[:, :-1], targets=x[:, 1:]).loss.backward()
+            opt.step()
+        with torch.no_grad():  # the reference skips the hidden matrices: give it Muon's
+            for a, b in zip(groups[0]["params"], tw[0]["params"], strict=True):
+                b.copy_(a)
+    for a, b in zip(embed + flat, tw[1]["params"] + tw[2]["params"], strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+
+
+def test_muon_step_by_hand():
+    w = torch.nn.Parameter(torch.randn(8, 4, generator=torch.Generator().manual_seed(2)))
+    g = torch.randn(8, 4, generator=torch.Generator().manual_seed(3))
+    opt = Muon([{"params": [w], "muon": True}], lr=0.1, momentum=0.9)
+    w0 = w.detach().clone()
+    w.grad = g.clone()
+    opt.step()
+    # Step 1: buffer = g; Nesterov update g + 0.9 g; tall 8x4, so scaled by sqrt(8/4).
+    want = w0 - 0.1 * math.sqrt(2) * newton_schulz(g + 0.9 * g)
+    torch.testing.assert_close(w.detach(), want)
+
+
+def test_wsd_matches_transformers():
+    from transformers import get_wsd_schedule
+
+    total, warmup, cooldown, floor = 100, 10, 0.3, 0.1
+    opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
+    ref = get_wsd_schedule(opt, num_warmup_steps=warmup, num_decay_steps=30,
+                           num_training_steps=total, decay_type="linear", min_lr_ratio=floor)
+    ref_f = ref.lr_lambdas[0]
+    ours = lr_lambda(warmup, total, "wsd", floor, cooldown)
+    # transformers' warmup starts at 0 and ours at 1/warmup; after it they agree.
+    assert [ours(s) for s in range(warmup, total + 1)] == pytest.approx(
+        [ref_f(s) for s in range(warmup, total + 1)], abs=1e-12)
+
+
+def test_target_val_bpb_stops_the_run_and_records_it(data_dir, tmp_path):
+    from llmlab.tokenizer import load_tokenizer
+    from llmlab.train.data import TokenShards, eval_batches
+
+    run = tmp_path / "run"
+    cli("pretrain", "--out", str(run), *TINY, "--data", str(data_dir), "--max-steps", "200",
+        "--eval-every", "4", "--target-val-bpb", "4.5", "--optimizer", "muon",
+        "--sample-tokens", "0")
+    rows = [json.loads(ln) for ln in (run / "metrics.jsonl").read_text().splitlines()]
+    evals = [r for r in rows if "val_loss" in r]
+    hit = [r for r in evals if r.get("target_reached")]
+    assert len(hit) == 1 and hit[0] is evals[-1] and hit[0]["step"] < 200
+    assert all(r["val_bpb"] > 4.5 for r in evals[:-1]) and hit[0]["val_bpb"] <= 4.5
+    assert hit[0]["time_to_target_s"] > 0 and hit[0]["tokens_to_target"] == hit[0]["tokens"]
+    assert (run / "final").is_dir()
+    # bits per byte by hand: the evaluated targets decoded to text, specials excluded.
+    tok = load_tokenizer(data_dir / "tokenizer")
+    special = set(tok.special_tokens.values())
+    batches = eval_batches(TokenShards(data_dir, "val"), 32, 4, 2)
+    labels = [t for b in batches for t in b["labels"].flatten().tolist()]
+    n_bytes = sum(len(tok.decode_bytes([t])) for t in labels if t not in special)
+    want = hit[0]["val_loss"] * len(labels) / math.log(2) / n_bytes
+    assert hit[0]["val_bpb"] == pytest.approx(want, rel=1e-9)
+
+
+def test_target_needs_validation(data_dir, tmp_path):
+    r = cli("pretrain", "--out", str(tmp_path / "r"), *TINY, "--data", str(data_dir),
+            "--max-steps", "3", "--eval-every", "0", "--target-val-bpb", "3", check=False)
+    assert r.returncode != 0 and "target_val_bpb" in r.stderr
+
+
+def test_muon_resume_after_sigkill_is_bitwise_identical(data_dir, tmp_path):
+    args = [*TINY, "--data", str(data_dir), "--max-steps", "60", "--ckpt-every", "20",
+            "--eval-every", "20", "--optimizer", "muon", "--schedule", "wsd",
+            "--sample-tokens", "0"]
+    cli("pretrain", "--out", str(tmp_path / "ref"), *args)
+    run = tmp_path / "killed"
+    p = subprocess.Popen([sys.executable, "-m", "llmlab.train.cli", "pretrain", "--out",
+                          str(run), *args], env=env(), stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while not (run / "checkpoints" / "step_0000020").exists() and p.poll() is None:
+        assert time.time() < deadline
+        time.sleep(0.005)
+    os.kill(p.pid, signal.SIGKILL)
+    p.wait()
+
+    def rows(r: Path) -> list[tuple]:
+        return [(x["step"], x["loss"], x["lr"], x.get("val_loss"))
+                for x in map(json.loads, (r / "metrics.jsonl").read_text().splitlines())]
+
+    assert rows(run)[-1][0] < 60, "the run ended before it could be killed"
+    cli("pretrain", "--out", str(run), "--resume", "--no-progress")
+    assert rows(run) == rows(tmp_path / "ref")
