@@ -154,3 +154,56 @@ def test_muon_resume_after_sigkill_is_bitwise_identical(data_dir, tmp_path):
     assert rows(run)[-1][0] < 60, "the run ended before it could be killed"
     cli("pretrain", "--out", str(run), "--resume", "--no-progress")
     assert rows(run) == rows(tmp_path / "ref")
+
+
+def _cfg(**kw):  # noqa: ANN003, ANN202
+    from llmlab.model import ModelConfig
+
+    base = dict(vocab_size=64, d_model=16, n_layer=2, n_head=2, max_seq_len=16, pos="none",
+                norm="rmsnorm", mlp="swiglu", d_ff=32, bias=False, tie_embeddings=True)
+    return ModelConfig(**{**base, **kw})
+
+
+def test_qk_norm_attention_by_hand():
+    from llmlab.model.layers import Attention
+
+    torch.manual_seed(0)
+    att = Attention(_cfg(qk_norm=True), 0)
+    x = torch.randn(2, 5, 16)
+    b, t, h, hd = 2, 5, 2, 8
+
+    def heads(z: torch.Tensor) -> torch.Tensor:
+        return z.view(b, t, h, hd).transpose(1, 2)
+
+    def rms(z: torch.Tensor) -> torch.Tensor:  # F.rms_norm's default eps is the dtype's
+        return z * torch.rsqrt(z.pow(2).mean(-1, keepdim=True) + torch.finfo(z.dtype).eps)
+
+    q, k, v = rms(heads(att.q_proj(x))), rms(heads(att.k_proj(x))), heads(att.v_proj(x))
+    s = q @ k.mT / math.sqrt(hd)
+    s = s.masked_fill(torch.ones(t, t, dtype=torch.bool).triu(1), float("-inf"))
+    want = att.o_proj((s.softmax(-1) @ v).transpose(1, 2).reshape(b, t, h * hd))
+    torch.testing.assert_close(att(x, None, True), want, rtol=1e-5, atol=1e-6)
+
+
+def test_relu2_mlp_and_softcap_by_hand():
+    from llmlab.model import Transformer
+    from llmlab.model.layers import MLP
+    from llmlab.weights.hf import NoHFEquivalent, hf_family
+
+    torch.manual_seed(0)
+    mlp = MLP(_cfg(mlp="relu2"))
+    x = torch.randn(3, 16)
+    torch.testing.assert_close(mlp(x), mlp.down_proj(torch.relu(mlp.up_proj(x)) ** 2))
+    capped, plain = Transformer(_cfg(logit_softcap=2.0)), Transformer(_cfg())
+    plain.load_state_dict(capped.state_dict())
+    ids = torch.randint(0, 64, (2, 9), generator=torch.Generator().manual_seed(4))
+    z = plain(ids[:, :-1]).logits
+    torch.testing.assert_close(capped(ids[:, :-1]).logits, 2.0 * torch.tanh(z / 2.0))
+    want = torch.nn.functional.cross_entropy((2.0 * torch.tanh(z / 2.0)).flatten(0, 1),
+                                             ids[:, 1:].flatten())
+    torch.testing.assert_close(capped(ids[:, :-1], targets=ids[:, 1:]).loss, want)
+    for cfg in (_cfg(qk_norm=True, pos="rope"), _cfg(mlp="relu2", pos="rope"),
+                _cfg(logit_softcap=15.0, pos="rope")):
+        with pytest.raises(NoHFEquivalent, match="no transformers architecture"):
+            hf_family(cfg)
+    assert hf_family(_cfg(pos="rope")) == "llama"

@@ -14,7 +14,7 @@ from typing import Any, Literal
 
 PosKind = Literal["learned", "sinusoidal", "rope", "none"]
 NormKind = Literal["layernorm", "rmsnorm"]
-MlpKind = Literal["gelu", "gelu_tanh", "relu", "swiglu"]
+MlpKind = Literal["gelu", "gelu_tanh", "relu", "swiglu", "relu2"]
 
 
 @dataclass
@@ -33,6 +33,13 @@ class ModelConfig:
     norm_eps: float = 1e-5  # epsilon inside the norm's square root
     prenorm: bool = True  # False: the original paper's post-norm "Add & Norm"
     mlp: MlpKind = "gelu_tanh"  # MLP activation (swiglu: gated, three matrices)
+    # relu2 is relu(x)², from Primer (So et al. 2021), as in modded-nanogpt.
+    # Each head's q and k RMS-normalised (no gain) before RoPE: attention logits stay bounded
+    # at high learning rates (Dehghani et al. 2023, ViT-22B; modded-nanogpt).
+    qk_norm: bool = False
+    # > 0: the logits become c·tanh(logits / c), bounded in (-c, c) (Gemma 2; modded-nanogpt
+    # uses 15-30), so no token's logit runs away early in training. 0 disables.
+    logit_softcap: float = 0.0
     bias: bool = True  # biases in the attention and MLP projections
     tie_embeddings: bool = True  # the LM head reuses the token embedding matrix
     causal: bool = True  # False: bidirectional encoder (BERT)

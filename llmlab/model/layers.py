@@ -84,6 +84,7 @@ class Attention(nn.Module):
         # A list while `record_attention` (model/record.py) runs: the maps go there.
         self.record: list[dict[str, torch.Tensor]] | None = None
         self.use_rope = cfg.pos == "rope" and not cross
+        self.qk_norm = cfg.qk_norm
         self.dropout = cfg.dropout
         d, hd = cfg.d_model, cfg.head_dim
         self.q_proj = Linear(d, self.n_head * hd, bias=cfg.bias)
@@ -125,6 +126,8 @@ class Attention(nn.Module):
             qx, kx, vx = self.qkv(x)
             q = self._heads(qx, self.n_head)
             k, v = self._heads(kx, self.n_kv_head), self._heads(vx, self.n_kv_head)
+            if self.qk_norm:
+                q, k = F.rms_norm(q, (self.head_dim,)), F.rms_norm(k, (self.head_dim,))
             if self.use_rope:
                 assert rope is not None
                 q, k = apply_rope(q, *rope), apply_rope(k, *rope)
@@ -188,6 +191,8 @@ class MLP(nn.Module):
             return F.gelu(self.up_proj(x), approximate="tanh")
         if self.kind == "gelu":
             return F.gelu(self.up_proj(x))
+        if self.kind == "relu2":
+            return F.relu(self.up_proj(x)).square()
         return F.relu(self.up_proj(x))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -256,8 +256,12 @@ class Transformer(nn.Module):
             return ModelOutput(None, h, self._cross_entropy(h, targets, reduction, temperature))
         logits = None
         if self.cfg.lm_head:
-            logits = self.lm_head(h[:, -1:] if last_only else h)
+            logits = self._logits(h[:, -1:] if last_only else h)
         return ModelOutput(logits, h)
+
+    def _logits(self, h: torch.Tensor) -> torch.Tensor:
+        z, c = self.lm_head(h), self.cfg.logit_softcap
+        return c * torch.tanh(z / c) if c else z
 
     def _cross_entropy(self, h: torch.Tensor, targets: torch.Tensor, reduction: str,
                        temperature: float) -> torch.Tensor:
@@ -265,14 +269,15 @@ class Transformer(nn.Module):
         targets, or per token (0 where ignored)."""
         head = self.lm_head
         # A wrapped head (LoRA, quantised) computes its own logits; a plain one runs fused.
-        fused = type(head) in (Linear, nn.Linear) and head.bias is None
+        fused = type(head) in (Linear, nn.Linear) and head.bias is None \
+            and not self.cfg.logit_softcap  # the fused loss computes plain logits
         if reduction == "none":
             keep = targets != IGNORE_INDEX
             y = targets.masked_fill(~keep, 0)
             if fused:
                 logp = linear_token_logprobs(h, head.weight, y, temperature)
             else:
-                z = head(h).float() / temperature
+                z = self._logits(h).float() / temperature
                 logp = z.log_softmax(-1).gather(-1, y[..., None]).squeeze(-1)
             return (-logp).masked_fill(~keep, 0.0)
         if reduction != "mean":
@@ -282,7 +287,7 @@ class Transformer(nn.Module):
         h, targets = kept_rows(h, targets)  # the LM head skips ignored positions
         if fused:
             return linear_cross_entropy(h, head.weight, targets)
-        logits = head(h).float()
+        logits = self._logits(h).float()
         return F.cross_entropy(logits.flatten(0, -2), targets.flatten(),
                                ignore_index=IGNORE_INDEX)
 

@@ -119,7 +119,8 @@ RANGES: dict[str, dict[str, Range]] = {
                     "beta1": BELOW_ONE, "beta2": BELOW_ONE, "eps": POSITIVE,
                     **dict.fromkeys(("grad_clip", "threads", "log_every", "eval_every",
                                      "sample_tokens", "ckpt_every", "keep_last"), NON_NEGATIVE)},
-    "ModelConfig": {**SIZES, "rope_theta": POSITIVE, "norm_eps": POSITIVE,
+    "ModelConfig": {**SIZES, "rope_theta": POSITIVE, "norm_eps": POSITIVE, "logit_softcap":
+                    NON_NEGATIVE,
                     "type_vocab_size": NON_NEGATIVE, "dropout": BELOW_ONE,
                     "encoder_layers": NON_NEGATIVE, "pad_token_id": NON_NEGATIVE,
                     "bos_token_id": NON_NEGATIVE},

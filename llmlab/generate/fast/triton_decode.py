@@ -46,6 +46,7 @@ def supports(model: Transformer) -> str | None:
         "no biases": not cfg.bias,
         "no embedding scale or norm": not cfg.embed_scale and not cfg.embed_norm,
         "a final norm": cfg.final_norm,
+        "no QK-norm or logit soft-capping": not cfg.qk_norm and not cfg.logit_softcap,
         "bf16, fp16 or fp32 weights": model.dtype in (torch.bfloat16, torch.float16,
                                                        torch.float32),
     }
