@@ -32,8 +32,9 @@ class ModelConfig:
     norm: NormKind = "layernorm"  # normalisation layer
     norm_eps: float = 1e-5  # epsilon inside the norm's square root
     prenorm: bool = True  # False: the original paper's post-norm "Add & Norm"
-    mlp: MlpKind = "gelu_tanh"  # MLP activation (swiglu: gated, three matrices)
-    # relu2 is relu(x)², from Primer (So et al. 2021), as in modded-nanogpt.
+    # MLP activation (swiglu: gated, three matrices; relu2: relu(x)², from Primer, So et al.
+    # 2021, as in modded-nanogpt)
+    mlp: MlpKind = "gelu_tanh"
     # Each head's q and k RMS-normalised (no gain) before RoPE: attention logits stay bounded
     # at high learning rates (Dehghani et al. 2023, ViT-22B; modded-nanogpt).
     qk_norm: bool = False
