@@ -205,6 +205,14 @@ def test_patching_identities_and_by_hand(bpe) -> None:
     sweep = patch_sweep(lm, clean, corrupt, answer=" and", wrong="al")
     r = torch.tensor(sweep.restored)
     assert r.shape == (m.cfg.n_layer + 1, t)
+    # The sweep starts each layer from the corrupted stream; the hooks rerun it all.
+    a, w = bpe.encode(" and")[0], bpe.encode("al")[0]
+    with torch.no_grad():
+        for layer in range(m.cfg.n_layer + 1):
+            out = run_patched(m, x, resid_c[layer], ("resid", layer), [[p] for p in range(t)])
+            ld = out[:, a] - out[:, w]
+            want = (ld - sweep.ld_corrupt) / (sweep.ld_clean - sweep.ld_corrupt)
+            assert torch.allclose(r[layer], want, atol=1e-4)
     # After the last block only the last position feeds the prediction: all of it, or none.
     assert r[-1, -1].item() == pytest.approx(1.0, abs=1e-4)
     assert r[-1, :-1].abs().max().item() <= 1e-4

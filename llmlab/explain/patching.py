@@ -114,6 +114,20 @@ def run_patched(model: Any, corrupt: torch.Tensor, source: torch.Tensor, site: S
         return model(batch, last_only=True).logits[:, -1].float()
 
 
+@torch.no_grad()
+def run_from(model: Any, layer: int, x: torch.Tensor) -> torch.Tensor:
+    """Last-position logits (B, vocab) of the causal stack run from block `layer` on, given
+    the stream `x` (B, T, d) entering it. A sweep patching layer l reuses the corrupted run
+    up to l instead of recomputing it: about half the work."""
+    st = model.model
+    positions = torch.arange(x.shape[1], device=x.device)[None]
+    rope = st.rope(positions, x.dtype) if model.cfg.pos == "rope" else None
+    for block in st.layers[layer:]:
+        x = block(x, None, True, rope, None)
+    h = st.norm(x[:, -1:]) if model.cfg.final_norm else x[:, -1:]
+    return model.lm_head(h)[:, -1].float()
+
+
 @dataclass
 class Patching:
     tokens: list[str]  # the corrupted prompt's pieces (the clean one's in clean_tokens)
@@ -156,7 +170,9 @@ def patch_sweep(lm: Any, clean: str, corrupt: str, answer: str | None = None,
     store, edits = capture(model, sites)
     with intervene(model, edits):
         c_logits = model(c_ids).logits[0, -1].float()
-    x_logits = model(x_ids).logits[0, -1].float()
+    x_store, x_edits = capture(model, [("resid", i) for i in range(n)] if kind == "resid" else [])
+    with intervene(model, x_edits):
+        x_logits = model(x_ids).logits[0, -1].float()
     a = single_token(lm, answer, "answer") if answer else int(c_logits.argmax())
     w = single_token(lm, wrong, "wrong") if wrong else int(x_logits.argmax())
     if a == w:
@@ -167,8 +183,13 @@ def patch_sweep(lm: Any, clean: str, corrupt: str, answer: str | None = None,
     gap = ld_c - ld_x
     each = [[p] for p in range(t)]
     restored = []
+    eye = torch.eye(t, dtype=torch.bool, device=model.device)[..., None]  # row p patches p
     for site in sites:
-        logits = run_patched(model, x_ids, store[site], site, each)
+        if kind == "resid":  # the same edit as run_patched, from the corrupted stream at l
+            x = torch.where(eye, store[site], x_store[site].expand(t, -1, -1))
+            logits = run_from(model, site[1], x)
+        else:
+            logits = run_patched(model, x_ids, store[site], site, each)
         ld = logits[:, a] - logits[:, w]
         restored.append(((ld - ld_x) / gap if gap else torch.zeros_like(ld)).tolist())
     return Patching(
