@@ -3,7 +3,7 @@
 // Every number comes from /api/inside/* (llmlab.explain); nothing is computed here.
 import * as d3 from "d3";
 import { postJSON } from "../api";
-import { diverging, heatmap } from "../heatmap";
+import { heatmap } from "../heatmap";
 import { modelSelect } from "../models";
 import { debounce, el, labeled, pageHeader, showError } from "../ui";
 import "./inside.css";
@@ -25,6 +25,24 @@ export const ROLE_TEXT: Record<string, string> = {
 };
 // A sentence said twice: previous-token, duplicate and induction patterns all show on it.
 const REPEATED = "Mr and Mrs Dursley of number four were proud to say. Mr and Mrs Dursley of number four were proud to say.";
+
+const blueUp = (v: number) => d3.interpolateRdBu(0.5 + v / 2); // -1 red, 0 white, +1 blue
+const blues = (v: number) => d3.interpolateBlues(v);
+
+// A colour bar with its axis and label: the legend of a heatmap.
+function legend(colour: (v: number) => string, lo: number, hi: number, label: string, testid?: string): SVGSVGElement {
+  const w = 240, m = 10;
+  const x = d3.scaleLinear().domain([lo, hi]).range([m, w - m]);
+  const svg = d3.create("svg").attr("width", w).attr("height", 50);
+  if (testid) svg.attr("data-testid", testid);
+  const id = `lg-${Math.random().toString(36).slice(2)}`;
+  const grad = svg.append("defs").append("linearGradient").attr("id", id);
+  d3.range(0, 1.01, 0.1).forEach((t) => grad.append("stop").attr("offset", `${100 * t}%`).attr("stop-color", colour(lo + t * (hi - lo))));
+  svg.append("rect").attr("x", m).attr("y", 4).attr("width", w - 2 * m).attr("height", 10).attr("fill", `url(#${id})`);
+  svg.append("g").attr("transform", "translate(0,14)").call(d3.axisBottom(x).ticks(5));
+  svg.append("text").attr("x", w / 2).attr("y", 46).attr("text-anchor", "middle").attr("class", "small").text(label);
+  return svg.node()!;
+}
 
 const num = (v: number, min: number, testid: string) => el("input", { type: "number", min, value: v, style: "width:4em", "data-testid": testid }) as HTMLInputElement;
 
@@ -76,7 +94,8 @@ export function insidePage(root: HTMLElement): void {
           return el("td", { style: `background:${colour(p)};color:${p > 0.55 ? "#fff" : "#111"}`, "data-testid": `lens-${l}-${t}`, "data-piece": tops[0], "data-p": p,
             title: tops.map((pc, k) => `${JSON.stringify(pc)} ${pct(d.top_probs[l][t][k])}`).join("\n") + `\np(final answer) = ${pct(d.final_prob[l][t])}` }, vis(tops[0]));
         }))));
-      grid.replaceChildren(table, el("p", { class: "muted small" }, "Each cell: the top token if the model stopped after that layer (final norm + LM head on the residual stream); colour = its probability (white 0% → dark blue 100%); hover for the top 5."));
+      grid.replaceChildren(table, legend(colour, 0, 1, "probability of the cell's top token"),
+        el("p", { class: "muted small" }, "Each cell: the top token if the model stopped after that layer (final norm + LM head on the residual stream). Hover for the top 5."));
     } catch (e) { fail(lensErr)(e); }
   }
 
@@ -95,12 +114,13 @@ export function insidePage(root: HTMLElement): void {
     const nh = vals[0].length;
     const map = heatmap(vals, {
       rowLabels: vals.map((_, l) => `layer ${l}`), colLabels: [...Array(nh).keys()].map((h) => `head ${h}`), cell: Math.max(10, Math.min(22, Math.floor(420 / nh))),
-      color: r === "copying" ? diverging : (v) => d3.interpolateBlues(v), testid: "role-map",
+      color: r === "copying" ? blueUp : blues, testid: "role-map",
       onCell: (l, h) => { location.hash = attentionLink(l, h, r); },
     });
     const best = (roles.top[r] ?? []).map(([l, h, s]) => el("li", {}, el("a", { href: attentionLink(l, h, r), "data-testid": "role-top" }, `layer ${l}, head ${h}`), `: ${s.toFixed(3)}`));
     roleMap.replaceChildren(el("div", { class: "split" }, map, el("div", {},
-      el("p", {}, ROLE_TEXT[r]), el("p", { class: "muted small" }, r === "copying" ? "Colour: OV-circuit eigenvalue score, −1 (red) … +1 (blue)." : "Colour: mean attention weight, 0 (white) … 1 (blue), on the repeated random tokens."),
+      el("p", {}, ROLE_TEXT[r]),
+      r === "copying" ? legend(blueUp, -1, 1, "OV eigenvalue score Σλ / Σ|λ|") : legend(blues, 0, 1, "mean attention weight (repeated random tokens)"),
       el("h4", {}, "Top heads (click to open on Self-attention)"), el("ol", {}, ...best))));
   }
   async function loadRoles(): Promise<void> {
@@ -147,7 +167,8 @@ export function insidePage(root: HTMLElement): void {
       const rows = d.restored.map((_, l) => (pkind.value === "resid" ? (l === 0 ? "embed" : `after ${l - 1}`) : `layer ${l}`));
       patchOut.replaceChildren(
         el("p", {}, `logit(${JSON.stringify(d.answer)}) − logit(${JSON.stringify(d.wrong)}): clean ${d.ld_clean.toFixed(2)}, corrupted ${d.ld_corrupt.toFixed(2)}. Each cell: the share of that difference restored by copying one activation (row = layer, column = position) from the clean run into the corrupted one; blue = restores the clean answer, red = pushes further away.`),
-        heatmap(d.restored.map((r) => r.map((v) => Math.max(-1, Math.min(1, v)))), { rowLabels: rows, colLabels: cols, color: diverging, cell: 20, testid: "patch-map" }));
+        heatmap(d.restored.map((r) => r.map((v) => Math.max(-1, Math.min(1, v)))), { rowLabels: rows, colLabels: cols, color: blueUp, cell: 20, testid: "patch-map" }),
+        legend(blueUp, -1, 1, "share of the logit difference restored"));
     } catch (e) { patchOut.replaceChildren(); fail(patchErr)(e); }
   }
 
@@ -164,11 +185,11 @@ export function insidePage(root: HTMLElement): void {
       const labels = d.tokens.map(vis);
       sinkOut.replaceChildren(
         el("div", {}, el("h4", {}, `layer ${sLayer.value}, head ${sHead.value}: ${remove.checked ? "sink removed, rows renormalised" : "weights as the model uses them"}`),
-          heatmap(d.weights, { rowLabels: labels, colLabels: labels, testid: "sink-weights" }), el("p", { class: "muted small" }, "Row = query, column = key, colour = weight (0 white … 1 blue).")),
+          heatmap(d.weights, { rowLabels: labels, colLabels: labels, color: blues, testid: "sink-weights" }), legend(blues, 0, 1, "attention weight (row = query, column = key)")),
         el("div", {}, el("h4", {}, "sink share: mean weight on the first token (layers × heads)"),
-          heatmap(d.share, { rowLabels: d.share.map((_, l) => `layer ${l}`), colLabels: [...Array(d.n_heads).keys()].map((h) => `head ${h}`), cell: 14, testid: "sink-share",
+          heatmap(d.share, { rowLabels: d.share.map((_, l) => `layer ${l}`), colLabels: [...Array(d.n_heads).keys()].map((h) => `head ${h}`), cell: 14, color: blues, testid: "sink-share",
             onCell: (l, h) => { sLayer.value = String(l); sHead.value = String(h); loadSinks(); } }),
-          el("p", { class: "muted small" }, "Click a head to show its weights. 0 white … 1 blue.")));
+          legend(blues, 0, 1, "weight on the first token"), el("p", { class: "muted small" }, "Click a head to show its weights.")));
     } catch (e) { fail(sinkErr)(e); }
   }
 
