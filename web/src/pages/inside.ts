@@ -31,16 +31,16 @@ const blues = (v: number) => d3.interpolateBlues(v);
 
 // A colour bar with its axis and label: the legend of a heatmap.
 function legend(colour: (v: number) => string, lo: number, hi: number, label: string, testid?: string): SVGSVGElement {
-  const w = 240, m = 10;
-  const x = d3.scaleLinear().domain([lo, hi]).range([m, w - m]);
-  const svg = d3.create("svg").attr("width", w).attr("height", 50);
+  const w = 340, m = 10, bar = 220;
+  const x = d3.scaleLinear().domain([lo, hi]).range([m, m + bar]);
+  const svg = d3.create("svg").attr("width", w).attr("height", 50).style("display", "block");
   if (testid) svg.attr("data-testid", testid);
   const id = `lg-${Math.random().toString(36).slice(2)}`;
   const grad = svg.append("defs").append("linearGradient").attr("id", id);
   d3.range(0, 1.01, 0.1).forEach((t) => grad.append("stop").attr("offset", `${100 * t}%`).attr("stop-color", colour(lo + t * (hi - lo))));
-  svg.append("rect").attr("x", m).attr("y", 4).attr("width", w - 2 * m).attr("height", 10).attr("fill", `url(#${id})`);
+  svg.append("rect").attr("x", m).attr("y", 4).attr("width", bar).attr("height", 10).attr("fill", `url(#${id})`);
   svg.append("g").attr("transform", "translate(0,14)").call(d3.axisBottom(x).ticks(5));
-  svg.append("text").attr("x", w / 2).attr("y", 46).attr("text-anchor", "middle").attr("class", "small").text(label);
+  svg.append("text").attr("x", m).attr("y", 46).attr("class", "small").text(label);
   return svg.node()!;
 }
 
