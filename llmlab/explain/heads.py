@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
+from torch import nn
 
 from llmlab.model.record import record_attention
 
@@ -31,7 +32,8 @@ class HeadRoles:
     tokens: list[str]
     n: int
     scores: dict[str, list[list[float]]]  # role -> (n_layer, n_head), each in [0, 1]
-    copying: list[list[float]] | None  # (n_layer, n_head) in [-1, 1]; None without an LM head
+    # (n_layer, n_head) in [-1, 1]; None without an LM head or plain weight matrices
+    copying: list[list[float]] | None
     top: dict[str, list[tuple[int, int, float]]]  # role -> [(layer, head, score)], best first
 
 
@@ -88,7 +90,11 @@ def copying_scores(model: Any) -> torch.Tensor | None:
     (eig(AB) = eig(BA)). g_l and g_f are the gains of the layer's input norm and the final
     norm (pre-norm models; the per-token 1/rms scale is a positive scalar and drops out)."""
     cfg = model.cfg
-    if not cfg.lm_head:
+    blocks = model.model.layers
+    mods = [getattr(model, "lm_head", None)] + [getattr(b.self_attn, n, None)
+                                                for b in blocks for n in ("v_proj", "o_proj")]
+    # A wrapped projection (an unmerged adapter, quantised weights) has no one plain matrix.
+    if not cfg.lm_head or not all(isinstance(m, nn.Linear) for m in mods):
         return None
     d, hd = cfg.d_model, cfg.head_dim
     emb = model.model.embed_tokens.weight.detach().float().cpu()
@@ -96,7 +102,7 @@ def copying_scores(model: Any) -> torch.Tensor | None:
     g_f = _gain(model.model.norm, d) if cfg.final_norm and cfg.prenorm else torch.ones(d)
     eu = emb.T @ (unemb * g_f)  # (d, d): E^T U diag(g_f)
     rows = []
-    for block in model.model.layers:
+    for block in blocks:
         attn = block.self_attn
         g_l = _gain(block.input_layernorm, d) if cfg.prenorm else torch.ones(d)
         wv = attn.v_proj.weight.detach().float().cpu() * g_l  # (kv * hd, d)
