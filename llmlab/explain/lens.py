@@ -67,19 +67,23 @@ def logit_lens(lm: Any, text: str, top_k: int = 5, limit: int | None = None) -> 
     model.eval()
     try:
         resid = residual_stream(model, x)[:, 0]  # (L + 1, T, d)
+        n, t = resid.shape[:2]
         final = lens_logits(model, resid[-1]).argmax(-1)  # the model's own prediction
-        tops, finals, ranks = [], [], []
-        for r in resid:  # a layer at a time: (T, vocab) probabilities, not (L + 1, T, vocab)
+        rows, finals = resid.flatten(0, 1), final.repeat(n)  # row i: layer i // T, pos i % T
+        tops, probs_f, ranks = [], [], []
+        # Many rows per LM-head matmul (its 49k x d weight is read once per chunk, not per
+        # layer), but never all (L + 1) x T x vocab probabilities at once.
+        for r, f in zip(rows.split(256), finals.split(256), strict=True):
             probs = lens_logits(model, r).softmax(-1)
             tops.append(probs.topk(top_k, dim=-1))
-            p = probs.gather(-1, final[:, None])
-            finals.append(p[:, 0])
+            p = probs.gather(-1, f[:, None])
+            probs_f.append(p[:, 0])
             ranks.append((probs > p).sum(-1))
     finally:
         model.train(was_training)
-    top_p = torch.stack([t.values for t in tops])
-    ti = torch.stack([t.indices for t in tops]).tolist()
-    final_p, rank = torch.stack(finals), torch.stack(ranks)
+    top_p = torch.cat([v.values for v in tops]).view(n, t, top_k)
+    ti = torch.cat([v.indices for v in tops]).view(n, t, top_k).tolist()
+    final_p, rank = torch.cat(probs_f).view(n, t), torch.cat(ranks).view(n, t)
     return LogitLens(
         tokens=list(tok.pieces(ids)), ids=ids, top_ids=ti,
         top_pieces=[[tok.pieces(row) for row in layer] for layer in ti],
