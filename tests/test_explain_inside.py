@@ -162,6 +162,11 @@ def test_ablating_nothing_and_by_hand(bpe) -> None:
         assert torch.allclose(lm.model(ids).logits, want_mlp, atol=1e-5)
     mean = ablate(lm, TEXT, "mlp", 0, how="mean")
     assert mean.kl >= 0 and math.isfinite(mean.loss_ablated)
+    lm.model.train()  # the explain calls run in eval mode, then leave it as it was
+    ablate(lm, TEXT, "mlp", 0)
+    logit_lens(lm, TEXT)
+    assert lm.model.training
+    lm.model.eval()
     with pytest.raises(ValueError, match="head: must be in"):
         ablate(lm, TEXT, "head", 0, head=9)
     with pytest.raises(ValueError, match="site: layer must be in"):

@@ -21,6 +21,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from llmlab.explain.lens import eval_mode
 from llmlab.model.record import record_attention
 
 ROLES = ("previous", "duplicate", "induction", "sink")
@@ -133,13 +134,9 @@ def head_roles(lm: Any, n: int = 24, seed: int = 0) -> HeadRoles:
         raise ValueError(f"n: must be in [2, {model.cfg.max_seq_len // 2}], got {n}")
     avoid = set(getattr(tok, "special_tokens", {}).values())
     ids = repeated_random_tokens(model.cfg.vocab_size, n, seed, avoid)
-    was_training = model.training
-    model.eval()
-    try:
+    with eval_mode(model):
         scores = role_scores(attention_weights(model, ids), n)
         copying = copying_scores(model)
-    finally:
-        model.train(was_training)
     top = {k: ranked(v) for k, v in scores.items()}
     if copying is not None:
         top["copying"] = ranked(copying)

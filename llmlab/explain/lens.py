@@ -7,6 +7,8 @@ last block's output: that row is the model's real prediction.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -38,6 +40,17 @@ def encode_prompt(lm: Any, text: str, limit: int | None = None) -> list[int]:
     return ids
 
 
+@contextmanager
+def eval_mode(model: Any) -> Iterator[None]:
+    """Dropout off for the duration (the numbers must be deterministic), then as it was."""
+    was_training = model.training
+    model.eval()
+    try:
+        yield
+    finally:
+        model.train(was_training)
+
+
 @torch.no_grad()
 def residual_stream(model: Any, ids: torch.Tensor) -> torch.Tensor:
     """(n_layer + 1, B, T, d): the stream entering each block, then the last block's output."""
@@ -63,9 +76,7 @@ def logit_lens(lm: Any, text: str, top_k: int = 5, limit: int | None = None) -> 
     model, tok = lm.model, lm.tokenizer
     ids = encode_prompt(lm, text, limit)
     x = torch.tensor([ids], device=model.device)
-    was_training = model.training
-    model.eval()
-    try:
+    with eval_mode(model):
         resid = residual_stream(model, x)[:, 0]  # (L + 1, T, d)
         n, t = resid.shape[:2]
         final = lens_logits(model, resid[-1]).argmax(-1)  # the model's own prediction
@@ -79,8 +90,6 @@ def logit_lens(lm: Any, text: str, top_k: int = 5, limit: int | None = None) -> 
             p = probs.gather(-1, f[:, None])
             probs_f.append(p[:, 0])
             ranks.append((probs > p).sum(-1))
-    finally:
-        model.train(was_training)
     top_p = torch.cat([v.values for v in tops]).view(n, t, top_k)
     ti = torch.cat([v.indices for v in tops]).view(n, t, top_k).tolist()
     final_p, rank = torch.cat(probs_f).view(n, t), torch.cat(ranks).view(n, t)

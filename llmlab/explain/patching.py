@@ -22,7 +22,7 @@ from typing import Any, Literal
 import torch
 import torch.nn.functional as F
 
-from llmlab.explain.lens import encode_prompt
+from llmlab.explain.lens import encode_prompt, eval_mode
 from llmlab.explain.next_token import require_causal
 from llmlab.model.hooks import Edit, Site, capture, check_site, intervene
 
@@ -79,10 +79,10 @@ def ablate(lm: Any, text: str, kind: Literal["head", "mlp", "attn"], layer: int,
     elif kind not in ("mlp", "attn"):
         raise ValueError(f"kind: must be 'head', 'mlp' or 'attn', got {kind!r}")
     ids = torch.tensor([encode_prompt(lm, text, limit)], device=model.device)
-    model.eval()
-    base = model(ids).logits
-    with intervene(model, {site: ablation_edit(kind, head, how)}):
-        abl = model(ids).logits
+    with eval_mode(model):
+        base = model(ids).logits
+        with intervene(model, {site: ablation_edit(kind, head, how)}):
+            abl = model(ids).logits
     lp, lq = base[0, -1].float().log_softmax(-1), abl[0, -1].float().log_softmax(-1)
     k = min(top_k, lp.shape[-1])
     union = list(dict.fromkeys(lp.topk(k).indices.tolist() + lq.topk(k).indices.tolist()))
@@ -155,7 +155,7 @@ def patch_sweep(lm: Any, clean: str, corrupt: str, answer: str | None = None,
 
     `answer` / `wrong` default to each prompt's own top next token."""
     require_causal(lm)
-    model, tok = lm.model, lm.tokenizer
+    model = lm.model
     if kind not in ("resid", "attn", "mlp"):
         raise ValueError(f"kind: must be 'resid', 'attn' or 'mlp', got {kind!r}")
     c_ids = torch.tensor([encode_prompt(lm, clean, limit)], device=model.device)
@@ -164,7 +164,14 @@ def patch_sweep(lm: Any, clean: str, corrupt: str, answer: str | None = None,
     if x_ids.shape[1] != t:
         raise ValueError(f"corrupt: {x_ids.shape[1]} tokens, but the clean prompt has {t}; "
                          "patching pairs positions one to one, so they must match")
-    model.eval()
+    with eval_mode(model):
+        return _sweep(lm, c_ids, x_ids, answer, wrong, kind)
+
+
+def _sweep(lm: Any, c_ids: torch.Tensor, x_ids: torch.Tensor, answer: str | None,
+           wrong: str | None, kind: str) -> Patching:
+    model, tok = lm.model, lm.tokenizer
+    t = c_ids.shape[1]
     n = len(model.model.layers) + (kind == "resid")
     sites = [(kind, i) for i in range(n)]
     store, edits = capture(model, sites)
