@@ -33,7 +33,7 @@ class Stage:
 
 STAGES: tuple[Stage, ...] = (
     Stage("pretrain", "Pretraining", "next-token loss on raw text", ("pretrain",),
-          ("pretrain", "tokenizer", "attention", "nexttoken")),
+          ("pretrain", "tokenizer", "attention", "inside", "nexttoken")),
     Stage("sft", "SFT", "loss on the assistant's tokens only", ("sft",), ("sftmask", "lora")),
     # DPO and GRPO start from the SFT model; only PPO needs a reward model.
     Stage("reward", "Reward model", "Bradley–Terry on preference pairs", ("reward",),
@@ -50,6 +50,7 @@ STAGES: tuple[Stage, ...] = (
 )
 PAGE_TITLES = {
     "pretrain": "Pretraining", "tokenizer": "Tokenizer", "attention": "Self-attention",
+    "inside": "Inside the model",
     "nexttoken": "Next token", "sftmask": "SFT masking", "lora": "LoRA", "prefs":
     "Preferences", "dpo": "DPO", "rl": "PPO / GRPO", "eval": "Evaluation", "descent":
     "Descent", "neuralnet": "Neural net", "overfit": "Overfitting", "word2vec": "Word2vec",

@@ -23,6 +23,7 @@ from llmlab.server import (
     routes_dpo,
     routes_eval,
     routes_foundations,
+    routes_inside,
     routes_labs,
     routes_next_token,
     routes_pipeline,
@@ -118,6 +119,7 @@ def create_app(cfg: ServerConfig | None = None) -> FastAPI:
     app.include_router(routes_eval.make_router(hub))
     app.include_router(routes_prefs.make_router(hub))
     app.include_router(routes_rl.make_router(hub))
+    app.include_router(routes_inside.make_router(hub))
     app.include_router(routes_dpo.make_router(hub))
 
     if (STATIC / "index.html").exists():

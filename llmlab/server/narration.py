@@ -154,6 +154,17 @@ PAGES: dict[str, str] = {
         "beta. The loss pushes the chosen reward above the rejected one. It can win on style "
         "alone: on arithmetic, the reward margin rose while held-out accuracy collapsed."
     ),
+    "inside": (
+        "Look inside the model while it thinks. The logit lens applies the final norm and the "
+        "output head to the residual stream after every layer, so you can watch a guess form: "
+        "for The capital of France is, Paris only rises to the top in the last layers. The "
+        "head map scores every head on a sequence of random tokens repeated twice: a "
+        "previous-token head looks one step back, an induction head looks for the token that "
+        "followed the current one last time, and copies it. Knock out a head or an MLP and "
+        "see the prediction move. Patching copies one activation from a clean prompt into a "
+        "corrupted one, and shows where the answer is carried. Many heads park their "
+        "attention on the first token, a sink; remove it to see what they read."
+    ),
 }
 
 # One lock for loading and synthesis: onnxruntime already uses every core, so concurrent

@@ -13,11 +13,22 @@ from llmlab.align import dpo, explain_dpo, grpo, heldout, ppo, prefs_view, rewar
 from llmlab.eval import intervals as eintervals
 from llmlab.eval import report as ereport
 from llmlab.eval import tasks as etasks
-from llmlab.explain import attention, decoding, embeddings, next_token, projection, spectrum
+from llmlab.explain import (
+    attention,
+    decoding,
+    embeddings,
+    heads,
+    lens,
+    next_token,
+    patching,
+    projection,
+    sinks,
+    spectrum,
+)
 from llmlab.foundations import descent, numpy_nn, overfit, token_embeddings, vectors, word2vec
 from llmlab.generate import batcher, chat, sampling
 from llmlab.lab import lineage
-from llmlab.model import layers
+from llmlab.model import hooks, layers
 from llmlab.model import positions as mpos
 from llmlab.model import transformer as mtransformer
 from llmlab.peft import accounting
@@ -110,6 +121,14 @@ SOURCES: dict[str, Callable[..., Any]] = {
     "dpo.loss": dpo.dpo_loss,
     "dpo.explain": explain_dpo.pair_logratios,
     "dpo.heldout": heldout.task_accuracy,
+    "inside.lens": lens.logit_lens, "inside.lens_logits": lens.lens_logits,
+    "inside.hooks": hooks.intervene,
+    "inside.roles": heads.head_roles, "inside.role_scores": heads.role_scores,
+    "inside.copying": heads.copying_scores,
+    "inside.ablate": patching.ablate, "inside.ablation_edit": patching.ablation_edit,
+    "inside.patch": patching.patch_sweep, "inside.run_from": patching.run_from,
+    "inside.run_patched": patching.run_patched,
+    "inside.sink_share": sinks.sink_share, "inside.without_sink": sinks.without_sink,
 }
 
 

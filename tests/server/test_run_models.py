@@ -106,3 +106,23 @@ def test_unknown_run_models_are_clear_errors(server: Any) -> None:
         "model": "run:nope", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 8},
         timeout=30)
     assert r.status_code == 404 and r.json()["error"]["param"] == "model"
+
+
+def test_inside_page_on_a_run(server: Any, micro: dict) -> None:
+    """The logit lens's last row on a run is the run's own prediction; its heads get maps."""
+    import llmlab
+
+    text = "And it came to pass"
+    url = f"{server.url}/api/inside"
+    lens = httpx.post(f"{url}/lens", json={"text": text, "model": micro["model"], "top_k": 3},
+                      timeout=120)
+    assert lens.status_code == 200, lens.text
+    lm = llmlab.load(str(Path(server.hub.runs().run_dir(micro["id"])) / "final"))
+    with torch.no_grad():
+        p = lm.model(torch.tensor([lm.tokenizer.encode(text)])).logits[0].softmax(-1)
+    assert lens.json()["top_ids"][-1] == p.topk(3, dim=-1).indices.tolist()
+    heads = httpx.post(f"{url}/heads", json={"model": micro["model"] + "@10", "n": 8},
+                       timeout=120).json()
+    cfg = lm.cfg
+    assert len(heads["scores"]["induction"]) == cfg.n_layer
+    assert len(heads["copying"][0]) == cfg.n_head

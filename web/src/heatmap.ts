@@ -8,6 +8,7 @@ export interface HeatOpts {
   selectedRow?: number | null;
   marked?: Set<number>; // columns to mark in the selected row (its top keys)
   onRow?: (i: number) => void;
+  onCell?: (i: number, j: number) => void; // a click on one cell (row i, column j)
   color?: (v: number) => string;
   title?: string;
   testid?: string;
@@ -30,7 +31,8 @@ export function heatmap(values: (number | null)[][], o: HeatOpts = {}): SVGSVGEl
     .attr("width", cell - 1).attr("height", cell - 1)
     .attr("fill", (d) => (d.v == null ? "#f3f3f3" : color(d.v)))
     .attr("data-w", (d) => (d.v == null ? "" : d.v.toFixed(4)))
-    .on("click", (_, d) => o.onRow?.(d.i))
+    .attr("data-i", (d) => d.i).attr("data-j", (d) => d.j)
+    .on("click", (_, d) => { o.onRow?.(d.i); o.onCell?.(d.i, d.j); })
     .append("title").text((d) => `${o.rowLabels?.[d.i] ?? d.i} → ${o.colLabels?.[d.j] ?? d.j}: ${d.v == null ? "masked" : d.v.toFixed(4)}`);
   if (o.rowLabels) {
     svg.append("g").selectAll("text").data(o.rowLabels).join("text")

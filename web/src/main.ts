@@ -6,6 +6,7 @@ import { descentPage } from "./pages/descent";
 import { dpoPage } from "./pages/dpopage";
 import { embeddingsPage } from "./pages/embeddings";
 import { evalPage } from "./pages/eval";
+import { insidePage } from "./pages/inside";
 import { loraPage } from "./pages/lora";
 import { neuralnetPage } from "./pages/neuralnet";
 import { nexttokenPage } from "./pages/nexttoken";
@@ -23,6 +24,7 @@ import { el } from "./ui";
 const PAGES: [string, string, (root: HTMLElement) => void][] = [
   ["pipeline", "Pipeline", pipelinePage],  // the landing page: the map of the others
   ["attention", "Self-attention", attentionPage],
+  ["inside", "Inside the model", insidePage],
   ["pretrain", "Pretraining", pretrainPage],
   ["lora", "LoRA", loraPage],
   ["rag", "RAG", ragPage],

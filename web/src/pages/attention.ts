@@ -1,6 +1,7 @@
 import { getJSON, postJSON } from "../api";
 import { diverging, heatmap } from "../heatmap";
 import { debounce, el, fmt, labeled, pageHeader, showError } from "../ui";
+import { ROLE_TEXT } from "./inside";
 
 interface Att {
   tokens: string[]; causal: boolean; layer: number; head: number | "all"; heads: number[];
@@ -122,8 +123,25 @@ export function attentionPage(root: HTMLElement): void {
   }).catch((e) => showError(err, e));
 
   setHeads(9);
+  // "#/attention?model=…&layer=…&head=…&role=…&text=…": a head opened from Inside the model.
+  const hq = location.hash.indexOf("?");
+  const q = new URLSearchParams(hq < 0 ? "" : location.hash.slice(hq + 1));
+  const roleBox = el("div", { class: "role-banner", "data-testid": "att-role", hidden: true });
+  if (q.get("text")) text.value = q.get("text")!;
+  const qm = q.get("model");
+  if (qm) {
+    if (![...model.options].some((o) => o.value === qm)) model.append(el("option", { value: qm }, qm));
+    model.value = qm;
+  }
+  if (q.get("layer")) { layer.max = String(Math.max(29, Number(q.get("layer")))); layer.value = q.get("layer")!; layerOut.textContent = layer.value; }
+  if (q.get("head")) { setHeads(Math.max(9, Number(q.get("head")) + 1)); headSel.value = q.get("head")!; }
+  const role = q.get("role");
+  if (role) {
+    roleBox.textContent = `Layer ${layer.value}, head ${headSel.value}, opened from Inside the model. Its measured role: ${ROLE_TEXT[role] ?? role}.`;
+    roleBox.hidden = false;
+  }
   root.replaceChildren(
-    head,
+    head, roleBox,
     el("section", { class: "controls" }, labeled("sentence", text), labeled("model", model), path, labeled("mask", mode),
       labeled("layer", el("span", {}, layer, layerOut)), labeled("head", headSel), labeled("temperature on scores", el("span", {}, temp, tempOut))),
     err,
