@@ -42,7 +42,7 @@ CASES = [
     ({"train": {"lr": None}}, "train.lr: expected a number, got None"),
     ({"train": {"compile": "yes"}}, "train.compile: expected true or false, got 'yes'"),
     ({"train": {"schedule": "cosnie"}}, "train.schedule: expected one of cosine, linear, "
-                                        "constant, got 'cosnie'"),
+                                        "constant, wsd, got 'cosnie'"),
     ({"train": {"beta2": 1.0}}, "train.beta2: expected a number in [0, 1), got 1.0"),
     ({"data": {"val_fraction": 1.5}}, "data.val_fraction: expected a number in [0, 1), "
                                       "got 1.5"),
