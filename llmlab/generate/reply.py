@@ -64,6 +64,7 @@ class Completion:
     prompt_tokens: int = 0
     stop_token: int | None = None  # the stop token that ended it (not in token_ids)
     logprobs: list[TokenLogprob] | None = None  # one per token_ids entry, when asked for
+    stop_logprob: TokenLogprob | None = None  # the stop token's, when asked for
 
 
 class Reply:
@@ -83,6 +84,7 @@ class Reply:
         now safe to show."""
         if token in self.params.stop_token_ids:  # the token itself is not part of the text
             self.out.finish_reason, self.out.stop_token, self.done = "stop", token, True
+            self.out.stop_logprob = logprob
             return ""
         self.out.token_ids.append(token)
         if self.out.logprobs is not None and logprob is not None:
