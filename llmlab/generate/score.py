@@ -39,6 +39,11 @@ def prompt_logprobs(model: Transformer, ids: list[int], top: int = 0) -> list[To
             h = res.hidden[0]
             for s in range(0, h.shape[0], CHUNK):
                 logp = model.lm_head(h[s : s + CHUNK]).float().log_softmax(-1)
+                # The chosen token's logprob from this same distribution, so that it equals
+                # the top entry bit for bit when it is the argmax: lm-eval's is_greedy tests
+                # `logprob == max(top_logprobs.values())`.
+                y = x[0, 1 + s : 1 + s + logp.shape[0], None]
+                chosen[s : s + CHUNK] = logp.gather(-1, y)[:, 0].tolist()
                 tv, ti = logp.topk(min(top, logp.shape[-1]), dim=-1)
                 tops[s : s + CHUNK] = [list(zip(i, v, strict=True))
                                        for i, v in zip(ti.tolist(), tv.tolist(), strict=True)]
