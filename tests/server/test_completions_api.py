@@ -10,7 +10,6 @@ import httpx
 import openai
 import pytest
 import torch
-from next_token_ref import hf_export
 
 TEXT = "The capital of France is Paris. The capital of Italy is Rome."
 
@@ -21,8 +20,8 @@ def client(server):  # noqa: ANN001, ANN201
 
 
 @pytest.fixture(scope="module")
-def ref(lm, tmp_path_factory):  # noqa: ANN001, ANN201
-    return hf_export(lm, tmp_path_factory.mktemp("hf") / "smol")
+def ref(smol_hf):  # noqa: ANN001, ANN201
+    return smol_hf
 
 
 def ref_logp(ref, ids: list[int]) -> torch.Tensor:  # noqa: ANN001
