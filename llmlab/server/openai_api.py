@@ -289,5 +289,5 @@ def make_router(hub: Hub) -> APIRouter:
         }
 
     router.include_router(openai_completions.make_router(hub))
-    router.include_router(openai_responses.make_router(hub))
+    router.include_router(openai_responses.make_router(hub, prepare, ChatRequest))
     return router
