@@ -44,7 +44,9 @@ class StreamOptions(BaseModel):
 
 class CompletionRequest(BaseModel):
     model: str = CHAT_IDS[0]
-    prompt: str | list[str] | list[int] | list[list[int]]
+    # str | list[str] | list[int] | list[list[int]], checked by `_prompt` so that an error
+    # names `prompt`, not one of the union's branches (`prompt.str`).
+    prompt: Any
     max_tokens: int = Field(16, ge=0)  # 0: echo and score the prompt only
     temperature: float = Field(1.0, ge=0, le=2)
     top_p: float = Field(1.0, gt=0, le=1)
@@ -55,6 +57,20 @@ class CompletionRequest(BaseModel):
     echo: bool = False
     stop: str | list[str] | None = None
     seed: int | None = Field(None, ge=SEED_MIN, le=SEED_MAX)
+
+    @field_validator("prompt", mode="before")
+    @classmethod
+    def _prompt(cls, v: Any) -> Any:
+        def ids(x: Any) -> bool:
+            return isinstance(x, list) and bool(x) and all(
+                isinstance(t, int) and not isinstance(t, bool) for t in x)
+
+        ok = isinstance(v, str) or (isinstance(v, list) and bool(v) and (
+            all(isinstance(x, str) for x in v) or ids(v) or all(ids(x) for x in v)))
+        if not ok:
+            raise ValueError("expected a string, a list of strings, a list of token ids or a "
+                             "list of token-id lists (none of them empty)")
+        return v
 
     @field_validator("prompt", "stop")
     @classmethod

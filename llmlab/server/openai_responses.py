@@ -17,7 +17,7 @@ from typing import Any, Literal
 
 from fastapi import APIRouter, Request
 from fastapi.responses import Response, StreamingResponse
-from pydantic import BaseModel, Field, ValidationError
+from pydantic import BaseModel, Field, ValidationError, field_validator
 from starlette.concurrency import run_in_threadpool
 
 from llmlab.server.errors import ApiError, sse_error
@@ -45,13 +45,31 @@ class TextConfig(BaseModel):
 
 class ResponsesRequest(BaseModel):
     model: str = CHAT_IDS[0]
-    input: str | list[InputMessage] = Field(min_length=1)
+    input: Any  # str | list[InputMessage], checked by `_input` (errors name `input`)
     instructions: str | None = None
     max_output_tokens: int | None = Field(None, ge=1)
     temperature: float | None = Field(None, ge=0, le=2)
     top_p: float | None = Field(None, gt=0, le=1)
     stream: bool = False
     text: TextConfig | None = None
+
+
+    @field_validator("input", mode="before")
+    @classmethod
+    def _input(cls, v: Any) -> Any:
+        if isinstance(v, str):
+            return v
+        if not isinstance(v, list) or not v:
+            raise ValueError("expected a string or a non-empty list of messages")
+        out = []
+        for i, m in enumerate(v):
+            try:
+                out.append(InputMessage.model_validate(m))
+            except ValidationError as e:
+                err = e.errors()[0]
+                where = ".".join(str(x) for x in (i, *err["loc"]))
+                raise ValueError(f"{where}: {err['msg']}") from None
+        return out
 
 
 def text_format_to_response_format(fmt: dict[str, Any] | None) -> dict[str, Any] | None:

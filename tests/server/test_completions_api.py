@@ -117,6 +117,9 @@ def test_completions_errors_name_the_field(client) -> None:  # noqa: ANN001
     with pytest.raises(openai.UnprocessableEntityError) as e:
         client.completions.create(prompt="hi", logprobs=6, **kw)
     assert e.value.body["param"] == "logprobs"
+    with pytest.raises(openai.UnprocessableEntityError) as e:
+        client.completions.create(prompt=[[1], "mixed"], **kw)
+    assert e.value.body["param"] == "prompt"
     with pytest.raises(openai.BadRequestError) as e:
         client.completions.create(prompt=[10**6], **kw)
     assert e.value.body["param"] == "prompt"

@@ -58,3 +58,6 @@ def test_responses_errors_name_the_field(client) -> None:  # noqa: ANN001
     with pytest.raises(openai.UnprocessableEntityError) as e:
         client.responses.create(model=MODEL, input="hi", temperature=3)
     assert e.value.body["param"] == "temperature"
+    with pytest.raises(openai.UnprocessableEntityError) as e:
+        client.responses.create(model=MODEL, input=[{"role": "bot", "content": "hi"}])
+    assert e.value.body["param"] == "input" and "0.role" in e.value.body["message"]
