@@ -97,3 +97,30 @@ def test_batcher_streams_the_same_logprobs(tiny) -> None:
     assert [s.logprob for s in streamed] == [r.logprob for r in res.logprobs]
     for a, s in zip(alone.logprobs, streamed, strict=True):
         assert abs(a.logprob - s.logprob) <= 1e-5 and [i for i, _ in a.top] == [i for i, _ in s.top]
+
+
+def test_the_lean_cpu_decoder_gives_the_same_logprobs(tiny) -> None:
+    """int8 at batch 1 takes generate/fast/cpu.py's lean step: its logprobs are the int8
+    model's own forward's (the reference for that path), to within the lean step's bf16
+    activations (a few 1e-3 here)."""
+    import copy
+
+    from llmlab.generate.fast import lean_decoder
+    from llmlab.model.quant import quantize_int8_
+
+    lm, _ = tiny
+    q = quantize_int8_(copy.deepcopy(lm.model))
+    prompt = lm.tokenizer.encode("Classes provide")
+    params = make_params(lm.tokenizer, max_new_tokens=8, temperature=0, logprobs=3)
+    assert lean_decoder(q, [prompt], params, return_logits=True) is not None
+    (out,) = complete(q, lm.tokenizer, [prompt], params)
+    ids = prompt + out.token_ids
+    with torch.no_grad():
+        want = q(torch.tensor([ids])).logits[0].float().log_softmax(-1)
+    for j, g in enumerate(out.logprobs):
+        row = want[len(prompt) + j - 1]
+        assert abs(g.logprob - row[g.token].item()) <= 2e-2
+        # ids may swap where a random model's alternatives nearly tie: compare values
+        tv = row.topk(3).values.tolist()
+        assert max(abs(v - w) for (_, v), w in zip(g.top, tv, strict=True)) <= 2e-2
+        assert max(abs(v - row[i].item()) for i, v in g.top) <= 2e-2
