@@ -22,14 +22,18 @@ from llmlab.lm import load_lm  # noqa: E402
 PROMPT = "Once upon a time, in a small village by the sea,"
 
 
-def best(fn, repeat: int) -> float:  # noqa: ANN001
-    fn()  # warm-up
-    times = []
+def best(fns: dict, repeat: int) -> dict:
+    """Best time of each fn, the fns interleaved round by round, so that a load that drifts
+    during the run (a shared box) weighs on every side alike."""
+    for fn in fns.values():
+        fn()  # warm-up
+    times: dict = {k: [] for k in fns}
     for _ in range(repeat):
-        t = stopwatch()
-        fn()
-        times.append(t())
-    return min(times)
+        for k, fn in fns.items():
+            t = stopwatch()
+            fn()
+            times[k].append(t())
+    return {k: min(v) for k, v in times.items()}
 
 
 def main() -> None:
@@ -42,15 +46,18 @@ def main() -> None:
     lm = load_lm("smollm2-135m-instruct", a.dtype)
     ids = lm.tokenizer.encode(PROMPT)
     out: dict = {"dtype": a.dtype, "new_tokens": a.new_tokens}
-    for k in (None, 0, 5, 20):
+    def gen(k: int | None):  # noqa: ANN202
         p = SamplingParams(max_new_tokens=a.new_tokens, temperature=0, logprobs=k)
-        s = best(lambda p=p: complete(lm.model, lm.tokenizer, [ids], p), a.repeat)
+        return lambda: complete(lm.model, lm.tokenizer, [ids], p)
+
+    secs = best({k: gen(k) for k in (None, 0, 5, 20)}, a.repeat)
+    for k, s in secs.items():
         out[f"tok_s_logprobs_{k}"] = round(a.new_tokens / s, 1)
     for k in (0, 5, 20):
-        out[f"ratio_{k}_vs_off"] = round(out[f"tok_s_logprobs_{k}"] / out["tok_s_logprobs_None"], 3)
+        out[f"ratio_{k}_vs_off"] = round(secs[None] / secs[k], 3)
     text = lm.tokenizer.encode(" ".join([PROMPT] * 40))[:512]
-    for k in (0, 5):
-        s = best(lambda k=k: prompt_logprobs(lm.model, text, k), a.repeat)
+    secs = best({k: (lambda k=k: prompt_logprobs(lm.model, text, k)) for k in (0, 5)}, a.repeat)
+    for k, s in secs.items():
         out[f"score_tok_s_top{k}"] = round(len(text) / s)
     for key, v in out.items():
         print(f"{key}: {v}")
