@@ -26,7 +26,8 @@ from typing import Any
 import torch
 
 from llmlab.generate.engine import fit_context, forward
-from llmlab.generate.handle import Handle
+from llmlab.generate.handle import Handle, Piece
+from llmlab.generate.logprobs import step_logprobs
 from llmlab.generate.reply import Completion, Reply
 from llmlab.generate.sampling import SamplingParams, sample, seen_tokens
 from llmlab.model.cache import KVCache
@@ -44,6 +45,7 @@ class _Row:
     length: int  # tokens of this row held in the cache
     last: int = 0  # the token sampled last, written to the cache at the next step
     done: bool = False
+    sent: int = 0  # logprobs already handed out with a piece
 
 
 class Batcher:
@@ -283,12 +285,15 @@ class Batcher:
 
     def _emit(self, r: _Row, logits: torch.Tensor) -> None:
         """Sample this row's next token and stream its text, by `Reply`'s stop rules."""
-        tok = int(sample(logits, r.handle.params, r.gen, r.seen)[0])
+        p = r.handle.params
+        nxt = sample(logits, p, r.gen, r.seen)
+        tok = int(nxt[0])
         if r.seen is not None:
             r.seen[0, tok] = True
-        piece = r.reply.add(tok)
+        lp = step_logprobs(logits, nxt, p.logprobs)[0] if p.logprobs is not None else None
+        piece = r.reply.add(tok, lp)
         if piece:
-            r.handle._put(piece)
+            r.handle._put(self._piece(r, piece))
         if r.reply.done:
             self._finish(r)
         else:
@@ -297,11 +302,22 @@ class Batcher:
     def _finish(self, r: _Row, reason: str | None = None) -> None:
         r.done = True
         r.handle.result, rest = r.reply.finish(reason)
-        if rest:
-            r.handle._put(rest)
+        lps = r.handle.result.logprobs
+        if rest or (lps is not None and r.sent < len(lps) and reason != "cancelled"):
+            r.handle._put(self._piece(r, rest))
         with self._cv:
             self.stats["cancelled" if reason == "cancelled" else "finished"] += 1
         r.handle._put(None)
+
+    @staticmethod
+    def _piece(r: _Row, text: str) -> str:
+        """`text` with the logprobs of the tokens since the last piece, when asked for."""
+        lps = r.reply.out.logprobs
+        if lps is None:
+            return text
+        out = Piece(text)
+        out.logprobs, r.sent = lps[r.sent :], len(lps)
+        return out
 
     def _fail(self, h: Handle, e: BaseException) -> None:
         h.error = e

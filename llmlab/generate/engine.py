@@ -15,6 +15,7 @@ from typing import Any
 import torch
 
 from llmlab.generate.fast import pick_decoder
+from llmlab.generate.logprobs import step_logprobs
 from llmlab.generate.reply import Completion, Reply
 from llmlab.generate.sampling import SamplingParams, Step, Stopper, sample, seen_tokens
 from llmlab.model.cache import KVCache
@@ -159,11 +160,17 @@ def complete(
     n samples of each prompt (consecutive), from one prefill of it (like OpenAI's `n`)."""
     prompts = fit_context(prompts, params.max_new_tokens, model.cfg.max_seq_len, truncate)
     replies = [Reply(tokenizer, params, len(p)) for p in prompts for _ in range(n)]
-    for step in iter_decode(model, prompts, params, pad_id=_pad(tokenizer), n=n):
+    want_lp = params.logprobs is not None  # only then are the step's logits kept
+    for step in iter_decode(model, prompts, params, pad_id=_pad(tokenizer), n=n,
+                            return_logits=want_lp):
         toks = step.tokens.tolist()  # one device-to-host copy per step, not one per row
-        for r, t in zip(replies, toks, strict=True):
+        lps: list[Any] = [None] * len(toks)
+        if want_lp:
+            assert step.logits is not None and params.logprobs is not None
+            lps = step_logprobs(step.logits, step.tokens, params.logprobs)
+        for r, t, lp in zip(replies, toks, lps, strict=True):
             if not r.done:
-                r.add(t)
+                r.add(t, lp)
         if all(r.done for r in replies):
             break
     return [r.finish()[0] for r in replies]

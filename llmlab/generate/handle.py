@@ -8,8 +8,17 @@ import queue
 import threading
 from collections.abc import AsyncIterator, Callable, Iterator
 
+from llmlab.generate.logprobs import TokenLogprob
 from llmlab.generate.reply import Completion
 from llmlab.generate.sampling import SamplingParams
+
+
+class Piece(str):
+    """A text piece as a Handle yields it: a plain `str` to every caller, with `.logprobs`
+    the tokens that produced it when the request asked for logprobs (a piece can carry several
+    tokens, or none while a multi-byte character or a possible stop string is held back)."""
+
+    logprobs: list[TokenLogprob] | None = None
 
 
 class Handle:

@@ -7,6 +7,7 @@ import codecs
 from dataclasses import dataclass, field
 from typing import Any
 
+from llmlab.generate.logprobs import TokenLogprob
 from llmlab.generate.sampling import SamplingParams
 
 
@@ -62,6 +63,8 @@ class Completion:
     finish_reason: str = "length"  # "stop" | "length" | "cancelled"
     prompt_tokens: int = 0
     stop_token: int | None = None  # the stop token that ended it (not in token_ids)
+    logprobs: list[TokenLogprob] | None = None  # one per token_ids entry, when asked for
+    stop_logprob: TokenLogprob | None = None  # the stop token's, when asked for
 
 
 class Reply:
@@ -72,14 +75,20 @@ class Reply:
         self.params = params
         self.stream = TextStream(tokenizer, params.stop)
         self.out = Completion("", [], "length", prompt_tokens)
+        if params.logprobs is not None:
+            self.out.logprobs = []
         self.done = False
 
-    def add(self, token: int) -> str:
-        """Take the next sampled token; return the text now safe to show."""
+    def add(self, token: int, logprob: TokenLogprob | None = None) -> str:
+        """Take the next sampled token (and its logprob, when asked for); return the text
+        now safe to show."""
         if token in self.params.stop_token_ids:  # the token itself is not part of the text
             self.out.finish_reason, self.out.stop_token, self.done = "stop", token, True
+            self.out.stop_logprob = logprob
             return ""
         self.out.token_ids.append(token)
+        if self.out.logprobs is not None and logprob is not None:
+            self.out.logprobs.append(logprob)
         piece = self.stream.feed(token)
         if self.stream.stopped:
             self.out.finish_reason, self.done = "stop", True

@@ -27,6 +27,9 @@ class SamplingParams:
     stop_token_ids: list[int] = field(default_factory=list)
     stop: list[str] = field(default_factory=list)  # stop strings, cut from the output
     seed: int | None = None
+    # Log-probabilities of each sampled token (generate/logprobs.py): None = off, k = also
+    # the k most likely alternatives (0-20).
+    logprobs: int | None = None
 
     def validate(self) -> None:
         if self.temperature < 0:
@@ -43,6 +46,8 @@ class SamplingParams:
             raise ValueError(f"max_new_tokens must be >= 0, got {self.max_new_tokens}")
         if self.seed is not None and not SEED_MIN <= self.seed <= SEED_MAX:
             raise ValueError(f"seed must be in [-2**63, 2**64 - 1], got {self.seed}")
+        if self.logprobs is not None and not 0 <= self.logprobs <= 20:
+            raise ValueError(f"logprobs must be in [0, 20] or None, got {self.logprobs}")
 
     @property
     def greedy(self) -> bool:

@@ -1,10 +1,9 @@
-"""OpenAI-compatible endpoints: /v1/models, /v1/chat/completions (+SSE), /v1/embeddings."""
+"""OpenAI-compatible endpoints: /v1/models, /v1/chat/completions (+SSE), /v1/embeddings;
+/v1/completions and /v1/responses live in their own modules and join this router."""
 
 from __future__ import annotations
 
-import asyncio
 import base64
-import json
 import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
@@ -19,11 +18,24 @@ from starlette.concurrency import run_in_threadpool
 from llmlab.generate.chat import template_for
 from llmlab.generate.engine import fit_context, make_params
 from llmlab.generate.sampling import SEED_MAX, SEED_MIN
-from llmlab.server.errors import ApiError, client_gone, no_lone_surrogates, sse_error
+from llmlab.server import openai_completions, openai_responses
+from llmlab.server.errors import ApiError, no_lone_surrogates, sse_error
 from llmlab.server.hub import Hub
 from llmlab.server.jsonmode import JSON_SYSTEM, ensure_json_object
+from llmlab.server.openai_common import (
+    CHAT_IDS,
+    MAX_N,
+    chat_logprobs,
+    check_budget,
+    merged,
+    resolve_lm,
+    run_models,
+    seeds,
+    stop_list,
+    unless_gone,
+)
+from llmlab.server.openai_common import sse as _sse
 
-CHAT_IDS = ("smollm2-135m-instruct", "smollm2")
 EMBED_TOKENS = 512  # tokens embedded per hold of the model lock
 EMBED_TOTAL = 16  # an embeddings request's characters, in all, in units of max_text_chars
 EMBED_IDS = ("minilm-l6-v2", "minilm", "all-MiniLM-L6-v2")
@@ -64,6 +76,10 @@ class ResponseFormat(BaseModel):
     type: Literal["text", "json_object"] = "text"
 
 
+class StreamOptions(BaseModel):
+    include_usage: bool = False
+
+
 class ChatRequest(BaseModel):
     model: str = "smollm2-135m-instruct"
     messages: list[Message] = Field(min_length=1, max_length=64)
@@ -75,7 +91,10 @@ class ChatRequest(BaseModel):
     stream: bool = False
     response_format: ResponseFormat | None = None
     seed: int | None = Field(None, ge=SEED_MIN, le=SEED_MAX)  # what torch's generator takes
-    n: int = Field(1, ge=1, le=1)
+    n: int = Field(1, ge=1, le=MAX_N)
+    logprobs: bool = False
+    top_logprobs: int | None = Field(None, ge=0, le=20)
+    stream_options: StreamOptions | None = None
 
     @field_validator("stop")
     @classmethod
@@ -94,25 +113,6 @@ class EmbeddingRequest(BaseModel):
         return _clean_texts(v)
 
 
-async def _unless_gone(request: Request, handle: Any) -> Any:
-    """The handle's Completion, or None when the client left first: then the request is
-    cancelled, so an abandoned non-streamed chat frees its batch slot at the next step."""
-    done = asyncio.ensure_future(handle.atext())
-    gone = asyncio.ensure_future(client_gone(request))
-    try:
-        await asyncio.wait({done, gone}, return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        gone.cancel()
-        if not done.done():
-            handle.cancel()
-            done.cancel()
-    return done.result() if done.done() and not done.cancelled() else None
-
-
-def _sse(obj: Any) -> str:
-    return f"data: {json.dumps(obj, ensure_ascii=False)}\n\n"
-
-
 def make_router(hub: Hub) -> APIRouter:
     router = APIRouter(prefix="/v1")
     created = int(time.time())
@@ -125,19 +125,11 @@ def make_router(hub: Hub) -> APIRouter:
                 {"id": CHAT_IDS[0], "object": "model", "created": created, "owned_by": "llmlab"},
                 {"id": EMBED_IDS[0], "object": "model", "created": created, "owned_by": "llmlab"},
                 *({"id": m, "object": "model", "created": created, "owned_by": "user"}
-                  for m in run_models()),
+                  for m in run_models(hub)),
             ],
         }
 
-    def run_models() -> list[str]:
-        return [r["model"] for r in hub.runs().list()
-                if r["model"] and r["kind"] in ("sft", "dpo", "ppo", "grpo")]
-
-    def prepare(req: ChatRequest) -> tuple[Any, list[int], Any, bool]:
-        own = req.model.startswith("run:")  # a model trained in the playground
-        if req.model not in CHAT_IDS and not own:
-            raise ApiError(404, f"model: {req.model!r} not found; try {CHAT_IDS[0]!r} or one "
-                           f"of your runs {run_models()}", "model")
+    def prepare(req: ChatRequest) -> tuple[Any, list[int], list[Any], bool]:
         total = sum(len(m.text()) for m in req.messages)
         if total > 4 * hub.cfg.max_text_chars:
             raise ApiError(
@@ -145,20 +137,16 @@ def make_router(hub: Hub) -> APIRouter:
                 f"messages: {total} characters; at most {4 * hub.cfg.max_text_chars}",
                 "messages",
             )
-        limit = hub.cfg.max_new_tokens
-        max_new = req.max_completion_tokens or req.max_tokens or 256
-        if max_new > limit:
-            raise ApiError(400, f"max_tokens: at most {limit} on this server", "max_tokens")
-        stop = [req.stop] if isinstance(req.stop, str) else list(req.stop or [])
-        if len(stop) > 4 or any(not s or len(s) > 64 for s in stop):
-            raise ApiError(400, "stop: up to 4 non-empty strings of at most 64 chars", "stop")
+        # Errors name the field the user sent: the newer max_completion_tokens wins.
+        lm = resolve_lm(hub, req.model)
+        field = "max_completion_tokens" if req.max_completion_tokens else "max_tokens"
+        # Unset, the budget is the server's cap (at most 256): a default is never an error.
+        asked = req.max_completion_tokens or req.max_tokens
+        max_new = check_budget(asked or min(256, hub.cfg.max_new_tokens), field, hub)
+        stop = stop_list(req.stop)
+        if req.top_logprobs is not None and not req.logprobs:
+            raise ApiError(400, "top_logprobs: needs logprobs=true", "top_logprobs")
         json_mode = req.response_format is not None and req.response_format.type == "json_object"
-        try:
-            lm = hub.attention_model(req.model) if own else hub.gen_lm()
-        except ValueError as e:
-            raise ApiError(404, str(e), "model") from None
-        if lm.kind != "causal-lm":
-            raise ApiError(400, f"model: {req.model!r} is not a causal language model", "model")
         msgs = [{"role": m.role, "content": m.text()} for m in req.messages]
         tpl = template_for(lm)
         system = None
@@ -167,15 +155,11 @@ def make_router(hub: Hub) -> APIRouter:
             system = f"{own}\n{JSON_SYSTEM}" if own else JSON_SYSTEM
         # Message text stays plain text: a "<|im_end|>" typed by a user can't forge a turn.
         ids = tpl.encode(lm.tokenizer, msgs, system, prefill="{" if json_mode else "")
-        params = make_params(
-            lm.tokenizer,
-            max_new_tokens=max_new,
-            temperature=req.temperature,
-            top_p=req.top_p,
-            stop=[*stop, *tpl.stop],
-            seed=req.seed,
-        )
-        ids = fit_context([ids], params.max_new_tokens, lm.cfg.max_seq_len, False)[0]
+        k = (req.top_logprobs or 0) if req.logprobs else None
+        params = [make_params(lm.tokenizer, max_new_tokens=max_new, temperature=req.temperature,
+                              top_p=req.top_p, stop=[*stop, *tpl.stop], seed=s, logprobs=k)
+                  for s in seeds(req.seed, req.n)]  # one per choice
+        ids = fit_context([ids], max_new, lm.cfg.max_seq_len, False)[0]
         return lm, ids, params, json_mode
 
     @router.post("/chat/completions", response_model=None)
@@ -186,90 +170,78 @@ def make_router(hub: Hub) -> APIRouter:
         batcher = await run_in_threadpool(hub.batcher, req.model if own else None)
         cid = f"chatcmpl-{uuid.uuid4().hex[:24]}"
         base = {"id": cid, "created": int(time.time()), "model": req.model if own else CHAT_IDS[0]}
+        usage_chunk = req.stream_options is not None and req.stream_options.include_usage
         if req.stream and not json_mode:
             return StreamingResponse(
-                stream(batcher, ids, params, base),
+                stream(batcher, lm.tokenizer, ids, params, base, usage_chunk),
                 media_type="text/event-stream",
                 headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
             )
-        out = await _unless_gone(request, batcher.submit(ids, params))
-        if out is None:  # nobody is listening; 499 is nginx's "client closed request"
+        outs = await unless_gone(request, [batcher.submit(ids, p) for p in params])
+        if outs is None:  # nobody is listening; 499 is nginx's "client closed request"
             return Response(status_code=499)
-        text = ensure_json_object("{" + out.text) if json_mode else out.text
-        finish = "stop" if json_mode else out.finish_reason
-        usage = {
-            "prompt_tokens": len(ids),
-            "completion_tokens": len(out.token_ids),
-            "total_tokens": len(ids) + len(out.token_ids),
-        }
-        if req.stream:  # JSON mode streams the repaired object as one chunk
-            return StreamingResponse(_one_chunk(base, text, finish), media_type="text/event-stream")
-        return {
-            **base,
-            "object": "chat.completion",
-            "choices": [
-                {
-                    "index": 0,
-                    "finish_reason": finish,
-                    "message": {"role": "assistant", "content": text},
-                }
-            ],
-            "usage": usage,
-        }
+        done = sum(len(o.token_ids) for o in outs)
+        usage = {"prompt_tokens": len(ids), "completion_tokens": done,
+                 "total_tokens": len(ids) + done}
+        choices = []
+        for i, out in enumerate(outs):
+            text = ensure_json_object("{" + out.text) if json_mode else out.text
+            lp = None
+            if out.logprobs is not None:  # JSON mode: the tokens sampled, before any repair
+                lp = {"content": chat_logprobs(lm.tokenizer, out.logprobs), "refusal": None}
+            choices.append({"index": i, "finish_reason": "stop" if json_mode else
+                            out.finish_reason, "logprobs": lp,
+                            "message": {"role": "assistant", "content": text}})
+        if req.stream:  # JSON mode streams each repaired object as one chunk
+            return StreamingResponse(_one_chunk(base, choices, usage if usage_chunk else None),
+                                     media_type="text/event-stream")
+        return {**base, "object": "chat.completion", "choices": choices, "usage": usage}
 
-    async def stream(batcher: Any, ids: list[int], params: Any, base: dict) -> AsyncIterator[str]:
-        chunk = {**base, "object": "chat.completion.chunk"}
-        yield _sse(
-            {
-                **chunk,
-                "choices": [
-                    {
-                        "index": 0,
-                        "delta": {"role": "assistant", "content": ""},
-                        "finish_reason": None,
-                    }
-                ],
-            }
-        )
+    async def stream(batcher: Any, tok: Any, ids: list[int], params: list[Any], base: dict,
+                     usage: bool) -> AsyncIterator[str]:
+        chunk = {**base, "object": "chat.completion.chunk", **({"usage": None} if usage else {})}
+
+        def one(i: int, delta: dict, finish: str | None = None, lp: Any = None) -> str:
+            c = {"index": i, "delta": delta, "finish_reason": finish}
+            if lp is not None:
+                c["logprobs"] = lp
+            return _sse({**chunk, "choices": [c]})
+
+        for i in range(len(params)):
+            yield one(i, {"role": "assistant", "content": ""})
         # Submitted here, not in the endpoint, so a response that never starts never decodes;
         # a client that leaves mid-stream cancels it (its batch slot frees at the next step).
-        handle = None
+        handles = []
         try:
-            handle = batcher.submit(ids, params)
-            async for piece in handle:
-                yield _sse(
-                    {
-                        **chunk,
-                        "choices": [
-                            {"index": 0, "delta": {"content": piece}, "finish_reason": None}
-                        ],
-                    }
-                )
+            handles = [batcher.submit(ids, p) for p in params]
+            async for i, piece in merged(handles):
+                if piece is None:  # choice i has finished
+                    yield one(i, {}, handles[i].result.finish_reason)
+                    continue
+                lps = getattr(piece, "logprobs", None)
+                lp = None if lps is None else {"content": chat_logprobs(tok, lps),
+                                               "refusal": None}
+                yield one(i, {"content": piece}, None, lp)
         except Exception as e:  # the 200 is sent: report it in the stream, as OpenAI does
             yield _sse(sse_error(e))
             return
-        finally:
-            if handle is not None:
-                handle.cancel()
-        finish = handle.result.finish_reason
-        yield _sse({**chunk, "choices": [{"index": 0, "delta": {}, "finish_reason": finish}]})
+        if usage:  # stream_options.include_usage: a last chunk with no choices
+            done = sum(len(h.result.token_ids) for h in handles)
+            yield _sse({**chunk, "choices": [], "usage": {
+                "prompt_tokens": len(ids), "completion_tokens": done,
+                "total_tokens": len(ids) + done}})
         yield "data: [DONE]\n\n"
 
-    def _one_chunk(base: dict, text: str, finish: str) -> Iterator[str]:
+    def _one_chunk(base: dict, choices: list[dict], usage: dict | None) -> Iterator[str]:
         chunk = {**base, "object": "chat.completion.chunk"}
-        yield _sse(
-            {
-                **chunk,
-                "choices": [
-                    {
-                        "index": 0,
-                        "delta": {"role": "assistant", "content": text},
-                        "finish_reason": None,
-                    }
-                ],
-            }
-        )
-        yield _sse({**chunk, "choices": [{"index": 0, "delta": {}, "finish_reason": finish}]})
+        for c in choices:
+            delta = {"role": "assistant", "content": c["message"]["content"]}
+            yield _sse({**chunk, "choices": [{"index": c["index"], "delta": delta,
+                                              "logprobs": c["logprobs"], "finish_reason": None}]})
+            yield _sse({**chunk, "choices": [{"index": c["index"], "delta": {},
+                                              "finish_reason": c["finish_reason"]}]})
+        if usage is not None:
+            yield _sse({**chunk, "choices": [], "usage": usage})
         yield "data: [DONE]\n\n"
 
     @router.post("/embeddings")
@@ -316,4 +288,6 @@ def make_router(hub: Hub) -> APIRouter:
             "usage": {"prompt_tokens": n_tok, "total_tokens": n_tok},
         }
 
+    router.include_router(openai_completions.make_router(hub))
+    router.include_router(openai_responses.make_router(hub, prepare, ChatRequest))
     return router

@@ -70,6 +70,15 @@ def lm() -> Any:
 
 
 @pytest.fixture(scope="session")
+def smol_hf(lm: Any, tmp_path_factory: pytest.TempPathFactory) -> Any:
+    """transformers' load of the HF export of the session's SmolLM2 (fp32): the outside
+    reference for logprobs, exported once per session."""
+    from next_token_ref import hf_export
+
+    return hf_export(lm, tmp_path_factory.mktemp("hf") / "smol")
+
+
+@pytest.fixture(scope="session")
 def enc() -> Any:
     import llmlab
 
