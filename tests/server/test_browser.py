@@ -6,6 +6,7 @@ a human to look at."""
 from __future__ import annotations
 
 import json
+import math
 
 import httpx
 import pytest
@@ -203,9 +204,23 @@ def test_chat_page_streams_the_models_greedy_reply(page, server, lm) -> None:  #
         timeout=180_000,
     )
     ids = chat_ids(lm, [{"role": "user", "content": "What is the capital of France?"}])
-    params = make_params(lm.tokenizer, max_new_tokens=16, temperature=0, stop=["<|im_end|>"])
-    want = complete(lm.model, lm.tokenizer, [ids], params)[0].text
-    assert pg.inner_text("[data-testid=chat-reply]") == want.strip()
+    params = make_params(lm.tokenizer, max_new_tokens=16, temperature=0, stop=["<|im_end|>"],
+                         logprobs=5)
+    got = complete(lm.model, lm.tokenizer, [ids], params)[0]
+    assert pg.inner_text("[data-testid=chat-reply]") == got.text.strip()
+    # Token probabilities (on by default): one shaded span per token, the library's logprob
+    # and its top alternatives in the hover box. The server decodes with the int8 model, the
+    # library here with fp32: the shown p agrees to about a percent.
+    spans = pg.locator("[data-testid=chat-tok]")
+    assert spans.count() == len(got.token_ids)
+    assert "".join(spans.all_inner_texts()) == got.text
+    spans.nth(0).hover()
+    tip = pg.inner_text("[data-testid=chat-tip]")
+    first = got.logprobs[0]
+    p = float(tip.split("p = ")[1].split("%")[0]) / 100
+    assert p == pytest.approx(math.exp(first.logprob), abs=0.02)
+    alts = [ln for ln in tip.splitlines() if ln[:2] in {f"{k}." for k in range(1, 6)}]
+    assert len(alts) == 5 and alts[0].endswith("✓")  # greedy: the top choice was taken
     shot(pg, "chat")
 
 
