@@ -104,6 +104,13 @@ def local_model_dirs(dirs: list[str]) -> dict[str, Path]:
     return out
 
 
+def self_url(host: str, port: int) -> str:
+    """The URL this machine reaches a server listening on host:port at: a wildcard address
+    is reached at loopback."""
+    host = {"0.0.0.0": "127.0.0.1", "::": "::1", "": "127.0.0.1"}.get(host, host)
+    return f"http://{f'[{host}]' if ':' in host else host}:{port}"
+
+
 class FairLock:
     """A re-entrant lock granted in arrival order (a ticket lock). The decoding worker
     takes it once per step; a plain lock lets it take the lock straight back and starve
@@ -158,6 +165,9 @@ class Hub:
         self._local: LRU[str, Any] = LRU(cfg.max_local_models)  # resolved path -> model
         self.model_dirs = local_model_dirs(cfg.model_dirs)  # name -> dir, checked now
         self._runs: Any = None
+        # This server's own base URL (http://host:port), for judge runs: given by whoever
+        # serves the app (`llmlab serve`), else learned from the first run request.
+        self.self_url: str | None = None
         self._run_batchers: dict[str, tuple[Any, Any]] = {}  # run model -> (model, Batcher)
 
     def _get(self, key: str, make: Any) -> Any:
@@ -222,7 +232,8 @@ class Hub:
                 from llmlab.lab.runs import RunManager
 
                 self._runs = RunManager(self.cfg.runs_dir, self.cfg.max_runs,
-                                        self.cfg.run_threads, self.cfg.allow_local_models)
+                                        self.cfg.run_threads, self.cfg.allow_local_models,
+                                        self_url=self.self_url)
             return self._runs
 
     def _run_model(self, name: str) -> Any:
