@@ -44,6 +44,7 @@ class TrainConfig:
     # whole: one graph of the model (and its fused loss); regional: each transformer block on
     # its own, one compile reused by every layer (shorter compile; the rest runs eagerly)
     compile_scope: Literal["whole", "regional"] = "whole"
+    checkpoint_activations: bool = False  # recompute blocks in backward: less memory, ~+30% time
     seed: int = 0  # seeds init, data order and sampling
     device: str = "auto"  # auto | cpu | cuda (or cuda:N)
     threads: int = 0  # torch CPU threads; 0 leaves torch's default

@@ -20,6 +20,7 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
+from llmlab.model.transformer import checkpoint_blocks
 from llmlab.train import checkpoint as ckpt
 from llmlab.train.compiling import compile_model
 from llmlab.train.config import TrainConfig
@@ -103,6 +104,7 @@ class Trainer:
         if self.device.type == "cpu":
             keep_freed_memory()
         self.raw = model.to(self.device)
+        checkpoint_blocks(self.raw, cfg.checkpoint_activations)
         if cfg.compile and cfg.compile_scope == "regional":  # the blocks, in place
             compile_model(self.raw, "regional")
         self.model = wrap(self.raw, dist)
