@@ -9,6 +9,7 @@ embedding) waits for at most the step in progress, never for a whole generation.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import logging
 import os
@@ -338,6 +339,16 @@ class Hub:
                     lm.model, lm.tokenizer, max_batch=self.cfg.max_batch,
                     max_batch_tokens=self.cfg.max_batch_tokens, lock=self.lock))
             return self._run_batchers[name][1]
+
+    def warm(self, model: str | None = None) -> None:
+        """Load a generation model and its worker in the background: a judge run asks for it
+        once its answers are written, and its first request should not wait for the load."""
+
+        def load() -> None:
+            with contextlib.suppress(Exception):  # a bad name fails the run's request clearly
+                self.batcher(model if model and model.startswith("run:") else None)
+
+        threading.Thread(target=load, daemon=True, name="warm").start()
 
     def generation_stats(self) -> dict[str, int] | None:
         """The batching worker's counters (rows, waiting, steps, cancelled...), once started."""

@@ -57,7 +57,11 @@ def make_router(hub: Hub) -> APIRouter:
         if m.self_url is None and server and server[1]:  # served without telling its URL
             hub.self_url = m.self_url = self_url(str(server[0]), int(server[1]))
         try:
-            return m.start(req.kind, dict(req.options), req.label)
+            run = m.start(req.kind, dict(req.options), req.label)
+            o = req.options
+            if req.kind == "judge" and not (o.get("judge") or o.get("judge_base_url")):
+                hub.warm(str(o.get("judge_model") or ""))  # loads while the answers are made
+            return run
         except RunBusy as e:
             raise ApiError(409, str(e), "kind", "conflict_error") from None
 
