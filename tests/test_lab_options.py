@@ -71,3 +71,48 @@ def test_names_resolve_to_files(tmp_path: Path) -> None:
                      "max_steps": 3}, {"sft-1": run}, tmp_path / "_corpora")
     assert got == {"model": str(run), "adapter": str(run / "final"),
                    "inputs": f"kjv,{tmp_path / '_corpora' / 'ab.txt'}", "max_steps": 3}
+
+
+def test_judge_flags_parse_as_the_typed_command(tmp_path: Path) -> None:
+    """A judge run is `llmlab eval judge`: the manager's flags (with the server's own URL it
+    adds) parse as the command typed by hand, and the judge's own checks run."""
+    opts = {"model_a": "smollm2-135m-instruct", "model_b": "smollm2-135m-instruct",
+            "judge_model": "run:sft-1", "limit": 2, "judge_base_url": "http://127.0.0.1:8000"}
+    ours = build_parser().parse_args([*o.KINDS["judge"], *o.to_flags(opts), "--out", "x"])
+    typed = build_parser().parse_args(["eval", "judge", "--model-a", "smollm2-135m-instruct",
+                                       "--model-b", "smollm2-135m-instruct", "--judge-model",
+                                       "run:sft-1", "--limit", "2", "--judge-base-url",
+                                       "http://127.0.0.1:8000", "--out", "x"])
+    drop = ("fn", "func")
+    assert {k: v for k, v in vars(ours).items() if k not in drop} == \
+        {k: v for k, v in vars(typed).items() if k not in drop}
+    with pytest.raises(ValueError, match="--limit must be >= 1"):
+        o.validate("judge", o.to_flags({**opts, "limit": 0}), tmp_path)
+
+
+def test_checkpoints_resolve_to_their_model(tmp_path: Path) -> None:
+    """run:ID@STEP names checkpoint STEP: its model dir, or for an adapter run the base plus
+    that checkpoint's adapter; the judge's model name passes to the server unchanged, and a
+    missing step or a checkpoint to train from is an error naming the option."""
+    pre, sft = tmp_path / "pre-1", tmp_path / "sft-1"
+    for run, cfg in ((pre, "{}"), (sft, '{"sft": {"model": "smollm2-135m-instruct", '
+                                          '"peft": "lora"}}')):
+        (run / "checkpoints" / "step_0000004" / "model").mkdir(parents=True)
+        (run / "config.json").write_text(cfg)
+    runs = {"pre-1": pre, "sft-1": sft}
+    step = "checkpoints/step_0000004/model"
+    got = o.resolve({"model_a": "run:pre-1@4", "model_b": "run:sft-1@4",
+                     "judge_model": "run:sft-1@4"}, runs, tmp_path, "judge")
+    assert got == {"model_a": str(pre / step), "model_b": "smollm2-135m-instruct",
+                   "adapter_b": str(sft / step), "judge_model": "run:sft-1@4"}
+    assert o.resolve({"model": "run:pre-1@4"}, runs, tmp_path, "eval") == \
+        {"model": str(pre / step)}
+    for opts, kind, msg in (({"model": "run:pre-1@5"}, "eval", "no checkpoint at step 5"),
+                            ({"model": "run:pre-1@x"}, "eval", "with a step number"),
+                            ({"model": "run:pre-1@4"}, "sft", "training starts from")):
+        with pytest.raises(ValueError, match=f"options.model: .*{msg}"):
+            o.resolve(opts, runs, tmp_path, kind)
+    o.check_paths("judge", {"model_b": "run:pre-1@4", "judge_model": "run:sft-1"}, runs,
+                  tmp_path)
+    with pytest.raises(ValueError, match="options.judge_base_url: an endpoint URL"):
+        o.check_paths("judge", {"judge_base_url": "http://x"}, runs, tmp_path)

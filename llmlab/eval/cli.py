@@ -7,7 +7,6 @@ Handlers import the library inside, so `llmlab --help` does not load torch.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 from typing import Any
@@ -18,15 +17,15 @@ from llmlab.eval.report import (
     compare_table,
     label,
     load_report,
+    log_progress,
     make_report,
     plot_compare,
+    report_paths,
     write_report,
 )
 from llmlab.tasks.base import KEEP_SAMPLES
 
 DEFAULT_MODEL = "smollm2-135m-instruct"
-REPORT_FILE = "report.json"  # in --out DIR
-PROGRESS_FILE = "metrics.jsonl"  # in --out DIR: what a playground run's page follows
 
 
 def load_model(name: str, adapter: str | None, dtype: str = "fp32", threads: int | None = None
@@ -92,23 +91,6 @@ def cmd_eval(a: argparse.Namespace) -> int:
     if out:
         print(f"wrote {write_report(report, out)}", file=sys.stderr)
     return 0
-
-
-def report_paths(out: str | None) -> tuple[Path | None, Path | None]:
-    """--out FILE: the report; --out DIR (an existing directory, e.g. a playground run's):
-    DIR/report.json, and DIR/metrics.jsonl gets a record as each task starts and ends."""
-    if out is None:
-        return None, None
-    path = Path(out)
-    if path.is_dir():
-        return path / REPORT_FILE, path / PROGRESS_FILE
-    return path, None
-
-
-def log_progress(path: Path | None, record: dict[str, Any]) -> None:
-    if path is not None:
-        with path.open("a", encoding="utf-8") as f:
-            f.write(json.dumps(record, default=str) + "\n")
 
 
 def cmd_compare(a: argparse.Namespace) -> int:

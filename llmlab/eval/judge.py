@@ -20,20 +20,18 @@ from typing import Any
 from llmlab.data.jsonl import read_jsonl, read_text
 from llmlab.eval.intervals import intervals
 from llmlab.eval.metrics import wilson_interval
-from llmlab.eval.report import make_report, write_report
+from llmlab.eval.report import log_progress, make_report, report_paths, write_report
 
-JUDGE_PROMPT = """You are judging two answers to the same question.
+# Short, and asking for the number only: SmolLM2-135M answered a longer prompt ("Which
+# answer is more helpful, correct and clear? Reply with exactly ...") with prose in 4 of 6
+# replies, and this one with a leading digit in 6 of 6 (DEAD_ENDS.md, session 12).
+JUDGE_PROMPT = """Question: {prompt}
 
-Question:
-{prompt}
+Answer 1: {first}
 
-Answer 1:
-{first}
+Answer 2: {second}
 
-Answer 2:
-{second}
-
-Which answer is more helpful, correct and clear? Reply with exactly "1" or "2"."""
+Which answer is better, 1 or 2? Reply with the number only."""
 
 _VERDICT = re.compile(r"^\W*(?:answer\s*)?([12])\b", re.IGNORECASE)
 
@@ -90,7 +88,8 @@ def judge_pairs(prompts: Sequence[str], answers_a: Sequence[str], answers_b: Seq
     judged = wins + losses + ties
     score = wins + 0.5 * ties
     lo, hi = wilson_interval(score, judged) if judged else (0.0, 1.0)
-    return {"metrics": {"win_rate": score / judged if judged else float("nan"),
+    # None, not NaN, with nothing judged: the report is JSON that browsers parse.
+    return {"metrics": {"win_rate": score / judged if judged else None,
                         "ci95_low": lo, "ci95_high": hi, "wins": wins, "losses": losses,
                         "ties": ties, "judged": judged, "skipped": unreachable + malformed,
                         "skipped_unreachable": unreachable, "skipped_malformed": malformed},
@@ -134,36 +133,58 @@ def listed_model(base_url: str, timeout: float = 30.0, api_key: str | None = Non
     return ids[0]
 
 
-def endpoint_judge(base_url: str, model: str | None = None, timeout: float = 60.0,
-                   api_key: str | None = None) -> JudgeFn:
+GIVE_UP_AFTER = 3  # failed requests in a row: the endpoint is down, not one request unlucky
+
+
+class EndpointJudge:
     """Judge through an OpenAI-compatible server; a failed request yields None for that item.
-    `model` defaults to the first one the server lists at /v1/models, looked up now, so that
-    a dead or empty endpoint fails before any answer is generated (`listed_model`)."""
-    import httpx  # as in listed_model
+    After GIVE_UP_AFTER failures in a row the rest are not sent (None too), so a dead or
+    wedged endpoint costs at most that many timeouts, never one per prompt; `last_error`
+    says why the last request failed."""
 
-    url = _v1(base_url)
-    headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
-    name = model or listed_model(base_url, min(timeout, 30.0), api_key)
+    def __init__(self, base_url: str, model: str, timeout: float = 60.0,
+                 api_key: str | None = None) -> None:
+        self.url, self.model, self.timeout = _v1(base_url), model, timeout
+        self.headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+        self.last_error: str | None = None
 
-    def run(texts: list[str]) -> list[str | None]:
+    def __call__(self, texts: list[str]) -> list[str | None]:
+        import httpx  # as in listed_model
+
         out: list[str | None] = []
-        with httpx.Client(timeout=timeout, headers=headers, trust_env=False) as client:
-            for t in texts:
-                body = {"model": name, "messages": [{"role": "user", "content": t}],
+        in_a_row = 0
+        with httpx.Client(timeout=self.timeout, headers=self.headers, trust_env=False) as client:
+            for i, t in enumerate(texts):
+                if in_a_row >= GIVE_UP_AFTER:
+                    print(f"warning: judge endpoint {self.url}: {in_a_row} requests failed in "
+                          f"a row; the other {len(texts) - i} are not sent", file=sys.stderr)
+                    return out + [None] * (len(texts) - i)
+                body = {"model": self.model, "messages": [{"role": "user", "content": t}],
                         "temperature": 0, "max_tokens": 8}
                 try:
-                    r = client.post(f"{url}/chat/completions", json=body)
+                    r = client.post(f"{self.url}/chat/completions", json=body)
                     r.raise_for_status()
                     out.append(str(r.json()["choices"][0]["message"]["content"] or ""))
+                    in_a_row = 0
                 except (httpx.HTTPError, KeyError, IndexError, TypeError, ValueError) as e:
                     detail = ""
                     if isinstance(e, httpx.HTTPStatusError):
                         detail = f": {e.response.text[:200]}"
+                    elif isinstance(e, httpx.TimeoutException):
+                        detail = f" (no answer within {self.timeout:g} s)"
+                    self.last_error = f"{type(e).__name__}: {e}{detail}"
                     print(f"warning: judge request failed: {e}{detail}", file=sys.stderr)
                     out.append(None)
+                    in_a_row += 1
         return out
 
-    return run
+
+def endpoint_judge(base_url: str, model: str | None = None, timeout: float = 60.0,
+                   api_key: str | None = None) -> EndpointJudge:
+    """`model` defaults to the first one the server lists at /v1/models, looked up now, so
+    that a dead or empty endpoint fails before any answer is generated (`listed_model`)."""
+    name = model or listed_model(base_url, min(timeout, 30.0), api_key)
+    return EndpointJudge(base_url, name, timeout, api_key)
 
 
 def local_judge(lm: Any, batch_size: int = 16, progress: bool = True) -> JudgeFn:
@@ -197,6 +218,16 @@ def load_prompts(path: str | None, limit: int | None) -> list[str]:
     return prompts[:limit] if limit else prompts
 
 
+def check_judge_args(a: argparse.Namespace) -> None:
+    """Values that fail before a model loads; the playground checks a judge run with this."""
+    for flag, v, lo in (("--limit", a.limit, 1), ("--max-new-tokens", a.max_new_tokens, 1),
+                        ("--batch-size", a.batch_size, 1), ("--threads", a.threads, 1)):
+        if v is not None and v < lo:
+            raise ValueError(f"{flag} must be >= {lo}, got {v}")
+    if a.judge_timeout <= 0:
+        raise ValueError(f"--judge-timeout must be > 0 seconds, got {a.judge_timeout}")
+
+
 def add_judge_command(sub: argparse._SubParsersAction, guard: Callable, load_model: Callable
                       ) -> None:
     j = sub.add_parser("judge", help="pairwise LLM-as-judge of two models' answers")
@@ -225,34 +256,49 @@ def add_judge_command(sub: argparse._SubParsersAction, guard: Callable, load_mod
                    help="seeds both models' sampling (default: 0)")
     j.add_argument("--dtype", default="fp32", choices=("fp32", "bf16", "int8", "int4"),
                    help="weights of the local models (default: fp32)")
-    j.add_argument("--out", default=None, help="JSON report path")
+    j.add_argument("--out", default=None,
+                   help="JSON report path; an existing directory gets report.json and "
+                        "metrics.jsonl (progress, a record as each step starts and ends)")
+    j.add_argument("--threads", type=int, default=None,
+                   help="torch CPU threads (default: torch's)")
     j.add_argument("--no-progress", action="store_true", help="no progress bars")
 
     def cmd_judge(a: argparse.Namespace) -> int:
         from llmlab.eval.generation import generate  # torch, as in local_judge
 
+        check_judge_args(a)
         prompts = load_prompts(a.prompts, a.limit)
+        out, progress = report_paths(a.out)
         fn: JudgeFn | None = None
         judge_model = a.judge
         if a.judge_base_url:  # resolved first: an endpoint without a model fails before answers
             judge_model = a.judge_model or listed_model(a.judge_base_url,
                                                         min(a.judge_timeout, 30.0))
             fn = endpoint_judge(a.judge_base_url, judge_model, a.judge_timeout)
+        steps = [f"answers {a.model_a}", f"answers {a.model_b}", "judge"]
         answers = []
-        for name, adapter in ((a.model_a, a.adapter_a), (a.model_b, a.adapter_b)):
-            lm = load_model(name, adapter, a.dtype)
+        for i, (name, adapter) in enumerate(((a.model_a, a.adapter_a), (a.model_b, a.adapter_b))):
+            log_progress(progress, {"step": i, "of": 3, "task": steps[i], "event": "start"})
+            lm = load_model(name, adapter, a.dtype, a.threads)
             answers.append(generate(lm, prompts, max_new_tokens=a.max_new_tokens, seed=a.seed,
                                     batch_size=a.batch_size, progress=not a.no_progress,
                                     desc=f"answers {name}"))
+            del lm  # one model in memory at a time
+            log_progress(progress, {"step": i + 1, "of": 3, "task": steps[i], "event": "done"})
         if fn is None:
-            fn = local_judge(load_model(a.judge, None, a.dtype), a.batch_size, not a.no_progress)
+            fn = local_judge(load_model(a.judge, None, a.dtype, a.threads), a.batch_size,
+                             not a.no_progress)
+        log_progress(progress, {"step": 2, "of": 3, "task": "judge", "event": "start"})
         res = judge_pairs(prompts, answers[0], answers[1], fn)
         m = res["metrics"]
-        print(f"win rate of {a.model_a} over {a.model_b}: {m['win_rate']:.3f} "
+        log_progress(progress, {"step": 3, "of": 3, "task": "judge", "event": "done",
+                                "metrics": m})
+        rate = "none" if m["win_rate"] is None else f"{m['win_rate']:.3f}"
+        print(f"win rate of {a.model_a} over {a.model_b}: {rate} "
               f"(95% CI {m['ci95_low']:.3f}-{m['ci95_high']:.3f}; {m['wins']}W {m['losses']}L "
               f"{m['ties']}T; skipped {m['skipped']}: {m['skipped_unreachable']} unreachable, "
               f"{m['skipped_malformed']} malformed)")
-        if a.out:
+        if out:
             task = {"task": "judge", "config": {"model_b": a.model_b, "adapter_b": a.adapter_b,
                                                 "judge": a.judge or a.judge_base_url,
                                                 "judge_model": judge_model,
@@ -261,7 +307,13 @@ def add_judge_command(sub: argparse._SubParsersAction, guard: Callable, load_mod
             config = {"limit": a.limit, "max_new_tokens": a.max_new_tokens, "dtype": a.dtype,
                       "judge_prompt": JUDGE_PROMPT}
             rep = make_report(a.model_a, a.adapter_a, a.seed, [task], config)
-            print(f"wrote {write_report(rep, a.out)}", file=sys.stderr)
+            print(f"wrote {write_report(rep, out)}", file=sys.stderr)
+        if not m["judged"]:  # last, so a playground run shows this as its failure reason
+            why = getattr(fn, "last_error", None)
+            print(f"error: none of the {len(prompts)} prompts could be judged "
+                  f"({m['skipped_unreachable']} without a reply from the judge"
+                  f"{f', last: {why}' if why else ''}; {m['skipped_malformed']} without a "
+                  "clear 1 or 2)", file=sys.stderr)
         return 0 if m["judged"] else 1
 
     j.set_defaults(fn=guard(cmd_judge), func=guard(cmd_judge))

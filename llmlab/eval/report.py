@@ -39,6 +39,27 @@ def write_report(report: dict[str, Any], path: str | Path) -> Path:
     return path
 
 
+REPORT_FILE = "report.json"  # in --out DIR
+PROGRESS_FILE = "metrics.jsonl"  # in --out DIR: what a playground run's page follows
+
+
+def report_paths(out: str | None) -> tuple[Path | None, Path | None]:
+    """--out FILE: the report; --out DIR (an existing directory, e.g. a playground run's):
+    DIR/report.json, and DIR/metrics.jsonl gets a record as each step starts and ends."""
+    if out is None:
+        return None, None
+    path = Path(out)
+    if path.is_dir():
+        return path / REPORT_FILE, path / PROGRESS_FILE
+    return path, None
+
+
+def log_progress(path: Path | None, record: dict[str, Any]) -> None:
+    if path is not None:
+        with path.open("a", encoding="utf-8") as f:
+            f.write(json.dumps(record, default=str) + "\n")
+
+
 def load_report(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
@@ -73,12 +94,13 @@ def summary(report: dict[str, Any]) -> list[dict[str, Any]]:
     out = []
     for r in report.get("results", []):
         m = primary(r["task"])
-        if m not in r.get("metrics", {}):
-            continue
+        if r.get("metrics", {}).get(m) is None:  # absent, or nothing to measure (a judge
+            continue                              # whose every prompt was skipped)
         ci = r.get("ci95", {}).get(m)
         out.append({"task": r["task"], "metric": m, "value": r["metrics"][m],
                     "low": ci["low"] if ci else None, "high": ci["high"] if ci else None,
-                    "method": ci["method"] if ci else None, "n": r["metrics"].get("n"),
+                    "method": ci["method"] if ci else None,
+                    "n": r["metrics"].get("n", r["metrics"].get("judged")),
                     "lower_is_better": m in LOWER_BETTER,
                     "examples": len(r.get("samples", []))})
     return out

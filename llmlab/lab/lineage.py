@@ -40,7 +40,8 @@ STAGES: tuple[Stage, ...] = (
           ("prefs",), optional=True),
     Stage("policy", "PPO / DPO / GRPO", "optimise the policy on preferences or rewards",
           ("ppo", "dpo", "grpo"), ("dpo", "rl")),
-    Stage("eval", "Evaluation", "accuracy, pass@k, perplexity, judges", ("eval",), ("eval",)),
+    Stage("eval", "Evaluation", "accuracy, pass@k, perplexity, judges", ("eval", "judge"),
+          ("eval",)),
     Stage("foundations", "Foundations", "gradient descent, backprop, overfitting", (),
           ("descent", "neuralnet", "overfit", "word2vec"), main=False, near="pretrain"),
     Stage("prompting", "Prompting", "use a model: chat templates and decoding", (),
@@ -66,7 +67,7 @@ FLOWS: tuple[tuple[str, str, str], ...] = (
 )
 # The page each kind of run is started and followed from.
 KIND_PAGE = {"pretrain": "pretrain", "sft": "lora", "reward": "prefs", "dpo": "dpo",
-             "ppo": "rl", "grpo": "rl", "eval": "eval"}
+             "ppo": "rl", "grpo": "rl", "eval": "eval", "judge": "eval"}
 ROLES = ("model", "adapter", "reward_model")  # config.json fields naming what a run started from
 ACTIVE = ("running", "stopping")
 
@@ -176,7 +177,8 @@ def pipeline(runs: list[dict[str, Any]], root: str | Path) -> dict[str, Any]:
     state: dict[str, str] = {}
     for s in STAGES:
         rs = staged[s.id]
-        if any(r["model"] or (r["kind"] == "eval" and r["status"] == "finished") for r in rs):
+        if any(r["model"] or (r["kind"] in ("eval", "judge") and r["status"] == "finished")
+               for r in rs):
             state[s.id] = "done"
         elif any(r["status"] in ACTIVE for r in rs):
             state[s.id] = "running"

@@ -10,8 +10,9 @@ from pathlib import Path
 from typing import Any
 
 # What a page may start, as the CLI command each one runs.
-KINDS: dict[str, list[str]] = {k: [k] for k in ("pretrain", "sft", "reward", "dpo", "ppo",
-                                                "grpo", "eval")}
+KINDS: dict[str, list[str]] = {**{k: [k] for k in ("pretrain", "sft", "reward", "dpo", "ppo",
+                                                   "grpo", "eval")},
+                               "judge": ["eval", "judge"]}
 ALIGN = ("reward", "dpo", "ppo", "grpo")
 # Set by the manager, never by a request: where the run lives, its threads, its log's form.
 MANAGED = ("out", "resume", "threads", "progress", "config", "debug")
@@ -19,6 +20,9 @@ UPLOAD = "upload:"  # an uploaded corpus, stored by the manager
 RUN = "run:"  # another playground run: its model, adapter or reward model
 TOKENIZERS = ("gpt2", "cl100k", "smollm2")  # besides bpe:N, trained on the corpus
 PPL = "perplexity:"  # an eval task naming a text: a bundled corpus or an upload
+JUDGE_URL = "judge_base_url"  # a judge run's endpoint: this server's own /v1 unless allowed
+# Model names sent to the judge endpoint, which resolves them itself: never made into paths.
+NOT_PATHS = ("judge_model",)
 
 
 def _names() -> dict[str, dict[str, tuple[str, ...] | None]]:
@@ -30,6 +34,7 @@ def _names() -> dict[str, dict[str, tuple[str, ...] | None]]:
     from llmlab.weights.registry import REGISTRY
 
     models = (*REGISTRY, RUN)
+    chat = tuple(n for n, spec in REGISTRY.items() if spec.kind == "causal-lm")
     align = {"model": models, "adapter": ("", RUN), "data": None,
              "task": ("", *RL_TASKS, *PREF_TASKS), "reward_model": ("", RUN)}
     return {"pretrain": {"inputs": ("kjv", "pydocs", UPLOAD), "data": None,
@@ -37,7 +42,11 @@ def _names() -> dict[str, dict[str, tuple[str, ...] | None]]:
             "sft": {"data": ("trivia", "pydocs"), "model": models,
                     "chat_template": tuple(TEMPLATES)},
             **{k: align for k in ALIGN},
-            "eval": {"model": models, "adapter": ("", RUN), "task": eval_tasks()}}
+            "eval": {"model": models, "adapter": ("", RUN), "task": eval_tasks()},
+            # The judge is this server (/v1/chat/completions): its chat model or a chat run.
+            "judge": {"model_a": models, "adapter_a": ("", RUN), "model_b": models,
+                      "adapter_b": ("", RUN), "prompts": None, "judge": None, JUDGE_URL: None,
+                      "judge_model": ("", *chat, RUN)}}
 
 
 def eval_tasks() -> tuple[str, ...]:
@@ -48,6 +57,20 @@ def eval_tasks() -> tuple[str, ...]:
             "gen:pydocs", *(PPL + c for c in CORPORA), PPL + UPLOAD)
 
 
+# The options naming a model that may be a run's checkpoint (`run:ID@STEP`), with the
+# option that takes an adapter run's adapter: an evaluation loads it on the run's base.
+CHECKPOINT_MODELS = {"eval": (("model", "adapter"),),
+                     "judge": (("model_a", "adapter_a"), ("model_b", "adapter_b"))}
+
+
+def _refused(key: str) -> str:
+    if key == "judge":
+        return ("options.judge: a judge run asks this server's /v1/chat/completions; pick "
+                "its model with judge_model")
+    what = "an endpoint URL" if key == JUDGE_URL else "a local path"
+    return f"options.{key}: {what}; this server takes none in requests"
+
+
 def check_paths(kind: str, options: dict[str, Any], runs: dict[str, Path],
                 corpora: Path) -> None:
     """Refuse options that would read the server's disk beyond what the pages offer; the
@@ -56,7 +79,7 @@ def check_paths(kind: str, options: dict[str, Any], runs: dict[str, Path],
         if options.get(key) is None:
             continue
         if allowed is None:
-            raise ValueError(f"options.{key}: a local path; this server takes none in requests")
+            raise ValueError(_refused(key))
         several = key == "inputs" or (kind == "eval" and key == "task")
         for v in str(options[key]).split(",") if several else [str(options[key])]:
             v = v.strip()
@@ -69,35 +92,67 @@ def check_paths(kind: str, options: dict[str, Any], runs: dict[str, Path],
             v = v.removeprefix(PPL) if kind == "eval" else v
             if v.startswith(UPLOAD) and not (corpora / f"{v[7:]}.txt").is_file():
                 raise ValueError(f"options.{key}: no uploaded corpus {v!r}")
-            if v.startswith(RUN) and v[4:] not in runs:
+            if v.startswith(RUN) and v[4:].partition("@")[0] not in runs:
                 raise ValueError(f"options.{key}: no playground run with a model: {v!r}")
+
+
+def run_name(key: str, v: str, runs: dict[str, Path], kind: str) -> tuple[Path, int | None]:
+    """`run:ID` or `run:ID@STEP` -> (the run's dir, the step or None); a step names one of
+    the run's checkpoints, and only an evaluation loads one."""
+    run_id, at, step = v[4:].partition("@")
+    if not at:
+        return runs[run_id], None
+    if not step.isdigit():
+        raise ValueError(f"options.{key}: {v!r}: expected run:ID@STEP with a step number")
+    if key not in {m for pair in CHECKPOINT_MODELS.get(kind, ()) for m in pair} | {
+            "judge_model"}:
+        raise ValueError(f"options.{key}: {v!r}: a checkpoint can be evaluated or judged; "
+                         "training starts from a run's model (run:ID)")
+    from llmlab.lab.rundir import model_dir
+
+    try:
+        model_dir(runs[run_id], int(step))
+    except ValueError as e:
+        raise ValueError(f"options.{key}: {str(e).removeprefix('model: ')}") from None
+    return runs[run_id], int(step)
 
 
 def resolve(options: dict[str, Any], runs: dict[str, Path], corpora: Path, kind: str = ""
             ) -> dict[str, Any]:
-    """`upload:HASH` and `run:ID` become the files they name: a run's directory (llmlab.load
-    resolves it to its model), or for `adapter` the run's adapter directory. An eval of an
-    adapter run evaluates its base with the adapter, as load_run loads it."""
+    """`upload:HASH` and `run:ID[@STEP]` become the files they name: a run's directory
+    (llmlab.load resolves it to its model) or a checkpoint's model, or for an adapter option
+    the run's adapter directory. An evaluation of an adapter run evaluates its base with the
+    adapter, as load_run loads it. Names in NOT_PATHS pass as they are (after a check)."""
     from llmlab.lab.rundir import base_and_adapter, model_dir
 
-    model = options.get("model")
-    if kind == "eval" and isinstance(model, str) and model.startswith(RUN) \
-            and model[4:] in runs and not options.get("adapter"):
-        base, adapter = base_and_adapter(runs[model[4:]])
-        if adapter is not None:
-            options = {**options, "model": base, "adapter": str(adapter)}
+    def known(v: Any) -> bool:
+        return isinstance(v, str) and v.startswith(RUN) and v[4:].partition("@")[0] in runs
+
+    for key in NOT_PATHS:
+        if known(options.get(key)):
+            run_name(key, options[key], runs, kind)
+    for model, adapter in CHECKPOINT_MODELS.get(kind, ()):
+        v = options.get(model)
+        if not known(v) or options.get(adapter):
+            continue
+        path, step = run_name(model, v, runs, kind)
+        base, adapter_dir = base_and_adapter(path, step)
+        options = {**options, model: base, **({adapter: str(adapter_dir)} if adapter_dir else {})}
 
     def one(key: str, v: str) -> str:
         if v.startswith(PPL + UPLOAD):
             return PPL + one(key, v[len(PPL):])
         if v.startswith(UPLOAD):
             return str(corpora / f"{v[7:]}.txt")
-        if v.startswith(RUN) and v[4:] in runs:
-            path = runs[v[4:]]
-            return str(model_dir(path) if key == "adapter" else path)
+        if known(v):
+            path, step = run_name(key, v, runs, kind)
+            if key.startswith("adapter") or step is not None:
+                return str(model_dir(path, step))
+            return str(path)
         return v
 
-    return {k: ",".join(one(k, p.strip()) for p in v.split(",")) if isinstance(v, str) else v
+    return {k: v if k in NOT_PATHS else
+            ",".join(one(k, p.strip()) for p in v.split(",")) if isinstance(v, str) else v
             for k, v in options.items()}
 
 
@@ -148,6 +203,10 @@ def validate(kind: str, flags: list[str], out: Path) -> Any:
         from llmlab.eval.cli import check_args
 
         check_args(ns)
+    elif kind == "judge":
+        from llmlab.eval.judge import check_judge_args
+
+        check_judge_args(ns)
     elif kind == "sft":
         from llmlab.train.config import SFTConfig
         from llmlab.train.sft_cli import SFT_TRAIN

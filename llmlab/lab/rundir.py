@@ -115,12 +115,13 @@ def model_dir(run_dir: Path, step: int | None = None) -> Path:
                          "no final model)") from None
 
 
-def base_and_adapter(run_dir: Path) -> tuple[str, Path | None]:
-    """What loads a run's model by name: (its model dir, None), or for an adapter run
-    (its base model, its adapter dir), as load_run loads them."""
+def base_and_adapter(run_dir: Path, step: int | None = None) -> tuple[str, Path | None]:
+    """What loads a run's model (or its checkpoint `step`) by name: (its model dir, None), or
+    for an adapter run (its base model, its adapter dir), as load_run loads them."""
     if is_adapter(run_dir):
-        return str(base_section(read_json(run_dir / "config.json"))["model"]), model_dir(run_dir)
-    return str(run_dir), None
+        base = str(base_section(read_json(run_dir / "config.json"))["model"])
+        return base, model_dir(run_dir, step)
+    return (str(run_dir) if step is None else str(model_dir(run_dir, step))), None
 
 
 def is_done(run_dir: Path) -> bool:

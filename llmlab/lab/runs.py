@@ -76,8 +76,11 @@ class RunRecord:
 
 class RunManager:
     def __init__(self, root: str | Path, max_runs: int = 1, threads: int = 1,
-                 allow_paths: bool = False, stop_grace_s: float = 30.0) -> None:
+                 allow_paths: bool = False, stop_grace_s: float = 30.0,
+                 self_url: str | None = None) -> None:
         self.root = Path(root).expanduser()
+        # The server's own base URL: a judge run's judge is its /v1/chat/completions.
+        self.self_url = self_url
         self.root.mkdir(parents=True, exist_ok=True)
         (self.root / CORPORA).mkdir(exist_ok=True)
         self.max_runs, self.threads, self.allow_paths = max_runs, threads, allow_paths
@@ -99,7 +102,8 @@ class RunManager:
             runs, corpora = self._model_runs(), self.root / CORPORA
             if not self.allow_paths:
                 opts.check_paths(kind, options, runs, corpora)
-            flags = opts.to_flags(opts.resolve(options, runs, corpora, kind))
+            flags = opts.to_flags(opts.resolve(self._judge_url(kind, options), runs, corpora,
+                                               kind))
             run_id = f"{kind}-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:4]}"
             out = self.root / run_id
             data = opts.validate(kind, flags, out)  # before anything is written
@@ -120,7 +124,7 @@ class RunManager:
             rec = self._record(run_id)
             if rec.status in ACTIVE:
                 raise ValueError(f"run {run_id}: already {rec.status}")
-            if rec.kind == "eval":
+            if rec.kind in ("eval", "judge"):
                 raise ValueError(f"run {run_id}: an evaluation has no checkpoint; start it again")
             if rec.status == "finished":
                 raise ValueError(f"run {run_id}: finished; start a new run to train more")
@@ -210,6 +214,16 @@ class RunManager:
                     raise KeyError(run_id)
                 self._records[run_id] = self._adopt(path)
             return self._records[run_id]
+
+    def _judge_url(self, kind: str, options: dict[str, Any]) -> dict[str, Any]:
+        """A judge run's endpoint is this server, unless the request named one (allowed with
+        local paths only) or a local judge model."""
+        if kind != "judge" or options.get("judge") or options.get(opts.JUDGE_URL):
+            return options
+        if not self.self_url:
+            raise ValueError("kind: a judge run asks this server's /v1/chat/completions, and "
+                             "this server does not know its own URL")
+        return {**options, opts.JUDGE_URL: self.self_url}
 
     def _model_runs(self) -> dict[str, Path]:
         """Runs whose model another run may start from (their run dir resolves to a model)."""

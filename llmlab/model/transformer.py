@@ -9,6 +9,7 @@ from typing import Literal
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 from llmlab.model.cache import KVCache
 from llmlab.model.config import ModelConfig
@@ -96,6 +97,9 @@ class Stack(nn.Module):
         self.layers = nn.ModuleList(Block(cfg, i, causal, cross) for i in range(n_layer))
         if cfg.final_norm:
             self.norm = make_norm(cfg)
+        # Activation checkpointing (set by the Trainer): keep only each block's input and run
+        # the block again in backward, instead of holding its ~20 saved tensors per token.
+        self.checkpoint = False
 
     def embed(
         self, ids: torch.Tensor, positions: torch.Tensor, token_types: torch.Tensor | None
@@ -155,7 +159,11 @@ class Stack(nn.Module):
         if memory_mask is not None:
             mem_mask = memory_mask[:, None, None, :].bool()
         for layer in self.layers:
-            x = layer(x, mask, is_causal, rope, cache, memory, mem_mask)
+            args = (x, mask, is_causal, rope, cache, memory, mem_mask)
+            if self.checkpoint and cache is None and torch.is_grad_enabled():
+                x = checkpoint(layer, *args, use_reentrant=False)
+            else:
+                x = layer(*args)
         if cache is not None:
             cache.advance()
         return self.norm(x) if self.cfg.final_norm else x
@@ -300,3 +308,11 @@ class Transformer(nn.Module):
             seen.add(id(p))
             n += p.numel()
         return n
+
+
+def checkpoint_blocks(model: nn.Module, on: bool = True) -> None:
+    """Activation checkpointing for every stack inside `model` (under any adapter or DDP
+    wrapper): the same numbers, less memory (blocks run twice). Eval and decoding skip it."""
+    for m in model.modules():
+        if isinstance(m, Stack):
+            m.checkpoint = on

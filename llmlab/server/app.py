@@ -42,9 +42,12 @@ STATIC = Path(__file__).parent / "static"
 log = logging.getLogger("llmlab.server")
 
 
-def create_app(cfg: ServerConfig | None = None) -> FastAPI:
+def create_app(cfg: ServerConfig | None = None, url: str | None = None) -> FastAPI:
+    """`url`: where the app will be served (judge runs send their requests there); without
+    it, the address the first run request arrived at."""
     cfg = cfg or ServerConfig()
     hub = Hub(cfg)
+    hub.self_url = url
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:

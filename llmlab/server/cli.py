@@ -15,7 +15,7 @@ def cmd_serve(a: argparse.Namespace) -> int:
     import uvicorn
 
     from llmlab.server.app import create_app
-    from llmlab.server.hub import ServerConfig
+    from llmlab.server.hub import ServerConfig, self_url
     from llmlab.train.flags import overrides
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
@@ -40,7 +40,8 @@ def cmd_serve(a: argparse.Namespace) -> int:
 
         # In the background so the server answers at once; a ▶ click meanwhile just waits.
         threading.Thread(target=narration.main, daemon=True, name="narrate").start()
-    uvicorn.run(create_app(cfg), host=a.host, port=a.port, log_level="info")
+    url = self_url(a.host, a.port) if a.port else None  # port 0: learned from a request
+    uvicorn.run(create_app(cfg, url), host=a.host, port=a.port, log_level="info")
     return 0
 
 

@@ -9,6 +9,7 @@ embedding) waits for at most the step in progress, never for a whole generation.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import logging
 import os
@@ -104,6 +105,13 @@ def local_model_dirs(dirs: list[str]) -> dict[str, Path]:
     return out
 
 
+def self_url(host: str, port: int) -> str:
+    """The URL this machine reaches a server listening on host:port at: a wildcard address
+    is reached at loopback."""
+    host = {"0.0.0.0": "127.0.0.1", "::": "::1", "": "127.0.0.1"}.get(host, host)
+    return f"http://{f'[{host}]' if ':' in host else host}:{port}"
+
+
 class FairLock:
     """A re-entrant lock granted in arrival order (a ticket lock). The decoding worker
     takes it once per step; a plain lock lets it take the lock straight back and starve
@@ -158,6 +166,9 @@ class Hub:
         self._local: LRU[str, Any] = LRU(cfg.max_local_models)  # resolved path -> model
         self.model_dirs = local_model_dirs(cfg.model_dirs)  # name -> dir, checked now
         self._runs: Any = None
+        # This server's own base URL (http://host:port), for judge runs: given by whoever
+        # serves the app (`llmlab serve`), else learned from the first run request.
+        self.self_url: str | None = None
         self._run_batchers: dict[str, tuple[Any, Any]] = {}  # run model -> (model, Batcher)
 
     def _get(self, key: str, make: Any) -> Any:
@@ -222,7 +233,8 @@ class Hub:
                 from llmlab.lab.runs import RunManager
 
                 self._runs = RunManager(self.cfg.runs_dir, self.cfg.max_runs,
-                                        self.cfg.run_threads, self.cfg.allow_local_models)
+                                        self.cfg.run_threads, self.cfg.allow_local_models,
+                                        self_url=self.self_url)
             return self._runs
 
     def _run_model(self, name: str) -> Any:
@@ -327,6 +339,16 @@ class Hub:
                     lm.model, lm.tokenizer, max_batch=self.cfg.max_batch,
                     max_batch_tokens=self.cfg.max_batch_tokens, lock=self.lock))
             return self._run_batchers[name][1]
+
+    def warm(self, model: str | None = None) -> None:
+        """Load a generation model and its worker in the background: a judge run asks for it
+        once its answers are written, and its first request should not wait for the load."""
+
+        def load() -> None:
+            with contextlib.suppress(Exception):  # a bad name fails the run's request clearly
+                self.batcher(model if model and model.startswith("run:") else None)
+
+        threading.Thread(target=load, daemon=True, name="warm").start()
 
     def generation_stats(self) -> dict[str, int] | None:
         """The batching worker's counters (rows, waiting, steps, cancelled...), once started."""

@@ -137,7 +137,10 @@ PAGES: dict[str, str] = {
         "answer with the task's own verifier: the number in an arithmetic reply, an accepted "
         "trivia answer, HumanEval's tests run in a sandbox. Each bar carries a ninety-five "
         "percent interval, so with a handful of items two models often cannot be told apart. "
-        "Click a bar to read the prompts, the outputs and why each was marked right or wrong."
+        "Click a bar to read the prompts, the outputs and why each was marked right or wrong. "
+        "For open questions with no verifier, a judge model compares two models' answers: "
+        "it sees each pair twice, in both orders, and a model wins a prompt only when it is "
+        "preferred both times, so a judge that always picks the first slot gives ties."
     ),
     "prefs": (
         "Preference data pairs one prompt with a chosen and a rejected answer. Here the model "

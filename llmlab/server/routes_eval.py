@@ -2,7 +2,8 @@
 
 An evaluation is a playground run of kind "eval" (POST /api/runs): the worker runs `llmlab
 eval --out RUNDIR`, whose report.json holds every number shown here (metrics, intervals,
-per-item records); this file reads and relays it."""
+per-item records); this file reads and relays it. A "judge" run is `llmlab eval judge --out
+RUNDIR` with this server's own /v1/chat/completions as the judge; its report reads the same."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from typing import Any
 from fastapi import APIRouter
 from pydantic import BaseModel, Field
 
+from llmlab.eval.judge import JUDGE_PROMPT
 from llmlab.eval.report import PRIMARY, load_report, summary
 from llmlab.lab.options import PPL, eval_tasks
 from llmlab.lab.rundir import REPORT
@@ -18,7 +20,7 @@ from llmlab.server.errors import ApiError, Text
 from llmlab.server.hub import Hub
 
 SOURCES = ["eval.run_task", "eval.intervals", "eval.pass_at_k", "eval.failing_line",
-           "eval.summary"]
+           "eval.summary", "eval.judge_pairs"]
 
 
 class TextRequest(BaseModel):
@@ -34,7 +36,7 @@ def make_router(hub: Hub) -> APIRouter:
             run = runs.get(run_id)
         except KeyError:
             raise ApiError(404, f"run: no run {run_id!r}", "run") from None
-        if run["kind"] != "eval":
+        if run["kind"] not in ("eval", "judge"):
             raise ApiError(400, f"run: {run_id!r} is a {run['kind']} run, not an evaluation",
                            "run")
         path = runs.run_dir(run_id) / REPORT
@@ -47,12 +49,15 @@ def make_router(hub: Hub) -> APIRouter:
     def options() -> dict[str, Any]:
         """Models an eval may load (the bundled causal LM and the runs holding a causal LM),
         and the tasks a request may name."""
-        models = [{"id": "smollm2-135m-instruct", "label": "SmolLM2-135M-Instruct (base)"}]
-        models += [m for m in hub.attention_models()
-                   if m["id"].startswith("run:") and m.get("kind") != "reward"]
+        base = {"id": "smollm2-135m-instruct", "label": "SmolLM2-135M-Instruct (base)"}
+        runs = [m for m in hub.attention_models()
+                if m["id"].startswith("run:") and m.get("kind") != "reward"]
         tasks = [t for t in eval_tasks() if not t.endswith(":")]
-        return {"models": models, "tasks": tasks, "perplexity_prefix": PPL,
-                "primary": PRIMARY, "sources": SOURCES}
+        # The judge answers through this server's /v1/chat/completions: a chat model.
+        judges = [base, *(m for m in runs if m.get("chat"))]
+        return {"models": [base, *runs], "tasks": tasks, "perplexity_prefix": PPL,
+                "primary": PRIMARY, "sources": SOURCES, "judges": judges,
+                "judge_prompt": JUDGE_PROMPT}
 
     @r.post("/text", status_code=201)
     def text(req: TextRequest) -> dict[str, Any]:

@@ -7,14 +7,14 @@ import asyncio
 from collections.abc import AsyncIterator
 from typing import Any, Literal
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Request
 from fastapi.responses import StreamingResponse
 from pydantic import BaseModel, Field
 
 from llmlab.lab.rundir import Follower
 from llmlab.lab.runs import RunBusy, RunManager
 from llmlab.server.errors import ApiError, Text
-from llmlab.server.hub import Hub
+from llmlab.server.hub import Hub, self_url
 from llmlab.server.routes_foundations import sse_event
 
 POLL_S, PING_S = 0.4, 15.0
@@ -22,7 +22,7 @@ MIN_CORPUS_CHARS = 20_000  # a validation split of at least one eval batch, and 
 
 
 class StartRequest(BaseModel):
-    kind: Literal["pretrain", "sft", "reward", "dpo", "ppo", "grpo", "eval"]
+    kind: Literal["pretrain", "sft", "reward", "dpo", "ppo", "grpo", "eval", "judge"]
     options: dict[str, str | int | float | bool | None] = Field(default_factory=dict)
     label: str = Field("", max_length=80)
 
@@ -51,9 +51,17 @@ def make_router(hub: Hub) -> APIRouter:
                 "threads": m.threads, "root": str(m.root)}
 
     @r.post("", status_code=201)
-    def start(req: StartRequest) -> dict[str, Any]:
+    def start(req: StartRequest, request: Request) -> dict[str, Any]:
+        m = runs()
+        server = request.scope.get("server")
+        if m.self_url is None and server and server[1]:  # served without telling its URL
+            hub.self_url = m.self_url = self_url(str(server[0]), int(server[1]))
         try:
-            return runs().start(req.kind, dict(req.options), req.label)
+            run = m.start(req.kind, dict(req.options), req.label)
+            o = req.options
+            if req.kind == "judge" and not (o.get("judge") or o.get("judge_base_url")):
+                hub.warm(str(o.get("judge_model") or ""))  # loads while the answers are made
+            return run
         except RunBusy as e:
             raise ApiError(409, str(e), "kind", "conflict_error") from None
 

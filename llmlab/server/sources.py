@@ -11,6 +11,7 @@ import llmlab
 from llmlab.align import data as align_data
 from llmlab.align import dpo, explain_dpo, grpo, heldout, ppo, prefs_view, reward, rl_view
 from llmlab.eval import intervals as eintervals
+from llmlab.eval import judge as ejudge
 from llmlab.eval import report as ereport
 from llmlab.eval import tasks as etasks
 from llmlab.explain import (
@@ -104,6 +105,7 @@ SOURCES: dict[str, Callable[..., Any]] = {
     "eval.pass_at_k": metrics.pass_at_k,
     "eval.failing_line": humaneval.failing_line,
     "eval.summary": ereport.summary,
+    "eval.judge_pairs": ejudge.judge_pairs,
     "prefs.sample": align_data.sample_groups,
     "prefs.pair": align_data.pair_groups,
     "prefs.pick": align_data.pick_pair,

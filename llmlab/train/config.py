@@ -44,6 +44,7 @@ class TrainConfig:
     # whole: one graph of the model (and its fused loss); regional: each transformer block on
     # its own, one compile reused by every layer (shorter compile; the rest runs eagerly)
     compile_scope: Literal["whole", "regional"] = "whole"
+    checkpoint_activations: bool = False  # recompute blocks in backward: less memory, ~+30% time
     seed: int = 0  # seeds init, data order and sampling
     # stop once the validation bits per byte reach this (checked at each evaluation); the
     # wall time and tokens to get there go into metrics.jsonl. 0 disables

@@ -20,6 +20,7 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
+from llmlab.model.transformer import checkpoint_blocks
 from llmlab.train import checkpoint as ckpt
 from llmlab.train.compiling import compile_model
 from llmlab.train.config import TrainConfig
@@ -100,8 +101,7 @@ class Trainer:
         self.sample_fn, self.eval_fn = sample_fn, eval_fn
         self.val_bytes_per_token = val_bytes_per_token  # val loss / ln 2 / this = val bpb
         if cfg.target_val_bpb and not (val_bytes_per_token and self.eval_data and cfg.eval_every):
-            raise ValueError("target_val_bpb: needs validation data with byte counts "
-                             "(pretraining with a val split) and eval_every > 0")
+            raise ValueError("target_val_bpb: needs a val split with byte counts, eval_every > 0")
         self.compat = {"world": dist.world, "batch_size": cfg.batch_size, "seq_len": cfg.seq_len,
                        "grad_accum": cfg.grad_accum, "seed": cfg.seed,
                        "optimizer": cfg.optimizer, **(compat or {})}
@@ -109,6 +109,7 @@ class Trainer:
         if self.device.type == "cpu":
             keep_freed_memory()
         self.raw = model.to(self.device)
+        checkpoint_blocks(self.raw, cfg.checkpoint_activations)
         if cfg.compile and cfg.compile_scope == "regional":  # the blocks, in place
             compile_model(self.raw, "regional")
         self.model = wrap(self.raw, dist)
@@ -226,8 +227,7 @@ class Trainer:
                     continue
                 self._check()
                 rec = self._record(done, times.per_step(steps_since))  # waits for the step
-                spent = time.perf_counter() - t_last
-                self.train_time += spent
+                self.train_time += (spent := time.perf_counter() - t_last)
                 rec["tok_per_s"] = tps = (self.tokens - tok_last) / max(spent, 1e-9)
                 rec["train_time_s"] = self.train_time
                 val_loss = None

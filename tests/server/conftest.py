@@ -31,8 +31,8 @@ def live_server(cfg: Any, lm: Any, enc: Any) -> Iterator[Live]:
     """`create_app(cfg)` served by uvicorn in a thread, with the session's models injected."""
     from llmlab.server.app import create_app
 
-    app = create_app(cfg)
     port = _free_port()
+    app = create_app(cfg, f"http://127.0.0.1:{port}")  # judge runs ask the server itself
     srv = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
     t = threading.Thread(target=srv.run, daemon=True)
     t.start()

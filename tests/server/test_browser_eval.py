@@ -15,6 +15,7 @@ import pytest
 
 from .browser import shot
 from .lab_helpers import finish
+from .pipeline_runs import pretrained
 
 BASE = "smollm2-135m-instruct"
 LIMIT, MAX_NEW = 2, 48
@@ -113,3 +114,40 @@ def test_eval_page_compares_two_models_and_drills_into_a_humaneval_failure(
         assert ex.locator("[data-testid=eval-failing]").text_content() == \
             failing_line(src, again.stderr)
     shot(pg, "eval-drilldown")
+
+
+def test_eval_page_judges_two_models_through_this_server(page: Any, server: Any) -> None:
+    """LLM-as-judge from the page: a tiny pretraining run against its own first checkpoint,
+    judged by the server's SmolLM2 through its /v1/chat/completions. The bar is the report's
+    win rate; the drill-down shows each prompt's two answers and both of the judge's replies."""
+    pre = pretrained(server.url)
+    a, b = f"run:{pre['id']}", f"run:{pre['id']}@1"
+    pg = page
+    pg.goto(f"{server.url}/#/pipeline")  # a fresh page load lists the new run
+    pg.goto(f"{server.url}/#/eval")
+    pg.wait_for_selector(f"[data-testid=judge-b] option[value='{b}']", state="attached")
+    pg.select_option("[data-testid=judge-a]", a)
+    pg.select_option("[data-testid=judge-b]", b)
+    pg.select_option("[data-testid=judge-model]", BASE)
+    pg.fill("[data-testid=judge-limit]", "2")
+    pg.fill("[data-testid=eval-max-tokens]", "12")
+    pg.click("[data-testid=judge-start]")
+    pg.wait_for_selector("[data-testid=eval-bar][data-task=judge]", timeout=300_000)
+    assert pg.is_hidden("[data-testid=eval-error]")
+    run = next(r for r in httpx.get(f"{server.url}/api/runs", timeout=30).json()["runs"]
+               if r["kind"] == "judge" and r["options"].get("model_b") == b)
+    rep = json.loads((server.hub.runs().run_dir(run["id"]) / "report.json").read_text())
+    (res,) = rep["results"]
+    assert _page_numbers(pg)[(run["id"], "judge")] == res["metrics"]["win_rate"]
+    pg.click(f"[data-testid=eval-bar-hit][data-run='{run['id']}'][data-task='judge']")
+    pg.wait_for_selector("[data-testid=judge-tally]")
+    verdicts = pg.eval_on_selector_all("[data-testid=eval-example]",
+                                       "es => es.map(e => e.dataset.verdict)")
+    assert verdicts == [s["verdict"] for s in res["samples"]]
+    ex = pg.locator("[data-testid=eval-example]").nth(0)
+    ex.evaluate("e => e.open = true")
+    first = res["samples"][0]
+    assert ex.locator("[data-testid=judge-reply-1]").text_content() == first["replies"][0]
+    assert ex.locator("[data-testid=judge-reply-2]").text_content() == first["replies"][1]
+    assert ex.locator("[data-testid=judge-answer-b]").text_content() == first["answer_b"]
+    shot(pg, "eval-judge")

@@ -1,17 +1,33 @@
 // Evaluation: pick models (the bundled SmolLM2, your runs, adapters) and tasks; each model is
 // one playground run of `llmlab eval` (so the server stays free and progress shows), and the
 // finished runs' reports compare as grouped bars with 95% intervals, with every item a click away.
+// A judge run (`llmlab eval judge`) compares two models' answers with this server's own
+// /v1/chat/completions as the judge; its win rate is one more bar, its items both verdicts.
+// A run's checkpoint is a model too: run:ID@STEP.
 // Link format for other pages: #/eval?model=run:ID (preselects it; &go=1 also starts it).
 import { getJSON, postJSON } from "../api";
 import type { Run } from "../runs";
 import { el, labeled, pageHeader, showError } from "../ui";
 import { barChart, type Compared, type Example, examplesView, type Row } from "./evalchart";
 
-interface Options { models: { id: string; label: string; kind?: string; status?: string }[]; tasks: string[]; perplexity_prefix: string; sources: string[] }
+interface Model { id: string; label: string; kind?: string; status?: string; checkpoints?: number[] }
+interface Options { models: Model[]; judges: Model[]; tasks: string[]; perplexity_prefix: string; sources: string[] }
 interface Report { run: Run; model: string; adapter: string | null; summary: Row[] }
 
 const DEFAULT_TASKS = ["arithmetic", "humaneval"];
 const ACTIVE = ["running", "stopping"];
+const EVAL_KINDS = ["eval", "judge"];
+
+// Each run's checkpoints as models of their own (run:ID@STEP), after the run itself.
+function withCheckpoints(ms: Model[]): Model[] {
+  return ms.flatMap((m) => [m, ...(m.checkpoints ?? []).map((s) => ({ id: `${m.id}@${s}`, label: `${m.label} @ step ${s}` }))]);
+}
+
+// What a run evaluated, in words: "MODEL" or "A vs B (judge J)".
+function what(r: Run): string {
+  const o = r.options as Record<string, string>;
+  return r.kind === "judge" ? `${o.model_a} vs ${o.model_b} (judge ${o.judge_model ?? "default"})` : String(o.model);
+}
 
 export function evalLink(model: string, go = false): string {
   return `#/eval?model=${encodeURIComponent(model)}${go ? "&go=1" : ""}`;
@@ -30,6 +46,12 @@ export function evalPage(root: HTMLElement): void {
   const limit = el("input", { type: "number", min: 1, max: 500, value: 8, style: "width:5em", "data-testid": "eval-limit" }) as HTMLInputElement;
   const maxNew = el("input", { type: "number", min: 8, max: 512, value: 96, style: "width:5em", "data-testid": "eval-max-tokens" }) as HTMLInputElement;
   const samples = el("input", { type: "number", min: 1, max: 20, value: 1, style: "width:4em", "data-testid": "eval-samples" }) as HTMLInputElement;
+  const ckpt = el("select", { "data-testid": "eval-checkpoint" }, el("option", { value: "" }, "a run's checkpoint…")) as HTMLSelectElement;
+  const judgeA = el("select", { "data-testid": "judge-a" }) as HTMLSelectElement;
+  const judgeB = el("select", { "data-testid": "judge-b" }) as HTMLSelectElement;
+  const judgeBy = el("select", { "data-testid": "judge-model" }) as HTMLSelectElement;
+  const judgeN = el("input", { type: "number", min: 1, max: 8, value: 4, style: "width:4em", "data-testid": "judge-limit" }) as HTMLInputElement;
+  const judgeGo = el("button", { "data-testid": "judge-start" }, "▶ judge A vs B") as HTMLButtonElement;
   const start = el("button", { "data-testid": "eval-start" }, "▶ evaluate") as HTMLButtonElement;
   const stop = el("button", { "data-testid": "eval-stop", disabled: true }, "■ stop") as HTMLButtonElement;
   const status = el("div", { class: "runstate", "data-testid": "eval-status" });
@@ -62,8 +84,9 @@ export function evalPage(root: HTMLElement): void {
   }
 
   function labelOf(rep: Report): string {
-    const r = rep.run.options as Record<string, string>;
     // The model as picked (run:ID or a bundled name), and which evaluation of it (its id's tail).
+    if (rep.run.kind === "judge") return `${what(rep.run)} · judge …${rep.run.id.slice(-4)}`;
+    const r = rep.run.options as Record<string, string>;
     return `${r.model ?? rep.model}${rep.adapter ? " (adapter)" : ""} · eval …${rep.run.id.slice(-4)}`;
   }
 
@@ -93,21 +116,22 @@ export function evalPage(root: HTMLElement): void {
     try {
       const got = await getJSON<{ samples: Example[] }>(`/api/eval/report/${encodeURIComponent(run.id)}/examples?task=${encodeURIComponent(task)}`);
       examples.replaceChildren(examplesView(`${run.label}: ${task}`, got.samples));
-      const firstFail = examples.querySelector<HTMLDetailsElement>("details[data-verdict=failed], details[data-verdict=timeout], details[data-verdict=wrong]");
+      const firstFail = examples.querySelector<HTMLDetailsElement>("details[data-verdict=failed], details[data-verdict=timeout], details[data-verdict=wrong], details[data-verdict=A], details[data-verdict=B], details[data-verdict=tie]");
       if (firstFail) firstFail.open = true;
     } catch (e) { showError(err, e); }
   }
 
   async function refresh(): Promise<void> {
     const { runs } = await getJSON<{ runs: Run[] }>("/api/runs");
-    const evals = runs.filter((r) => r.kind === "eval");
-    const trained = runs.filter((r) => r.kind !== "eval" && r.kind !== "reward" && r.model && !ACTIVE.includes(r.status));
+    const evals = runs.filter((r) => EVAL_KINDS.includes(r.kind));
+    const trained = runs.filter((r) => !EVAL_KINDS.includes(r.kind) && r.kind !== "reward" && r.model && !ACTIVE.includes(r.status));
     const evalRow = (r: Run) => {
       const box = el("input", { type: "checkbox", "data-testid": "eval-compare", "data-run": r.id, disabled: r.status !== "finished" }) as HTMLInputElement;
       box.checked = compared.has(r.id);
       box.addEventListener("change", () => { if (box.checked) compared.add(r.id); else compared.delete(r.id); void draw(); });
       const o = r.options as Record<string, string>;
-      return el("li", { "data-testid": "eval-run", "data-status": r.status }, box, ` ${r.label || r.id}: ${o.model} · ${o.task} · limit ${o.limit ?? "all"} · ${r.status}`,
+      const task = r.kind === "judge" ? "LLM-as-judge" : o.task;
+      return el("li", { "data-testid": "eval-run", "data-status": r.status, "data-kind": r.kind }, box, ` ${r.label || r.id}: ${what(r)} · ${task} · limit ${o.limit ?? "all"} · ${r.status}`,
         r.error ? el("span", { class: "error small" }, ` ${r.error}`) : null);
     };
     const trainRow = (r: Run) => {
@@ -126,25 +150,25 @@ export function evalPage(root: HTMLElement): void {
     source?.close();
     current = r;
     stop.disabled = false;
-    start.disabled = true;
-    status.textContent = `${(r.options as Record<string, string>).model}: starting…`;
+    start.disabled = judgeGo.disabled = true;
+    status.textContent = `${what(r)}: starting…`;
     status.dataset.status = "running";
     const es = new EventSource(`/api/runs/${encodeURIComponent(r.id)}/events`);
     source = es;
     es.addEventListener("metrics", (e) => {
       const m = JSON.parse((e as MessageEvent).data) as { step: number; of: number; task: string; event: string };
-      status.textContent = `${(r.options as Record<string, string>).model}: ${m.event === "start" ? "running" : "done"} ${m.task} (task ${m.step + (m.event === "start" ? 1 : 0)} of ${m.of})${queue.length ? ` · ${queue.length} more model(s) queued` : ""}`;
+      status.textContent = `${what(r)}: ${m.event === "start" ? "running" : "done"} ${m.task} (step ${m.step + (m.event === "start" ? 1 : 0)} of ${m.of})${queue.length ? ` · ${queue.length} more model(s) queued` : ""}`;
     });
     es.addEventListener("end", (e) => {
       es.close();
       const done = JSON.parse((e as MessageEvent).data) as Run;
       current = null;
       status.dataset.status = done.status;
-      status.textContent = `${(r.options as Record<string, string>).model}: ${done.status}`;
+      status.textContent = `${what(r)}: ${done.status}`;
       if (done.status === "finished") compared.add(done.id);
-      else { queue = []; if (done.error) showError(err, `evaluation ${done.status}: ${done.error}`); }
+      else { queue = []; if (done.error) showError(err, `${r.kind === "judge" ? "judge run" : "evaluation"} ${done.status}: ${done.error}`); }
       stop.disabled = true;
-      start.disabled = false;
+      start.disabled = judgeGo.disabled = false;
       void refresh().then(draw).then(next);
     });
   }
@@ -171,6 +195,16 @@ export function evalPage(root: HTMLElement): void {
   }
 
   start.addEventListener("click", () => void evaluate(checked(models)));
+  ckpt.addEventListener("change", () => { if (ckpt.value) check(models, ckpt.value, ckpt.selectedOptions[0].text, true, "eval-model"); ckpt.value = ""; });
+  judgeGo.addEventListener("click", async () => {
+    err.hidden = true;
+    const options = { model_a: judgeA.value, model_b: judgeB.value, judge_model: judgeBy.value, limit: Number(judgeN.value), max_new_tokens: Number(maxNew.value) };
+    try {
+      const r = await postJSON<Run>("/api/runs", { kind: "judge", options, label: `judge ${judgeA.value} vs ${judgeB.value}` });
+      follow(r);
+      void refresh();
+    } catch (e) { showError(err, e); }
+  });
   stop.addEventListener("click", async () => {
     queue = [];
     if (current) try { await postJSON(`/api/runs/${encodeURIComponent(current.id)}/stop`, {}); } catch (e) { showError(err, e); }
@@ -182,6 +216,10 @@ export function evalPage(root: HTMLElement): void {
     setSources(o.sources);
     const want = q.get("model");
     for (const m of o.models) check(models, m.id, m.label, want ? m.id === want : m.id === o.models[0].id, "eval-model");
+    const points = withCheckpoints(o.models);
+    ckpt.append(...points.filter((m) => m.id.includes("@")).map((m) => el("option", { value: m.id }, m.label)));
+    for (const [sel, list] of [[judgeA, points], [judgeB, points], [judgeBy, o.judges]] as const) sel.replaceChildren(...list.map((m) => el("option", { value: m.id }, m.label)));
+    judgeB.value = points.find((m) => m.id !== judgeA.value)?.id ?? judgeA.value;  // a second model, when there is one
     if (want && !o.models.some((m) => m.id === want)) check(models, want, want, true, "eval-model");
     for (const t of o.tasks) check(tasks, t, t, DEFAULT_TASKS.includes(t), "eval-task");
     await refresh();
@@ -191,7 +229,11 @@ export function evalPage(root: HTMLElement): void {
 
   root.replaceChildren(head,
     el("section", { class: "controls" }, labeled("models", models), labeled("tasks", tasks), labeled("perplexity on your text", ownText),
+      labeled("add a checkpoint (run:ID@STEP)", ckpt),
       labeled("items per task (tokens for perplexity)", limit), labeled("max new tokens", maxNew), labeled("HumanEval samples per problem (pass@k)", samples),
       el("div", { class: "row" }, start, stop)),
+    el("section", { class: "controls", "data-testid": "judge-panel" }, el("h3", {}, "LLM-as-judge: A against B"),
+      el("p", { class: "muted small" }, "Both models answer the same open prompts; the judge (a chat model served by this server, through its own /v1/chat/completions) reads each pair twice, in both orders. A wins a prompt only when preferred both times; a split verdict is a tie, so a judge that always picks one slot gives ties, not a winner."),
+      labeled("model A", judgeA), labeled("model B", judgeB), labeled("judge", judgeBy), labeled("prompts (of 8)", judgeN), el("div", { class: "row" }, judgeGo)),
     status, err, chartBox, table, examples, runsBox);
 }

@@ -73,6 +73,7 @@ function field(name: string, value: unknown, testid: string): HTMLElement {
 
 // One row per item; a HumanEval row also shows the sandbox's stdout/stderr and the failing line.
 export function examplesView(title: string, samples: Example[]): HTMLElement {
+  if (samples.some((s) => "answer_a" in s)) return judgeView(title, samples);
   const box = el("div", { "data-testid": "eval-examples" }, el("h3", {}, title));
   const fails = samples.filter((s) => s.verdict !== "passed" && s.verdict !== "correct").length;
   box.append(el("p", { class: "muted small" }, `${samples.length} items shown (${fails} not passed). Verdicts are the task's own verifier's (HumanEval: the sandbox's exit status).`));
@@ -89,6 +90,25 @@ export function examplesView(title: string, samples: Example[]): HTMLElement {
       body.push(field("program (solution)", s.solution, "eval-solution"));
     }
     box.append(el("details", { "data-testid": "eval-example", "data-verdict": String(s.verdict ?? "") }, head, ...body));
+  });
+  return box;
+}
+
+const VERDICT: Record<string, string> = { A: "A wins", B: "B wins", tie: "tie (split verdict)", skipped: "skipped" };
+
+// A judge's items: the prompt, both answers, and the judge's two replies (A shown first, then
+// B shown first) with the verdict the position-swap rule draws from them.
+function judgeView(title: string, samples: Example[]): HTMLElement {
+  const n = (v: string) => samples.filter((s) => s.verdict === v).length;
+  const box = el("div", { "data-testid": "eval-examples" }, el("h3", {}, title),
+    el("p", { class: "muted small", "data-testid": "judge-tally" }, `${samples.length} prompts: ${n("A")} won by A, ${n("B")} by B, ${n("tie")} ties, ${n("skipped")} skipped (no reply, or no clear 1 or 2). Win rate of A = (wins + ties / 2) / judged.`));
+  samples.forEach((s, i) => {
+    const replies = (s.replies as (string | null)[] | undefined) ?? [];
+    const head = el("summary", {}, `#${i + 1} ${String(s.prompt ?? "").slice(0, 90)} — `,
+      el("span", { "data-testid": "eval-verdict", style: "font-weight:600" }, (VERDICT[String(s.verdict)] ?? String(s.verdict)) + (s.reason ? ` (${String(s.reason)})` : "")));
+    box.append(el("details", { "data-testid": "eval-example", "data-verdict": String(s.verdict ?? "") }, head,
+      field("prompt", s.prompt, "eval-prompt"), field("answer of A", s.answer_a, "judge-answer-a"), field("answer of B", s.answer_b, "judge-answer-b"),
+      field("judge, A shown as answer 1", replies[0] ?? "(no reply)", "judge-reply-1"), field("judge, B shown as answer 1", replies[1] ?? "(no reply)", "judge-reply-2")));
   });
   return box;
 }

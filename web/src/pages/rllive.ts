@@ -60,6 +60,9 @@ export function rlLive(): HTMLElement {
     prompts_per_step: Number(prompts.value), num_generations: Number(gens.value), temperature: 0.6, max_new_tokens: 40,
     lr: 2e-4, warmup_steps: 2, iterations: Number(iters.value), beta: Number(beta.value), seed: 1,
     eval_every: Number(evalEvery.value), eval_prompts: Number(evalN.value), ckpt_every: 0,
+    // Each block runs again in backward: the same update, a fraction of the memory (the 32
+    // completions' saved activations were most of a 6 GB peak; BENCHMARKS.md).
+    checkpoint_activations: true,
   }), {
     clear: () => { recs = []; verdict.textContent = ""; charts.replaceChildren(); },
     metrics: (r) => { recs.push(r); draw(); },
