@@ -8,6 +8,7 @@ top-p, min-p), so the same settings give the same distribution in both.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 
@@ -27,6 +28,8 @@ class SamplingParams:
     stop_token_ids: list[int] = field(default_factory=list)
     stop: list[str] = field(default_factory=list)  # stop strings, cut from the output
     seed: int | None = None
+    # a generate.constrain.Constraint: tokens its grammar forbids are masked before sampling
+    constraint: Any = None
 
     def validate(self) -> None:
         if self.temperature < 0:
@@ -43,6 +46,8 @@ class SamplingParams:
             raise ValueError(f"max_new_tokens must be >= 0, got {self.max_new_tokens}")
         if self.seed is not None and not SEED_MIN <= self.seed <= SEED_MAX:
             raise ValueError(f"seed must be in [-2**63, 2**64 - 1], got {self.seed}")
+        if self.constraint is not None and not self.stop_token_ids:
+            raise ValueError("constraint: needs a stop token (stop_token_ids) to end the output")
 
     @property
     def greedy(self) -> bool:
