@@ -179,8 +179,12 @@ class Guide:
         """`logits` with every token the grammar forbids at -inf (a new tensor)."""
         if all(m is None for m in self.matchers):
             return logits
-        ok = self.allowed().to(logits.device)
-        return logits.masked_fill(~ok, float("-inf"))
+        ok = self.allowed()
+        if logits.device.type == "cpu":  # in numpy: no torch thread pool for a per-step fill
+            out = logits.float().numpy().copy()
+            out[~ok.numpy()] = -np.inf
+            return torch.from_numpy(out)
+        return logits.masked_fill(~ok.to(logits.device), float("-inf"))
 
     def advance(self, tokens: torch.Tensor | list[int]) -> None:
         """Feed each row its sampled token (stop tokens end the row; they are not text)."""

@@ -21,7 +21,15 @@ from llmlab.generate.engine import fit_context, make_params
 from llmlab.generate.sampling import SEED_MAX, SEED_MIN
 from llmlab.server.errors import ApiError, client_gone, no_lone_surrogates, sse_error
 from llmlab.server.hub import Hub
-from llmlab.server.jsonmode import JSON_SYSTEM, ensure_json_object
+from llmlab.server.structured import (
+    ResponseFormat,
+    Tool,
+    ToolCall,
+    ToolChoice,
+    plan,
+    render_history,
+    tool_reply,
+)
 
 CHAT_IDS = ("smollm2-135m-instruct", "smollm2")
 EMBED_TOKENS = 512  # tokens embedded per hold of the model lock
@@ -46,22 +54,20 @@ class TextPart(BaseModel):
 
 
 class Message(BaseModel):
-    role: Literal["system", "user", "assistant"]
-    content: str | list[TextPart]
+    role: Literal["system", "user", "assistant", "tool"]
+    content: str | list[TextPart] | None = None  # None: an assistant turn of tool_calls only
+    tool_calls: list[ToolCall] | None = None
+    tool_call_id: str | None = None
 
     @field_validator("content")
     @classmethod
-    def _content(cls, v: str | list[TextPart]) -> str | list[TextPart]:
+    def _content(cls, v: str | list[TextPart] | None) -> str | list[TextPart] | None:
         return _clean_texts(v)
 
     def text(self) -> str:
-        if isinstance(self.content, str):
-            return self.content
+        if self.content is None or isinstance(self.content, str):
+            return self.content or ""
         return "".join(p.text for p in self.content)
-
-
-class ResponseFormat(BaseModel):
-    type: Literal["text", "json_object"] = "text"
 
 
 class ChatRequest(BaseModel):
@@ -74,6 +80,8 @@ class ChatRequest(BaseModel):
     stop: str | list[str] | None = None
     stream: bool = False
     response_format: ResponseFormat | None = None
+    tools: list[Tool] | None = Field(None, min_length=1, max_length=32)
+    tool_choice: ToolChoice | None = None
     seed: int | None = Field(None, ge=SEED_MIN, le=SEED_MAX)  # what torch's generator takes
     n: int = Field(1, ge=1, le=1)
 
@@ -134,6 +142,8 @@ def make_router(hub: Hub) -> APIRouter:
                 if r["model"] and r["kind"] in ("sft", "dpo", "ppo", "grpo")]
 
     def prepare(req: ChatRequest) -> tuple[Any, list[int], Any, bool]:
+        """The model, prompt ids and SamplingParams for a chat request, and whether its
+        reply may be a tool call."""
         own = req.model.startswith("run:")  # a model trained in the playground
         if req.model not in CHAT_IDS and not own:
             raise ApiError(404, f"model: {req.model!r} not found; try {CHAT_IDS[0]!r} or one "
@@ -152,21 +162,29 @@ def make_router(hub: Hub) -> APIRouter:
         stop = [req.stop] if isinstance(req.stop, str) else list(req.stop or [])
         if len(stop) > 4 or any(not s or len(s) > 64 for s in stop):
             raise ApiError(400, "stop: up to 4 non-empty strings of at most 64 chars", "stop")
-        json_mode = req.response_format is not None and req.response_format.type == "json_object"
+        for i, m in enumerate(req.messages):
+            if m.content is None and not (m.role == "assistant" and m.tool_calls):
+                raise ApiError(400, f"messages.{i}.content: required for a {m.role} message "
+                               "(only an assistant message with tool_calls may omit it)",
+                               f"messages.{i}.content")
+            if m.role == "tool" and not m.tool_call_id:
+                raise ApiError(400, f"messages.{i}.tool_call_id: required for a tool message",
+                               f"messages.{i}.tool_call_id")
+        structure = plan(req.response_format, req.tools, req.tool_choice)
         try:
             lm = hub.attention_model(req.model) if own else hub.gen_lm()
         except ValueError as e:
             raise ApiError(404, str(e), "model") from None
         if lm.kind != "causal-lm":
             raise ApiError(400, f"model: {req.model!r} is not a causal language model", "model")
-        msgs = [{"role": m.role, "content": m.text()} for m in req.messages]
+        msgs = render_history(req.messages)
         tpl = template_for(lm)
         system = None
-        if json_mode:
+        if structure.system:  # after the conversation's own system text
             own = next((m["content"] for m in msgs if m["role"] == "system"), None)
-            system = f"{own}\n{JSON_SYSTEM}" if own else JSON_SYSTEM
+            system = f"{own}\n\n{structure.system}" if own else structure.system
         # Message text stays plain text: a "<|im_end|>" typed by a user can't forge a turn.
-        ids = tpl.encode(lm.tokenizer, msgs, system, prefill="{" if json_mode else "")
+        ids = tpl.encode(lm.tokenizer, msgs, system)
         params = make_params(
             lm.tokenizer,
             max_new_tokens=max_new,
@@ -174,19 +192,20 @@ def make_router(hub: Hub) -> APIRouter:
             top_p=req.top_p,
             stop=[*stop, *tpl.stop],
             seed=req.seed,
+            constraint=structure.constraint,
         )
         ids = fit_context([ids], params.max_new_tokens, lm.cfg.max_seq_len, False)[0]
-        return lm, ids, params, json_mode
+        return lm, ids, params, structure.tools
 
     @router.post("/chat/completions", response_model=None)
     async def chat_completions(req: ChatRequest, request: Request) -> Any:
         # Validation and tokenising may load the model: off the event loop.
-        lm, ids, params, json_mode = await run_in_threadpool(prepare, req)
+        lm, ids, params, tools = await run_in_threadpool(prepare, req)
         own = req.model.startswith("run:")
         batcher = await run_in_threadpool(hub.batcher, req.model if own else None)
         cid = f"chatcmpl-{uuid.uuid4().hex[:24]}"
         base = {"id": cid, "created": int(time.time()), "model": req.model if own else CHAT_IDS[0]}
-        if req.stream and not json_mode:
+        if req.stream and not tools:  # constrained or not, the real tokens as they come
             return StreamingResponse(
                 stream(batcher, ids, params, base),
                 media_type="text/event-stream",
@@ -195,15 +214,19 @@ def make_router(hub: Hub) -> APIRouter:
         out = await _unless_gone(request, batcher.submit(ids, params))
         if out is None:  # nobody is listening; 499 is nginx's "client closed request"
             return Response(status_code=499)
-        text = ensure_json_object("{" + out.text) if json_mode else out.text
-        finish = "stop" if json_mode else out.finish_reason
+        calls, text = tool_reply(out.text) if tools else (None, out.text)
+        finish = "tool_calls" if calls else out.finish_reason
+        message: dict[str, Any] = {"role": "assistant", "content": text}
+        if calls:
+            message["tool_calls"] = calls
         usage = {
             "prompt_tokens": len(ids),
             "completion_tokens": len(out.token_ids),
             "total_tokens": len(ids) + len(out.token_ids),
         }
-        if req.stream:  # JSON mode streams the repaired object as one chunk
-            return StreamingResponse(_one_chunk(base, text, finish), media_type="text/event-stream")
+        if req.stream:  # a tool call is sent whole, once it parses, as one delta
+            return StreamingResponse(_one_chunk(base, message, finish),
+                                     media_type="text/event-stream")
         return {
             **base,
             "object": "chat.completion",
@@ -211,7 +234,7 @@ def make_router(hub: Hub) -> APIRouter:
                 {
                     "index": 0,
                     "finish_reason": finish,
-                    "message": {"role": "assistant", "content": text},
+                    "message": message,
                 }
             ],
             "usage": usage,
@@ -255,7 +278,7 @@ def make_router(hub: Hub) -> APIRouter:
         yield _sse({**chunk, "choices": [{"index": 0, "delta": {}, "finish_reason": finish}]})
         yield "data: [DONE]\n\n"
 
-    def _one_chunk(base: dict, text: str, finish: str) -> Iterator[str]:
+    def _one_chunk(base: dict, message: dict, finish: str) -> Iterator[str]:
         chunk = {**base, "object": "chat.completion.chunk"}
         yield _sse(
             {
@@ -263,7 +286,9 @@ def make_router(hub: Hub) -> APIRouter:
                 "choices": [
                     {
                         "index": 0,
-                        "delta": {"role": "assistant", "content": text},
+                        "delta": {**message, **({"tool_calls": [  # deltas carry an index
+                            {"index": i, **c} for i, c in enumerate(message["tool_calls"])
+                        ]} if "tool_calls" in message else {})},
                         "finish_reason": None,
                     }
                 ],
