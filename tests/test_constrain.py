@@ -104,21 +104,23 @@ def test_regex_and_choice(smol) -> None:  # noqa: ANN001
 
 
 def test_masks_agree_with_llguidance_token_by_token(smol) -> None:  # noqa: ANN001
-    """Along a valid output, each step's mask holds exactly the tokens llguidance's matcher
-    accepts (try_consume_tokens), with its end marker replaced by our stop token."""
+    """Along a valid output, each step's mask is llguidance's own per-token mask
+    (`compute_logit_bias`, one byte per token: no bit packing), with its end marker replaced
+    by our stop token; and each allowed token is one its matcher accepts."""
     c = C.json_schema(SCHEMAS["verdict"]).bind(smol.tokenizer)
     text = '{"ok": true, "score": 0.5, "level": "mid"}'
     toks = smol.tokenizer.encode(text)
     g = C.Guide([c], [2], smol.cfg.vocab_size)
     ref = C.compiled(c, smol.cfg.vocab_size)
-    vocab = range(smol.cfg.vocab_size)
-    for k, t in enumerate([*toks, None]):
+    for t in [*toks, None]:
         allowed = g.allowed()[0]
-        if k in (0, 5, len(toks)):  # full checks: a few steps (49k matcher calls each)
-            acc = torch.tensor([ref.deep_copy().try_consume_tokens([v]) == 1 for v in vocab])
-            acc[smol.tokenizer.eos_id] = False  # llguidance's EOS -> our stop tokens
-            acc[2] = ref.is_accepting()
-            assert torch.equal(allowed, acc), k
+        bias = torch.frombuffer(bytearray(ref.compute_logit_bias()), dtype=torch.uint8)
+        want = bias[: smol.cfg.vocab_size] > 0
+        want[smol.tokenizer.eos_id] = False  # llguidance's EOS -> our stop tokens
+        want[2] = ref.is_accepting()
+        assert torch.equal(allowed, want), t
+        for v in allowed.nonzero().flatten().tolist()[:50]:
+            assert v == 2 or ref.deep_copy().try_consume_tokens([v]) == 1
         if t is None:
             assert allowed.nonzero().flatten().tolist() == [2]  # complete: the stop, forced
             break
@@ -163,7 +165,7 @@ def test_bad_grammars_name_what_is_wrong() -> None:
         C.json_schema({"type": "object", "properties": {"a": {"type": "strin"}}})
     with pytest.raises(ValueError, match=r"^schema: must be a JSON object"):
         C.json_schema([1, 2])  # type: ignore[arg-type]
-    with pytest.raises(ValueError, match=r"^regex: .*unclosed group"):
+    with pytest.raises(ValueError, match=r"(?s)^regex: .*unclosed group"):
         C.regex("a(b")
     with pytest.raises(ValueError, match=r"^choice: "):
         C.choice([])

@@ -97,7 +97,7 @@ def test_json_schema_streams_the_same_tokens(client) -> None:  # noqa: ANN001
 
 
 def test_bad_schema_is_a_400_naming_it(server) -> None:  # noqa: ANN001
-    body = {"model": MODEL, "messages": [{"role": "user", "content": "hi"}],
+    body = {"model": MODEL, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 8,
             "response_format": {"type": "json_schema", "json_schema": {
                 "name": "x", "schema": {"type": "object",
                                         "properties": {"a": {"type": "strnig"}}}}}}
@@ -165,17 +165,18 @@ def test_tool_errors_name_the_field(client) -> None:  # noqa: ANN001
     msgs = [{"role": "user", "content": "hi"}]
     bad = {"type": "function", "function": {"name": "f", "parameters": {"type": "nope"}}}
     with pytest.raises(openai.BadRequestError) as e:
-        client.chat.completions.create(model=MODEL, messages=msgs, tools=[bad])
+        client.chat.completions.create(model=MODEL, max_tokens=8, messages=msgs, tools=[bad])
     assert e.value.body["param"] == "tools.0.function.parameters"
     with pytest.raises(openai.BadRequestError) as e:
-        client.chat.completions.create(model=MODEL, messages=msgs, tools=[WEATHER],
+        client.chat.completions.create(model=MODEL, max_tokens=8, messages=msgs, tools=[WEATHER],
                                        tool_choice={"type": "function",
                                                     "function": {"name": "nope"}})
     assert e.value.body["param"] == "tool_choice"
     with pytest.raises(openai.BadRequestError) as e:
-        client.chat.completions.create(model=MODEL, tool_choice="required", messages=msgs)
+        client.chat.completions.create(model=MODEL, max_tokens=8, tool_choice="required",
+                                       messages=msgs)
     assert e.value.body["param"] == "tool_choice"
     with pytest.raises(openai.BadRequestError) as e:
-        client.chat.completions.create(model=MODEL, tools=[WEATHER], messages=[
+        client.chat.completions.create(model=MODEL, max_tokens=8, tools=[WEATHER], messages=[
             *msgs, {"role": "tool", "content": "x", "tool_call_id": ""}])
     assert e.value.body["param"] == "messages.1.tool_call_id"
