@@ -180,3 +180,22 @@ def test_tool_errors_name_the_field(client) -> None:  # noqa: ANN001
         client.chat.completions.create(model=MODEL, max_tokens=8, tools=[WEATHER], messages=[
             *msgs, {"role": "tool", "content": "x", "tool_call_id": ""}])
     assert e.value.body["param"] == "messages.1.tool_call_id"
+
+
+def test_decoding_page_mask_trace(server) -> None:  # noqa: ANN001
+    """/api/decode/constrained: each step's allowed-token count and the chosen token; the
+    output validates, and the steps show the mask overriding the model at least once."""
+    schema = SCHEMAS["city"]
+    r = httpx.post(f"{server.url}/api/decode/constrained", timeout=120, json={
+        "text": "Name a big city.", "json_schema": schema, "max_tokens": 40})
+    assert r.status_code == 200, r.text
+    out = r.json()
+    jsonschema.validate(json.loads(out["text"]), schema)
+    steps = out["steps"]
+    assert "".join(s["token"]["piece"] for s in steps[:-1]) == out["text"]
+    assert all(1 <= s["allowed"] <= out["vocab"] for s in steps)
+    assert steps[-1]["allowed"] == 1  # the object is closed: only the stop token
+    assert any(not s["free_choice"]["allowed"] for s in steps)
+    r = httpx.post(f"{server.url}/api/decode/constrained", timeout=30, json={
+        "text": "x", "json_schema": {"type": "nope"}})
+    assert r.status_code == 400 and r.json()["error"]["param"] == "json_schema"
