@@ -1,7 +1,7 @@
 """Grammar-constrained decoding (llmlab.generate.constrain) on the real SmolLM2. Outside
 references: `jsonschema.validate` on every JSON output, `re.fullmatch` for regexes, and
-llguidance's own matcher for the masks (each allowed token is one it accepts, each masked
-one it refuses)."""
+llguidance's own per-token mask and matcher for our masks. That the model does not follow a
+schema unconstrained is shown over HTTP (tests/server/test_structured_api.py)."""
 
 from __future__ import annotations
 
@@ -66,7 +66,7 @@ def test_every_schema_output_validates_greedy_and_sampled(smol) -> None:  # noqa
     b = Batcher(smol.model, smol.tokenizer)
     try:
         hs = [(name, b.submit(_ids(smol), make_params(
-            smol.tokenizer, max_new_tokens=72, temperature=t, seed=7,
+            smol.tokenizer, max_new_tokens=64, temperature=t, seed=7,
             constraint=C.json_schema(s))))
               for name, s in SCHEMAS.items() for t in (0.0, 1.0)]
         for name, h in hs:
@@ -75,18 +75,6 @@ def test_every_schema_output_validates_greedy_and_sampled(smol) -> None:  # noqa
             jsonschema.validate(json.loads(h.result.text), SCHEMAS[name])
     finally:
         b.close()
-
-
-def test_a_schema_the_model_does_not_follow_unconstrained(smol) -> None:  # noqa: ANN001
-    schema = SCHEMAS["pets"]
-    ask = _ids(smol, "Which pets do you like? Answer as JSON with keys pets and count.")
-    free = complete(smol.model, smol.tokenizer, [ask],
-                    make_params(smol.tokenizer, max_new_tokens=40, temperature=0))[0].text
-    with pytest.raises((ValueError, jsonschema.ValidationError)):
-        jsonschema.validate(json.loads(free), schema)  # prose, or JSON of another shape
-    out = complete(smol.model, smol.tokenizer, [ask], make_params(
-        smol.tokenizer, max_new_tokens=40, temperature=0, constraint=C.json_schema(schema)))[0]
-    jsonschema.validate(json.loads(out.text), schema)
 
 
 def test_regex_and_choice(smol) -> None:  # noqa: ANN001
@@ -132,7 +120,7 @@ def test_masks_agree_with_llguidance_token_by_token(smol) -> None:  # noqa: ANN0
 def test_mixed_batch_rows_get_what_they_get_alone(smol) -> None:  # noqa: ANN001
     """A constrained and a free request share a continuous batch; greedy, each gets its
     tokens from the one-request engine."""
-    con = make_params(smol.tokenizer, max_new_tokens=40, temperature=0,
+    con = make_params(smol.tokenizer, max_new_tokens=32, temperature=0,
                       constraint=C.json_schema(SCHEMAS["verdict"]))
     free = make_params(smol.tokenizer, max_new_tokens=16, temperature=0)
     q1, q2 = _ids(smol, "Is the sky blue? Answer as JSON."), _ids(smol, "Name a colour.")
