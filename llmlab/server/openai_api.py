@@ -17,6 +17,7 @@ from pydantic import BaseModel, Field, field_validator
 from starlette.concurrency import run_in_threadpool
 
 from llmlab.generate.chat import template_for
+from llmlab.generate.constrain import compiled
 from llmlab.generate.engine import fit_context, make_params
 from llmlab.generate.sampling import SEED_MAX, SEED_MIN
 from llmlab.server.errors import ApiError, client_gone, no_lone_surrogates, sse_error
@@ -195,6 +196,8 @@ def make_router(hub: Hub) -> APIRouter:
             constraint=structure.constraint,
         )
         ids = fit_context([ids], params.max_new_tokens, lm.cfg.max_seq_len, False)[0]
+        if params.constraint is not None:  # compiled here, off the event loop (then cached)
+            compiled(params.constraint, lm.cfg.vocab_size)
         return lm, ids, params, structure.tools
 
     @router.post("/chat/completions", response_model=None)
