@@ -25,7 +25,8 @@ from typing import Any
 
 import torch
 
-from llmlab.generate.engine import fit_context, forward
+from llmlab.generate.constrain import Guide, guide_for
+from llmlab.generate.engine import bind_constraint, fit_context, forward
 from llmlab.generate.handle import Handle, Piece
 from llmlab.generate.logprobs import step_logprobs
 from llmlab.generate.reply import Completion, Reply
@@ -43,6 +44,7 @@ class _Row:
     gen: torch.Generator | None
     seen: torch.Tensor | None  # (1, V) tokens already in the context (repetition penalty)
     length: int  # tokens of this row held in the cache
+    guide: Guide | None = None  # its grammar's state, when the request has a constraint
     last: int = 0  # the token sampled last, written to the cache at the next step
     done: bool = False
     sent: int = 0  # logprobs already handed out with a piece
@@ -86,8 +88,10 @@ class Batcher:
     # -- the caller's side -------------------------------------------------------------
 
     def submit(self, prompt: list[int], params: SamplingParams) -> Handle:
+        params = bind_constraint(params, self.tok)
         params.validate()
         cfg = self.model.cfg
+        guide_for(params, 1, cfg.vocab_size)  # a grammar that can't compile fails here, alone
         prompt = fit_context([prompt], params.max_new_tokens, cfg.max_seq_len, False)[0]
         if any(not 0 <= t < cfg.vocab_size for t in prompt):
             raise ValueError(f"prompt: token ids must be in [0, {cfg.vocab_size})")
@@ -270,7 +274,8 @@ class Batcher:
         gen = torch.Generator(device=dev).manual_seed(p.seed) if p.seed is not None else None
         seen = (seen_tokens([h.prompt], self.model.cfg.vocab_size, dev)
                 if p.repetition_penalty != 1.0 else None)
-        row = _Row(h, Reply(self.tok, p, len(h.prompt)), gen, seen, length=len(h.prompt))
+        row = _Row(h, Reply(self.tok, p, len(h.prompt)), gen, seen, length=len(h.prompt),
+                   guide=guide_for(p, 1, self.model.cfg.vocab_size))
         with self._cv:
             self.stats["admitted"] += 1
             h.admitted = self.stats["admitted"]
@@ -286,11 +291,16 @@ class Batcher:
     def _emit(self, r: _Row, logits: torch.Tensor) -> None:
         """Sample this row's next token and stream its text, by `Reply`'s stop rules."""
         p = r.handle.params
+        raw = logits  # logprobs are the model's own, before the grammar's mask
+        if r.guide is not None:  # this row's grammar; the batch's other rows are not masked
+            logits = r.guide.mask(logits)
         nxt = sample(logits, p, r.gen, r.seen)
         tok = int(nxt[0])
+        if r.guide is not None:
+            r.guide.advance([tok])
         if r.seen is not None:
             r.seen[0, tok] = True
-        lp = step_logprobs(logits, nxt, p.logprobs)[0] if p.logprobs is not None else None
+        lp = step_logprobs(raw, nxt, p.logprobs)[0] if p.logprobs is not None else None
         piece = r.reply.add(tok, lp)
         if piece:
             r.handle._put(self._piece(r, piece))

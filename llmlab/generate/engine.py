@@ -10,10 +10,12 @@ same maths applies (generate/fast/: CUDA graphs, Triton, a lean CPU step), it ru
 from __future__ import annotations
 
 from collections.abc import Iterator
+from dataclasses import replace
 from typing import Any
 
 import torch
 
+from llmlab.generate.constrain import guide_for
 from llmlab.generate.fast import pick_decoder
 from llmlab.generate.logprobs import step_logprobs
 from llmlab.generate.reply import Completion, Reply
@@ -105,6 +107,7 @@ def iter_decode(
     gen = torch.Generator(device=dev).manual_seed(params.seed) if params.seed is not None else None
     seen = seen_tokens(rows, model.cfg.vocab_size, dev) if params.repetition_penalty != 1 else None
     stopper = Stopper(params, len(rows), dev, pad_id)
+    guide = guide_for(params, len(rows), model.cfg.vocab_size)
 
     logits = forward(model, ids, cache, mask)  # the prefill: every prompt token at once
     if n > 1:  # each prompt prefilled once; its samples continue from copies of its cache row
@@ -112,20 +115,33 @@ def iter_decode(
         logits = logits.repeat_interleave(n, 0)
         mask = mask.repeat_interleave(n, 0) if mask is not None else None
     for i in range(params.max_new_tokens):
+        raw = logits
+        if guide is not None:  # a grammar: tokens that can't continue a valid output at -inf
+            logits = guide.mask(logits)
         nxt = sample(logits, params, gen, seen)
+        if guide is not None:
+            guide.advance(nxt)
         if seen is not None:
             seen[torch.arange(len(rows), device=dev), nxt] = True
-        step = stopper.step(i, nxt, logits if return_logits else None)
+        step = stopper.step(i, nxt, raw if return_logits else None)
         yield step
         if bool(step.done.all()):
             return
         logits = forward(model, nxt[:, None], cache, mask)  # one token per row
 
 
+def bind_constraint(params: SamplingParams, tokenizer: Any) -> SamplingParams:
+    """`params` with its constraint tied to `tokenizer`'s vocabulary."""
+    if params.constraint is None or params.constraint.tokenizer is tokenizer:
+        return params
+    return replace(params, constraint=params.constraint.bind(tokenizer))
+
+
 def stream_batch(
     model: Transformer, tokenizer: Any, prompts: list[list[int]], params: SamplingParams
 ) -> Iterator[tuple[int, str]]:
     """Yield (row, text piece) as tokens arrive; stop strings end a row early."""
+    params = bind_constraint(params, tokenizer)
     replies = [Reply(tokenizer, params, len(p)) for p in prompts]
     for step in iter_decode(model, prompts, params, pad_id=_pad(tokenizer)):
         for i, (r, t) in enumerate(zip(replies, step.tokens.tolist(), strict=True)):
@@ -159,6 +175,7 @@ def complete(
     """Batched generation to finished Completions (text with stop strings cut). With `n`,
     n samples of each prompt (consecutive), from one prefill of it (like OpenAI's `n`)."""
     prompts = fit_context(prompts, params.max_new_tokens, model.cfg.max_seq_len, truncate)
+    params = bind_constraint(params, tokenizer)
     replies = [Reply(tokenizer, params, len(p)) for p in prompts for _ in range(n)]
     want_lp = params.logprobs is not None  # only then are the step's logits kept
     for step in iter_decode(model, prompts, params, pad_id=_pad(tokenizer), n=n,
@@ -182,5 +199,6 @@ def make_params(tokenizer: Any, **kw: Any) -> SamplingParams:
     eos = getattr(tokenizer, "eos_id", None)
     if eos is not None and eos not in params.stop_token_ids:
         params.stop_token_ids = [*params.stop_token_ids, int(eos)]
+    params = bind_constraint(params, tokenizer)
     params.validate()
     return params

@@ -8,6 +8,7 @@ top-p, min-p), so the same settings give the same distribution in both.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 
@@ -30,6 +31,8 @@ class SamplingParams:
     # Log-probabilities of each sampled token (generate/logprobs.py): None = off, k = also
     # the k most likely alternatives (0-20).
     logprobs: int | None = None
+    # a generate.constrain.Constraint: tokens its grammar forbids are masked before sampling
+    constraint: Any = None
 
     def validate(self) -> None:
         if self.temperature < 0:
@@ -48,6 +51,8 @@ class SamplingParams:
             raise ValueError(f"seed must be in [-2**63, 2**64 - 1], got {self.seed}")
         if self.logprobs is not None and not 0 <= self.logprobs <= 20:
             raise ValueError(f"logprobs must be in [0, 20] or None, got {self.logprobs}")
+        if self.constraint is not None and not self.stop_token_ids:
+            raise ValueError("constraint: needs a stop token (stop_token_ids) to end the output")
 
     @property
     def greedy(self) -> bool:

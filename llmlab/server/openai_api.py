@@ -16,12 +16,12 @@ from pydantic import BaseModel, Field, field_validator
 from starlette.concurrency import run_in_threadpool
 
 from llmlab.generate.chat import template_for
+from llmlab.generate.constrain import compiled
 from llmlab.generate.engine import fit_context, make_params
 from llmlab.generate.sampling import SEED_MAX, SEED_MIN
 from llmlab.server import openai_completions, openai_responses
 from llmlab.server.errors import ApiError, no_lone_surrogates, sse_error
 from llmlab.server.hub import Hub
-from llmlab.server.jsonmode import JSON_SYSTEM, ensure_json_object
 from llmlab.server.openai_common import (
     CHAT_IDS,
     MAX_N,
@@ -35,6 +35,15 @@ from llmlab.server.openai_common import (
     unless_gone,
 )
 from llmlab.server.openai_common import sse as _sse
+from llmlab.server.structured import (
+    ResponseFormat,
+    Tool,
+    ToolCall,
+    ToolChoice,
+    plan,
+    render_history,
+    tool_reply,
+)
 
 EMBED_TOKENS = 512  # tokens embedded per hold of the model lock
 EMBED_TOTAL = 16  # an embeddings request's characters, in all, in units of max_text_chars
@@ -58,22 +67,20 @@ class TextPart(BaseModel):
 
 
 class Message(BaseModel):
-    role: Literal["system", "user", "assistant"]
-    content: str | list[TextPart]
+    role: Literal["system", "user", "assistant", "tool"]
+    content: str | list[TextPart] | None = None  # None: an assistant turn of tool_calls only
+    tool_calls: list[ToolCall] | None = None
+    tool_call_id: str | None = None
 
     @field_validator("content")
     @classmethod
-    def _content(cls, v: str | list[TextPart]) -> str | list[TextPart]:
+    def _content(cls, v: str | list[TextPart] | None) -> str | list[TextPart] | None:
         return _clean_texts(v)
 
     def text(self) -> str:
-        if isinstance(self.content, str):
-            return self.content
+        if self.content is None or isinstance(self.content, str):
+            return self.content or ""
         return "".join(p.text for p in self.content)
-
-
-class ResponseFormat(BaseModel):
-    type: Literal["text", "json_object"] = "text"
 
 
 class StreamOptions(BaseModel):
@@ -90,6 +97,8 @@ class ChatRequest(BaseModel):
     stop: str | list[str] | None = None
     stream: bool = False
     response_format: ResponseFormat | None = None
+    tools: list[Tool] | None = Field(None, min_length=1, max_length=32)
+    tool_choice: ToolChoice | None = None
     seed: int | None = Field(None, ge=SEED_MIN, le=SEED_MAX)  # what torch's generator takes
     n: int = Field(1, ge=1, le=MAX_N)
     logprobs: bool = False
@@ -130,6 +139,8 @@ def make_router(hub: Hub) -> APIRouter:
         }
 
     def prepare(req: ChatRequest) -> tuple[Any, list[int], list[Any], bool]:
+        """The model, the prompt ids and one SamplingParams per choice for a chat request,
+        and whether its reply may be a tool call."""
         total = sum(len(m.text()) for m in req.messages)
         if total > 4 * hub.cfg.max_text_chars:
             raise ApiError(
@@ -146,32 +157,43 @@ def make_router(hub: Hub) -> APIRouter:
         stop = stop_list(req.stop)
         if req.top_logprobs is not None and not req.logprobs:
             raise ApiError(400, "top_logprobs: needs logprobs=true", "top_logprobs")
-        json_mode = req.response_format is not None and req.response_format.type == "json_object"
-        msgs = [{"role": m.role, "content": m.text()} for m in req.messages]
+        for i, m in enumerate(req.messages):
+            if m.content is None and not (m.role == "assistant" and m.tool_calls):
+                raise ApiError(400, f"messages.{i}.content: required for a {m.role} message "
+                               "(only an assistant message with tool_calls may omit it)",
+                               f"messages.{i}.content")
+            if m.role == "tool" and not m.tool_call_id:
+                raise ApiError(400, f"messages.{i}.tool_call_id: required for a tool message",
+                               f"messages.{i}.tool_call_id")
+        structure = plan(req.response_format, req.tools, req.tool_choice)
+        msgs = render_history(req.messages)
         tpl = template_for(lm)
         system = None
-        if json_mode:
+        if structure.system:  # after the conversation's own system text
             own = next((m["content"] for m in msgs if m["role"] == "system"), None)
-            system = f"{own}\n{JSON_SYSTEM}" if own else JSON_SYSTEM
+            system = f"{own}\n\n{structure.system}" if own else structure.system
         # Message text stays plain text: a "<|im_end|>" typed by a user can't forge a turn.
-        ids = tpl.encode(lm.tokenizer, msgs, system, prefill="{" if json_mode else "")
+        ids = tpl.encode(lm.tokenizer, msgs, system)
         k = (req.top_logprobs or 0) if req.logprobs else None
         params = [make_params(lm.tokenizer, max_new_tokens=max_new, temperature=req.temperature,
-                              top_p=req.top_p, stop=[*stop, *tpl.stop], seed=s, logprobs=k)
+                              top_p=req.top_p, stop=[*stop, *tpl.stop], seed=s, logprobs=k,
+                              constraint=structure.constraint)
                   for s in seeds(req.seed, req.n)]  # one per choice
         ids = fit_context([ids], max_new, lm.cfg.max_seq_len, False)[0]
-        return lm, ids, params, json_mode
+        if structure.constraint is not None:  # compiled here, off the event loop (then cached)
+            compiled(params[0].constraint, lm.cfg.vocab_size)
+        return lm, ids, params, structure.tools
 
     @router.post("/chat/completions", response_model=None)
     async def chat_completions(req: ChatRequest, request: Request) -> Any:
         # Validation and tokenising may load the model: off the event loop.
-        lm, ids, params, json_mode = await run_in_threadpool(prepare, req)
+        lm, ids, params, tools = await run_in_threadpool(prepare, req)
         own = req.model.startswith("run:")
         batcher = await run_in_threadpool(hub.batcher, req.model if own else None)
         cid = f"chatcmpl-{uuid.uuid4().hex[:24]}"
         base = {"id": cid, "created": int(time.time()), "model": req.model if own else CHAT_IDS[0]}
         usage_chunk = req.stream_options is not None and req.stream_options.include_usage
-        if req.stream and not json_mode:
+        if req.stream and not tools:  # constrained or not, the real tokens as they come
             return StreamingResponse(
                 stream(batcher, lm.tokenizer, ids, params, base, usage_chunk),
                 media_type="text/event-stream",
@@ -185,14 +207,16 @@ def make_router(hub: Hub) -> APIRouter:
                  "total_tokens": len(ids) + done}
         choices = []
         for i, out in enumerate(outs):
-            text = ensure_json_object("{" + out.text) if json_mode else out.text
+            calls, text = tool_reply(out.text) if tools else (None, out.text)
+            message: dict[str, Any] = {"role": "assistant", "content": text}
+            if calls:
+                message["tool_calls"] = calls
             lp = None
-            if out.logprobs is not None:  # JSON mode: the tokens sampled, before any repair
+            if out.logprobs is not None:
                 lp = {"content": chat_logprobs(lm.tokenizer, out.logprobs), "refusal": None}
-            choices.append({"index": i, "finish_reason": "stop" if json_mode else
-                            out.finish_reason, "logprobs": lp,
-                            "message": {"role": "assistant", "content": text}})
-        if req.stream:  # JSON mode streams each repaired object as one chunk
+            choices.append({"index": i, "finish_reason": "tool_calls" if calls else
+                            out.finish_reason, "logprobs": lp, "message": message})
+        if req.stream:  # a tool call is sent whole, once it parses, as one delta
             return StreamingResponse(_one_chunk(base, choices, usage if usage_chunk else None),
                                      media_type="text/event-stream")
         return {**base, "object": "chat.completion", "choices": choices, "usage": usage}
@@ -235,7 +259,9 @@ def make_router(hub: Hub) -> APIRouter:
     def _one_chunk(base: dict, choices: list[dict], usage: dict | None) -> Iterator[str]:
         chunk = {**base, "object": "chat.completion.chunk"}
         for c in choices:
-            delta = {"role": "assistant", "content": c["message"]["content"]}
+            delta = dict(c["message"])
+            if "tool_calls" in delta:  # in a chunk each call carries its index
+                delta["tool_calls"] = [{"index": i, **t} for i, t in enumerate(delta["tool_calls"])]
             yield _sse({**chunk, "choices": [{"index": c["index"], "delta": delta,
                                               "logprobs": c["logprobs"], "finish_reason": None}]})
             yield _sse({**chunk, "choices": [{"index": c["index"], "delta": {},

@@ -22,7 +22,6 @@ from starlette.concurrency import run_in_threadpool
 
 from llmlab.server.errors import ApiError, sse_error
 from llmlab.server.hub import Hub
-from llmlab.server.jsonmode import ensure_json_object
 from llmlab.server.openai_common import CHAT_IDS, unless_gone
 
 ROLES = {"user": "user", "assistant": "assistant", "system": "system", "developer": "system"}
@@ -151,26 +150,25 @@ def make_router(hub: Hub, prepare: Callable[[Any], tuple], chat_request: type[Ba
 
     @router.post("/responses", response_model=None)
     async def responses(req: ResponsesRequest, request: Request) -> Any:
-        lm, ids, params, json_mode = await run_in_threadpool(prepare_responses, req)
+        lm, ids, params, _ = await run_in_threadpool(prepare_responses, req)
         own = req.model.startswith("run:")
         batcher = await run_in_threadpool(hub.batcher, req.model if own else None)
         rid, mid = f"resp_{uuid.uuid4().hex[:24]}", f"msg_{uuid.uuid4().hex[:24]}"
         if req.stream:
-            return StreamingResponse(events(req, batcher, ids, params[0], json_mode, rid, mid),
+            return StreamingResponse(events(req, batcher, ids, params[0], rid, mid),
                                      media_type="text/event-stream",
                                      headers={"Cache-Control": "no-cache"})
         outs = await unless_gone(request, [batcher.submit(ids, params[0])])
         if outs is None:  # nobody is listening; 499 is nginx's "client closed request"
             return Response(status_code=499)
         out = outs[0]
-        text = ensure_json_object("{" + out.text) if json_mode else out.text
-        finish = "stop" if json_mode else out.finish_reason
+        text, finish = out.text, out.finish_reason
         status = "incomplete" if finish == "length" else "completed"
         return response(req, rid, mid, status, text, usage_of(len(ids), len(out.token_ids)),
                         finish)
 
     async def events(req: ResponsesRequest, batcher: Any, ids: list[int], params: Any,
-                     json_mode: bool, rid: str, mid: str) -> AsyncIterator[str]:
+                     rid: str, mid: str) -> AsyncIterator[str]:
         seq = 0
 
         def ev(kind: str, **body: Any) -> str:
@@ -192,9 +190,8 @@ def make_router(hub: Hub, prepare: Callable[[Any], tuple], chat_request: type[Ba
         try:
             handle = batcher.submit(ids, params)
             async for piece in handle:
-                if not json_mode:  # JSON mode sends the repaired object as one delta
-                    text += piece
-                    yield ev("response.output_text.delta", delta=piece, logprobs=[], **where)
+                text += piece
+                yield ev("response.output_text.delta", delta=piece, logprobs=[], **where)
         except Exception as e:  # the 200 is sent: report it in the stream
             err = sse_error(e)["error"]
             yield ev("error", message=err["message"], code=err["code"], param=err["param"])
@@ -204,9 +201,6 @@ def make_router(hub: Hub, prepare: Callable[[Any], tuple], chat_request: type[Ba
                 handle.cancel()
         out = handle.result
         finish = out.finish_reason
-        if json_mode:
-            text, finish = ensure_json_object("{" + out.text), "stop"
-            yield ev("response.output_text.delta", delta=text, logprobs=[], **where)
         yield ev("response.output_text.done", text=text, logprobs=[], **where)
         yield ev("response.content_part.done", part={**part, "text": text}, **where)
         status = "incomplete" if finish == "length" else "completed"

@@ -10,7 +10,9 @@ from fastapi import APIRouter
 from pydantic import BaseModel, Field
 
 from llmlab.explain import decoding, embeddings, spectrum
+from llmlab.explain.constrained import mask_trace
 from llmlab.generate.chat import encode_prompts
+from llmlab.generate.constrain import json_schema
 from llmlab.generate.sampling import SEED_MAX, SamplingParams
 from llmlab.peft import accounting
 from llmlab.server.errors import ApiError, Text
@@ -41,6 +43,12 @@ class NextRequest(BaseModel):
     min_p: float = Field(0.0, ge=0, le=1)
     seed: int | None = Field(None, ge=0, le=SEED_MAX)
     k: int = Field(20, ge=1, le=100)
+
+
+class ConstrainedRequest(BaseModel):
+    text: Text = Field(min_length=1, max_length=2000)
+    json_schema: dict[str, Any]
+    max_tokens: int = Field(32, ge=1, le=64)
 
 
 class WordRequest(BaseModel):
@@ -117,6 +125,17 @@ def make_router(hub: Hub) -> APIRouter:
             "generated": lm.tokenizer.decode(req.append_ids),
             "sources": ["decoding.next", "decoding.process", "decoding.top_p"],
         }
+
+    @router.post("/decode/constrained")
+    def constrained(req: ConstrainedRequest) -> dict[str, Any]:
+        try:
+            c = json_schema(req.json_schema)
+        except ValueError as e:
+            raise ApiError(400, f"json_{e}", "json_schema") from None
+        lm = hub.lm()
+        ids = encode_prompts(lm, [req.text], chat=True)[0]
+        out = hub.run(mask_trace, lm, ids, c, req.max_tokens)
+        return {**out, "sources": ["constrain.mask", "constrain.json_schema"]}
 
     @functools.cache  # one table per space ("minilm" or "smollm2")
     def space(name: str) -> tuple[torch.Tensor, list[str]]:

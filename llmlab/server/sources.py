@@ -27,7 +27,7 @@ from llmlab.explain import (
     spectrum,
 )
 from llmlab.foundations import descent, numpy_nn, overfit, token_embeddings, vectors, word2vec
-from llmlab.generate import batcher, chat, sampling
+from llmlab.generate import batcher, chat, constrain, sampling
 from llmlab.lab import lineage
 from llmlab.model import hooks, layers
 from llmlab.model import positions as mpos
@@ -59,6 +59,8 @@ SOURCES: dict[str, Callable[..., Any]] = {
     "decoding.next": decoding.next_token,
     "decoding.process": sampling.process_logits,
     "decoding.top_p": sampling.top_p_filter,
+    "constrain.mask": constrain.Guide.allowed,
+    "constrain.json_schema": constrain.json_schema,
     "embeddings.analogy": embeddings.analogy_vector,
     "embeddings.neighbours": embeddings.cosine_neighbours,
     "chat.stream": chat.stream_chat,

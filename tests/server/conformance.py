@@ -81,8 +81,38 @@ def _chat_max_completion(c: Any) -> None:
 def _chat_json(c: Any) -> None:
     import json
 
-    r = _chat(c, response_format={"type": "json_object"}, max_tokens=12)
+    r = _chat(c, response_format={"type": "json_object"}, max_tokens=48)
     assert isinstance(json.loads(r.choices[0].message.content), dict)
+
+
+CITY = {"type": "object", "properties": {"city": {"type": "string", "maxLength": 20},
+                                         "people": {"type": "integer", "minimum": 0}},
+        "required": ["city", "people"], "additionalProperties": False}
+
+
+def _chat_json_schema(c: Any) -> None:
+    import json
+
+    import jsonschema
+
+    fmt = {"type": "json_schema", "json_schema": {"name": "city", "schema": CITY,
+                                                  "strict": True}}
+    r = _chat(c, response_format=fmt, max_tokens=48, temperature=0)
+    jsonschema.validate(json.loads(r.choices[0].message.content), CITY)
+
+
+def _chat_tools(c: Any) -> None:
+    import json
+
+    import jsonschema
+
+    tool = {"type": "function", "function": {"name": "population", "parameters": CITY}}
+    r = _chat(c, tools=[tool], tool_choice="required", max_tokens=64, temperature=0)
+    ch = r.choices[0]
+    assert ch.finish_reason == "tool_calls" and ch.message.tool_calls[0].type == "function"
+    call = ch.message.tool_calls[0].function
+    assert call.name == "population"
+    jsonschema.validate(json.loads(call.arguments), CITY)
 
 
 def _chat_errors(c: Any) -> None:
@@ -145,6 +175,17 @@ def _resp_stream(c: Any) -> None:
         ev[-1].response.output_text
 
 
+def _resp_json_schema(c: Any) -> None:
+    import json
+
+    import jsonschema
+
+    fmt = {"type": "json_schema", "name": "city", "schema": CITY, "strict": True}
+    r = c.responses.create(model=M, input="Name a city.", max_output_tokens=48,
+                           temperature=0, text={"format": fmt})
+    jsonschema.validate(json.loads(r.output_text), CITY)
+
+
 def _models(c: Any) -> None:
     assert M in {m.id for m in c.models.list()}
 
@@ -172,6 +213,10 @@ ROWS = [
     Row(CHAT, "stream_options.include_usage", _chat_usage_chunk, "test_chat_extras_api.py"),
     Row(CHAT, "max_completion_tokens", _chat_max_completion, "test_chat_extras_api.py"),
     Row(CHAT, "response_format json_object", _chat_json, "test_api.py"),
+    Row(CHAT, "response_format json_schema (strict), by grammar", _chat_json_schema,
+        "test_structured_api.py"),
+    Row(CHAT, "tools + tool_choice (auto, none, required, named)", _chat_tools,
+        "test_structured_api.py"),
     Row(CHAT, "errors name the field (`param`)", _chat_errors, "test_api.py"),
     Row(CMPL, "prompt: string, list, token ids", _cmpl_forms, "test_completions_api.py"),
     Row(CMPL, "echo + logprobs (0-5), max_tokens=0", _cmpl_echo, "test_completions_api.py"),
@@ -180,6 +225,7 @@ ROWS = [
     Row(RESP, "input string, output_text", _resp, "test_responses_api.py"),
     Row(RESP, "input messages + instructions", _resp_messages, "test_responses_api.py"),
     Row(RESP, "stream events", _resp_stream, "test_responses_api.py"),
+    Row(RESP, "text.format json_schema", _resp_json_schema, "test_conformance.py"),
     Row("/v1/embeddings", "input, base64 (the client's default)", _embed,
         "test_embeddings_api.py"),
     Row("/v1/embeddings", "encoding_format float", _embed_float, "test_embeddings_api.py"),

@@ -60,7 +60,7 @@ def test_json_mode_always_parses(client) -> None:  # noqa: ANN001
         model="smollm2-135m-instruct",
         temperature=0.9,
         seed=3,
-        max_tokens=12,
+        max_tokens=48,
         response_format={"type": "json_object"},
         messages=[{"role": "user", "content": "Describe a cat as JSON with name and age."}],
     )
@@ -240,7 +240,7 @@ def test_json_mode_streams_one_parsable_object(client) -> None:  # noqa: ANN001
         client.chat.completions.create(
             model="smollm2-135m-instruct",
             temperature=0,
-            max_tokens=12,
+            max_tokens=48,
             stream=True,
             response_format={"type": "json_object"},
             messages=[{"role": "user", "content": "Give a JSON object with a key 'city'."}],

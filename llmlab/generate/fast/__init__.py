@@ -41,7 +41,9 @@ def pick_decoder(model: Any, prompts: list[list[int]], params: SamplingParams,
     dev = model.device.type
     if dev == "cpu":
         return lean_decoder(model, prompts, params, return_logits)
-    if dev == "cuda" and not return_logits:  # the graph decoders keep no logits per step
+    # The graph decoders keep no logits per step, and sample (greedy) inside the graph,
+    # where no grammar mask can reach: a constrained request runs the plain engine.
+    if dev == "cuda" and not return_logits and params.constraint is None:
         return graph_decoder(model, prompts, params)
     return None
 

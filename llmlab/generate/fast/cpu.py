@@ -24,6 +24,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from llmlab.generate.constrain import guide_for
 from llmlab.generate.sampling import SamplingParams, Step, Stopper, sample, seen_tokens
 from llmlab.model.cache import KVCache
 from llmlab.model.positions import rope_angles
@@ -87,11 +88,14 @@ class LeanDecoder:
         seen = (seen_tokens(prompts, m.cfg.vocab_size, "cpu")
                 if params.repetition_penalty != 1.0 else None)
         stopper = Stopper(params, 1, "cpu", pad_id)
+        guide = guide_for(params, 1, m.cfg.vocab_size)
         cache = KVCache(m.cfg, 1, len(prompt) + params.max_new_tokens, "cpu", m.dtype)
         logits = m(torch.tensor([prompt]), cache=cache, last_only=True).logits[:, -1]
         self.take_cache(cache)
         for i in range(params.max_new_tokens):
-            nxt = sample(logits, params, gen, seen)
+            nxt = sample(guide.mask(logits) if guide else logits, params, gen, seen)
+            if guide is not None:
+                guide.advance(nxt)
             if seen is not None:
                 seen[0, nxt] = True
             step = stopper.step(i, nxt, logits if self.return_logits else None)

@@ -7,6 +7,43 @@ interface Next {
   entropy_raw: number; entropy: number; sampled: { id: number; piece: string } | null; generated: string; sources: string[];
 }
 
+interface MaskStep {
+  token: { id: number; piece: string }; allowed: number; allowed_mass: number;
+  top_allowed: { id: number; piece: string; p: number }[]; free_choice: { id: number; piece: string; allowed: boolean };
+}
+interface MaskTrace { steps: MaskStep[]; vocab: number; text: string; sources: string[] }
+
+const DEFAULT_SCHEMA = { type: "object", properties: { city: { type: "string", maxLength: 20 }, population: { type: "integer", minimum: 0 } }, required: ["city", "population"], additionalProperties: false };
+
+/** Constrained decoding: at each step, how many tokens the JSON schema's grammar still allows. */
+function constrainedPanel(prompt: HTMLInputElement, setSources: (s: string[]) => void): HTMLElement {
+  const schema = el("textarea", { rows: 4, cols: 70, "data-testid": "dec-schema" }) as HTMLTextAreaElement;
+  schema.value = JSON.stringify(DEFAULT_SCHEMA);
+  const run = el("button", { "data-testid": "dec-constrained-run" }, "decode under the schema ▸");
+  const out = el("div", { class: "generated", "data-testid": "dec-constrained-text" });
+  const table = el("table", { class: "steps", "data-testid": "dec-mask-steps" });
+  const err = el("div", { class: "error", hidden: true });
+  run.addEventListener("click", async () => {
+    err.hidden = true;
+    try {
+      const t = await postJSON<MaskTrace>("/api/decode/constrained", { text: prompt.value, json_schema: JSON.parse(schema.value), max_tokens: 48 });
+      out.textContent = t.text;
+      table.replaceChildren(
+        el("tr", {}, ...["step", "chosen", "allowed tokens", "allowed mass", "likeliest allowed", "model alone would pick"].map((h) => el("th", {}, h))),
+        ...t.steps.map((s, i) => el("tr", {},
+          el("td", {}, String(i + 1)), el("td", {}, JSON.stringify(s.token.piece)),
+          el("td", {}, `${s.allowed} of ${t.vocab}`), el("td", {}, `${(100 * s.allowed_mass).toFixed(1)}%`),
+          el("td", { class: "small" }, s.top_allowed.map((a) => JSON.stringify(a.piece)).join(" ")),
+          el("td", { class: s.free_choice.allowed ? "" : "cut" }, JSON.stringify(s.free_choice.piece) + (s.free_choice.allowed ? "" : " (masked)")))));
+      setSources(t.sources);
+    } catch (e) { showError(err, e); }
+  });
+  return el("section", { class: "constrained" },
+    el("h3", {}, "Constrained decoding: the grammar's mask at each step"),
+    el("p", { class: "muted small" }, "The prompt above, as a chat turn, decoded greedily under a JSON schema (llguidance builds the grammar). At each step only tokens that can still lead to a valid output keep their probability; the rest are set to −∞ before sampling. 'Allowed mass' is how much of the model's own probability fell inside the mask; a struck-out pick is one the model wanted and the grammar forbade."),
+    labeled("JSON schema", schema), el("div", { class: "row" }, run), err, out, table);
+}
+
 export function decodingPage(root: HTMLElement): void {
   const { root: head, setSources } = pageHeader("decoding", "Decoding");
   const text = el("input", { type: "text", value: "The capital of France is", size: 50, "data-testid": "dec-text" }) as HTMLInputElement;
@@ -56,6 +93,7 @@ export function decodingPage(root: HTMLElement): void {
     el("section", { class: "controls" }, labeled("model", model.el), labeled("prompt", text), labeled("chat template", chat), labeled("temperature", el("span", {}, temp, outs[0])), labeled("top-k (0=off)", topk), labeled("top-p", el("span", {}, topp, outs[1]))),
     el("div", { class: "row" }, step, reset), err, gen,
     el("p", { class: "muted small" }, "Grey: the model's raw softmax. Blue: after temperature → top-k → top-p (the library's processors, transformers' order). Struck-out tokens can no longer be sampled."),
-    el("div", { class: "split" }, bars, stats));
+    el("div", { class: "split" }, bars, stats),
+    constrainedPanel(text, setSources));
   query(false);
 }
