@@ -3,34 +3,22 @@ transformers' forward pass on the HF export of the same weights."""
 
 from __future__ import annotations
 
-from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
 import torch
-from next_token_ref import hf_export
+from next_token_ref import tiny_llama
 
 from llmlab.generate.batcher import Batcher
 from llmlab.generate.engine import complete, make_params
 from llmlab.generate.score import prompt_logprobs
 
-PYDOCS = Path("/usr/share/doc/python3.11/html/_sources/tutorial")
 TEXT = "Classes provide a means of bundling data and functionality together. Café → ünïcode!"
 
 
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory: pytest.TempPathFactory) -> tuple[SimpleNamespace, torch.nn.Module]:
-    from llmlab.model import ModelConfig, Transformer
-    from llmlab.tokenizer import train_bpe
-
-    tok = train_bpe([(PYDOCS / "classes.rst.txt").read_text(encoding="utf-8")],
-                    vocab_size=384, pattern="gpt2", progress=False)
-    cfg = ModelConfig(vocab_size=384, d_model=64, n_layer=2, n_head=4, n_kv_head=2,
-                      max_seq_len=128, pos="rope", norm="rmsnorm", mlp="swiglu", d_ff=128,
-                      bias=False)
-    torch.manual_seed(0)
-    lm = SimpleNamespace(model=Transformer(cfg).eval(), tokenizer=tok)
-    return lm, hf_export(lm, tmp_path_factory.mktemp("hf") / "tiny")
+    return tiny_llama(tmp_path_factory.mktemp("hf") / "tiny")
 
 
 def hf_logp(ref: torch.nn.Module, ids: list[int]) -> torch.Tensor:
