@@ -37,7 +37,7 @@ from llmlab.train.distributed import (
 )
 from llmlab.train.machine import StopOnSigterm, device_name, keep_freed_memory
 from llmlab.train.optim import lr_lambda, make_optimizer
-from llmlab.train.runlog import METRICS, SAMPLES, RunLog
+from llmlab.train.runlog import RunLog
 from llmlab.train.timing import PhaseTimer
 from llmlab.weights.registry import build
 
@@ -132,6 +132,9 @@ class Trainer:
         self.sync_timing = sync_timing  # exact time/* per phase on GPU, at a cost (PhaseTimer)
         self.unchecked: list[tuple] = []  # (step, lr, loss, grad norm, non-finite), see _check
 
+    def _log(self, rec: dict[str, Any]) -> None:  # a subclass may add to a record first
+        self.log.metrics(rec)
+
     def _autocast(self) -> contextlib.AbstractContextManager:
         if self.autocast_dtype is None:
             return contextlib.nullcontext()
@@ -188,9 +191,7 @@ class Trainer:
         ckpt.set_rng_state(state["rng"][self.dist.rank])
         self.step, self.tokens, self.best_val = state["step"], state["tokens"], state["best_val"]
         self.train_time = state.get("train_time", 0.0)
-        if self.dist.is_main:  # the records after the checkpoint are redone from here
-            for f in (METRICS, SAMPLES):
-                ckpt.trim_metrics(self.run_dir / f, self.step)
+        self.log.trim(self.step)  # the records after the checkpoint are redone from here
         return True
 
     def fit(self) -> dict[str, Any]:
@@ -207,7 +208,7 @@ class Trainer:
         if self.step == 0 and cfg.eval_every:
             self._samples()  # what the untrained model writes: the start of the story
             if self.eval_fn is not None:  # the starting model's
-                self.log.metrics({"step": 0, "tokens": 0, **(self._on_main(self.eval_fn) or {})})
+                self._log({"step": 0, "tokens": 0, **(self._on_main(self.eval_fn) or {})})
         self.model.train()
         stopping = StopOnSigterm(enabled=not self.dist.enabled)
         try:
@@ -241,7 +242,7 @@ class Trainer:
                         rec.update(val_loss=val_loss, val_ppl=math.exp(min(val_loss, 50.0)))
                         save = (reached := self._bpb(rec, val_loss)) or save
                     rec["time/eval"] = times.take("eval")
-                self.log.metrics(rec)
+                self._log(rec)
                 bar.set_postfix(loss=f"{rec['loss']:.3f}", tok_s=f"{tps:,.0f}", refresh=False)
                 if save:
                     self.save_checkpoint(val_loss)
@@ -282,8 +283,7 @@ class Trainer:
         resumed = cfg.resume and self.resume()
         if not resumed:
             torch.manual_seed(cfg.seed + d.rank)  # dropout streams differ per rank
-            if d.is_main and (self.run_dir / METRICS).exists():
-                (self.run_dir / METRICS).unlink()  # a fresh run starts a fresh record
+            self.log.fresh()
         if d.is_main:
             info = {**self.run_info, "world": d.world, "device": str(self.device),
                     "device_name": device_name(self.device), "resumed_at": self.step,

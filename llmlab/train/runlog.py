@@ -9,6 +9,8 @@ from typing import Any
 
 from tqdm import tqdm
 
+from llmlab.train.checkpoint import trim_metrics
+
 METRICS, SAMPLES = "metrics.jsonl", "samples.jsonl"
 
 
@@ -25,6 +27,17 @@ class RunLog:
         except ImportError:  # optional: metrics.jsonl has everything
             return
         self.writer = SummaryWriter(str(self.run_dir / "tb"))
+
+    def fresh(self) -> None:
+        """A fresh run starts a fresh record."""
+        if self.active:
+            (self.run_dir / METRICS).unlink(missing_ok=True)
+
+    def trim(self, step: int) -> None:
+        """Drop the records after `step` (a resumed run writes them again)."""
+        if self.active:
+            for f in (METRICS, SAMPLES):
+                trim_metrics(self.run_dir / f, step)
 
     def metrics(self, rec: dict[str, Any]) -> None:
         if not self.active:
