@@ -59,6 +59,9 @@ def test_trace_and_timing_on_a_checkpoint(server: Any, small_ckpt: Path, lm: Any
     assert d["tokens"] == seq[len(ids):]
     t = post(server, "timing", model=str(small_ckpt), text=text, n_new=n).json()
     assert t["same_tokens"] and len(t["cached_ms"]) == len(t["recompute_ms"]) == n
+    q = post(server, "quant", model=str(small_ckpt), text=text).json()
+    assert q["layers"] == ["block 0", "block 1", "logits"]
+    assert q["rel_error"]["fp32"] == [0, 0, 0] and min(q["rel_error"]["int4"]) > 0
 
 
 @pytest.mark.parametrize(("body", "param"), [
