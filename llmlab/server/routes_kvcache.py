@@ -60,6 +60,14 @@ def make_router(hub: Hub) -> APIRouter:
 
     # `ident` (the loaded model's id) keys each cache: run:ID names the run's newest model.
     @functools.lru_cache(maxsize=8)
+    def trace(model: str, text: str, n_new: int, ident: int) -> dict[str, Any]:
+        lm = causal(model)
+        ids = prompt(lm, text)
+        tr = hub.run(kv.trace_decode, lm, ids, n_new)
+        return {"prompt_len": len(ids), "tokens": tr.tokens, "pieces": tr.pieces,
+                "steps": tr.steps}
+
+    @functools.lru_cache(maxsize=8)
     def timing(model: str, text: str, n_new: int, ident: int) -> dict[str, Any]:
         lm = causal(model)
         t = hub.run(kv.time_cache, lm, prompt(lm, text), n_new)
@@ -86,9 +94,7 @@ def make_router(hub: Hub) -> APIRouter:
         lm = causal(req.model)
         ids = prompt(lm, req.text)
         check_room(lm, ids, req.n_new)
-        tr = hub.run(kv.trace_decode, lm, ids, req.n_new)
-        return {"model": req.model, "prompt_len": len(ids), "tokens": tr.tokens,
-                "pieces": tr.pieces, "steps": tr.steps,
+        return {**trace(req.model, req.text, req.n_new, ident(req.model)), "model": req.model,
                 "sources": ["kvcache.trace", "engine.forward", "kvcache.update"]}
 
     @r.post("/timing")

@@ -133,7 +133,7 @@ export function kvcachePage(root: HTMLElement): void {
         el("div", { class: "stat" }, el("span", { class: "k" }, "whole generation, recompute ÷ cached"), el("span", { class: "v", "data-testid": "kv-speedup" }, `${d.speedup.toFixed(2)}×`)),
         el("p", { class: "small" }, d.same_tokens ? "Both produced the same greedy tokens." : "The two runs' tokens differ (floating-point ties)."),
         lines(xs, [{ name: "with the KV cache", ys: d.cached_ms }, { name: "recompute everything each step", ys: d.recompute_ms }], { x: "tokens in the context when the step runs (the first step is the prefill)", y: "wall time of the step (ms)", testid: "kv-timing-chart" }),
-        el("p", { class: "muted small" }, "Measured now, on this server's CPU, batch 1, fp32, the model's own readable forward pass; other requests share the machine, so the numbers move."));
+        el("p", { class: "muted small" }, "Measured on this server's CPU (once per model and prompt, then kept), batch 1, greedy, in the model's dtype, through its own readable forward pass; other requests share the machine, so the numbers move."));
     } catch (e) { timeOut.replaceChildren(); showError(timeErr, e); }
   }
 
