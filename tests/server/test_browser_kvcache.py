@@ -1,6 +1,6 @@
 """The KV-cache page in a real browser: the prefill/decode drawing has one row per new token
-(the prefill computing every prompt position, each decode step one), the memory plot has its
-three series, and a measured time per token shows."""
+(the prefill computing every prompt position, each decode step one) and replays step by
+step, the memory plot has its three series, and a measured time per token shows."""
 
 from __future__ import annotations
 
@@ -17,6 +17,11 @@ def test_kvcache_page_draws_steps_memory_and_a_measured_time(page, server, lm) -
     assert rows[0].count("kv-computed") == n_prompt and "kv-reused" not in rows[0]
     for i, row in enumerate(rows[1:], start=1):  # decode step i: one new row, the rest reused
         assert row.count("kv-computed") == 1 and row.count("kv-reused") == n_prompt + i - 1
+    pg.click("[data-testid=kv-play]")  # the replay starts at the prefill, then one row a step
+    note = pg.inner_text("[data-testid=kv-step-note]")
+    assert note.startswith(f"Prefill: computes K/V for {n_prompt} positions, reuses 0")
+    pg.wait_for_function("document.querySelector('[data-testid=kv-step-note]').textContent"
+                         ".startsWith('Decode step 1: computes K/V for 1 position')")
     legend = pg.eval_on_selector_all("[data-testid=kv-memory] text.legend",
                                      "ts => ts.map(t => t.textContent)")
     assert [t.split(" ")[0] for t in legend] == ["smollm2-135m-instruct", "Llama-3.1-8B",

@@ -158,6 +158,19 @@ export function kvcachePage(root: HTMLElement): void {
     } catch (e) { quantOut.replaceChildren(); showError(quantErr, e); }
   }
 
+  // Replay the steps one by one: the prefill's block, then one new row at a time.
+  let timer: number | undefined;
+  const play = el("button", { "data-testid": "kv-play", onclick: () => {
+    if (!trace) return;
+    clearInterval(timer);
+    slider.value = "0";
+    drawSteps();
+    timer = window.setInterval(() => {
+      if (Number(slider.value) >= Number(slider.max)) { clearInterval(timer); return; }
+      slider.value = String(Number(slider.value) + 1);
+      drawSteps();
+    }, 700);
+  } }, "▶ step through");
   const measure = el("button", { "data-testid": "kv-quant-run", onclick: loadQuant }, "measure int8 / int4");
   const reload = debounce(() => { loadTrace(); loadTiming(); }, 400);
   text.addEventListener("input", reload);
@@ -169,7 +182,7 @@ export function kvcachePage(root: HTMLElement): void {
     el("section", { class: "controls" }, labeled("model", model.el), labeled("prompt", text), labeled("new tokens", nNew)),
     el("section", { class: "inside-sec" }, el("h2", {}, "Prefill, then one row per step"),
       el("p", { class: "muted small" }, "Each row is one forward pass of the model, read from the cache's own length before and after it ran. Attention needs every earlier token's key and value, and these never change once computed, so the cache keeps them: the prefill computes the whole prompt at once, then every decode step computes one new row and reads all the others."),
-      el("div", { class: "row" }, labeled("show up to step", slider)), stepNote, stepErr, stepOut),
+      el("div", { class: "row" }, labeled("show up to step", slider), play), stepNote, stepErr, stepOut),
     el("section", { class: "inside-sec" }, el("h2", {}, "Cache memory as the context grows"), memErr, memOut),
     el("section", { class: "inside-sec" }, el("h2", {}, "Time per token, with and without the cache"),
       el("p", { class: "muted small" }, "Without a cache every step runs the whole sequence again, so its cost grows with the context; with it, a step runs one token and attends over the stored rows."), timeErr, timeOut),
