@@ -211,8 +211,9 @@ def _weight_bytes(model: torch.nn.Module) -> int:
 def quant_report(lm: Any, ids: list[int], n_new: int = 16,
                  dtypes: tuple[str, ...] = ("fp32", "int8", "int4")) -> QuantReport:
     """Quantise copies of `lm`'s fp32 model with the project's own quantisers; compare each
-    block's output on `ids` with fp32, and measure decode speed. "fp32" is a copy too, so its
-    row checks the comparison itself (its error must be 0)."""
+    block's output on `ids` with fp32, and measure decode speed. The "fp32" row runs the model
+    again through the same capture, so it checks the comparison itself (its error must be 0);
+    it is not copied (a copy of SmolLM2 in fp32 would hold another 0.5 GB)."""
     from llmlab.lm import CASTS
 
     base = lm.model
@@ -220,8 +221,7 @@ def quant_report(lm: Any, ids: list[int], n_new: int = 16,
     n = len(base.model.layers)
     out = QuantReport([f"block {i}" for i in range(n)] + ["logits"], {}, {}, {}, {})
     for dt in dtypes:
-        q = copy.deepcopy(base)
-        CASTS[dt](q)
+        q = base if dt == "fp32" else CASTS[dt](copy.deepcopy(base))
         got = layer_outputs(q, ids)
         out.rel_error[dt] = relative_errors(ref, got)
         out.top1_agree[dt] = float((got[-1].argmax(-1) == ref[-1].argmax(-1)).float().mean())
