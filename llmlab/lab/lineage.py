@@ -45,7 +45,7 @@ STAGES: tuple[Stage, ...] = (
     Stage("foundations", "Foundations", "gradient descent, backprop, overfitting", (),
           ("descent", "neuralnet", "overfit", "word2vec"), main=False, near="pretrain"),
     Stage("prompting", "Prompting", "use a model: chat templates and decoding", (),
-          ("chat", "decoding"), main=False, near="sft"),
+          ("chat", "decoding", "kvcache"), main=False, near="sft"),
     Stage("rag", "RAG", "retrieve passages, answer with citations", (),
           ("rag", "embeddings"), main=False, near="policy"),
 )
@@ -55,7 +55,8 @@ PAGE_TITLES = {
     "nexttoken": "Next token", "sftmask": "SFT masking", "lora": "LoRA", "prefs":
     "Preferences", "dpo": "DPO", "rl": "PPO / GRPO", "eval": "Evaluation", "descent":
     "Descent", "neuralnet": "Neural net", "overfit": "Overfitting", "word2vec": "Word2vec",
-    "chat": "Chat", "decoding": "Decoding", "rag": "RAG", "embeddings": "Embeddings",
+    "chat": "Chat", "decoding": "Decoding", "kvcache": "The KV cache", "rag": "RAG",
+    "embeddings": "Embeddings",
 }
 # The arrows of the pipeline itself: what each stage hands on to the next.
 FLOWS: tuple[tuple[str, str, str], ...] = (

@@ -24,6 +24,7 @@ from llmlab.server import (
     routes_eval,
     routes_foundations,
     routes_inside,
+    routes_kvcache,
     routes_labs,
     routes_next_token,
     routes_pipeline,
@@ -123,6 +124,7 @@ def create_app(cfg: ServerConfig | None = None, url: str | None = None) -> FastA
     app.include_router(routes_prefs.make_router(hub))
     app.include_router(routes_rl.make_router(hub))
     app.include_router(routes_inside.make_router(hub))
+    app.include_router(routes_kvcache.make_router(hub))
     app.include_router(routes_dpo.make_router(hub))
 
     if (STATIC / "index.html").exists():

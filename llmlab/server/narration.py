@@ -168,6 +168,20 @@ PAGES: dict[str, str] = {
         "corrupted one, and shows where the answer is carried. Many heads park their "
         "attention on the first token, a sink; remove it to see what they read."
     ),
+    "kvcache": (
+        "A language model writes one token at a time, and every new token attends to all the "
+        "tokens before it. Their keys and values never change, so the model keeps them: that "
+        "is the KV cache. The first pass, the prefill, computes a key and value row for every "
+        "prompt token at once. After that, each decoding step computes one new row and reuses "
+        "all the others. The drawing shows which rows each step computes and which it reads. "
+        "The cost is memory: layers times key-value heads times head size, times two for keys "
+        "and values, times the bytes of a number, for every token of context. Llama 3.1 8B "
+        "shares each key-value head among four query heads; without that sharing its cache "
+        "would be four times larger. The timings compare decoding with the cache against "
+        "recomputing the whole prefix at every step, on this machine, right now. Last, int8 "
+        "and int4 weights: how far each layer's output moves from full precision, and how "
+        "many tokens per second they decode."
+    ),
 }
 
 # One lock for loading and synthesis: onnxruntime already uses every core, so concurrent

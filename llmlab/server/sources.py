@@ -19,6 +19,7 @@ from llmlab.explain import (
     decoding,
     embeddings,
     heads,
+    kvcache,
     lens,
     next_token,
     patching,
@@ -27,11 +28,12 @@ from llmlab.explain import (
     spectrum,
 )
 from llmlab.foundations import descent, numpy_nn, overfit, token_embeddings, vectors, word2vec
-from llmlab.generate import batcher, chat, constrain, sampling
+from llmlab.generate import batcher, chat, constrain, engine, sampling
 from llmlab.lab import lineage
-from llmlab.model import hooks, layers
+from llmlab.model import hooks, layers, quant
 from llmlab.model import positions as mpos
 from llmlab.model import transformer as mtransformer
+from llmlab.model.cache import KVCache
 from llmlab.peft import accounting
 from llmlab.peft.lora import LoraLinear
 from llmlab.rag import answer, chunk, fuse, pipeline, rerank
@@ -133,6 +135,12 @@ SOURCES: dict[str, Callable[..., Any]] = {
     "inside.patch": patching.patch_sweep, "inside.run_from": patching.run_from,
     "inside.run_patched": patching.run_patched,
     "inside.sink_share": sinks.sink_share, "inside.without_sink": sinks.without_sink,
+    "kvcache.memory_curve": kvcache.memory_curve,
+    "kvcache.bytes_per_token": kvcache.CacheShape.bytes_per_token.fget,
+    "kvcache.cache": KVCache.__init__, "kvcache.update": KVCache.update,
+    "kvcache.trace": kvcache.trace_decode, "engine.forward": engine.forward,
+    "kvcache.time_cache": kvcache.time_cache, "kvcache.quant_report": kvcache.quant_report,
+    "kvcache.layer_outputs": kvcache.layer_outputs, "quant.int4": quant.quantize_groups_int4,
 }
 
 

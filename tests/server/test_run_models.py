@@ -126,3 +126,29 @@ def test_inside_page_on_a_run(server: Any, micro: dict) -> None:
     cfg = lm.cfg
     assert len(heads["scores"]["induction"]) == cfg.n_layer
     assert len(heads["copying"][0]) == cfg.n_head
+
+
+def test_kvcache_page_on_a_run(server: Any, micro: dict) -> None:
+    """The KV-cache page on a run: its memory line is what KVCache allocates for the run's
+    config, its traced tokens are the run's own greedy ones by full recompute, and its
+    quantised copies compare against its fp32 weights."""
+    import llmlab
+    from llmlab.explain.kvcache import allocated_bytes
+    from llmlab.model.cache import KVCache
+
+    text, n = "And it came to pass", 4
+    url = f"{server.url}/api/kvcache"
+    body = {"text": text, "model": micro["model"], "n_new": n}
+    lm = llmlab.load(str(Path(server.hub.runs().run_dir(micro["id"])) / "final"))
+    mem = httpx.post(f"{url}/memory", json=body, timeout=60).json()
+    assert mem["series"][0]["bytes"][0] == allocated_bytes(
+        KVCache(lm.cfg, 1, mem["contexts"][0], dtype=lm.model.dtype))
+    tr = httpx.post(f"{url}/trace", json=body, timeout=120)
+    assert tr.status_code == 200, tr.text
+    seq = lm.tokenizer.encode(text)
+    with torch.no_grad():
+        for _ in range(n):
+            seq.append(int(lm.model(torch.tensor([seq])).logits[0, -1].argmax()))
+    assert tr.json()["tokens"] == seq[-n:]
+    q = httpx.post(f"{url}/quant", json=body, timeout=300).json()
+    assert len(q["layers"]) == lm.cfg.n_layer + 1 and max(q["rel_error"]["fp32"]) == 0

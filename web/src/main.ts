@@ -7,6 +7,7 @@ import { dpoPage } from "./pages/dpopage";
 import { embeddingsPage } from "./pages/embeddings";
 import { evalPage } from "./pages/eval";
 import { insidePage } from "./pages/inside";
+import { kvcachePage } from "./pages/kvcache";
 import { loraPage } from "./pages/lora";
 import { neuralnetPage } from "./pages/neuralnet";
 import { nexttokenPage } from "./pages/nexttoken";
@@ -30,6 +31,7 @@ const PAGES: [string, string, (root: HTMLElement) => void][] = [
   ["rag", "RAG", ragPage],
   ["tokenizer", "Tokenizer", tokenizerPage],
   ["decoding", "Decoding", decodingPage],
+  ["kvcache", "The KV cache", kvcachePage],
   ["embeddings", "Embeddings", embeddingsPage],
   ["chat", "Chat", chatPage],
   ["descent", "Descent", descentPage],
