@@ -18,6 +18,7 @@ from importlib.metadata import version
 from pathlib import Path
 from typing import Any
 
+from llmlab.server import tour
 from llmlab.weights.io import atomic_write_bytes
 from llmlab.weights.registry import cache_dir
 
@@ -169,6 +170,9 @@ PAGES: dict[str, str] = {
         "attention on the first token, a sink; remove it to see what they read."
     ),
 }
+
+# The guided tour's steps speak through the same machinery: `tour-ID` entries (data/tour.json).
+PAGES.update(tour.narrations())
 
 # One lock for loading and synthesis: onnxruntime already uses every core, so concurrent
 # requests would only slow each other down, and the double-checked cache stays race-free.
