@@ -167,7 +167,8 @@ PAGES: dict[str, str] = {
         "followed the current one last time, and copies it. Knock out a head or an MLP and "
         "see the prediction move. Patching copies one activation from a clean prompt into a "
         "corrupted one, and shows where the answer is carried. Many heads park their "
-        "attention on the first token, a sink; remove it to see what they read."
+        "attention on the first token, a sink; remove it to see what they read. Prompt A B puts "
+        "two prompts side by side and shows which next tokens moved most between them."
     ),
 }
 

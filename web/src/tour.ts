@@ -47,7 +47,16 @@ async function waitFor(sel: string, ms = 30_000): Promise<Element | null> {
   }
 }
 
+let relight = 0; // the timer that keeps the outline on a redrawn element
+
+function light(e: Element, id: string): void {
+  lit = e;
+  e.classList.add("tour-hl");
+  e.setAttribute("data-tour-hl", id);
+}
+
 function unlight(): void {
+  clearInterval(relight);
   lit?.classList.remove("tour-hl");
   lit?.removeAttribute("data-tour-hl");
   lit = null;
@@ -122,10 +131,14 @@ export async function go(i: number, userAsked = false): Promise<void> {
   }
   const target = await waitFor(s.target);
   if (me !== shown || !target) return;
-  lit = target;
-  target.classList.add("tour-hl");
-  target.setAttribute("data-tour-hl", s.id);
+  light(target, s.id);
   target.scrollIntoView({ block: "center", behavior: "smooth" });
+  // Pages redraw (a new model list, a new result): the outline follows the new element.
+  relight = window.setInterval(() => {
+    if (me !== shown || lit?.isConnected) return;
+    const again = document.querySelector(s.target);
+    if (again) light(again, s.id);
+  }, 300);
 }
 
 export function leave(): void {
