@@ -34,6 +34,7 @@ from llmlab.server import (
     routes_runs,
     routes_sft,
     routes_vectors,
+    tour,
 )
 from llmlab.server.errors import ApiError
 from llmlab.server.hub import Hub, ServerConfig
@@ -92,6 +93,10 @@ def create_app(cfg: ServerConfig | None = None, url: str | None = None) -> FastA
             "audio": ok,
             "audio_url": f"/api/narration/{page}/audio" if ok else None,
         }
+
+    @app.get("/api/tour")
+    def tour_steps() -> dict[str, Any]:
+        return {"steps": tour.public_steps()}
 
     @app.get("/api/narration/{page}/audio", response_model=None)
     def narration_audio(page: str) -> Any:

@@ -18,6 +18,7 @@ from importlib.metadata import version
 from pathlib import Path
 from typing import Any
 
+from llmlab.server import tour
 from llmlab.weights.io import atomic_write_bytes
 from llmlab.weights.registry import cache_dir
 
@@ -166,7 +167,8 @@ PAGES: dict[str, str] = {
         "followed the current one last time, and copies it. Knock out a head or an MLP and "
         "see the prediction move. Patching copies one activation from a clean prompt into a "
         "corrupted one, and shows where the answer is carried. Many heads park their "
-        "attention on the first token, a sink; remove it to see what they read."
+        "attention on the first token, a sink; remove it to see what they read. Prompt A B puts "
+        "two prompts side by side and shows which next tokens moved most between them."
     ),
     "kvcache": (
         "A language model writes one token at a time, and every new token attends to all the "
@@ -183,6 +185,9 @@ PAGES: dict[str, str] = {
         "many tokens per second they decode."
     ),
 }
+
+# The guided tour's steps speak through the same machinery: `tour-ID` entries (data/tour.json).
+PAGES.update(tour.narrations())
 
 # One lock for loading and synthesis: onnxruntime already uses every core, so concurrent
 # requests would only slow each other down, and the double-checked cache stays race-free.

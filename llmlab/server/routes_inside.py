@@ -13,6 +13,7 @@ from fastapi import APIRouter
 from pydantic import BaseModel, Field
 
 from llmlab.explain.attention import run_attention
+from llmlab.explain.compare import compare_prompts
 from llmlab.explain.heads import ROLES, head_roles
 from llmlab.explain.lens import logit_lens
 from llmlab.explain.patching import ablate, patch_sweep
@@ -62,6 +63,15 @@ class SinkRequest(BaseModel):
     remove_sink: bool = False
 
 
+class AbRequest(BaseModel):
+    a: Text = Field("The capital of France is", min_length=1)
+    b: Text = Field("The capital of Italy is", min_length=1)
+    model: str = "smollm2"
+    layer: int = Field(0, ge=0)
+    head: int = Field(0, ge=0)
+    top_k: int = Field(5, ge=1, le=10)
+
+
 def _round(x: Any, nd: int = 4) -> Any:
     """Floats rounded for JSON, through dicts, lists and tuples."""
     if isinstance(x, dict):
@@ -107,6 +117,14 @@ def make_router(hub: Hub) -> APIRouter:
                            "text")
         return hub.run(run_attention, lm, text)
 
+    @functools.lru_cache(maxsize=4)
+    def ab(model: str, a: str, b: str, layer: int, head: int, top_k: int,
+           ident: int) -> dict[str, Any]:
+        lm = hub.attention_model(model)
+        res = hub.run(compare_prompts, lm, a, b, layer, head, top_k, 10,
+                      hub.cfg.max_attention_tokens)
+        return _round(asdict(res))
+
     def ident(model: str) -> int:
         return id(hub.attention_model(model))
 
@@ -141,6 +159,18 @@ def make_router(hub: Hub) -> APIRouter:
                     req.kind, ident(req.model))
         return {**out, "model": req.model,
                 "sources": ["inside.patch", "inside.run_from", "inside.run_patched"]}
+
+    @r.post("/ab")
+    def ab_route(req: AbRequest) -> dict[str, Any]:
+        if len(req.a) > hub.cfg.max_text_chars:
+            raise ApiError(400, f"a: at most {hub.cfg.max_text_chars} characters", "a")
+        if len(req.b) > hub.cfg.max_text_chars:
+            raise ApiError(400, f"b: at most {hub.cfg.max_text_chars} characters", "b")
+        out = ab(req.model, req.a, req.b, req.layer, req.head, req.top_k, ident(req.model))
+        n_layers = out["n_layers"]
+        return {**out, "model": req.model,
+                "layer_labels": ["embed"] + [f"after {i}" for i in range(n_layers)],
+                "sources": ["inside.compare", "inside.lens", "attention.run"]}
 
     @r.post("/sinks")
     def sinks_route(req: SinkRequest) -> dict[str, Any]:

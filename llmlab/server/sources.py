@@ -16,6 +16,7 @@ from llmlab.eval import report as ereport
 from llmlab.eval import tasks as etasks
 from llmlab.explain import (
     attention,
+    compare,
     decoding,
     embeddings,
     heads,
@@ -127,6 +128,7 @@ SOURCES: dict[str, Callable[..., Any]] = {
     "dpo.loss": dpo.dpo_loss,
     "dpo.explain": explain_dpo.pair_logratios,
     "dpo.heldout": heldout.task_accuracy,
+    "inside.compare": compare.compare_prompts,
     "inside.lens": lens.logit_lens, "inside.lens_logits": lens.lens_logits,
     "inside.hooks": hooks.intervene,
     "inside.roles": heads.head_roles, "inside.role_scores": heads.role_scores,

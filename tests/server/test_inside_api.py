@@ -73,6 +73,35 @@ def test_sink_toggle_renormalises(server: Any) -> None:
     assert share.shape == (30, 9) and share.min() >= 0 and share.max() <= 1
 
 
+def test_prompt_ab_sides_equal_the_single_prompt_views(server: Any, lm: Any) -> None:
+    a, b = "The capital of France is", "The capital of Italy is"
+    d = post(server, "ab", a=a, b=b, model="smollm2", layer=5, head=1, top_k=5).json()
+    for side, text in ((d["a"], a), (d["b"], b)):
+        lens = post(server, "lens", text=text, model="smollm2", top_k=5).json()
+        assert side["lens"]["top_ids"] == lens["top_ids"]
+        att = httpx.post(f"{server.url}/api/attention", timeout=300,
+                         json={"text": text, "model": "smollm2", "layer": 5, "head": 1}).json()
+        assert side["tokens"] == att["tokens"]
+        w = torch.tensor(side["attention"]) - torch.tensor(att["weights"][0])
+        assert w.abs().max() < 1e-3
+        # The next-token distribution: the model's own forward pass, outside the lens code.
+        with torch.no_grad():
+            logits = lm.model(torch.tensor([lm.tokenizer.encode(text)])).logits
+        p = logits[0, -1].float().softmax(-1)
+        assert side["next_ids"] == p.topk(5).indices.tolist()
+        moved = {m["id"]: m for m in d["moved"]}
+        paris = lm.tokenizer.encode(" Paris")[0]
+        assert paris in moved and moved[paris]["delta"] < -0.1  # Italy's answer is not Paris
+    assert d["lens_same_top"][-1] is False and d["tv"] > 0.1
+    assert len(d["lens_tv"]) == len(d["layer_labels"]) == 31
+
+
+def test_prompt_ab_of_a_prompt_with_itself_is_no_difference(server: Any) -> None:
+    d = post(server, "ab", a="Hello there", b="Hello there", layer=2, head=3).json()
+    assert d["a"] == d["b"] and d["tv"] == 0 and max(d["lens_tv"]) == 0
+    assert all(d["lens_same_top"]) and all(m["delta"] == 0 for m in d["moved"])
+
+
 @pytest.mark.parametrize(
     ("path", "body", "param"),
     [
@@ -83,6 +112,10 @@ def test_sink_toggle_renormalises(server: Any) -> None:
         ("patch", {"answer": " Paris France"}, "answer"),
         ("sinks", {"layer": 30}, "layer"),
         ("heads", {"n": 2}, "n"),
+        ("ab", {"layer": 30}, "layer"),
+        ("ab", {"head": 9}, "head"),
+        ("ab", {"b": ""}, "b"),
+        ("ab", {"model": "minilm"}, "model"),
     ],
 )
 def test_bad_input_names_the_field(server: Any, path: str, body: dict, param: str) -> None:

@@ -20,6 +20,7 @@ import { rlPage } from "./pages/rl";
 import { sftmaskPage } from "./pages/sftmask";
 import { tokenizerPage } from "./pages/tokenizer";
 import { word2vecPage } from "./pages/word2vec";
+import { initTour, startTour } from "./tour";
 import { el } from "./ui";
 
 const PAGES: [string, string, (root: HTMLElement) => void][] = [
@@ -52,9 +53,12 @@ const app = document.getElementById("app")!;
 function route(): void {
   // "#/eval?model=run:ID": the page reads its own query; the route is the part before "?".
   const name = location.hash.replace(/^#\/?/, "").split("?")[0] || "pipeline";
+  if (name === "tour") { startTour(); return; } // it moves on to its step's page
   const page = PAGES.find((p) => p[0] === name) ?? PAGES[0];
-  nav.replaceChildren(...PAGES.map(([id, title]) => el("a", { href: `#/${id}`, class: id === page[0] ? "active" : "" }, title)));
+  nav.replaceChildren(...PAGES.map(([id, title]) => el("a", { href: `#/${id}`, class: id === page[0] ? "active" : "" }, title)),
+    el("a", { href: "#/tour", class: "tour-link", "data-testid": "tour-link" }, "▶ Guided tour"));
   page[2](app);
 }
 window.addEventListener("hashchange", route);
 route();
+initTour();

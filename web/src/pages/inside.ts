@@ -1,9 +1,11 @@
 // Inside the model (issue #23): the logit lens grid, head-role maps (a click opens the head on
-// the Self-attention page), ablation, activation patching and the attention-sink toggle.
+// the Self-attention page), ablation, activation patching, the attention-sink toggle
+// and prompt A/B (abcompare.ts).
 // Every number comes from /api/inside/* (llmlab.explain); nothing is computed here.
 import * as d3 from "d3";
 import { postJSON } from "../api";
 import { heatmap } from "../heatmap";
+import { abSection } from "./abcompare";
 import { modelSelect } from "../models";
 import { debounce, el, labeled, pageHeader, showError } from "../ui";
 import "./inside.css";
@@ -202,6 +204,7 @@ export function insidePage(root: HTMLElement): void {
   root.replaceChildren(head,
     el("section", { class: "controls" }, labeled("model", model.el), labeled("prompt", text)), err,
     el("section", { class: "inside-sec" }, el("h2", {}, "Logit lens"), lensErr, grid),
+    abSection(model.el, (s) => addSources("ab", s)),
     el("section", { class: "inside-sec" }, el("h2", {}, "Head roles, measured"),
       el("p", { class: "muted small" }, "Scored on 24 random tokens repeated once (Olsson et al. 2022): random text has no meaning, so only heads that read the context can predict its second half."),
       el("div", { class: "row" }, labeled("role", role)), roleErr, roleMap),
