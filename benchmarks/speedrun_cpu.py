@@ -30,9 +30,10 @@ from pathlib import Path
 
 from _common import ROOT, emit, print_machine
 
-# tiny-cpu's validation bits per byte at step 600 (seed 0, 1 thread), on the KJV split that
-# `llmlab data prepare` makes with bpe:4096 and val_fraction 0.05. See SPEEDRUN.md.
-TARGET_BPB = 1.3296
+# What tiny-cpu reaches at step 600 on the KJV split that `llmlab data prepare` makes with
+# bpe:4096 and val_fraction 0.05: 1.3296 (seed 0) to 1.3460 (seed 2) over seeds 0-2, so the
+# target is 1.35, which every baseline seed reaches within its run. See SPEEDRUN.md.
+TARGET_BPB = 1.35
 
 
 def run(preset: str, seed: int, data: Path, out: Path, target: float, threads: int,
@@ -102,15 +103,19 @@ def main() -> None:
     summary = {k: {"median_s": statistics.median(v), "interval95_s": median_interval(v),
                    "reached": sum(math.isfinite(x) for x in v), "runs": len(v)}
                for k, v in times.items()}
-    ratio = statistics.median(rec) / statistics.median(base)
+    # No ratio when the baseline's median run never got there (it would read as 0).
+    mb = statistics.median(base)
+    ratio = statistics.median(rec) / mb if math.isfinite(mb) else math.nan
     p_value = float(mannwhitneyu(rec, base, alternative="less", method="exact").pvalue)
     for k, s in summary.items():
         lo, hi = s["interval95_s"]
         print(f"{k:>14}: median {s['median_s']:.1f} s to {a.target} bpb "
               f"(95% interval {lo:.1f}-{hi:.1f} s; reached {s['reached']}/{s['runs']})")
-    print(f"ratio recipe/baseline {ratio:.3f}; one-sided Mann-Whitney p = {p_value:.4f}")
+    print(f"ratio recipe/baseline {ratio:.3f}; one-sided Mann-Whitney p = {p_value:.4f}"
+          + ("" if math.isfinite(ratio) else " (the baseline's median run missed the target)"))
     emit({"benchmark": "speedrun_cpu", "machine": machine, "target_bpb": a.target,
-          "threads": a.threads, "seeds": a.seeds, "summary": summary, "ratio": ratio,
+          "threads": a.threads, "seeds": a.seeds, "summary": summary,
+          "ratio": ratio if math.isfinite(ratio) else None,
           "p_value": p_value, "runs": runs})
 
 
