@@ -104,6 +104,11 @@ class ChatRequest(BaseModel):
     logprobs: bool = False
     top_logprobs: int | None = Field(None, ge=0, le=20)
     stream_options: StreamOptions | None = None
+    # OpenAI fields this server does not implement, accepted only at their no-op values: a
+    # request that relies on one gets a 400 naming it, not an answer silently without it.
+    frequency_penalty: float = 0.0
+    presence_penalty: float = 0.0
+    logit_bias: dict[str, float] | None = None
 
     @field_validator("stop")
     @classmethod
@@ -155,6 +160,10 @@ def make_router(hub: Hub) -> APIRouter:
         asked = req.max_completion_tokens or req.max_tokens
         max_new = check_budget(asked or min(256, hub.cfg.max_new_tokens), field, hub)
         stop = stop_list(req.stop)
+        for name in ("frequency_penalty", "presence_penalty", "logit_bias"):
+            if getattr(req, name):
+                raise ApiError(400, f"{name}: not supported by this server (send 0 or leave "
+                               "it out)", name)
         if req.top_logprobs is not None and not req.logprobs:
             raise ApiError(400, "top_logprobs: needs logprobs=true", "top_logprobs")
         for i, m in enumerate(req.messages):

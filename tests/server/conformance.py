@@ -21,6 +21,7 @@ class Row:
     feature: str
     check: Callable[[Any], None]
     deeper: str = ""  # the test file that checks it in depth
+    supported: str = "yes"
 
 
 def _chat(c: Any, **kw: Any) -> Any:
@@ -126,6 +127,19 @@ def _chat_errors(c: Any) -> None:
         raise AssertionError("top_p=0 was accepted")
 
 
+def _chat_unsupported(c: Any) -> None:
+    import openai
+
+    for kw in ({"presence_penalty": 0.5}, {"frequency_penalty": 1.0}, {"logit_bias": {"9": 5}}):
+        try:
+            _chat(c, **kw)
+        except openai.BadRequestError as e:
+            assert e.body["param"] == next(iter(kw)) and "not supported" in e.body["message"]
+        else:
+            raise AssertionError(f"{kw} was accepted and ignored")
+    _chat(c, presence_penalty=0, frequency_penalty=0)  # the no-op values are fine
+
+
 def _cmpl(c: Any, **kw: Any) -> Any:
     return c.completions.create(model=M, **{"max_tokens": 3, **kw})
 
@@ -218,6 +232,8 @@ ROWS = [
     Row(CHAT, "tools + tool_choice (auto, none, required, named)", _chat_tools,
         "test_structured_api.py"),
     Row(CHAT, "errors name the field (`param`)", _chat_errors, "test_api.py"),
+    Row(CHAT, "frequency_penalty, presence_penalty, logit_bias", _chat_unsupported,
+        supported="no: a non-zero value is a 400 naming the field"),
     Row(CMPL, "prompt: string, list, token ids", _cmpl_forms, "test_completions_api.py"),
     Row(CMPL, "echo + logprobs (0-5), max_tokens=0", _cmpl_echo, "test_completions_api.py"),
     Row(CMPL, "stream", _cmpl_stream, "test_completions_api.py"),
@@ -240,6 +256,6 @@ def render(rows: list[Row] = ROWS) -> str:
     lines = ["| endpoint | feature | supported | checked by |", "|---|---|---|---|"]
     for r in rows:
         deeper = f"; in depth: `{r.deeper}`" if r.deeper else ""
-        lines.append(f"| `{r.endpoint}` | {r.feature} | yes | the `openai` client, "
+        lines.append(f"| `{r.endpoint}` | {r.feature} | {r.supported} | the `openai` client, "
                      f"`test_conformance.py::test_row[{r.check.__name__}]`{deeper} |")
     return "\n".join([BEGIN, *lines, END])
