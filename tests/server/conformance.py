@@ -82,7 +82,7 @@ def _chat_max_completion(c: Any) -> None:
 def _chat_json(c: Any) -> None:
     import json
 
-    r = _chat(c, response_format={"type": "json_object"}, max_tokens=48)
+    r = _chat(c, response_format={"type": "json_object"}, max_tokens=48, temperature=0)
     assert isinstance(json.loads(r.choices[0].message.content), dict)
 
 
