@@ -72,12 +72,12 @@ class AbRequest(BaseModel):
     top_k: int = Field(5, ge=1, le=10)
 
 
-def _round(x: Any, nd: int = 4) -> Any:
+def rounded(x: Any, nd: int = 4) -> Any:
     """Floats rounded for JSON, through dicts, lists and tuples."""
     if isinstance(x, dict):
-        return {k: _round(v, nd) for k, v in x.items()}
+        return {k: rounded(v, nd) for k, v in x.items()}
     if isinstance(x, (list, tuple)):
-        return [_round(v, nd) for v in x]
+        return [rounded(v, nd) for v in x]
     return round(x, nd) if isinstance(x, float) else x
 
 
@@ -95,19 +95,19 @@ def make_router(hub: Hub) -> APIRouter:
     def lens(model: str, text: str, top_k: int, ident: int) -> dict[str, Any]:
         lm = hub.attention_model(model)
         res = hub.run(logit_lens, lm, text, top_k, hub.cfg.max_attention_tokens)
-        return _round(asdict(res))
+        return rounded(asdict(res))
 
     @functools.lru_cache(maxsize=4)
     def roles(model: str, n: int, seed: int, ident: int) -> dict[str, Any]:
         lm = hub.attention_model(model)
-        return _round(asdict(hub.run(head_roles, lm, n, seed)))
+        return rounded(asdict(hub.run(head_roles, lm, n, seed)))
 
     @functools.lru_cache(maxsize=4)
     def sweep(model: str, clean: str, corrupt: str, answer: str | None, wrong: str | None,
               kind: str, ident: int) -> dict[str, Any]:
         lm = hub.attention_model(model)
         res = hub.run(patch_sweep, lm, clean, corrupt, answer, wrong, kind, MAX_PATCH_TOKENS)
-        return _round(asdict(res))
+        return rounded(asdict(res))
 
     @functools.lru_cache(maxsize=4)
     def attention(model: str, text: str, ident: int) -> torch.Tensor:
@@ -123,7 +123,7 @@ def make_router(hub: Hub) -> APIRouter:
         lm = hub.attention_model(model)
         res = hub.run(compare_prompts, lm, a, b, layer, head, top_k, 10,
                       hub.cfg.max_attention_tokens)
-        return _round(asdict(res))
+        return rounded(asdict(res))
 
     def ident(model: str) -> int:
         return id(hub.attention_model(model))
@@ -149,7 +149,7 @@ def make_router(hub: Hub) -> APIRouter:
         lm = hub.attention_model(req.model)
         res = hub.run(ablate, lm, req.text, req.kind, req.layer, req.head, req.how, 8,
                       hub.cfg.max_attention_tokens)
-        return {**_round(asdict(res), 6), "model": req.model,
+        return {**rounded(asdict(res), 6), "model": req.model,
                 "sources": ["inside.ablate", "inside.ablation_edit", "inside.hooks"]}
 
     @r.post("/patch")
@@ -188,8 +188,8 @@ def make_router(hub: Hub) -> APIRouter:
             "model": req.model, "tokens": run.tokens, "causal": run.causal,
             "n_layers": run.n_layers, "n_heads": run.n_heads,
             "layer": req.layer, "head": req.head, "remove_sink": req.remove_sink,
-            "share": _round(sink_share(run.weights).tolist()),
-            "weights": _round(shown.tolist()),
+            "share": rounded(sink_share(run.weights).tolist()),
+            "weights": rounded(shown.tolist()),
             "sources": ["inside.sink_share", "inside.without_sink", "attention.run"],
         }
 

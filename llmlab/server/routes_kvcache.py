@@ -15,6 +15,7 @@ from pydantic import BaseModel, Field
 from llmlab.explain import kvcache as kv
 from llmlab.server.errors import ApiError, Text
 from llmlab.server.hub import Hub
+from llmlab.server.routes_inside import rounded
 
 MAX_PROMPT_TOKENS = 48  # full recompute runs the whole prefix once per new token
 
@@ -24,14 +25,6 @@ class KvRequest(BaseModel):
                        min_length=1)
     model: str = "smollm2"
     n_new: int = Field(8, ge=2, le=24)
-
-
-def _round(x: Any, nd: int = 4) -> Any:
-    if isinstance(x, dict):
-        return {k: _round(v, nd) for k, v in x.items()}
-    if isinstance(x, (list, tuple)):
-        return [_round(v, nd) for v in x]
-    return round(x, nd) if isinstance(x, float) else x
 
 
 def make_router(hub: Hub) -> APIRouter:
@@ -71,12 +64,12 @@ def make_router(hub: Hub) -> APIRouter:
     def timing(model: str, text: str, n_new: int, ident: int) -> dict[str, Any]:
         lm = causal(model)
         t = hub.run(kv.time_cache, lm, prompt(lm, text), n_new)
-        return _round({**asdict(t), "speedup": t.speedup}, 2)
+        return rounded({**asdict(t), "speedup": t.speedup}, 2)
 
     @functools.lru_cache(maxsize=4)
     def quant(model: str, text: str, ident: int) -> dict[str, Any]:
         lm = causal(model)
-        return _round(asdict(hub.run(kv.quant_report, lm, prompt(lm, text), 16)), 6)
+        return rounded(asdict(hub.run(kv.quant_report, lm, prompt(lm, text), 16)), 6)
 
     def ident(model: str) -> int:
         return id(hub.attention_model(model))

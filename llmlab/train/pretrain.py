@@ -145,8 +145,9 @@ def run_pretrain(model_values: dict[str, Any], tcfg: TrainConfig, dcfg: DataConf
             val = TokenShards(data_dir, "val")
             evals = eval_batches(val, tcfg.seq_len, tcfg.batch_size, tcfg.eval_batches,
                                  d.rank, d.world)
-            per_token = bytes_per_token(tok, eval_batches(val, tcfg.seq_len, tcfg.batch_size,
-                                                          tcfg.eval_batches))
+            # Over every rank's batches (this rank's alone with one process: no second read).
+            per_token = bytes_per_token(tok, evals if d.world == 1 else eval_batches(
+                val, tcfg.seq_len, tcfg.batch_size, tcfg.eval_batches))
         except ValueError:  # no val split: train without validation
             evals, per_token = [], None
         resolved = {"preset": preset, "model": mcfg.to_dict(), "train": dataclasses.asdict(tcfg),
