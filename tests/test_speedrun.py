@@ -34,28 +34,29 @@ def test_newton_schulz_against_svd(shape):
     assert core.diagonal().min() > 0.6 and core.diagonal().max() < 1.25
 
 
-def _tiny_model() -> torch.nn.Module:
+def _tiny_model(tie: bool = True) -> torch.nn.Module:
     from llmlab.model import ModelConfig, Transformer
 
     torch.manual_seed(0)
     return Transformer(ModelConfig(vocab_size=64, d_model=16, n_layer=2, n_head=2,
                                    max_seq_len=16, pos="rope", norm="rmsnorm", mlp="swiglu",
-                                   d_ff=32, bias=False, tie_embeddings=True))
+                                   d_ff=32, bias=False, tie_embeddings=tie))
 
 
 def test_muon_groups_and_its_adamw_match_torch():
-    model = _tiny_model()
-    groups = muon_groups(model, lr=1e-2, muon_lr=0.02, weight_decay=0.1)
-    hidden, embed, flat = (g["params"] for g in groups)
+    model = _tiny_model(tie=False)
+    groups = muon_groups(model, lr=1e-2, muon_lr=0.02, weight_decay=0.1, embed_lr=0.05)
+    hidden, embed, head, flat = (g["params"] for g in groups)
     emb = model.model.embed_tokens.weight
-    assert any(p is emb for p in embed) and not any(p is emb for p in hidden)
+    assert embed == [emb] and groups[1]["lr"] == 0.05
+    assert head == [model.lm_head.weight] and groups[2]["lr"] == 1e-2
     assert all(p.dim() == 2 for p in hidden) and all(p.dim() == 1 for p in flat)
     ids = [id(p) for g in groups for p in g["params"]]
     assert sorted(ids) == sorted({id(p) for p in model.parameters()})  # each once
     # The AdamW groups step exactly as torch.optim.AdamW (the reference) does.
-    twin = _tiny_model()
+    twin = _tiny_model(tie=False)
     ours = Muon(groups, lr=1e-2, betas=(0.9, 0.95), eps=1e-8)
-    tw = muon_groups(twin, lr=1e-2, muon_lr=0.02, weight_decay=0.1)
+    tw = muon_groups(twin, lr=1e-2, muon_lr=0.02, weight_decay=0.1, embed_lr=0.05)
     ref = torch.optim.AdamW(tw[1:], lr=1e-2, betas=(0.9, 0.95), eps=1e-8, foreach=False)
     x = torch.randint(0, 64, (2, 12), generator=torch.Generator().manual_seed(1))
     for _ in range(3):
@@ -66,20 +67,73 @@ def test_muon_groups_and_its_adamw_match_torch():
         with torch.no_grad():  # the reference skips the hidden matrices: give it Muon's
             for a, b in zip(groups[0]["params"], tw[0]["params"], strict=True):
                 b.copy_(a)
-    for a, b in zip(embed + flat, tw[1]["params"] + tw[2]["params"], strict=True):
+    for a, b in zip(embed + head + flat, [p for g in tw[1:] for p in g["params"]], strict=True):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
 
 
+def test_embed_lr_needs_untied_embeddings_and_muon():
+    from llmlab.train.config import TrainConfig
+    from llmlab.train.optim import make_optimizer
+
+    tied = _tiny_model()  # the tied matrix is the head too: it keeps `lr`
+    assert [p for p in muon_groups(tied, 1e-2, 0.02, 0.1)[2]["params"]] == [
+        tied.model.embed_tokens.weight]
+    with pytest.raises(ValueError, match="embed_lr: the token embedding is tied"):
+        muon_groups(tied, 1e-2, 0.02, 0.1, embed_lr=0.05)
+    with pytest.raises(ValueError, match="embed_lr: only optimizer=muon"):
+        make_optimizer(_tiny_model(tie=False), TrainConfig(embed_lr=0.05), torch.device("cpu"),
+                       None)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_newton_schulz_on_a_stack_against_svd(dtype):
+    """Muon orthogonalises same-shape matrices as one stack, in bf16 when training in bf16:
+    each matrix of the stack still gets its own U Vᵀ (up to the quintic's spread)."""
+    g = torch.randn(3, 24, 40, generator=torch.Generator().manual_seed(4), dtype=torch.float64)
+    x = newton_schulz(g, dtype=dtype).double()
+    assert x.dtype == torch.float64 and x.shape == g.shape
+    tol = 1e-5 if dtype == torch.float32 else 0.05  # bf16 keeps ~3 significant digits
+    for gi, xi in zip(g, x, strict=True):
+        u, _, vh = torch.linalg.svd(gi, full_matrices=False)
+        core = u.mT @ xi @ vh.mT
+        assert (core - torch.diag_embed(core.diagonal())).abs().max() < tol
+        assert core.diagonal().min() > 0.6 and core.diagonal().max() < 1.25
+
+
 def test_muon_step_by_hand():
-    w = torch.nn.Parameter(torch.randn(8, 4, generator=torch.Generator().manual_seed(2)))
-    g = torch.randn(8, 4, generator=torch.Generator().manual_seed(3))
-    opt = Muon([{"params": [w], "muon": True}], lr=0.1, momentum=0.9)
-    w0 = w.detach().clone()
-    w.grad = g.clone()
+    gen = torch.Generator().manual_seed(2)
+    ws = [torch.nn.Parameter(torch.randn(*s, generator=gen)) for s in ((8, 4), (8, 4), (4, 6))]
+    gs = [torch.randn(w.shape, generator=gen) for w in ws]
+    opt = Muon([{"params": ws, "muon": True}], lr=0.1, momentum=0.9)
+    w0 = [w.detach().clone() for w in ws]
+    for w, g in zip(ws, gs, strict=True):
+        w.grad = g.clone()
     opt.step()
-    # Step 1: buffer = g; Nesterov update g + 0.9 g; tall 8x4, so scaled by sqrt(8/4).
-    want = w0 - 0.1 * math.sqrt(2) * newton_schulz(g + 0.9 * g)
-    torch.testing.assert_close(w.detach(), want)
+    # Step 1: buffer = g; Nesterov update g + 0.9 g; a tall 8x4 is scaled by sqrt(8/4). The
+    # two 8x4 matrices go through Newton-Schulz as one stack, the 4x6 alone.
+    for w, g, w_0 in zip(ws, gs, w0, strict=True):
+        scale = math.sqrt(2) if w.shape == (8, 4) else 1.0
+        want = w_0 - 0.1 * scale * newton_schulz(g + 0.9 * g)
+        torch.testing.assert_close(w.detach(), want)
+
+
+def test_bf16_attention_on_cpu_runs_fp32_sdpa():
+    """Under bf16 autocast on a CPU, attention's core is torch's SDPA on the bf16 q, k, v
+    upcast to fp32 (the reference below), and gradients reach the inputs."""
+    import torch.nn.functional as F
+
+    from llmlab.model.layers import sdpa
+
+    gen = torch.Generator().manual_seed(5)
+    q, k, v = (torch.randn(2, 4, 16, 8, generator=gen).bfloat16().requires_grad_()
+               for _ in range(3))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        y = sdpa(q, k, v, None, True, 0.0, False)
+    ref = F.scaled_dot_product_attention(q.float(), k.float(), v.float(), is_causal=True)
+    assert y.dtype == torch.bfloat16
+    torch.testing.assert_close(y, ref.bfloat16(), rtol=0, atol=0)
+    y.float().sum().backward()
+    assert all(t.grad is not None and t.grad.abs().sum() > 0 for t in (q, k, v))
 
 
 def test_wsd_matches_transformers():

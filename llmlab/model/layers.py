@@ -73,6 +73,23 @@ def make_norm(cfg: ModelConfig) -> nn.Module:
     return nn.LayerNorm(cfg.d_model, eps=cfg.norm_eps)
 
 
+def sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None,
+         is_causal: bool, dropout: float, gqa: bool) -> torch.Tensor:
+    """torch's scaled_dot_product_attention, in fp32 when training in bf16 on a CPU: there its
+    bf16 backward is about 3x slower than fp32's (torch 2.13, AVX512-BF16), a quarter of a
+    tiny model's step; the projections around it keep bf16's 2x (benchmarks/SPEEDRUN.md)."""
+    if q.device.type == "cpu" and q.dtype == torch.bfloat16 and torch.is_grad_enabled():
+        if mask is not None and mask.is_floating_point():
+            mask = mask.float()
+        with torch.autocast("cpu", enabled=False):
+            y = F.scaled_dot_product_attention(q.float(), k.float(), v.float(), attn_mask=mask,
+                                               is_causal=is_causal, dropout_p=dropout,
+                                               enable_gqa=gqa)
+        return y.to(q.dtype)
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=is_causal,
+                                          dropout_p=dropout, enable_gqa=gqa)
+
+
 class Attention(nn.Module):
     """Multi-head attention with grouped KV heads; self-attention or cross-attention."""
 
@@ -137,15 +154,8 @@ class Attention(nn.Module):
         if self.record is not None:
             y = self._explicit(q, k, v, mask, is_causal, self.record)
         else:
-            y = F.scaled_dot_product_attention(
-                q,
-                k,
-                v,
-                attn_mask=mask,
-                is_causal=is_causal,
-                dropout_p=self.dropout if self.training else 0.0,
-                enable_gqa=self.n_kv_head != self.n_head,
-            )
+            y = sdpa(q, k, v, mask, is_causal, self.dropout if self.training else 0.0,
+                     self.n_kv_head != self.n_head)
         return self.o_proj(y.transpose(1, 2).reshape(b, t, self.n_head * self.head_dim))
 
     def _explicit(

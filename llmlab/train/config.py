@@ -34,6 +34,9 @@ class TrainConfig:
     optimizer: Literal["adamw", "muon"] = "adamw"
     muon_lr: float = 0.02  # Muon's peak lr (the schedule scales it like `lr`)
     muon_momentum: float = 0.95  # Muon's Nesterov momentum
+    # muon: the untied token embedding's AdamW lr; 0: `lr`. A row is trained only when its
+    # token occurs, so it takes far larger steps than the head (modded-nanogpt: 0.6 vs 0.008)
+    embed_lr: float = 0.0
     weight_decay: float = 0.1  # AdamW decoupled weight decay (matrices only)
     beta1: float = 0.9  # AdamW first-moment decay
     beta2: float = 0.95  # AdamW second-moment decay
@@ -114,7 +117,7 @@ SIZES = dict.fromkeys(  # counts and sizes: at least one
 # align imports). The types come from the annotations; these are what a type can't say.
 RANGES: dict[str, dict[str, Range]] = {
     "TrainConfig": {**SIZES, "lr": POSITIVE, "min_lr_ratio": FRACTION, "cooldown": FRACTION,
-                    "muon_lr": POSITIVE, "muon_momentum": BELOW_ONE,
+                    "muon_lr": POSITIVE, "muon_momentum": BELOW_ONE, "embed_lr": NON_NEGATIVE,
                     "target_val_bpb": NON_NEGATIVE,
                     "warmup_steps": NON_NEGATIVE, "weight_decay": NON_NEGATIVE,
                     "beta1": BELOW_ONE, "beta2": BELOW_ONE, "eps": POSITIVE,

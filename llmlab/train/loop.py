@@ -36,7 +36,7 @@ from llmlab.train.distributed import (
     wrap,
 )
 from llmlab.train.machine import StopOnSigterm, device_name, keep_freed_memory
-from llmlab.train.optim import lr_lambda, make_optimizer
+from llmlab.train.optim import autocast_dtype, lr_lambda, make_optimizer
 from llmlab.train.runlog import RunLog
 from llmlab.train.timing import PhaseTimer
 from llmlab.weights.registry import build
@@ -122,9 +122,7 @@ class Trainer:
         schedule = lr_lambda(cfg.warmup_steps, cfg.max_steps, cfg.schedule, cfg.min_lr_ratio,
                              cfg.cooldown)
         self.sched = torch.optim.lr_scheduler.LambdaLR(self.opt, schedule)
-        use_bf16 = cfg.precision == "bf16" or (cfg.precision == "auto"
-                                                and self.device.type == "cuda")
-        self.autocast_dtype = torch.bfloat16 if use_bf16 else None
+        self.autocast_dtype = autocast_dtype(cfg.precision, self.device)
         self.step, self.tokens, self.best_val = 0, 0, math.inf
         self.train_time = 0.0  # seconds spent training, not evaluating or saving
         self.run_info = run_info or {}

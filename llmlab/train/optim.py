@@ -62,6 +62,12 @@ def lr_lambda(warmup: int, total: int, schedule: str, min_ratio: float,
     return f
 
 
+def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
+    """bf16 when asked, or by default on a GPU; None: fp32 throughout (CPU by default)."""
+    bf16 = precision == "bf16" or (precision == "auto" and device.type == "cuda")
+    return torch.bfloat16 if bf16 else None
+
+
 def make_optimizer(model: nn.Module, cfg: Any, device: torch.device,
                    groups: list[dict[str, Any]] | None) -> torch.optim.Optimizer:
     """The optimizer `cfg.optimizer` names, over `groups` (default: `param_groups`)."""
@@ -72,7 +78,11 @@ def make_optimizer(model: nn.Module, cfg: Any, device: torch.device,
                              "trains chosen parameters, use optimizer=adamw")
         from llmlab.train.muon import Muon, muon_groups
 
-        return Muon(muon_groups(model, cfg.lr, cfg.muon_lr, cfg.weight_decay), cfg.lr,
-                    cfg.muon_momentum, betas=betas, eps=cfg.eps)
+        # Newton-Schulz in the precision the model trains in: bf16 where autocast runs bf16.
+        return Muon(muon_groups(model, cfg.lr, cfg.muon_lr, cfg.weight_decay, cfg.embed_lr),
+                    cfg.lr, cfg.muon_momentum, betas=betas, eps=cfg.eps,
+                    ns_dtype=autocast_dtype(cfg.precision, device) or torch.float32)
+    if getattr(cfg, "embed_lr", 0.0):
+        raise ValueError("embed_lr: only optimizer=muon trains the embedding at its own lr")
     groups = groups if groups is not None else param_groups(model, cfg.weight_decay)
     return make_adamw(groups, cfg.lr, betas, cfg.eps, device)
