@@ -127,6 +127,20 @@ def test_value_embeddings_go_to_adamw_under_muon():
     assert not any(p is t for p in hidden for t in tables)
 
 
+def test_a_checkpoint_older_than_the_switches_resumes_with_them_off(tmp_path):
+    """A run saved before value_embeds (and qk_norm, ...) existed has no such fields in its
+    compat record: resuming it with them off is the same model; with one on, it is refused."""
+    from llmlab.train.checkpoint import check_compatible
+
+    now = _cfg().to_dict()
+    old = {k: v for k, v in now.items() if k not in ("value_embeds", "qk_norm", "logit_softcap")}
+    check_compatible({"model": old}, {"model": now}, tmp_path)
+    with pytest.raises(ValueError, match="model.value_embeds: checkpoint None, this run 2"):
+        check_compatible({"model": old}, {"model": {**now, "value_embeds": 2}}, tmp_path)
+    with pytest.raises(ValueError, match="model.value_embeds: checkpoint 2, this run 0"):
+        check_compatible({"model": {**now, "value_embeds": 2}}, {"model": now}, tmp_path)
+
+
 @pytest.mark.parametrize("switch", [dict(value_embeds=1), dict(qk_norm=True),
                                     dict(mlp="relu2"), dict(logit_softcap=15.0)])
 def test_export_hf_refuses_a_checkpoint_with_a_switch(tmp_path, switch):

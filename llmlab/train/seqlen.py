@@ -27,8 +27,8 @@ def seq_len_at(step: int, seq_len: int, start: int, warmup: int) -> int:
     model sees at most seq_len / start shapes; `seq_len` from step `warmup` on."""
     if step >= warmup:
         return seq_len
-    grown = start + (seq_len - start) * step // warmup
-    return min(seq_len, grown // start * start)
+    grown = start + (seq_len - start) * step // warmup  # in [start, seq_len)
+    return grown // start * start
 
 
 class SeqLenWarmup:
