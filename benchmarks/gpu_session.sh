@@ -2,10 +2,11 @@
 # Every GPU benchmark, each under its own time limit, logs into $OUT.
 #
 #   bash benchmarks/gpu_session.sh [OUT_DIR] [PART...]
-#   PART: gen pretrain pretrainx trainer sft ops sftc sftw grpo
+#   PART: gen pretrain pretrainx pretrains trainer sft ops sftc sftw grpo
 #   (default: gen pretrain sft grpo; sftc and sftw (the compiled LoRA step), pretrainx (cuDNN
-#   attention at batch 32 with a kernel profile) and trainer (`llmlab pretrain --preset
-#   gpt2-124m` itself, on data carried in runs/gpu_data) each need a call of their own)
+#   attention at batch 32 with a kernel profile), pretrains (issue #25's switches beside the
+#   plain step) and trainer (`llmlab pretrain --preset gpt2-124m` itself, on data carried in
+#   runs/gpu_data) each need a call of their own)
 #
 # Peers not on the GPU image travel as files beside the repo (git-ignored, carried):
 #   .whl/   trl==1.16.0 datasets==5.2.0 dill==0.4.1 multiprocess==0.70.19 wheels, for grpo:
@@ -43,6 +44,11 @@ for p in $PARTS; do
                 --pad-vocab 128 ;;
     pretrainx) run pretrain_sweep 540 python3 benchmarks/pretrain_gpu.py --steps 10 --rounds 2 \
                  --loss fused --pad-vocab 128 --sdpa cudnn --batch 32 --profile ;;
+    # The speedrun switches together (Muon, QK-norm, ReLU², soft-capping, value embeddings)
+    # against the plain fused-loss step, compiled, bf16: step time and MFU side by side.
+    pretrains) run pretrain_switches 540 python3 benchmarks/pretrain_gpu.py --steps 10 \
+                 --rounds 3 --loss fused --pad-vocab 128 --optimizer muon --qk-norm \
+                 --mlp relu2 --logit-softcap 15 --value-embeds 3 ;;
     trainer) run trainer 540 bash benchmarks/gpu_trainer.sh "$OUT" ;;
     sft) run sft_peft 240 python3 benchmarks/sft_peft.py --device cuda --bf16 --batch 8 \
            --seq 1024 --steps 10 --rounds 1 --out "$OUT/sft_peft.json" ;;
@@ -61,6 +67,6 @@ for p in $PARTS; do
             --batch 8 --seq 1024 --steps 10 --rounds 1 --configs lora-r16-all --compile whole \
             --compile-mode default --worker-timeout 250 --out "$OUT/sft_compile_whole.json" ;;
     grpo) run grpo 280 python3 benchmarks/grpo_gpu.py --out "$OUT/grpo_gpu.json" ;;
-    *) echo "unknown part $p (gen pretrain pretrainx trainer sft ops sftc sftw grpo)" ;;
+    *) echo "unknown part $p (gen pretrain pretrainx pretrains trainer sft ops sftc sftw grpo)" ;;
   esac
 done

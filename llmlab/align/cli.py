@@ -13,7 +13,7 @@ from typing import Any
 
 from llmlab.align.config import AlignConfig, GRPOConfig, PPOConfig
 from llmlab.cliutil import guard, strict
-from llmlab.train.config import TrainConfig
+from llmlab.train.config import PRETRAIN_ONLY, TrainConfig
 from llmlab.train.flags import add_dataclass_args, from_flags
 
 ALIGN_TRAIN = dict(max_steps=100, batch_size=4, seq_len=256, lr=5e-6, warmup_steps=5,
@@ -81,7 +81,7 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
         af = add_dataclass_args(p, AlignConfig, "align", skip=NOT_FOR[algo])
         gf = (add_dataclass_args(p, ALGO_CONFIGS[algo], algo) if algo in ALGO_CONFIGS
               else [])
-        tf = add_dataclass_args(p, TrainConfig, "training",
+        tf = add_dataclass_args(p, TrainConfig, "training", skip=PRETRAIN_ONLY,
                                 defaults=train_defaults(algo, AlignConfig.peft),
                                 notes={"lr": f"{FULL_LR[algo]:g} with --peft none"})
         fn = guard(_cmd(algo))

@@ -115,17 +115,22 @@ def run_patched(model: Any, corrupt: torch.Tensor, source: torch.Tensor, site: S
 
 
 @torch.no_grad()
-def run_from(model: Any, layer: int, x: torch.Tensor) -> torch.Tensor:
+def run_from(model: Any, layer: int, x: torch.Tensor, ids: torch.Tensor | None = None
+             ) -> torch.Tensor:
     """Last-position logits (B, vocab) of the causal stack run from block `layer` on, given
-    the stream `x` (B, T, d) entering it. A sweep patching layer l reuses the corrupted run
-    up to l instead of recomputing it: about half the work."""
+    the stream `x` (B, T, d) entering it (and the tokens `ids`, (1 or B, T), where value
+    embeddings read them). A sweep patching layer l reuses the corrupted run up to l instead
+    of recomputing it: about half the work."""
     st = model.model
+    if model.cfg.value_embeds and ids is None:
+        raise ValueError("run_from: a model with value embeddings needs the token ids")
+    ves = st.value_embedding(ids) if ids is not None else [None] * len(st.layers)
     positions = torch.arange(x.shape[1], device=x.device)[None]
     rope = st.rope(positions, x.dtype) if model.cfg.pos == "rope" else None
-    for block in st.layers[layer:]:
-        x = block(x, None, True, rope, None)
+    for block, ve in zip(st.layers[layer:], ves[layer:], strict=True):
+        x = block(x, None, True, rope, None, ve=ve)
     h = st.norm(x[:, -1:]) if model.cfg.final_norm else x[:, -1:]
-    return model.lm_head(h)[:, -1].float()
+    return model._logits(h)[:, -1].float()
 
 
 @dataclass
@@ -194,7 +199,7 @@ def _sweep(lm: Any, c_ids: torch.Tensor, x_ids: torch.Tensor, answer: str | None
     for site in sites:
         if kind == "resid":  # the same edit as run_patched, from the corrupted stream at l
             x = torch.where(eye, store[site], x_store[site].expand(t, -1, -1))
-            logits = run_from(model, site[1], x)
+            logits = run_from(model, site[1], x, x_ids)
         else:
             logits = run_patched(model, x_ids, store[site], site, each)
         ld = logits[:, a] - logits[:, w]

@@ -41,6 +41,12 @@ class ModelConfig:
     # > 0: the logits become c·tanh(logits / c), bounded in (-c, c) (Gemma 2; modded-nanogpt
     # uses 15-30), so no token's logit runs away early in training. 0 disables.
     logit_softcap: float = 0.0
+    # > 0: that many token-embedding tables of width n_kv_head * head_dim, mixed into
+    # attention's values, v <- a v + b E[token] with learned (a, b) per layer (modded-nanogpt's
+    # value embeddings, @KoszarskyB, records 2024-12-04 and -12-08, after the value residual of
+    # Zhou et al. 2024, arXiv:2410.17897). Table j feeds layer j and layer n_layer - n + j
+    # (the first and the last n layers, the U-net pattern); the layers between get none.
+    value_embeds: int = 0
     bias: bool = True  # biases in the attention and MLP projections
     tie_embeddings: bool = True  # the LM head reuses the token embedding matrix
     causal: bool = True  # False: bidirectional encoder (BERT)
@@ -71,6 +77,20 @@ class ModelConfig:
             )
         if self.pos == "rope" and self.head_dim % 2:
             raise ValueError(f"RoPE needs an even head_dim, got {self.head_dim}")
+        if not 0 <= self.value_embeds <= self.n_layer:
+            raise ValueError(f"value_embeds={self.value_embeds} must be in [0, n_layer="
+                             f"{self.n_layer}]: a table per layer at most")
+        if self.value_embeds and self.is_encoder_decoder:
+            raise ValueError("value_embeds: only for a single stack (not encoder-decoder)")
+
+    def value_table(self, layer: int) -> int | None:
+        """The value-embedding table that feeds `layer`, or None."""
+        n = self.value_embeds
+        if layer < n:
+            return layer
+        if n and layer >= self.n_layer - n:
+            return layer - (self.n_layer - n)
+        return None
 
     @property
     def is_encoder_decoder(self) -> bool:
@@ -113,6 +133,8 @@ class ModelConfig:
             return n + norm * (int(self.embed_norm) + int(self.final_norm))
 
         n = self.vocab_size * d + stack(self.n_layer, self.is_encoder_decoder)
+        fed = sum(self.value_table(i) is not None for i in range(self.n_layer))
+        n += self.value_embeds * self.vocab_size * kv + 2 * fed  # tables, (a, b) per layer
         if self.is_encoder_decoder:  # the encoder shares the token embedding
             n += stack(self.encoder_layers, False)
         if self.lm_head and not self.tie_embeddings:

@@ -108,6 +108,9 @@ class Attention(nn.Module):
         self.k_proj = Linear(d, self.n_kv_head * hd, bias=cfg.bias)
         self.v_proj = Linear(d, self.n_kv_head * hd, bias=cfg.bias)
         self.o_proj = Linear(self.n_head * hd, d, bias=cfg.bias)
+        if not cross and cfg.value_table(layer_idx) is not None:
+            # v <- a v + b ve, (a, b) learned, from 1/2 each (modded-nanogpt's lambdas)
+            self.value_lambdas = nn.Parameter(torch.tensor([0.5, 0.5]))
 
     def _heads(self, x: torch.Tensor, n: int) -> torch.Tensor:
         b, t, _ = x.shape
@@ -125,7 +128,9 @@ class Attention(nn.Module):
         rope: tuple[torch.Tensor, torch.Tensor] | None = None,
         cache: KVCache | None = None,
         memory: torch.Tensor | None = None,
+        ve: torch.Tensor | None = None,
     ) -> torch.Tensor:
+        """`ve` (B, T, n_kv_head * head_dim): this layer's value embedding of the tokens."""
         b, t, _ = x.shape
         if self.cross:
             q = self._heads(self.q_proj(x), self.n_head)
@@ -141,6 +146,9 @@ class Attention(nn.Module):
             k, v = kv
         else:
             qx, kx, vx = self.qkv(x)
+            if ve is not None:  # before the cache: decoding appends the mixed values
+                lam = self.value_lambdas.to(vx.dtype)
+                vx = lam[0] * vx + lam[1] * ve.to(vx.dtype)
             q = self._heads(qx, self.n_head)
             k, v = self._heads(kx, self.n_kv_head), self._heads(vx, self.n_kv_head)
             if self.qk_norm:
@@ -238,10 +246,10 @@ class Block(nn.Module):
         cache: KVCache | None,
         memory: torch.Tensor | None = None,
         memory_mask: torch.Tensor | None = None,
+        ve: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        x = self._sub(
-            x, self.input_layernorm, lambda h: self.self_attn(h, mask, is_causal, rope, cache)
-        )
+        x = self._sub(x, self.input_layernorm,
+                      lambda h: self.self_attn(h, mask, is_causal, rope, cache, ve=ve))
         if self.has_cross:  # a flag, not hasattr: a miss raises inside nn.Module every call
             x = self._sub(
                 x,

@@ -95,6 +95,10 @@ class Stack(nn.Module):
             self.embed_norm = make_norm(cfg)
         self.drop = nn.Dropout(cfg.dropout)
         self.layers = nn.ModuleList(Block(cfg, i, causal, cross) for i in range(n_layer))
+        assert cfg.n_kv_head is not None and cfg.head_dim is not None
+        kv = cfg.n_kv_head * cfg.head_dim
+        self.value_embeds = nn.ModuleList(nn.Embedding(cfg.vocab_size, kv)
+                                          for _ in range(cfg.value_embeds))
         if cfg.final_norm:
             self.norm = make_norm(cfg)
         # Activation checkpointing (set by the Trainer): keep only each block's input and run
@@ -158,8 +162,9 @@ class Stack(nn.Module):
         mem_mask = None
         if memory_mask is not None:
             mem_mask = memory_mask[:, None, None, :].bool()
-        for layer in self.layers:
-            args = (x, mask, is_causal, rope, cache, memory, mem_mask)
+        ves = self.value_embedding(ids)
+        for layer, ve in zip(self.layers, ves, strict=True):
+            args = (x, mask, is_causal, rope, cache, memory, mem_mask, ve)
             if self.checkpoint and cache is None and torch.is_grad_enabled():
                 x = checkpoint(layer, *args, use_reentrant=False)
             else:
@@ -167,6 +172,13 @@ class Stack(nn.Module):
         if cache is not None:
             cache.advance()
         return self.norm(x) if self.cfg.final_norm else x
+
+    def value_embedding(self, ids: torch.Tensor) -> list[torch.Tensor | None]:
+        """Each layer's value embedding of `ids` (None where no table feeds it); a table
+        shared by two layers is looked up once."""
+        tables = [e(ids) for e in self.value_embeds]
+        return [None if (j := self.cfg.value_table(i)) is None else tables[j]
+                for i in range(len(self.layers))]
 
 
 class Transformer(nn.Module):

@@ -114,8 +114,11 @@ def check_compatible(saved: dict[str, Any], current: dict[str, Any], where: Path
     for k, v in current.items():
         old = saved.get(k)
         if isinstance(v, dict) and isinstance(old, dict):  # name the differing fields
+            # A field newer than the checkpoint (absent there) matches while it is off (0,
+            # False, None): new switches default to off, as the run that wrote it had them.
             diffs += [f"{k}.{f}: checkpoint {old.get(f)!r}, this run {v.get(f)!r}"
-                      for f in sorted(set(v) | set(old)) if old.get(f) != v.get(f)]
+                      for f in sorted(set(v) | set(old))
+                      if old.get(f) != v.get(f) and (f in old or v.get(f))]
         elif old != v:
             diffs.append(f"{k}: checkpoint {old!r}, this run {v!r}")
     if diffs:

@@ -22,6 +22,11 @@ class TrainConfig:
     max_steps: int = 1000  # optimizer steps
     batch_size: int = 8  # sequences per micro-batch per process
     seq_len: int = 256  # tokens per training sequence
+    # pretraining: steps over which the sequences grow from seq_len_start to seq_len, in
+    # multiples of seq_len_start (sequence length warmup, Li et al. 2022; train/seqlen.py).
+    # 0 disables
+    seq_len_warmup: int = 0
+    seq_len_start: int = 32  # the first sequence length of seq_len_warmup
     grad_accum: int = 1  # micro-batches per optimizer step (per process)
     lr: float = 3e-4  # peak learning rate
     min_lr_ratio: float = 0.1  # final lr = lr * min_lr_ratio
@@ -66,9 +71,19 @@ class TrainConfig:
     tensorboard: bool = True  # also write TensorBoard events when tensorboard is installed
     progress: bool = True  # tqdm bar on rank 0
 
+    def __post_init__(self) -> None:
+        if self.seq_len_warmup and not 1 <= self.seq_len_start <= self.seq_len:
+            raise ValueError(f"seq_len_start={self.seq_len_start} must be in [1, seq_len="
+                             f"{self.seq_len}]: seq_len_warmup grows it to seq_len")
+
     def validate(self) -> None:
         """Types and ranges (RANGES below), for configs built in code rather than by `build`."""
         check_fields(TrainConfig, dataclasses.asdict(self), lambda name: name)
+        self.__post_init__()
+
+
+# TrainConfig fields only pretraining's batch source implements: other commands get no flag.
+PRETRAIN_ONLY = ("seq_len_warmup", "seq_len_start")
 
 
 def base_type(tp: Any) -> tuple[Any, bool]:
@@ -118,13 +133,14 @@ SIZES = dict.fromkeys(  # counts and sizes: at least one
 RANGES: dict[str, dict[str, Range]] = {
     "TrainConfig": {**SIZES, "lr": POSITIVE, "min_lr_ratio": FRACTION, "cooldown": FRACTION,
                     "muon_lr": POSITIVE, "muon_momentum": BELOW_ONE, "embed_lr": NON_NEGATIVE,
+                    "seq_len_warmup": NON_NEGATIVE, "seq_len_start": POSITIVE,
                     "target_val_bpb": NON_NEGATIVE,
                     "warmup_steps": NON_NEGATIVE, "weight_decay": NON_NEGATIVE,
                     "beta1": BELOW_ONE, "beta2": BELOW_ONE, "eps": POSITIVE,
                     **dict.fromkeys(("grad_clip", "threads", "log_every", "eval_every",
                                      "sample_tokens", "ckpt_every", "keep_last"), NON_NEGATIVE)},
     "ModelConfig": {**SIZES, "rope_theta": POSITIVE, "norm_eps": POSITIVE, "logit_softcap":
-                    NON_NEGATIVE,
+                    NON_NEGATIVE, "value_embeds": NON_NEGATIVE,
                     "type_vocab_size": NON_NEGATIVE, "dropout": BELOW_ONE,
                     "encoder_layers": NON_NEGATIVE, "pad_token_id": NON_NEGATIVE,
                     "bos_token_id": NON_NEGATIVE},

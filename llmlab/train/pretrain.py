@@ -19,6 +19,7 @@ from llmlab.train.data import MANIFEST, PretrainBatches, TokenShards, eval_batch
 from llmlab.train.distributed import barrier, init_distributed, shutdown
 from llmlab.train.loop import Trainer
 from llmlab.train.presets import DataConfig
+from llmlab.train.seqlen import SeqLenWarmup
 from llmlab.weights.registry import save_checkpoint
 
 
@@ -157,8 +158,9 @@ def run_pretrain(model_values: dict[str, Any], tcfg: TrainConfig, dcfg: DataConf
         torch.manual_seed(tcfg.seed)  # same initial weights on every rank
         model = Transformer(mcfg)
 
-        batches = PretrainBatches(train, tcfg.seq_len, tcfg.batch_size, tcfg.seed, d.rank,
-                                  d.world)
+        batches = SeqLenWarmup(PretrainBatches(train, tcfg.seq_len, tcfg.batch_size,
+                                               tcfg.seed, d.rank, d.world),
+                               tcfg.grad_accum, tcfg.seq_len_start, tcfg.seq_len_warmup)
         prompt = [i for i in (tok.bos_id if tok.bos_id is not None else tok.eos_id,)
                   if i is not None] + tok.encode(tcfg.sample_prompt)
 

@@ -7,7 +7,7 @@ import argparse
 from pathlib import Path
 
 from llmlab.cliutil import guard, strict
-from llmlab.train.config import TrainConfig
+from llmlab.train.config import PRETRAIN_ONLY, TrainConfig
 from llmlab.train.flags import add_dataclass_args, from_flags
 
 # SFT defaults that differ from pretraining's (small data, a pretrained model). SFT samples are
@@ -69,7 +69,7 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
     strict(p)
     p.add_argument("--out", required=True, help="run directory (required)")
     sf = add_dataclass_args(p, SFTConfig, "sft")
-    tf = add_dataclass_args(p, TrainConfig, "training", defaults=SFT_TRAIN,
+    tf = add_dataclass_args(p, TrainConfig, "training", defaults=SFT_TRAIN, skip=PRETRAIN_ONLY,
                             notes={"lr": f"{FULL_FT_LR:g} with --peft none"})
     assert not set(sf) & set(tf), f"config fields share a flag: {set(sf) & set(tf)}"
     p.set_defaults(fn=guard(cmd_sft), func=guard(cmd_sft), _sft_fields=sf, _train_fields=tf)

@@ -25,7 +25,8 @@ def hf_family(cfg: ModelConfig) -> str:
     if cfg.is_encoder_decoder:
         raise NoHFEquivalent("encoder-decoder configs have no transformers equivalent to export to")
     own = [n for n, on in (("qk_norm", cfg.qk_norm), ("logit_softcap", cfg.logit_softcap),
-                           ("mlp=relu2", cfg.mlp == "relu2")) if on]
+                           ("mlp=relu2", cfg.mlp == "relu2"),
+                           ("value_embeds", cfg.value_embeds)) if on]
     if own:  # a Llama config would load, and compute a different model
         raise NoHFEquivalent(f"{', '.join(own)}: no transformers architecture computes this, "
                              "so an HF export would be a different model")

@@ -40,7 +40,7 @@ def lean_supported(model: Any) -> bool:
             and cfg.prenorm and cfg.causal and not cfg.bias and cfg.lm_head
             and cfg.final_norm and not cfg.embed_scale and not cfg.embed_norm
             and not cfg.is_encoder_decoder and not cfg.type_vocab_size
-            and not cfg.qk_norm and not cfg.logit_softcap):
+            and not cfg.qk_norm and not cfg.logit_softcap and not cfg.value_embeds):
         return False
     mods = [model.lm_head] + [m for b in model.model.layers for m in (
         getattr(b.self_attn, "qkv_fused", None), b.self_attn.o_proj,

@@ -46,7 +46,8 @@ def supports(model: Transformer) -> str | None:
         "no biases": not cfg.bias,
         "no embedding scale or norm": not cfg.embed_scale and not cfg.embed_norm,
         "a final norm": cfg.final_norm,
-        "no QK-norm or logit soft-capping": not cfg.qk_norm and not cfg.logit_softcap,
+        "no QK-norm, logit soft-capping or value embeddings": not cfg.qk_norm
+        and not cfg.logit_softcap and not cfg.value_embeds,
         "bf16, fp16 or fp32 weights": model.dtype in (torch.bfloat16, torch.float16,
                                                        torch.float32),
     }
