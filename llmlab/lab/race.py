@@ -17,6 +17,7 @@ server that restarts mid-race cannot start the second run, and says so."""
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import threading
@@ -118,7 +119,8 @@ class RaceManager:
             self._set(race, "stopping")
             for lane in race.lanes:
                 if lane.run and self.runs.get(lane.run)["status"] == "running":
-                    self.runs.stop(lane.run)
+                    with contextlib.suppress(ValueError):  # it ended meanwhile
+                        self.runs.stop(lane.run)
         return self.get(race_id)
 
     def get(self, race_id: str) -> dict[str, Any]:
