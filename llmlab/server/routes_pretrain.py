@@ -9,7 +9,7 @@ import threading
 from typing import Any
 
 from fastapi import APIRouter, Query
-from pydantic import BaseModel
+from pydantic import BaseModel, ConfigDict
 
 from llmlab.lab.options import TOKENIZERS
 from llmlab.lab.race import RaceManager
@@ -25,6 +25,7 @@ SOURCES = ["pretrain.loss", "pretrain.fit", "pretrain.depth", "pretrain.run"]
 
 
 class RaceRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")  # a misspelt field is an error, not a default
     # None: the pinned target (llmlab.train.speedrun.TARGET_BPB); the range is checked by
     # the library, so its message is the one the benchmark's users get too.
     target_val_bpb: float | None = None

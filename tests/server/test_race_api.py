@@ -71,7 +71,7 @@ def test_setup_reads_the_preset_table(http: TestClient) -> None:
     ({"target_val_bpb": 0}, "target_val_bpb"), ({"target_val_bpb": -1.0}, "target_val_bpb"),
     ({"target_val_bpb": 8.5}, "target_val_bpb"), ({"target_val_bpb": "fast"}, "target_val_bpb"),
     ({"eval_every": 0}, "eval_every"), ({"eval_every": 2.5}, "eval_every"),
-    ({"max_steps": 0}, "max_steps"), ({"seed": -1}, "seed"),
+    ({"max_steps": 0}, "max_steps"), ({"seed": -1}, "seed"), ({"target": 1.2}, "target"),
 ])
 def test_bad_fields_are_named(http: TestClient, body: dict, field: str) -> None:
     r = http.post("/api/pretrain/race", json=body)
