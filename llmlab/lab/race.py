@@ -128,7 +128,10 @@ class RaceManager:
             race = self._record(race_id)
             out = dataclasses.asdict(race)
         for lane in out["lanes"]:
-            run = self.runs.get(lane["run"]) if lane["run"] else None
+            try:
+                run = self.runs.get(lane["run"]) if lane["run"] else None
+            except KeyError:  # its run dir was deleted
+                run = {"status": "deleted", "step": 0}
             lane["status"] = run["status"] if run else "waiting"
             lane["step"] = run["step"] if run else 0
         return out
@@ -143,6 +146,14 @@ class RaceManager:
     # ------------------------------------------------------------------ internals
 
     def _drive(self, race: RaceRecord) -> None:
+        try:
+            self._run_lanes(race)
+        except Exception as e:  # a run dir deleted mid-race, a full disk: say so, never hang
+            with self._lock:
+                race.error = f"{type(e).__name__}: {e}"
+                self._set(race, "failed")
+
+    def _run_lanes(self, race: RaceRecord) -> None:
         """Wait for each run to end; then start the next, or end the race."""
         for i, lane in enumerate(race.lanes):
             while lane.run is None:

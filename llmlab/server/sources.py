@@ -117,7 +117,7 @@ SOURCES: dict[str, Callable[..., Any] | Table] = {
     "pretrain.race_target": loop.Trainer._bpb,
     "pretrain.race_presets": Table(presets.__name__, "PRESETS"),
     "pretrain.race_switches": speedrun.switches,
-    "pretrain.race": race.RaceManager._drive,
+    "pretrain.race": race.RaceManager._run_lanes,
     "lineage.pipeline": lineage.pipeline,
     "lineage.parents": lineage.parents,
     "lineage.run_of": lineage.run_of,
