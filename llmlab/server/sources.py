@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import ast
 import inspect
+import sys
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -30,7 +33,7 @@ from llmlab.explain import (
 )
 from llmlab.foundations import descent, numpy_nn, overfit, token_embeddings, vectors, word2vec
 from llmlab.generate import batcher, chat, constrain, engine, sampling
-from llmlab.lab import lineage
+from llmlab.lab import lineage, race
 from llmlab.model import hooks, layers, quant
 from llmlab.model import positions as mpos
 from llmlab.model import transformer as mtransformer
@@ -40,10 +43,19 @@ from llmlab.peft.lora import LoraLinear
 from llmlab.rag import answer, chunk, fuse, pipeline, rerank
 from llmlab.tasks import humaneval, metrics
 from llmlab.tokenizer import core
-from llmlab.train import depth, loop, pretrain, sft
+from llmlab.train import depth, loop, presets, pretrain, sft, speedrun
+
+
+@dataclass(frozen=True)
+class Table:
+    """A module-level table (the presets dict): shown by its assignment's lines."""
+
+    module: str
+    name: str
+
 
 # A page's source key -> the library function behind it.
-SOURCES: dict[str, Callable[..., Any]] = {
+SOURCES: dict[str, Callable[..., Any] | Table] = {
     "attention.run": attention.run_attention,
     "attention.explicit": layers.Attention._explicit,
     "attention.mode": attention.attention_mode,
@@ -102,6 +114,10 @@ SOURCES: dict[str, Callable[..., Any]] = {
     "pretrain.fit": loop.Trainer.fit,
     "pretrain.depth": depth.from_depth,
     "pretrain.run": pretrain.run_pretrain,
+    "pretrain.race_target": loop.Trainer._bpb,
+    "pretrain.race_presets": Table(presets.__name__, "PRESETS"),
+    "pretrain.race_switches": speedrun.switches,
+    "pretrain.race": race.RaceManager._run_lanes,
     "lineage.pipeline": lineage.pipeline,
     "lineage.parents": lineage.parents,
     "lineage.run_of": lineage.run_of,
@@ -146,17 +162,39 @@ SOURCES: dict[str, Callable[..., Any]] = {
 }
 
 
+def _table_source(t: Table) -> tuple[str, str, int]:
+    """(source, qualname, first line) of a table's assignment, found in its module's AST."""
+    mod = sys.modules[t.module]
+    text = inspect.getsource(mod)
+    for node in ast.parse(text).body:
+        if isinstance(node, (ast.Assign, ast.AnnAssign)) and t.name in {
+                getattr(tg, "id", None) for tg in getattr(node, "targets", [node.target])}:
+            lines = text.splitlines(keepends=True)[node.lineno - 1:node.end_lineno]
+            return "".join(lines), f"{t.module}.{t.name}", node.lineno
+    raise KeyError(f"{t.module}.{t.name}")
+
+
 def source_of(key: str) -> dict[str, Any]:
-    fn = inspect.unwrap(SOURCES[key])  # past decorators such as torch.inference_mode
+    obj = SOURCES[key]
+    if isinstance(obj, Table):
+        src, qualname, line = _table_source(obj)
+        file = Path(inspect.getsourcefile(sys.modules[obj.module]) or "")
+        return {"key": key, "qualname": qualname, "file": _rel(file), "line": line,
+                "source": src}
+    fn = inspect.unwrap(obj)  # past decorators such as torch.inference_mode
     src = inspect.getsource(fn)
     file = Path(inspect.getsourcefile(fn) or "")
+    _, line = inspect.getsourcelines(fn)
+    return {"key": key, "qualname": fn.__qualname__, "file": _rel(file), "line": line,
+            "source": src}
+
+
+def _rel(file: Path) -> str:
     root = Path(llmlab.__file__).parent.parent
     try:
-        rel = str(file.resolve().relative_to(root.resolve()))
+        return str(file.resolve().relative_to(root.resolve()))
     except ValueError:
-        rel = file.name
-    _, line = inspect.getsourcelines(fn)
-    return {"key": key, "qualname": fn.__qualname__, "file": rel, "line": line, "source": src}
+        return file.name
 
 
 def source_keys() -> list[str]:

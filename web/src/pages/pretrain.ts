@@ -2,10 +2,12 @@
 // `llmlab pretrain --preset micro ...`), and watch the losses, the lr schedule, the speed and
 // the samples as the run writes them. Every number is the library's (the plan from
 // /api/pretrain/shape, the records from the run's own metrics.jsonl and samples.jsonl).
+// Below, a race of the CPU speedrun's two recipes (race.ts).
 import { getJSON, postJSON } from "../api";
 import { runPanel, type Rec, type Run, type Sample } from "../runs";
 import { debounce, el, fmt, labeled, pageHeader, showError } from "../ui";
 import { lineChart, slider, stat, type Series } from "./fcharts";
+import { raceSection } from "./race";
 
 interface Plan {
   depth: number; tokenizer: string; n_params: number; n_params_embedding: number; n_params_blocks: number;
@@ -46,6 +48,8 @@ export function pretrainPage(root: HTMLElement): void {
   showVocab();
 
   let plan: Plan | null = null;
+  let raceSources: string[] = [];  // the race's, after the plan's
+  const showSources = () => setSources([...(plan?.sources ?? []), ...raceSources]);
   const loadPlan = debounce(async () => {
     try {
       const q = new URLSearchParams({ depth: depth.input.value, tokenizer: tokenizer(), steps: steps.input.value, preset: "micro" });
@@ -56,7 +60,7 @@ export function pretrainPage(root: HTMLElement): void {
         + `${fmt(plan.n_params)} parameters (${fmt(plan.n_params_embedding)} in the embedding) · peak lr ${plan.lr.toPrecision(2)} · ${fmt(plan.tokens_per_step)} tokens a step`;
       shape.dataset.params = String(plan.n_params);
       limits.textContent = `${fmt(plan.corpus.min_chars)} to ${fmt(plan.corpus.max_chars)} characters of UTF-8 text`;
-      setSources(plan.sources);
+      showSources();
       draw();
     } catch (e) { showError(err, e); }
   }, 150);
@@ -166,6 +170,7 @@ export function pretrainPage(root: HTMLElement): void {
     labeled("eval + sample every", el("span", {}, every.input, every.out)));
   root.replaceChildren(head, controls, uploadBox, shape, err, panel.root, hint,
     el("div", { class: "row" }, lossBox, stats), el("div", { class: "row" }, lrBox, speedBox),
-    el("h3", {}, "Samples at each evaluation (prompt: “And it came to pass”)"), samples);
+    el("h3", {}, "Samples at each evaluation (prompt: “And it came to pass”)"), samples,
+    raceSection((keys) => { raceSources = keys; showSources(); }));
   loadPlan();
 }
