@@ -114,12 +114,12 @@ def test_patching_runs_the_stack_on_with_the_value_embeddings():
 
 
 def test_value_embeddings_go_to_adamw_under_muon():
-    """The tables are looked up, not multiplied: AdamW with the token embedding, as in
-    modded-nanogpt; the (a, b) pairs with the undecayed gains."""
+    """The tables are looked up, not multiplied: AdamW (at embed_lr) with the token
+    embedding, as in modded-nanogpt; the (a, b) pairs with the undecayed gains."""
     from llmlab.train.muon import muon_groups
 
     m = _model(value_embeds=2)
-    hidden, embed, flat = (g["params"] for g in muon_groups(m, 1e-3, 0.02, 0.1))
+    hidden, embed, _head, flat = (g["params"] for g in muon_groups(m, 1e-3, 0.02, 0.1))
     tables = [e.weight for e in m.model.value_embeds]
     lambdas = [b.self_attn.value_lambdas for b in m.model.layers]
     assert all(any(p is t for p in embed) for t in tables)
