@@ -181,14 +181,19 @@ def test_target_needs_validation(data_dir, tmp_path):
     assert r.returncode != 0 and "target_val_bpb" in r.stderr
 
 
-def test_muon_resume_is_bitwise_identical(data_dir, tmp_path):
+@pytest.mark.parametrize("recipe", [
+    ["--optimizer", "muon", "--schedule", "wsd"],
+    # the speedrun-cpu preset's own switches (bf16, untied embedding at its own lr, a value
+    # embedding, Muon on stacks) on the tiny shape
+    ["--preset", "speedrun-cpu", "--d-ff", "64"],
+], ids=["muon-wsd", "speedrun-cpu"])
+def test_muon_resume_is_bitwise_identical(data_dir, tmp_path, recipe):
     """A run resumed from its step-20 checkpoint (Muon's momentum, the wsd schedule and the
     data order restored) writes exactly the records of the run that never stopped."""
     import shutil
 
     args = [*TINY, "--data", str(data_dir), "--max-steps", "40", "--ckpt-every", "20",
-            "--eval-every", "20", "--optimizer", "muon", "--schedule", "wsd",
-            "--sample-tokens", "0"]
+            "--eval-every", "20", "--sample-tokens", "0", *recipe]
     cli("pretrain", "--out", str(tmp_path / "ref"), *args)
     run = tmp_path / "cut"
     shutil.copytree(tmp_path / "ref", run)

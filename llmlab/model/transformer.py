@@ -177,8 +177,11 @@ class Stack(nn.Module):
         """Each layer's value embedding of `ids` (None where no table feeds it); a table
         shared by two layers is looked up once."""
         tables = [e(ids) for e in self.value_embeds]
-        return [None if (j := self.cfg.value_table(i)) is None else tables[j]
-                for i in range(len(self.layers))]
+        out: list[torch.Tensor | None] = []
+        for i in range(len(self.layers)):  # a plain loop: torch.compile can't trace a walrus
+            j = self.cfg.value_table(i)  # inside a comprehension ("uninitialized cell")
+            out.append(None if j is None else tables[j])
+        return out
 
 
 class Transformer(nn.Module):

@@ -77,19 +77,22 @@ export function attentionPage(root: HTMLElement): void {
 
   function select(i: number): void { selected = selected === i ? null : i; render(); }
 
+  let latest = 0; // the newest request: an older one answering late must not overwrite it
   async function load(): Promise<void> {
     err.hidden = true;
     const m = model.value === "path" ? path.value.trim() : model.value;
     if (!m) return;
+    const mine = ++latest;
     try {
       const d = await postJSON<Att>("/api/attention", { text: text.value, model: m, mode: mode.value, layer: Number(layer.value), head: headSel.value === "all" ? "all" : Number(headSel.value || 0), temperature: T() });
+      if (mine !== latest) return;
       layer.max = String(d.n_layers - 1);
       setHeads(d.n_heads);
       if (selected != null && selected >= d.tokens.length) selected = null;
       data = d;
       setSources([...d.sources, "positions.sinusoidal", "positions.rope"]);
       render();
-    } catch (e) { showError(err, e); }
+    } catch (e) { if (mine === latest) showError(err, e); }
   }
   const reload = debounce(load, 250);
   text.addEventListener("input", () => { selected = null; reload(); });
