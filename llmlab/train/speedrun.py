@@ -24,7 +24,7 @@ MAX_TARGET_BPB = 8.0
 
 # The settings that tell the recipes apart, in the order a page lists them.
 SWITCHES = ("optimizer", "schedule", "batch_size", "max_steps", "seq_len", "lr", "muon_lr",
-            "warmup_steps", "cooldown", "weight_decay")
+            "embed_lr", "warmup_steps", "cooldown", "weight_decay", "precision")
 
 
 def switches(preset: str) -> dict[str, Any]:
@@ -38,9 +38,15 @@ def switches(preset: str) -> dict[str, Any]:
     out = {k: train[k] for k in SWITCHES}
     if out["optimizer"] != "muon":
         del out["muon_lr"]
+    if out["optimizer"] != "muon" or not out["embed_lr"]:
+        del out["embed_lr"]
     if out["schedule"] != "wsd":
         del out["cooldown"]
     out["tokens_per_step"] = train["batch_size"] * train["seq_len"] * train["grad_accum"]
+    model = PRESETS[preset]["model"]  # the model switches a recipe turns on
+    out["embeddings"] = "tied" if model.get("tie_embeddings", True) else "untied"
+    if model.get("value_embeds"):
+        out["value_embeds"] = model["value_embeds"]
     return out
 
 

@@ -59,6 +59,11 @@ def test_setup_reads_the_preset_table(http: TestClient) -> None:
         assert sw["tokens_per_step"] == train["batch_size"] * train["seq_len"]
         assert ("muon_lr" in sw) == (train["optimizer"] == "muon")
         assert ("cooldown" in sw) == (train["schedule"] == "wsd")
+        assert sw["precision"] == train["precision"]
+        assert sw.get("embed_lr") == (train["embed_lr"] or None)
+        model = PRESETS[r["preset"]]["model"]
+        assert sw["embeddings"] == ("tied" if model["tie_embeddings"] else "untied")
+        assert sw.get("value_embeds") == (model.get("value_embeds") or None)
         assert r["data"] == PRESETS[r["preset"]]["data"]
     for key in s["sources"]:
         assert http.get(f"/api/source/{key}").status_code == 200, key

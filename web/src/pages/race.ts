@@ -21,8 +21,9 @@ const ACTIVE = ["running", "stopping"];
 const COLORS: Record<string, string> = { baseline: "#f97316", recipe: "#2563eb" };
 const SWITCH_NAMES: Record<string, string> = {
   optimizer: "optimizer", schedule: "lr schedule", batch_size: "batch (sequences)", max_steps: "steps", seq_len: "sequence length",
-  lr: "peak lr (AdamW)", muon_lr: "peak lr (Muon)", warmup_steps: "warmup steps", cooldown: "wsd cooldown share",
-  weight_decay: "weight decay", tokens_per_step: "tokens a step",
+  lr: "peak lr (AdamW)", muon_lr: "peak lr (Muon)", embed_lr: "token embedding lr", warmup_steps: "warmup steps",
+  cooldown: "wsd cooldown share", weight_decay: "weight decay", precision: "precision", tokens_per_step: "tokens a step",
+  embeddings: "embedding and head", value_embeds: "value-embedding tables",
 };
 
 // A point of the chart: one evaluation record of a run.
