@@ -101,9 +101,7 @@ class RaceManager:
             going = [r.id for r in self._races.values() if r.status in ACTIVE]
             if going:
                 raise RunBusy(going)
-            lane = race.lanes[0]
-            lane.run = self.runs.start("pretrain", lane_options(lane.preset, race),
-                                       self._label(race, lane))["id"]
+            self._start_lane(race, race.lanes[0])
             self._races[race.id] = race
             self._save(race)
         threading.Thread(target=self._drive, args=(race,), daemon=True,
@@ -161,8 +159,7 @@ class RaceManager:
                     if race.status != "running":
                         break
                     try:
-                        lane.run = self.runs.start("pretrain", lane_options(lane.preset, race),
-                                                   self._label(race, lane))["id"]
+                        self._start_lane(race, lane)
                         self._save(race)
                     except RunBusy:  # another page's run took the slot: wait for it
                         pass
@@ -189,8 +186,10 @@ class RaceManager:
             self._set(race, "stopped" if stopped or race.lanes[-1].run is None
                       else "finished")
 
-    def _label(self, race: RaceRecord, lane: Lane) -> str:
-        return f"{race.id}: {lane.role} {lane.preset}"
+    def _start_lane(self, race: RaceRecord, lane: Lane) -> None:
+        """Start `lane`'s run (RunBusy when no run slot is free)."""
+        lane.run = self.runs.start("pretrain", lane_options(lane.preset, race),
+                                   f"{race.id}: {lane.role} {lane.preset}")["id"]
 
     def _record(self, race_id: str) -> RaceRecord:
         if race_id not in self._races:

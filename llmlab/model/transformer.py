@@ -176,6 +176,8 @@ class Stack(nn.Module):
     def value_embedding(self, ids: torch.Tensor) -> list[torch.Tensor | None]:
         """Each layer's value embedding of `ids` (None where no table feeds it); a table
         shared by two layers is looked up once."""
+        if not self.value_embeds:  # the usual model: nothing to look up on each forward
+            return [None] * len(self.layers)
         tables = [e(ids) for e in self.value_embeds]
         out: list[torch.Tensor | None] = []
         for i in range(len(self.layers)):  # a plain loop: torch.compile can't trace a walrus

@@ -22,6 +22,7 @@ from llmlab.train.depth import plan
 from llmlab.train.presets import PRESETS
 
 SOURCES = ["pretrain.loss", "pretrain.fit", "pretrain.depth", "pretrain.run"]
+MIN_BPE, MAX_BPE = 257, 65536  # 256 bytes + the end-of-text token; 16-bit token shards
 
 
 class RaceRequest(BaseModel):
@@ -32,7 +33,6 @@ class RaceRequest(BaseModel):
     eval_every: int = speedrun.EVAL_EVERY
     max_steps: int | None = None  # both presets' own when None; a small one for a quick race
     seed: int = 0
-MIN_BPE, MAX_BPE = 257, 65536  # 256 bytes + the end-of-text token; 16-bit token shards
 
 
 def make_router(hub: Hub) -> APIRouter:
